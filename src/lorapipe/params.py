@@ -1,0 +1,213 @@
+"""Typed schema of `params.yaml`: one section per stage, unknown keys rejected, every problem
+reported at once.
+
+    from lorapipe.params import load_params
+    params = load_params("params.yaml")      # raises ParamsError listing each bad key
+    params.lora.rank
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lorapipe import paths
+
+
+class ParamsError(ValueError):
+    """`params.yaml` is invalid; the message names every bad key and how to fix it."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Common(_Section):
+    seed: int = Field(42, ge=0)
+
+
+class ModelParams(_Section):
+    name: str = Field("smollm2-135m-instruct", min_length=1)
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+
+class ExtractParams(_Section):
+    pdf_backend: Literal["auto", "docling-native", "pdfplumber"] = "auto"
+    min_length: int = Field(20, ge=0)
+
+
+class DatasetParams(_Section):
+    mode: Literal["text"] = "text"
+    max_seq_len: int = Field(512, ge=16, le=131072)
+    overlap_tokens: int = Field(64, ge=0)
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    system_prompt: str = "You are a helpful assistant."
+
+    @model_validator(mode="after")
+    def _overlap_below_length(self) -> "DatasetParams":
+        if self.overlap_tokens >= self.max_seq_len:
+            raise ValueError(
+                f"overlap_tokens ({self.overlap_tokens}) must be smaller than max_seq_len ({self.max_seq_len})"
+            )
+        return self
+
+
+class LoraParams(_Section):
+    rank: int = Field(16, ge=1, le=4096)
+    alpha: float = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: Literal["auto"] | list[str] = "auto"
+
+    @field_validator("target_modules")
+    @classmethod
+    def _non_empty(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise ValueError("give at least one module name, or 'auto'")
+        return value
+
+
+class TrainParams(_Section):
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(40, ge=-1)
+    lr: float = Field(2e-4, gt=0, lt=1)
+    batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    log_every: int = Field(5, ge=1)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+
+    @field_validator("max_steps")
+    @classmethod
+    def _steps(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("use -1 to train for `epochs`, or a positive number of steps")
+        return value
+
+
+class QuantParams(_Section):
+    load_in_4bit: Literal["auto"] | bool = "auto"
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+
+
+class MergeParams(_Section):
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+
+
+class ExportParams(_Section):
+    name: str = Field("lorapipe", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    outtype: Literal["f32", "f16", "bf16", "q8_0"] = "f16"
+    quants: list[str] = Field(default_factory=lambda: ["Q4_K_M"], min_length=1)
+    llama_cpp_dir: str | None = None
+
+    @field_validator("quants")
+    @classmethod
+    def _known_quants(cls, value: list[str]) -> list[str]:
+        from lorapipe.export import QUANT_TYPES  # the one list of supported names
+
+        bad = [q for q in value if q.upper() not in QUANT_TYPES]
+        if bad:
+            raise ValueError(f"unknown quantization {bad}; choose from {sorted(QUANT_TYPES)}")
+        return [q.upper() for q in value]
+
+
+class EvalParams(_Section):
+    max_samples: int = Field(32, ge=1)
+    num_generations: int = Field(3, ge=0)
+    max_new_tokens: int = Field(64, ge=1)
+
+
+class Params(_Section):
+    common: Common = Common()
+    model: ModelParams = ModelParams()
+    extract: ExtractParams = ExtractParams()
+    dataset: DatasetParams = DatasetParams()
+    lora: LoraParams = LoraParams()
+    train: TrainParams = TrainParams()
+    quant: QuantParams = QuantParams()
+    merge: MergeParams = MergeParams()
+    export: ExportParams = ExportParams()
+    eval: EvalParams = EvalParams()
+
+
+# Which params each stage reads: whole sections, or single ``section.key`` entries where a stage
+# reads only part of a section. dvc.yaml lists exactly these keys for each stage
+# (tests/test_params.py checks it), and each CLI command takes exactly these keys as flags.
+STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "base": ("model",),
+    "extract": ("extract",),
+    "dataset": ("common", "dataset"),
+    "train": ("common", "lora", "train", "quant"),
+    "merge": ("merge",),
+    "export": ("export",),
+    "evaluate_base": ("eval.max_samples",),
+    "evaluate": ("eval",),
+}
+
+
+def section_keys(section: str) -> list[str]:
+    """Dotted keys of one section, e.g. ``["lora.rank", "lora.alpha", …]``."""
+    model = Params.model_fields[section].annotation
+    return [f"{section}.{name}" for name in model.model_fields]
+
+
+def stage_keys(stage: str) -> list[str]:
+    """Dotted keys a stage reads, in dvc.yaml order."""
+    return [key for entry in STAGE_SECTIONS[stage]
+            for key in ([entry] if "." in entry else section_keys(entry))]
+
+
+def _describe(error: dict) -> str:
+    key = ".".join(str(part) for part in error["loc"] if part != "__root__")
+    if error["type"] == "extra_forbidden":
+        section = str(error["loc"][0]) if len(error["loc"]) > 1 else None
+        known = (
+            ", ".join(Params.model_fields[section].annotation.model_fields)
+            if section in Params.model_fields
+            else ", ".join(Params.model_fields)
+        )
+        return f"{key}: unknown key; known keys here: {known}"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{key}: {message} (got {error.get('input')!r})"
+
+
+def validate_params(raw: dict[str, Any], source: str = str(paths.PARAMS)) -> Params:
+    """Validate a params mapping; raise one ParamsError that lists every problem."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        problems = "\n".join(f"  - {_describe(e)}" for e in exc.errors())
+        raise ParamsError(
+            f"{source} has {exc.error_count()} invalid value(s):\n{problems}\n"
+            "Fix these keys (see the parameter reference in README.md) and run again."
+        ) from None
+
+
+def load_params(path: str | Path = paths.PARAMS, overrides: dict[str, Any] | None = None) -> Params:
+    """Read and validate `params.yaml`, applying dotted-key `overrides` (``{"lora.rank": 8}``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"params file not found: {path}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        if not isinstance(raw.get(section), dict):
+            raw[section] = {}
+        raw[section][key] = value
+    return validate_params(raw, str(path))
+
+
+def section_dict(params: Params, stage: str) -> dict[str, Any]:
+    """The flat ``{"lora.rank": 16, …}`` params a stage reads, for provenance and MLflow."""
+    out: dict[str, Any] = {}
+    for key in stage_keys(stage):
+        section, _, name = key.partition(".")
+        out[key] = getattr(getattr(params, section), name)
+    return out

@@ -1,0 +1,85 @@
+"""One function per DVC stage: take the validated params, call the library with explicit arguments,
+write the outs that dvc.yaml declares, and record the run in MLflow.
+
+The scripts in ``stages/`` and the ``lorapipe`` CLI both call these, so the two never drift.
+"""
+
+from __future__ import annotations
+
+from lorapipe import paths, tracking
+from lorapipe.dataset import build_dataset
+from lorapipe.evaluate import evaluate_base, evaluate_models
+from lorapipe.export import export_gguf
+from lorapipe.extract import extract_documents
+from lorapipe.merge import merge_adapter
+from lorapipe.models import prepare_base_model
+from lorapipe.params import Params, section_dict
+from lorapipe.train import train_lora
+
+
+def run_base(p: Params) -> None:
+    prepare_base_model(p.model.name, paths.BASE_MODEL, p.model.revision, p.model.trust_remote_code)
+
+
+def run_extract(p: Params, input_dirs: list | None = None) -> None:
+    extract_documents(input_dirs or [paths.RAW_DOCS], paths.EXTRACTED, p.extract.pdf_backend, p.extract.min_length)
+
+
+def run_dataset(p: Params) -> None:
+    d = p.dataset
+    build_dataset(paths.EXTRACTED, paths.BASE_MODEL, paths.DATASET, d.max_seq_len, d.overlap_tokens,
+                  d.val_fraction, p.common.seed, d.system_prompt)
+
+
+def run_train(p: Params) -> None:
+    lora, train, quant = p.lora, p.train, p.quant
+    resolved = section_dict(p, "train")
+    dataset_hash = tracking.files_hash(paths.TRAIN_ROWS, paths.VAL_ROWS)
+    run = tracking.start_training_run(resolved, {"dataset_hash": dataset_hash})
+    try:
+        result = train_lora(
+            paths.DATASET, paths.BASE_MODEL, paths.ADAPTER,
+            rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, target_modules=lora.target_modules,
+            epochs=train.epochs, max_steps=train.max_steps, lr=train.lr, batch_size=train.batch_size,
+            grad_accum=train.grad_accum, warmup_steps=train.warmup_steps, weight_decay=train.weight_decay,
+            log_every=train.log_every, precision=train.precision, load_in_4bit=quant.load_in_4bit,
+            quant_type=quant.quant_type, double_quant=quant.double_quant, seed=p.common.seed,
+            metrics_path=paths.TRAIN_METRICS, loss_path=paths.TRAIN_LOSS, run_info=run,
+            provenance={**resolved, "dataset_hash": dataset_hash},
+            on_log=lambda step, metrics: tracking.log_step(run["run_id"], step, metrics),
+        )
+    except BaseException:
+        tracking.finish_run(run["run_id"], {}, status="FAILED")
+        raise
+    tracking.finish_run(run["run_id"], result, {"adapter": paths.ADAPTER, "reports": paths.TRAIN_LOSS})
+    print(f"[train] MLflow run {run['run_id']} in {run['tracking_uri']}", flush=True)
+
+
+def run_merge(p: Params) -> None:
+    merge_adapter(paths.BASE_MODEL, paths.ADAPTER, paths.MERGED, p.merge.dtype)
+    tracking.log_stage(paths.ADAPTER / paths.RUN_INFO_NAME, "merge", section_dict(p, "merge"), {})
+
+
+def run_export(p: Params) -> None:
+    e = p.export
+    info = export_gguf(paths.MERGED, paths.PROMPTS, paths.GGUF, e.quants, e.outtype, e.name, e.llama_cpp_dir)
+    tracking.log_stage(paths.ADAPTER / paths.RUN_INFO_NAME, "export", section_dict(p, "export"),
+                       {"export": info["verification"]}, {"gguf": paths.GGUF / "Modelfile"})
+
+
+def run_evaluate_base(p: Params) -> None:
+    evaluate_base(paths.VAL_ROWS, paths.BASE_MODEL, paths.EVAL_BASE, p.eval.max_samples)
+
+
+def run_evaluate(p: Params) -> None:
+    e = p.eval
+    metrics = evaluate_models(paths.VAL_ROWS, paths.PROMPTS, paths.MERGED, paths.GGUF, paths.EVAL_BASE,
+                              paths.EVAL, paths.SAMPLES, e.max_samples, e.num_generations, e.max_new_tokens)
+    tracking.log_stage(paths.ADAPTER / paths.RUN_INFO_NAME, "evaluate", section_dict(p, "evaluate"),
+                       {"eval": metrics}, {"reports": paths.SAMPLES})
+
+
+STAGES = {
+    "base": run_base, "extract": run_extract, "dataset": run_dataset, "train": run_train,
+    "merge": run_merge, "export": run_export, "evaluate_base": run_evaluate_base, "evaluate": run_evaluate,
+}

@@ -1,0 +1,121 @@
+"""Shared fixtures: a tiny random Llama with the bundled SmolLM2 tokenizer, and tiny datasets.
+
+Run: .venv/bin/pytest tests/   (or `make test`)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).parent / "fixtures"
+SAMPLE_DOCS = ROOT / "data" / "raw" / "docs"
+
+TEXT = (
+    "Low-rank adaptation trains two thin matrices beside each frozen weight matrix. "
+    "The product of the two matrices is added to the layer's output, scaled by alpha over rank. "
+    "Only the thin matrices receive gradients, so the optimizer state stays small.\n\n"
+    "A pipeline records data, code and parameters together. Each stage reads declared inputs and "
+    "writes declared outputs, so a change reruns only the stages that depend on it."
+)
+
+
+@pytest.fixture(scope="session")
+def bundled_tokenizer_dir(tmp_path_factory) -> Path:
+    """The SmolLM2 tokenizer read from the bundled GGUF (llama.cpp's converter knows its hash)."""
+    from transformers import AutoTokenizer
+
+    from lorapipe.models import bundled_gguf
+
+    gguf = bundled_gguf("smollm2-135m-instruct")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    out = tmp_path_factory.mktemp("tokenizer")
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, bundled_tokenizer_dir) -> Path:
+    """A 2-layer, 64-wide random Llama (about 3.2 M parameters) saved as a Hugging Face folder."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(bundled_tokenizer_dir)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    out = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture
+def text_dir(tmp_path) -> Path:
+    """An extracted-text folder with a manifest, as the extract stage writes it."""
+    from lorapipe.io import write_jsonl
+
+    out = tmp_path / "extracted"
+    out.mkdir()
+    rows = []
+    for i in range(3):
+        name = f"doc{i}.md.txt"
+        (out / name).write_text(f"Document {i}.\n\n" + TEXT * (i + 2))
+        rows.append({"source": f"docs/doc{i}.md", "status": "ok", "output": name})
+    write_jsonl(out / "manifest.jsonl", rows)
+    return out
+
+
+@pytest.fixture
+def dataset_dir(tmp_path, text_dir, tiny_model_dir) -> Path:
+    from lorapipe import build_dataset
+
+    out = tmp_path / "dataset"
+    build_dataset(text_dir, tiny_model_dir, out, max_seq_len=64, overlap_tokens=8, val_fraction=0.25, seed=1,
+                  system_prompt="You answer from the documents.")
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_adapter(tmp_path_factory, tiny_model_dir) -> Path:
+    """An adapter trained for a few steps at a high learning rate, so that its update is not zero."""
+    from lorapipe import build_dataset, train_lora
+    from lorapipe.io import write_jsonl
+
+    work = tmp_path_factory.mktemp("trained")
+    text = work / "text"
+    text.mkdir()
+    (text / "a.txt").write_text(TEXT * 6)
+    write_jsonl(text / "manifest.jsonl", [{"source": "a.md", "status": "ok", "output": "a.txt"}])
+    build_dataset(text, tiny_model_dir, work / "dataset", max_seq_len=64, overlap_tokens=8, val_fraction=0.25)
+    train_lora(work / "dataset", tiny_model_dir, work / "adapter", rank=4, alpha=8, max_steps=3, lr=5e-2,
+               batch_size=2, log_every=1, precision="fp32", metrics_path=work / "train.json",
+               loss_path=work / "loss.tsv", run_info={"run_id": None})
+    return work / "adapter"
+
+
+def copy_project(dest: Path) -> Path:
+    """Copy the files git would commit (tracked plus untracked, not ignored) into `dest`."""
+    import subprocess
+
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+                            cwd=ROOT, capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, listed):
+        source = ROOT / name
+        if source.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+    return dest
+
+
+def read_json(path: Path):
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,123 @@
+"""End to end: the whole DVC pipeline on a tiny model in a temporary git repo, then an experiment.
+
+Run: .venv/bin/pytest tests/test_pipeline_e2e.py -s   (about two minutes)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import copy_project, read_json
+from lorapipe.params import STAGE_SECTIONS
+
+ALL_STAGES = set(STAGE_SECTIONS)
+AFTER_TRAIN = {"train", "merge", "export", "evaluate"}
+
+
+def _run(args: list[str], cwd: Path, env: dict) -> str:
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{output[-6000:]}"
+    return output
+
+
+def _ran(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([\w_]+)'", output))
+
+
+def _skipped(output: str) -> set[str]:
+    return set(re.findall(r"Stage '([\w_]+)' didn't change, skipping", output))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, tiny_model_dir):
+    repo = copy_project(tmp_path_factory.mktemp("e2e") / "project")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["model"]["name"] = str(tiny_model_dir)
+    params["dataset"].update(max_seq_len=128, overlap_tokens=16)
+    params["train"].update(max_steps=4, batch_size=2, log_every=2)
+    params["export"].update(quants=["Q8_0"], outtype="f32", name="tiny")
+    params["eval"].update(max_samples=4, num_generations=1, max_new_tokens=8)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "LORAPIPE_HOME")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    git = ["git", "-c", "user.name=lorapipe tests", "-c", "user.email=tests@lorapipe.invalid"]
+    _run(["git", "init", "-q", "-b", "main"], repo, env)
+    _run(["git", "config", "user.name", "lorapipe tests"], repo, env)
+    _run(["git", "config", "user.email", "tests@lorapipe.invalid"], repo, env)
+    _run([*git, "add", "-A"], repo, env)
+    _run([*git, "commit", "-q", "-m", "project"], repo, env)
+    first = _run(["dvc", "repro"], repo, env)
+    return repo, env, first
+
+
+def test_repro_runs_every_stage_and_writes_every_out(project):
+    repo, _, output = project
+    assert _ran(output) == ALL_STAGES
+    manifest = (repo / "data/extracted_text/manifest.jsonl").read_text().splitlines()
+    assert len(manifest) == len(list((repo / "data/raw/docs").iterdir()))
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in (repo / "models/base").iterdir()}
+    for name in ("train.jsonl", "val.jsonl", "prompts.json", "stats.json"):
+        assert (repo / "data/dataset" / name).stat().st_size > 0
+    assert read_json(repo / "data/dataset/stats.json")["max_seq_len"] == 128
+    adapter = {p.name for p in (repo / "models/lora_output").iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json", "run.json", "tokenizer.json"} <= adapter
+    assert read_json(repo / "reports/train.json")["steps"] == 4
+    assert (repo / "reports/train_loss.tsv").read_text().splitlines()[0] == "step\tloss"
+    assert (repo / "models/merged/model.safetensors").is_file()
+    assert sorted(p.name for p in (repo / "models/gguf").iterdir()) == ["Modelfile", "export.json", "tiny.Q8_0.gguf"]
+    prompt = next(iter(read_json(repo / "data/dataset/prompts.json").values()))
+    assert f'SYSTEM """{prompt}"""' in (repo / "models/gguf/Modelfile").read_text()
+    assert read_json(repo / "reports/eval_base.json")["base"]["perplexity"] > 0
+    evaluation = read_json(repo / "reports/eval.json")
+    assert set(evaluation["gguf"]) == {"Q8_0"} and evaluation["merged"]["perplexity"] > 0
+    assert "**Answer:**" in (repo / "reports/samples.md").read_text()
+    # Outputs are git-ignored and tracked by DVC instead.
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True).stdout
+    assert "models/" not in status and "data/dataset" not in status and "mlflow.db" not in status
+
+
+def test_second_repro_is_a_no_op(project):
+    repo, env, _ = project
+    output = _run(["dvc", "repro"], repo, env)
+    assert _ran(output) == set()
+    assert "Data and pipelines are up to date" in output
+
+
+def test_experiment_reruns_only_what_depends_on_lora_rank(project):
+    repo, env, _ = project
+    _run(["git", "add", "-A"], repo, env)
+    _run(["git", "commit", "-q", "-m", "baseline results"], repo, env)
+    output = _run(["dvc", "exp", "run", "-S", "lora.rank=4"], repo, env)
+    assert _ran(output) == AFTER_TRAIN
+    assert _skipped(output) == ALL_STAGES - AFTER_TRAIN
+    assert read_json(repo / "models/lora_output/adapter_config.json")["r"] == 4
+
+    shown = _run(["dvc", "exp", "show", "--csv"], repo, env)
+    header, *rows = [line.split(",") for line in shown.strip().splitlines()]
+    assert "lora.rank" in header and "merged.perplexity" in header
+    ranks = {row[header.index("lora.rank")] for row in rows}
+    assert {"4", "16"} <= ranks
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("lorapipe")
+    runs = client.search_runs([experiment.experiment_id], "tags.`lorapipe.stage` = 'train'")
+    assert sorted(run.data.params["lora.rank"] for run in runs) == ["16", "4"]
+    for run in runs:
+        assert "eval.merged.perplexity" in run.data.metrics and client.list_artifacts(run.info.run_id, "adapter")
+
+
+def test_plots_render_the_loss_curve(project, tmp_path):
+    repo, env, _ = project
+    _run(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], repo, env)
+    page = (tmp_path / "plots" / "index.html").read_text()
+    assert "train_loss.tsv" in page and "loss" in page

@@ -1,0 +1,65 @@
+"""Train stage: LoRA on a tiny model, outputs, target modules, 4-bit config.
+
+Run: .venv/bin/pytest tests/test_train.py
+"""
+
+from conftest import read_json
+from lorapipe import train_lora
+from lorapipe.train import default_target_modules, quantization_config, resolve_load_in_4bit, resolve_precision
+
+
+def test_adapter_outputs(tmp_path, dataset_dir, tiny_model_dir):
+    result = train_lora(dataset_dir, tiny_model_dir, tmp_path / "adapter", rank=4, alpha=8, max_steps=4,
+                        batch_size=2, log_every=2, lr=1e-2, precision="fp32",
+                        metrics_path=tmp_path / "train.json", loss_path=tmp_path / "loss.tsv",
+                        run_info={"run_id": "abc", "experiment": "x"})
+    names = {p.name for p in (tmp_path / "adapter").iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "run.json",
+            "lorapipe_params.yaml"} <= names
+    assert read_json(tmp_path / "adapter" / "run.json") == {"run_id": "abc", "experiment": "x"}
+    config = read_json(tmp_path / "adapter" / "adapter_config.json")
+    assert config["r"] == 4 and set(config["target_modules"]) == {
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    metrics = read_json(tmp_path / "train.json")
+    assert metrics["steps"] == 4 and metrics["val_loss"] > 0 and metrics["tokens"] > 0
+    assert (tmp_path / "loss.tsv").read_text().splitlines() == [
+        "step\tloss", *(f"{s}\t{v:.6f}" for s, v in result["history"])]
+    assert [s for s, _ in result["history"]] == [2, 4]
+
+
+def test_loss_falls_when_overfitting_one_batch(tmp_path, dataset_dir, tiny_model_dir):
+    result = train_lora(dataset_dir, tiny_model_dir, tmp_path / "a", rank=8, alpha=16, max_steps=12, lr=3e-2,
+                        batch_size=8, log_every=4, precision="fp32", metrics_path=None, loss_path=None)
+    losses = [loss for _, loss in result["history"]]
+    assert losses[-1] < losses[0]
+
+
+def test_epochs_when_max_steps_is_minus_one(tmp_path, dataset_dir, tiny_model_dir):
+    rows = len((dataset_dir / "train.jsonl").read_text().splitlines())
+    result = train_lora(dataset_dir, tiny_model_dir, tmp_path / "a", max_steps=-1, epochs=2, batch_size=2,
+                        precision="fp32", metrics_path=None, loss_path=None)
+    assert result["steps"] == 2 * -(-rows // 2)
+
+
+def test_device_and_precision_policy():
+    assert resolve_load_in_4bit("auto", "cpu") is False
+    assert resolve_load_in_4bit("auto", "cuda") is True
+    assert resolve_load_in_4bit(True, "cpu") is True
+    assert resolve_precision("fp32", "cpu") == "fp32"
+    assert resolve_precision("auto", "cpu") in ("fp32", "bf16")
+
+
+def test_qlora_config():
+    import torch
+
+    assert quantization_config(False, "nf4", True, "bf16") is None
+    config = quantization_config(True, "nf4", True, "bf16")
+    assert config.load_in_4bit and config.bnb_4bit_quant_type == "nf4" and config.bnb_4bit_use_double_quant
+    assert config.bnb_4bit_compute_dtype == torch.bfloat16
+
+
+def test_target_modules_for_gpt2():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100))
+    assert default_target_modules(model) == ["c_attn", "c_fc", "c_proj"]
