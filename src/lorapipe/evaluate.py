@@ -13,7 +13,7 @@ from pathlib import Path
 
 from lorapipe import paths
 from lorapipe.io import read_json, read_jsonl, write_json, write_text_atomic
-from lorapipe.models import load_causal_lm, load_tokenizer
+from lorapipe.models import load_causal_lm, load_tokenizer, sequence_nll
 
 
 def _val_token_ids(val_path: Path, tokenizer, max_samples: int) -> list[list[int]]:
@@ -29,16 +29,7 @@ def _summary(nll: float, count: int) -> dict[str, float]:
 
 
 def hf_perplexity(model_dir: str | Path, sequences: list[list[int]]) -> dict[str, float]:
-    import torch
-
-    model = load_causal_lm(model_dir).eval()
-    nll, count = 0.0, 0
-    with torch.no_grad():
-        for ids in sequences:
-            tensor = torch.tensor([ids])
-            nll += model(input_ids=tensor, labels=tensor).loss.item() * (len(ids) - 1)
-            count += len(ids) - 1
-    return _summary(nll, count)
+    return _summary(*sequence_nll(load_causal_lm(model_dir).eval(), sequences))
 
 
 def gguf_logits(gguf_path: str | Path, sequences: list[list[int]]) -> list:

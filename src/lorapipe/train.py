@@ -20,7 +20,7 @@ from typing import Any
 
 from lorapipe import paths
 from lorapipe.io import atomic_dir, read_json, read_jsonl, write_json, write_provenance, write_text_atomic
-from lorapipe.models import copy_tokenizer, load_tokenizer
+from lorapipe.models import copy_tokenizer, load_tokenizer, sequence_nll
 
 
 def cpu_has_bf16() -> bool:
@@ -58,13 +58,8 @@ def default_target_modules(model) -> list[str]:
     import torch
     from transformers.pytorch_utils import Conv1D
 
-    linear_types: tuple[type, ...] = (torch.nn.Linear, Conv1D)
-    try:
-        import bitsandbytes as bnb
-
-        linear_types += (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
-    except Exception:  # noqa: BLE001 - bitsandbytes is optional on the CPU
-        pass
+    # bitsandbytes' 4/8-bit layers subclass torch.nn.Linear, so this finds quantized models' layers too.
+    linear_types = (torch.nn.Linear, Conv1D)
     output = model.get_output_embeddings()
     names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
              if isinstance(module, linear_types) and module is not output}
@@ -219,13 +214,8 @@ def train_lora(
     seconds = time.perf_counter() - started
 
     model.eval()
-    nll, count = 0.0, 0
-    with torch.no_grad(), autocast:
-        for seq in val_ids:
-            ids = torch.tensor([seq], device=device)
-            out = model(input_ids=ids, labels=ids)
-            nll += out.loss.item() * (len(seq) - 1)
-            count += len(seq) - 1
+    with autocast:
+        nll, count = sequence_nll(model, [ids for ids in val_ids if len(ids) >= 2], device)
     val_loss = nll / max(count, 1)
     metrics = {
         "train_loss": history[-1][1],
