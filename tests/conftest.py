@@ -119,3 +119,9 @@ def copy_project(dest: Path) -> Path:
 
 def read_json(path: Path):
     return json.loads(Path(path).read_text())
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    """Each test gets its own lorapipe cache, so no test sees another's cached extractions."""
+    monkeypatch.setenv("LORAPIPE_CACHE_DIR", str(tmp_path / "lorapipe-cache"))

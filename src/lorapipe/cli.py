@@ -1,7 +1,7 @@
 """The `lorapipe` command: each pipeline stage as a subcommand, over the same functions DVC runs.
 
     lorapipe train --lora.rank 8          # run one stage with params.yaml plus overrides
-    lorapipe extract --input more_docs/   # extract from other folders too
+    lorapipe extract --input-dir a/ b/ --output-dir out/ --no-resume   # extract other folders
     lorapipe ask "What is LoRA?"          # one answer from the exported GGUF
     lorapipe check                        # validate params.yaml
 
@@ -21,6 +21,11 @@ from lorapipe import paths
 from lorapipe.params import STAGE_SECTIONS, ParamsError, load_params, stage_keys
 
 
+# Short spellings of some keys, as the README documents them (`--min-length` = `--extract.min_length`).
+_ALIASES = {"extract.min_length": ("--min-length",), "extract.device": ("--device",),
+            "extract.workers": ("--workers",), "extract.pdf_backend": ("--pdf-backend",)}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lorapipe", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -28,9 +33,15 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(stage, help=f"run the {stage} stage")
         sub.add_argument("--params", default=str(paths.PARAMS), help="params file (default: params.yaml)")
         for key in stage_keys(stage):
-            sub.add_argument(f"--{key}", dest=key, metavar="VALUE", default=None, help=f"override {key}")
+            sub.add_argument(f"--{key}", *_ALIASES.get(key, ()), dest=key, metavar="VALUE", default=None,
+                             help=f"override {key}")
         if stage == "extract":
-            sub.add_argument("--input", action="append", help="input folder (repeatable; default data/raw/docs)")
+            sub.add_argument("--input-dir", "--input", nargs="+", dest="input_dirs", metavar="DIR",
+                             help="input folders (default: data/raw/docs)")
+            sub.add_argument("--output-dir", dest="output_dir", metavar="DIR", default=str(paths.EXTRACTED),
+                             help="output folder (default: data/extracted_text)")
+            sub.add_argument("--no-resume", dest="extract.resume", action="store_const", const="false",
+                             help="ignore cached texts and extract everything again (extract.resume: false)")
     ask = commands.add_parser("ask", help="answer a question with the exported GGUF (llama.cpp)")
     ask.add_argument("question")
     ask.add_argument("--gguf", help="GGUF file (default: the first in models/gguf)")
@@ -64,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
             from lorapipe.pipeline import STAGES, run_extract
 
             params = load_params(args.params, _overrides(args, args.command))
-            if args.command == "extract" and args.input:
-                run_extract(params, [Path(d) for d in args.input])
+            if args.command == "extract":
+                run_extract(params, [Path(d) for d in args.input_dirs or [paths.RAW_DOCS]], Path(args.output_dir))
             else:
                 STAGES[args.command](params)
         elif args.command == "ask":

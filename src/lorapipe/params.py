@@ -36,7 +36,13 @@ class ModelParams(_Section):
 
 
 class ExtractParams(_Section):
-    pdf_backend: Literal["auto", "docling-native", "pdfplumber"] = "auto"
+    pdf_backend: Literal["auto", "docling", "docling-native", "pdfplumber"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    ocr: bool = False
+    docling_artifacts_path: str | None = None
+    timeout_s: float = Field(300, gt=0)
+    workers: int = Field(2, ge=1, le=256)
+    resume: bool = True
     min_length: int = Field(20, ge=0)
 
 

@@ -21,8 +21,10 @@ def run_base(p: Params) -> None:
     prepare_base_model(p.model.name, paths.BASE_MODEL, p.model.revision, p.model.trust_remote_code)
 
 
-def run_extract(p: Params, input_dirs: list | None = None) -> None:
-    extract_documents(input_dirs or [paths.RAW_DOCS], paths.EXTRACTED, p.extract.pdf_backend, p.extract.min_length)
+def run_extract(p: Params, input_dirs: list | None = None, out_dir=paths.EXTRACTED) -> None:
+    e = p.extract
+    extract_documents(input_dirs or [paths.RAW_DOCS], out_dir, e.pdf_backend, e.min_length, e.device, e.ocr,
+                      e.docling_artifacts_path, e.timeout_s, e.workers, e.resume)
 
 
 def run_dataset(p: Params) -> None:

@@ -1,33 +1,43 @@
-"""Extract text from documents: one ``.txt`` per source plus ``manifest.jsonl`` (the extract stage).
+"""Extract text from documents: one ``.txt`` per source, ``manifest.jsonl`` and ``extract.log``.
 
     from lorapipe import extract_documents
-    manifest = extract_documents(["data/raw/docs"], "data/extracted_text")
+    manifest = extract_documents(["data/raw/docs", "more/"], "data/extracted_text", workers=2)
 
-One bad document never loses the others: it is recorded as ``failed`` with its error. Nothing in
-the input folders is modified.
+- Incremental: each source's raw text is cached by content (sha256 of the file, the extractor
+  version and the params that change the result) in a cache folder outside the outputs, so adding
+  one document extracts only that one, and a rerun after a crash resumes where it stopped.
+- Crash-proof: documents are converted in worker processes with a time limit; a crash or time-out
+  is retried with pdfplumber, and a document that still fails is recorded as ``failed``.
+- Nothing in the input folders is modified; symbolic links out of an input folder are not followed.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
+import json
+import os
+import sys
 import time
-import unicodedata
 from pathlib import Path
+from typing import Any
 
 from lorapipe import paths
-from lorapipe.extract.formats import FORMATS, READERS, read_pdf
-from lorapipe.io import atomic_dir, write_jsonl
+from lorapipe.extract.clean import clean_pages, clean_text
+from lorapipe.extract.formats import FORMATS, OCR_HINT, READERS, read_pdf, resolve_pdf_backend
+from lorapipe.extract.workers import Job, run_jobs
+from lorapipe.io import atomic_dir, write_json, write_jsonl
 
 __all__ = ["extract_documents", "clean_text", "FORMATS"]
 
+EXTRACTOR_VERSION = 2  # bump when a reader's output changes: cached texts of older versions are not used
+LOG_NAME = "extract.log"
 
-def clean_text(text: str) -> str:
-    """Unicode NFC, no trailing spaces, at most one blank line in a row."""
-    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
-    text = re.sub(r"[ \t\f\v]+\n", "\n", text)
-    text = re.sub(r"\n{3,}", "\n\n", text)
-    return text.strip()
+
+def convert_document(path: Path, kind: str, pdf_backend: str = "docling-native", device: str = "auto",
+                     ocr: bool = False, artifacts_path: str | None = None) -> dict[str, Any]:
+    """Raw pages of one document (runs in a worker process)."""
+    extracted = read_pdf(path, pdf_backend, device, ocr, artifacts_path) if kind == "pdf" else READERS[kind](path)
+    return {"pages": extracted.pages, "extractor": extracted.extractor, "paged": extracted.paged}
 
 
 def _sha256(path: Path) -> str:
@@ -43,23 +53,63 @@ def _out_name(relative: Path) -> str:
     return "__".join(relative.parts) + ".txt"
 
 
-def _sources(input_dirs: list[Path]) -> list[tuple[Path, Path]]:
+def _walk(root: Path) -> list[Path]:
+    """Files under `root`, sorted, without following symbolic links to folders."""
     found = []
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [Path(folder) / name for name in files if not name.startswith(".")]
+    return sorted(found)
+
+
+def _sources(input_dirs: list[Path]) -> list[tuple[Path, Path, Path]]:
+    """``(path, name relative to the inputs, input folder)`` of every file, in a stable order."""
     for root in input_dirs:
         if not root.is_dir():
             raise FileNotFoundError(f"input folder not found: {root}")
-        for path in sorted(root.rglob("*")):
-            if path.is_file() and not path.name.startswith("."):
-                relative = path.relative_to(root)
-                found.append((path, Path(root.name) / relative if len(input_dirs) > 1 else relative))
+    found = []
+    for root in input_dirs:
+        for path in _walk(root):
+            relative = path.relative_to(root)
+            found.append((path, Path(root.name) / relative if len(input_dirs) > 1 else relative, root))
     return found
 
 
-def extract_one(path: Path, pdf_backend: str = "auto") -> tuple[str, int | None, str]:
-    kind = FORMATS[path.suffix.lower()]
-    if kind == "pdf":
-        return read_pdf(path, pdf_backend)
-    return READERS[kind](path)
+def _precheck(path: Path, root: Path) -> str | None:
+    """Why a file is skipped before any conversion, or None."""
+    if path.is_symlink() and not path.resolve().is_relative_to(root.resolve()):
+        return "symbolic link to a file outside the input folder: not followed"
+    if not path.is_file():
+        return "not a regular file"
+    if path.suffix.lower() not in FORMATS:
+        return f"unsupported format {path.suffix or '(no extension)'}; supported: {', '.join(sorted(FORMATS))}"
+    if path.stat().st_size == 0:
+        return "empty file (0 bytes)"
+    return None
+
+
+class _Cache:
+    """Raw conversion results keyed by file content and everything that changes the result."""
+
+    def __init__(self, folder: Path, options: dict[str, Any], read: bool):
+        self.folder, self.read = folder, read
+        self.suffix = hashlib.sha256(json.dumps({"version": EXTRACTOR_VERSION, **options},
+                                                sort_keys=True).encode()).hexdigest()[:16]
+
+    def path(self, sha: str) -> Path:
+        return self.folder / sha[:2] / f"{sha}-{self.suffix}.json"
+
+    def get(self, sha: str) -> dict | None:
+        path = self.path(sha)
+        if not self.read or not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return None  # a damaged entry is converted again
+
+    def put(self, sha: str, entry: dict) -> None:
+        write_json(self.path(sha), entry)
 
 
 def extract_documents(
@@ -67,47 +117,117 @@ def extract_documents(
     out_dir: str | Path = paths.EXTRACTED,
     pdf_backend: str = "auto",
     min_length: int = 20,
+    device: str = "auto",
+    ocr: bool = False,
+    docling_artifacts_path: str | None = None,
+    timeout_s: float = 300,
+    workers: int = 2,
+    resume: bool = True,
+    cache_dir: str | Path | None = None,
 ) -> list[dict]:
     """Extract every supported file under `input_dirs` (recursively) into `out_dir`.
 
-    Returns the manifest rows. Raises FileNotFoundError for a missing input folder and
-    ValueError when no document yields usable text.
+    Returns the manifest rows. Raises FileNotFoundError for a missing input folder and ValueError
+    when no document yields usable text.
     """
+    from tqdm import tqdm
+
     dirs = [Path(d) for d in ([input_dirs] if isinstance(input_dirs, (str, Path)) else input_dirs)]
     sources = _sources(dirs)
-    manifest: list[dict] = []
+    backend = resolve_pdf_backend(pdf_backend, docling_artifacts_path)
+    options = {"pdf_backend": backend, "device": device, "ocr": ocr, "artifacts_path": docling_artifacts_path}
+    cache = _Cache(Path(cache_dir or paths.cache_dir() / "extract"), options, read=resume)
+
+    rows: list[dict] = []
+    jobs: list[Job] = []
+    for index, (path, relative, root) in enumerate(sources):
+        row = {"source": str(path), "sha256": None, "bytes": None,
+               "format": FORMATS.get(path.suffix.lower(), path.suffix.lower().lstrip(".") or "unknown"),
+               "extractor": None, "pages": None, "chars": 0, "status": "ok", "error": None,
+               "output": None, "cached": False, "seconds": 0.0, "_relative": relative}
+        rows.append(row)
+        reason = _precheck(path, root)
+        if reason:
+            row.update(status="skipped", error=reason)
+            continue
+        row.update(sha256=_sha256(path), bytes=path.stat().st_size)
+        entry = cache.get(row["sha256"])
+        if entry is not None:
+            row["cached"] = True
+            row["_entry"] = entry
+        else:
+            jobs.append(Job(index, path, {"kind": row["format"], **options}))
+
+    log_lines: list[str] = []
+    progress = tqdm(total=len(sources), desc="[extract]", unit="file", mininterval=1.0, dynamic_ncols=True)
+    started, pages_done = time.monotonic(), 0
+
+    def finish(row: dict, entry: dict) -> None:
+        nonlocal pages_done
+        row.pop("_entry", None)
+        row["seconds"] = entry.get("seconds", 0.0)
+        if entry["status"] == "ok":
+            row.update(extractor=entry["extractor"], error=entry.get("note"),
+                       pages=len(entry["pages"]) if entry["paged"] else None)
+            row["_text"] = clean_pages(entry["pages"], entry["paged"])
+            row["chars"] = len(row["_text"])
+            pages_done += len(entry["pages"]) if entry["paged"] else 0
+            if row["chars"] < min_length:
+                hint = f": {OCR_HINT}" if row["format"] == "pdf" else ""
+                row.update(status="skipped", error=f"only {row['chars']} characters of text "
+                                                   f"(extract.min_length is {min_length}){hint}")
+        else:
+            row.update(status="failed", error=entry["error"])
+        elapsed = max(time.monotonic() - started, 1e-9)
+        detail = f"{row['chars']} chars via {row['extractor']}" if row["status"] == "ok" else row["error"]
+        line = (f"{row['status']:7} {row['source']} ({detail}{', cached' if row['cached'] else ''}; "
+                f"{row['seconds']:.1f} s)")
+        log_lines.append(line)
+        tqdm.write(f"[extract] {line}", file=sys.stderr)
+        progress.set_postfix_str(f"{progress.n / elapsed:.2f} files/s, {pages_done / elapsed:.1f} pages/s")
+        progress.update(1)
+
+    for row in rows:
+        if row["status"] == "skipped":
+            log_lines.append(f"skipped {row['source']} ({row['error']})")
+            tqdm.write(f"[extract] skipped {row['source']} ({row['error']})", file=sys.stderr)
+            progress.update(1)
+        elif row["cached"]:
+            finish(row, row["_entry"])
+
+    def fallback(job: Job, reason: str) -> dict | None:
+        if job.options["kind"] == "pdf" and job.options["pdf_backend"] != "pdfplumber":
+            return {**job.options, "pdf_backend": "pdfplumber"}
+        return None
+
+    for job, status, result in run_jobs(jobs, convert_document, workers, timeout_s, fallback):
+        seconds = round(time.monotonic() - job.started, 3)
+        if status == "ok":
+            note = f"{options['pdf_backend']} failed ({job.note}); pdfplumber used" if job.note else None
+            entry = {"status": "ok", **result, "note": note, "seconds": seconds}
+        else:
+            message = f"{job.note}; pdfplumber: {result}" if job.note and job.note != result else result
+            entry = {"status": "failed", "error": message, "seconds": seconds}
+        cache.put(rows[job.index]["sha256"], entry)  # written per document: a killed stage resumes here
+        finish(rows[job.index], entry)
+    progress.close()
+
+    ok = [row for row in rows if row["status"] == "ok"]
+    if not ok:
+        counts = {s: sum(r["status"] == s for r in rows) for s in ("failed", "skipped")}
+        raise ValueError(
+            f"no text was extracted from {', '.join(map(str, dirs))}: {len(rows)} file(s), "
+            f"{counts['failed']} failed, {counts['skipped']} skipped (see the reasons above). "
+            f"Supported: {', '.join(sorted(FORMATS))}"
+        )
     with atomic_dir(out_dir) as tmp:
-        for number, (path, relative) in enumerate(sources, 1):
-            started = time.perf_counter()
-            row = {"source": str(path), "sha256": _sha256(path), "bytes": path.stat().st_size,
-                   "format": FORMATS.get(path.suffix.lower(), path.suffix.lower().lstrip(".") or "unknown"),
-                   "extractor": None, "pages": None, "chars": 0, "status": "ok", "error": None,
-                   "output": None, "seconds": 0.0}
-            if path.suffix.lower() not in FORMATS:
-                row.update(status="skipped", error=f"unsupported format {path.suffix or '(no extension)'}")
-            else:
-                try:
-                    text, pages, extractor = extract_one(path, pdf_backend)
-                    text = clean_text(text)
-                    row.update(extractor=extractor, pages=pages, chars=len(text))
-                    if len(text) < min_length:
-                        row.update(status="skipped", error=f"only {len(text)} characters of text (extract.min_length is {min_length})")
-                    else:
-                        row["output"] = _out_name(relative)
-                        (tmp / row["output"]).write_text(text + "\n", encoding="utf-8")
-                except Exception as exc:  # noqa: BLE001 - one bad document never stops the others
-                    row.update(status="failed", error=f"{type(exc).__name__}: {exc}")
-            row["seconds"] = round(time.perf_counter() - started, 3)
-            manifest.append(row)
-            detail = f"{row['chars']} chars via {row['extractor']}" if row["status"] == "ok" else row["error"]
-            print(f"[extract] {number}/{len(sources)} {row['status']:7} {path} ({detail})", flush=True)
-        ok = sum(row["status"] == "ok" for row in manifest)
-        if not ok:
-            counts = {s: sum(r["status"] == s for r in manifest) for s in ("failed", "skipped")}
-            raise ValueError(
-                f"no text was extracted from {', '.join(map(str, dirs))}: {len(manifest)} file(s), "
-                f"{counts['failed']} failed, {counts['skipped']} skipped. Supported: {', '.join(sorted(FORMATS))}"
-            )
+        for row in ok:
+            row["output"] = _out_name(row["_relative"])
+            (tmp / row["output"]).write_text(row["_text"] + "\n", encoding="utf-8")
+        manifest = [{k: v for k, v in row.items() if not k.startswith("_")} for row in rows]
         write_jsonl(tmp / paths.MANIFEST_NAME, manifest)
-    print(f"[extract] {ok} of {len(manifest)} document(s) extracted into {out_dir}", flush=True)
+        (tmp / LOG_NAME).write_text("\n".join(log_lines) + "\n", encoding="utf-8")
+    elapsed = time.monotonic() - started
+    print(f"[extract] {len(ok)} of {len(rows)} document(s) extracted into {out_dir} "
+          f"({sum(r['cached'] for r in rows)} from cache, {len(jobs)} converted, {elapsed:.1f} s)", flush=True)
     return manifest

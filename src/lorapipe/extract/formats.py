@@ -1,23 +1,58 @@
-"""One reader per document format. Each returns ``(text, pages, extractor)`` or raises with the
-reason; `extract_documents` turns a raise into a `failed` manifest line."""
+"""One reader per document format.
+
+Each reader returns an `Extracted`: the text of each page (one entry for formats without pages)
+and the name of the extractor that produced it, or raises with the reason; the caller turns a raise
+into a `failed` manifest line.
+"""
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 FORMATS = {
     ".pdf": "pdf", ".epub": "epub", ".md": "markdown", ".markdown": "markdown", ".txt": "text",
-    ".html": "html", ".htm": "html", ".docx": "docx", ".json": "json",
+    ".html": "html", ".htm": "html", ".xhtml": "html", ".docx": "docx", ".json": "json",
 }
+PDF_BACKENDS = ("auto", "docling", "docling-native", "pdfplumber")
+OCR_HINT = ("it has no text layer (a scanned PDF?): OCR is needed. Install the layout extra "
+            "(pip install 'lorapipe[layout]') and set extract.pdf_backend: docling and extract.ocr: true")
 
 
-def read_plain(path: Path) -> tuple[str, int | None, str]:
+@dataclass
+class Extracted:
+    pages: list[str]
+    extractor: str
+    paged: bool = False  # True when `pages` are real pages (running headers can be detected)
+
+
+def decode_text(data: bytes) -> str:
+    """UTF-8 when it is; otherwise the encoding charset-normalizer detects (never a crash)."""
     try:
-        return path.read_text(encoding="utf-8"), None, "plain"
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"not UTF-8 text (byte {exc.start})") from None
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        from charset_normalizer import from_bytes
+
+        best = from_bytes(data).best()
+        if best is None:
+            raise ValueError("binary data, not text (no text encoding fits)") from None
+        # Short Western texts fit several single-byte code pages equally well; Windows-1252 is by
+        # far the most common of them, so it wins a tie.
+        western = from_bytes(data, cp_isolation=["cp1252"]).best()
+        if western is not None and western.chaos <= best.chaos and western.coherence >= best.coherence:
+            return str(western)
+        return str(best)
+
+
+def read_plain(path: Path) -> Extracted:
+    data = path.read_bytes()
+    if b"\x00" in data[:8192]:
+        raise ValueError("binary data, not text (it contains NUL bytes)")
+    return Extracted([decode_text(data)], "plain")
 
 
 def _html_to_text(markup: str | bytes) -> str:
@@ -29,11 +64,11 @@ def _html_to_text(markup: str | bytes) -> str:
     return soup.get_text("\n")
 
 
-def read_html(path: Path) -> tuple[str, int | None, str]:
-    return _html_to_text(path.read_bytes()), None, "beautifulsoup"
+def read_html(path: Path) -> Extracted:
+    return Extracted([_html_to_text(path.read_bytes())], "beautifulsoup")
 
 
-def read_epub(path: Path) -> tuple[str, int | None, str]:
+def read_epub(path: Path) -> Extracted:
     import ebooklib
     from ebooklib import epub
 
@@ -43,19 +78,19 @@ def read_epub(path: Path) -> tuple[str, int | None, str]:
         item = book.get_item_with_id(item_id)
         if item is not None and item.get_type() == ebooklib.ITEM_DOCUMENT:
             chapters.append(_html_to_text(item.get_content()))
-    return "\n\n".join(chapters), len(chapters), "ebooklib"
+    return Extracted(chapters, "ebooklib")
 
 
-def read_docx(path: Path) -> tuple[str, int | None, str]:
+def read_docx(path: Path) -> Extracted:
     import docx
 
     document = docx.Document(str(path))
-    return "\n\n".join(p.text for p in document.paragraphs), None, "python-docx"
+    return Extracted(["\n\n".join(p.text for p in document.paragraphs)], "python-docx")
 
 
-def read_json_report(path: Path) -> tuple[str, int | None, str]:
+def read_json_report(path: Path) -> Extracted:
     """A report whose sections hold an `improved` text: ``{"sections": {"INTRO": {"improved": …}}}``."""
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = json.loads(decode_text(path.read_bytes()))
     sections = data.get("sections") if isinstance(data, dict) else None
     if not isinstance(sections, dict):
         raise ValueError('expected a JSON object with "sections": {"NAME": {"improved": "…"}}')
@@ -63,46 +98,97 @@ def read_json_report(path: Path) -> tuple[str, int | None, str]:
              if isinstance(body, dict) and isinstance(body.get("improved"), str)]
     if not parts:
         raise ValueError('no section holds an "improved" text')
-    return "\n\n".join(parts), None, "json-sections"
+    return Extracted(["\n\n".join(parts)], "json-sections")
+
+
+def docling_layout_available(artifacts_path: str | None = None) -> bool:
+    """docling's layout pipeline is usable offline: its model package is installed and the models
+    are in `artifacts_path` or the local Hugging Face cache."""
+    if importlib.util.find_spec("docling_ibm_models") is None:
+        return False
+    if artifacts_path:
+        return Path(artifacts_path).is_dir() and any(Path(artifacts_path).iterdir())
+    hub = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub")
+    return any(hub.glob("models--docling-project--docling-layout*")) or any(hub.glob("models--ds4sd--docling-models"))
+
+
+def resolve_pdf_backend(backend: str, artifacts_path: str | None = None) -> str:
+    """`auto` → `docling` when its layout models are available offline, else `docling-native`."""
+    if backend != "auto":
+        return backend
+    return "docling" if docling_layout_available(artifacts_path) else "docling-native"
 
 
 @functools.cache
-def _docling_converter():
+def _docling_converter(backend: str, device: str = "auto", ocr: bool = False, artifacts_path: str | None = None):
     from docling.datamodel.base_models import InputFormat
-    from docling.datamodel.pipeline_options import NativePdfPipelineOptions
     from docling.document_converter import DocumentConverter, PdfFormatOption
-    from docling.pipeline.native_pdf_pipeline import NativePdfPipeline
 
-    # docling's model-free pipeline: native text layer in reading order, no layout model download.
-    option = PdfFormatOption(pipeline_cls=NativePdfPipeline, pipeline_options=NativePdfPipelineOptions())
+    if backend == "docling-native":
+        # docling's model-free pipeline: the native text layer in reading order, no model download.
+        from docling.datamodel.pipeline_options import NativePdfPipelineOptions
+        from docling.pipeline.native_pdf_pipeline import NativePdfPipeline
+
+        option = PdfFormatOption(pipeline_cls=NativePdfPipeline, pipeline_options=NativePdfPipelineOptions())
+    else:
+        # docling's standard pipeline: layout model, table structure, optional OCR (lorapipe[layout]).
+        from docling.datamodel.accelerator_options import AcceleratorDevice, AcceleratorOptions
+        from docling.datamodel.pipeline_options import PdfPipelineOptions
+
+        options = PdfPipelineOptions(do_ocr=ocr, do_table_structure=True, artifacts_path=artifacts_path,
+                                     accelerator_options=AcceleratorOptions(device=AcceleratorDevice(device)))
+        option = PdfFormatOption(pipeline_options=options)
     return DocumentConverter(allowed_formats=[InputFormat.PDF], format_options={InputFormat.PDF: option})
 
 
-def read_pdf_docling(path: Path) -> tuple[str, int | None, str]:
-    result = _docling_converter().convert(str(path), raises_on_error=False)
+def read_pdf_docling(path: Path, backend: str = "docling-native", device: str = "auto", ocr: bool = False,
+                     artifacts_path: str | None = None) -> Extracted:
+    result = _docling_converter(backend, device, ocr, artifacts_path).convert(str(path), raises_on_error=False)
     if result.status.name not in ("SUCCESS", "PARTIAL_SUCCESS"):
         reasons = "; ".join(e.error_message for e in result.errors) or result.status.name
         raise ValueError(f"docling could not convert it: {reasons}")
-    return result.document.export_to_markdown(), len(result.pages), "docling-native"
+    document = result.document
+    pages = [document.export_to_markdown(page_no=number) for number in sorted(document.pages)]
+    return Extracted(pages or [document.export_to_markdown()], backend, paged=bool(pages))
 
 
-def read_pdf_pdfplumber(path: Path) -> tuple[str, int | None, str]:
+def read_pdf_pdfplumber(path: Path) -> Extracted:
     import pdfplumber
 
     with pdfplumber.open(str(path)) as pdf:
         pages = [page.extract_text() or "" for page in pdf.pages]
-    return "\n\n".join(pages), len(pages), "pdfplumber"
+    return Extracted(pages, "pdfplumber", paged=True)
 
 
-def read_pdf(path: Path, backend: str = "auto") -> tuple[str, int | None, str]:
-    """docling's model-free pipeline first (`auto`), pdfplumber when it fails or is chosen."""
+def _pdf_problem(path: Path) -> str | None:
+    """A clear reason for PDFs that no text extractor can read: encrypted or without pages."""
+    import pypdfium2
+
+    try:
+        pdf = pypdfium2.PdfDocument(str(path))
+    except pypdfium2.PdfiumError as exc:
+        if "password" in str(exc).lower():
+            return "the PDF is encrypted (password-protected): decrypt it first, e.g. qpdf --decrypt in.pdf out.pdf"
+        return None  # damaged: the readers below may still recover it, and say why if not
+    try:
+        if len(pdf) == 0:
+            return "the PDF has no pages"
+    finally:
+        pdf.close()
+    return None
+
+
+def read_pdf(path: Path, backend: str = "docling-native", device: str = "auto", ocr: bool = False,
+             artifacts_path: str | None = None) -> Extracted:
+    """The chosen backend first; pdfplumber when a docling backend fails."""
+    problem = _pdf_problem(path)
+    if problem:
+        raise ValueError(problem)
     if backend == "pdfplumber":
         return read_pdf_pdfplumber(path)
     try:
-        return read_pdf_docling(path)
+        return read_pdf_docling(path, backend, device, ocr, artifacts_path)
     except Exception as docling_error:  # noqa: BLE001 - any docling failure falls back
-        if backend == "docling-native":
-            raise
         try:
             return read_pdf_pdfplumber(path)
         except Exception as plumber_error:  # noqa: BLE001

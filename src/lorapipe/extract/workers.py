@@ -1,0 +1,138 @@
+"""Convert documents in worker processes, each with a time limit, so that a crash (segfault) or a
+hang in a converter costs one document, never the stage.
+
+Workers are started with `spawn` (no inherited threads or locks) and reused from one document to
+the next; a worker that crashed or ran out of time is killed and replaced.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+FAULT_ENV = "LORAPIPE_EXTRACT_FAULT"  # tests: "crash:<name>" or "hang:<name>" for non-pdfplumber conversions
+
+
+@dataclass
+class Job:
+    index: int
+    path: Path
+    options: dict[str, Any]
+    attempt: int = 0
+    note: str | None = None  # why an earlier attempt failed
+    started: float = field(default=0.0)
+
+
+def _inject_fault(path: Path, options: dict[str, Any]) -> None:
+    """Deterministic faults for tests; only on the first (docling) attempt, never on the fallback."""
+    fault = os.environ.get(FAULT_ENV, "")
+    kind, _, name = fault.partition(":")
+    if name and name == path.name and options.get("pdf_backend") != "pdfplumber":
+        if kind == "crash":
+            os.kill(os.getpid(), signal.SIGSEGV)
+        elif kind == "hang":
+            time.sleep(3600)
+
+
+def _serve(connection: Connection, convert: Callable[..., Any]) -> None:
+    while True:
+        try:
+            job = connection.recv()
+        except EOFError:
+            return
+        if job is None:
+            return
+        path, options = job
+        try:
+            _inject_fault(path, options)
+            connection.send(("ok", convert(path, **options)))
+        except Exception as exc:  # noqa: BLE001 - reported per document
+            detail = str(exc) or traceback.format_exc(limit=1).strip().splitlines()[-1]
+            connection.send(("error", f"{type(exc).__name__}: {detail}"))
+
+
+class _Worker:
+    def __init__(self, context, convert: Callable[..., Any]):
+        self.connection, child = context.Pipe()
+        self.process = context.Process(target=_serve, args=(child, convert), daemon=True)
+        self.process.start()
+        child.close()
+        self.job: Job | None = None
+
+    def stop(self, kill: bool = False) -> None:
+        if kill:
+            self.process.kill()
+        else:
+            try:
+                self.connection.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+        self.process.join(timeout=10)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.connection.close()
+
+
+def run_jobs(
+    jobs: list[Job],
+    convert: Callable[..., Any],
+    workers: int,
+    timeout_s: float,
+    fallback: Callable[[Job, str], dict[str, Any] | None],
+) -> Iterator[tuple[Job, str, Any]]:
+    """Yield ``(job, status, result)`` as documents finish: status ``ok`` with the converter's
+    result, or ``error`` with a message. A crash or time-out asks `fallback(job, reason)` for the
+    options of one more attempt (None: give up with that reason)."""
+    context = multiprocessing.get_context("spawn")
+    pending = list(reversed(jobs))
+    pool = [_Worker(context, convert) for _ in range(max(1, min(workers, len(jobs))))]
+    try:
+        while pending or any(w.job for w in pool):
+            for worker in pool:
+                if worker.job is None and pending:
+                    worker.job = pending.pop()
+                    worker.job.started = time.monotonic()
+                    worker.connection.send((worker.job.path, worker.job.options))
+            busy = [w for w in pool if w.job]
+            deadline = min(w.job.started for w in busy) + timeout_s
+            ready = wait([w.connection for w in busy], timeout=max(0.0, deadline - time.monotonic()))
+            for i, worker in enumerate(pool):
+                job = worker.job
+                if job is None:
+                    continue
+                reason = None
+                if worker.connection in ready:
+                    try:
+                        status, result = worker.connection.recv()
+                    except (EOFError, ConnectionResetError):
+                        worker.process.join(timeout=5)
+                        code = worker.process.exitcode
+                        name = signal.Signals(-code).name if code and code < 0 else f"exit code {code}"
+                        reason = f"the converter crashed ({name})"
+                    else:
+                        worker.job = None
+                        yield job, status, result
+                        continue
+                elif time.monotonic() - job.started >= timeout_s:
+                    reason = f"timed out after {timeout_s:g} s (extract.timeout_s)"
+                if reason is None:
+                    continue
+                worker.stop(kill=True)
+                pool[i] = _Worker(context, convert)
+                retry = fallback(job, reason)
+                if retry is None:
+                    yield job, "error", reason
+                else:
+                    pending.append(Job(job.index, job.path, retry, job.attempt + 1, reason))
+    finally:
+        for worker in pool:
+            worker.stop(kill=worker.job is not None)
