@@ -96,7 +96,8 @@ def trained_adapter(tmp_path_factory, tiny_model_dir) -> Path:
     text.mkdir()
     (text / "a.txt").write_text(TEXT * 6)
     write_jsonl(text / "manifest.jsonl", [{"source": "a.md", "status": "ok", "output": "a.txt"}])
-    build_dataset(text, tiny_model_dir, work / "dataset", max_seq_len=64, overlap_tokens=8, val_fraction=0.25)
+    build_dataset(text, tiny_model_dir, work / "dataset", max_seq_len=64, overlap_tokens=8, val_fraction=0.25,
+                  split_by="chunk")
     train_lora(work / "dataset", tiny_model_dir, work / "adapter", rank=4, alpha=8, max_steps=3, lr=5e-2,
                batch_size=2, log_every=1, precision="fp32", metrics_path=work / "train.json",
                loss_path=work / "loss.tsv", run_info={"run_id": None})

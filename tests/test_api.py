@@ -3,6 +3,8 @@
 Run: .venv/bin/pytest tests/test_api.py
 """
 
+import json
+
 import lorapipe
 from conftest import SAMPLE_DOCS
 
@@ -23,4 +25,6 @@ def test_extract_then_dataset_through_the_api(tmp_path, tiny_model_dir):
     stats = build_dataset(tmp_path / "text", tiny_model_dir, tmp_path / "dataset", max_seq_len=256,
                           overlap_tokens=16, val_fraction=0.2, seed=3)
     assert stats["rows"]["train"] > stats["rows"]["val"] > 0
-    assert stats["sources"] == len(manifest)
+    rows = [json.loads(line) for name in ("train.jsonl", "val.jsonl")
+            for line in (tmp_path / "dataset" / name).read_text().splitlines()]
+    assert {row["source"] for row in rows} == {row["source"] for row in manifest}

@@ -3,6 +3,8 @@
 Run: .venv/bin/pytest tests/test_dataset.py
 """
 
+import json
+
 import pytest
 
 from conftest import TEXT, read_json
@@ -44,7 +46,10 @@ def test_dataset_outputs_contract(dataset_dir):
     stats = read_json(dataset_dir / "stats.json")
     assert stats["max_seq_len"] == 64
     assert stats["rows"] == {"train": len(train), "val": len(val)}
-    assert stats["length_tokens"]["max"] <= 64
+    assert stats["tasks"]["text"]["train"]["length_tokens"]["max"] <= 64
+    assert stats["tasks"]["text"]["val"]["rows"] == len(val)
+    # split by document: no validation chunk comes from a training document
+    assert not {r["source"] for r in train} & {r["source"] for r in val}
     assert sorted(p.name for p in dataset_dir.iterdir()) == ["prompts.json", "stats.json", "train.jsonl", "val.jsonl"]
 
 
@@ -72,5 +77,150 @@ def test_too_little_text(tmp_path, tiny_model_dir):
     (tmp_path / "t").mkdir()
     (tmp_path / "t" / "a.txt").write_text("Short.")
     write_jsonl(tmp_path / "t" / "manifest.jsonl", [{"source": "a", "status": "ok", "output": "a.txt"}])
-    with pytest.raises(ValueError, match="need at least 2"):
+    with pytest.raises(ValueError, match="at least 2 are needed"):
         build_dataset(tmp_path / "t", tiny_model_dir, tmp_path / "d", max_seq_len=64, overlap_tokens=8)
+
+
+# --- chat mode, tasks, one system prompt ----------------------------------------------------------
+
+from pathlib import Path  # noqa: E402
+
+from conftest import FIXTURES  # noqa: E402
+
+JSON_PROMPT = "Analyse the query. Answer only with JSON: intent and slots."
+
+
+@pytest.fixture
+def labeled_dir(tmp_path):
+    folder = tmp_path / "labeled"
+    folder.mkdir()
+    (folder / "snips.jsonl").write_text((FIXTURES / "labeled" / "snips_sample.jsonl").read_text())
+    return folder
+
+
+def _build(tmp_path, text_dir, tokenizer_dir, labeled, name="d", **kwargs):
+    kwargs = {"max_seq_len": 128, "overlap_tokens": 8, "val_fraction": 0.25, "seed": 5, **kwargs}
+    stats = build_dataset(text_dir, tokenizer_dir, tmp_path / name, labeled_dir=labeled, **kwargs)
+    return stats, read_jsonl(tmp_path / name / "train.jsonl"), read_jsonl(tmp_path / name / "val.jsonl")
+
+
+def test_auto_mode_builds_both_tasks(tmp_path, text_dir, tiny_model_dir, labeled_dir):
+    stats, train, val = _build(tmp_path, text_dir, tiny_model_dir, labeled_dir)
+    assert {r["task"] for r in train} == {"text", "chat"} and {r["task"] for r in val} == {"text", "chat"}
+    chat = [r for r in train + val if r["task"] == "chat"]
+    assert len(chat) == 42
+    assert all(r["messages"][0]["role"] == "system" and r["messages"][-1]["role"] == "assistant" for r in chat)
+    assert json.loads(chat[0]["messages"][-1]["content"])["intent"]
+    assert set(stats["tasks"]) == {"text", "chat"}
+    assert stats["tasks"]["chat"]["train"]["loss_tokens"] < stats["tasks"]["chat"]["train"]["tokens"]
+
+
+def test_text_and_chat_modes_pick_one_kind(tmp_path, text_dir, tiny_model_dir, labeled_dir):
+    _, train, _ = _build(tmp_path, text_dir, tiny_model_dir, labeled_dir, "t", mode="text")
+    assert {r["task"] for r in train} == {"text"}
+    _, train, _ = _build(tmp_path, text_dir, tiny_model_dir, labeled_dir, "c", mode="chat")
+    assert {r["task"] for r in train} == {"chat"}
+
+
+def test_one_system_prompt_in_rows_eval_requests_and_modelfile(tmp_path, text_dir, tiny_model_dir, labeled_dir):
+    from lorapipe import export_gguf
+    from lorapipe.evaluate import evaluation_requests
+
+    tasks = [{"name": "docs", "kind": "text"},
+             {"name": "snips", "kind": "chat", "sources": ["snips*.jsonl"], "format": "query_data",
+              "system_prompt": JSON_PROMPT}]
+    _, train, val = _build(tmp_path, text_dir, tiny_model_dir, labeled_dir, tasks=tasks,
+                           system_prompt="Answer from the documents.")
+    prompts = read_json(tmp_path / "d" / "prompts.json")
+    assert prompts == {"docs": "Answer from the documents.", "snips": JSON_PROMPT}
+    in_rows = {r["messages"][0]["content"] for r in train + val if r["task"] == "snips"}
+    in_requests = {messages[0]["content"] for messages, _ in evaluation_requests(
+        [r for r in val if r["task"] == "snips"], prompts)}
+    export_gguf(tiny_model_dir, tmp_path / "d" / "prompts.json", tmp_path / "gguf", quants=["F32"], outtype="f32",
+                name="tiny")
+    modelfile = (tmp_path / "gguf" / "Modelfile.snips").read_text()
+    assert in_rows == in_requests == {JSON_PROMPT}
+    assert f'SYSTEM """{JSON_PROMPT}"""' in modelfile
+    assert 'SYSTEM """Answer from the documents."""' in (tmp_path / "gguf" / "Modelfile").read_text()
+
+
+def test_labeled_system_messages_are_replaced_by_the_task_prompt(tmp_path, tiny_model_dir):
+    folder = tmp_path / "labeled"
+    folder.mkdir()
+    rows = [{"messages": [{"role": "system", "content": "Old prompt"}, {"role": "user", "content": f"Q{i}"},
+                          {"role": "assistant", "content": f"A{i}"}]} for i in range(4)]
+    (folder / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    stats, train, val = _build(tmp_path, tmp_path / "none", tiny_model_dir, folder, system_prompt="New prompt")
+    assert stats["system_prompts_replaced"] == 4
+    assert {r["messages"][0]["content"] for r in train + val} == {"New prompt"}
+    assert all(sum(m["role"] == "system" for m in r["messages"]) == 1 for r in train + val)
+
+
+@pytest.mark.parametrize("policy", ["drop", "truncate", "error"])
+def test_overflow_policies(tmp_path, tiny_model_dir, policy):
+    folder = tmp_path / "labeled"
+    folder.mkdir()
+    rows = [{"prompt": f"short question {i}", "completion": f"short answer {i}"} for i in range(4)]
+    rows.append({"prompt": "long question " * 10, "completion": "long answer " * 80})  # answer cut at 96
+    rows.append({"prompt": "very long question " * 60, "completion": "unreachable"})  # no answer token fits
+    (folder / "pc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if policy == "error":
+        with pytest.raises(ValueError, match="pc.jsonl: row 5 has .* tokens, more than dataset.max_seq_len"):
+            _build(tmp_path, tmp_path / "none", tiny_model_dir, folder, max_seq_len=96, on_overflow=policy)
+        return
+    stats, train, val = _build(tmp_path, tmp_path / "none", tiny_model_dir, folder, max_seq_len=96,
+                               on_overflow=policy)
+    assert stats["overflowed"] == 2
+    kept = [r for r in train + val if "long answer" in r["messages"][-1]["content"]]
+    assert len(kept) == (1 if policy == "truncate" else 0)
+    assert stats["dropped_overflow"] == (1 if policy == "truncate" else 2)
+    assert not any("unreachable" in r["messages"][-1]["content"] for r in train + val)
+
+
+def test_build_is_byte_identical_twice(tmp_path, text_dir, tiny_model_dir, labeled_dir):
+    _build(tmp_path, text_dir, tiny_model_dir, labeled_dir, "a")
+    _build(tmp_path, text_dir, tiny_model_dir, labeled_dir, "b")
+    for name in ("train.jsonl", "val.jsonl", "prompts.json", "stats.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_near_duplicates_short_chunks_and_max_samples(tmp_path, tiny_model_dir):
+    from lorapipe.io import write_jsonl
+
+    text = tmp_path / "text"
+    text.mkdir()
+    base = TEXT * 2
+    (text / "a.txt").write_text(base)
+    (text / "b.txt").write_text(base.replace("thin matrices", "slim matrices", 1))  # a near copy
+    (text / "c.txt").write_text("Tiny.")
+    (text / "d.txt").write_text("Evaluation compares the tuned model with its base on held-back rows. " * 3 +
+                                "Perplexity, exact match and per-slot scores are written to reports.")
+    write_jsonl(text / "manifest.jsonl", [{"source": n, "status": "ok", "output": n} for n in
+                                          ("a.txt", "b.txt", "c.txt", "d.txt")])
+    stats, train, val = _build(tmp_path, text, tiny_model_dir, tmp_path / "none", max_seq_len=512,
+                               split_by="chunk", dedup_threshold=0.8)
+    assert stats["deduplicated_near"] >= 1 and stats["dropped_short"] == 1
+    assert not any(r["source"] == "b.txt" for r in train + val)
+    stats, train, val = _build(tmp_path, text, tiny_model_dir, tmp_path / "none", "m", max_seq_len=32,
+                               split_by="chunk", max_samples=4)
+    assert len(train) + len(val) == 4 and stats["sampled_out"] > 0
+
+
+def test_nothing_to_build_from(tmp_path, tiny_model_dir):
+    with pytest.raises(ValueError, match="no text was extracted"):
+        _build(tmp_path, tmp_path / "none", tiny_model_dir, tmp_path / "none")
+
+
+def test_dataset_cli(tmp_path, text_dir, tiny_model_dir, monkeypatch):
+    from conftest import ROOT
+    from lorapipe.cli import main
+
+    work = tmp_path / "work"
+    (work / "models").mkdir(parents=True)
+    (work / "models" / "base").symlink_to(tiny_model_dir)
+    monkeypatch.chdir(work)
+    assert main(["dataset", "--params", str(ROOT / "params.yaml"), "--input-dir", str(text_dir),
+                 "--labeled-dir", str(tmp_path / "none"), "--output-dir", str(tmp_path / "out"),
+                 "--max-seq-len", "64", "--overlap-tokens", "8", "--val-ratio", "0.3", "--max-samples", "6"]) == 0
+    stats = read_json(tmp_path / "out" / "stats.json")
+    assert stats["max_seq_len"] == 64 and stats["rows"]["train"] + stats["rows"]["val"] == 6

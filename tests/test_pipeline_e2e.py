@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import copy_project, read_json
+from conftest import FIXTURES, copy_project, read_json
 from lorapipe.params import STAGE_SECTIONS
 
 ALL_STAGES = set(STAGE_SECTIONS)
@@ -39,6 +40,8 @@ def _skipped(output: str) -> set[str]:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_model_dir):
     repo = copy_project(tmp_path_factory.mktemp("e2e") / "project")
+    # labeled examples beside the documents: dataset.mode auto builds a text and a chat task
+    shutil.copy(FIXTURES / "labeled" / "snips_sample.jsonl", repo / "data" / "raw" / "labeled")
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["model"]["name"] = str(tiny_model_dir)
     params["dataset"].update(max_seq_len=128, overlap_tokens=16)
@@ -66,15 +69,18 @@ def test_repro_runs_every_stage_and_writes_every_out(project):
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in (repo / "models/base").iterdir()}
     for name in ("train.jsonl", "val.jsonl", "prompts.json", "stats.json"):
         assert (repo / "data/dataset" / name).stat().st_size > 0
-    assert read_json(repo / "data/dataset/stats.json")["max_seq_len"] == 128
+    stats = read_json(repo / "data/dataset/stats.json")
+    assert stats["max_seq_len"] == 128 and set(stats["tasks"]) == {"text", "chat"}
     adapter = {p.name for p in (repo / "models/lora_output").iterdir()}
     assert {"adapter_model.safetensors", "adapter_config.json", "run.json", "tokenizer.json"} <= adapter
     assert read_json(repo / "reports/train.json")["steps"] == 4
     assert (repo / "reports/train_loss.tsv").read_text().splitlines()[0] == "step\tloss"
     assert (repo / "models/merged/model.safetensors").is_file()
-    assert sorted(p.name for p in (repo / "models/gguf").iterdir()) == ["Modelfile", "export.json", "tiny.Q8_0.gguf"]
-    prompt = next(iter(read_json(repo / "data/dataset/prompts.json").values()))
-    assert f'SYSTEM """{prompt}"""' in (repo / "models/gguf/Modelfile").read_text()
+    assert sorted(p.name for p in (repo / "models/gguf").iterdir()) == [
+        "Modelfile", "Modelfile.chat", "export.json", "tiny.Q8_0.gguf"]
+    prompts = read_json(repo / "data/dataset/prompts.json")
+    assert f'SYSTEM """{prompts["text"]}"""' in (repo / "models/gguf/Modelfile").read_text()
+    assert f'SYSTEM """{prompts["chat"]}"""' in (repo / "models/gguf/Modelfile.chat").read_text()
     assert read_json(repo / "reports/eval_base.json")["base"]["perplexity"] > 0
     evaluation = read_json(repo / "reports/eval.json")
     assert set(evaluation["gguf"]) == {"Q8_0"} and evaluation["merged"]["perplexity"] > 0

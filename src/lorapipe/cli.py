@@ -23,7 +23,9 @@ from lorapipe.params import STAGE_SECTIONS, ParamsError, load_params, stage_keys
 
 # Short spellings of some keys, as the README documents them (`--min-length` = `--extract.min_length`).
 _ALIASES = {"extract.min_length": ("--min-length",), "extract.device": ("--device",),
-            "extract.workers": ("--workers",), "extract.pdf_backend": ("--pdf-backend",)}
+            "extract.workers": ("--workers",), "extract.pdf_backend": ("--pdf-backend",),
+            "dataset.max_seq_len": ("--max-seq-len",), "dataset.overlap_tokens": ("--overlap-tokens",),
+            "dataset.val_fraction": ("--val-ratio",), "dataset.max_samples": ("--max-samples",)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
                              help="output folder (default: data/extracted_text)")
             sub.add_argument("--no-resume", dest="extract.resume", action="store_const", const="false",
                              help="ignore cached texts and extract everything again (extract.resume: false)")
+        if stage == "dataset":
+            sub.add_argument("--input-dir", dest="input_dir", metavar="DIR", default=str(paths.EXTRACTED),
+                             help="extracted text (default: data/extracted_text)")
+            sub.add_argument("--labeled-dir", dest="labeled_dir", metavar="DIR", default=str(paths.RAW_LABELED),
+                             help="labeled JSON/JSONL examples (default: data/raw/labeled)")
+            sub.add_argument("--output-dir", dest="output_dir", metavar="DIR", default=str(paths.DATASET),
+                             help="output folder (default: data/dataset)")
     ask = commands.add_parser("ask", help="answer a question with the exported GGUF (llama.cpp)")
     ask.add_argument("question")
     ask.add_argument("--gguf", help="GGUF file (default: the first in models/gguf)")
@@ -72,11 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command in STAGE_SECTIONS:
-            from lorapipe.pipeline import STAGES, run_extract
+            from lorapipe.pipeline import STAGES, run_dataset, run_extract
 
             params = load_params(args.params, _overrides(args, args.command))
             if args.command == "extract":
                 run_extract(params, [Path(d) for d in args.input_dirs or [paths.RAW_DOCS]], Path(args.output_dir))
+            elif args.command == "dataset":
+                run_dataset(params, Path(args.input_dir), Path(args.labeled_dir), Path(args.output_dir))
             else:
                 STAGES[args.command](params)
         elif args.command == "ask":

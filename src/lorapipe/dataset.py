@@ -1,26 +1,50 @@
-"""Build training rows from extracted text (the dataset stage, text mode).
+"""Build training rows from documents and labeled examples (the dataset stage).
 
     from lorapipe import build_dataset
-    stats = build_dataset("data/extracted_text", "models/base", "data/dataset", max_seq_len=512)
+    stats = build_dataset("data/extracted_text", "models/base", "data/dataset", labeled_dir="data/raw/labeled")
+
+Rows are text chunks (``{"text"}``, every token carries loss) or conversations (``{"messages"}``,
+rendered with the tokenizer's chat template, loss on the assistant turns only); every row carries
+``source`` and ``task``. Each task has one system prompt, resolved into ``prompts.json``: the only
+place later stages, the Modelfile and the server read it from.
 
 Text is cut into windows of `max_seq_len` tokens of the base tokenizer that overlap by
 `overlap_tokens`; a window ends at a paragraph or sentence break in its last quarter where there is
-one. Chunks are split into train and validation deterministically by `seed`.
+one. Exact and near duplicates (MinHash over word 5-grams) are removed before the split, which is
+deterministic by `seed`: by document (no validation chunk comes from a training document) or by chunk.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import random
 import re
+import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lorapipe import paths
 from lorapipe.io import read_jsonl, write_json, write_jsonl
+from lorapipe.labeled import load_labeled
 from lorapipe.models import load_tokenizer
+from lorapipe.rows import loss_tokens, tokenize_row
 
-TEXT_TASK = "text"
 _BREAK = re.compile(r"\n\n|[.!?][\s\"')\]]")
+LABELED_SUFFIXES = (".jsonl", ".json")
+
+
+@dataclass
+class Task:
+    """One kind of training data with its own system prompt."""
+
+    name: str
+    kind: str  # "text" (document chunks) or "chat" (labeled examples)
+    system_prompt: str
+    sources: list[str] = field(default_factory=lambda: ["*"])  # glob patterns of file names or paths
+    format: str = "auto"
+    fields: dict[str, str] = field(default_factory=dict)
 
 
 def _special_count(tokenizer) -> int:
@@ -56,73 +80,235 @@ def chunk_text(text: str, tokenizer, max_seq_len: int, overlap_tokens: int) -> l
     return chunks
 
 
+def _minhash(text: str, num_perm: int = 64, shingle: int = 5):
+    """MinHash signature of a text's word 5-grams (deterministic: CRC32 shingles, fixed permutations)."""
+    import numpy as np
+
+    words = text.lower().split()
+    grams = {" ".join(words[i : i + shingle]) for i in range(max(1, len(words) - shingle + 1))}
+    values = np.array([zlib.crc32(g.encode()) for g in grams], dtype=np.uint64)
+    rng = np.random.default_rng(1)
+    a = rng.integers(1, 2**31 - 1, num_perm, dtype=np.uint64)
+    b = rng.integers(0, 2**31 - 1, num_perm, dtype=np.uint64)
+    return ((values[None, :] * a[:, None] + b[:, None]) % np.uint64(2**31 - 1)).min(axis=1)
+
+
+def deduplicate(keys: list[str], threshold: float) -> tuple[list[int], int, int]:
+    """Indices of the rows to keep, and the counts of exact and near duplicates dropped.
+
+    Near duplicates: estimated Jaccard similarity of word 5-grams at least `threshold`, found with
+    locality-sensitive hashing (16 bands of 4), so the cost grows with the rows, not their pairs.
+    """
+    keep, exact, near = [], 0, 0
+    seen: set[str] = set()
+    buckets: dict[tuple, list[int]] = {}
+    signatures: dict[int, Any] = {}
+    for i, key in enumerate(keys):
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        if digest in seen:
+            exact += 1
+            continue
+        seen.add(digest)
+        if threshold < 1:
+            signature = _minhash(key)
+            bands = [(band, signature[band * 4 : band * 4 + 4].tobytes()) for band in range(16)]
+            candidates = {j for band in bands for j in buckets.get(band, [])}
+            if any((signatures[j] == signature).mean() >= threshold for j in candidates):
+                near += 1
+                continue
+            signatures[i] = signature
+            for band in bands:
+                buckets.setdefault(band, []).append(i)
+        keep.append(i)
+    return keep, exact, near
+
+
+def _matches(path: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatch(path, p) or fnmatch.fnmatch(Path(path).name, p) for p in patterns)
+
+
+def _resolve_prompt(prompt: str) -> str:
+    return Path(prompt).read_text(encoding="utf-8").strip() if len(prompt) < 4096 and Path(prompt).is_file() else prompt
+
+
+def resolve_tasks(mode: str, tasks: list[dict] | None, system_prompt: str, has_text: bool, has_labeled: bool,
+                  labeled_format: str = "auto", fields: dict[str, str] | None = None) -> list[Task]:
+    """The tasks to build: `tasks` from params, or one per kind of data present (by `mode`)."""
+    if tasks:
+        resolved = [Task(t["name"], t["kind"], _resolve_prompt(t.get("system_prompt") or system_prompt),
+                         list(t.get("sources") or ["*"]), t.get("format") or labeled_format,
+                         dict(t.get("fields") or fields or {})) for t in tasks]
+        wrong = [t.name for t in resolved if mode != "auto" and t.kind != mode]
+        if wrong:
+            raise ValueError(f"dataset.mode is {mode!r} but tasks {wrong} are of another kind; use mode auto")
+        return resolved
+    prompt = _resolve_prompt(system_prompt)
+    resolved = []
+    if mode == "text" or (mode == "auto" and has_text):
+        resolved.append(Task("text", "text", prompt))
+    if mode == "chat" or (mode == "auto" and has_labeled):
+        resolved.append(Task("chat", "chat", prompt, format=labeled_format, fields=dict(fields or {})))
+    if not resolved:
+        raise ValueError("no text was extracted and no labeled examples were found: nothing to build a dataset from")
+    return resolved
+
+
+def _text_rows(task: Task, text_dir: Path, tokenizer, max_seq_len: int, overlap_tokens: int,
+               min_tokens: int, counts: dict) -> list[dict]:
+    manifest_path = text_dir / paths.MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{manifest_path} not found: run the extract stage first")
+    rows = []
+    for entry in read_jsonl(manifest_path):
+        if entry["status"] != "ok" or not _matches(entry["source"], task.sources):
+            continue
+        text = (text_dir / entry["output"]).read_text(encoding="utf-8")
+        for piece in chunk_text(text, tokenizer, max_seq_len, overlap_tokens):
+            if len(tokenizer(piece)["input_ids"]) < min_tokens:
+                counts["dropped_short"] += 1
+                continue
+            rows.append({"text": piece, "source": entry["source"], "task": task.name})
+    return rows
+
+
+def _chat_rows(task: Task, labeled_dir: Path, tokenizer, max_seq_len: int, on_overflow: str,
+               on_bad_row: str, counts: dict) -> list[dict]:
+    files = sorted(p for p in labeled_dir.rglob("*") if p.suffix.lower() in LABELED_SUFFIXES and p.is_file()
+                   and _matches(str(p.relative_to(labeled_dir)), task.sources)) if labeled_dir.is_dir() else []
+    if not files:
+        raise FileNotFoundError(f"task {task.name!r}: no labeled JSON/JSONL file in {labeled_dir} matches {task.sources}")
+    rows = []
+    for path in files:
+        conversations, bad = load_labeled(path, task.format, task.fields, on_bad_row)
+        counts["bad_rows_skipped"] += bad
+        for number, messages in enumerate(conversations, 1):
+            if any(m["role"] == "system" for m in messages):
+                counts["system_prompts_replaced"] += 1  # the task's prompt is the single source of truth
+            messages = [{"role": "system", "content": task.system_prompt},
+                        *(m for m in messages if m["role"] != "system")]
+            row = {"messages": messages, "source": str(path), "task": task.name}
+            ids, labels = tokenize_row(row, tokenizer)
+            if len(ids) > max_seq_len:
+                counts["overflowed"] += 1
+                if on_overflow == "error":
+                    raise ValueError(f"{path}: row {number} has {len(ids)} tokens, more than dataset.max_seq_len "
+                                     f"({max_seq_len}); raise it or set dataset.on_overflow to drop or truncate")
+                if on_overflow == "drop" or not loss_tokens(labels[:max_seq_len]):
+                    counts["dropped_overflow"] += 1  # truncating would leave no answer token to learn from
+                    continue
+            rows.append(row)
+    return rows
+
+
+def _split(rows: list[dict], by_document: bool, val_fraction: float, rng: random.Random) -> tuple[list, list]:
+    """Hold out whole groups (documents, or single rows) until `val_fraction` of the rows is reached."""
+    groups: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault(row["source"] if by_document else str(i), []).append(i)
+    if len(groups) < 2:
+        raise ValueError(f"task {rows[0]['task']!r} has a single document: it cannot be split by document; "
+                         "set dataset.split_by: chunk or add documents")
+    order = sorted(groups)
+    rng.shuffle(order)
+    held: set[int] = set()
+    for key in order[:-1]:  # at least one group stays for training
+        if len(held) >= val_fraction * len(rows) and held:
+            break
+        held.update(groups[key])
+    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
+
+
 def _percentiles(values: list[int]) -> dict[str, int]:
     if not values:
-        return {"p50": 0, "p90": 0, "max": 0}
+        return {"p50": 0, "p90": 0, "p99": 0, "max": 0}
     ordered = sorted(values)
     pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
-    return {"p50": pick(0.5), "p90": pick(0.9), "max": ordered[-1]}
+    return {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": ordered[-1]}
+
+
+def _split_stats(rows: list[dict], tokenizer, max_seq_len: int) -> dict:
+    lengths, loss = [], 0
+    for row in rows:
+        ids, labels = tokenize_row(row, tokenizer)
+        lengths.append(min(len(ids), max_seq_len))
+        loss += loss_tokens(labels[:max_seq_len])
+    return {"rows": len(rows), "tokens": sum(lengths), "loss_tokens": loss, "length_tokens": _percentiles(lengths)}
 
 
 def build_dataset(
     text_dir: str | Path = paths.EXTRACTED,
     tokenizer_dir: str | Path = paths.BASE_MODEL,
     out_dir: str | Path = paths.DATASET,
+    *,
+    labeled_dir: str | Path = paths.RAW_LABELED,
+    mode: str = "auto",
+    tasks: list[dict] | None = None,
     max_seq_len: int = 512,
     overlap_tokens: int = 64,
+    split_by: str = "document",
     val_fraction: float = 0.1,
     seed: int = 42,
     system_prompt: str = "You are a helpful assistant.",
+    dedup_threshold: float = 0.9,
+    max_samples: int | None = None,
+    min_tokens: int = 16,
+    on_overflow: str = "drop",
+    on_bad_row: str = "error",
+    labeled_format: str = "auto",
+    fields: dict[str, str] | None = None,
 ) -> dict:
     """Write ``train.jsonl``, ``val.jsonl``, ``prompts.json`` and ``stats.json`` into `out_dir`."""
-    text_dir, out_dir = Path(text_dir), Path(out_dir)
-    manifest_path = text_dir / paths.MANIFEST_NAME
-    if not manifest_path.is_file():
-        raise FileNotFoundError(f"{manifest_path} not found: run the extract stage first")
+    text_dir, labeled_dir, out_dir = Path(text_dir), Path(labeled_dir), Path(out_dir)
     tokenizer = load_tokenizer(tokenizer_dir)
-    prompt = Path(system_prompt).read_text().strip() if Path(system_prompt).is_file() else system_prompt
+    has_text = (text_dir / paths.MANIFEST_NAME).is_file()
+    has_labeled = labeled_dir.is_dir() and any(p.suffix.lower() in LABELED_SUFFIXES for p in labeled_dir.rglob("*"))
+    resolved = resolve_tasks(mode, tasks, system_prompt, has_text, has_labeled, labeled_format, fields)
 
-    rows, seen, duplicates = [], set(), 0
-    for entry in read_jsonl(manifest_path):
-        if entry["status"] != "ok":
-            continue
-        text = (text_dir / entry["output"]).read_text(encoding="utf-8")
-        for piece in chunk_text(text, tokenizer, max_seq_len, overlap_tokens):
-            key = hashlib.sha256(piece.encode()).hexdigest()
-            if key in seen:
-                duplicates += 1
-                continue
-            seen.add(key)
-            rows.append({"text": piece, "source": entry["source"], "task": TEXT_TASK})
-    if len(rows) < 2:
-        raise ValueError(
-            f"only {len(rows)} chunk(s) of text in {text_dir}: need at least 2 for a train and a validation "
-            "split; add documents or lower dataset.max_seq_len"
-        )
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    n_val = min(len(rows) - 1, max(1, round(len(rows) * val_fraction)))
-    val = [rows[i] for i in sorted(order[:n_val])]
-    train = [rows[i] for i in sorted(order[n_val:])]
+    counts = dict.fromkeys(["dropped_short", "dropped_overflow", "overflowed", "deduplicated_exact",
+                            "deduplicated_near", "bad_rows_skipped", "system_prompts_replaced", "sampled_out"], 0)
+    train, val, per_task = [], [], {}
+    for number, task in enumerate(resolved):
+        if task.kind == "text":
+            rows = _text_rows(task, text_dir, tokenizer, max_seq_len, overlap_tokens, min_tokens, counts)
+        else:
+            rows = _chat_rows(task, labeled_dir, tokenizer, max_seq_len, on_overflow, on_bad_row, counts)
+        keys = [r["text"] if "text" in r else repr(r["messages"]) for r in rows]
+        keep, exact, near = deduplicate(keys, dedup_threshold if task.kind == "text" else 1.0)
+        counts["deduplicated_exact"] += exact
+        counts["deduplicated_near"] += near
+        rows = [rows[i] for i in keep]
+        rng = random.Random(f"{seed}:{task.name}")
+        if max_samples and len(rows) > max_samples:
+            counts["sampled_out"] += len(rows) - max_samples
+            rows = [rows[i] for i in sorted(rng.sample(range(len(rows)), max_samples))]
+        if len(rows) < 2:
+            raise ValueError(f"task {task.name!r} has {len(rows)} row(s): at least 2 are needed for a train and a "
+                             "validation split; add data or lower dataset.max_seq_len / dataset.min_tokens")
+        task_train, task_val = _split(rows, task.kind == "text" and split_by == "document", val_fraction, rng)
+        train += task_train
+        val += task_val
+        per_task[task.name] = {"kind": task.kind, "train": _split_stats(task_train, tokenizer, max_seq_len),
+                               "val": _split_stats(task_val, tokenizer, max_seq_len)}
+        print(f"[dataset] task {task.name} ({task.kind}): {len(task_train)} train / {len(task_val)} val rows",
+              flush=True)
 
-    lengths = {name: [len(tokenizer(r["text"])["input_ids"]) for r in split]
-               for name, split in (("train", train), ("val", val))}
     stats = {
-        "mode": "text",
+        "mode": mode,
         "max_seq_len": max_seq_len,
         "rows": {"train": len(train), "val": len(val)},
-        "rows_per_task": {TEXT_TASK: {"train": len(train), "val": len(val)}},
-        "tokens": {name: sum(values) for name, values in lengths.items()},
-        "length_tokens": _percentiles(lengths["train"] + lengths["val"]),
-        "dropped": 0,
-        "deduplicated": duplicates,
-        "sources": len({r["source"] for r in rows}),
+        "tokens": {s: sum(t[s]["tokens"] for t in per_task.values()) for s in ("train", "val")},
+        "tasks": per_task,
+        "dropped": counts["dropped_short"] + counts["dropped_overflow"],
+        "deduplicated": counts["deduplicated_exact"] + counts["deduplicated_near"],
+        **counts,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     write_jsonl(out_dir / paths.TRAIN_ROWS.name, train)
     write_jsonl(out_dir / paths.VAL_ROWS.name, val)
-    write_json(out_dir / paths.PROMPTS.name, {TEXT_TASK: prompt})
+    write_json(out_dir / paths.PROMPTS.name, {task.name: task.system_prompt for task in resolved})
     write_json(out_dir / paths.DATASET_STATS.name, stats)
-    print(f"[dataset] {len(train)} train / {len(val)} val chunks of ≤{max_seq_len} tokens "
-          f"({stats['tokens']['train']} train tokens, {duplicates} duplicates removed)", flush=True)
+    print(f"[dataset] {len(train)} train / {len(val)} val rows of ≤{max_seq_len} tokens "
+          f"({stats['tokens']['train']} train tokens); dropped {stats['dropped']} "
+          f"(short {counts['dropped_short']}, overflow {counts['dropped_overflow']}), "
+          f"overflowed {counts['overflowed']}, deduplicated {stats['deduplicated']}", flush=True)
     return stats

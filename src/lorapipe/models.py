@@ -149,14 +149,17 @@ def copy_tokenizer(src: str | Path, dst: str | Path) -> None:
             shutil.copy2(Path(src, name), Path(dst, name))
 
 
-def sequence_nll(model, sequences: list[list[int]], device: str = "cpu") -> tuple[float, int]:
-    """Summed negative log-likelihood of every next token, and how many tokens were scored."""
+def sequence_nll(model, sequences: list[tuple[list[int], list[int]]], device: str = "cpu") -> tuple[float, int]:
+    """Summed negative log-likelihood of the next tokens that carry loss (labels ≠ -100), and their count."""
     import torch
 
     nll, count = 0.0, 0
     with torch.no_grad():
-        for ids in sequences:
-            tensor = torch.tensor([ids], device=device)
-            nll += model(input_ids=tensor, labels=tensor).loss.item() * (len(ids) - 1)
-            count += len(ids) - 1
+        for ids, labels in sequences:
+            scored = sum(label != -100 for label in labels[1:])
+            if not scored:
+                continue
+            loss = model(input_ids=torch.tensor([ids], device=device), labels=torch.tensor([labels], device=device)).loss
+            nll += loss.item() * scored
+            count += scored
     return nll, count

@@ -46,12 +46,41 @@ class ExtractParams(_Section):
     min_length: int = Field(20, ge=0)
 
 
+LabeledFormat = Literal["auto", "query_data", "instruction", "messages", "conversations", "prompt_completion"]
+
+
+class TaskParams(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+    kind: Literal["text", "chat"]
+    sources: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+    format: LabeledFormat = "auto"
+    system_prompt: str | None = None
+    fields: dict[str, str] = Field(default_factory=dict)
+
+
 class DatasetParams(_Section):
-    mode: Literal["text"] = "text"
+    mode: Literal["auto", "text", "chat"] = "auto"
+    tasks: list[TaskParams] = Field(default_factory=list)
     max_seq_len: int = Field(512, ge=16, le=131072)
     overlap_tokens: int = Field(64, ge=0)
+    split_by: Literal["document", "chunk"] = "document"
     val_fraction: float = Field(0.1, gt=0, lt=1)
-    system_prompt: str = "You are a helpful assistant."
+    system_prompt: str = Field("You are a helpful assistant.", min_length=1)
+    dedup_threshold: float = Field(0.9, gt=0, le=1)
+    max_samples: int | None = Field(None, ge=2)
+    min_tokens: int = Field(16, ge=1)
+    on_overflow: Literal["drop", "truncate", "error"] = "drop"
+    on_bad_row: Literal["error", "skip"] = "error"
+    labeled_format: LabeledFormat = "auto"
+    fields: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique_names(cls, value: list[TaskParams]) -> list[TaskParams]:
+        names = [t.name for t in value]
+        if len(names) != len(set(names)):
+            raise ValueError(f"task names must be unique, got {names}")
+        return value
 
     @model_validator(mode="after")
     def _overlap_below_length(self) -> "DatasetParams":

@@ -27,10 +27,14 @@ def run_extract(p: Params, input_dirs: list | None = None, out_dir=paths.EXTRACT
                       e.docling_artifacts_path, e.timeout_s, e.workers, e.resume)
 
 
-def run_dataset(p: Params) -> None:
+def run_dataset(p: Params, text_dir=paths.EXTRACTED, labeled_dir=paths.RAW_LABELED, out_dir=paths.DATASET) -> None:
     d = p.dataset
-    build_dataset(paths.EXTRACTED, paths.BASE_MODEL, paths.DATASET, d.max_seq_len, d.overlap_tokens,
-                  d.val_fraction, p.common.seed, d.system_prompt)
+    build_dataset(text_dir, paths.BASE_MODEL, out_dir, labeled_dir=labeled_dir, mode=d.mode,
+                  tasks=[t.model_dump() for t in d.tasks], max_seq_len=d.max_seq_len,
+                  overlap_tokens=d.overlap_tokens, split_by=d.split_by, val_fraction=d.val_fraction,
+                  seed=p.common.seed, system_prompt=d.system_prompt, dedup_threshold=d.dedup_threshold,
+                  max_samples=d.max_samples, min_tokens=d.min_tokens, on_overflow=d.on_overflow,
+                  on_bad_row=d.on_bad_row, labeled_format=d.labeled_format, fields=d.fields)
 
 
 def run_train(p: Params) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 from lorapipe import paths
 from lorapipe.io import atomic_dir, read_json, read_jsonl, write_json, write_provenance, write_text_atomic
 from lorapipe.models import copy_tokenizer, load_tokenizer, sequence_nll
+from lorapipe.rows import IGNORE, loss_tokens, tokenize_row, truncate
 
 
 def cpu_has_bf16() -> bool:
@@ -82,7 +83,7 @@ def quantization_config(load_in_4bit: bool, quant_type: str, double_quant: bool,
     )
 
 
-def _batches(rows: list[list[int]], batch_size: int, pad_id: int, rng: random.Random):
+def _batches(rows: list[tuple[list[int], list[int]]], batch_size: int, pad_id: int, rng: random.Random):
     """Endless shuffled batches of (input_ids, attention_mask, labels); padding carries no loss."""
     import torch
 
@@ -91,17 +92,27 @@ def _batches(rows: list[list[int]], batch_size: int, pad_id: int, rng: random.Ra
         rng.shuffle(order)
         for i in range(0, len(order), batch_size):
             chunk = [rows[j] for j in order[i : i + batch_size]]
-            width = max(map(len, chunk))
+            width = max(len(ids) for ids, _ in chunk)
             ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+            labels = torch.full((len(chunk), width), IGNORE, dtype=torch.long)
             mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for k, seq in enumerate(chunk):
+            for k, (seq, seq_labels) in enumerate(chunk):
                 ids[k, : len(seq)] = torch.tensor(seq)
+                labels[k, : len(seq)] = torch.tensor(seq_labels)
                 mask[k, : len(seq)] = 1
-            yield ids, mask, ids.masked_fill(mask == 0, -100)
+            yield ids, mask, labels
 
 
-def tokenize_rows(rows: list[dict], tokenizer, max_seq_len: int) -> list[list[int]]:
-    return [tokenizer(r["text"], truncation=True, max_length=max_seq_len)["input_ids"] for r in rows]
+def tokenize_rows(rows: list[dict], tokenizer, max_seq_len: int) -> list[tuple[list[int], list[int]]]:
+    """(ids, labels) of each row, cut to `max_seq_len`; rows left without loss tokens are an error."""
+    out = []
+    for number, row in enumerate(rows, 1):
+        ids, labels = truncate(*tokenize_row(row, tokenizer), max_seq_len)
+        if not loss_tokens(labels[1:]):
+            raise ValueError(f"row {number} ({row.get('source')}) has no token that carries loss after cutting "
+                             f"to {max_seq_len} tokens: rebuild the dataset (dataset.on_overflow)")
+        out.append((ids, labels))
+    return out
 
 
 def train_lora(
@@ -193,7 +204,7 @@ def train_lora(
                 loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
             (loss / grad_accum).backward()
             window_loss += loss.item() / grad_accum
-            window_tokens += int(mask.sum())
+            window_tokens += int((labels[:, 1:] != IGNORE).sum())  # tokens that carry loss
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
@@ -215,7 +226,7 @@ def train_lora(
 
     model.eval()
     with autocast:
-        nll, count = sequence_nll(model, [ids for ids in val_ids if len(ids) >= 2], device)
+        nll, count = sequence_nll(model, val_ids, device)
     val_loss = nll / max(count, 1)
     metrics = {
         "train_loss": history[-1][1],

@@ -1,0 +1,128 @@
+"""Read labeled examples (JSON or JSONL) in any of the supported shapes as chat conversations.
+
+Formats (detected from the first row's fields, or named):
+- ``query_data``: ``{"query": …, "data": {…}}``; the answer is the canonical JSON of ``data``
+- ``instruction``: ``{"instruction": …, "input": …, "output": …}``
+- ``messages``: ``{"messages": [{"role": …, "content": …}, …]}``
+- ``conversations``: ``{"conversations": [{"from": "human"|"gpt"|"system", "value": …}, …]}``
+- ``prompt_completion``: ``{"prompt": …, "completion": …}``
+
+`fields` renames fields: ``{"query": "question"}`` reads the query from ``question``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+FORMATS = ("query_data", "instruction", "messages", "conversations", "prompt_completion")
+_SIGNATURES = {  # canonical fields that identify each format, most specific first
+    "messages": ("messages",),
+    "conversations": ("conversations",),
+    "query_data": ("query", "data"),
+    "instruction": ("instruction", "output"),
+    "prompt_completion": ("prompt", "completion"),
+}
+_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "model": "assistant",
+          "bot": "assistant", "system": "system"}
+
+
+def canonical_json(data: Any) -> str:
+    """The one JSON spelling of an answer: keys keep the user's order, separators are fixed,
+    non-ASCII stays as is, and NaN or Infinity (not JSON) are refused."""
+    return json.dumps(data, ensure_ascii=False, separators=(", ", ": "), allow_nan=False)
+
+
+def read_records(path: Path, on_bad_row: str = "error") -> tuple[list[tuple[int, dict]], int]:
+    """``[(line number, object), …]`` from a JSONL file or a JSON array, and the count of bad rows skipped."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+        items = data if isinstance(data, list) else [data]
+        return [(i + 1, item) for i, item in enumerate(items)], 0
+    records, bad = [], 0
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            if not isinstance(item, dict):
+                raise json.JSONDecodeError("expected a JSON object", line, 0)
+        except json.JSONDecodeError as exc:
+            if on_bad_row == "skip":
+                bad += 1
+                continue
+            raise ValueError(f"{path}:{number}: not a valid JSON object ({exc.msg}); fix the line or set "
+                             "dataset.on_bad_row: skip") from None
+        records.append((number, item))
+    return records, bad
+
+
+def _get(record: dict, name: str, fields: dict[str, str]) -> Any:
+    return record.get(fields.get(name, name))
+
+
+def detect_format(record: dict, fields: dict[str, str], path: Path) -> str:
+    for name, needed in _SIGNATURES.items():
+        if all(_get(record, field, fields) is not None for field in needed):
+            return name
+    raise ValueError(f"{path}: unknown labeled format (fields {sorted(record)}); known formats: "
+                     f"{', '.join(FORMATS)}; name one with dataset.labeled_format or remap fields with dataset.fields")
+
+
+def to_messages(record: dict, fmt: str, fields: dict[str, str], where: str) -> list[dict]:
+    """One record as a list of chat messages (without the task's system prompt)."""
+    get = lambda name: _get(record, name, fields)  # noqa: E731
+    if fmt == "query_data":
+        try:
+            answer = canonical_json(get("data"))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: its data field is not JSON-serialisable ({exc})") from None
+        return [{"role": "user", "content": str(get("query"))}, {"role": "assistant", "content": answer}]
+    if fmt == "instruction":
+        extra = get("input")
+        prompt = f"{get('instruction')}\n\n{extra}" if extra else str(get("instruction"))
+        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": str(get("output"))}]
+    if fmt == "prompt_completion":
+        return [{"role": "user", "content": str(get("prompt"))}, {"role": "assistant", "content": str(get("completion"))}]
+    turns = get(fmt)
+    if not isinstance(turns, list) or not turns:
+        raise ValueError(f"{where}: {fmt} must be a non-empty list")
+    key_role, key_text = ("role", "content") if fmt == "messages" else ("from", "value")
+    messages = []
+    for turn in turns:
+        role = _ROLES.get(str(turn.get(key_role, "")).lower())
+        if role is None or not isinstance(turn.get(key_text), str):
+            raise ValueError(f"{where}: a turn has role {turn.get(key_role)!r} or no text; roles: {sorted(_ROLES)}")
+        messages.append({"role": role, "content": turn[key_text]})
+    if not any(m["role"] == "assistant" for m in messages):
+        raise ValueError(f"{where}: the conversation has no assistant turn to learn from")
+    return messages
+
+
+def load_labeled(path: Path, fmt: str = "auto", fields: dict[str, str] | None = None,
+                 on_bad_row: str = "error") -> tuple[list[list[dict]], int]:
+    """Conversations from one labeled file, and how many bad rows were skipped."""
+    fields = fields or {}
+    records, bad = read_records(path, on_bad_row)
+    if not records:
+        return [], bad
+    if fmt == "auto":
+        fmt = detect_format(records[0][1], fields, path)
+    elif fmt not in FORMATS:
+        raise ValueError(f"{path}: unknown labeled format {fmt!r}; known formats: {', '.join(FORMATS)}")
+    conversations = []
+    for number, record in records:
+        where = f"{path}:{number}"
+        try:
+            conversations.append(to_messages(record, fmt, fields, where))
+        except (ValueError, TypeError, AttributeError) as exc:
+            if on_bad_row == "skip" and "JSON-serialisable" not in str(exc):
+                bad += 1
+                continue
+            raise ValueError(str(exc) if str(exc).startswith(where) else f"{where}: {exc}") from None
+    return conversations, bad
