@@ -120,6 +120,9 @@ def test_experiment_reruns_only_what_depends_on_lora_rank(project):
     assert sorted(run.data.params["lora.rank"] for run in runs) == ["16", "4"]
     for run in runs:
         assert "eval.merged.perplexity" in run.data.metrics and client.list_artifacts(run.info.run_id, "adapter")
+        assert run.data.tags["base_model"] == yaml.safe_load((repo / "params.yaml").read_text())["model"]["name"]
+        assert run.data.tags["resolved.device"] == "cpu" and run.data.tags["dataset_hash"]
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "grad_norm")] == [2, 4]
 
 
 def test_plots_render_the_loss_curve(project, tmp_path):

@@ -25,7 +25,10 @@ from lorapipe.params import STAGE_SECTIONS, ParamsError, load_params, stage_keys
 _ALIASES = {"extract.min_length": ("--min-length",), "extract.device": ("--device",),
             "extract.workers": ("--workers",), "extract.pdf_backend": ("--pdf-backend",),
             "dataset.max_seq_len": ("--max-seq-len",), "dataset.overlap_tokens": ("--overlap-tokens",),
-            "dataset.val_fraction": ("--val-ratio",), "dataset.max_samples": ("--max-samples",)}
+            "dataset.val_fraction": ("--val-ratio",), "dataset.max_samples": ("--max-samples",),
+            "train.epochs": ("--epochs",), "train.lr": ("--lr",), "train.batch_size": ("--batch-size",),
+            "train.grad_accum": ("--grad-accum",), "lora.rank": ("--lora-rank",), "lora.alpha": ("--lora-alpha",),
+            "train.precision": ("--precision",), "train.resume": ("--resume",)}
 
 
 def build_parser() -> argparse.ArgumentParser:

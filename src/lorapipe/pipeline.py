@@ -6,6 +6,8 @@ The scripts in ``stages/`` and the ``lorapipe`` CLI both call these, so the two 
 
 from __future__ import annotations
 
+import yaml
+
 from lorapipe import paths, tracking
 from lorapipe.dataset import build_dataset
 from lorapipe.evaluate import evaluate_base, evaluate_models
@@ -41,7 +43,8 @@ def run_train(p: Params) -> None:
     lora, train, quant = p.lora, p.train, p.quant
     resolved = section_dict(p, "train")
     dataset_hash = tracking.files_hash(paths.TRAIN_ROWS, paths.VAL_ROWS)
-    run = tracking.start_training_run(resolved, {"dataset_hash": dataset_hash})
+    base = yaml.safe_load((paths.BASE_MODEL / paths.PROVENANCE_NAME).read_text())
+    run = tracking.start_training_run(resolved, {"dataset_hash": dataset_hash, "base_model": str(base["model.name"])})
     try:
         result = train_lora(
             paths.DATASET, paths.BASE_MODEL, paths.ADAPTER,
@@ -50,6 +53,7 @@ def run_train(p: Params) -> None:
             grad_accum=train.grad_accum, warmup_steps=train.warmup_steps, weight_decay=train.weight_decay,
             log_every=train.log_every, precision=train.precision, load_in_4bit=quant.load_in_4bit,
             quant_type=quant.quant_type, double_quant=quant.double_quant, seed=p.common.seed,
+            save_steps=train.save_steps, save_total_limit=train.save_total_limit, resume=train.resume,
             metrics_path=paths.TRAIN_METRICS, loss_path=paths.TRAIN_LOSS, run_info=run,
             provenance={**resolved, "dataset_hash": dataset_hash},
             on_log=lambda step, metrics: tracking.log_step(run["run_id"], step, metrics),
@@ -57,7 +61,10 @@ def run_train(p: Params) -> None:
     except BaseException:
         tracking.finish_run(run["run_id"], {}, status="FAILED")
         raise
-    tracking.finish_run(run["run_id"], result, {"adapter": paths.ADAPTER, "reports": paths.TRAIN_LOSS})
+    tracking.set_tags(run["run_id"], {f"resolved.{key}": str(result[key])
+                                      for key in ("device", "precision", "load_in_4bit", "target_modules")})
+    tracking.finish_run(run["run_id"], result, {"adapter": paths.ADAPTER, "reports": paths.TRAIN_LOSS,
+                                                "dataset": paths.DATASET_STATS})
     print(f"[train] MLflow run {run['run_id']} in {run['tracking_uri']}", flush=True)
 
 

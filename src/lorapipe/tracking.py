@@ -77,6 +77,12 @@ def start_training_run(params: dict[str, Any], tags: dict[str, str] | None = Non
     return {"run_id": run.info.run_id, "experiment": EXPERIMENT, "tracking_uri": tracking_uri()}
 
 
+def set_tags(run_id: str, tags: dict[str, str]) -> None:
+    from mlflow.entities import RunTag
+
+    _client().log_batch(run_id, tags=[RunTag(k, str(v)[:_MAX_PARAM]) for k, v in tags.items()])
+
+
 def log_step(run_id: str, step: int, metrics: dict[str, float]) -> None:
     import time
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lorapipe import paths
+from lorapipe.checkpoints import Checkpoints, fingerprint
 from lorapipe.io import atomic_dir, read_json, read_jsonl, write_json, write_provenance, write_text_atomic
 from lorapipe.models import copy_tokenizer, load_tokenizer, sequence_nll
 from lorapipe.rows import IGNORE, loss_tokens, tokenize_row, truncate
@@ -137,13 +138,22 @@ def train_lora(
     quant_type: str = "nf4",
     double_quant: bool = True,
     seed: int = 42,
+    save_steps: int = 0,
+    save_total_limit: int = 2,
+    resume: str = "auto",
+    checkpoint_dir: str | Path | None = None,
     metrics_path: str | Path | None = paths.TRAIN_METRICS,
     loss_path: str | Path | None = paths.TRAIN_LOSS,
     run_info: dict[str, Any] | None = None,
     provenance: dict[str, Any] | None = None,
     on_log: Callable[[int, dict[str, float]], None] | None = None,
 ) -> dict[str, Any]:
-    """Train a LoRA adapter on ``train.jsonl`` and save it (safetensors) with the tokenizer."""
+    """Train a LoRA adapter on ``train.jsonl`` and save it (safetensors) with the tokenizer.
+
+    Every `save_steps` steps a checkpoint goes to the cache (see lorapipe.checkpoints); `resume`
+    ``auto`` continues from the latest checkpoint of the same data and params, ``never`` starts
+    over, a path continues from that checkpoint.
+    """
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, get_linear_schedule_with_warmup
@@ -190,14 +200,30 @@ def train_lora(
     autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=precision == "bf16")
     batches = _batches(train_ids, batch_size, tokenizer.pad_token_id, random.Random(seed))
 
+    run_inputs = {"rank": rank, "alpha": alpha, "dropout": dropout, "targets": targets, "steps": steps, "lr": lr,
+                  "batch_size": batch_size, "grad_accum": grad_accum, "warmup_steps": warmup_steps,
+                  "weight_decay": weight_decay, "log_every": log_every, "precision": precision, "four_bit": four_bit,
+                  "quant_type": quant_type, "double_quant": double_quant, "seed": seed, "max_seq_len": max_seq_len}
+    inputs = [dataset_dir / paths.TRAIN_ROWS.name, dataset_dir / paths.VAL_ROWS.name,
+              *Path(base_dir).glob("*.json"), *Path(base_dir).glob("*.safetensors")]
+    checkpoints = Checkpoints(fingerprint(run_inputs, inputs), save_total_limit, checkpoint_dir)
+    loop = {"history": [], "tokens_seen": 0, "window_loss": 0.0, "window_tokens": 0}
+    start = _resume_point(resume, checkpoints)
+    if start is not None:
+        loop = Checkpoints.load(start, model, optimizer, schedule)
+        for _ in range(loop["step"] * grad_accum):  # replay the data order up to the checkpoint
+            next(batches)
+        print(f"[train] resuming from {start} (step {loop['step']} of {steps})", flush=True)
+    first_step = loop.get("step", 0) + 1
+
     print(f"[train] {device}, {precision}, {'QLoRA 4-bit' if four_bit else 'LoRA'} r={rank} on {targets}; "
           f"{trainable / 1e6:.2f} M of {total / 1e6:.1f} M parameters trainable; {len(train_ids)} rows, "
           f"{steps} steps × {batch_size} × {grad_accum} at ≤{max_seq_len} tokens", flush=True)
-    history: list[tuple[int, float]] = []
-    window_loss, window_tokens, tokens_seen = 0.0, 0, 0
+    history: list[tuple[int, float]] = [tuple(h) for h in loop["history"]]
+    window_loss, window_tokens, tokens_seen = loop["window_loss"], loop["window_tokens"], loop["tokens_seen"]
     started = window_start = time.perf_counter()
     model.train()
-    for step in range(1, steps + 1):
+    for step in range(first_step, steps + 1):
         for _ in range(grad_accum):
             ids, mask, labels = (t.to(device) for t in next(batches))
             with autocast:
@@ -205,7 +231,7 @@ def train_lora(
             (loss / grad_accum).backward()
             window_loss += loss.item() / grad_accum
             window_tokens += int((labels[:, 1:] != IGNORE).sum())  # tokens that carry loss
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, 1.0))
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
@@ -215,13 +241,18 @@ def train_lora(
             elapsed = time.perf_counter() - window_start
             tokens_seen += window_tokens
             speed = window_tokens / max(elapsed, 1e-9)
-            eta = (time.perf_counter() - started) / step * (steps - step)
+            eta = (time.perf_counter() - started) / (step - first_step + 1) * (steps - step)
             history.append((step, mean))
             print(f"[train] step {step}/{steps} loss {mean:.4f} lr {schedule.get_last_lr()[0]:.2e} "
                   f"{speed:.0f} tok/s eta {eta:.0f}s", flush=True)
             if on_log:
-                on_log(step, {"loss": mean, "learning_rate": schedule.get_last_lr()[0], "tokens_per_second": speed})
+                on_log(step, {"loss": mean, "learning_rate": schedule.get_last_lr()[0], "grad_norm": grad_norm,
+                              "tokens_per_second": speed})
             window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
+        if save_steps and step % save_steps == 0 and step < steps:
+            checkpoints.save(step, model, optimizer, schedule, {"history": history, "tokens_seen": tokens_seen,
+                                                                "window_loss": window_loss,
+                                                                "window_tokens": window_tokens})
     seconds = time.perf_counter() - started
 
     model.eval()
@@ -255,4 +286,20 @@ def train_lora(
         write_json(metrics_path, {k: v for k, v in metrics.items() if not isinstance(v, (str, list))})
     if loss_path:
         write_text_atomic(loss_path, "step\tloss\n" + "".join(f"{s}\t{v:.6f}\n" for s, v in history))
+    checkpoints.clear()  # the adapter is saved: the crash-recovery checkpoints of this run are done
     return {**metrics, "history": history}
+
+
+def _resume_point(resume: str, checkpoints: Checkpoints) -> Path | None:
+    if resume == "never":
+        return None
+    if resume != "auto":
+        path = Path(resume)
+        if not (path / "loop.json").is_file():
+            raise FileNotFoundError(f"train.resume={resume}: not a lorapipe checkpoint folder (no loop.json)")
+        return path
+    others = checkpoints.others()
+    if others:
+        print(f"[train] ignoring {len(others)} checkpoint folder(s) made with other data or params "
+              f"in {checkpoints.root}", flush=True)
+    return checkpoints.latest()
