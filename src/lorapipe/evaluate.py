@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 
 from lorapipe import paths
+from lorapipe.export import gguf_logits
 from lorapipe.io import read_json, read_jsonl, write_json, write_text_atomic
 from lorapipe.models import load_causal_lm, load_tokenizer, sequence_nll
 from lorapipe.rows import IGNORE, tokenize_row
@@ -33,22 +34,6 @@ def _summary(nll: float, count: int) -> dict[str, float]:
 
 def hf_perplexity(model_dir: str | Path, sequences: list[tuple[list[int], list[int]]]) -> dict[str, float]:
     return _summary(*sequence_nll(load_causal_lm(model_dir).eval(), sequences))
-
-
-def gguf_logits(gguf_path: str | Path, sequences: list[list[int]]) -> list:
-    """llama.cpp's logits for each token sequence (float32 arrays of [tokens, vocab])."""
-    import numpy as np
-    from llama_cpp import Llama
-
-    n_ctx = max(map(len, sequences)) + 8
-    llm = Llama(str(gguf_path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True, verbose=False)
-    out = []
-    for ids in sequences:
-        llm.reset()
-        llm.eval(ids)
-        out.append(np.array(llm.scores[: len(ids)], dtype=np.float32))
-    llm.close()
-    return out
 
 
 def gguf_perplexity(gguf_path: str | Path, sequences: list[tuple[list[int], list[int]]]) -> dict[str, float]:

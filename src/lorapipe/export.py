@@ -101,13 +101,28 @@ def quantize_gguf(src: Path, dst: Path, quant: str) -> Path:
     return dst
 
 
+def gguf_logits(gguf_path: str | Path, sequences: list[list[int]]) -> list:
+    """llama.cpp's logits for each token sequence (float32 arrays of [tokens, vocab])."""
+    import numpy as np
+    from llama_cpp import Llama
+
+    n_ctx = max(map(len, sequences)) + 8
+    llm = Llama(str(gguf_path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True, verbose=False)
+    out = []
+    for ids in sequences:
+        llm.reset()
+        llm.eval(ids)
+        out.append(np.array(llm.scores[: len(ids)], dtype=np.float32))
+    llm.close()
+    return out
+
+
 def compare_logits(model_dir: Path, gguf_path: Path, text: str) -> dict[str, float]:
     """Logits of the GGUF under llama.cpp against the Hugging Face model on the same tokens."""
     import numpy as np
     import torch
 
     from lorapipe.models import load_causal_lm, load_tokenizer
-    from lorapipe.evaluate import gguf_logits
 
     ids = load_tokenizer(model_dir)(text, add_special_tokens=False)["input_ids"]
     with torch.no_grad():
