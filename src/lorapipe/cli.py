@@ -3,6 +3,7 @@
     lorapipe train --lora.rank 8          # run one stage with params.yaml plus overrides
     lorapipe extract --input-dir a/ b/ --output-dir out/ --no-resume   # extract other folders
     lorapipe ask "What is LoRA?"          # one answer from the exported GGUF
+    lorapipe plan --model mistralai/Mistral-7B-Instruct-v0.2 --load-in-4bit --device-memory-gb 8
     lorapipe check                        # validate params.yaml
 
 Each stage command takes exactly the params keys that stage reads (``--<section>.<key>``), the
@@ -58,6 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("question")
     ask.add_argument("--gguf", help="GGUF file (default: the first in models/gguf)")
     ask.add_argument("--max-tokens", type=int, default=96)
+    plan = commands.add_parser("plan", help="estimate peak memory and training time before training")
+    plan.add_argument("--params", default=str(paths.PARAMS), help="defaults come from this params file")
+    plan.add_argument("--model", help="model name, Hub id or folder (default: model.name, or models/base if built)")
+    plan.add_argument("--max-seq-len", type=int)
+    plan.add_argument("--batch-size", type=int)
+    plan.add_argument("--lora-rank", type=int)
+    plan.add_argument("--load-in-4bit", action="store_true", default=None)
+    plan.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    plan.add_argument("--device-memory-gb", type=float, help="memory budget (default: what the device has free)")
     check = commands.add_parser("check", help="validate params.yaml and print the resolved values")
     check.add_argument("--params", default=str(paths.PARAMS))
     commands.add_parser("install-converter", help="unpack llama.cpp's converter into the user cache")
@@ -80,6 +90,21 @@ def _ask(args: argparse.Namespace) -> None:
     print(f"Q: {args.question}\nA ({gguf.name}, llama.cpp): {chat(gguf, system_prompt, args.question, args.max_tokens)}")
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from lorapipe.plan import plan_report
+
+    p = load_params(args.params)
+    model = args.model or (str(paths.BASE_MODEL) if (paths.BASE_MODEL / "config.json").is_file() else p.model.name)
+    four_bit = args.load_in_4bit if args.load_in_4bit else (None if p.quant.load_in_4bit == "auto" else p.quant.load_in_4bit)
+    text, fits = plan_report(
+        model, max_seq_len=args.max_seq_len or p.dataset.max_seq_len, batch_size=args.batch_size or p.train.batch_size,
+        lora_rank=args.lora_rank or p.lora.rank, load_in_4bit=four_bit, device=args.device,
+        precision=p.train.precision, device_memory_gb=args.device_memory_gb, grad_accum=p.train.grad_accum,
+        steps=p.train.max_steps, epochs=p.train.epochs, dataset_stats=paths.DATASET_STATS)
+    print(text)
+    return 0 if fits else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -95,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                 STAGES[args.command](params)
         elif args.command == "ask":
             _ask(args)
+        elif args.command == "plan":
+            return _plan(args)
         elif args.command == "check":
             print(yaml.safe_dump(load_params(args.params).model_dump(), sort_keys=False), end="")
         elif args.command == "install-converter":

@@ -115,6 +115,7 @@ class TrainParams(_Section):
     weight_decay: float = Field(0.0, ge=0)
     log_every: int = Field(5, ge=1)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    autofit: bool = False
     save_steps: int = Field(10, ge=0)
     save_total_limit: int = Field(2, ge=1)
     resume: str = Field("auto", min_length=1)

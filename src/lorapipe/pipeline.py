@@ -53,7 +53,7 @@ def run_train(p: Params) -> None:
             grad_accum=train.grad_accum, warmup_steps=train.warmup_steps, weight_decay=train.weight_decay,
             log_every=train.log_every, precision=train.precision, load_in_4bit=quant.load_in_4bit,
             quant_type=quant.quant_type, double_quant=quant.double_quant, seed=p.common.seed,
-            save_steps=train.save_steps, save_total_limit=train.save_total_limit, resume=train.resume,
+            autofit=train.autofit, save_steps=train.save_steps, save_total_limit=train.save_total_limit, resume=train.resume,
             metrics_path=paths.TRAIN_METRICS, loss_path=paths.TRAIN_LOSS, run_info=run,
             provenance={**resolved, "dataset_hash": dataset_hash},
             on_log=lambda step, metrics: tracking.log_step(run["run_id"], step, metrics),

@@ -138,6 +138,7 @@ def train_lora(
     quant_type: str = "nf4",
     double_quant: bool = True,
     seed: int = 42,
+    autofit: bool = False,
     save_steps: int = 0,
     save_total_limit: int = 2,
     resume: str = "auto",
@@ -166,6 +167,8 @@ def train_lora(
     precision = resolve_precision(precision, device)
     four_bit = resolve_load_in_4bit(load_in_4bit, device)
     tokenizer = load_tokenizer(base_dir)
+    batch_size, grad_accum = check_fit(base_dir, device, precision, four_bit, max_seq_len, batch_size, grad_accum,
+                                       rank, target_modules, autofit)
 
     model = AutoModelForCausalLM.from_pretrained(
         base_dir,
@@ -288,6 +291,35 @@ def train_lora(
         write_text_atomic(loss_path, "step\tloss\n" + "".join(f"{s}\t{v:.6f}\n" for s, v in history))
     checkpoints.clear()  # the adapter is saved: the crash-recovery checkpoints of this run are done
     return {**metrics, "history": history}
+
+
+def check_fit(base_dir, device: str, precision: str, four_bit: bool, max_seq_len: int, batch_size: int,
+              grad_accum: int, rank: int, target_modules, autofit: bool) -> tuple[int, int]:
+    """Estimate peak memory before loading anything; refuse with the fix, or autofit the batch."""
+    from lorapipe.plan import autofit as fit_batch
+    from lorapipe.plan import available_memory_gb, estimate_memory_gb, load_facts, suggestions
+
+    facts = load_facts(str(base_dir))
+    settings = {"max_seq_len": max_seq_len, "lora_rank": rank, "target_modules": target_modules,
+                "load_in_4bit": four_bit, "precision": precision, "gradient_checkpointing": four_bit and device == "cuda",
+                "device": device, "paged_8bit_optimizer": four_bit and device == "cuda"}
+    budget = available_memory_gb(device)
+    estimate = estimate_memory_gb(facts, batch_size=batch_size, **settings)
+    print(f"[train] estimated peak memory {estimate['total']:.1f} GB of {budget:.1f} GB available on {device}",
+          flush=True)
+    if estimate["total"] <= budget:
+        return batch_size, grad_accum
+    if autofit:
+        fitted = fit_batch(facts, budget, batch_size, grad_accum, **settings)
+        if fitted:
+            print(f"[train] train.autofit: batch_size {batch_size} → {fitted[0]}, grad_accum {grad_accum} → "
+                  f"{fitted[1]} (same effective batch)", flush=True)
+            return fitted
+    fixes = suggestions(facts, budget, batch_size=batch_size, **settings)
+    raise MemoryError(
+        f"training needs about {estimate['total']:.1f} GB but {budget:.1f} GB are available on {device}: "
+        + (f"use {' or '.join(fixes)}" if fixes else "use a smaller model or more memory")
+        + (" (or set train.autofit: true)" if not autofit else "") + "; `lorapipe plan` shows the estimate")
 
 
 def _resume_point(resume: str, checkpoints: Checkpoints) -> Path | None:

@@ -1,0 +1,245 @@
+"""Will this training fit, and how long will it take? Estimated from the model's config alone.
+
+    lorapipe plan --model mistralai/Mistral-7B-Instruct-v0.2 --max-seq-len 1024 --load-in-4bit --device-memory-gb 8
+
+Peak memory = runtime + weights + adapter (weights, gradients, optimizer state) + activations kept
+for the backward pass + logits. The activation and logit coefficients were fitted to peak resident
+memory measured on this project's CPU machine (bench/MEASURED.md); they are estimates, not promises.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from lorapipe.models import BUNDLED
+
+FACTS = Path(__file__).with_name("model_facts")
+_BUNDLED_FACTS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+_ALIASES = {"meta-llama/Llama-3.1-8B": "meta-llama/Llama-3.1-8B-Instruct", "Qwen/Qwen2.5-7B": "Qwen/Qwen2.5-7B-Instruct"}
+
+GB = 2**30
+RUNTIME_GB = {"cpu": 0.42, "cuda": 0.9}  # python + torch (+ CUDA context) before any model is loaded
+ACT_ELEMENTS = 10.9    # elements kept per token, layer and (hidden + intermediate) width (fitted)
+ATTN_ELEMENTS = 1.46   # elements kept per token, layer, head and key position (attention probabilities)
+LOGIT_COPIES = 3       # float32 logits, their log-softmax and its gradient
+BF16_ACT_SHARE = 0.58  # activation memory under bf16 autocast relative to float32 (fitted)
+CPU_EFFICIENCY = 0.4   # achieved / 1024² matmul FLOP/s, LoRA training of the bundled model on the CPU (measured)
+GPU_EFFICIENCY = 0.35
+
+
+@dataclass(frozen=True)
+class Facts:
+    name: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    tie_word_embeddings: bool
+    max_position_embeddings: int
+
+    @property
+    def projections(self) -> dict[str, tuple[int, int]]:
+        """(in, out) features of each linear projection of one decoder layer."""
+        h, q, kv, i = self.hidden_size, self.num_attention_heads * self.head_dim, \
+            self.num_key_value_heads * self.head_dim, self.intermediate_size
+        return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+
+    @property
+    def embedding_parameters(self) -> int:
+        return self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
+
+    @property
+    def parameters(self) -> int:
+        per_layer = sum(a * b for a, b in self.projections.values()) + 2 * self.hidden_size
+        return self.num_hidden_layers * per_layer + self.embedding_parameters + self.hidden_size
+
+
+def load_facts(model: str) -> Facts:
+    """Facts of a bundled model, a shipped Hub model, or a local folder's config.json."""
+    if Path(model, "config.json").is_file():
+        config = json.loads(Path(model, "config.json").read_text())
+        config = config.get("text_config", config)
+    else:
+        hub_id = _ALIASES.get(model, _BUNDLED_FACTS.get(model, model))
+        path = FACTS / f"{hub_id.replace('/', '__')}.json"
+        if not path.is_file():
+            known = sorted([*BUNDLED, *(p.stem.replace("__", "/") for p in FACTS.glob("*.json"))])
+            raise ValueError(f"no facts for {model!r} offline: give a local model folder, or one of {known}")
+        config = json.loads(path.read_text())
+    heads = config["num_attention_heads"]
+    return Facts(
+        name=config.get("name", model), vocab_size=config["vocab_size"], hidden_size=config["hidden_size"],
+        intermediate_size=config["intermediate_size"], num_hidden_layers=config["num_hidden_layers"],
+        num_attention_heads=heads, num_key_value_heads=config.get("num_key_value_heads", heads),
+        head_dim=config.get("head_dim") or config["hidden_size"] // heads,
+        tie_word_embeddings=config.get("tie_word_embeddings", False),
+        max_position_embeddings=config.get("max_position_embeddings", 2048))
+
+
+def estimate_memory_gb(facts: Facts, *, max_seq_len: int, batch_size: int, lora_rank: int,
+                       target_modules: list[str] | str = "auto", load_in_4bit: bool = False,
+                       precision: str = "fp32", gradient_checkpointing: bool = False, device: str = "cpu",
+                       paged_8bit_optimizer: bool = False) -> dict[str, float]:
+    """Estimated peak memory of one training step, by part, in GB."""
+    targets = facts.projections if target_modules == "auto" else \
+        {k: v for k, v in facts.projections.items() if k in target_modules}
+    lora = facts.num_hidden_layers * sum(lora_rank * (a + b) for a, b in targets.values())
+    body = facts.parameters - facts.embedding_parameters
+    # Weights load in float32; 4-bit nf4 with double quantization is about 0.52 byte per weight.
+    weights = (body * 0.52 if load_in_4bit else body * 4) + facts.embedding_parameters * 4
+    if precision == "bf16" and not load_in_4bit:
+        weights += body * 2  # autocast keeps a bfloat16 copy of each weight it casts
+    adapter = lora * (4 + 4 + (2 if paged_8bit_optimizer else 8))  # weights, gradients, Adam moments
+    tokens = max_seq_len * batch_size
+    per_layer = (ACT_ELEMENTS * (facts.hidden_size + facts.intermediate_size)
+                 + ATTN_ELEMENTS * facts.num_attention_heads * max_seq_len) * 4
+    if precision == "bf16":
+        per_layer *= BF16_ACT_SHARE
+    layers_kept = facts.num_hidden_layers
+    if gradient_checkpointing:  # only each layer's input is kept, plus one layer being recomputed
+        per_layer_total = facts.num_hidden_layers * facts.hidden_size * 4 + per_layer
+    else:
+        per_layer_total = layers_kept * per_layer
+    activations = tokens * per_layer_total
+    logits = tokens * facts.vocab_size * 4 * LOGIT_COPIES
+    parts = {"runtime": RUNTIME_GB[device] * GB, "weights": weights, "adapter": adapter,
+             "activations": activations, "logits": logits}
+    out = {k: round(v / GB, 3) for k, v in parts.items()}
+    out["total"] = round(sum(parts.values()) / GB, 3)
+    out["lora_parameters"] = lora
+    out["parameters"] = facts.parameters
+    return out
+
+
+def available_memory_gb(device: str) -> float:
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.get_device_properties(0).total_memory / GB
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 2**20
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GB
+
+
+def peak_matmul_flops(device: str, precision: str) -> float:
+    """FLOP/s of a 1024² matrix multiply here, in the training precision (a 0.1 s measurement)."""
+    import time
+
+    import torch
+
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a = torch.randn(1024, 1024, device=device, dtype=dtype)
+    a @ a
+    runs, started = 8, time.perf_counter()
+    for _ in range(runs):
+        a @ a
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return 2 * 1024**3 * runs / (time.perf_counter() - started)
+
+
+def estimate_seconds(facts: Facts, tokens: int, max_seq_len: int, device: str, precision: str,
+                     gradient_checkpointing: bool = False) -> float:
+    """Training time for `tokens` tokens: ~4 FLOPs per frozen parameter and token (forward, and the
+    backward pass through the activations) plus attention, at a measured share of the matmul peak."""
+    per_token = 4 * facts.parameters + 4 * facts.num_hidden_layers * max_seq_len * facts.hidden_size
+    if gradient_checkpointing:
+        per_token *= 1.5  # the forward pass runs twice
+    efficiency = GPU_EFFICIENCY if device == "cuda" else CPU_EFFICIENCY
+    return tokens * per_token / (peak_matmul_flops(device, precision) * efficiency)
+
+
+def suggestions(facts: Facts, budget_gb: float, **kwargs) -> list[str]:
+    """Changes that would make the run fit: single changes first, else the first combination that does."""
+    names = {"batch_size": "train.batch_size", "max_seq_len": "dataset.max_seq_len", "lora_rank": "lora.rank",
+             "load_in_4bit": "quant.load_in_4bit"}
+    steps = [("batch_size", max(1, kwargs["batch_size"] // 2)), ("batch_size", 1),
+             ("max_seq_len", kwargs["max_seq_len"] // 2), ("lora_rank", min(8, kwargs["lora_rank"])),
+             ("max_seq_len", kwargs["max_seq_len"] // 4), ("load_in_4bit", True)]
+    steps = [(k, v) for k, v in steps if v != kwargs[k] and (k != "max_seq_len" or v >= 64)]
+    fits = lambda change: estimate_memory_gb(facts, **{**kwargs, **change})["total"] <= budget_gb  # noqa: E731
+    single = [f"{names[k]} {str(v).lower()}" for k, v in steps if fits({k: v})]
+    if single:
+        return list(dict.fromkeys(single))[:3]
+    combined: dict = {}
+    for key, value in steps:
+        combined[key] = value
+        if fits(combined):
+            return [" and ".join(f"{names[k]} {str(v).lower()}" for k, v in combined.items())]
+    return []
+
+
+def autofit(facts: Facts, budget_gb: float, batch_size: int, grad_accum: int, **kwargs) -> tuple[int, int] | None:
+    """Halve the batch and double the accumulation until it fits; the effective batch stays the same."""
+    while batch_size >= 1:
+        if estimate_memory_gb(facts, batch_size=batch_size, **kwargs)["total"] <= budget_gb:
+            return batch_size, grad_accum
+        if batch_size == 1:
+            return None
+        batch_size, grad_accum = math.ceil(batch_size / 2), grad_accum * 2
+    return None
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def plan_report(model: str, *, max_seq_len: int, batch_size: int, lora_rank: int, load_in_4bit: bool | None = None,
+                device: str = "auto", precision: str = "auto", device_memory_gb: float | None = None,
+                grad_accum: int = 1, steps: int | None = None, epochs: float = 1.0,
+                dataset_stats: str | Path | None = None) -> tuple[str, bool]:
+    """The text `lorapipe plan` prints, and whether the run fits."""
+    from lorapipe.train import resolve_device, resolve_load_in_4bit, resolve_precision
+
+    device = resolve_device() if device == "auto" else device
+    if device == "cuda" and precision == "auto" and not _cuda_available():
+        precision = "bf16"  # planning for a GPU that is not here: assume a current one (bf16 capable)
+    precision = resolve_precision(precision, device)
+    four_bit = resolve_load_in_4bit("auto" if load_in_4bit is None else load_in_4bit, device)
+    facts = load_facts(model)
+    settings = {"max_seq_len": max_seq_len, "lora_rank": lora_rank, "load_in_4bit": four_bit,
+                "precision": precision, "gradient_checkpointing": four_bit and device == "cuda", "device": device,
+                "paged_8bit_optimizer": four_bit and device == "cuda"}
+    estimate = estimate_memory_gb(facts, batch_size=batch_size, **settings)
+    if not device_memory_gb and device == "cuda" and not _cuda_available():
+        raise ValueError("no CUDA device here: give its memory with --device-memory-gb")
+    budget = device_memory_gb if device_memory_gb else available_memory_gb(device)
+    fits = estimate["total"] <= budget
+    lines = [f"model       {facts.name}: {facts.parameters / 1e9:.2f} B parameters, {facts.num_hidden_layers} layers, "
+             f"hidden {facts.hidden_size}, vocabulary {facts.vocab_size}",
+             f"training    {'QLoRA 4-bit' if four_bit else 'LoRA'} rank {lora_rank} "
+             f"({estimate['lora_parameters'] / 1e6:.1f} M trainable), {device}, {precision}, "
+             f"batch {batch_size} × {max_seq_len} tokens"
+             + (", gradient checkpointing" if settings["gradient_checkpointing"] else ""),
+             "memory      " + ", ".join(f"{k} {estimate[k]:.2f}" for k in
+                                        ("runtime", "weights", "adapter", "activations", "logits")) + " GB",
+             f"peak        {estimate['total']:.2f} GB of {budget:.1f} GB: {'fits' if fits else 'does NOT fit'}"]
+    if not fits:
+        fixes = suggestions(facts, budget, batch_size=batch_size, **settings)
+        lines.append("fix         " + (" or ".join(fixes) if fixes else "a smaller model or more memory")
+                     + "; or train.autofit: true")
+    here = device == "cpu" or _cuda_available()
+    if not here:
+        lines.append("time        not estimated: no CUDA device on this machine to measure")
+    if here and dataset_stats and Path(dataset_stats).is_file():
+        stats = json.loads(Path(dataset_stats).read_text())
+        mean = stats["tokens"]["train"] / max(stats["rows"]["train"], 1)
+        total_steps = steps if steps and steps > 0 else \
+            max(1, math.ceil(epochs * math.ceil(stats["rows"]["train"] / batch_size) / grad_accum))
+        tokens = total_steps * batch_size * grad_accum * mean
+        seconds = estimate_seconds(facts, int(tokens), max_seq_len, device, precision,
+                                   settings["gradient_checkpointing"])
+        lines.append(f"time        about {seconds / 60:.1f} min for {total_steps} steps "
+                     f"(~{tokens / 1e3:.0f} k tokens, from {dataset_stats})")
+    return "\n".join(lines), fits

@@ -1,0 +1,97 @@
+"""`lorapipe plan`: memory and time estimates from the config alone, and the train stage's check.
+
+Run: .venv/bin/pytest tests/test_plan.py
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from lorapipe.plan import autofit, estimate_memory_gb, load_facts, plan_report
+
+
+@pytest.mark.parametrize("model, billions", [
+    ("mistralai/Mistral-7B-v0.1", 7.24), ("mistralai/Mistral-7B-Instruct-v0.2", 7.24),
+    ("meta-llama/Llama-3.1-8B-Instruct", 8.03), ("Qwen/Qwen2.5-7B-Instruct", 7.62),
+    ("smollm2-135m-instruct", 0.135), ("google/gemma-3-27b-it", 27.0),
+])
+def test_parameter_counts_match_the_published_sizes(model, billions):
+    # Qwen2's q/k/v biases (0.3 M) and Gemma-3's vision tower are not counted
+    assert load_facts(model).parameters / 1e9 == pytest.approx(billions, rel=0.04)
+
+
+def test_unknown_model_offline_is_a_clear_error():
+    with pytest.raises(ValueError, match="no facts for 'nobody/none' offline"):
+        load_facts("nobody/none")
+
+
+def test_estimate_within_25_percent_of_measured_peak_for_the_tiny_model(tmp_path, dataset_dir, tiny_model_dir):
+    """Peak resident memory of a real training run in a fresh process against the estimate.
+
+    The peak is VmHWM of the process's own memory: ru_maxrss would also count the pytest process it
+    was forked from (Linux keeps the larger of the two across exec)."""
+    code = (
+        "import json, re; from pathlib import Path; from lorapipe import train_lora; "
+        f"train_lora({str(dataset_dir)!r}, {str(tiny_model_dir)!r}, {str(tmp_path / 'a')!r}, rank=8, max_steps=2, "
+        "batch_size=4, precision='fp32', metrics_path=None, loss_path=None, resume='never'); "
+        "kb = int(re.search(r'VmHWM:\\s+(\\d+)', Path('/proc/self/status').read_text()).group(1)); "
+        "print(json.dumps(kb / 2**20))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    measured = json.loads(run.stdout.strip().splitlines()[-1])
+    max_len = json.loads((dataset_dir / "stats.json").read_text())["max_seq_len"]
+    estimate = estimate_memory_gb(load_facts(str(tiny_model_dir)), max_seq_len=max_len, batch_size=4, lora_rank=8,
+                                  precision="fp32")["total"]
+    assert estimate == pytest.approx(measured, rel=0.25), (estimate, measured)
+
+
+def test_report_says_whether_it_fits_and_how_to_fix_it(tmp_path):
+    stats = tmp_path / "stats.json"
+    stats.write_text(json.dumps({"rows": {"train": 100}, "tokens": {"train": 40000}}))
+    text, fits = plan_report("smollm2-135m-instruct", max_seq_len=512, batch_size=4, lora_rank=16, device="cpu",
+                             precision="fp32", device_memory_gb=64, steps=10, dataset_stats=stats)
+    assert fits and "fits" in text and "about" in text and "10 steps" in text
+    text, fits = plan_report("mistralai/Mistral-7B-Instruct-v0.2", max_seq_len=2048, batch_size=4, lora_rank=16,
+                             load_in_4bit=True, device="cuda", device_memory_gb=8)
+    assert not fits and "does NOT fit" in text and "dataset.max_seq_len" in text
+
+
+def test_autofit_keeps_the_effective_batch():
+    facts = load_facts("smollm2-135m-instruct")
+    kwargs = {"max_seq_len": 512, "lora_rank": 16, "precision": "fp32"}
+    full = estimate_memory_gb(facts, batch_size=8, **kwargs)["total"]
+    batch, accum = autofit(facts, full / 2, 8, 1, **kwargs)
+    assert batch < 8 and batch * accum == 8
+    assert autofit(facts, 0.1, 8, 1, **kwargs) is None
+
+
+def test_train_refuses_what_does_not_fit(tmp_path, dataset_dir, tiny_model_dir, monkeypatch):
+    from lorapipe import plan, train_lora
+
+    monkeypatch.setattr(plan, "available_memory_gb", lambda device: 0.2)
+    with pytest.raises(MemoryError, match=r"training needs about .* GB but 0.2 GB are available.*lorapipe plan"):
+        train_lora(dataset_dir, tiny_model_dir, tmp_path / "a", max_steps=1, metrics_path=None, loss_path=None)
+    assert not (tmp_path / "a").exists()
+
+
+def test_train_autofit_lowers_the_batch(tmp_path, dataset_dir, tiny_model_dir, monkeypatch, capsys):
+    from lorapipe import plan, train_lora
+
+    facts = load_facts(str(tiny_model_dir))
+    needed = estimate_memory_gb(facts, max_seq_len=64, batch_size=2, lora_rank=4, precision="fp32")["total"]
+    monkeypatch.setattr(plan, "available_memory_gb", lambda device: needed + 0.001)
+    train_lora(dataset_dir, tiny_model_dir, tmp_path / "a", rank=4, max_steps=1, batch_size=8, precision="fp32",
+               autofit=True, metrics_path=None, loss_path=None)
+    assert "train.autofit: batch_size 8 → 2, grad_accum 1 → 4" in capsys.readouterr().out
+
+
+def test_plan_cli_exit_codes():
+    base = [sys.executable, "-m", "lorapipe.cli", "plan", "--params", str(ROOT / "params.yaml"), "--device", "cpu"]
+    ok = subprocess.run(base + ["--model", "smollm2-135m-instruct", "--device-memory-gb", "64"],
+                        capture_output=True, text=True, cwd=ROOT / "tests")
+    assert ok.returncode == 0 and "fits" in ok.stdout
+    no = subprocess.run(base + ["--model", "Qwen/Qwen2.5-7B-Instruct", "--device-memory-gb", "4"],
+                        capture_output=True, text=True, cwd=ROOT / "tests")
+    assert no.returncode == 1 and "does NOT fit" in no.stdout and "fix" in no.stdout
