@@ -226,6 +226,9 @@ def test_a_crash_without_fallback_is_recorded_as_failed(tmp_path, monkeypatch):
     rows = {Path(r["source"]).name: r for r in extract_documents(docs, tmp_path / "out", workers=2)}
     assert rows["a.md"]["status"] == "failed" and "crashed (SIGSEGV)" in rows["a.md"]["error"]
     assert rows["b.md"]["status"] == "ok"
+    monkeypatch.delenv("LORAPIPE_EXTRACT_FAULT")  # the crash is not cached: the next run retries a.md
+    rows = {Path(r["source"]).name: r for r in extract_documents(docs, tmp_path / "out", workers=2)}
+    assert rows["a.md"]["status"] == "ok" and not rows["a.md"]["cached"] and rows["b.md"]["cached"]
 
 
 def test_parallel_workers_give_the_same_output(tmp_path):

@@ -208,7 +208,10 @@ def extract_documents(
         else:
             message = f"{job.note}; pdfplumber: {result}" if job.note and job.note != result else result
             entry = {"status": "failed", "error": message, "seconds": seconds}
-        cache.put(rows[job.index]["sha256"], entry)  # written per document: a killed stage resumes here
+        if status == "ok" or job.note is None:
+            # Written per document, so a killed stage resumes here. A failure after a crash or time-out
+            # is not cached: it may not happen again, and the next run retries it.
+            cache.put(rows[job.index]["sha256"], entry)
         finish(rows[job.index], entry)
     progress.close()
 

@@ -130,6 +130,7 @@ def run_jobs(
                 pool[i] = _Worker(context, convert)
                 retry = fallback(job, reason)
                 if retry is None:
+                    job.note = reason  # a crash or time-out, not an answer from the converter
                     yield job, "error", reason
                 else:
                     pending.append(Job(job.index, job.path, retry, job.attempt + 1, reason))
