@@ -95,3 +95,13 @@ def test_plan_cli_exit_codes():
     no = subprocess.run(base + ["--model", "Qwen/Qwen2.5-7B-Instruct", "--device-memory-gb", "4"],
                         capture_output=True, text=True, cwd=ROOT / "tests")
     assert no.returncode == 1 and "does NOT fit" in no.stdout and "fix" in no.stdout
+
+
+def test_train_skips_the_check_for_configs_plan_does_not_know(tmp_path, capsys):
+    from transformers import GPT2Config
+
+    from lorapipe.train import check_fit
+
+    GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100).save_pretrained(tmp_path)
+    assert check_fit(tmp_path, "cpu", "fp32", False, 64, 4, 1, 8, "auto", False) == (4, 1)
+    assert "memory check skipped" in capsys.readouterr().out

@@ -74,6 +74,10 @@ def load_facts(model: str) -> Facts:
             known = sorted([*BUNDLED, *(p.stem.replace("__", "/") for p in FACTS.glob("*.json"))])
             raise ValueError(f"no facts for {model!r} offline: give a local model folder, or one of {known}")
         config = json.loads(path.read_text())
+    needed = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+    missing = [key for key in needed if key not in config]
+    if missing:
+        raise ValueError(f"{model}: its config has no {', '.join(missing)}; plan knows Llama-style decoders only")
     heads = config["num_attention_heads"]
     return Facts(
         name=config.get("name", model), vocab_size=config["vocab_size"], hidden_size=config["hidden_size"],

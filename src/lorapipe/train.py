@@ -299,7 +299,11 @@ def check_fit(base_dir, device: str, precision: str, four_bit: bool, max_seq_len
     from lorapipe.plan import autofit as fit_batch
     from lorapipe.plan import available_memory_gb, estimate_memory_gb, load_facts, suggestions
 
-    facts = load_facts(str(base_dir))
+    try:
+        facts = load_facts(str(base_dir))
+    except ValueError as exc:
+        print(f"[train] memory check skipped: {exc}", flush=True)
+        return batch_size, grad_accum
     settings = {"max_seq_len": max_seq_len, "lora_rank": rank, "target_modules": target_modules,
                 "load_in_4bit": four_bit, "precision": precision, "gradient_checkpointing": four_bit and device == "cuda",
                 "device": device, "paged_8bit_optimizer": four_bit and device == "cuda"}
