@@ -206,6 +206,11 @@ def test_near_duplicates_short_chunks_and_max_samples(tmp_path, tiny_model_dir):
     assert len(train) + len(val) == 4 and stats["sampled_out"] > 0
 
 
+def test_stage_ends_with_the_plan_command(tmp_path, text_dir, tiny_model_dir, capsys):
+    _build(tmp_path, text_dir, tiny_model_dir, tmp_path / "none")
+    assert capsys.readouterr().out.rstrip().endswith("lorapipe plan")
+
+
 def test_nothing_to_build_from(tmp_path, tiny_model_dir):
     with pytest.raises(ValueError, match="no text was extracted"):
         _build(tmp_path, tmp_path / "none", tiny_model_dir, tmp_path / "none")

@@ -311,4 +311,5 @@ def build_dataset(
           f"({stats['tokens']['train']} train tokens); dropped {stats['dropped']} "
           f"(short {counts['dropped_short']}, overflow {counts['dropped_overflow']}), "
           f"overflowed {counts['overflowed']}, deduplicated {stats['deduplicated']}", flush=True)
+    print("[dataset] estimate training memory and time with: lorapipe plan", flush=True)
     return stats
