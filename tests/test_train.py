@@ -132,3 +132,21 @@ def test_resume_from_a_path_that_is_no_checkpoint(tmp_path, dataset_dir, tiny_mo
 
     with pytest.raises(FileNotFoundError, match="not a lorapipe checkpoint"):
         _train(dataset_dir, tiny_model_dir, tmp_path / "a", resume=str(tmp_path))
+
+
+def test_unknown_target_modules_are_named(tmp_path, dataset_dir, tiny_model_dir):
+    import pytest
+
+    with pytest.raises(ValueError, match=r"lora.target_modules \['qkv'\] are not linear layers.*q_proj"):
+        _train(dataset_dir, tiny_model_dir, tmp_path / "a", target_modules=["q_proj", "qkv"])
+
+
+def test_sequence_length_beyond_the_context_is_refused(tmp_path, dataset_dir, tiny_model_dir):
+    import json
+
+    import pytest
+
+    stats = json.loads((dataset_dir / "stats.json").read_text())
+    (dataset_dir / "stats.json").write_text(json.dumps({**stats, "max_seq_len": 4096}))
+    with pytest.raises(ValueError, match="beyond the model's context of 1024 tokens"):
+        _train(dataset_dir, tiny_model_dir, tmp_path / "a")

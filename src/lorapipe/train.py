@@ -182,6 +182,15 @@ def train_lora(
         # and later gradients are silently wrong (measured, see DESIGN.md).
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=device == "cuda")
     targets = default_target_modules(model) if target_modules == "auto" else list(target_modules)
+    available = default_target_modules(model)
+    unknown = [t for t in targets if t not in available]
+    if unknown:
+        raise ValueError(f"lora.target_modules {unknown} are not linear layers of {type(model).__name__}; "
+                         f"it has {available} (or use auto)")
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context and max_seq_len > context:
+        raise ValueError(f"dataset.max_seq_len {max_seq_len} is beyond the model's context of {context} tokens: "
+                         f"lower it to {context} or less and rebuild the dataset")
     model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
                                              target_modules=targets, task_type="CAUSAL_LM"))
     model.to(device)
