@@ -88,6 +88,16 @@ def load_facts(model: str) -> Facts:
         max_position_embeddings=config.get("max_position_embeddings", 2048))
 
 
+def training_settings(max_seq_len: int, lora_rank: int, target_modules, load_in_4bit: bool, precision: str,
+                      device: str) -> dict:
+    """The estimate's arguments for how the train stage runs: 4-bit on CUDA means gradient
+    checkpointing and paged 8-bit AdamW (lorapipe.train)."""
+    qlora_on_gpu = load_in_4bit and device == "cuda"
+    return {"max_seq_len": max_seq_len, "lora_rank": lora_rank, "target_modules": target_modules,
+            "load_in_4bit": load_in_4bit, "precision": precision, "gradient_checkpointing": qlora_on_gpu,
+            "device": device, "paged_8bit_optimizer": qlora_on_gpu}
+
+
 def estimate_memory_gb(facts: Facts, *, max_seq_len: int, batch_size: int, lora_rank: int,
                        target_modules: list[str] | str = "auto", load_in_4bit: bool = False,
                        precision: str = "fp32", gradient_checkpointing: bool = False, device: str = "cpu",
@@ -212,9 +222,7 @@ def plan_report(model: str, *, max_seq_len: int, batch_size: int, lora_rank: int
     precision = resolve_precision(precision, device)
     four_bit = resolve_load_in_4bit("auto" if load_in_4bit is None else load_in_4bit, device)
     facts = load_facts(model)
-    settings = {"max_seq_len": max_seq_len, "lora_rank": lora_rank, "load_in_4bit": four_bit,
-                "precision": precision, "gradient_checkpointing": four_bit and device == "cuda", "device": device,
-                "paged_8bit_optimizer": four_bit and device == "cuda"}
+    settings = training_settings(max_seq_len, lora_rank, "auto", four_bit, precision, device)
     estimate = estimate_memory_gb(facts, batch_size=batch_size, **settings)
     if not device_memory_gb and device == "cuda" and not _cuda_available():
         raise ValueError("no CUDA device here: give its memory with --device-memory-gb")

@@ -181,8 +181,8 @@ def train_lora(
         # No forward pass may run on the 4-bit model before training: inference repacks its weights
         # and later gradients are silently wrong (measured, see DESIGN.md).
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=device == "cuda")
-    targets = default_target_modules(model) if target_modules == "auto" else list(target_modules)
     available = default_target_modules(model)
+    targets = available if target_modules == "auto" else list(target_modules)
     unknown = [t for t in targets if t not in available]
     if unknown:
         raise ValueError(f"lora.target_modules {unknown} are not linear layers of {type(model).__name__}; "
@@ -306,16 +306,14 @@ def check_fit(base_dir, device: str, precision: str, four_bit: bool, max_seq_len
               grad_accum: int, rank: int, target_modules, autofit: bool) -> tuple[int, int]:
     """Estimate peak memory before loading anything; refuse with the fix, or autofit the batch."""
     from lorapipe.plan import autofit as fit_batch
-    from lorapipe.plan import available_memory_gb, estimate_memory_gb, load_facts, suggestions
+    from lorapipe.plan import available_memory_gb, estimate_memory_gb, load_facts, suggestions, training_settings
 
     try:
         facts = load_facts(str(base_dir))
     except ValueError as exc:
         print(f"[train] memory check skipped: {exc}", flush=True)
         return batch_size, grad_accum
-    settings = {"max_seq_len": max_seq_len, "lora_rank": rank, "target_modules": target_modules,
-                "load_in_4bit": four_bit, "precision": precision, "gradient_checkpointing": four_bit and device == "cuda",
-                "device": device, "paged_8bit_optimizer": four_bit and device == "cuda"}
+    settings = training_settings(max_seq_len, rank, target_modules, four_bit, precision, device)
     budget = available_memory_gb(device)
     estimate = estimate_memory_gb(facts, batch_size=batch_size, **settings)
     print(f"[train] estimated peak memory {estimate['total']:.1f} GB of {budget:.1f} GB available on {device}",
