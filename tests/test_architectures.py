@@ -51,3 +51,50 @@ def test_targets_and_one_training_step(kind):
     torch.optim.AdamW(trainable, lr=1e-2).step()
     assert torch.isfinite(loss)
     assert any(not torch.equal(a, b) for a, b in zip(before, trainable))
+
+
+def test_t5_targets():
+    import transformers as t
+
+    model = t.T5ForConditionalGeneration(t.T5Config(vocab_size=128, d_model=32, d_kv=8, d_ff=64, num_layers=2,
+                                                    num_heads=4, feed_forward_proj="gated-gelu"))
+    assert set(default_target_modules(model)) == {"q", "k", "v", "o", "wi_0", "wi_1", "wo"}
+
+
+def test_flan_t5_style_model_trains_through_the_seq2seq_path(tmp_path, bundled_tokenizer_dir):
+    """A tiny FLAN-T5-shaped model (gated GELU) learns from chat and text rows, saves and merges."""
+    import transformers as t
+    from safetensors.torch import load_file
+
+    from lorapipe import merge_adapter, train_lora
+    from lorapipe.io import write_json, write_jsonl
+
+    tokenizer = t.AutoTokenizer.from_pretrained(bundled_tokenizer_dir)
+    config = t.T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                        feed_forward_proj="gated-gelu", pad_token_id=tokenizer.pad_token_id,
+                        eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    base = tmp_path / "t5"
+    t.T5ForConditionalGeneration(config).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    rows = [{"messages": [{"role": "system", "content": "Answer in JSON."},
+                          {"role": "user", "content": f"play song number {i}"},
+                          {"role": "assistant", "content": f'{{"intent": "PlayMusic", "n": {i}}}'}], "task": "chat"}
+            for i in range(6)]
+    rows.append({"text": "Low-rank adapters train two thin matrices beside each frozen weight.", "task": "text"})
+    data = tmp_path / "dataset"
+    data.mkdir()
+    write_jsonl(data / "train.jsonl", rows)
+    write_jsonl(data / "val.jsonl", rows[:2])
+    write_json(data / "stats.json", {"max_seq_len": 64})
+
+    result = train_lora(data, base, tmp_path / "adapter", rank=4, alpha=8, max_steps=6, lr=3e-2, batch_size=4,
+                        log_every=2, precision="fp32", metrics_path=None, loss_path=None)
+    assert result["seq2seq"] and result["steps"] == 6 and result["val_loss"] > 0
+    assert set(result["target_modules"]) == {"q", "k", "v", "o", "wi_0", "wi_1", "wo"}
+    losses = [loss for _, loss in result["history"]]
+    assert losses[-1] < losses[0]
+    merged = merge_adapter(base, tmp_path / "adapter", tmp_path / "merged")
+    weights = load_file(merged / "model.safetensors")
+    assert not any("lora" in name for name in weights)
+    assert t.AutoConfig.from_pretrained(merged).is_encoder_decoder

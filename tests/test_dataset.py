@@ -83,8 +83,6 @@ def test_too_little_text(tmp_path, tiny_model_dir):
 
 # --- chat mode, tasks, one system prompt ----------------------------------------------------------
 
-from pathlib import Path  # noqa: E402
-
 from conftest import FIXTURES  # noqa: E402
 
 JSON_PROMPT = "Analyse the query. Answer only with JSON: intent and slots."

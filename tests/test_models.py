@@ -54,3 +54,72 @@ def test_gguf_load_gives_a_trainable_saveable_model(tmp_path, tiny_model_dir):
     assert model.model.layers[0].self_attn.q_proj.weight.grad is not None
     model.save_pretrained(tmp_path / "saved", safe_serialization=True)
     assert (tmp_path / "saved" / "model.safetensors").is_file()
+
+
+class _GatedHub:
+    """A fake Hugging Face Hub on 127.0.0.1 that refuses every request as a gated repo does, and
+    records the Authorization header it was sent."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        self.seen: list[str | None] = []
+        hub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _refuse(self):
+                hub.seen.append(self.headers.get("Authorization"))
+                self.send_response(401)
+                self.send_header("X-Error-Code", "GatedRepo")
+                self.send_header("X-Error-Message", "Access to model org/gated is restricted.")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = do_HEAD = _refuse
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def _lorapipe_base(tmp_path, hub_url: str, **env_extra):
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "params.yaml").write_text("model:\n  name: org/gated\n  revision: main\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_ENDPOINT=hub_url, HF_HOME=str(tmp_path / "hf-home"), **env_extra)
+    return subprocess.run([sys.executable, "-m", "lorapipe.cli", "base"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
+
+
+def test_gated_model_without_a_token_says_how_to_provide_one(tmp_path):
+    hub = _GatedHub()
+    try:
+        run = _lorapipe_base(tmp_path, hub.url)
+    finally:
+        hub.server.shutdown()
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "org/gated is gated or private (HTTP 401) and no Hub token was given" in run.stderr
+    assert "HF_TOKEN" in run.stderr and ".env" in run.stderr and "Traceback" not in run.stderr
+    assert hub.seen and not any(hub.seen)
+
+
+def test_wrong_token_is_refused_and_never_printed(tmp_path):
+    secret = "hf_wrongTokenValue1234567890"
+    hub = _GatedHub()
+    try:
+        from_env = _lorapipe_base(tmp_path, hub.url, HF_TOKEN=secret)
+        (tmp_path / ".env").write_text(f"HF_TOKEN={secret}x\n")
+        from_file = _lorapipe_base(tmp_path, hub.url)
+    finally:
+        hub.server.shutdown()
+    for run in (from_env, from_file):
+        assert run.returncode == 2 and "the Hub refused the token from HF_TOKEN (or .env)" in run.stderr
+        assert secret not in run.stdout + run.stderr
+    assert f"Bearer {secret}" in hub.seen and f"Bearer {secret}x" in hub.seen  # both tokens were sent

@@ -1,6 +1,6 @@
 """End to end: the whole DVC pipeline on a tiny model in a temporary git repo, then an experiment.
 
-Run: .venv/bin/pytest tests/test_pipeline_e2e.py -s   (about two minutes)
+Run: .venv/bin/pytest tests/test_pipeline_e2e.py -s   (about five minutes)
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def _run(args: list[str], cwd: Path, env: dict) -> str:
 
 
 def _ran(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([\w_]+)'", output))
+    return set(re.findall(r"Running stage '([\w@-]+)'", output))
 
 
 def _skipped(output: str) -> set[str]:
@@ -130,3 +130,81 @@ def test_plots_render_the_loss_curve(project, tmp_path):
     _run(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], repo, env)
     page = (tmp_path / "plots" / "index.html").read_text()
     assert "train_loss.tsv" in page and "loss" in page
+
+
+def _mlflow_runs(repo: Path, where: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("lorapipe")
+    return client.search_runs([experiment.experiment_id], where)
+
+
+def test_queued_sweep_runs_both_experiments_into_the_same_mlflow_store(project):
+    """`dvc exp run --queue` for two ranks, then `dvc queue start`: queued runs execute in a copy
+    under .dvc/tmp/exps and still land in `dvc exp show` and the project's MLflow store."""
+    import time
+
+    repo, env, _ = project
+    _run(["dvc", "exp", "run", "--queue", "-S", "lora.rank=2,8"], repo, env)
+    _run(["dvc", "queue", "start"], repo, env)
+    deadline = time.monotonic() + 900
+    while True:
+        status = _run(["dvc", "queue", "status"], repo, env)
+        if not re.search(r"\b(Queued|Running)\b", status):
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(5)
+    _run(["dvc", "queue", "stop"], repo, env)
+    assert status.count("Success") >= 2 and "Failed" not in status, status
+
+    shown = _run(["dvc", "exp", "show", "--csv"], repo, env)
+    header, *rows = [line.split(",") for line in shown.strip().splitlines()]
+    assert {"2", "8"} <= {row[header.index("lora.rank")] for row in rows}
+    ranks = {run.data.params["lora.rank"] for run in _mlflow_runs(repo, "tags.`lorapipe.stage` = 'train'")}
+    assert {"2", "8"} <= ranks
+    assert not (repo / ".dvc" / "tmp" / "exps" / "mlflow.db").exists()
+
+
+def test_foreach_stage_from_the_readme_trains_one_adapter_per_task(project):
+    repo, env, _ = project
+    readme = (repo / "README.md").read_text()
+    block = readme.split("<!-- foreach-stage -->")[1].split("<!-- /foreach-stage -->")[0]
+    stage = block.split("```yaml\n")[1].split("```")[0]
+    (repo / "dvc.yaml").write_text((repo / "dvc.yaml").read_text() + "\n" + stage)
+    output = _run(["dvc", "repro", "train_task"], repo, env)
+    assert _ran(output) == {"train_task@text", "train_task@chat"}
+    for task in ("text", "chat"):
+        assert (repo / f"models/lora_{task}/adapter_model.safetensors").is_file()
+        assert read_json(repo / f"reports/train_{task}.json")["steps"] == 4
+    tasks = sorted(run.data.tags["task"] for run in _mlflow_runs(repo, "tags.task != ''"))
+    assert tasks == ["chat", "text"]
+    _run(["git", "checkout", "dvc.yaml"], repo, env)
+
+
+def test_training_killed_after_a_checkpoint_resumes_through_dvc_repro(project, tmp_path):
+    """SIGKILL right after the step-4 checkpoint; `dvc repro` continues from step 5, and the adapter
+    matches an uninterrupted run of the same params (forced afterwards, with no checkpoint left)."""
+    from safetensors.torch import load_file
+
+    repo, env, _ = project
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"].update(max_steps=6, save_steps=2, log_every=1, eval_steps=0)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    killed = subprocess.run(["dvc", "repro", "train"], cwd=repo, capture_output=True, text=True,
+                            env={**env, "LORAPIPE_TRAIN_FAULT": "kill-after-checkpoint:4"})
+    assert killed.returncode != 0 and "[train] step 4/6" in killed.stdout + killed.stderr
+    assert "[train] step 5/6" not in killed.stdout + killed.stderr
+
+    resumed = _run(["dvc", "repro", "train"], repo, env)
+    assert re.search(r"resuming from \S+checkpoint-4", resumed)
+    assert "[train] step 4/6" not in resumed and "[train] step 5/6" in resumed
+    adapter = load_file(repo / "models/lora_output/adapter_model.safetensors")
+
+    uninterrupted = _run(["dvc", "repro", "--force", "train"], repo, env)
+    assert "resuming" not in uninterrupted and "[train] step 1/6" in uninterrupted
+    reference = load_file(repo / "models/lora_output/adapter_model.safetensors")
+    assert adapter.keys() == reference.keys()
+    assert max(float((adapter[k] - reference[k]).abs().max()) for k in adapter) <= 1e-5
+    _run(["git", "checkout", "params.yaml"], repo, env)

@@ -105,7 +105,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, dataset_dir
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert not (tmp_path / "out").exists()
     (run_folder,) = cache.iterdir()
-    assert [p.name for p in run_folder.iterdir()] == ["step-3"]
+    assert [p.name for p in run_folder.glob("checkpoint-*")] == ["checkpoint-3"]
 
     resumed = _train(dataset_dir, tiny_model_dir, tmp_path / "out", save_steps=3, checkpoint_dir=cache)
     assert resumed["history"][:3] == reference["history"][:3]
@@ -121,16 +121,17 @@ def test_checkpoints_of_other_params_are_ignored(tmp_path, dataset_dir, tiny_mod
     from lorapipe.checkpoints import Checkpoints
 
     cache = tmp_path / "checkpoints"
-    (cache / "someotherrun" / "step-2").mkdir(parents=True)
+    (cache / "someotherrun" / "checkpoint-2").mkdir(parents=True)
+    (cache / "someotherrun" / "checkpoint-2" / "trainer_state.json").write_text("{}")
     _train(dataset_dir, tiny_model_dir, tmp_path / "a", max_steps=2, checkpoint_dir=cache)
     assert "ignoring 1 checkpoint folder(s) made with other data or params" in capsys.readouterr().out
-    assert Checkpoints("someotherrun", root=cache).latest().name == "step-2"
+    assert Checkpoints("someotherrun", root=cache).latest().name == "checkpoint-2"
 
 
 def test_resume_from_a_path_that_is_no_checkpoint(tmp_path, dataset_dir, tiny_model_dir):
     import pytest
 
-    with pytest.raises(FileNotFoundError, match="not a lorapipe checkpoint"):
+    with pytest.raises(FileNotFoundError, match="not a complete training checkpoint"):
         _train(dataset_dir, tiny_model_dir, tmp_path / "a", resume=str(tmp_path))
 
 
@@ -150,3 +151,137 @@ def test_sequence_length_beyond_the_context_is_refused(tmp_path, dataset_dir, ti
     (dataset_dir / "stats.json").write_text(json.dumps({**stats, "max_seq_len": 4096}))
     with pytest.raises(ValueError, match="beyond the model's context of 1024 tokens"):
         _train(dataset_dir, tiny_model_dir, tmp_path / "a")
+
+
+def test_evaluation_every_eval_steps_is_logged(tmp_path, dataset_dir, tiny_model_dir):
+    logged = []
+    result = _train(dataset_dir, tiny_model_dir, tmp_path / "a", max_steps=5, eval_steps=2,
+                    on_log=lambda step, metrics: logged.append((step, metrics)))
+    evals = [(step, m) for step, m in logged if "eval_loss" in m]
+    assert [step for step, _ in evals] == [2, 4, 5]  # every 2 steps, and once at the end
+    import math
+
+    for _, m in evals:
+        assert m["eval_perplexity"] == math.exp(m["eval_loss"])
+    steps = [m for _, m in logged if "loss" in m]
+    assert all({"learning_rate", "grad_norm", "tokens_per_second"} <= set(m) for m in steps)
+    assert [s for s, _ in result["eval_history"]] == [2, 4, 5]
+
+
+def test_early_stopping_keeps_the_adapter_with_the_lowest_eval_loss(tmp_path, dataset_dir, tiny_model_dir, capsys):
+    import pytest
+
+    # A learning rate this high overshoots: the eval loss rises after the first evaluations.
+    result = _train(dataset_dir, tiny_model_dir, tmp_path / "a", max_steps=30, lr=0.5, eval_steps=1,
+                    early_stopping_patience=2)
+    evals = result["eval_history"]
+    best_step, best = min(evals, key=lambda e: e[1])
+    assert result["steps"] < 30 and evals[-1][0] == result["steps"]
+    assert [s for s, _ in evals[-2:]] == [best_step + 1, best_step + 2]  # stopped two evaluations after the best
+    assert f"keeping the adapter of step {best_step}" in capsys.readouterr().out
+    assert result["val_loss"] == pytest.approx(best, rel=1e-3)  # the saved adapter is the best one
+    with pytest.raises(ValueError, match="eval_steps"):
+        _train(dataset_dir, tiny_model_dir, tmp_path / "b", early_stopping_patience=2)
+
+
+def test_packing_joins_text_rows_and_leaves_chat_rows(tiny_model_dir):
+    from lorapipe.models import load_tokenizer
+    from lorapipe.rows import IGNORE
+    from lorapipe.train import training_rows
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    eos = tokenizer.eos_token_id
+    texts = [{"text": f"Document {i} says something about adapters and ranks, sentence {i}."} for i in range(6)]
+    chat = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"},
+                         {"role": "assistant", "content": "Hello."}]}
+    packed = training_rows([*texts, chat], tokenizer, 32, packing=True)
+    blocks, chat_row = packed[:-1], packed[-1]
+    stream = [t for ids, _ in blocks for t in ids]
+    assert all(len(ids) == 32 for ids, _ in blocks[:-1]) and len(blocks[-1][0]) <= 32
+    assert stream.count(eos) == 6  # one EOS after each document
+    assert stream == [t for row in texts for t in [*tokenizer(row["text"])["input_ids"], eos]]
+    assert all(ids == labels for ids, labels in blocks)
+    assert IGNORE in chat_row[1]  # the chat row keeps its own masked labels, unpacked
+    unpacked = training_rows([*texts, chat], tokenizer, 32, packing=False)
+    assert len(unpacked) == 7 and eos not in unpacked[0][0]
+
+
+def test_packed_training_runs(tmp_path, dataset_dir, tiny_model_dir, capsys):
+    result = _train(dataset_dir, tiny_model_dir, tmp_path / "a", max_steps=2, packing=True)
+    assert result["steps"] == 2 and "packed blocks" in capsys.readouterr().out
+
+
+def test_out_of_memory_during_training_says_what_to_change(tmp_path, dataset_dir, tiny_model_dir, monkeypatch):
+    import pytest
+
+    monkeypatch.setenv("LORAPIPE_TRAIN_FAULT", "oom-at-step:2")
+    with pytest.raises(MemoryError) as caught:
+        _train(dataset_dir, tiny_model_dir, tmp_path / "a", max_steps=4)
+    message = str(caught.value)
+    assert "training ran out of memory (estimated peak" in message and "CUDA out of memory" in message
+    assert "train.autofit: true" in message and "lorapipe plan" in message
+    assert not (tmp_path / "a").exists()
+
+
+def test_one_task_trains_on_its_rows_only(tmp_path, dataset_dir, tiny_model_dir):
+    import pytest
+
+    from lorapipe.io import read_jsonl
+    from lorapipe.train import select_task
+
+    rows = [{"text": "a", "task": "docs"}, {"text": "b", "task": "queries"}, {"text": "c", "task": "docs"}]
+    assert select_task(rows, "docs", "train") == [rows[0], rows[2]]
+    assert select_task(rows, None, "train") == rows
+    with pytest.raises(ValueError, match=r"no train rows of task 'nope'; the dataset has tasks \['docs', 'queries'\]"):
+        select_task(rows, "nope", "train")
+    (task,) = {row["task"] for row in read_jsonl(dataset_dir / "train.jsonl")}
+    result = _train(dataset_dir, tiny_model_dir, tmp_path / "a", max_steps=1, task=task)
+    assert result["steps"] == 1
+
+
+def test_preset_sets_the_budget_and_autofit(tmp_path, dataset_dir, tiny_model_dir, capsys):
+    from lorapipe.plan import plan_report, preset
+
+    assert preset("gpu-8gb") == {"device_memory_gb": 8, "load_in_4bit": True, "gradient_checkpointing": True}
+    assert preset("none") == {}
+    text, fits = plan_report("mistralai/Mistral-7B-Instruct-v0.2", max_seq_len=512, batch_size=1, lora_rank=16,
+                             preset_name="gpu-8gb")
+    assert fits and "QLoRA 4-bit" in text and "of 8.0 GB" in text and "gradient checkpointing" in text
+    _train(dataset_dir, tiny_model_dir, tmp_path / "a", max_steps=1, preset="cpu")
+    out = capsys.readouterr().out
+    assert "train.preset cpu: load_in_4bit False, gradient_checkpointing False, autofit" in out
+    assert "LoRA r=4" in out
+
+
+def test_a_dataset_smaller_than_one_batch_trains_on_all_its_rows(tmp_path, dataset_dir, tiny_model_dir, capsys):
+    rows = len((dataset_dir / "train.jsonl").read_text().splitlines())
+    result = _train(dataset_dir, tiny_model_dir, tmp_path / "a", max_steps=2, batch_size=rows + 4)
+    assert result["steps"] == 2
+    assert f"only {rows} training rows, fewer than one batch of {rows + 4}" in capsys.readouterr().out
+
+
+def test_the_trainer_sees_lorapipes_labels_unchanged(tiny_model_dir):
+    """SFTTrainer takes the rows' labels as they are: only the assistant's answer carries loss."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from lorapipe.models import load_tokenizer
+    from lorapipe.rows import IGNORE
+    from lorapipe.train import _trainer, tokenize_rows
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    rows = [{"messages": [{"role": "system", "content": "Answer in JSON."}, {"role": "user", "content": q},
+                          {"role": "assistant", "content": a}]}
+            for q, a in [("play jazz", '{"intent": "PlayMusic"}'), ("rain tomorrow?", '{"intent": "GetWeather"}')]]
+    pairs = tokenize_rows(rows, tokenizer, 128)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    trainer = _trainer(model, tokenizer, False, pairs, pairs, [], 0, output_dir="unused", max_steps=1,
+                       per_device_train_batch_size=2, use_cpu=True, report_to="none", save_strategy="no")
+    batch = next(iter(trainer.get_train_dataloader()))
+    seen = sorted((ids[mask.bool()].tolist(), labels[mask.bool()].tolist())
+                  for ids, mask, labels in zip(batch["input_ids"], batch["attention_mask"], batch["labels"]))
+    assert seen == sorted(pairs)
+    for (ids, labels), row in zip(pairs, rows):
+        answer = tokenizer.decode([t for t, label in zip(ids, labels) if label != IGNORE])
+        assert answer.startswith(row["messages"][-1]["content"])

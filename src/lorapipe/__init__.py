@@ -10,6 +10,7 @@ Heavy libraries (torch, transformers, docling) load only when a function that ne
 """
 
 from lorapipe.dataset import build_dataset, chunk_text
+from lorapipe.distributed import train_lora_distributed
 from lorapipe.evaluate import chat, evaluate_base, evaluate_models
 from lorapipe.export import export_gguf, install_converter
 from lorapipe.extract import extract_documents
@@ -23,5 +24,5 @@ __version__ = "0.1.0"
 __all__ = [
     "ParamsError", "build_dataset", "chat", "chunk_text", "evaluate_base", "evaluate_models", "export_gguf",
     "extract_documents", "install_converter", "load_params", "merge_adapter", "prepare_base_model",
-    "train_lora",
+    "train_lora", "train_lora_distributed",
 ]

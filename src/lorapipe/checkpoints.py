@@ -1,26 +1,25 @@
 """Training checkpoints that survive a crash, a reboot and DVC's removal of outs.
 
-They live in ``<cache>/train/<fingerprint>/step-<N>/``, outside the stage's outs; the fingerprint
-hashes everything that determines the run (data, base model, hyperparameters, seed), so a checkpoint
-is only ever resumed by the run that made it. Each holds the adapter weights (safetensors), the
-optimizer and scheduler state and the random-number state (``torch.save`` of plain tensors, read back
-with ``weights_only=True``), and the loop's counters (JSON).
+They live in ``<cache>/train/<fingerprint>/checkpoint-<N>/``, outside the stage's outs; the
+fingerprint hashes everything that determines the run (data, base model, hyperparameters, seed), so
+a checkpoint is only ever resumed by the run that made it. The trainer writes them (adapter weights,
+optimizer and scheduler state, random-number state, ``trainer_state.json`` with the log so far) and
+keeps the newest `save_total_limit`; ``trainer_state.json`` is written last, so a folder without it
+was cut off mid-save and is never resumed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import signal
 from pathlib import Path
 from typing import Any
 
 from lorapipe import paths
-from lorapipe.io import atomic_dir
 
-FAULT_ENV = "LORAPIPE_TRAIN_FAULT"  # tests: "kill-after-checkpoint:<step>" SIGKILLs the process there
+FAULT_ENV = "LORAPIPE_TRAIN_FAULT"  # tests: "kill-after-checkpoint:<step>", "oom-at-step:<step>"
+STATE_FILE = "trainer_state.json"
 
 
 def fingerprint(inputs: dict[str, Any], files: list[Path]) -> str:
@@ -36,50 +35,30 @@ def fingerprint(inputs: dict[str, Any], files: list[Path]) -> str:
     return digest.hexdigest()[:20]
 
 
+def _step(folder: Path) -> int:
+    return int(folder.name.rsplit("-", 1)[1])
+
+
 class Checkpoints:
-    def __init__(self, run_fingerprint: str, keep: int = 2, root: Path | None = None):
+    def __init__(self, run_fingerprint: str, root: Path | None = None):
         self.root = Path(root or paths.cache_dir() / "train")
         self.folder = self.root / run_fingerprint
-        self.keep = keep
+
+    @staticmethod
+    def complete(folder: Path) -> bool:
+        return (Path(folder) / STATE_FILE).is_file()
 
     def others(self) -> list[Path]:
         """Checkpoint folders of other runs (other data or params), which are never resumed."""
         return [p for p in self.root.glob("*") if p.is_dir() and p != self.folder] if self.root.is_dir() else []
 
+    def saved(self) -> list[Path]:
+        """This run's complete checkpoints, oldest first."""
+        return sorted((p for p in self.folder.glob("checkpoint-*") if self.complete(p)), key=_step)
+
     def latest(self) -> Path | None:
-        steps = sorted(self.folder.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-        return steps[-1] if steps else None
-
-    def save(self, step: int, model, optimizer, schedule, state: dict[str, Any]) -> Path:
-        import torch
-        from peft import get_peft_model_state_dict
-        from safetensors.torch import save_file
-
-        with atomic_dir(self.folder / f"step-{step}") as tmp:
-            weights = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
-            save_file(weights, tmp / "adapter.safetensors")
-            torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                        "torch_rng": torch.get_rng_state()}, tmp / "state.pt")
-            (tmp / "loop.json").write_text(json.dumps({"step": step, **state}))
-        for old in sorted(self.folder.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[: -self.keep]:
-            shutil.rmtree(old, ignore_errors=True)
-        kind, _, at = os.environ.get(FAULT_ENV, "").partition(":")
-        if kind == "kill-after-checkpoint" and at == str(step):
-            os.kill(os.getpid(), signal.SIGKILL)
-        return self.folder / f"step-{step}"
-
-    @staticmethod
-    def load(path: Path, model, optimizer, schedule) -> dict[str, Any]:
-        import torch
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
-        set_peft_model_state_dict(model, load_file(path / "adapter.safetensors"))
-        state = torch.load(path / "state.pt", weights_only=True)  # written by lorapipe itself
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        torch.set_rng_state(state["torch_rng"])
-        return json.loads((path / "loop.json").read_text())
+        saved = self.saved()
+        return saved[-1] if saved else None
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

@@ -1,6 +1,7 @@
 """The `lorapipe` command: each pipeline stage as a subcommand, over the same functions DVC runs.
 
     lorapipe train --lora.rank 8          # run one stage with params.yaml plus overrides
+    lorapipe train --task queries         # one task's adapter, into models/lora_queries
     lorapipe extract --input-dir a/ b/ --output-dir out/ --no-resume   # extract other folders
     lorapipe ask "What is LoRA?"          # one answer from the exported GGUF
     lorapipe plan --model mistralai/Mistral-7B-Instruct-v0.2 --load-in-4bit --device-memory-gb 8
@@ -29,7 +30,9 @@ _ALIASES = {"extract.min_length": ("--min-length",), "extract.device": ("--devic
             "dataset.val_fraction": ("--val-ratio",), "dataset.max_samples": ("--max-samples",),
             "train.epochs": ("--epochs",), "train.lr": ("--lr",), "train.batch_size": ("--batch-size",),
             "train.grad_accum": ("--grad-accum",), "lora.rank": ("--lora-rank",), "lora.alpha": ("--lora-alpha",),
-            "train.precision": ("--precision",), "train.resume": ("--resume",)}
+            "train.precision": ("--precision",), "train.resume": ("--resume",),
+            "train.eval_steps": ("--eval-steps",), "train.preset": ("--preset",),
+            "train.num_processes": ("--num-processes",), "train.packing": ("--packing",)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                              help="output folder (default: data/extracted_text)")
             sub.add_argument("--no-resume", dest="extract.resume", action="store_const", const="false",
                              help="ignore cached texts and extract everything again (extract.resume: false)")
+        if stage == "train":
+            sub.add_argument("--task", metavar="NAME",
+                             help="train an adapter on one task's rows only, into models/lora_NAME")
         if stage == "dataset":
             sub.add_argument("--input-dir", dest="input_dir", metavar="DIR", default=str(paths.EXTRACTED),
                              help="extracted text (default: data/extracted_text)")
@@ -68,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--load-in-4bit", action="store_true", default=None)
     plan.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     plan.add_argument("--device-memory-gb", type=float, help="memory budget (default: what the device has free)")
+    plan.add_argument("--preset", choices=("none", "cpu", "gpu-8gb", "gpu-24gb", "gpu-80gb"),
+                      help="plan for this hardware (default: train.preset): its memory budget and 4-bit setting")
     check = commands.add_parser("check", help="validate params.yaml and print the resolved values")
     check.add_argument("--params", default=str(paths.PARAMS))
     commands.add_parser("install-converter", help="unpack llama.cpp's converter into the user cache")
@@ -100,7 +108,8 @@ def _plan(args: argparse.Namespace) -> int:
         model, max_seq_len=args.max_seq_len or p.dataset.max_seq_len, batch_size=args.batch_size or p.train.batch_size,
         lora_rank=args.lora_rank or p.lora.rank, load_in_4bit=four_bit, device=args.device,
         precision=p.train.precision, device_memory_gb=args.device_memory_gb, grad_accum=p.train.grad_accum,
-        steps=p.train.max_steps, epochs=p.train.epochs, dataset_stats=paths.DATASET_STATS)
+        steps=p.train.max_steps, epochs=p.train.epochs, dataset_stats=paths.DATASET_STATS,
+        preset_name=args.preset or p.train.preset)
     print(text)
     return 0 if fits else 1
 
@@ -109,13 +118,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command in STAGE_SECTIONS:
-            from lorapipe.pipeline import STAGES, run_dataset, run_extract
+            from lorapipe.pipeline import STAGES, run_dataset, run_extract, run_train
 
             params = load_params(args.params, _overrides(args, args.command))
             if args.command == "extract":
                 run_extract(params, [Path(d) for d in args.input_dirs or [paths.RAW_DOCS]], Path(args.output_dir))
             elif args.command == "dataset":
                 run_dataset(params, Path(args.input_dir), Path(args.labeled_dir), Path(args.output_dir))
+            elif args.command == "train":
+                run_train(params, args.task)
             else:
                 STAGES[args.command](params)
         elif args.command == "ask":
@@ -128,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             from lorapipe.export import install_converter
 
             print(install_converter())
-    except (ParamsError, FileNotFoundError, ValueError) as exc:
+    except (ParamsError, FileNotFoundError, PermissionError, ValueError) as exc:
         print(f"lorapipe {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0

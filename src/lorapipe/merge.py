@@ -37,7 +37,7 @@ def merge_adapter(
     """Write base + adapter as one safetensors model with the tokenizer; skip if already current."""
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     base_dir, adapter_dir, out_dir = Path(base_dir), Path(adapter_dir), Path(out_dir)
     for folder, stage in ((base_dir, "base"), (adapter_dir, "train")):
@@ -49,7 +49,9 @@ def merge_adapter(
         print(f"[merge] {out_dir} is already merged from these inputs; nothing to do", flush=True)
         return out_dir
 
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=getattr(torch, dtype), use_safetensors=True)
+    seq2seq = getattr(AutoConfig.from_pretrained(base_dir), "is_encoder_decoder", False)
+    model = (AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM).from_pretrained(
+        base_dir, dtype=getattr(torch, dtype), use_safetensors=True)
     model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True, max_shard_size="2GB")

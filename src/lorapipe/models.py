@@ -58,6 +58,37 @@ def hub_token(env_file: str | Path = ".env") -> str | None:
     return None
 
 
+class HubAccessError(PermissionError):
+    """The Hub refused to serve a model: gated or private, without a token or with a wrong one."""
+
+
+def _hub_refusal(name: str, exc: BaseException, token: str | None) -> HubAccessError | None:
+    """A message that says how to provide a token, if `exc` (or what caused it) is the Hub refusing
+    access; None for any other error. The token itself never appears in it."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
+
+    status, gated, error = None, False, exc
+    while error is not None:
+        gated = gated or isinstance(error, GatedRepoError)
+        if isinstance(error, HfHubHTTPError) and error.response is not None:
+            status = error.response.status_code
+        error = error.__cause__ or error.__context__
+    if not gated and status not in (401, 403):
+        return None
+    page = f"{constants.ENDPOINT}/{name}"
+    if token:
+        return HubAccessError(
+            f"the Hub refused the token from HF_TOKEN (or .env) for {name} (HTTP {status}): the token is wrong or "
+            f"expired, or its account has not been granted access. Accept the model's licence at {page}, check "
+            f"the token at {constants.ENDPOINT}/settings/tokens, and set HF_TOKEN again (the token is never printed)")
+    return HubAccessError(
+        f"{name} is gated or private (HTTP {status}) and no Hub token was given: accept its licence at {page}, "
+        f"create a read token at {constants.ENDPOINT}/settings/tokens, and provide it as the HF_TOKEN "
+        "environment variable or as a line HF_TOKEN=... in .env in the project root (never committed: "
+        ".gitignore lists it; lorapipe never prints it)")
+
+
 def describe_source(name: str) -> str:
     if name in BUNDLED:
         return "bundled"
@@ -107,8 +138,14 @@ def prepare_base_model(
                     "Hugging Face Hub: set model.revision to a commit hash or tag so the run is reproducible"
                 )
             kwargs.update(revision=revision, token=hub_token())
-        tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype="auto", **kwargs)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(name, dtype="auto", **kwargs)
+        except OSError as exc:
+            refused = _hub_refusal(name, exc, kwargs.get("token"))
+            if refused is None:
+                raise
+            raise refused from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not tokenizer.chat_template:

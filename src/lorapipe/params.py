@@ -114,11 +114,23 @@ class TrainParams(_Section):
     warmup_steps: int = Field(0, ge=0)
     weight_decay: float = Field(0.0, ge=0)
     log_every: int = Field(5, ge=1)
+    eval_steps: int = Field(0, ge=0)
+    early_stopping_patience: int = Field(0, ge=0)
+    packing: bool = False
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    preset: Literal["none", "cpu", "gpu-8gb", "gpu-24gb", "gpu-80gb"] = "none"
     autofit: bool = False
     save_steps: int = Field(10, ge=0)
     save_total_limit: int = Field(2, ge=1)
     resume: str = Field("auto", min_length=1)
+    num_processes: int = Field(1, ge=1, le=1024)
+    accelerate_config: str | None = None
+
+    @model_validator(mode="after")
+    def _early_stopping_needs_evaluations(self) -> "TrainParams":
+        if self.early_stopping_patience and not self.eval_steps:
+            raise ValueError("early_stopping_patience needs eval_steps > 0 (the evaluations it compares)")
+        return self
 
     @field_validator("max_steps")
     @classmethod

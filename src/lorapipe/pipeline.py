@@ -10,6 +10,7 @@ import yaml
 
 from lorapipe import paths, tracking
 from lorapipe.dataset import build_dataset
+from lorapipe.distributed import train_lora_distributed
 from lorapipe.evaluate import evaluate_base, evaluate_models
 from lorapipe.export import export_gguf
 from lorapipe.extract import extract_documents
@@ -39,31 +40,40 @@ def run_dataset(p: Params, text_dir=paths.EXTRACTED, labeled_dir=paths.RAW_LABEL
                   on_bad_row=d.on_bad_row, labeled_format=d.labeled_format, fields=d.fields)
 
 
-def run_train(p: Params) -> None:
+def run_train(p: Params, task: str | None = None) -> None:
+    """Train the adapter: of all tasks into models/lora_output, or of one `task` into
+    models/lora_<task> (its own MLflow run); under `accelerate launch` when train.num_processes > 1."""
     lora, train, quant = p.lora, p.train, p.quant
+    adapter, metrics_path, loss_path = paths.task_outputs(task) if task else \
+        (paths.ADAPTER, paths.TRAIN_METRICS, paths.TRAIN_LOSS)
     resolved = section_dict(p, "train")
     dataset_hash = tracking.files_hash(paths.TRAIN_ROWS, paths.VAL_ROWS)
     base = yaml.safe_load((paths.BASE_MODEL / paths.PROVENANCE_NAME).read_text())
-    run = tracking.start_training_run(resolved, {"dataset_hash": dataset_hash, "base_model": str(base["model.name"])})
+    tags = {"dataset_hash": dataset_hash, "base_model": str(base["model.name"]), **({"task": task} if task else {})}
+    run = tracking.start_training_run(resolved, tags)
+    kwargs = dict(
+        dataset_dir=paths.DATASET, base_dir=paths.BASE_MODEL, out_dir=adapter,
+        rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, target_modules=lora.target_modules,
+        epochs=train.epochs, max_steps=train.max_steps, lr=train.lr, batch_size=train.batch_size,
+        grad_accum=train.grad_accum, warmup_steps=train.warmup_steps, weight_decay=train.weight_decay,
+        log_every=train.log_every, eval_steps=train.eval_steps, early_stopping_patience=train.early_stopping_patience,
+        packing=train.packing, precision=train.precision, load_in_4bit=quant.load_in_4bit,
+        quant_type=quant.quant_type, double_quant=quant.double_quant, seed=p.common.seed, preset=train.preset,
+        autofit=train.autofit, save_steps=train.save_steps, save_total_limit=train.save_total_limit,
+        resume=train.resume, task=task, metrics_path=metrics_path, loss_path=loss_path, run_info=run,
+        provenance={**resolved, "dataset_hash": dataset_hash, "task": task},
+    )
     try:
-        result = train_lora(
-            paths.DATASET, paths.BASE_MODEL, paths.ADAPTER,
-            rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, target_modules=lora.target_modules,
-            epochs=train.epochs, max_steps=train.max_steps, lr=train.lr, batch_size=train.batch_size,
-            grad_accum=train.grad_accum, warmup_steps=train.warmup_steps, weight_decay=train.weight_decay,
-            log_every=train.log_every, precision=train.precision, load_in_4bit=quant.load_in_4bit,
-            quant_type=quant.quant_type, double_quant=quant.double_quant, seed=p.common.seed,
-            autofit=train.autofit, save_steps=train.save_steps, save_total_limit=train.save_total_limit, resume=train.resume,
-            metrics_path=paths.TRAIN_METRICS, loss_path=paths.TRAIN_LOSS, run_info=run,
-            provenance={**resolved, "dataset_hash": dataset_hash},
-            on_log=lambda step, metrics: tracking.log_step(run["run_id"], step, metrics),
-        )
+        if train.num_processes > 1:
+            result = train_lora_distributed(train.num_processes, train.accelerate_config,
+                                            mlflow_run_id=run["run_id"], **kwargs)
+        else:
+            result = train_lora(**kwargs, on_log=lambda step, metrics: tracking.log_step(run["run_id"], step, metrics))
     except BaseException:
         tracking.finish_run(run["run_id"], {}, status="FAILED")
         raise
-    tracking.set_tags(run["run_id"], {f"resolved.{key}": str(result[key])
-                                      for key in ("device", "precision", "load_in_4bit", "target_modules")})
-    tracking.finish_run(run["run_id"], result, {"adapter": paths.ADAPTER, "reports": paths.TRAIN_LOSS,
+    tracking.set_tags(run["run_id"], {f"resolved.{key}": str(value) for key, value in result["resolved"].items()})
+    tracking.finish_run(run["run_id"], result, {"adapter": adapter, "reports": loss_path,
                                                 "dataset": paths.DATASET_STATS})
     print(f"[train] MLflow run {run['run_id']} in {run['tracking_uri']}", flush=True)
 

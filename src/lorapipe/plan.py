@@ -22,11 +22,11 @@ _BUNDLED_FACTS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"
 _ALIASES = {"meta-llama/Llama-3.1-8B": "meta-llama/Llama-3.1-8B-Instruct", "Qwen/Qwen2.5-7B": "Qwen/Qwen2.5-7B-Instruct"}
 
 GB = 2**30
-RUNTIME_GB = {"cpu": 0.42, "cuda": 0.9}  # python + torch (+ CUDA context) before any model is loaded
-ACT_ELEMENTS = 10.9    # elements kept per token, layer and (hidden + intermediate) width (fitted)
-ATTN_ELEMENTS = 1.46   # elements kept per token, layer, head and key position (attention probabilities)
-LOGIT_COPIES = 3       # float32 logits, their log-softmax and its gradient
-BF16_ACT_SHARE = 0.58  # activation memory under bf16 autocast relative to float32 (fitted)
+# python, torch, transformers, TRL and its trainer (+ the CUDA context) before the model: fitted
+RUNTIME_GB = {"cpu": 0.72, "cuda": 1.2}
+ACT_ELEMENTS = 15.2    # float32 elements kept per token, layer and (hidden + intermediate) width (fitted)
+LOGIT_COPIES = 1       # TRL's fused LM head keeps one float32 copy of the logits' worth per token
+BF16_ACT_SHARE = 0.73  # activation memory under bf16 autocast relative to float32 (fitted)
 CPU_EFFICIENCY = 0.4   # achieved / 1024² matmul FLOP/s, LoRA training of the bundled model on the CPU (measured)
 GPU_EFFICIENCY = 0.35
 
@@ -88,13 +88,34 @@ def load_facts(model: str) -> Facts:
         max_position_embeddings=config.get("max_position_embeddings", 2048))
 
 
+# `train.preset`: the hardware a run is planned for. A preset sets the memory budget the fit check
+# uses, 4-bit loading and gradient checkpointing, and turns autofit on; params set explicitly (not
+# `auto`) win. `cpu` budgets the memory available now.
+PRESETS: dict[str, dict] = {
+    "cpu": {"device_memory_gb": None, "load_in_4bit": False, "gradient_checkpointing": False},
+    "gpu-8gb": {"device_memory_gb": 8, "load_in_4bit": True, "gradient_checkpointing": True},
+    "gpu-24gb": {"device_memory_gb": 24, "load_in_4bit": True, "gradient_checkpointing": True},
+    "gpu-80gb": {"device_memory_gb": 80, "load_in_4bit": False, "gradient_checkpointing": True},
+}
+
+
+def preset(name: str | None) -> dict:
+    """The settings of a `train.preset` (``none``: nothing is preset)."""
+    if name in (None, "none"):
+        return {}
+    if name not in PRESETS:
+        raise ValueError(f"unknown train.preset {name!r}; choose from none, {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
 def training_settings(max_seq_len: int, lora_rank: int, target_modules, load_in_4bit: bool, precision: str,
-                      device: str) -> dict:
+                      device: str, gradient_checkpointing: bool | None = None) -> dict:
     """The estimate's arguments for how the train stage runs: 4-bit on CUDA means gradient
-    checkpointing and paged 8-bit AdamW (lorapipe.train)."""
+    checkpointing (unless a preset says otherwise) and paged 8-bit AdamW (lorapipe.train)."""
     qlora_on_gpu = load_in_4bit and device == "cuda"
     return {"max_seq_len": max_seq_len, "lora_rank": lora_rank, "target_modules": target_modules,
-            "load_in_4bit": load_in_4bit, "precision": precision, "gradient_checkpointing": qlora_on_gpu,
+            "load_in_4bit": load_in_4bit, "precision": precision,
+            "gradient_checkpointing": qlora_on_gpu if gradient_checkpointing is None else gradient_checkpointing,
             "device": device, "paged_8bit_optimizer": qlora_on_gpu}
 
 
@@ -113,8 +134,8 @@ def estimate_memory_gb(facts: Facts, *, max_seq_len: int, batch_size: int, lora_
         weights += body * 2  # autocast keeps a bfloat16 copy of each weight it casts
     adapter = lora * (4 + 4 + (2 if paged_8bit_optimizer else 8))  # weights, gradients, Adam moments
     tokens = max_seq_len * batch_size
-    per_layer = (ACT_ELEMENTS * (facts.hidden_size + facts.intermediate_size)
-                 + ATTN_ELEMENTS * facts.num_attention_heads * max_seq_len) * 4
+    # SDPA attention keeps no attention-probability matrix, so activations grow linearly with tokens.
+    per_layer = ACT_ELEMENTS * (facts.hidden_size + facts.intermediate_size) * 4
     if precision == "bf16":
         per_layer *= BF16_ACT_SHARE
     layers_kept = facts.num_hidden_layers
@@ -212,17 +233,25 @@ def _cuda_available() -> bool:
 def plan_report(model: str, *, max_seq_len: int, batch_size: int, lora_rank: int, load_in_4bit: bool | None = None,
                 device: str = "auto", precision: str = "auto", device_memory_gb: float | None = None,
                 grad_accum: int = 1, steps: int | None = None, epochs: float = 1.0,
-                dataset_stats: str | Path | None = None) -> tuple[str, bool]:
-    """The text `lorapipe plan` prints, and whether the run fits."""
+                dataset_stats: str | Path | None = None, preset_name: str | None = None) -> tuple[str, bool]:
+    """The text `lorapipe plan` prints, and whether the run fits. A GPU preset plans for CUDA with
+    the preset's memory budget unless the device and budget are given."""
     from lorapipe.train import resolve_device, resolve_load_in_4bit, resolve_precision
 
+    chosen = preset(preset_name)
+    if device == "auto" and chosen.get("device_memory_gb"):
+        device = "cuda"
+    device_memory_gb = device_memory_gb or chosen.get("device_memory_gb")
+    if load_in_4bit is None:
+        load_in_4bit = chosen.get("load_in_4bit")
     device = resolve_device() if device == "auto" else device
     if device == "cuda" and precision == "auto" and not _cuda_available():
         precision = "bf16"  # planning for a GPU that is not here: assume a current one (bf16 capable)
     precision = resolve_precision(precision, device)
     four_bit = resolve_load_in_4bit("auto" if load_in_4bit is None else load_in_4bit, device)
     facts = load_facts(model)
-    settings = training_settings(max_seq_len, lora_rank, "auto", four_bit, precision, device)
+    settings = training_settings(max_seq_len, lora_rank, "auto", four_bit, precision, device,
+                                 chosen.get("gradient_checkpointing"))
     estimate = estimate_memory_gb(facts, batch_size=batch_size, **settings)
     if not device_memory_gb and device == "cuda" and not _cuda_available():
         raise ValueError("no CUDA device here: give its memory with --device-memory-gb")

@@ -68,3 +68,33 @@ def truncate(ids: list[int], labels: list[int], max_seq_len: int) -> tuple[list[
 
 def loss_tokens(labels: list[int]) -> int:
     return sum(label != IGNORE for label in labels)
+
+
+def tokenize_seq2seq(row: dict, tokenizer) -> tuple[list[int], list[int]]:
+    """(encoder input ids, decoder labels) of one row, for encoder-decoder models such as FLAN-T5.
+
+    - chat rows: the input is every message before the last assistant turn, its content joined by
+      blank lines (system prompt first); the labels are that assistant turn;
+    - text rows: the first half of the chunk is the input and the model learns to continue it.
+    """
+    if "messages" in row:
+        messages = row["messages"]
+        last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+        if last is None:
+            raise ValueError("a chat row without an assistant turn has nothing to learn")
+        source = "\n\n".join(m["content"] for m in messages[:last])
+        return tokenizer(source)["input_ids"], tokenizer(messages[last]["content"])["input_ids"]
+    ids = tokenizer(row["text"], add_special_tokens=False)["input_ids"]
+    half = max(1, len(ids) // 2)
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    return ids[:half] + eos, ids[half:] + eos
+
+
+def pack_text(sequences: list[list[int]], eos_id: int, max_seq_len: int) -> list[tuple[list[int], list[int]]]:
+    """Text rows joined end to end, an EOS token between documents, cut into `max_seq_len` blocks
+    (continued pre-training). Every token carries loss; the last block may be shorter."""
+    stream: list[int] = []
+    for ids in sequences:
+        stream += ids if ids and ids[-1] == eos_id else [*ids, eos_id]
+    blocks = [stream[i : i + max_seq_len] for i in range(0, len(stream), max_seq_len)]
+    return [(block, list(block)) for block in blocks if len(block) > 1]

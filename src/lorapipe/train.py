@@ -1,4 +1,4 @@
-"""LoRA / QLoRA fine-tuning (the train stage).
+"""LoRA / QLoRA fine-tuning (the train stage), on TRL's SFTTrainer.
 
     from lorapipe import train_lora
     result = train_lora("data/dataset", "models/base", "models/lora_output", rank=8, max_steps=20)
@@ -7,22 +7,29 @@ Device policy: CUDA when present, else CPU. On CUDA the default is QLoRA (bitsan
 double quantization, paged 8-bit AdamW, gradient checkpointing); on the CPU plain LoRA.
 `load_in_4bit=True` forces 4-bit on either. The sequence length is read from the dataset's
 ``stats.json``, never from params.
+
+Rows reach the trainer tokenized by lorapipe.rows, with their labels (loss on assistant turns only
+for chat rows), the same way the dataset and evaluate stages tokenize them; SFTTrainer uses a
+``labels`` column as it is. Encoder-decoder models (FLAN-T5) train with transformers' Trainer on
+(input, target) pairs, since SFTTrainer takes causal models only.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from lorapipe import paths
-from lorapipe.checkpoints import Checkpoints, fingerprint
+from lorapipe.checkpoints import FAULT_ENV, Checkpoints, fingerprint
 from lorapipe.io import atomic_dir, read_json, read_jsonl, write_json, write_provenance, write_text_atomic
 from lorapipe.models import copy_tokenizer, load_tokenizer, sequence_nll
-from lorapipe.rows import IGNORE, loss_tokens, tokenize_row, truncate
+from lorapipe.rows import loss_tokens, pack_text, tokenize_row, tokenize_seq2seq, truncate
 
 
 def cpu_has_bf16() -> bool:
@@ -84,36 +91,148 @@ def quantization_config(load_in_4bit: bool, quant_type: str, double_quant: bool,
     )
 
 
-def _batches(rows: list[tuple[list[int], list[int]]], batch_size: int, pad_id: int, rng: random.Random):
-    """Endless shuffled batches of (input_ids, attention_mask, labels); padding carries no loss."""
-    import torch
-
-    while True:
-        order = list(range(len(rows)))
-        rng.shuffle(order)
-        for i in range(0, len(order), batch_size):
-            chunk = [rows[j] for j in order[i : i + batch_size]]
-            width = max(len(ids) for ids, _ in chunk)
-            ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-            labels = torch.full((len(chunk), width), IGNORE, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for k, (seq, seq_labels) in enumerate(chunk):
-                ids[k, : len(seq)] = torch.tensor(seq)
-                labels[k, : len(seq)] = torch.tensor(seq_labels)
-                mask[k, : len(seq)] = 1
-            yield ids, mask, labels
-
-
-def tokenize_rows(rows: list[dict], tokenizer, max_seq_len: int) -> list[tuple[list[int], list[int]]]:
+def tokenize_rows(rows: list[dict], tokenizer, max_seq_len: int,
+                  seq2seq: bool = False) -> list[tuple[list[int], list[int]]]:
     """(ids, labels) of each row, cut to `max_seq_len`; rows left without loss tokens are an error."""
     out = []
     for number, row in enumerate(rows, 1):
-        ids, labels = truncate(*tokenize_row(row, tokenizer), max_seq_len)
-        if not loss_tokens(labels[1:]):
+        ids, labels = tokenize_seq2seq(row, tokenizer) if seq2seq else tokenize_row(row, tokenizer)
+        ids, labels = truncate(ids, labels, max_seq_len)
+        if not loss_tokens(labels if seq2seq else labels[1:]):
             raise ValueError(f"row {number} ({row.get('source')}) has no token that carries loss after cutting "
                              f"to {max_seq_len} tokens: rebuild the dataset (dataset.on_overflow)")
         out.append((ids, labels))
     return out
+
+
+def training_rows(rows: list[dict], tokenizer, max_seq_len: int, packing: bool = False,
+                  seq2seq: bool = False) -> list[tuple[list[int], list[int]]]:
+    """The (ids, labels) the trainer sees. With `packing`, text rows are joined (EOS-separated) into
+    full `max_seq_len` blocks; chat rows are never packed, so no answer is cut or mixed with another."""
+    if not packing or seq2seq:
+        return tokenize_rows(rows, tokenizer, max_seq_len, seq2seq)
+    text = [tokenizer(row["text"])["input_ids"] for row in rows if "messages" not in row]
+    chat = tokenize_rows([row for row in rows if "messages" in row], tokenizer, max_seq_len)
+    return pack_text(text, tokenizer.eos_token_id, max_seq_len) + chat
+
+
+def select_task(rows: list[dict], task: str | None, split: str) -> list[dict]:
+    """The rows of one task (`train --task NAME`), or all rows."""
+    if task is None:
+        return rows
+    chosen = [row for row in rows if row.get("task") == task]
+    if not chosen:
+        known = sorted({str(row.get("task")) for row in rows})
+        raise ValueError(f"no {split} rows of task {task!r}; the dataset has tasks {known}")
+    return chosen
+
+
+def _dataset(pairs: list[tuple[list[int], list[int]]]):
+    from datasets import Dataset
+
+    return Dataset.from_dict({"input_ids": [ids for ids, _ in pairs], "labels": [labels for _, labels in pairs]})
+
+
+def _fault(kind: str, step: int) -> bool:
+    """Tests inject faults through LORAPIPE_TRAIN_FAULT ("kill-after-checkpoint:N", "oom-at-step:N")."""
+    name, _, at = os.environ.get(FAULT_ENV, "").partition(":")
+    return name == kind and at == str(step)
+
+
+def _progress_callback(steps: int, on_log: Callable[[int, dict[str, float]], None] | None):
+    """Prints progress, keeps the loss history (rebuilt from the trainer state on resume), reports
+    metrics to `on_log`, checkpoints nothing at the last step (the adapter is saved right after)."""
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        history: list[tuple[int, float]] = []
+        evals: list[tuple[int, float]] = []
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.history = [(log["step"], log["loss"]) for log in state.log_history if "loss" in log]
+            self.evals = [(log["step"], log["eval_loss"]) for log in state.log_history if "eval_loss" in log]
+            self.first_step = state.global_step
+            self.started = self.window_start = time.perf_counter()
+            self.window_tokens = state.num_input_tokens_seen
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if _fault("oom-at-step", state.global_step + 1):
+                import torch
+
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected by a test)")
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= state.max_steps:
+                control.should_log, control.should_save = True, False
+
+        def on_save(self, args, state, control, **kwargs):
+            if _fault("kill-after-checkpoint", state.global_step):
+                import signal
+
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs:
+                return
+            step = state.global_step
+            if "loss" in logs:
+                now = time.perf_counter()
+                speed = (state.num_input_tokens_seen - self.window_tokens) / max(now - self.window_start, 1e-9)
+                self.window_start, self.window_tokens = now, state.num_input_tokens_seen
+                eta = (now - self.started) / max(step - self.first_step, 1) * (steps - step)
+                self.history.append((step, logs["loss"]))
+                print(f"[train] step {step}/{steps} loss {logs['loss']:.4f} lr {logs['learning_rate']:.2e} "
+                      f"{speed:.0f} tok/s eta {eta:.0f}s", flush=True)
+                if on_log:
+                    on_log(step, {"loss": logs["loss"], "learning_rate": logs["learning_rate"],
+                                  "grad_norm": float(logs.get("grad_norm", 0.0)), "tokens_per_second": speed})
+            if "eval_loss" in logs:
+                perplexity = math.exp(min(logs["eval_loss"], 50))
+                self.evals.append((step, logs["eval_loss"]))
+                print(f"[train] step {step}/{steps} eval loss {logs['eval_loss']:.4f} "
+                      f"(perplexity {perplexity:.2f})", flush=True)
+                if on_log:
+                    on_log(step, {"eval_loss": logs["eval_loss"], "eval_perplexity": perplexity})
+
+    return Progress()
+
+
+def _best_adapter_callback():
+    """Keeps a copy of the adapter weights with the lowest eval loss (for early stopping), in memory:
+    LoRA weights are megabytes."""
+    from transformers import TrainerCallback
+
+    class BestAdapter(TrainerCallback):
+        best: tuple[float, int, dict] | None = None
+
+        def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+            from peft import get_peft_model_state_dict
+
+            loss = (metrics or {}).get("eval_loss")
+            if loss is not None and (self.best is None or loss < self.best[0]):
+                weights = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+                self.best = (loss, state.global_step, weights)
+
+    return BestAdapter()
+
+
+@contextmanager
+def _out_of_memory_advice(estimate_gb: float | None, fixes: list[str]):
+    """Turn an out-of-memory error during training into a message that says what to change."""
+    import torch
+
+    try:
+        yield
+    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
+        text = str(exc)
+        if not isinstance(exc, (torch.OutOfMemoryError, MemoryError)) and \
+                "out of memory" not in text.lower() and "can't allocate memory" not in text:
+            raise
+        estimated = f" (estimated peak {estimate_gb:.1f} GB)" if estimate_gb else ""
+        raise MemoryError(
+            f"training ran out of memory{estimated}: {text.splitlines()[0] if text else type(exc).__name__}. "
+            + (f"Use {' or '.join(fixes)}, or " if fixes else "Use a smaller batch, sequence length or rank, or ")
+            + "set train.autofit: true; `lorapipe plan --device-memory-gb <less>` shows what fits") from exc
 
 
 def train_lora(
@@ -133,15 +252,20 @@ def train_lora(
     warmup_steps: int = 0,
     weight_decay: float = 0.0,
     log_every: int = 5,
+    eval_steps: int = 0,
+    early_stopping_patience: int = 0,
+    packing: bool = False,
     precision: str = "auto",
     load_in_4bit: str | bool = "auto",
     quant_type: str = "nf4",
     double_quant: bool = True,
     seed: int = 42,
+    preset: str = "none",
     autofit: bool = False,
     save_steps: int = 0,
     save_total_limit: int = 2,
     resume: str = "auto",
+    task: str | None = None,
     checkpoint_dir: str | Path | None = None,
     metrics_path: str | Path | None = paths.TRAIN_METRICS,
     loss_path: str | Path | None = paths.TRAIN_LOSS,
@@ -149,38 +273,56 @@ def train_lora(
     provenance: dict[str, Any] | None = None,
     on_log: Callable[[int, dict[str, float]], None] | None = None,
 ) -> dict[str, Any]:
-    """Train a LoRA adapter on ``train.jsonl`` and save it (safetensors) with the tokenizer.
+    """Train a LoRA adapter on ``train.jsonl`` (one task's rows with `task`) and save it
+    (safetensors) with the tokenizer.
 
-    Every `save_steps` steps a checkpoint goes to the cache (see lorapipe.checkpoints); `resume`
-    ``auto`` continues from the latest checkpoint of the same data and params, ``never`` starts
-    over, a path continues from that checkpoint.
+    Every `eval_steps` steps the validation rows are scored (eval loss, perplexity); with
+    `early_stopping_patience` N, training stops after N evaluations without improvement and the
+    adapter with the lowest eval loss is kept. Every `save_steps` steps a checkpoint goes to the
+    cache (see lorapipe.checkpoints); `resume` ``auto`` continues from the latest checkpoint of the
+    same data and params, ``never`` starts over, a path continues from that checkpoint.
+    Run under `accelerate launch`, the trainer trains data-parallel and the main process writes.
     """
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, get_linear_schedule_with_warmup
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    from lorapipe.plan import preset as preset_settings
 
     dataset_dir = Path(dataset_dir)
     max_seq_len = int(read_json(dataset_dir / paths.DATASET_STATS.name)["max_seq_len"])
+    if early_stopping_patience and not eval_steps:
+        raise ValueError("train.early_stopping_patience needs train.eval_steps > 0 (evaluations to compare)")
     random.seed(seed)
     torch.manual_seed(seed)
     device = resolve_device()
     precision = resolve_precision(precision, device)
-    four_bit = resolve_load_in_4bit(load_in_4bit, device)
+    chosen = preset_settings(preset)
+    four_bit = resolve_load_in_4bit(chosen.get("load_in_4bit", "auto") if load_in_4bit == "auto" else load_in_4bit,
+                                    device)
+    checkpointing = chosen.get("gradient_checkpointing", device == "cuda" and four_bit)
+    if chosen:
+        autofit = True
+        print(f"[train] train.preset {preset}: " + ", ".join(f"{k} {v}" for k, v in chosen.items()
+                                                             if v is not None) + ", autofit", flush=True)
     tokenizer = load_tokenizer(base_dir)
-    batch_size, grad_accum = check_fit(base_dir, device, precision, four_bit, max_seq_len, batch_size, grad_accum,
-                                       rank, target_modules, autofit)
+    batch_size, grad_accum, fit = check_fit(base_dir, device, precision, four_bit, max_seq_len, batch_size,
+                                            grad_accum, rank, target_modules, autofit,
+                                            chosen.get("device_memory_gb"), checkpointing)
 
-    model = AutoModelForCausalLM.from_pretrained(
+    config = AutoConfig.from_pretrained(base_dir)
+    seq2seq = bool(getattr(config, "is_encoder_decoder", False))
+    model = (AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM).from_pretrained(
         base_dir,
         dtype=torch.float32,
         use_safetensors=True,
         quantization_config=quantization_config(four_bit, quant_type, double_quant, precision),
-        device_map={"": 0} if device == "cuda" else None,
+        device_map={"": int(os.environ.get("LOCAL_RANK", 0))} if device == "cuda" else None,
     )
     if four_bit:
         # No forward pass may run on the 4-bit model before training: inference repacks its weights
         # and later gradients are silently wrong (measured, see DESIGN.md).
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=device == "cuda")
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
     available = default_target_modules(model)
     targets = available if target_modules == "auto" else list(target_modules)
     unknown = [t for t in targets if t not in available]
@@ -191,91 +333,91 @@ def train_lora(
     if context and max_seq_len > context:
         raise ValueError(f"dataset.max_seq_len {max_seq_len} is beyond the model's context of {context} tokens: "
                          f"lower it to {context} or less and rebuild the dataset")
-    model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
-                                             target_modules=targets, task_type="CAUSAL_LM"))
-    model.to(device)
+    model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+                                             task_type="SEQ_2_SEQ_LM" if seq2seq else "CAUSAL_LM"))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
 
-    train_ids = tokenize_rows(read_jsonl(dataset_dir / paths.TRAIN_ROWS.name), tokenizer, max_seq_len)
-    val_ids = tokenize_rows(read_jsonl(dataset_dir / paths.VAL_ROWS.name), tokenizer, max_seq_len)
-    batches_per_epoch = math.ceil(len(train_ids) / batch_size)
+    train_rows = select_task(read_jsonl(dataset_dir / paths.TRAIN_ROWS.name), task, "train")
+    val_rows = select_task(read_jsonl(dataset_dir / paths.VAL_ROWS.name), task, "validation")
+    if packing and seq2seq:
+        print("[train] train.packing is for decoder-only models; not packing rows for this encoder-decoder",
+              flush=True)
+    train_ids = training_rows(train_rows, tokenizer, max_seq_len, packing, seq2seq)
+    val_ids = tokenize_rows(val_rows, tokenizer, max_seq_len, seq2seq)
+    if not train_ids or not val_ids:
+        raise ValueError(f"{dataset_dir} has {len(train_ids)} training and {len(val_ids)} validation rows"
+                         f"{f' of task {task!r}' if task else ''}: both are needed; rebuild it with the dataset stage")
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if len(train_ids) < batch_size * world:
+        print(f"[train] only {len(train_ids)} training rows, fewer than one batch of {batch_size * world}: "
+              f"every step trains on all of them", flush=True)
+    batches_per_epoch = math.ceil(len(train_ids) / (batch_size * world))
     steps = max_steps if max_steps > 0 else max(1, math.ceil(epochs * batches_per_epoch / grad_accum))
-    params = [p for p in model.parameters() if p.requires_grad]
-    if device == "cuda" and four_bit:
-        import bitsandbytes as bnb
-
-        optimizer = bnb.optim.PagedAdamW8bit(params, lr=lr, weight_decay=weight_decay)
-    else:
-        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    schedule = get_linear_schedule_with_warmup(optimizer, warmup_steps, steps)
-    autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=precision == "bf16")
-    batches = _batches(train_ids, batch_size, tokenizer.pad_token_id, random.Random(seed))
 
     run_inputs = {"rank": rank, "alpha": alpha, "dropout": dropout, "targets": targets, "steps": steps, "lr": lr,
                   "batch_size": batch_size, "grad_accum": grad_accum, "warmup_steps": warmup_steps,
-                  "weight_decay": weight_decay, "log_every": log_every, "precision": precision, "four_bit": four_bit,
-                  "quant_type": quant_type, "double_quant": double_quant, "seed": seed, "max_seq_len": max_seq_len}
+                  "weight_decay": weight_decay, "log_every": log_every, "eval_steps": eval_steps,
+                  "early_stopping_patience": early_stopping_patience, "packing": packing, "precision": precision,
+                  "four_bit": four_bit, "quant_type": quant_type, "double_quant": double_quant, "seed": seed,
+                  "max_seq_len": max_seq_len, "task": task, "world": world, "checkpointing": checkpointing}
     inputs = [dataset_dir / paths.TRAIN_ROWS.name, dataset_dir / paths.VAL_ROWS.name,
               *Path(base_dir).glob("*.json"), *Path(base_dir).glob("*.safetensors")]
-    checkpoints = Checkpoints(fingerprint(run_inputs, inputs), save_total_limit, checkpoint_dir)
-    loop = {"history": [], "tokens_seen": 0, "window_loss": 0.0, "window_tokens": 0}
+    checkpoints = Checkpoints(fingerprint(run_inputs, inputs), checkpoint_dir)
     start = _resume_point(resume, checkpoints)
-    if start is not None:
-        loop = Checkpoints.load(start, model, optimizer, schedule)
-        for _ in range(loop["step"] * grad_accum):  # replay the data order up to the checkpoint
-            next(batches)
-        print(f"[train] resuming from {start} (step {loop['step']} of {steps})", flush=True)
-    first_step = loop.get("step", 0) + 1
 
-    print(f"[train] {device}, {precision}, {'QLoRA 4-bit' if four_bit else 'LoRA'} r={rank} on {targets}; "
-          f"{trainable / 1e6:.2f} M of {total / 1e6:.1f} M parameters trainable; {len(train_ids)} rows, "
-          f"{steps} steps × {batch_size} × {grad_accum} at ≤{max_seq_len} tokens", flush=True)
-    history: list[tuple[int, float]] = [tuple(h) for h in loop["history"]]
-    window_loss, window_tokens, tokens_seen = loop["window_loss"], loop["window_tokens"], loop["tokens_seen"]
-    started = window_start = time.perf_counter()
-    model.train()
-    for step in range(first_step, steps + 1):
-        for _ in range(grad_accum):
-            ids, mask, labels = (t.to(device) for t in next(batches))
-            with autocast:
-                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-            (loss / grad_accum).backward()
-            window_loss += loss.item() / grad_accum
-            window_tokens += int((labels[:, 1:] != IGNORE).sum())  # tokens that carry loss
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, 1.0))
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step % log_every == 0 or step == steps:
-            done = step % log_every or log_every
-            mean = window_loss / done
-            elapsed = time.perf_counter() - window_start
-            tokens_seen += window_tokens
-            speed = window_tokens / max(elapsed, 1e-9)
-            eta = (time.perf_counter() - started) / (step - first_step + 1) * (steps - step)
-            history.append((step, mean))
-            print(f"[train] step {step}/{steps} loss {mean:.4f} lr {schedule.get_last_lr()[0]:.2e} "
-                  f"{speed:.0f} tok/s eta {eta:.0f}s", flush=True)
-            if on_log:
-                on_log(step, {"loss": mean, "learning_rate": schedule.get_last_lr()[0], "grad_norm": grad_norm,
-                              "tokens_per_second": speed})
-            window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
-        if save_steps and step % save_steps == 0 and step < steps:
-            checkpoints.save(step, model, optimizer, schedule, {"history": history, "tokens_seen": tokens_seen,
-                                                                "window_loss": window_loss,
-                                                                "window_tokens": window_tokens})
+    progress = _progress_callback(steps, on_log)
+    best = _best_adapter_callback()
+    trainer = _trainer(model, tokenizer, seq2seq, train_ids, val_ids, [progress, best], early_stopping_patience,
+                       output_dir=str(checkpoints.folder), max_steps=steps, per_device_train_batch_size=batch_size,
+                       per_device_eval_batch_size=batch_size, gradient_accumulation_steps=grad_accum,
+                       learning_rate=lr, lr_scheduler_type="linear", warmup_steps=warmup_steps,
+                       weight_decay=weight_decay, max_grad_norm=1.0, logging_steps=log_every,
+                       save_strategy="steps" if save_steps else "no", save_steps=save_steps or 1,
+                       save_total_limit=save_total_limit, eval_strategy="steps" if eval_steps else "no",
+                       eval_steps=eval_steps or None, metric_for_best_model="eval_loss", greater_is_better=False,
+                       bf16=precision == "bf16", use_cpu=device == "cpu", seed=seed, data_seed=seed,
+                       optim="paged_adamw_8bit" if device == "cuda" and four_bit else "adamw_torch",
+                       activation_checkpointing=checkpointing,
+                       activation_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
+                       report_to="none", disable_tqdm=True, include_num_input_tokens_seen="non_padding",
+                       dataloader_num_workers=0, ddp_find_unused_parameters=False, save_only_model=False)
+    main = trainer.is_world_process_zero()
+    if main:
+        if start is not None:
+            print(f"[train] resuming from {start}", flush=True)
+        print(f"[train] {device}{f' × {world} processes' if world > 1 else ''}, {precision}, "
+              f"{'QLoRA 4-bit' if four_bit else 'LoRA'} r={rank} on {targets}; "
+              f"{trainable / 1e6:.2f} M of {total / 1e6:.1f} M parameters trainable; {len(train_ids)} "
+              f"{'packed blocks' if packing and not seq2seq else 'rows'}, {steps} steps × {batch_size} × "
+              f"{grad_accum} at ≤{max_seq_len} tokens", flush=True)
+    started = time.perf_counter()
+    with _out_of_memory_advice(fit["estimate_gb"], fit["fixes"]):
+        output = trainer.train(resume_from_checkpoint=str(start) if start else None)
     seconds = time.perf_counter() - started
+    if not main:
+        return {}
+    stopped_early = trainer.state.global_step < steps
+    if early_stopping_patience and best.best is not None:
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, best.best[2])
+        print(f"[train] keeping the adapter of step {best.best[1]} (lowest eval loss {best.best[0]:.4f})"
+              + (f"; stopped early at step {trainer.state.global_step}" if stopped_early else ""), flush=True)
 
     model.eval()
-    with autocast:
-        nll, count = sequence_nll(model, val_ids, device)
-    val_loss = nll / max(count, 1)
+    if seq2seq:
+        val_loss = trainer.evaluate()["eval_loss"]
+    else:
+        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            nll, count = sequence_nll(model, val_ids, model.device.type)
+        val_loss = nll / max(count, 1)
+    tokens_seen = int(trainer.state.num_input_tokens_seen)
     metrics = {
-        "train_loss": history[-1][1],
+        "train_loss": progress.history[-1][1] if progress.history else float(output.training_loss),
         "val_loss": val_loss,
         "val_perplexity": math.exp(min(val_loss, 50)),
-        "steps": steps,
+        "steps": trainer.state.global_step,
         "tokens": tokens_seen,
         "seconds": round(seconds, 2),
         "tokens_per_second": round(tokens_seen / max(seconds, 1e-9), 1),
@@ -284,7 +426,12 @@ def train_lora(
         "precision": precision,
         "load_in_4bit": four_bit,
         "target_modules": targets,
+        "seq2seq": seq2seq,
     }
+    # What params left open (auto, a preset, autofit) came to; recorded with the adapter and in MLflow.
+    resolved = {**{k: metrics[k] for k in ("device", "precision", "load_in_4bit", "target_modules", "seq2seq")},
+                "batch_size": batch_size, "grad_accum": grad_accum, "gradient_checkpointing": checkpointing,
+                "processes": world}
     print(f"[train] done in {seconds:.0f}s: train loss {metrics['train_loss']:.4f}, "
           f"val loss {val_loss:.4f} (perplexity {metrics['val_perplexity']:.2f})", flush=True)
 
@@ -292,19 +439,47 @@ def train_lora(
         model.save_pretrained(tmp, safe_serialization=True)
         copy_tokenizer(base_dir, tmp)
         write_json(tmp / paths.RUN_INFO_NAME, run_info or {})
-        write_provenance(tmp, {**(provenance or {}), "resolved": {k: metrics[k] for k in
-                                                                   ("device", "precision", "load_in_4bit", "target_modules")}})
+        write_provenance(tmp, {**(provenance or {}), "resolved": resolved})
     if metrics_path:
         write_json(metrics_path, {k: v for k, v in metrics.items() if not isinstance(v, (str, list))})
     if loss_path:
-        write_text_atomic(loss_path, "step\tloss\n" + "".join(f"{s}\t{v:.6f}\n" for s, v in history))
+        write_text_atomic(loss_path, "step\tloss\n" + "".join(f"{s}\t{v:.6f}\n" for s, v in progress.history))
     checkpoints.clear()  # the adapter is saved: the crash-recovery checkpoints of this run are done
-    return {**metrics, "history": history}
+    return {**metrics, "resolved": resolved, "history": progress.history, "eval_history": progress.evals}
+
+
+def _trainer(model, tokenizer, seq2seq: bool, train_ids, val_ids, callbacks, early_stopping_patience: int, **args):
+    """TRL's SFTTrainer on rows tokenized with their labels; transformers' Trainer for encoder-decoders."""
+    import datasets
+    from transformers import EarlyStoppingCallback
+    from transformers.trainer_callback import PrinterCallback
+
+    datasets.disable_progress_bars()  # lorapipe prints its own progress lines
+    if early_stopping_patience:
+        callbacks = [*callbacks, EarlyStoppingCallback(early_stopping_patience)]
+    if seq2seq:
+        from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+        trainer = Trainer(model=model, args=TrainingArguments(**args), train_dataset=_dataset(train_ids),
+                          eval_dataset=_dataset(val_ids), processing_class=tokenizer, callbacks=callbacks,
+                          data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100))
+    else:
+        from trl import SFTConfig, SFTTrainer
+
+        config = SFTConfig(**args, max_length=max(len(ids) for ids, _ in train_ids + val_ids), packing=False)
+        trainer = SFTTrainer(model=model, args=config, train_dataset=_dataset(train_ids),
+                             eval_dataset=_dataset(val_ids), processing_class=tokenizer, callbacks=callbacks)
+    trainer.remove_callback(PrinterCallback)
+    return trainer
 
 
 def check_fit(base_dir, device: str, precision: str, four_bit: bool, max_seq_len: int, batch_size: int,
-              grad_accum: int, rank: int, target_modules, autofit: bool) -> tuple[int, int]:
-    """Estimate peak memory before loading anything; refuse with the fix, or autofit the batch."""
+              grad_accum: int, rank: int, target_modules, autofit: bool, budget_gb: float | None = None,
+              gradient_checkpointing: bool | None = None) -> tuple[int, int, dict]:
+    """Estimate peak memory before loading anything; refuse with the fix, or autofit the batch.
+
+    Returns the batch size and accumulation to train with, and the estimate with the changes that
+    would lower it (for the message if training runs out of memory after all)."""
     from lorapipe.plan import autofit as fit_batch
     from lorapipe.plan import available_memory_gb, estimate_memory_gb, load_facts, suggestions, training_settings
 
@@ -312,20 +487,25 @@ def check_fit(base_dir, device: str, precision: str, four_bit: bool, max_seq_len
         facts = load_facts(str(base_dir))
     except ValueError as exc:
         print(f"[train] memory check skipped: {exc}", flush=True)
-        return batch_size, grad_accum
-    settings = training_settings(max_seq_len, rank, target_modules, four_bit, precision, device)
-    budget = available_memory_gb(device)
+        return batch_size, grad_accum, {"estimate_gb": None, "fixes": []}
+    settings = training_settings(max_seq_len, rank, target_modules, four_bit, precision, device,
+                                 gradient_checkpointing)
+    budget = budget_gb or available_memory_gb(device)
     estimate = estimate_memory_gb(facts, batch_size=batch_size, **settings)
-    print(f"[train] estimated peak memory {estimate['total']:.1f} GB of {budget:.1f} GB available on {device}",
-          flush=True)
+    print(f"[train] estimated peak memory {estimate['total']:.1f} GB of {budget:.1f} GB "
+          f"{'budgeted by the preset' if budget_gb else 'available'} on {device}", flush=True)
     if estimate["total"] <= budget:
-        return batch_size, grad_accum
+        # Should it run out of memory all the same, the fix is what fits in a budget under the estimate.
+        fixes = suggestions(facts, estimate["total"] * 0.75, batch_size=batch_size, **settings)
+        return batch_size, grad_accum, {"estimate_gb": estimate["total"], "fixes": fixes}
     if autofit:
         fitted = fit_batch(facts, budget, batch_size, grad_accum, **settings)
         if fitted:
             print(f"[train] train.autofit: batch_size {batch_size} → {fitted[0]}, grad_accum {grad_accum} → "
                   f"{fitted[1]} (same effective batch)", flush=True)
-            return fitted
+            total = estimate_memory_gb(facts, batch_size=fitted[0], **settings)["total"]
+            fixes = suggestions(facts, total * 0.75, batch_size=fitted[0], **settings)
+            return fitted[0], fitted[1], {"estimate_gb": total, "fixes": fixes}
     fixes = suggestions(facts, budget, batch_size=batch_size, **settings)
     raise MemoryError(
         f"training needs about {estimate['total']:.1f} GB but {budget:.1f} GB are available on {device}: "
@@ -338,8 +518,9 @@ def _resume_point(resume: str, checkpoints: Checkpoints) -> Path | None:
         return None
     if resume != "auto":
         path = Path(resume)
-        if not (path / "loop.json").is_file():
-            raise FileNotFoundError(f"train.resume={resume}: not a lorapipe checkpoint folder (no loop.json)")
+        if not Checkpoints.complete(path):
+            raise FileNotFoundError(f"train.resume={resume}: not a complete training checkpoint folder "
+                                    f"(no trainer_state.json)")
         return path
     others = checkpoints.others()
     if others:
