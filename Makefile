@@ -10,7 +10,7 @@ TORCH_INDEX ?=
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run repro test test-slow lint bench ui lock clean
+.PHONY: help install test-tools run repro test test-slow lint bench ui lock clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -34,10 +34,18 @@ run: install ## install, run the whole pipeline on the sample corpus, then ask t
 repro: install ## rerun what changed (dvc repro)
 	dvc repro
 
-test: install ## run the tests (fast; what CI runs)
+# Go renders Modelfile templates in the tests, as Ollama does; Debian's golang-go when it is missing.
+test-tools: ## install what the tests need beyond .venv (Go, with apt, as root or through sudo)
+	@command -v go >/dev/null || { echo "installing Debian's golang-go for the Modelfile template test"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
+	  $$SUDO apt-get install -y -qq golang-go >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -qq >/dev/null 2>&1 && $$SUDO apt-get install -y -qq golang-go >/dev/null 2>&1; } || \
+	  echo "could not install golang-go: tests/test_chat_templates.py will be skipped"; }
+
+test: install test-tools ## run the tests (fast; what CI runs)
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
 
-test-slow: install ## run the slow tests too
+test-slow: install test-tools ## run the slow tests too
 	$(PY) -m pytest -q -m "slow or not slow"; rc=$$?; if [ $$rc -eq 5 ]; then exit 1; fi; exit $$rc
 
 lint: install ## byte-compile every module and validate params.yaml

@@ -8,10 +8,13 @@ import json
 import pytest
 
 from lorapipe import export_gguf
-from lorapipe.chat_templates import STYLES, detect_style, modelfile_text
 from lorapipe.models import load_tokenizer
 
 PROMPT = "You answer from the lorapipe documents only."
+
+
+LINEAGE = {"lorapipe.git_commit": "0123abc", "lorapipe.mlflow_run_id": "run42", "lorapipe.dataset_hash": "d5e7",
+           "lorapipe.base_model": "tiny-llama"}
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +22,7 @@ def exported(tmp_path_factory, tiny_model_dir):
     work = tmp_path_factory.mktemp("export")
     (work / "prompts.json").write_text(json.dumps({"text": PROMPT}))
     info = export_gguf(tiny_model_dir, work / "prompts.json", work / "gguf", quants=["Q8_0", "F32"],
-                       outtype="f32", name="tiny")
+                       outtype="f32", name="tiny", metadata=LINEAGE)
     return work / "gguf", info
 
 
@@ -27,12 +30,27 @@ def test_exact_files(exported):
     out, info = exported
     assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "export.json", "tiny.F32.gguf", "tiny.Q8_0.gguf"]
     assert info["files"] == {"Q8_0": "tiny.Q8_0.gguf", "F32": "tiny.F32.gguf"}
+    assert info["architecture"] == "LlamaForCausalLM" and info["parameters"] > 3_000_000
+
+
+def _gguf_strings(path) -> dict[str, str]:
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    return {name: field.contents() for name, field in reader.fields.items() if name.startswith("lorapipe.")}
+
+
+def test_every_gguf_records_its_lineage(exported):
+    """Written at conversion, copied by llama.cpp's quantizer, read back with gguf's reader."""
+    out, _ = exported
+    for name in ("tiny.F32.gguf", "tiny.Q8_0.gguf"):
+        assert _gguf_strings(out / name) == LINEAGE
 
 
 def test_gguf_logits_match_transformers(exported):
     _, info = exported
     assert info["verification"]["top1_agreement"] == 1.0
-    assert info["verification"]["max_abs_diff"] < 1e-3
+    assert info["verification"]["max_abs_diff"] < 1e-3  # the stage itself refuses f32 above 1e-2
 
 
 def test_modelfile_uses_prompts_json_and_chat_template(exported, tiny_model_dir):
@@ -40,7 +58,8 @@ def test_modelfile_uses_prompts_json_and_chat_template(exported, tiny_model_dir)
     text = (out / "Modelfile").read_text()
     assert "FROM ./tiny.Q8_0.gguf" in text
     assert f'SYSTEM """{PROMPT}"""' in text
-    assert "<|im_start|>{{ .Role }}" in text and 'PARAMETER stop "<|im_end|>"' in text
+    assert "chatml style" in text and '{{ if eq .Role "system" }}<|im_start|>system\n' in text
+    assert 'PARAMETER stop "<|im_end|>"' in text
 
 
 def test_quantized_file_loads_in_llama_cpp(exported):
@@ -52,25 +71,95 @@ def test_quantized_file_loads_in_llama_cpp(exported):
     llm.close()
 
 
-def test_chatml_style_is_detected(tiny_model_dir):
-    assert detect_style(load_tokenizer(tiny_model_dir)).name == "chatml"
+def test_lora_gguf_on_the_base_gives_the_merged_models_logits(tmp_path, tiny_model_dir, trained_adapter):
+    """llama.cpp with base.gguf + <name>.lora.gguf computes what the merged model's GGUF computes."""
+    import numpy as np
+
+    from lorapipe import merge_adapter
+    from lorapipe.export import converter_dir, convert_to_gguf, gguf_logits
+
+    (tmp_path / "prompts.json").write_text(json.dumps({"text": PROMPT}))
+    merged = merge_adapter(tiny_model_dir, trained_adapter, tmp_path / "merged")
+    info = export_gguf(merged, tmp_path / "prompts.json", tmp_path / "gguf", quants=["F32"], outtype="f32",
+                       name="tiny", metadata=LINEAGE, lora_gguf=True, adapter_dir=trained_adapter,
+                       base_dir=tiny_model_dir)
+    lora = tmp_path / "gguf" / "tiny.lora.gguf"
+    assert info["files"]["lora"] == "tiny.lora.gguf" and _gguf_strings(lora) == LINEAGE
+    base = convert_to_gguf(tiny_model_dir, tmp_path / "base.gguf", "f32", converter_dir())
+    ids = load_tokenizer(tiny_model_dir)("Low-rank adapters are small.", add_special_tokens=False)["input_ids"]
+
+    from llama_cpp import Llama
+
+    llm = Llama(str(base), lora_path=str(lora), n_ctx=64, logits_all=True, verbose=False)
+    llm.eval(ids)
+    with_lora = np.array(llm.scores[: len(ids)])
+    llm.close()
+    merged_logits = gguf_logits(tmp_path / "gguf" / "tiny.F32.gguf", [ids])[0]
+    plain = gguf_logits(base, [ids])[0]
+    assert np.abs(with_lora - merged_logits).max() < 1e-3
+    assert np.abs(plain - merged_logits).max() > 1e-2  # the adapter does change the model
 
 
-@pytest.mark.parametrize("style", STYLES, ids=lambda s: s.name)
-def test_each_style_is_recognised_from_its_own_rendering(style):
-    class Rendered:  # a tokenizer whose Jinja template renders exactly like `style`
-        chat_template = "{{ probe }}"
-        bos_token = None
-        eos_token = "</s>"
+def test_ollama_create_runs_when_ollama_is_on_path(tmp_path, tiny_model_dir, monkeypatch):
+    fake = tmp_path / "bin" / "ollama"
+    fake.parent.mkdir()
+    log = tmp_path / "ollama.log"
+    fake.write_text("#!/bin/sh\n"
+                    f"echo \"$@\" >> {log}\n"
+                    f"cat \"$4\" >> {log}\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{__import__('os').environ['PATH']}")
+    (tmp_path / "prompts.json").write_text(json.dumps({"docs": PROMPT, "queries": "Answer in JSON."}))
+    info = export_gguf(tiny_model_dir, tmp_path / "prompts.json", tmp_path / "gguf", quants=["Q8_0"],
+                       outtype="f32", name="tiny", ollama_name="acme/tiny:v1")
+    called = log.read_text()
+    assert "create acme/tiny:v1 -f Modelfile" in called and "create acme/tiny:v1-queries -f Modelfile.queries" in called
+    assert "FROM ./tiny.Q8_0.gguf" in called and 'SYSTEM """Answer in JSON."""' in called
+    assert len(info["ollama"]) == 2
 
-        def apply_chat_template(self, messages, tokenize, add_generation_prompt):
-            return style.render(messages)
 
-    assert detect_style(Rendered()).name == style.name
+def test_missing_or_incomplete_merged_folder_names_what_is_missing(tmp_path, tiny_model_dir):
+    import shutil
+
+    (tmp_path / "prompts.json").write_text(json.dumps({"text": PROMPT}))
+    with pytest.raises(FileNotFoundError, match="does not exist: run the merge stage"):
+        export_gguf(tmp_path / "nothing", tmp_path / "prompts.json", tmp_path / "out")
+    partial = tmp_path / "partial"
+    shutil.copytree(tiny_model_dir, partial)
+    (partial / "model.safetensors").unlink()
+    (partial / "tokenizer.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"incomplete: missing tokenizer.json \(or tokenizer.model\), "
+                                                r"model.safetensors"):
+        export_gguf(partial, tmp_path / "prompts.json", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
-def test_unknown_template_fails_clearly(tiny_model_dir):
-    tokenizer = load_tokenizer(tiny_model_dir)
-    tokenizer.chat_template = "{% for m in messages %}### {{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-    with pytest.raises(ValueError, match="unrecognised chat template"):
-        modelfile_text("./x.gguf", tokenizer, PROMPT)
+def test_unsupported_architecture_lists_the_supported_ones(tmp_path, tiny_model_dir):
+    import shutil
+
+    (tmp_path / "prompts.json").write_text(json.dumps({"text": PROMPT}))
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    config = json.loads((model / "config.json").read_text())
+    config["architectures"] = ["MadeUpForCausalLM"]
+    (model / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="does not support MadeUpForCausalLM; it supports: .*LlamaForCausalLM"):
+        export_gguf(model, tmp_path / "prompts.json", tmp_path / "out")
+
+
+def test_unknown_quantization_lists_valid_ones(tmp_path, tiny_model_dir):
+    (tmp_path / "prompts.json").write_text(json.dumps({"text": PROMPT}))
+    with pytest.raises(ValueError, match=r"unknown quantization \['Q9_X'\].*Q4_K_M"):
+        export_gguf(tiny_model_dir, tmp_path / "prompts.json", tmp_path / "out", quants=["Q9_X"])
+
+
+def test_too_little_disk_is_refused_before_writing(tmp_path, tiny_model_dir, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    (tmp_path / "prompts.json").write_text(json.dumps({"text": PROMPT}))
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(OSError, match=r"not enough free disk for the export: about 0.0 GB is needed \(F32, Q4_K_M"):
+        export_gguf(tiny_model_dir, tmp_path / "prompts.json", tmp_path / "out", outtype="f32")
+    assert not (tmp_path / "out").exists()

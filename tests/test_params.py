@@ -72,7 +72,7 @@ def test_cli_flags_match_params_keys():
     for stage in STAGE_SECTIONS:
         actions = commands[stage]._actions
         flags = {a.dest for a in actions if f"--{a.dest}" in a.option_strings}
-        assert flags - {"help", "params", "output_dir", "input_dir", "labeled_dir", "task"} == set(stage_keys(stage)), stage
+        assert flags - {"help", "params", "output_dir", "input_dir", "labeled_dir", "task", "merged_dir", "quant"} == set(stage_keys(stage)), stage
         assert {a.dest for a in actions if "." in a.dest} == set(stage_keys(stage)), stage
 
 

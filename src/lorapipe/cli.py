@@ -32,7 +32,8 @@ _ALIASES = {"extract.min_length": ("--min-length",), "extract.device": ("--devic
             "train.grad_accum": ("--grad-accum",), "lora.rank": ("--lora-rank",), "lora.alpha": ("--lora-alpha",),
             "train.precision": ("--precision",), "train.resume": ("--resume",),
             "train.eval_steps": ("--eval-steps",), "train.preset": ("--preset",),
-            "train.num_processes": ("--num-processes",), "train.packing": ("--packing",)}
+            "train.num_processes": ("--num-processes",), "train.packing": ("--packing",),
+            "export.outtype": ("--outtype",), "export.ollama_name": ("--ollama-name",)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +52,18 @@ def build_parser() -> argparse.ArgumentParser:
                              help="output folder (default: data/extracted_text)")
             sub.add_argument("--no-resume", dest="extract.resume", action="store_const", const="false",
                              help="ignore cached texts and extract everything again (extract.resume: false)")
+        if stage in ("merge", "export"):
+            sub.add_argument("--merged-dir", dest="merged_dir", metavar="DIR", default=str(paths.MERGED),
+                             help=f"the merged model folder ({'written' if stage == 'merge' else 'read'}; "
+                                  "default: models/merged)")
+        if stage == "export":
+            sub.add_argument("--output-dir", dest="output_dir", metavar="DIR", default=str(paths.GGUF),
+                             help="output folder (default: models/gguf)")
+            sub.add_argument("--quant", dest="quant", action="append", metavar="TYPE",
+                             help="a quantization to write, repeatable (--quant Q4_K_M --quant Q8_0); "
+                                  "replaces export.quants")
+            sub.add_argument("--lora-gguf", dest="export.lora_gguf", action="store_const", const="true",
+                             help="also write the adapter alone as <name>.lora.gguf (export.lora_gguf: true)")
         if stage == "train":
             sub.add_argument("--task", metavar="NAME",
                              help="train an adapter on one task's rows only, into models/lora_NAME")
@@ -118,15 +131,22 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command in STAGE_SECTIONS:
-            from lorapipe.pipeline import STAGES, run_dataset, run_extract, run_train
+            from lorapipe.pipeline import STAGES, run_dataset, run_export, run_extract, run_merge, run_train
 
-            params = load_params(args.params, _overrides(args, args.command))
+            overrides = _overrides(args, args.command)
+            if getattr(args, "quant", None):
+                overrides["export.quants"] = args.quant
+            params = load_params(args.params, overrides)
             if args.command == "extract":
                 run_extract(params, [Path(d) for d in args.input_dirs or [paths.RAW_DOCS]], Path(args.output_dir))
             elif args.command == "dataset":
                 run_dataset(params, Path(args.input_dir), Path(args.labeled_dir), Path(args.output_dir))
             elif args.command == "train":
                 run_train(params, args.task)
+            elif args.command == "merge":
+                run_merge(params, Path(args.merged_dir))
+            elif args.command == "export":
+                run_export(params, Path(args.merged_dir), Path(args.output_dir))
             else:
                 STAGES[args.command](params)
         elif args.command == "ask":
@@ -139,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             from lorapipe.export import install_converter
 
             print(install_converter())
-    except (ParamsError, FileNotFoundError, PermissionError, ValueError) as exc:
+    except (ParamsError, OSError, ValueError) as exc:
         print(f"lorapipe {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -12,6 +12,7 @@ merged model's logits before anything is quantized.
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import shutil
 import subprocess
@@ -79,15 +80,74 @@ def converter_dir(llama_cpp_dir: str | Path | None = None) -> Path:
     return install_converter()
 
 
-def convert_to_gguf(model_dir: Path, outfile: Path, outtype: str, llama_cpp_dir: Path) -> Path:
-    env = {**os.environ, "PYTHONPATH": str(llama_cpp_dir / "gguf-py")}
+# Runs a llama.cpp converter script with extra string keys added to every GGUF it writes (the
+# lineage of the file), by wrapping gguf-py's GGUFWriter.write_header_to_file: no second copy of a
+# multi-gigabyte file is needed. llama_model_quantize copies these keys into each quantized file.
+_CONVERT_WITH_METADATA = """
+import json, os, runpy, sys
+script, gguf_py = sys.argv[1], sys.argv[2]
+sys.path[:0] = [os.path.dirname(script), gguf_py]  # as `python script.py` would, with its own gguf-py
+import gguf
+extra = json.loads(os.environ["LORAPIPE_GGUF_METADATA"])
+write_header = gguf.GGUFWriter.write_header_to_file
+def with_lineage(self, *args, **kwargs):
+    for key, value in extra.items():
+        self.add_string(key, value)
+    return write_header(self, *args, **kwargs)
+gguf.GGUFWriter.write_header_to_file = with_lineage
+sys.argv = [script, *sys.argv[3:]]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+def _run_converter(llama_cpp_dir: Path, script: str, args: list[str], metadata: dict[str, str] | None,
+                   what: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(llama_cpp_dir / "gguf-py"),
+           "LORAPIPE_GGUF_METADATA": json.dumps({k: str(v) for k, v in (metadata or {}).items() if v})}
     env.pop("NO_LOCAL_GGUF", None)  # the bundled gguf-py must win over PyPI's `gguf`
-    command = [sys.executable, str(llama_cpp_dir / "convert_hf_to_gguf.py"), str(model_dir),
-               "--outfile", str(outfile), "--outtype", outtype]
+    command = [sys.executable, "-c", _CONVERT_WITH_METADATA, str(llama_cpp_dir / script),
+               str(llama_cpp_dir / "gguf-py"), *args]
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     if result.returncode != 0:
-        raise RuntimeError(f"convert_hf_to_gguf.py failed on {model_dir}:\n{result.stderr[-4000:]}")
+        raise RuntimeError(f"{script} failed on {what}:\n{result.stderr[-4000:]}")
+
+
+def convert_to_gguf(model_dir: Path, outfile: Path, outtype: str, llama_cpp_dir: Path,
+                    metadata: dict[str, str] | None = None) -> Path:
+    """llama.cpp's convert_hf_to_gguf.py; `metadata` adds string keys (lineage) to the file."""
+    _run_converter(Path(llama_cpp_dir), "convert_hf_to_gguf.py",
+                   [str(model_dir), "--outfile", str(outfile), "--outtype", outtype], metadata, str(model_dir))
     return outfile
+
+
+def convert_lora_to_gguf(adapter_dir: Path, base_dir: Path, outfile: Path, llama_cpp_dir: Path,
+                         metadata: dict[str, str] | None = None, outtype: str = "f32") -> Path:
+    """A LoRA-only GGUF of a PEFT adapter, for `llama-cli -m <base>.gguf --lora <adapter>.gguf`."""
+    _run_converter(Path(llama_cpp_dir), "convert_lora_to_gguf.py",
+                   ["--base", str(base_dir), "--outfile", str(outfile), "--outtype", outtype, str(adapter_dir)],
+                   metadata, str(adapter_dir))
+    return outfile
+
+
+_SUPPORTED: dict[Path, frozenset[str]] = {}
+
+
+def supported_architectures(llama_cpp_dir: Path) -> frozenset[str]:
+    """The Hugging Face architectures (``config.json`` ``architectures``) the converter knows."""
+    llama_cpp_dir = Path(llama_cpp_dir)
+    if llama_cpp_dir not in _SUPPORTED:
+        env = {**os.environ, "PYTHONPATH": str(llama_cpp_dir / "gguf-py")}
+        env.pop("NO_LOCAL_GGUF", None)
+        listed = subprocess.run([sys.executable, str(llama_cpp_dir / "convert_hf_to_gguf.py"),
+                                 "--print-supported-models"], env=env, capture_output=True, text=True)
+        names, section = set(), None
+        for line in (listed.stdout + listed.stderr).splitlines():
+            if line.strip().endswith("models:"):
+                section = line.strip()
+            elif line.strip().startswith("- ") and section == "TEXT models:":
+                names.add(line.strip()[2:])
+        _SUPPORTED[llama_cpp_dir] = frozenset(names)
+    return _SUPPORTED[llama_cpp_dir]
 
 
 def quantize_gguf(src: Path, dst: Path, quant: str) -> Path:
@@ -139,6 +199,95 @@ VERIFY_TEXT = ("LoRA adds small trainable matrices to a frozen model. The merged
                "export must give the same next-token predictions on this sentence.")
 
 
+# Approximate bits per weight of each file type (llama.cpp's quantize table), for the disk check.
+_BITS = {"F32": 32, "F16": 16, "BF16": 16, "Q8_0": 8.5, "Q6_K": 6.6, "Q5_K_M": 5.7, "Q5_K_S": 5.5, "Q5_1": 6,
+         "Q5_0": 5.5, "Q4_K_M": 4.9, "Q4_K_S": 4.6, "Q4_1": 5, "Q4_0": 4.5, "Q3_K_L": 4.3, "Q3_K_M": 3.9,
+         "Q3_K_S": 3.5, "Q2_K": 3.4}
+
+
+def check_model_folder(folder: Path, stage: str = "merge") -> list[Path]:
+    """The folder's weight files; a missing or incomplete folder raises, naming what is missing."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} does not exist: run the {stage} stage first")
+    missing = [] if (folder / "config.json").is_file() else ["config.json"]
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+        missing.append("tokenizer.json (or tokenizer.model)")
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    else:
+        shards = ["model.safetensors"]
+    missing += [name for name in shards if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder} is incomplete: missing {', '.join(missing)}; rerun the {stage} stage "
+                                f"(dvc repro {stage})")
+    return [folder / name for name in shards]
+
+
+def parameter_count(weights: list[Path]) -> int:
+    """Number of weights in safetensors files, read from their headers (no tensor is loaded)."""
+    import struct
+
+    total = 0
+    for path in weights:
+        with open(path, "rb") as handle:
+            header = json.loads(handle.read(struct.unpack("<Q", handle.read(8))[0]))
+        for name, entry in header.items():
+            if name != "__metadata__":
+                count = 1
+                for dim in entry["shape"]:
+                    count *= dim
+                total += count
+    return total
+
+
+def check_disk_space(out_dir: Path, parameters: int, outtype: str, quants: list[str], extra_bytes: int = 0) -> int:
+    """Raise before writing anything if the output folder's disk cannot hold the files; return the need."""
+    files = dict.fromkeys([outtype.upper(), *quants])
+    needed = int(sum(parameters * _BITS[q] / 8 for q in files) * 1.05) + extra_bytes
+    target = Path(out_dir).resolve()
+    while not target.exists():
+        target = target.parent
+    free = shutil.disk_usage(target).free
+    if free < needed:
+        raise OSError(f"not enough free disk for the export: about {needed / 2**30:.1f} GB is needed "
+                      f"({', '.join(files)} of {parameters / 1e9:.2f} B weights) and {free / 2**30:.1f} GB is free "
+                      f"on {target}; free some space (e.g. `dvc gc`) or export fewer quantizations")
+    return needed
+
+
+def check_architecture(model_dir: Path, llama_cpp_dir: Path) -> str:
+    """The model's architecture, if llama.cpp's converter supports it; else an error listing those it does."""
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    architecture = (config.get("architectures") or ["unknown"])[0]
+    supported = supported_architectures(llama_cpp_dir)
+    if supported and architecture not in supported:
+        raise ValueError(f"llama.cpp's converter does not support {architecture}; it supports: "
+                         + ", ".join(sorted(supported)))
+    return architecture
+
+
+def ollama_create(out_dir: Path, modelfiles: dict[str, str], name: str) -> list[list[str]]:
+    """`ollama create` for each Modelfile when `ollama` is on PATH (first task: `name`, others:
+    `name-<task>`); a failure is reported, not raised, since the files are written."""
+    ollama = shutil.which("ollama")
+    if not ollama:
+        print(f"[export] ollama is not on PATH; to use the model in Ollama: cd {out_dir} && "
+              f"ollama create {name} -f Modelfile", flush=True)
+        return []
+    commands = []
+    for number, (task, modelfile) in enumerate(modelfiles.items()):
+        model = name if number == 0 else f"{name}-{task}"
+        command = [ollama, "create", model, "-f", modelfile]
+        done = subprocess.run(command, cwd=out_dir, capture_output=True, text=True)
+        print(f"[export] {' '.join(['ollama', *command[1:]])}: "
+              + ("done" if done.returncode == 0 else f"failed ({(done.stderr or done.stdout).strip()[-300:]})"),
+              flush=True)
+        commands.append(command)
+    return commands
+
+
 def export_gguf(
     merged_dir: str | Path = paths.MERGED,
     prompts_path: str | Path = paths.PROMPTS,
@@ -147,26 +296,48 @@ def export_gguf(
     outtype: str = "f16",
     name: str = "lorapipe",
     llama_cpp_dir: str | Path | None = None,
-    min_top1_agreement: float = 0.9,
+    min_top1_agreement: float = 0.99,
+    max_f32_logit_diff: float = 1e-2,
+    metadata: dict[str, str] | None = None,
+    lora_gguf: bool = False,
+    adapter_dir: str | Path = paths.ADAPTER,
+    base_dir: str | Path = paths.BASE_MODEL,
+    ollama_name: str | None = None,
 ) -> dict:
-    """Write ``<name>.<QUANT>.gguf`` per quantization and a Modelfile per task into `out_dir`."""
+    """Write ``<name>.<QUANT>.gguf`` per quantization and a Modelfile per task into `out_dir`.
+
+    `metadata` (string keys, e.g. ``lorapipe.git_commit``) is written into every GGUF. With
+    `lora_gguf`, ``<name>.lora.gguf`` holds the adapter alone (for ``llama-cli --lora``). The
+    converted file must agree with the merged model: top-1 next-token agreement of at least
+    `min_top1_agreement` for f32/f16/bf16, and a max |Δlogit| of at most `max_f32_logit_diff` for f32.
+    """
     from lorapipe.models import load_tokenizer
 
-    merged_dir = Path(merged_dir)
-    if not (merged_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{merged_dir} holds no merged model: run the merge stage first")
-    prompts = read_json(prompts_path)
+    merged_dir, out_dir = Path(merged_dir), Path(out_dir)
+    weights = check_model_folder(merged_dir, "merge")
     quants = [q.upper() for q in quants]
+    unknown = [q for q in quants if q not in QUANT_TYPES]
+    if unknown or outtype.upper() not in ("F32", "F16", "BF16", "Q8_0"):
+        raise ValueError(f"unknown quantization {unknown or outtype}: export.quants takes {sorted(QUANT_TYPES)}, "
+                         "export.outtype f32, f16, bf16 or q8_0")
+    prompts = read_json(prompts_path)
     tokenizer = load_tokenizer(merged_dir)
     converter = converter_dir(llama_cpp_dir)
+    architecture = check_architecture(merged_dir, converter)
+    parameters = parameter_count(weights)
+    adapter_bytes = sum(f.stat().st_size for f in Path(adapter_dir).glob("*.safetensors")) if lora_gguf else 0
+    check_disk_space(out_dir, parameters, outtype, quants, adapter_bytes * 2)
+    modelfiles = {task: "Modelfile" if number == 0 else f"Modelfile.{task}" for number, task in enumerate(prompts)}
     with atomic_dir(out_dir) as tmp:
         converted = tmp / f"{name}.{outtype.upper()}.gguf"
-        print(f"[export] converting {merged_dir} to {converted.name}", flush=True)
-        convert_to_gguf(merged_dir, converted, outtype, converter)
+        print(f"[export] converting {merged_dir} ({architecture}, {parameters / 1e6:.0f} M weights) to "
+              f"{converted.name}", flush=True)
+        convert_to_gguf(merged_dir, converted, outtype, converter, metadata)
         check = compare_logits(merged_dir, converted, VERIFY_TEXT)
         print(f"[export] llama.cpp vs transformers on {check['tokens']} tokens: max |Δlogit| "
               f"{check['max_abs_diff']:.2e}, top-1 agreement {check['top1_agreement']:.0%}", flush=True)
-        if outtype in ("f32", "f16", "bf16") and check["top1_agreement"] < min_top1_agreement:
+        if outtype in ("f32", "f16", "bf16") and check["top1_agreement"] < min_top1_agreement \
+                or outtype == "f32" and check["max_abs_diff"] > max_f32_logit_diff:
             raise RuntimeError(f"the converted GGUF disagrees with the merged model: {check}")
         files = {}
         for quant in quants:
@@ -177,12 +348,17 @@ def export_gguf(
             files[quant] = target.name
         if converted.name not in files.values():
             converted.unlink()
-        for number, (task, prompt) in enumerate(prompts.items()):
-            modelfile = "Modelfile" if number == 0 else f"Modelfile.{task}"
-            (tmp / modelfile).write_text(modelfile_text(f"./{files[quants[0]]}", tokenizer, prompt))
-        info = {"files": files, "outtype": outtype, "verification": check, "llama_cpp_python": _llama_cpp_version()}
+        if lora_gguf:
+            lora = tmp / f"{name}.lora.gguf"
+            print(f"[export] converting the adapter {adapter_dir} to {lora.name}", flush=True)
+            convert_lora_to_gguf(Path(adapter_dir), Path(base_dir), lora, converter, metadata)
+            files["lora"] = lora.name
+        for task, modelfile in modelfiles.items():
+            (tmp / modelfile).write_text(modelfile_text(f"./{files[quants[0]]}", tokenizer, prompts[task]))
+        info = {"files": files, "outtype": outtype, "architecture": architecture, "parameters": parameters,
+                "verification": check, "metadata": metadata or {}, "llama_cpp_python": _llama_cpp_version()}
         write_json(tmp / EXPORT_INFO, info)
-    print(f"[export] wrote {', '.join(files.values())} and Modelfile into {out_dir}", flush=True)
-    if shutil.which("ollama"):
-        subprocess.run(["ollama", "create", name, "-f", str(Path(out_dir) / "Modelfile")], check=False)
+    print(f"[export] wrote {', '.join(files.values())} and {', '.join(modelfiles.values())} into {out_dir}",
+          flush=True)
+    info["ollama"] = ollama_create(out_dir, modelfiles, ollama_name or name)
     return info

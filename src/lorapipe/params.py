@@ -155,6 +155,8 @@ class ExportParams(_Section):
     outtype: Literal["f32", "f16", "bf16", "q8_0"] = "f16"
     quants: list[str] = Field(default_factory=lambda: ["Q4_K_M"], min_length=1)
     llama_cpp_dir: str | None = None
+    lora_gguf: bool = False
+    ollama_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
 
     @field_validator("quants")
     @classmethod

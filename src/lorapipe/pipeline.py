@@ -6,6 +6,8 @@ The scripts in ``stages/`` and the ``lorapipe`` CLI both call these, so the two 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import yaml
 
 from lorapipe import paths, tracking
@@ -78,16 +80,32 @@ def run_train(p: Params, task: str | None = None) -> None:
     print(f"[train] MLflow run {run['run_id']} in {run['tracking_uri']}", flush=True)
 
 
-def run_merge(p: Params) -> None:
-    merge_adapter(paths.BASE_MODEL, paths.ADAPTER, paths.MERGED, p.merge.dtype)
+def run_merge(p: Params, merged_dir=paths.MERGED) -> None:
+    merge_adapter(paths.BASE_MODEL, paths.ADAPTER, merged_dir, p.merge.dtype)
     tracking.log_stage(paths.ADAPTER / paths.RUN_INFO_NAME, "merge", section_dict(p, "merge"), {})
 
 
-def run_export(p: Params) -> None:
+def lineage() -> dict[str, str]:
+    """Where an export comes from, written into every GGUF's metadata."""
+    from lorapipe import __version__
+    from lorapipe.io import read_json
+
+    run = read_json(paths.ADAPTER / paths.RUN_INFO_NAME)
+    adapter = yaml.safe_load((paths.ADAPTER / paths.PROVENANCE_NAME).read_text()) or {}
+    base = yaml.safe_load((paths.BASE_MODEL / paths.PROVENANCE_NAME).read_text()) or {}
+    return {"lorapipe.version": __version__, "lorapipe.git_commit": tracking.git_commit(),
+            "lorapipe.mlflow_run_id": str(run.get("run_id") or ""),
+            "lorapipe.dataset_hash": str(adapter.get("dataset_hash") or ""),
+            "lorapipe.base_model": str(base.get("model.name") or ""),
+            "lorapipe.base_revision": str(base.get("model.revision") or "")}
+
+
+def run_export(p: Params, merged_dir=paths.MERGED, out_dir=paths.GGUF) -> None:
     e = p.export
-    info = export_gguf(paths.MERGED, paths.PROMPTS, paths.GGUF, e.quants, e.outtype, e.name, e.llama_cpp_dir)
+    info = export_gguf(merged_dir, paths.PROMPTS, out_dir, e.quants, e.outtype, e.name, e.llama_cpp_dir,
+                       metadata=lineage(), lora_gguf=e.lora_gguf, ollama_name=e.ollama_name)
     tracking.log_stage(paths.ADAPTER / paths.RUN_INFO_NAME, "export", section_dict(p, "export"),
-                       {"export": info["verification"]}, {"gguf": paths.GGUF / "Modelfile"})
+                       {"export": info["verification"]}, {"gguf": Path(out_dir) / "Modelfile"})
 
 
 def run_evaluate_base(p: Params) -> None:

@@ -42,7 +42,7 @@ def _experiment_id(client, name: str) -> str:
     return client.create_experiment(name, artifact_location=location)
 
 
-def _git_commit() -> str:
+def git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
@@ -68,7 +68,7 @@ def start_training_run(params: dict[str, Any], tags: dict[str, str] | None = Non
 
     client = _client()
     experiment_id = _experiment_id(client, EXPERIMENT)
-    all_tags = {"git_commit": _git_commit(), "dvc_experiment": os.environ.get("DVC_EXP_NAME", ""),
+    all_tags = {"git_commit": git_commit(), "dvc_experiment": os.environ.get("DVC_EXP_NAME", ""),
                 "lorapipe.stage": "train", **(tags or {})}
     run = client.create_run(experiment_id, tags=all_tags,
                             run_name=os.environ.get("DVC_EXP_NAME") or None)
