@@ -113,6 +113,12 @@ def test_auto_mode_builds_both_tasks(tmp_path, text_dir, tiny_model_dir, labeled
     assert stats["tasks"]["chat"]["train"]["loss_tokens"] < stats["tasks"]["chat"]["train"]["tokens"]
 
 
+def test_a_json_schema_beside_the_labeled_rows_is_not_read_as_rows(tmp_path, text_dir, tiny_model_dir, labeled_dir):
+    (labeled_dir / "schema.json").write_text((FIXTURES / "labeled" / "snips_schema.json").read_text())
+    _, train, val = _build(tmp_path, text_dir, tiny_model_dir, labeled_dir, mode="chat")
+    assert len(train + val) == 42
+
+
 def test_text_and_chat_modes_pick_one_kind(tmp_path, text_dir, tiny_model_dir, labeled_dir):
     _, train, _ = _build(tmp_path, text_dir, tiny_model_dir, labeled_dir, "t", mode="text")
     assert {r["task"] for r in train} == {"text"}

@@ -26,3 +26,49 @@ def test_base_merged_and_gguf_perplexity(tmp_path, dataset_dir, tiny_model_dir):
     samples = (tmp_path / "samples.md").read_text()
     assert "**Prompt:**" in samples and "You answer from the documents." in samples
     assert json.loads((tmp_path / "eval.json").read_text()) == metrics
+
+
+def test_chat_answers_are_scored_for_base_fine_tuned_and_gguf(tmp_path, tiny_model_dir):
+    """A JSON task (snips queries): answers of the base (evaluate_base, once), the merged model and
+    the GGUF, scored with the schema; samples.md puts them side by side."""
+    from conftest import FIXTURES
+    from lorapipe import build_dataset
+
+    data = tmp_path / "dataset"
+    (tmp_path / "text").mkdir()
+    build_dataset(tmp_path / "text", tiny_model_dir, data, labeled_dir=FIXTURES / "labeled", mode="chat",
+                  max_seq_len=128, val_fraction=0.2, seed=1, system_prompt="Answer only with JSON.")
+    export_gguf(tiny_model_dir, data / "prompts.json", tmp_path / "gguf", quants=["F32"], outtype="f32", name="tiny")
+    evaluate_base(data / "val.jsonl", tiny_model_dir, tmp_path / "eval_base.json", max_samples=3,
+                  prompts_path=data / "prompts.json", answers_path=tmp_path / "answers_base.jsonl", max_new_tokens=6)
+    base_answers = [json.loads(line) for line in (tmp_path / "answers_base.jsonl").read_text().splitlines()]
+    assert len(base_answers) == 3 and all(a["task"] == "chat" for a in base_answers)
+    metrics = evaluate_models(data / "val.jsonl", data / "prompts.json", tiny_model_dir, tmp_path / "gguf",
+                              tmp_path / "eval_base.json", tmp_path / "eval.json", tmp_path / "samples.md",
+                              max_samples=3, num_generations=2, max_new_tokens=6,
+                              base_answers_path=tmp_path / "answers_base.jsonl",
+                              json_schema=FIXTURES / "labeled" / "snips_schema.json", constrained=True)
+    answers = metrics["answers"]
+    assert set(answers) == {"base", "fine-tuned", "tiny.F32.gguf", "tiny.F32.gguf constrained"}
+    for scores in answers.values():
+        chat = scores["chat"]
+        assert chat["answers"] == 3 and 0 <= chat["rouge_l"] <= 1
+        assert {"json_parse_rate", "schema_valid_rate", "intent_accuracy", "slots", "per_slot"} <= set(chat["json"])
+    # under the schema's grammar even a random model starts a JSON object with the required "intent"
+    import re
+
+    constrained = [row for row in (tmp_path / "samples.md").read_text().splitlines() if row.startswith("| {")]
+    assert constrained  # the expected answers are JSON objects
+    from lorapipe.evaluate import answer_all
+
+    request = [{"role": "system", "content": "Answer only with JSON."}, {"role": "user", "content": "play jazz"}]
+    (free,) = answer_all(tmp_path / "gguf" / "tiny.F32.gguf", [request], 12)
+    (bound,) = answer_all(tmp_path / "gguf" / "tiny.F32.gguf", [request], 12,
+                          json.loads((FIXTURES / "labeled" / "snips_schema.json").read_text()))
+    assert re.match(r'\{\s*"intent"\s*:', bound) and not re.match(r'\{\s*"intent"', free)
+    # the "fine-tuned" model here is the base itself, so their greedy answers are the same
+    assert answers["base"] == answers["fine-tuned"]
+    samples = (tmp_path / "samples.md").read_text()
+    assert "| expected | base | fine-tuned | tiny.F32.gguf | tiny.F32.gguf constrained |" in samples
+    assert samples.count("## ") == 2
+    assert "Answer only with JSON." in samples

@@ -84,7 +84,11 @@ def test_repro_runs_every_stage_and_writes_every_out(project):
     assert read_json(repo / "reports/eval_base.json")["base"]["perplexity"] > 0
     evaluation = read_json(repo / "reports/eval.json")
     assert set(evaluation["gguf"]) == {"Q8_0"} and evaluation["merged"]["perplexity"] > 0
-    assert "**Answer:**" in (repo / "reports/samples.md").read_text()
+    samples = (repo / "reports/samples.md").read_text()
+    assert "| expected | base | fine-tuned | tiny.Q8_0.gguf |" in samples
+    assert set(evaluation["answers"]) == {"base", "fine-tuned", "tiny.Q8_0.gguf"}
+    assert "json" in evaluation["answers"]["fine-tuned"]["chat"]  # the snips answers are JSON
+    assert (repo / "reports/train_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Outputs are git-ignored and tracked by DVC instead.
     status = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True).stdout
     assert "models/" not in status and "data/dataset" not in status and "mlflow.db" not in status

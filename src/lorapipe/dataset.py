@@ -27,7 +27,7 @@ from typing import Any
 
 from lorapipe import paths
 from lorapipe.io import read_jsonl, write_json, write_jsonl
-from lorapipe.labeled import load_labeled
+from lorapipe.labeled import is_json_schema, load_labeled
 from lorapipe.models import load_tokenizer
 from lorapipe.rows import loss_tokens, tokenize_row
 
@@ -171,10 +171,17 @@ def _text_rows(task: Task, text_dir: Path, tokenizer, max_seq_len: int, overlap_
     return rows
 
 
+def labeled_files(labeled_dir: Path) -> list[Path]:
+    """The JSON/JSONL files of labeled examples; JSON Schema files beside them (for eval.json_schema) are not."""
+    if not labeled_dir.is_dir():
+        return []
+    return sorted(p for p in labeled_dir.rglob("*")
+                  if p.suffix.lower() in LABELED_SUFFIXES and p.is_file() and not is_json_schema(p))
+
+
 def _chat_rows(task: Task, labeled_dir: Path, tokenizer, max_seq_len: int, on_overflow: str,
                on_bad_row: str, counts: dict) -> list[dict]:
-    files = sorted(p for p in labeled_dir.rglob("*") if p.suffix.lower() in LABELED_SUFFIXES and p.is_file()
-                   and _matches(str(p.relative_to(labeled_dir)), task.sources)) if labeled_dir.is_dir() else []
+    files = [p for p in labeled_files(labeled_dir) if _matches(str(p.relative_to(labeled_dir)), task.sources)]
     if not files:
         raise FileNotFoundError(f"task {task.name!r}: no labeled JSON/JSONL file in {labeled_dir} matches {task.sources}")
     rows = []
@@ -261,7 +268,7 @@ def build_dataset(
     text_dir, labeled_dir, out_dir = Path(text_dir), Path(labeled_dir), Path(out_dir)
     tokenizer = load_tokenizer(tokenizer_dir)
     has_text = (text_dir / paths.MANIFEST_NAME).is_file()
-    has_labeled = labeled_dir.is_dir() and any(p.suffix.lower() in LABELED_SUFFIXES for p in labeled_dir.rglob("*"))
+    has_labeled = bool(labeled_files(labeled_dir))
     resolved = resolve_tasks(mode, tasks, system_prompt, has_text, has_labeled, labeled_format, fields)
 
     counts = dict.fromkeys(["dropped_short", "dropped_overflow", "overflowed", "deduplicated_exact",

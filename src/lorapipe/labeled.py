@@ -34,6 +34,17 @@ def canonical_json(data: Any) -> str:
     return json.dumps(data, ensure_ascii=False, separators=(", ", ": "), allow_nan=False)
 
 
+def is_json_schema(path: Path) -> bool:
+    """A ``.json`` file holding a JSON Schema (an object with ``$schema``), not labeled examples."""
+    if path.suffix.lower() != ".json":
+        return False
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and "$schema" in data
+
+
 def read_records(path: Path, on_bad_row: str = "error") -> tuple[list[tuple[int, dict]], int]:
     """``[(line number, object), …]`` from a JSONL file or a JSON array, and the count of bad rows skipped."""
     text = path.read_text(encoding="utf-8")

@@ -173,6 +173,8 @@ class EvalParams(_Section):
     max_samples: int = Field(32, ge=1)
     num_generations: int = Field(3, ge=0)
     max_new_tokens: int = Field(64, ge=1)
+    json_schema: str | None = None
+    constrained: bool = False
 
 
 class Params(_Section):
@@ -198,7 +200,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "train": ("common", "lora", "train", "quant"),
     "merge": ("merge",),
     "export": ("export",),
-    "evaluate_base": ("eval.max_samples",),
+    "evaluate_base": ("eval.max_samples", "eval.max_new_tokens"),
     "evaluate": ("eval",),
 }
 

@@ -34,7 +34,9 @@ GGUF = Path("models/gguf")
 REPORTS = Path("reports")
 TRAIN_METRICS = REPORTS / "train.json"
 TRAIN_LOSS = REPORTS / "train_loss.tsv"
+TRAIN_PLOT = REPORTS / "train_loss.png"
 EVAL_BASE = REPORTS / "eval_base.json"
+BASE_ANSWERS = REPORTS / "answers_base.jsonl"
 EVAL = REPORTS / "eval.json"
 SAMPLES = REPORTS / "samples.md"
 

@@ -62,7 +62,8 @@ def run_train(p: Params, task: str | None = None) -> None:
         packing=train.packing, precision=train.precision, load_in_4bit=quant.load_in_4bit,
         quant_type=quant.quant_type, double_quant=quant.double_quant, seed=p.common.seed, preset=train.preset,
         autofit=train.autofit, save_steps=train.save_steps, save_total_limit=train.save_total_limit,
-        resume=train.resume, task=task, metrics_path=metrics_path, loss_path=loss_path, run_info=run,
+        resume=train.resume, task=task, metrics_path=metrics_path, loss_path=loss_path,
+        plot_path=loss_path.with_suffix(".png"), run_info=run,
         provenance={**resolved, "dataset_hash": dataset_hash, "task": task},
     )
     try:
@@ -76,6 +77,7 @@ def run_train(p: Params, task: str | None = None) -> None:
         raise
     tracking.set_tags(run["run_id"], {f"resolved.{key}": str(value) for key, value in result["resolved"].items()})
     tracking.finish_run(run["run_id"], result, {"adapter": adapter, "reports": loss_path,
+                                                "charts": loss_path.with_suffix(".png"),
                                                 "dataset": paths.DATASET_STATS})
     print(f"[train] MLflow run {run['run_id']} in {run['tracking_uri']}", flush=True)
 
@@ -109,13 +111,15 @@ def run_export(p: Params, merged_dir=paths.MERGED, out_dir=paths.GGUF) -> None:
 
 
 def run_evaluate_base(p: Params) -> None:
-    evaluate_base(paths.VAL_ROWS, paths.BASE_MODEL, paths.EVAL_BASE, p.eval.max_samples)
+    evaluate_base(paths.VAL_ROWS, paths.BASE_MODEL, paths.EVAL_BASE, p.eval.max_samples, paths.PROMPTS,
+                  paths.BASE_ANSWERS, p.eval.max_new_tokens)
 
 
 def run_evaluate(p: Params) -> None:
     e = p.eval
     metrics = evaluate_models(paths.VAL_ROWS, paths.PROMPTS, paths.MERGED, paths.GGUF, paths.EVAL_BASE,
-                              paths.EVAL, paths.SAMPLES, e.max_samples, e.num_generations, e.max_new_tokens)
+                              paths.EVAL, paths.SAMPLES, e.max_samples, e.num_generations, e.max_new_tokens,
+                              paths.BASE_ANSWERS, e.json_schema, e.constrained)
     tracking.log_stage(paths.ADAPTER / paths.RUN_INFO_NAME, "evaluate", section_dict(p, "evaluate"),
                        {"eval": metrics}, {"reports": paths.SAMPLES})
 

@@ -269,6 +269,7 @@ def train_lora(
     checkpoint_dir: str | Path | None = None,
     metrics_path: str | Path | None = paths.TRAIN_METRICS,
     loss_path: str | Path | None = paths.TRAIN_LOSS,
+    plot_path: str | Path | None = None,
     run_info: dict[str, Any] | None = None,
     provenance: dict[str, Any] | None = None,
     on_log: Callable[[int, dict[str, float]], None] | None = None,
@@ -444,8 +445,37 @@ def train_lora(
         write_json(metrics_path, {k: v for k, v in metrics.items() if not isinstance(v, (str, list))})
     if loss_path:
         write_text_atomic(loss_path, "step\tloss\n" + "".join(f"{s}\t{v:.6f}\n" for s, v in progress.history))
+    if plot_path:
+        plot_losses(progress.history, progress.evals, plot_path)
     checkpoints.clear()  # the adapter is saved: the crash-recovery checkpoints of this run are done
     return {**metrics, "resolved": resolved, "history": progress.history, "eval_history": progress.evals}
+
+
+def plot_losses(history: list[tuple[int, float]], evals: list[tuple[int, float]], path: str | Path) -> Path:
+    """A PNG chart of the training loss and the validation (eval) loss per step."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4), dpi=100)
+    if history:
+        axes.plot(*zip(*history), marker="o", markersize=3, label="training loss")
+    if evals:
+        axes.plot(*zip(*evals), marker="s", markersize=4, label="validation loss")
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss")
+    axes.set_title("lorapipe training")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    figure.savefig(tmp)
+    plt.close(figure)
+    tmp.replace(path)
+    return path
 
 
 def _trainer(model, tokenizer, seq2seq: bool, train_ids, val_ids, callbacks, early_stopping_patience: int, **args):

@@ -1,0 +1,123 @@
+"""Scores of generated answers against the expected ones (the evaluate stages).
+
+    from lorapipe.scoring import score_answers
+    score_answers(['{"intent": "PlayMusic", "slots": {}}'], ['{"intent": "PlayMusic", "slots": {}}'])
+
+- every chat answer: exact match (after collapsing whitespace) and ROUGE-L (F-measure of the
+  longest common subsequence of words);
+- JSON answers (tasks whose expected answers are JSON objects, such as ``{"query", "data"}`` rows):
+  the share that parses as JSON, the share valid against a JSON Schema when one is given, intent
+  accuracy, and precision, recall and F1 per slot and over all slots. A slot counts as right when
+  its name and value (whitespace collapsed, case kept) both match.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+
+def normalize(text: str) -> str:
+    return " ".join(text.split())
+
+
+def exact_match(answer: str, expected: str) -> bool:
+    return normalize(answer) == normalize(expected)
+
+
+def rouge_l(answer: str, expected: str) -> float:
+    """F-measure of the longest common subsequence of whitespace-separated words."""
+    a, b = answer.split(), expected.split()
+    if not a or not b:
+        return float(a == b)
+    previous = [0] * (len(b) + 1)
+    for word in a:
+        current = [0]
+        for j, other in enumerate(b, 1):
+            current.append(previous[j - 1] + 1 if word == other else max(previous[j], current[j - 1]))
+        previous = current
+    common = previous[-1]
+    if not common:
+        return 0.0
+    precision, recall = common / len(a), common / len(b)
+    return 2 * precision * recall / (precision + recall)
+
+
+def parse_json(text: str) -> Any | None:
+    """The JSON value of an answer, allowing a Markdown code fence around it; None if it does not parse."""
+    body = text.strip()
+    if body.startswith("```"):
+        body = body.split("\n", 1)[1] if "\n" in body else ""
+        body = body.rsplit("```", 1)[0]
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, ValueError):
+        return None
+
+
+def is_json_task(expected: list[str]) -> bool:
+    """A task is scored as JSON when every expected answer is a JSON object."""
+    return bool(expected) and all(isinstance(parse_json(e), dict) for e in expected)
+
+
+def _slots(data: Any) -> Counter:
+    """(slot, value) pairs of an analysis ``{"intent", "slots": {name: value or [values]}}``."""
+    slots = data.get("slots") if isinstance(data, dict) else None
+    pairs: Counter = Counter()
+    if isinstance(slots, dict):
+        for name, value in slots.items():
+            for item in value if isinstance(value, list) else [value]:
+                pairs[(str(name), normalize(str(item)))] += 1
+    return pairs
+
+
+def _prf(right: int, predicted: int, expected: int) -> dict[str, float]:
+    precision = right / predicted if predicted else 0.0
+    recall = right / expected if expected else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4), "support": expected}
+
+
+def score_json(answers: list[str], expected: list[str], schema: dict | None = None) -> dict[str, Any]:
+    """JSON-parse rate, schema-valid rate, intent accuracy and slot precision/recall/F1."""
+    validator = None
+    if schema is not None:
+        from jsonschema import Draft202012Validator
+
+        validator = Draft202012Validator(schema)
+    parsed = [parse_json(a) for a in answers]
+    truth = [parse_json(e) for e in expected]
+    right, predicted, wanted = Counter(), Counter(), Counter()
+    for guess, gold in zip(parsed, truth):
+        guess_slots, gold_slots = _slots(guess), _slots(gold)
+        for (name, _), n in guess_slots.items():
+            predicted[name] += n
+        for (name, _), n in gold_slots.items():
+            wanted[name] += n
+        for (name, _), n in (guess_slots & gold_slots).items():
+            right[name] += n
+    n = max(len(answers), 1)
+    out: dict[str, Any] = {
+        "json_parse_rate": round(sum(p is not None for p in parsed) / n, 4),
+        "intent_accuracy": round(sum(isinstance(p, dict) and isinstance(g, dict) and p.get("intent") == g.get("intent")
+                                     for p, g in zip(parsed, truth)) / n, 4),
+        "slots": _prf(sum(right.values()), sum(predicted.values()), sum(wanted.values())),
+        "per_slot": {name: _prf(right[name], predicted[name], wanted[name]) for name in sorted(wanted | predicted)},
+    }
+    if validator is not None:
+        out["schema_valid_rate"] = round(sum(p is not None and validator.is_valid(p) for p in parsed) / n, 4)
+    return out
+
+
+def score_answers(answers: list[str], expected: list[str], schema: dict | None = None) -> dict[str, Any]:
+    """Exact match and ROUGE-L for any answers, plus the JSON scores when the expected answers are JSON."""
+    n = max(len(answers), 1)
+    scores: dict[str, Any] = {
+        "answers": len(answers),
+        "exact_match": round(sum(exact_match(a, e) for a, e in zip(answers, expected)) / n, 4),
+        "rouge_l": round(sum(rouge_l(a, e) for a, e in zip(answers, expected)) / n, 4),
+    }
+    if is_json_task(expected):
+        scores["json"] = score_json(answers, expected, schema)
+    return scores

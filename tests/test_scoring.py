@@ -1,0 +1,70 @@
+"""Scoring of generated answers: exact match, ROUGE-L, and the JSON scores on canned answers.
+
+Run: .venv/bin/pytest tests/test_scoring.py
+"""
+
+import json
+
+import pytest
+
+from conftest import FIXTURES
+from lorapipe.scoring import exact_match, is_json_task, parse_json, rouge_l, score_answers, score_json
+
+SCHEMA = json.loads((FIXTURES / "labeled" / "snips_schema.json").read_text())
+GOLD = [
+    '{"intent": "PlayMusic", "slots": {"artist": "Miles Davis", "music_item": "album"}}',
+    '{"intent": "GetWeather", "slots": {"city": "Paris", "timeRange": "tomorrow"}}',
+    '{"intent": "RateBook", "slots": {"rating_value": "3", "best_rating": "6"}}',
+    '{"intent": "BookRestaurant", "slots": {"party_size_number": "2"}}',
+]
+ANSWERS = [
+    '{"intent": "PlayMusic", "slots": {"artist": "Miles  Davis", "music_item": "album"}}',  # right (spaces)
+    '```json\n{"intent": "GetWeather", "slots": {"city": "paris"}}\n```',  # fenced; one slot wrong, one missing
+    '{"intent": "RateBook", "slots": {"rating_value": "3", "best_rating": "6", "object_type": "book"}}',  # extra
+    "Sure! The intent is BookRestaurant.",  # not JSON
+]
+
+
+def test_exact_match_and_rouge_l():
+    assert exact_match(" a  b\nc ", "a b c") and not exact_match("a b", "a c")
+    assert rouge_l("the cat sat on the mat", "the cat sat on the mat") == 1.0
+    assert rouge_l("", "anything") == 0.0 and rouge_l("", "") == 1.0
+    # LCS "the cat the mat" = 4 of 6 and 4 of 5 words
+    assert rouge_l("the cat sat on the mat", "the big cat ate the mat") == pytest.approx(2 * (4 / 6) * (4 / 6) / (4 / 3))
+    assert rouge_l("a b c", "x y z") == 0.0
+
+
+def test_json_parsing_allows_a_code_fence_only():
+    assert parse_json('```json\n{"a": 1}\n```') == {"a": 1}
+    assert parse_json('{"a": 1}') == {"a": 1}
+    assert parse_json('Answer: {"a": 1}') is None and parse_json("") is None
+    assert is_json_task(GOLD) and not is_json_task(["plain text", *GOLD]) and not is_json_task([])
+
+
+def test_json_scores_on_canned_answers():
+    scores = score_json(ANSWERS, GOLD, SCHEMA)
+    assert scores["json_parse_rate"] == 0.75
+    assert scores["schema_valid_rate"] == 0.75
+    assert scores["intent_accuracy"] == 0.75
+    # predicted slots: 2 + 1 + 3 = 6, expected 2 + 2 + 2 + 1 = 7, right 2 + 0 + 2 = 4
+    assert scores["slots"] == {"precision": round(4 / 6, 4), "recall": round(4 / 7, 4),
+                               "f1": round(2 * (4 / 6) * (4 / 7) / (4 / 6 + 4 / 7), 4), "support": 7}
+    per_slot = scores["per_slot"]
+    assert per_slot["artist"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1}
+    assert per_slot["city"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}  # case matters
+    assert per_slot["object_type"]["support"] == 0 and per_slot["object_type"]["precision"] == 0.0
+    assert per_slot["party_size_number"]["recall"] == 0.0
+
+
+def test_schema_validity_is_separate_from_parsing():
+    bad_intent = '{"intent": "OrderPizza", "slots": {}}'
+    scores = score_json([bad_intent, GOLD[0]], GOLD[:2], SCHEMA)
+    assert scores["json_parse_rate"] == 1.0 and scores["schema_valid_rate"] == 0.5
+    assert "schema_valid_rate" not in score_json([GOLD[0]], [GOLD[0]])
+
+
+def test_score_answers_adds_json_scores_for_json_tasks_only():
+    scores = score_answers(ANSWERS, GOLD, SCHEMA)
+    assert scores["answers"] == 4 and scores["exact_match"] == 0.25 and "json" in scores  # only the first
+    prose = score_answers(["Paris is in France."], ["Paris is the capital of France."])
+    assert "json" not in prose and 0 < prose["rouge_l"] < 1
