@@ -212,3 +212,35 @@ def test_training_killed_after_a_checkpoint_resumes_through_dvc_repro(project, t
     assert adapter.keys() == reference.keys()
     assert max(float((adapter[k] - reference[k]).abs().max()) for k in adapter) <= 1e-5
     _run(["git", "checkout", "params.yaml"], repo, env)
+
+
+def test_serve_trains_in_a_worktree_then_switches_to_the_new_model(project):
+    """POST /train runs `dvc repro` with new params in a git worktree while the old model keeps
+    answering; a second request meanwhile gets 409; on success /status shows the new model."""
+    import time
+
+    import requests
+
+    from test_serve import AUTH, TOKEN, running_server
+
+    repo, env, _ = project
+    with running_server(repo, TOKEN) as url:
+        before = requests.get(f"{url}/status", headers=AUTH).json()
+        assert before["model"] == str(repo / "models/gguf/tiny.Q8_0.gguf")
+        started = requests.post(f"{url}/train", json={"params": {"lora.rank": 2}}, headers=AUTH)
+        assert started.status_code == 202 and started.json()["state"] == "running"
+        assert requests.post(f"{url}/train", json={}, headers=AUTH).status_code == 409
+        assert requests.post(f"{url}/query", json={"prompt": "hi", "max_tokens": 4}, headers=AUTH).status_code == 200
+        deadline = time.monotonic() + 900
+        while (status := requests.get(f"{url}/status", headers=AUTH).json())["train"]["state"] == "running":
+            assert time.monotonic() < deadline, status
+            time.sleep(3)
+        train = status["train"]
+        assert train["state"] == "succeeded", train
+        worktree = Path(train["worktree"])
+        assert status["model"] == train["model"] and Path(status["model"]).parent == worktree / "models/gguf"
+        assert read_json(worktree / "models/lora_output/adapter_config.json")["r"] == 2
+        assert status["adapter_run_id"] == read_json(worktree / "models/lora_output/run.json")["run_id"]
+        assert requests.post(f"{url}/query", json={"prompt": "hi", "max_tokens": 4}, headers=AUTH).status_code == 200
+    assert read_json(repo / "models/lora_output/adapter_config.json")["r"] != 2  # the served project is untouched
+    assert ".lorapipe-cache" not in _run(["dvc", "stage", "list", "--all"], repo, env)  # the worktree stays out

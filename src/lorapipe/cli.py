@@ -4,6 +4,8 @@
     lorapipe train --task queries         # one task's adapter, into models/lora_queries
     lorapipe extract --input-dir a/ b/ --output-dir out/ --no-resume   # extract other folders
     lorapipe ask "What is LoRA?"          # one answer from the exported GGUF
+    lorapipe serve --port 8000            # HTTP API: /status, /query, /v1/chat/completions, /train
+    lorapipe chat                         # talk to the model in the terminal
     lorapipe plan --model mistralai/Mistral-7B-Instruct-v0.2 --load-in-4bit --device-memory-gb 8
     lorapipe check                        # validate params.yaml
 
@@ -89,6 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--device-memory-gb", type=float, help="memory budget (default: what the device has free)")
     plan.add_argument("--preset", choices=("none", "cpu", "gpu-8gb", "gpu-24gb", "gpu-80gb"),
                       help="plan for this hardware (default: train.preset): its memory budget and 4-bit setting")
+    serve = commands.add_parser("serve", help="serve the exported model over HTTP (FastAPI, 127.0.0.1)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, local only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--gguf", help="GGUF file to serve (default: the first in models/gguf)")
+    serve.add_argument("--transformers", action="store_true",
+                       help="serve the merged model (models/merged, or --merged-dir) with transformers instead")
+    serve.add_argument("--merged-dir", default=str(paths.MERGED), help="merged model folder for --transformers")
+    chat = commands.add_parser("chat", help="talk to the exported model in the terminal")
+    chat.add_argument("--gguf", help="GGUF file (default: the first in models/gguf)")
+    chat.add_argument("--max-tokens", type=int, default=256)
     check = commands.add_parser("check", help="validate params.yaml and print the resolved values")
     check.add_argument("--params", default=str(paths.PARAMS))
     commands.add_parser("install-converter", help="unpack llama.cpp's converter into the user cache")
@@ -153,6 +165,15 @@ def main(argv: list[str] | None = None) -> int:
             _ask(args)
         elif args.command == "plan":
             return _plan(args)
+        elif args.command == "serve":
+            from lorapipe.serve import serve
+
+            serve(args.host, args.port, args.merged_dir if args.transformers else args.gguf,
+                  "transformers" if args.transformers else "llama.cpp")
+        elif args.command == "chat":
+            from lorapipe.serve import chat_loop
+
+            chat_loop(args.gguf, args.max_tokens)
         elif args.command == "check":
             print(yaml.safe_dump(load_params(args.params).model_dump(), sort_keys=False), end="")
         elif args.command == "install-converter":
