@@ -18,6 +18,7 @@ BENCHES = [
     ("Pipeline overhead", ["bench/bench_pipeline.py"]),
     ("Peak training memory against `lorapipe plan` (issue 5)", ["bench/bench_memory.py"]),
     ("Merge memory against the weights' size (issue 6)", ["bench/bench_merge.py"]),
+    ("Does fine-tuning help? Base against tuned on the Snips queries (issue 7)", ["bench/bench_labeled.py"]),
 ]
 PACKAGES = ["torch", "transformers", "peft", "trl", "docling-slim", "pdfplumber", "llama-cpp-python", "dvc", "mlflow"]
 MEASURED = Path(__file__).with_name("MEASURED.md")  # hand-recorded measurements, kept verbatim

@@ -69,9 +69,12 @@ def project(tmp_path_factory, tiny_model_dir):
     return root
 
 
+SCHEMA = Path(__file__).parent / "fixtures" / "labeled" / "snips_schema.json"
+
+
 @pytest.fixture(scope="module")
 def server(project):
-    with running_server(project) as url:
+    with running_server(project, TOKEN, "--json-schema", str(SCHEMA)) as url:
         yield url
 
 
@@ -141,3 +144,21 @@ def test_a_missing_model_is_reported_and_queries_get_503(tmp_path):
         assert status["error"].startswith("no model at") and status["model"] is None
         reply = requests.post(f"{url}/query", json={"prompt": "hi"})
         assert reply.status_code == 503 and "run `dvc repro` first" in reply.json()["detail"]
+
+
+def test_constrained_queries_follow_the_schema(server):
+    import re
+
+    reply = requests.post(f"{server}/query", json={"prompt": "play jazz", "max_tokens": 12, "constrained": True},
+                          headers=AUTH)
+    assert reply.status_code == 200 and re.match(r'\{\s*"intent"\s*:', reply.json()["answer"])
+    chat = requests.post(f"{server}/v1/chat/completions", headers=AUTH, json={
+        "messages": [{"role": "user", "content": "play jazz"}], "max_tokens": 12, "constrained": True})
+    assert re.match(r'\{\s*"intent"', chat.json()["choices"][0]["message"]["content"])
+
+
+def test_chat_in_the_terminal(project):
+    done = subprocess.run([sys.executable, "-m", "lorapipe.cli", "chat", "--max-tokens", "4"], cwd=project,
+                          input="Hello there\nAnd again\n\n", capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "tiny.F32.gguf; an empty line quits" in done.stdout and done.stdout.count("model> ") == 2

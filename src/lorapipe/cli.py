@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--transformers", action="store_true",
                        help="serve the merged model (models/merged, or --merged-dir) with transformers instead")
     serve.add_argument("--merged-dir", default=str(paths.MERGED), help="merged model folder for --transformers")
+    serve.add_argument("--json-schema", help='JSON Schema for requests with "constrained": true (llama.cpp grammar)')
     chat = commands.add_parser("chat", help="talk to the exported model in the terminal")
     chat.add_argument("--gguf", help="GGUF file (default: the first in models/gguf)")
     chat.add_argument("--max-tokens", type=int, default=256)
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             from lorapipe.serve import serve
 
             serve(args.host, args.port, args.merged_dir if args.transformers else args.gguf,
-                  "transformers" if args.transformers else "llama.cpp")
+                  "transformers" if args.transformers else "llama.cpp", args.json_schema)
         elif args.command == "chat":
             from lorapipe.serve import chat_loop
 

@@ -90,15 +90,16 @@ def evaluate_base(
     out_path: str | Path = paths.EVAL_BASE,
     max_samples: int = 32,
     prompts_path: str | Path = paths.PROMPTS,
-    answers_path: str | Path | None = paths.BASE_ANSWERS,
+    answers_path: str | Path | None = None,
     max_new_tokens: int = 64,
 ) -> dict:
-    """Score the base model once; experiments reuse ``eval_base.json`` and the base's answers."""
+    """Score the base model once; experiments reuse ``eval_base.json``. With `answers_path`, also
+    the base's answers to the chat validation rows (what evaluate_models compares the tuned one to)."""
     sequences = _val_sequences(Path(val_path), load_tokenizer(base_dir), max_samples)
     metrics = {"base": hf_perplexity(base_dir, sequences), "rows": len(sequences)}
     if answers_path:
         rows = chat_rows(val_path, max_samples)
-        requests = evaluation_requests(rows, read_json(prompts_path))
+        requests = evaluation_requests(rows, read_json(prompts_path)) if rows else []
         answers = hf_answers(base_dir, [messages for messages, _ in requests], max_new_tokens)
         write_jsonl(answers_path, [{"task": row["task"], "answer": answer} for row, answer in zip(rows, answers)])
     write_json(out_path, metrics)
@@ -184,7 +185,7 @@ def evaluate_models(
     max_samples: int = 32,
     num_generations: int = 3,
     max_new_tokens: int = 64,
-    base_answers_path: str | Path | None = paths.BASE_ANSWERS,
+    base_answers_path: str | Path | None = None,
     json_schema: str | Path | None = None,
     constrained: bool = False,
 ) -> dict:

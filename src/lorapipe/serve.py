@@ -5,8 +5,9 @@
 Routes:
 - ``GET /status``: health (always open): whether a model is loaded; with the token (if one is set),
   also the model file, the adapter's MLflow run id and params, and the state of the last /train run.
-- ``POST /query``: ``{"prompt": "...", "task": optional, "max_tokens": optional}`` → ``{"answer": ...}``,
-  with the task's system prompt from ``prompts.json``.
+- ``POST /query``: ``{"prompt": "...", "task": optional, "max_tokens": optional, "constrained": optional}``
+  → ``{"answer": ...}``, with the task's system prompt from ``prompts.json``; ``constrained`` decodes
+  under a grammar built from the server's ``--json-schema`` (as ``eval.constrained`` does).
 - ``POST /v1/chat/completions``: an OpenAI-compatible subset (messages, max_tokens, temperature,
   stream with server-sent events). Without a system message, the first task's prompt is added.
 - ``POST /train``: ``{"params": {"lora.rank": 8, ...}}`` runs ``dvc repro`` in a separate git worktree,
@@ -141,14 +142,16 @@ class TrainRun:
 
 
 def create_app(model_path: str | Path | None = None, engine: str = "llama.cpp", project: str | Path = ".",
-               token: str | None = None):
+               token: str | None = None, json_schema: str | Path | None = None):
     """The FastAPI application; `model_path` defaults to the first GGUF in models/gguf (or
-    models/merged with the transformers engine)."""
+    models/merged with the transformers engine). With `json_schema`, requests may ask for
+    ``"constrained": true``: decoding under a llama.cpp grammar built from the schema."""
     project = Path(project).resolve()
     token = token if token is not None else os.environ.get(TOKEN_ENV) or None
     app = FastAPI(title="lorapipe", description=__doc__.split("\n\n")[0])
     state: dict[str, Any] = {"backend": None, "error": None, "root": project}
     training = TrainRun(project)
+    schema = json.loads(Path(json_schema).read_text()) if json_schema else None
 
     def default_model(root: Path) -> Path | None:
         if engine != "llama.cpp":
@@ -213,6 +216,17 @@ def create_app(model_path: str | Path | None = None, engine: str = "llama.cpp", 
                                      f"model's context holds {model.n_ctx}: shorten the prompt or max_tokens")
         return messages
 
+    def grammar(data: dict[str, Any]):
+        if not data.get("constrained"):
+            return None
+        if schema is None:
+            raise HTTPException(422, "constrained decoding needs a schema: start the server with --json-schema FILE")
+        if engine != "llama.cpp":
+            raise HTTPException(422, "constrained decoding needs the llama.cpp engine (serve a GGUF)")
+        from llama_cpp import LlamaGrammar
+
+        return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+
     def with_system(messages: list[dict], task: str | None) -> list[dict]:
         if messages and messages[0].get("role") == "system":
             return messages
@@ -239,9 +253,9 @@ def create_app(model_path: str | Path | None = None, engine: str = "llama.cpp", 
             raise HTTPException(422, "prompt must be a non-empty string")
         max_tokens = int(data.get("max_tokens", 128))
         messages = checked(with_system([{"role": "user", "content": prompt}], data.get("task")), max_tokens)
-        model = backend()
+        model, rules = backend(), grammar(data)
         with model.lock:
-            answer = "".join(model.complete(messages, max_tokens)).strip()
+            answer = "".join(model.complete(messages, max_tokens, grammar=rules)).strip()
         return {"answer": answer, "model": model.path.name, "system": messages[0]["content"]
                 if messages[0]["role"] == "system" else None}
 
@@ -254,7 +268,7 @@ def create_app(model_path: str | Path | None = None, engine: str = "llama.cpp", 
         if not isinstance(messages, list):
             raise HTTPException(422, "messages must be a list")
         messages = checked(with_system(messages, data.get("task")), max_tokens)
-        model = backend()
+        model, rules = backend(), grammar(data)
         created, completion_id = int(time.time()), f"chatcmpl-{uuid.uuid4().hex[:12]}"
         name = data.get("model") or model.path.name
 
@@ -267,14 +281,14 @@ def create_app(model_path: str | Path | None = None, engine: str = "llama.cpp", 
             def events():
                 with model.lock:
                     yield chunk({"role": "assistant"})
-                    for piece in model.complete(messages, max_tokens, temperature):
+                    for piece in model.complete(messages, max_tokens, temperature, rules):
                         yield chunk({"content": piece})
                     yield chunk({}, "stop")
                     yield "data: [DONE]\n\n"
 
             return StreamingResponse(events(), media_type="text/event-stream")
         with model.lock:
-            answer = "".join(model.complete(messages, max_tokens, temperature)).strip()
+            answer = "".join(model.complete(messages, max_tokens, temperature, rules)).strip()
         return JSONResponse({"id": completion_id, "object": "chat.completion", "created": created, "model": name,
                              "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
                                           "finish_reason": "stop"}]})
@@ -296,14 +310,14 @@ def create_app(model_path: str | Path | None = None, engine: str = "llama.cpp", 
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000, model_path: str | Path | None = None,
-          engine: str = "llama.cpp") -> None:
+          engine: str = "llama.cpp", json_schema: str | Path | None = None) -> None:
     """Run the API with uvicorn until interrupted."""
     import uvicorn
 
     if host not in ("127.0.0.1", "localhost", "::1") and not os.environ.get(TOKEN_ENV):
         print(f"[serve] warning: listening on {host} without {TOKEN_ENV}: anyone who can reach it can use it",
               flush=True)
-    app = create_app(model_path, engine)
+    app = create_app(model_path, engine, json_schema=json_schema)
     print(f"[serve] http://{host}:{port} (GET /status, POST /query, POST /v1/chat/completions, POST /train)",
           flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
