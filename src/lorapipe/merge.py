@@ -28,6 +28,59 @@ def _fingerprint(base_dir: Path, adapter_dir: Path, dtype: str) -> str:
     return digest.hexdigest()
 
 
+_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+                       "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+
+
+def _read_tensors(path: Path):
+    """(name, tensor) of each tensor in a safetensors file, read one at a time with plain reads, not
+    a memory map: a mapped file's pages count as the process's memory until the whole file is closed."""
+    import json
+    import struct
+
+    import torch
+
+    with open(path, "rb") as handle:
+        header_size = struct.unpack("<Q", handle.read(8))[0]
+        header = json.loads(handle.read(header_size))
+        for name, entry in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]
+                                  if item[0] != "__metadata__" else -1):
+            if name == "__metadata__":
+                continue
+            start, end = entry["data_offsets"]
+            handle.seek(8 + header_size + start)
+            data = bytearray(end - start)
+            handle.readinto(data)
+            dtype = getattr(torch, _SAFETENSORS_DTYPES[entry["dtype"]])
+            tensor = torch.frombuffer(data, dtype=dtype) if data else torch.empty(0, dtype=dtype)
+            yield name, tensor.reshape(entry["shape"])
+
+
+def load_converted(model_dir: Path, auto_class, dtype):
+    """The model in `dtype`, holding one copy of the weights: built without weights, then each tensor
+    is read, converted and put in place before the next is read (peak ≈ the weights in `dtype`)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig
+
+    from lorapipe.export import check_model_folder
+
+    config = AutoConfig.from_pretrained(model_dir)
+    with init_empty_weights(include_buffers=False):  # buffers (rotary tables) are computed, not stored
+        model = auto_class.from_config(config, dtype=dtype)
+    expected = dict(model.named_parameters())
+    for shard in check_model_folder(model_dir, "base"):
+        for name, tensor in _read_tensors(shard):
+            if name not in expected:
+                raise ValueError(f"{shard.name}: tensor {name} is not a parameter of {type(model).__name__}")
+            model.load_state_dict({name: tensor.to(dtype)}, strict=False, assign=True)
+            del tensor
+    model.tie_weights()
+    missing = [name for name, param in model.named_parameters() if param.device.type == "meta"]
+    if missing:
+        raise ValueError(f"{model_dir}: no weights for {missing[:5]}{' …' if len(missing) > 5 else ''}")
+    return model.eval()
+
+
 def merge_adapter(
     base_dir: str | Path = paths.BASE_MODEL,
     adapter_dir: str | Path = paths.ADAPTER,
@@ -50,8 +103,7 @@ def merge_adapter(
         return out_dir
 
     seq2seq = getattr(AutoConfig.from_pretrained(base_dir), "is_encoder_decoder", False)
-    model = (AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM).from_pretrained(
-        base_dir, dtype=getattr(torch, dtype), use_safetensors=True)
+    model = load_converted(base_dir, AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM, getattr(torch, dtype))
     model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True, max_shard_size="2GB")
