@@ -64,21 +64,28 @@ def chat_rows(val_path: str | Path, max_samples: int) -> list[dict]:
     return [row for row in read_jsonl(val_path) if "messages" in row][:max_samples]
 
 
-def hf_answers(model_dir: str | Path, requests: list[list[dict]], max_new_tokens: int) -> list[str]:
-    """Greedy answers of a Hugging Face model folder to conversations, through its chat template."""
+def generate_answer(tokenizer, model, messages: list[dict], max_new_tokens: int, temperature: float = 0.0) -> str:
+    """A loaded transformers model's answer to a conversation, through its chat template; greedy at
+    temperature 0, sampled above."""
     import torch
 
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
+    sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                             pad_token_id=tokenizer.pad_token_id, **sampling)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def hf_answers(model_dir: str | Path, requests: list[list[dict]], max_new_tokens: int) -> list[str]:
+    """Greedy answers of a Hugging Face model folder to conversations, through its chat template."""
     if not requests:
         return []
     tokenizer, model = load_tokenizer(model_dir), load_causal_lm(model_dir).eval()
     answers = []
     for number, messages in enumerate(requests, 1):
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
-        with torch.no_grad():
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                 do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        answers.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())
+        answers.append(generate_answer(tokenizer, model, messages, max_new_tokens).strip())
         if number % 8 == 0:
             print(f"[evaluate] {number}/{len(requests)} answers from {model_dir}", flush=True)
     return answers

@@ -225,14 +225,21 @@ def check_model_folder(folder: Path, stage: str = "merge") -> list[Path]:
     return [folder / name for name in shards]
 
 
-def parameter_count(weights: list[Path]) -> int:
-    """Number of weights in safetensors files, read from their headers (no tensor is loaded)."""
+def safetensors_header(handle) -> tuple[dict, int]:
+    """The header of an open safetensors file (tensor name → dtype, shape, data offsets) and the
+    file offset where tensor data starts."""
     import struct
 
+    size = struct.unpack("<Q", handle.read(8))[0]
+    return json.loads(handle.read(size)), 8 + size
+
+
+def parameter_count(weights: list[Path]) -> int:
+    """Number of weights in safetensors files, read from their headers (no tensor is loaded)."""
     total = 0
     for path in weights:
         with open(path, "rb") as handle:
-            header = json.loads(handle.read(struct.unpack("<Q", handle.read(8))[0]))
+            header, _ = safetensors_header(handle)
         for name, entry in header.items():
             if name != "__metadata__":
                 count = 1

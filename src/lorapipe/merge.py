@@ -35,20 +35,18 @@ _SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF
 def _read_tensors(path: Path):
     """(name, tensor) of each tensor in a safetensors file, read one at a time with plain reads, not
     a memory map: a mapped file's pages count as the process's memory until the whole file is closed."""
-    import json
-    import struct
-
     import torch
 
+    from lorapipe.export import safetensors_header
+
     with open(path, "rb") as handle:
-        header_size = struct.unpack("<Q", handle.read(8))[0]
-        header = json.loads(handle.read(header_size))
+        header, data_start = safetensors_header(handle)
         for name, entry in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]
                                   if item[0] != "__metadata__" else -1):
             if name == "__metadata__":
                 continue
             start, end = entry["data_offsets"]
-            handle.seek(8 + header_size + start)
+            handle.seek(data_start + start)
             data = bytearray(end - start)
             handle.readinto(data)
             dtype = getattr(torch, _SAFETENSORS_DTYPES[entry["dtype"]])

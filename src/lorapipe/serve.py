@@ -34,7 +34,7 @@ import yaml
 from fastapi import Depends, FastAPI, HTTPException, Request  # FastAPI reads the annotations by name
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from lorapipe import paths
+from lorapipe import paths, tracking
 
 TOKEN_ENV = "LORAPIPE_API_TOKEN"
 
@@ -70,15 +70,9 @@ class Backend:
                 if piece:
                     yield piece
             return
-        import torch
+        from lorapipe.evaluate import generate_answer
 
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        ids = torch.tensor([self.tokenizer(text, add_special_tokens=False)["input_ids"]])
-        sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
-        with torch.no_grad():
-            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
-                                      pad_token_id=self.tokenizer.pad_token_id, **sampling)
-        yield self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        yield generate_answer(self.tokenizer, self.model, messages, max_tokens, temperature)
 
     def close(self) -> None:
         if self.engine == "llama.cpp":
@@ -191,7 +185,7 @@ def create_app(model_path: str | Path | None = None, engine: str = "llama.cpp", 
         root = state["root"]
         info = root / paths.ADAPTER / paths.RUN_INFO_NAME
         params = root / paths.ADAPTER / paths.PROVENANCE_NAME
-        return {"adapter_run_id": json.loads(info.read_text()).get("run_id") if info.is_file() else None,
+        return {"adapter_run_id": tracking.read_run_id(info),
                 "params": yaml.safe_load(params.read_text()) if params.is_file() else None}
 
     async def body(request: Request) -> dict[str, Any]:
