@@ -24,6 +24,7 @@ from pathlib import Path
 from lorapipe import paths
 from lorapipe.chat_templates import modelfile_text
 from lorapipe.io import atomic_dir, read_json, write_json
+from lorapipe.models import check_model_folder, safetensors_header
 
 # Names accepted in `export.quants` (llama.cpp's LLAMA_FTYPE_MOSTLY_<NAME>, plus F32).
 QUANT_TYPES = frozenset({
@@ -203,35 +204,6 @@ VERIFY_TEXT = ("LoRA adds small trainable matrices to a frozen model. The merged
 _BITS = {"F32": 32, "F16": 16, "BF16": 16, "Q8_0": 8.5, "Q6_K": 6.6, "Q5_K_M": 5.7, "Q5_K_S": 5.5, "Q5_1": 6,
          "Q5_0": 5.5, "Q4_K_M": 4.9, "Q4_K_S": 4.6, "Q4_1": 5, "Q4_0": 4.5, "Q3_K_L": 4.3, "Q3_K_M": 3.9,
          "Q3_K_S": 3.5, "Q2_K": 3.4}
-
-
-def check_model_folder(folder: Path, stage: str = "merge") -> list[Path]:
-    """The folder's weight files; a missing or incomplete folder raises, naming what is missing."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} does not exist: run the {stage} stage first")
-    missing = [] if (folder / "config.json").is_file() else ["config.json"]
-    if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "vocab.json")):
-        missing.append("tokenizer.json (or tokenizer.model)")
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    else:
-        shards = ["model.safetensors"]
-    missing += [name for name in shards if not (folder / name).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{folder} is incomplete: missing {', '.join(missing)}; rerun the {stage} stage "
-                                f"(dvc repro {stage})")
-    return [folder / name for name in shards]
-
-
-def safetensors_header(handle) -> tuple[dict, int]:
-    """The header of an open safetensors file (tensor name → dtype, shape, data offsets) and the
-    file offset where tensor data starts."""
-    import struct
-
-    size = struct.unpack("<Q", handle.read(8))[0]
-    return json.loads(handle.read(size)), 8 + size
 
 
 def parameter_count(weights: list[Path]) -> int:

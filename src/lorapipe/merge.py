@@ -37,7 +37,7 @@ def _read_tensors(path: Path):
     a memory map: a mapped file's pages count as the process's memory until the whole file is closed."""
     import torch
 
-    from lorapipe.export import safetensors_header
+    from lorapipe.models import safetensors_header
 
     with open(path, "rb") as handle:
         header, data_start = safetensors_header(handle)
@@ -60,7 +60,7 @@ def load_converted(model_dir: Path, auto_class, dtype):
     from accelerate import init_empty_weights
     from transformers import AutoConfig
 
-    from lorapipe.export import check_model_folder
+    from lorapipe.models import check_model_folder
 
     config = AutoConfig.from_pretrained(model_dir)
     with init_empty_weights(include_buffers=False):  # buffers (rotary tables) are computed, not stored

@@ -13,6 +13,7 @@ Three kinds of name:
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 from pathlib import Path
@@ -214,3 +215,32 @@ def sequence_nll(model, sequences: list[tuple[list[int], list[int]]], device: st
             nll -= float(logprobs[scored].sum())
             count += int(scored.sum())
     return nll, count
+
+
+def check_model_folder(folder: Path, stage: str = "merge") -> list[Path]:
+    """The folder's weight files; a missing or incomplete folder raises, naming what is missing."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} does not exist: run the {stage} stage first")
+    missing = [] if (folder / "config.json").is_file() else ["config.json"]
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+        missing.append("tokenizer.json (or tokenizer.model)")
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    else:
+        shards = ["model.safetensors"]
+    missing += [name for name in shards if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder} is incomplete: missing {', '.join(missing)}; rerun the {stage} stage "
+                                f"(dvc repro {stage})")
+    return [folder / name for name in shards]
+
+
+def safetensors_header(handle) -> tuple[dict, int]:
+    """The header of an open safetensors file (tensor name → dtype, shape, data offsets) and the
+    file offset where tensor data starts."""
+    import struct
+
+    size = struct.unpack("<Q", handle.read(8))[0]
+    return json.loads(handle.read(size)), 8 + size
