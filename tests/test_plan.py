@@ -105,3 +105,27 @@ def test_train_skips_the_check_for_configs_plan_does_not_know(tmp_path, capsys):
     GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100).save_pretrained(tmp_path)
     assert check_fit(tmp_path, "cpu", "fp32", False, 64, 4, 1, 8, "auto", False)[:2] == (4, 1)
     assert "memory check skipped" in capsys.readouterr().out
+
+
+def test_model_flops_per_token_follow_the_definition():
+    from lorapipe.plan import training_flops_per_token
+
+    facts = load_facts("smollm2-135m-instruct")
+    matrices = facts.parameters - facts.num_hidden_layers * 2 * facts.hidden_size - facts.hidden_size
+    flops = training_flops_per_token(facts, 512)
+    attention = 3 * 2 * facts.num_hidden_layers * facts.num_attention_heads * facts.head_dim * 512
+    assert flops == 4 * matrices + attention  # tied embeddings: the LM head counted once, the lookup never
+    assert training_flops_per_token(facts, 512, lora_parameters=1000) == flops + 6000
+    assert training_flops_per_token(facts, 1024) > flops
+    with_checkpointing = training_flops_per_token(facts, 512, gradient_checkpointing=True)
+    assert with_checkpointing == flops + 2 * matrices + attention / 3  # the forward pass once more
+
+
+def test_speed_for_a_gpu_that_is_not_here(monkeypatch):
+    monkeypatch.setattr("lorapipe.plan._cuda_available", lambda: False)
+    text, _ = plan_report("mistralai/Mistral-7B-v0.1", max_seq_len=512, batch_size=2, lora_rank=16,
+                          load_in_4bit=True, device="cuda", device_memory_gb=8, peak_tflops=100)
+    assert "tokens/s" in text and "of 100.00 TFLOP/s (given)" in text
+    text, _ = plan_report("mistralai/Mistral-7B-v0.1", max_seq_len=512, batch_size=2, lora_rank=16,
+                          load_in_4bit=True, device="cuda", device_memory_gb=8)
+    assert "not estimated" in text and "--peak-tflops" in text

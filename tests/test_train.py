@@ -173,7 +173,7 @@ def test_early_stopping_keeps_the_adapter_with_the_lowest_eval_loss(tmp_path, da
 
     # A learning rate this high overshoots: the eval loss rises after the first evaluations.
     result = _train(dataset_dir, tiny_model_dir, tmp_path / "a", max_steps=30, lr=0.5, eval_steps=1,
-                    early_stopping_patience=2)
+                    early_stopping_patience=2, packing=False)
     evals = result["eval_history"]
     best_step, best = min(evals, key=lambda e: e[1])
     assert result["steps"] < 30 and evals[-1][0] == result["steps"]
@@ -285,3 +285,37 @@ def test_the_trainer_sees_lorapipes_labels_unchanged(tiny_model_dir):
     for (ids, labels), row in zip(pairs, rows):
         answer = tokenizer.decode([t for t, label in zip(ids, labels) if label != IGNORE])
         assert answer.startswith(row["messages"][-1]["content"])
+
+
+def test_speed_counts_only_tokens_that_carry_loss(tmp_path, tiny_model_dir):
+    """tokens (and tokens/s) count the answer tokens of chat rows, never the prompt or the padding."""
+    from lorapipe.io import write_json, write_jsonl
+    from lorapipe.models import load_tokenizer
+    from lorapipe.rows import IGNORE
+    from lorapipe.train import tokenize_rows
+
+    rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}], "source": "s"}
+            for q, a in [("play some jazz from the sixties please", '{"intent": "PlayMusic"}'),
+                         ("rain?", '{"intent": "GetWeather", "slots": {"when": "tomorrow"}}')]]
+    data = tmp_path / "data"
+    write_jsonl(data / "train.jsonl", rows)
+    write_jsonl(data / "val.jsonl", rows)
+    write_json(data / "stats.json", {"max_seq_len": 128})
+    pairs = tokenize_rows(rows, load_tokenizer(tiny_model_dir), 128)
+    per_step = sum(sum(label != IGNORE for label in labels[1:]) for _, labels in pairs)
+    logged = []
+    result = train_lora(data, tiny_model_dir, tmp_path / "a", rank=2, max_steps=3, batch_size=2, log_every=1,
+                        precision="fp32", save_steps=0, metrics_path=None, loss_path=None,
+                        on_log=lambda step, m: logged.append(m["loss_tokens"]) if "loss_tokens" in m else None)
+    assert result["tokens"] == 3 * per_step < result["input_tokens"]
+    assert logged == [per_step, 2 * per_step, 3 * per_step]
+
+
+def test_trainer_args_reach_the_trainer(tmp_path, dataset_dir, tiny_model_dir):
+    from lorapipe.train import LossTokens
+
+    assert LossTokens  # the counter is importable for benchmarks
+    result = train_lora(dataset_dir, tiny_model_dir, tmp_path / "a", rank=2, max_steps=2, batch_size=2,
+                        precision="fp32", save_steps=0, metrics_path=None, loss_path=None,
+                        trainer_args={"optim": "adamw_torch_fused", "max_steps": 1})
+    assert result["steps"] == 1

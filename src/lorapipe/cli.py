@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--device-memory-gb", type=float, help="memory budget (default: what the device has free)")
     plan.add_argument("--preset", choices=("none", "cpu", "gpu-8gb", "gpu-24gb", "gpu-80gb"),
                       help="plan for this hardware (default: train.preset): its memory budget and 4-bit setting")
+    plan.add_argument("--peak-tflops", type=float,
+                      help="the device's peak bf16 matrix TFLOP/s, to estimate speed for a GPU that is not here")
     serve = commands.add_parser("serve", help="serve the exported model over HTTP (FastAPI, 127.0.0.1)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, local only)")
     serve.add_argument("--port", type=int, default=8000)
@@ -135,7 +137,7 @@ def _plan(args: argparse.Namespace) -> int:
         lora_rank=args.lora_rank or p.lora.rank, load_in_4bit=four_bit, device=args.device,
         precision=p.train.precision, device_memory_gb=args.device_memory_gb, grad_accum=p.train.grad_accum,
         steps=p.train.max_steps, epochs=p.train.epochs, dataset_stats=paths.DATASET_STATS,
-        preset_name=args.preset or p.train.preset)
+        preset_name=args.preset or p.train.preset, peak_tflops=args.peak_tflops)
     print(text)
     return 0 if fits else 1
 

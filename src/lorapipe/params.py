@@ -94,7 +94,7 @@ class DatasetParams(_Section):
 class LoraParams(_Section):
     rank: int = Field(16, ge=1, le=4096)
     alpha: float = Field(32, gt=0)
-    dropout: float = Field(0.05, ge=0, lt=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: Literal["auto"] | list[str] = "auto"
 
     @field_validator("target_modules")
@@ -116,7 +116,7 @@ class TrainParams(_Section):
     log_every: int = Field(5, ge=1)
     eval_steps: int = Field(0, ge=0)
     early_stopping_patience: int = Field(0, ge=0)
-    packing: bool = False
+    packing: bool = True
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     preset: Literal["none", "cpu", "gpu-8gb", "gpu-24gb", "gpu-80gb"] = "none"
     autofit: bool = False

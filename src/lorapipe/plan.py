@@ -23,10 +23,12 @@ _ALIASES = {"meta-llama/Llama-3.1-8B": "meta-llama/Llama-3.1-8B-Instruct", "Qwen
 
 GB = 2**30
 # python, torch, transformers, TRL and its trainer (+ the CUDA context) before the model: fitted
-RUNTIME_GB = {"cpu": 0.72, "cuda": 1.2}
-ACT_ELEMENTS = 15.2    # float32 elements kept per token, layer and (hidden + intermediate) width (fitted)
-LOGIT_COPIES = 1       # TRL's fused LM head keeps one float32 copy of the logits' worth per token
-BF16_ACT_SHARE = 0.73  # activation memory under bf16 autocast relative to float32 (fitted)
+RUNTIME_GB = {"cpu": 0.52, "cuda": 1.2}
+ACT_ELEMENTS = 9.0     # float32 elements kept per token, layer and (hidden + intermediate) width (fitted)
+# Float32 logits' worth kept per token: on the CPU the model's own cross-entropy (logits, their log-
+# softmax, its gradient; fitted); on CUDA TRL's fused LM head, which keeps about one (lorapipe.train).
+LOGIT_COPIES = {"cpu": 3, "cuda": 1}
+BF16_ACT_SHARE = 0.67  # activation memory under bf16 autocast relative to float32 (fitted)
 CPU_EFFICIENCY = 0.4   # achieved / 1024² matmul FLOP/s, LoRA training of the bundled model on the CPU (measured)
 GPU_EFFICIENCY = 0.35
 
@@ -128,10 +130,10 @@ def estimate_memory_gb(facts: Facts, *, max_seq_len: int, batch_size: int, lora_
         {k: v for k, v in facts.projections.items() if k in target_modules}
     lora = facts.num_hidden_layers * sum(lora_rank * (a + b) for a, b in targets.values())
     body = facts.parameters - facts.embedding_parameters
-    # Weights load in float32; 4-bit nf4 with double quantization is about 0.52 byte per weight.
-    weights = (body * 0.52 if load_in_4bit else body * 4) + facts.embedding_parameters * 4
-    if precision == "bf16" and not load_in_4bit:
-        weights += body * 2  # autocast keeps a bfloat16 copy of each weight it casts
+    # Weights load in float32; 4-bit nf4 with double quantization is about 0.52 byte per weight; in
+    # bf16 the projections are held in bfloat16 (lorapipe.train.hold_frozen_weights_in_bf16).
+    body_bytes = 0.52 if load_in_4bit else 2 if precision == "bf16" else 4
+    weights = body * body_bytes + facts.embedding_parameters * 4
     adapter = lora * (4 + 4 + (2 if paged_8bit_optimizer else 8))  # weights, gradients, Adam moments
     tokens = max_seq_len * batch_size
     # SDPA attention keeps no attention-probability matrix, so activations grow linearly with tokens.
@@ -144,7 +146,7 @@ def estimate_memory_gb(facts: Facts, *, max_seq_len: int, batch_size: int, lora_
     else:
         per_layer_total = layers_kept * per_layer
     activations = tokens * per_layer_total
-    logits = tokens * facts.vocab_size * 4 * LOGIT_COPIES
+    logits = tokens * facts.vocab_size * 4 * LOGIT_COPIES[device]
     parts = {"runtime": RUNTIME_GB[device] * GB, "weights": weights, "adapter": adapter,
              "activations": activations, "logits": logits}
     out = {k: round(v / GB, 3) for k, v in parts.items()}
@@ -182,15 +184,30 @@ def peak_matmul_flops(device: str, precision: str) -> float:
     return 2 * 1024**3 * runs / (time.perf_counter() - started)
 
 
-def estimate_seconds(facts: Facts, tokens: int, max_seq_len: int, device: str, precision: str,
-                     gradient_checkpointing: bool = False) -> float:
-    """Training time for `tokens` tokens: ~4 FLOPs per frozen parameter and token (forward, and the
-    backward pass through the activations) plus attention, at a measured share of the matmul peak."""
-    per_token = 4 * facts.parameters + 4 * facts.num_hidden_layers * max_seq_len * facts.hidden_size
-    if gradient_checkpointing:
-        per_token *= 1.5  # the forward pass runs twice
-    efficiency = GPU_EFFICIENCY if device == "cuda" else CPU_EFFICIENCY
-    return tokens * per_token / (peak_matmul_flops(device, precision) * efficiency)
+def training_flops_per_token(facts: Facts, seq_len: int, lora_parameters: int = 0,
+                             gradient_checkpointing: bool = False) -> float:
+    """Model FLOPs of one trained token, LoRA on a frozen base (the MFU numerator, defined once).
+
+    Every weight matrix (the LM head included, the embedding lookup not) costs 2 FLOPs per token
+    forward and 2 backward (the gradient through the activations; frozen weights get none): 4 × its
+    parameters. The adapter's own matrices cost 6 (they also get weight gradients). Causal attention
+    adds its two matrix products, QKᵀ and AV, over on average seq_len / 2 earlier positions: 2 × 2 ×
+    layers × heads × head_dim × seq_len / 2 forward, twice that backward. Gradient checkpointing
+    repeats the forward pass."""
+    matrices = facts.num_hidden_layers * sum(a * b for a, b in facts.projections.values()) \
+        + facts.vocab_size * facts.hidden_size  # the LM head; the input embedding is a lookup
+    attention_forward = 2 * facts.num_hidden_layers * facts.num_attention_heads * facts.head_dim * seq_len
+    forward = 2 * matrices + 2 * lora_parameters + attention_forward
+    backward = 2 * matrices + 4 * lora_parameters + 2 * attention_forward
+    return forward * (2 if gradient_checkpointing else 1) + backward
+
+
+def estimate_tokens_per_second(facts: Facts, max_seq_len: int, lora_parameters: int, gradient_checkpointing: bool,
+                                device: str, peak_flops: float) -> float:
+    """Training speed at a share of the matrix-multiply peak: CPU_EFFICIENCY was measured on the
+    bundled model (bench/bench_train.py); GPU_EFFICIENCY is an assumption for QLoRA with bitsandbytes."""
+    per_token = training_flops_per_token(facts, max_seq_len, lora_parameters, gradient_checkpointing)
+    return (GPU_EFFICIENCY if device == "cuda" else CPU_EFFICIENCY) * peak_flops / per_token
 
 
 def suggestions(facts: Facts, budget_gb: float, **kwargs) -> list[str]:
@@ -233,9 +250,11 @@ def _cuda_available() -> bool:
 def plan_report(model: str, *, max_seq_len: int, batch_size: int, lora_rank: int, load_in_4bit: bool | None = None,
                 device: str = "auto", precision: str = "auto", device_memory_gb: float | None = None,
                 grad_accum: int = 1, steps: int | None = None, epochs: float = 1.0,
-                dataset_stats: str | Path | None = None, preset_name: str | None = None) -> tuple[str, bool]:
+                dataset_stats: str | Path | None = None, preset_name: str | None = None,
+                peak_tflops: float | None = None) -> tuple[str, bool]:
     """The text `lorapipe plan` prints, and whether the run fits. A GPU preset plans for CUDA with
-    the preset's memory budget unless the device and budget are given."""
+    the preset's memory budget unless the device and budget are given. Speed is estimated from the
+    device's matrix-multiply peak, measured here, or `peak_tflops` for a device that is not here."""
     from lorapipe.train import resolve_device, resolve_load_in_4bit, resolve_precision
 
     chosen = preset(preset_name)
@@ -271,16 +290,25 @@ def plan_report(model: str, *, max_seq_len: int, batch_size: int, lora_rank: int
         lines.append("fix         " + (" or ".join(fixes) if fixes else "a smaller model or more memory")
                      + "; or train.autofit: true")
     here = device == "cpu" or _cuda_available()
-    if not here:
-        lines.append("time        not estimated: no CUDA device on this machine to measure")
-    if here and dataset_stats and Path(dataset_stats).is_file():
+    peak = peak_tflops * 1e12 if peak_tflops else None
+    if not here and not peak:
+        lines.append("time        not estimated: no CUDA device on this machine to measure (give --peak-tflops)")
+        return "\n".join(lines), fits
+    per_token = training_flops_per_token(facts, max_seq_len, estimate["lora_parameters"],
+                                         settings["gradient_checkpointing"])
+    peak = peak or peak_matmul_flops(device, precision)
+    speed = estimate_tokens_per_second(facts, max_seq_len, estimate["lora_parameters"],
+                                       settings["gradient_checkpointing"], device, peak)
+    lines.append(f"speed       about {speed:,.0f} tokens/s: {per_token / 1e9:.2f} GFLOP per token at "
+                 f"{speed * per_token / peak:.0%} of {peak / 1e12:.2f} TFLOP/s "
+                 + ("(given)" if peak_tflops else "(matrix-multiply peak measured here)"))
+    if dataset_stats and Path(dataset_stats).is_file():
         stats = json.loads(Path(dataset_stats).read_text())
         mean = stats["tokens"]["train"] / max(stats["rows"]["train"], 1)
         total_steps = steps if steps and steps > 0 else \
             max(1, math.ceil(epochs * math.ceil(stats["rows"]["train"] / batch_size) / grad_accum))
         tokens = total_steps * batch_size * grad_accum * mean
-        seconds = estimate_seconds(facts, int(tokens), max_seq_len, device, precision,
-                                   settings["gradient_checkpointing"])
+        seconds = tokens / speed
         lines.append(f"time        about {seconds / 60:.1f} min for {total_steps} steps "
                      f"(~{tokens / 1e3:.0f} k tokens, from {dataset_stats})")
     return "\n".join(lines), fits

@@ -1,0 +1,243 @@
+"""Training speed on this CPU: the bundled SmolLM2-135M with LoRA at sequence length 512, lorapipe
+against the plain baseline (transformers' Trainer with peft), in tokens per second and model FLOPs
+utilisation (MFU), and what each speed setting lorapipe tried is worth.
+
+Run: .venv/bin/python bench/bench_train.py [--steps 6] [--repeats 3] [--only NAME,NAME]
+
+Every configuration trains in a fresh process on the same text rows (the sample corpus cut into
+chunks of at most 512 tokens by the dataset stage), in full batches of 4 (`dataloader_drop_last`:
+the corpus is 7 rows, and a last batch of one row per epoch would measure a batch size nobody
+trains with). Speed counts only the tokens that carry loss
+(no padding; lorapipe.train.LossTokens), over the steps after the first (warm-up); the figure is the
+median of --repeats runs, with min and max. MFU = tokens/s × model FLOPs per token
+(lorapipe.plan.training_flops_per_token) ÷ the peak FLOP/s of a large matrix multiply here, in the
+same precision. The loss is the training loss of the last step: the same data and steps for all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# name: (trainer, train_lora keyword arguments or baseline settings, environment, what it shows)
+CONFIGS: dict[str, tuple[str, dict, dict, str]] = {
+    "baseline fp32": ("baseline", {"bf16": False}, {},
+                      "transformers Trainer + peft LoRA r16 on q/k/v/o, padded batches of 4, defaults, float32"),
+    "baseline bf16 flag": ("baseline", {"bf16": True}, {}, "the same with the Trainer's `bf16` flag"),
+    "lorapipe fp32": ("lorapipe", {"precision": "fp32"}, {},
+                      "train_lora with params.yaml's defaults (LoRA r16 on every projection), float32"),
+    "bf16 autocast, float32 weights": ("lorapipe", {"precision": "fp32", "trainer_args": {"bf16": True}}, {},
+                                       "bfloat16 autocast over float32 weights (lorapipe before: each weight is "
+                                       "cast on every forward pass)"),
+    "lorapipe": ("lorapipe", {}, {}, "train_lora as it ships: precision auto, every setting below that helped"),
+    "+ lora dropout 0.05": ("lorapipe", {"dropout": 0.05}, {}, "lora.dropout 0.05 (its default before)"),
+    "+ packing": ("lorapipe", {"packing": True}, {}, "text rows joined into full 512-token blocks (train.packing)"),
+    "+ fused AdamW": ("lorapipe", {"trainer_args": {"optim": "adamw_torch_fused"}}, {},
+                      "fused AdamW kernel instead of the foreach one"),
+    "+ torch.compile": ("lorapipe", {"trainer_args": {"torch_compile": True}}, {},
+                        "torch.compile (inductor) of the model; compile time falls in the first step"),
+    "+ gradient checkpointing": ("lorapipe", {"trainer_args": {"activation_checkpointing": True,
+                                                               "activation_checkpointing_kwargs":
+                                                                   {"use_reentrant": False}}}, {},
+                                 "recompute activations in the backward pass (what memory-bound runs pay)"),
+    "+ length bucketing": ("lorapipe", {"trainer_args": {"group_by_length": True}}, {},
+                           "batches of similar length (Trainer's group_by_length)"),
+    "1 thread": ("lorapipe", {}, {"OMP_NUM_THREADS": "1"}, "one intra-op thread instead of one per core"),
+}
+PRIMARY = ["baseline fp32", "baseline bf16 flag", "lorapipe fp32", "lorapipe"]
+
+
+def vm_hwm_gb() -> float:
+    return int(re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) / 2**20
+
+
+def steady_speed(marks: list[tuple[float, int]]) -> float:
+    """Loss tokens per second from the end of the first step to the end of the last."""
+    (t0, n0), (t1, n1) = marks[0], marks[-1]
+    return (n1 - n0) / max(t1 - t0, 1e-9)
+
+
+def run_baseline(work: Path, steps: int, settings: dict) -> dict:
+    """The plain recipe a user would otherwise write: Trainer, peft, padded batches, defaults."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling, Trainer,
+                              TrainerCallback, TrainingArguments)
+
+    from lorapipe.io import read_jsonl
+    from lorapipe.train import LossTokens
+
+    tokenizer = AutoTokenizer.from_pretrained(work / "base")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    texts = [row["text"] for row in read_jsonl(work / "dataset" / "train.jsonl")]
+    data = Dataset.from_dict(tokenizer(texts, truncation=True, max_length=512))
+    torch.manual_seed(42)
+    model = AutoModelForCausalLM.from_pretrained(work / "base", dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(r=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                                             task_type="CAUSAL_LM"))
+    counter = LossTokens(model)
+    marks: list[tuple[float, int]] = []
+    losses: list[float] = []
+
+    class Marks(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            marks.append((time.perf_counter(), counter.value))
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                losses.append(logs["loss"])
+
+    args = TrainingArguments(output_dir=str(work / "baseline-out"), per_device_train_batch_size=4, max_steps=steps,
+                             logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
+                             use_cpu=True, bf16=settings["bf16"], dataloader_drop_last=True)
+    trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[Marks()],
+                      data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))
+    trainer.train()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"marks": marks, "loss": losses[-1], "lora_parameters": trainable, "precision": "bf16" if
+            settings["bf16"] else "fp32"}
+
+
+def run_lorapipe(work: Path, steps: int, settings: dict) -> dict:
+    from lorapipe import train_lora
+
+    marks: list[tuple[float, int]] = []
+    losses: list[float] = []
+
+    def on_log(step: int, metrics: dict) -> None:
+        if "loss" in metrics:
+            marks.append((time.perf_counter(), metrics["loss_tokens"]))
+            losses.append(metrics["loss"])
+
+    settings = {**settings, "trainer_args": {**settings.get("trainer_args", {}), "dataloader_drop_last": True}}
+    result = train_lora(work / "dataset", work / "base", work / "adapter", max_steps=steps, batch_size=4,
+                        log_every=1, eval_steps=0, save_steps=0, lr=3e-4, warmup_steps=2, resume="never",
+                        checkpoint_dir=work / "checkpoints", metrics_path=None, loss_path=None, on_log=on_log,
+                        **settings)
+    autocast = settings.get("trainer_args", {}).get("bf16")  # float32 weights under bf16 autocast
+    return {"marks": marks, "loss": losses[-1], "lora_parameters": result["trainable_parameters"],
+            "precision": "bf16" if autocast else result["precision"]}
+
+
+def child(name: str, work: Path, steps: int) -> None:
+    kind, settings, _, _ = CONFIGS[name]
+    out = (run_baseline if kind == "baseline" else run_lorapipe)(work, steps, settings)
+    out["tokens_per_second"] = steady_speed(out.pop("marks"))
+    out["peak_gb"] = vm_hwm_gb()
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+PEAK_SHAPES = [(4096, 4096, 4096), (8192, 2048, 2048), (2048, 2048, 8192)]
+
+
+def matmul_peak(precision: str, runs: int = 5) -> float:
+    """FLOP/s of a large matrix multiply here: the best of `runs` over a few large shapes."""
+    import torch
+
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    best = 0.0
+    for m, k, n in PEAK_SHAPES:
+        a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+        a @ b
+        for _ in range(runs):
+            started = time.perf_counter()
+            a @ b
+            best = max(best, 2 * m * k * n / (time.perf_counter() - started))
+    return best
+
+
+def prepare(work: Path) -> dict:
+    """The bundled base model and the sample corpus as 512-token text rows, as the pipeline makes them."""
+    from lorapipe import build_dataset, extract_documents, prepare_base_model
+
+    prepare_base_model("smollm2-135m-instruct", work / "base")
+    extract_documents([ROOT / "data" / "raw" / "docs"], work / "text", workers=1, cache_dir=work / "cache")
+    stats = build_dataset(work / "text", work / "base", work / "dataset", labeled_dir=work / "none", mode="text",
+                          max_seq_len=512, val_fraction=0.2, split_by="chunk")
+    return stats
+
+
+def run_config(name: str, work: Path, steps: int) -> dict:
+    env = {**os.environ, **CONFIGS[name][2]}
+    run = subprocess.run([sys.executable, __file__, "--child", name, "--work", str(work), "--steps", str(steps)],
+                         capture_output=True, text=True, env=env, cwd=ROOT)
+    line = next((x for x in run.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if run.returncode != 0 or line is None:
+        raise RuntimeError(f"{name} failed:\n{run.stderr[-3000:]}")
+    return json.loads(line[len("RESULT "):])
+
+
+def spread(values: list[float], fmt: str = "{:.0f}") -> str:
+    return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}–{fmt.format(max(values))})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", help="comma-separated configuration names")
+    parser.add_argument("--child")
+    parser.add_argument("--work", type=Path)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.work, args.steps)
+        return
+
+    from lorapipe.plan import load_facts, training_flops_per_token
+
+    names = args.only.split(",") if args.only else list(CONFIGS)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        stats = prepare(work)
+        rows, tokens = stats["rows"]["train"], stats["tokens"]["train"]
+        mean_len = tokens / rows
+        peaks = {p: matmul_peak(p) for p in ("fp32", "bf16")}
+        facts = load_facts("smollm2-135m-instruct")
+        results: dict[str, list[dict]] = {}
+        for repeat in range(args.repeats):
+            for name in names:
+                print(f"[bench_train] {name} (run {repeat + 1}/{args.repeats})", file=sys.stderr, flush=True)
+                results.setdefault(name, []).append(run_config(name, work, args.steps))
+
+    print(f"- data: {rows} text rows of the sample corpus (data/raw/docs), ≤512 tokens, mean {mean_len:.0f}; "
+          f"batch 4, {args.steps} steps, speed over steps 2–{args.steps}; median of {args.repeats} runs (min–max)")
+    print(f"- matrix-multiply peak (best of 4096³, 8192×2048×2048, 2048×2048×8192; {os.cpu_count()} threads): "
+          f"{peaks['fp32'] / 1e9:.0f} GFLOP/s float32, "
+          f"{peaks['bf16'] / 1e9:.0f} GFLOP/s bfloat16")
+    print("- model FLOPs per trained token (`training_flops_per_token`, mean row length): "
+          f"{training_flops_per_token(facts, round(mean_len)) / 1e9:.3f} GFLOP + 6 per adapter parameter\n")
+    print("| configuration | precision | tokens/s | × baseline fp32 | × baseline bf16 | MFU | MFU of bf16 peak | "
+          "final loss | peak GB | what |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    speed = {n: statistics.median(r["tokens_per_second"] for r in rs) for n, rs in results.items()}
+    for name, runs in results.items():
+        first = runs[0]
+        per_token = training_flops_per_token(facts, round(mean_len), first["lora_parameters"])
+        mfu = [r["tokens_per_second"] * per_token / peaks[r["precision"]] for r in runs]
+        of_bf16 = [r["tokens_per_second"] * per_token / peaks["bf16"] for r in runs]
+        ratio = lambda base: f"{speed[name] / speed[base]:.2f}" if base in speed else "–"  # noqa: E731
+        print(f"| {name} | {first['precision']} | {spread([r['tokens_per_second'] for r in runs])} | "
+              f"{ratio('baseline fp32')} | {ratio('baseline bf16 flag')} | {spread([m * 100 for m in mfu])}% | "
+              f"{spread([m * 100 for m in of_bf16])}% | {spread([r['loss'] for r in runs], '{:.4f}')} | "
+              f"{spread([r['peak_gb'] for r in runs], '{:.2f}')} | {CONFIGS[name][3]} |")
+    if "lorapipe" in results and "lorapipe fp32" in results:
+        fast = statistics.median(r["loss"] for r in results["lorapipe"])
+        fp32 = statistics.median(r["loss"] for r in results["lorapipe fp32"])
+        print(f"\n- final training loss, lorapipe as shipped against float32 on the same data and steps: "
+              f"{fast:.4f} vs {fp32:.4f} ({(fast - fp32) / fp32 * 100:+.2f}%)")
+
+
+if __name__ == "__main__":
+    main()
