@@ -52,8 +52,8 @@ lint: install ## byte-compile every module and validate params.yaml
 	$(PY) -m compileall -q src stages tests bench scripts
 	lorapipe check > /dev/null
 
-bench: install ## run the benchmarks in bench/ and update bench/BENCHMARKS.md
-	$(PY) bench/run.py
+bench: install ## run the benchmarks in bench/ (about 75 min; ONLY=training,pipeline for some) and update bench/BENCHMARKS.md
+	$(PY) bench/run.py $(if $(ONLY),--only "$(ONLY)")
 
 ui: install ## serve the MLflow UI on http://127.0.0.1:5000 (runs, params, loss curves, adapters)
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --default-artifact-root $(CURDIR)/mlartifacts --host 127.0.0.1 --port 5000

@@ -425,7 +425,7 @@ def train_lora(
                     save_total_limit=save_total_limit, eval_strategy="steps" if eval_steps else "no",
                     eval_steps=eval_steps or None, metric_for_best_model="eval_loss", greater_is_better=False,
                     bf16=precision == "bf16", use_cpu=device == "cpu", seed=seed, data_seed=seed,
-                    optim="paged_adamw_8bit" if device == "cuda" and four_bit else "adamw_torch",
+                    optim="paged_adamw_8bit" if device == "cuda" and four_bit else "adamw_torch_fused",
                     activation_checkpointing=checkpointing,
                     activation_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
                     report_to="none", disable_tqdm=True, include_num_input_tokens_seen="non_padding",
