@@ -189,11 +189,21 @@ def compare_logits(model_dir: Path, gguf_path: Path, text: str) -> dict[str, flo
     with torch.no_grad():
         reference = load_causal_lm(model_dir)(torch.tensor([ids])).logits[0].float().numpy()
     actual = gguf_logits(gguf_path, [ids])[0]
+    max_diff = float(np.abs(actual - reference).max())
+    chosen = actual.argmax(-1)
+    # A different top-1 at a near tie (the reference's logit for the GGUF's choice within the rounding
+    # noise, at most TIE_LOGITS, of its own best) is rounding, not a broken conversion.
+    gap = reference.max(-1) - np.take_along_axis(reference, chosen[:, None], -1)[:, 0]
+    tie = min(2 * max_diff, TIE_LOGITS)
     return {
         "tokens": len(ids),
-        "max_abs_diff": float(np.abs(actual - reference).max()),
-        "top1_agreement": float((actual.argmax(-1) == reference.argmax(-1)).mean()),
+        "max_abs_diff": max_diff,
+        "top1_agreement": float((chosen == reference.argmax(-1)).mean()),
+        "top1_agreement_beyond_ties": float((gap <= tie).mean()),
     }
+
+
+TIE_LOGITS = 0.1
 
 
 VERIFY_TEXT = ("LoRA adds small trainable matrices to a frozen model. The merged model and its GGUF "
@@ -288,7 +298,8 @@ def export_gguf(
     `metadata` (string keys, e.g. ``lorapipe.git_commit``) is written into every GGUF. With
     `lora_gguf`, ``<name>.lora.gguf`` holds the adapter alone (for ``llama-cli --lora``). The
     converted file must agree with the merged model: top-1 next-token agreement of at least
-    `min_top1_agreement` for f32/f16/bf16, and a max |Δlogit| of at most `max_f32_logit_diff` for f32.
+    `min_top1_agreement` for f32/f16/bf16 (a different choice at a near tie, within the logits'
+    rounding noise, counts as agreeing), and a max |Δlogit| of at most `max_f32_logit_diff` for f32.
     """
     from lorapipe.models import load_tokenizer
 
@@ -315,7 +326,7 @@ def export_gguf(
         check = compare_logits(merged_dir, converted, VERIFY_TEXT)
         print(f"[export] llama.cpp vs transformers on {check['tokens']} tokens: max |Δlogit| "
               f"{check['max_abs_diff']:.2e}, top-1 agreement {check['top1_agreement']:.0%}", flush=True)
-        if outtype in ("f32", "f16", "bf16") and check["top1_agreement"] < min_top1_agreement \
+        if outtype in ("f32", "f16", "bf16") and check["top1_agreement_beyond_ties"] < min_top1_agreement \
                 or outtype == "f32" and check["max_abs_diff"] > max_f32_logit_diff:
             raise RuntimeError(f"the converted GGUF disagrees with the merged model: {check}")
         files = {}

@@ -29,7 +29,9 @@ ACT_ELEMENTS = 9.0     # float32 elements kept per token, layer and (hidden + in
 # softmax, its gradient; fitted); on CUDA TRL's fused LM head, which keeps about one (lorapipe.train).
 LOGIT_COPIES = {"cpu": 3, "cuda": 1}
 BF16_ACT_SHARE = 0.67  # activation memory under bf16 autocast relative to float32 (fitted)
-CPU_EFFICIENCY = 0.4   # achieved / 1024² matmul FLOP/s, LoRA training of the bundled model on the CPU (measured)
+# Achieved model FLOP/s ÷ peak_matmul_flops (a 1024² product, bf16: ~380 GFLOP/s here), LoRA training of the
+# bundled model on the CPU: 211 tokens/s × 0.60 GFLOP (bench/bench_train.py, 2026-11-22)
+CPU_EFFICIENCY = 0.33
 GPU_EFFICIENCY = 0.35
 
 
