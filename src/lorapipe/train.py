@@ -82,8 +82,8 @@ def hold_frozen_weights_in_bf16(model) -> int:
     stay float32); returns how many. Under bf16 autocast every projection runs in bfloat16 anyway,
     so the numbers do not change, but autocast no longer casts each weight on every forward pass
     and keeps no bfloat16 copy for the backward pass: 12% faster steps in a plain training loop on
-    the CPU, and two bytes per weight less memory (bench/bench_train.py compares the two). The
-    residual stream stays float32."""
+    the CPU (within the noise of bench/bench_train.py's trainer runs), and two bytes per weight less
+    memory. The residual stream stays float32."""
     import torch
 
     output = model.get_output_embeddings()
