@@ -13,6 +13,8 @@ depend on the number of steps). Peak memory is sampled every 0.1 s over the stag
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import re
 import shutil
@@ -114,13 +116,14 @@ def dataset_speed(repo: Path) -> list[str]:
     of ../shared/labeled where that folder exists."""
     from lorapipe import build_dataset
 
-    cases = [("sample corpus (text chunks + labeled sample)", repo / "data" / "raw" / "labeled")]
+    cases = [("sample corpus (data/raw: text chunks, and chat rows of any labeled file there)",
+              repo / "data" / "raw" / "labeled")]
     shared = ROOT.parent / "shared" / "labeled"
     if (shared / "snips_queries.jsonl").is_file():
-        cases.append(("700 Snips queries (chat rows, ../shared/labeled)", shared))
+        cases.append(("sample corpus text + the 700 Snips queries as chat rows (../shared/labeled)", shared))
     out = []
     for label, labeled in cases:
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
             build_dataset(repo / "data" / "extracted_text", repo / "models" / "base", Path(tmp) / "warm",
                           labeled_dir=labeled)  # the tokenizer's first load is not counted
             times = []
