@@ -54,7 +54,7 @@ def main() -> None:
             batch = max(fitting) if fitting else 1
             estimate = estimate_memory_gb(facts, batch_size=batch, **settings)
             per_token = training_flops_per_token(facts, seq, estimate["lora_parameters"], True)
-            speed = estimate_tokens_per_second(facts, seq, estimate["lora_parameters"], True, "cuda", tflops * 1e12)
+            speed = estimate_tokens_per_second(per_token, "cuda", tflops * 1e12)
             print(f"| {card} | {seq} | {batch} | {estimate['total']:.1f} | {'yes' if fitting else 'no'} | "
                   f"{per_token / 1e9:.1f} | {speed:,.0f} | {speed * 1.56:,.0f}–{speed * 1.88:,.0f} |")
     print("\nPeak FLOP/s assumed per card:\n")

@@ -204,12 +204,15 @@ def training_flops_per_token(facts: Facts, seq_len: int, lora_parameters: int = 
     return forward * (2 if gradient_checkpointing else 1) + backward
 
 
-def estimate_tokens_per_second(facts: Facts, max_seq_len: int, lora_parameters: int, gradient_checkpointing: bool,
-                                device: str, peak_flops: float) -> float:
-    """Training speed at a share of the matrix-multiply peak: CPU_EFFICIENCY was measured on the
+def training_efficiency(device: str) -> float:
+    """Share of the matrix-multiply peak that training reaches: CPU_EFFICIENCY was measured on the
     bundled model (bench/bench_train.py); GPU_EFFICIENCY is an assumption for QLoRA with bitsandbytes."""
-    per_token = training_flops_per_token(facts, max_seq_len, lora_parameters, gradient_checkpointing)
-    return (GPU_EFFICIENCY if device == "cuda" else CPU_EFFICIENCY) * peak_flops / per_token
+    return GPU_EFFICIENCY if device == "cuda" else CPU_EFFICIENCY
+
+
+def estimate_tokens_per_second(flops_per_token: float, device: str, peak_flops: float) -> float:
+    """Training speed for `flops_per_token` (training_flops_per_token) at the device's share of its peak."""
+    return training_efficiency(device) * peak_flops / flops_per_token
 
 
 def suggestions(facts: Facts, budget_gb: float, **kwargs) -> list[str]:
@@ -299,10 +302,9 @@ def plan_report(model: str, *, max_seq_len: int, batch_size: int, lora_rank: int
     per_token = training_flops_per_token(facts, max_seq_len, estimate["lora_parameters"],
                                          settings["gradient_checkpointing"])
     peak = peak or peak_matmul_flops(device, precision)
-    speed = estimate_tokens_per_second(facts, max_seq_len, estimate["lora_parameters"],
-                                       settings["gradient_checkpointing"], device, peak)
+    speed = estimate_tokens_per_second(per_token, device, peak)
     lines.append(f"speed       about {speed:,.0f} tokens/s: {per_token / 1e9:.2f} GFLOP per token at "
-                 f"{speed * per_token / peak:.0%} of {peak / 1e12:.2f} TFLOP/s "
+                 f"{training_efficiency(device):.0%} of {peak / 1e12:.2f} TFLOP/s "
                  + ("(given)" if peak_tflops else "(matrix-multiply peak measured here)"))
     if dataset_stats and Path(dataset_stats).is_file():
         stats = json.loads(Path(dataset_stats).read_text())
