@@ -178,6 +178,9 @@ def gguf_logits(gguf_path: str | Path, sequences: list[list[int]]) -> list:
     return out
 
 
+TIE_LOGITS = 0.1  # the widest logit gap compare_logits calls a near tie
+
+
 def compare_logits(model_dir: Path, gguf_path: Path, text: str) -> dict[str, float]:
     """Logits of the GGUF under llama.cpp against the Hugging Face model on the same tokens."""
     import numpy as np
@@ -201,9 +204,6 @@ def compare_logits(model_dir: Path, gguf_path: Path, text: str) -> dict[str, flo
         "top1_agreement": float((chosen == reference.argmax(-1)).mean()),
         "top1_agreement_beyond_ties": float((gap <= tie).mean()),
     }
-
-
-TIE_LOGITS = 0.1
 
 
 VERIFY_TEXT = ("LoRA adds small trainable matrices to a frozen model. The merged model and its GGUF "
