@@ -55,8 +55,10 @@ lint: install ## byte-compile every module and validate params.yaml
 bench: install ## run the benchmarks in bench/ (about 75 min; ONLY=training,pipeline for some) and update bench/BENCHMARKS.md
 	$(PY) bench/run.py $(if $(ONLY),--only "$(ONLY)")
 
-ui: install ## serve the MLflow UI on http://127.0.0.1:5000 (runs, params, loss curves, adapters)
-	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --default-artifact-root $(CURDIR)/mlartifacts --host 127.0.0.1 --port 5000
+# The UI has no login: it listens on this machine only, unless UI_HOST names another address.
+UI_HOST ?= 127.0.0.1
+ui: install ## serve the MLflow UI on http://127.0.0.1:5000 (runs, params, loss curves, adapters); UI_HOST=... to expose it
+	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --default-artifact-root $(CURDIR)/mlartifacts --host $(UI_HOST) --port 5000
 
 lock: ## rewrite requirements.lock from the current .venv
 	{ echo "# Full pinned environment (pip freeze), used as constraints by \`make install\`."; \

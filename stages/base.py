@@ -3,8 +3,9 @@
 Run: `dvc repro base` (or `python stages/base.py` from the project root; `lorapipe base` takes overrides).
 """
 
-from lorapipe.params import load_params
-from lorapipe.pipeline import run_base
+import sys
+
+from lorapipe.pipeline import main
 
 if __name__ == "__main__":
-    run_base(load_params())
+    sys.exit(main("base"))

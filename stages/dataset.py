@@ -3,8 +3,9 @@
 Run: `dvc repro dataset` (or `python stages/dataset.py` from the project root; `lorapipe dataset` takes overrides).
 """
 
-from lorapipe.params import load_params
-from lorapipe.pipeline import run_dataset
+import sys
+
+from lorapipe.pipeline import main
 
 if __name__ == "__main__":
-    run_dataset(load_params())
+    sys.exit(main("dataset"))

@@ -3,8 +3,9 @@
 Run: `dvc repro evaluate` (or `python stages/evaluate.py` from the project root; `lorapipe evaluate` takes overrides).
 """
 
-from lorapipe.params import load_params
-from lorapipe.pipeline import run_evaluate
+import sys
+
+from lorapipe.pipeline import main
 
 if __name__ == "__main__":
-    run_evaluate(load_params())
+    sys.exit(main("evaluate"))

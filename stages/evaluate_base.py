@@ -3,8 +3,9 @@
 Run: `dvc repro evaluate_base` (or `python stages/evaluate_base.py` from the project root; `lorapipe evaluate_base` takes overrides).
 """
 
-from lorapipe.params import load_params
-from lorapipe.pipeline import run_evaluate_base
+import sys
+
+from lorapipe.pipeline import main
 
 if __name__ == "__main__":
-    run_evaluate_base(load_params())
+    sys.exit(main("evaluate_base"))

@@ -3,8 +3,9 @@
 Run: `dvc repro export` (or `python stages/export.py` from the project root; `lorapipe export` takes overrides).
 """
 
-from lorapipe.params import load_params
-from lorapipe.pipeline import run_export
+import sys
+
+from lorapipe.pipeline import main
 
 if __name__ == "__main__":
-    run_export(load_params())
+    sys.exit(main("export"))

@@ -3,8 +3,9 @@
 Run: `dvc repro extract` (or `python stages/extract.py` from the project root; `lorapipe extract` takes overrides).
 """
 
-from lorapipe.params import load_params
-from lorapipe.pipeline import run_extract
+import sys
+
+from lorapipe.pipeline import main
 
 if __name__ == "__main__":
-    run_extract(load_params())
+    sys.exit(main("extract"))

@@ -3,8 +3,9 @@
 Run: `dvc repro merge` (or `python stages/merge.py` from the project root; `lorapipe merge` takes overrides).
 """
 
-from lorapipe.params import load_params
-from lorapipe.pipeline import run_merge
+import sys
+
+from lorapipe.pipeline import main
 
 if __name__ == "__main__":
-    run_merge(load_params())
+    sys.exit(main("merge"))

@@ -3,8 +3,9 @@
 Run: `dvc repro train` (or `python stages/train.py` from the project root; `lorapipe train` takes overrides).
 """
 
-from lorapipe.params import load_params
-from lorapipe.pipeline import run_train
+import sys
+
+from lorapipe.pipeline import main
 
 if __name__ == "__main__":
-    run_train(load_params())
+    sys.exit(main("train"))

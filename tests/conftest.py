@@ -118,6 +118,48 @@ def copy_project(dest: Path) -> Path:
     return dest
 
 
+def run_ok(args: list[str], cwd: Path, env: dict) -> str:
+    """Run a command; fail the test with its output's tail unless it exits 0."""
+    import subprocess
+
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{output[-6000:]}"
+    return output
+
+
+def git_project(dest: Path, tiny_model_dir: Path, labeled: bool = True, **sections: dict) -> tuple[Path, dict]:
+    """A copy of the project in a new git repo at `dest`, with params for the tiny model (each of
+    `sections` updates that params section), committed; returns the repo and the environment to run
+    `dvc` in (this venv first on PATH, no outside MLflow store)."""
+    import os
+    import sys
+
+    import yaml
+
+    repo = copy_project(dest)
+    if labeled:  # labeled examples beside the documents: dataset.mode auto builds a text and a chat task
+        shutil.copy(FIXTURES / "labeled" / "snips_sample.jsonl", repo / "data" / "raw" / "labeled")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["model"]["name"] = str(tiny_model_dir)
+    params["dataset"].update(max_seq_len=128, overlap_tokens=16)
+    params["train"].update(max_steps=4, batch_size=2, log_every=2)
+    params["export"].update(quants=["Q8_0"], outtype="f32", name="tiny")
+    params["eval"].update(max_samples=4, num_generations=1, max_new_tokens=8)
+    for section, values in sections.items():
+        params[section].update(values)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "LORAPIPE_HOME")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    git = ["git", "-c", "user.name=lorapipe tests", "-c", "user.email=tests@lorapipe.invalid"]
+    run_ok(["git", "init", "-q", "-b", "main"], repo, env)
+    run_ok(["git", "config", "user.name", "lorapipe tests"], repo, env)
+    run_ok(["git", "config", "user.email", "tests@lorapipe.invalid"], repo, env)
+    run_ok([*git, "add", "-A"], repo, env)
+    run_ok([*git, "commit", "-q", "-m", "project"], repo, env)
+    return repo, env
+
+
 def read_json(path: Path):
     return json.loads(Path(path).read_text())
 

@@ -5,28 +5,19 @@ Run: .venv/bin/pytest tests/test_pipeline_e2e.py -s   (about five minutes)
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import FIXTURES, copy_project, read_json
+from conftest import git_project, read_json, run_ok
 from lorapipe.params import STAGE_SECTIONS
 
 ALL_STAGES = set(STAGE_SECTIONS)
 AFTER_TRAIN = {"train", "merge", "export", "evaluate"}
-
-
-def _run(args: list[str], cwd: Path, env: dict) -> str:
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, f"{' '.join(args)} failed:\n{output[-6000:]}"
-    return output
+FAKE_HF_TOKEN = "hf_lorapipeFakeTokenThatMustNeverBeWritten0123"
 
 
 def _ran(output: str) -> set[str]:
@@ -39,25 +30,10 @@ def _skipped(output: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_model_dir):
-    repo = copy_project(tmp_path_factory.mktemp("e2e") / "project")
-    # labeled examples beside the documents: dataset.mode auto builds a text and a chat task
-    shutil.copy(FIXTURES / "labeled" / "snips_sample.jsonl", repo / "data" / "raw" / "labeled")
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["model"]["name"] = str(tiny_model_dir)
-    params["dataset"].update(max_seq_len=128, overlap_tokens=16)
-    params["train"].update(max_steps=4, batch_size=2, log_every=2)
-    params["export"].update(quants=["Q8_0"], outtype="f32", name="tiny")
-    params["eval"].update(max_samples=4, num_generations=1, max_new_tokens=8)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "LORAPIPE_HOME")}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    git = ["git", "-c", "user.name=lorapipe tests", "-c", "user.email=tests@lorapipe.invalid"]
-    _run(["git", "init", "-q", "-b", "main"], repo, env)
-    _run(["git", "config", "user.name", "lorapipe tests"], repo, env)
-    _run(["git", "config", "user.email", "tests@lorapipe.invalid"], repo, env)
-    _run([*git, "add", "-A"], repo, env)
-    _run([*git, "commit", "-q", "-m", "project"], repo, env)
-    first = _run(["dvc", "repro"], repo, env)
+    repo, env = git_project(tmp_path_factory.mktemp("e2e") / "project", tiny_model_dir)
+    env["HF_TOKEN"] = FAKE_HF_TOKEN  # every run in this module has a Hub token it must never write down
+    env["LORAPIPE_CACHE_DIR"] = str(repo.parent / "lorapipe-cache")
+    first = run_ok(["dvc", "repro"], repo, env)
     return repo, env, first
 
 
@@ -96,21 +72,21 @@ def test_repro_runs_every_stage_and_writes_every_out(project):
 
 def test_second_repro_is_a_no_op(project):
     repo, env, _ = project
-    output = _run(["dvc", "repro"], repo, env)
+    output = run_ok(["dvc", "repro"], repo, env)
     assert _ran(output) == set()
     assert "Data and pipelines are up to date" in output
 
 
 def test_experiment_reruns_only_what_depends_on_lora_rank(project):
     repo, env, _ = project
-    _run(["git", "add", "-A"], repo, env)
-    _run(["git", "commit", "-q", "-m", "baseline results"], repo, env)
-    output = _run(["dvc", "exp", "run", "-S", "lora.rank=4"], repo, env)
+    run_ok(["git", "add", "-A"], repo, env)
+    run_ok(["git", "commit", "-q", "-m", "baseline results"], repo, env)
+    output = run_ok(["dvc", "exp", "run", "-S", "lora.rank=4"], repo, env)
     assert _ran(output) == AFTER_TRAIN
     assert _skipped(output) == ALL_STAGES - AFTER_TRAIN
     assert read_json(repo / "models/lora_output/adapter_config.json")["r"] == 4
 
-    shown = _run(["dvc", "exp", "show", "--csv"], repo, env)
+    shown = run_ok(["dvc", "exp", "show", "--csv"], repo, env)
     header, *rows = [line.split(",") for line in shown.strip().splitlines()]
     assert "lora.rank" in header and "merged.perplexity" in header
     ranks = {row[header.index("lora.rank")] for row in rows}
@@ -131,7 +107,7 @@ def test_experiment_reruns_only_what_depends_on_lora_rank(project):
 
 def test_plots_render_the_loss_curve(project, tmp_path):
     repo, env, _ = project
-    _run(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], repo, env)
+    run_ok(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], repo, env)
     page = (tmp_path / "plots" / "index.html").read_text()
     assert "train_loss.tsv" in page and "loss" in page
 
@@ -150,19 +126,19 @@ def test_queued_sweep_runs_both_experiments_into_the_same_mlflow_store(project):
     import time
 
     repo, env, _ = project
-    _run(["dvc", "exp", "run", "--queue", "-S", "lora.rank=2,8"], repo, env)
-    _run(["dvc", "queue", "start"], repo, env)
+    run_ok(["dvc", "exp", "run", "--queue", "-S", "lora.rank=2,8"], repo, env)
+    run_ok(["dvc", "queue", "start"], repo, env)
     deadline = time.monotonic() + 900
     while True:
-        status = _run(["dvc", "queue", "status"], repo, env)
+        status = run_ok(["dvc", "queue", "status"], repo, env)
         if not re.search(r"\b(Queued|Running)\b", status):
             break
         assert time.monotonic() < deadline, status
         time.sleep(5)
-    _run(["dvc", "queue", "stop"], repo, env)
+    run_ok(["dvc", "queue", "stop"], repo, env)
     assert status.count("Success") >= 2 and "Failed" not in status, status
 
-    shown = _run(["dvc", "exp", "show", "--csv"], repo, env)
+    shown = run_ok(["dvc", "exp", "show", "--csv"], repo, env)
     header, *rows = [line.split(",") for line in shown.strip().splitlines()]
     assert {"2", "8"} <= {row[header.index("lora.rank")] for row in rows}
     ranks = {run.data.params["lora.rank"] for run in _mlflow_runs(repo, "tags.`lorapipe.stage` = 'train'")}
@@ -176,14 +152,14 @@ def test_foreach_stage_from_the_readme_trains_one_adapter_per_task(project):
     block = readme.split("<!-- foreach-stage -->")[1].split("<!-- /foreach-stage -->")[0]
     stage = block.split("```yaml\n")[1].split("```")[0]
     (repo / "dvc.yaml").write_text((repo / "dvc.yaml").read_text() + "\n" + stage)
-    output = _run(["dvc", "repro", "train_task"], repo, env)
+    output = run_ok(["dvc", "repro", "train_task"], repo, env)
     assert _ran(output) == {"train_task@text", "train_task@chat"}
     for task in ("text", "chat"):
         assert (repo / f"models/lora_{task}/adapter_model.safetensors").is_file()
         assert read_json(repo / f"reports/train_{task}.json")["steps"] == 4
     tasks = sorted(run.data.tags["task"] for run in _mlflow_runs(repo, "tags.task != ''"))
     assert tasks == ["chat", "text"]
-    _run(["git", "checkout", "dvc.yaml"], repo, env)
+    run_ok(["git", "checkout", "dvc.yaml"], repo, env)
 
 
 def test_training_killed_after_a_checkpoint_resumes_through_dvc_repro(project, tmp_path):
@@ -201,17 +177,17 @@ def test_training_killed_after_a_checkpoint_resumes_through_dvc_repro(project, t
     assert killed.returncode != 0 and "[train] step 4/6" in killed.stdout + killed.stderr
     assert "[train] step 5/6" not in killed.stdout + killed.stderr
 
-    resumed = _run(["dvc", "repro", "train"], repo, env)
+    resumed = run_ok(["dvc", "repro", "train"], repo, env)
     assert re.search(r"resuming from \S+checkpoint-4", resumed)
     assert "[train] step 4/6" not in resumed and "[train] step 5/6" in resumed
     adapter = load_file(repo / "models/lora_output/adapter_model.safetensors")
 
-    uninterrupted = _run(["dvc", "repro", "--force", "train"], repo, env)
+    uninterrupted = run_ok(["dvc", "repro", "--force", "train"], repo, env)
     assert "resuming" not in uninterrupted and "[train] step 1/6" in uninterrupted
     reference = load_file(repo / "models/lora_output/adapter_model.safetensors")
     assert adapter.keys() == reference.keys()
     assert max(float((adapter[k] - reference[k]).abs().max()) for k in adapter) <= 1e-5
-    _run(["git", "checkout", "params.yaml"], repo, env)
+    run_ok(["git", "checkout", "params.yaml"], repo, env)
 
 
 def test_serve_trains_in_a_worktree_then_switches_to_the_new_model(project):
@@ -243,4 +219,23 @@ def test_serve_trains_in_a_worktree_then_switches_to_the_new_model(project):
         assert status["adapter_run_id"] == read_json(worktree / "models/lora_output/run.json")["run_id"]
         assert requests.post(f"{url}/query", json={"prompt": "hi", "max_tokens": 4}, headers=AUTH).status_code == 200
     assert read_json(repo / "models/lora_output/adapter_config.json")["r"] != 2  # the served project is untouched
-    assert ".lorapipe-cache" not in _run(["dvc", "stage", "list", "--all"], repo, env)  # the worktree stays out
+    assert ".lorapipe-cache" not in run_ok(["dvc", "stage", "list", "--all"], repo, env)  # the worktree stays out
+
+
+def test_the_hub_token_is_written_nowhere(project):
+    """After every run of this module (repro, experiments, a queued sweep, a killed and resumed
+    training run, serve's worktree run): no file the runs wrote holds HF_TOKEN's value, in outputs,
+    reports, dvc.lock, DVC's cache, mlflow.db, MLflow's artifacts, the lorapipe cache or git's index.
+    (Git objects are compressed; nothing the runs produce is committed by them.)"""
+    repo, env, first = project
+    token = FAKE_HF_TOKEN.encode()
+    assert FAKE_HF_TOKEN not in first
+    scanned = []
+    for root in (repo, Path(env["LORAPIPE_CACHE_DIR"])):
+        for path in root.rglob("*"):
+            if path.is_file() and not path.is_symlink() and ".git/objects" not in path.as_posix():
+                scanned.append(path.relative_to(root).as_posix())
+                assert token not in path.read_bytes(), f"HF_TOKEN's value found in {path}"
+    assert {"mlflow.db", "dvc.lock", "reports/train.json", "models/lora_output/run.json"} <= set(scanned)
+    assert any(name.startswith("mlartifacts/") for name in scanned)
+    assert any(name.startswith(".dvc/cache/") for name in scanned)

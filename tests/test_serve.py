@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from conftest import ROOT
 from lorapipe import export_gguf
 
 TOKEN = "test-token-123"
@@ -162,3 +164,39 @@ def test_chat_in_the_terminal(project):
                           input="Hello there\nAnd again\n\n", capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "tiny.F32.gguf; an empty line quits" in done.stdout and done.stdout.count("model> ") == 2
+
+
+# --- local only -----------------------------------------------------------------------------------
+
+def test_serve_listens_on_this_machine_unless_told_otherwise(monkeypatch):
+    import inspect
+
+    import uvicorn
+
+    from lorapipe import serve as serve_module
+    from lorapipe.cli import build_parser
+
+    assert inspect.signature(serve_module.serve).parameters["host"].default == "127.0.0.1"
+    assert build_parser().parse_args(["serve"]).host == "127.0.0.1"
+    started = []
+    monkeypatch.setattr(serve_module, "create_app", lambda *args, **kwargs: "app")
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kwargs: started.append(host))
+    monkeypatch.delenv(serve_module.TOKEN_ENV, raising=False)
+    for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
+        serve_module.serve(host)
+    for host in ("0.0.0.0", "192.168.1.20", "::", "my-laptop.local"):
+        with pytest.raises(ValueError, match=f"refusing to listen on {re.escape(host)} without LORAPIPE_API_TOKEN"):
+            serve_module.serve(host)
+    monkeypatch.setenv(serve_module.TOKEN_ENV, "a-long-secret")
+    serve_module.serve("0.0.0.0")
+    assert started == ["127.0.0.1", "localhost", "::1", "127.0.0.2", "0.0.0.0"]
+
+
+def test_make_ui_listens_on_this_machine_unless_ui_host_is_given():
+    def ui_command(*extra: str) -> str:
+        out = subprocess.run(["make", "-n", "ui", *extra], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout
+        return next(line for line in out.splitlines() if line.startswith("mlflow ui"))
+
+    assert "--host 127.0.0.1 " in ui_command()
+    assert "--host 0.0.0.0 " in ui_command("UI_HOST=0.0.0.0")

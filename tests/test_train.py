@@ -5,6 +5,8 @@ Run: .venv/bin/pytest tests/test_train.py
 
 from pathlib import Path
 
+import pytest
+
 from conftest import read_json
 from lorapipe import train_lora
 from lorapipe.train import default_target_modules, quantization_config, resolve_load_in_4bit, resolve_precision
@@ -319,3 +321,30 @@ def test_trainer_args_reach_the_trainer(tmp_path, dataset_dir, tiny_model_dir):
                         precision="fp32", save_steps=0, metrics_path=None, loss_path=None,
                         trainer_args={"optim": "adamw_torch_fused", "max_steps": 1})
     assert result["steps"] == 1
+
+
+def test_torch_compile_param_reaches_the_trainer(tmp_path, dataset_dir, tiny_model_dir, monkeypatch):
+    import lorapipe.train as train_module
+
+    class Stop(Exception):
+        pass
+
+    seen = {}
+
+    def trainer(*args, **settings):
+        seen.update(settings)
+        raise Stop
+
+    monkeypatch.setattr(train_module, "_trainer", trainer)
+    for value in (True, False):
+        with pytest.raises(Stop):
+            train_lora(dataset_dir, tiny_model_dir, tmp_path / "a", rank=2, max_steps=1, batch_size=2,
+                       precision="fp32", save_steps=0, metrics_path=None, loss_path=None, torch_compile=value)
+        assert seen["torch_compile"] is value
+
+
+@pytest.mark.slow
+def test_a_compiled_model_trains_and_saves_its_adapter(tmp_path, dataset_dir, tiny_model_dir):
+    result = train_lora(dataset_dir, tiny_model_dir, tmp_path / "a", rank=2, max_steps=2, batch_size=2,
+                        precision="fp32", save_steps=0, metrics_path=None, loss_path=None, torch_compile=True)
+    assert result["steps"] == 2 and (tmp_path / "a" / "adapter_model.safetensors").is_file()

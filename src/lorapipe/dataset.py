@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lorapipe import paths
-from lorapipe.io import read_jsonl, write_json, write_jsonl
+from lorapipe import faults, paths
+from lorapipe.io import atomic_outputs, read_jsonl, write_json, write_jsonl
 from lorapipe.labeled import is_json_schema, load_labeled
 from lorapipe.models import load_tokenizer
 from lorapipe.rows import loss_tokens, tokenize_row
@@ -309,11 +309,12 @@ def build_dataset(
         "deduplicated": counts["deduplicated_exact"] + counts["deduplicated_near"],
         **counts,
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_jsonl(out_dir / paths.TRAIN_ROWS.name, train)
-    write_jsonl(out_dir / paths.VAL_ROWS.name, val)
-    write_json(out_dir / paths.PROMPTS.name, {task.name: task.system_prompt for task in resolved})
-    write_json(out_dir / paths.DATASET_STATS.name, stats)
+    faults.fault_point("mid")
+    with atomic_outputs() as place:  # the four files are replaced together
+        write_jsonl(place(out_dir / paths.TRAIN_ROWS.name), train)
+        write_jsonl(place(out_dir / paths.VAL_ROWS.name), val)
+        write_json(place(out_dir / paths.PROMPTS.name), {task.name: task.system_prompt for task in resolved})
+        write_json(place(out_dir / paths.DATASET_STATS.name), stats)
     print(f"[dataset] {len(train)} train / {len(val)} val rows of ≤{max_seq_len} tokens "
           f"({stats['tokens']['train']} train tokens); dropped {stats['dropped']} "
           f"(short {counts['dropped_short']}, overflow {counts['dropped_overflow']}), "

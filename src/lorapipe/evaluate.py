@@ -18,9 +18,9 @@ import json
 import math
 from pathlib import Path
 
-from lorapipe import paths
+from lorapipe import faults, paths
 from lorapipe.export import gguf_logits
-from lorapipe.io import read_json, read_jsonl, write_json, write_jsonl, write_text_atomic
+from lorapipe.io import atomic_outputs, read_json, read_jsonl, write_json, write_jsonl, write_text_atomic
 from lorapipe.models import load_causal_lm, load_tokenizer, sequence_nll
 from lorapipe.rows import IGNORE, tokenize_row
 from lorapipe.scoring import is_json_task, score_answers
@@ -104,12 +104,15 @@ def evaluate_base(
     the base's answers to the chat validation rows (what evaluate_models compares the tuned one to)."""
     sequences = _val_sequences(Path(val_path), load_tokenizer(base_dir), max_samples)
     metrics = {"base": hf_perplexity(base_dir, sequences), "rows": len(sequences)}
-    if answers_path:
-        rows = chat_rows(val_path, max_samples)
-        requests = evaluation_requests(rows, read_json(prompts_path)) if rows else []
-        answers = hf_answers(base_dir, [messages for messages, _ in requests], max_new_tokens)
-        write_jsonl(answers_path, [{"task": row["task"], "answer": answer} for row, answer in zip(rows, answers)])
-    write_json(out_path, metrics)
+    faults.fault_point("mid")
+    with atomic_outputs() as place:  # the answers and the metrics are replaced together
+        if answers_path:
+            rows = chat_rows(val_path, max_samples)
+            requests = evaluation_requests(rows, read_json(prompts_path)) if rows else []
+            answers = hf_answers(base_dir, [messages for messages, _ in requests], max_new_tokens)
+            write_jsonl(place(answers_path), [{"task": row["task"], "answer": answer}
+                                              for row, answer in zip(rows, answers)])
+        write_json(place(out_path), metrics)
     print(f"[evaluate_base] base perplexity {metrics['base']['perplexity']:.3f} on {len(sequences)} rows", flush=True)
     return metrics
 
@@ -225,6 +228,7 @@ def evaluate_models(
     if base_answers_path and Path(base_answers_path).is_file():
         answers["base"] = [a["answer"] for a in read_jsonl(base_answers_path)][: len(rows)]
     answers["fine-tuned"] = hf_answers(merged_dir, conversations, max_new_tokens)
+    faults.fault_point("mid")
     answers[ggufs[0].name] = answer_all(ggufs[0], conversations, max_new_tokens) if rows else []
     if constrained and rows:
         if schema is None:
@@ -245,12 +249,13 @@ def evaluate_models(
                          f", slot F1 {score['json']['slots']['f1']:.2f}" if "json" in score else "")
                 print(f"[evaluate] {name} on {task}: exact {score['exact_match']:.0%}, ROUGE-L {score['rouge_l']:.2f}"
                       + extra, flush=True)
-        write_text_atomic(samples_path, samples_markdown(rows, requests, answers, num_generations))
+        samples = samples_markdown(rows, requests, answers, num_generations)
     else:
         text = read_jsonl(val_path)[:num_generations]
         text_requests = evaluation_requests(text, prompts)
         continuation = answer_all(ggufs[0], [m for m, _ in text_requests], max_new_tokens) if text else []
-        write_text_atomic(samples_path, samples_markdown(text, text_requests, {ggufs[0].name: continuation},
-                                                         num_generations))
-    write_json(out_path, metrics)
+        samples = samples_markdown(text, text_requests, {ggufs[0].name: continuation}, num_generations)
+    with atomic_outputs() as place:  # the samples and the metrics are replaced together
+        write_text_atomic(place(samples_path), samples)
+        write_json(place(out_path), metrics)
     return metrics

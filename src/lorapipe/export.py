@@ -21,7 +21,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from lorapipe import paths
+from lorapipe import faults, paths
 from lorapipe.chat_templates import modelfile_text
 from lorapipe.io import atomic_dir, read_json, write_json
 from lorapipe.models import check_model_folder, safetensors_header
@@ -329,6 +329,7 @@ def export_gguf(
         if outtype in ("f32", "f16", "bf16") and check["top1_agreement_beyond_ties"] < min_top1_agreement \
                 or outtype == "f32" and check["max_abs_diff"] > max_f32_logit_diff:
             raise RuntimeError(f"the converted GGUF disagrees with the merged model: {check}")
+        faults.fault_point("mid")
         files = {}
         for quant in quants:
             target = tmp / f"{name}.{quant}.gguf"

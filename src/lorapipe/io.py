@@ -4,38 +4,92 @@ so a killed stage never leaves a half-written output behind."""
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from lorapipe import paths
+from lorapipe import faults, paths
+
+
+@contextlib.contextmanager
+def atomic_outputs() -> Iterator[Callable[..., Path]]:
+    """Write a stage's outputs so that a kill never leaves one half-written.
+
+    ``place(final)`` (a file) or ``place(final, folder=True)`` returns a new temporary sibling of
+    `final` to write instead. When the block ends without error, every placed output is renamed onto
+    its final path, one rename each, after all the writing is done and flushed to disk (fsync); on an
+    error they are all removed.
+    Leftovers of a killed earlier run (``.<name>.tmp-*`` beside `final`) are removed by `place`.
+    """
+    pending: list[tuple[Path, Path]] = []
+
+    def place(final: str | Path, folder: bool = False) -> Path:
+        final = Path(final)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        for kind in ("tmp", "old"):
+            for stale in final.parent.glob(f".{glob.escape(final.name)}.{kind}-*"):
+                _remove(stale)
+        if folder:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+            tmp.chmod(0o755)  # mkdtemp makes it private; outputs are ordinary folders
+        else:
+            fd, name = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=final.parent)
+            os.close(fd)
+            tmp = Path(name)
+            tmp.chmod(0o644)
+        pending.append((final, tmp))
+        return tmp
+
+    try:
+        yield place
+    except BaseException:
+        for _, tmp in pending:
+            _remove(tmp)
+        raise
+    for _, tmp in pending:  # on disk before the renames, so a power cut cannot leave a renamed, empty file
+        for path in (sorted(tmp.rglob("*")) if tmp.is_dir() else [tmp]):
+            if path.is_file() and not path.is_symlink():
+                _fsync(path)
+    faults.fault_point("writing")
+    for final, tmp in pending:
+        if tmp.is_dir() and final.exists():
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            final.rename(old)
+            tmp.rename(final)
+            _remove(old)
+        else:
+            os.replace(tmp, final)
+    for folder in {final.parent for final, _ in pending}:
+        _fsync(folder)  # the renames themselves
 
 
 @contextlib.contextmanager
 def atomic_dir(final: str | Path) -> Iterator[Path]:
     """Yield an empty temporary folder; on success it replaces `final`, on error it is removed."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; outputs are ordinary folders
+    with atomic_outputs() as place:
+        yield place(final, folder=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
     else:
-        tmp.rename(final)
+        path.unlink(missing_ok=True)
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from lorapipe import paths
+from lorapipe import faults, paths
 from lorapipe.io import atomic_dir, read_json, write_json
 from lorapipe.models import copy_tokenizer
 
@@ -103,6 +103,7 @@ def merge_adapter(
     seq2seq = getattr(AutoConfig.from_pretrained(base_dir), "is_encoder_decoder", False)
     model = load_converted(base_dir, AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM, getattr(torch, dtype))
     model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    faults.fault_point("mid")
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True, max_shard_size="2GB")
         copy_tokenizer(adapter_dir, tmp)

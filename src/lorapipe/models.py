@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from lorapipe import paths
+from lorapipe import faults, paths
 from lorapipe.io import atomic_dir, write_provenance
 
 BUNDLED = {
@@ -152,6 +152,7 @@ def prepare_base_model(
     if not tokenizer.chat_template:
         print("[base] warning: the tokenizer has no chat template; export cannot write a Modelfile TEMPLATE",
               flush=True)
+    faults.fault_point("mid")
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)

@@ -9,10 +9,11 @@ reported at once.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError,
+                      field_validator, model_validator)
 
 from lorapipe import paths
 
@@ -21,58 +22,86 @@ class ParamsError(ValueError):
     """`params.yaml` is invalid; the message names every bad key and how to fix it."""
 
 
+def _not_bool(value: Any) -> Any:
+    if isinstance(value, bool):  # YAML's true/false would otherwise pass as 1/0
+        raise ValueError("expected a number, not true/false")
+    return value
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("contains a NUL character")
+    return value
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty or blank")
+    return value
+
+
+# The value types of params.yaml: no bool passes as a number or a number as a bool, no NaN or
+# infinity (allow_inf_nan below), no NUL in text, and no integer beyond 32 bits (a typo, and an
+# overflow in tensors and seeds).
+Int = Annotated[int, BeforeValidator(_not_bool), Field(le=2**31 - 1)]
+Float = Annotated[float, BeforeValidator(_not_bool)]
+Bool = StrictBool
+Text = Annotated[str, AfterValidator(_no_nul)]
+Name = Annotated[str, AfterValidator(_no_nul), AfterValidator(_not_blank)]  # text that must say something
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class Common(_Section):
-    seed: int = Field(42, ge=0)
+    seed: Int = Field(42, ge=0, le=2**32 - 1)
 
 
 class ModelParams(_Section):
-    name: str = Field("smollm2-135m-instruct", min_length=1)
-    revision: str | None = None
-    trust_remote_code: bool = False
+    name: Name = "smollm2-135m-instruct"
+    revision: Name | None = None
+    trust_remote_code: Bool = False
 
 
 class ExtractParams(_Section):
     pdf_backend: Literal["auto", "docling", "docling-native", "pdfplumber"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    ocr: bool = False
-    docling_artifacts_path: str | None = None
-    timeout_s: float = Field(300, gt=0)
-    workers: int = Field(2, ge=1, le=256)
-    resume: bool = True
-    min_length: int = Field(20, ge=0)
+    ocr: Bool = False
+    docling_artifacts_path: Name | None = None
+    timeout_s: Float = Field(300, gt=0)
+    workers: Int = Field(2, ge=1, le=256)
+    resume: Bool = True
+    min_length: Int = Field(20, ge=0)
 
 
 LabeledFormat = Literal["auto", "query_data", "instruction", "messages", "conversations", "prompt_completion"]
 
 
 class TaskParams(_Section):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+    name: Name = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
     kind: Literal["text", "chat"]
-    sources: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+    sources: list[Name] = Field(default_factory=lambda: ["*"], min_length=1)
     format: LabeledFormat = "auto"
-    system_prompt: str | None = None
-    fields: dict[str, str] = Field(default_factory=dict)
+    system_prompt: Name | None = None
+    fields: dict[Name, Name] = Field(default_factory=dict)
 
 
 class DatasetParams(_Section):
     mode: Literal["auto", "text", "chat"] = "auto"
     tasks: list[TaskParams] = Field(default_factory=list)
-    max_seq_len: int = Field(512, ge=16, le=131072)
-    overlap_tokens: int = Field(64, ge=0)
+    max_seq_len: Int = Field(512, ge=16, le=131072)
+    overlap_tokens: Int = Field(64, ge=0)
     split_by: Literal["document", "chunk"] = "document"
-    val_fraction: float = Field(0.1, gt=0, lt=1)
-    system_prompt: str = Field("You are a helpful assistant.", min_length=1)
-    dedup_threshold: float = Field(0.9, gt=0, le=1)
-    max_samples: int | None = Field(None, ge=2)
-    min_tokens: int = Field(16, ge=1)
+    val_fraction: Float = Field(0.1, gt=0, lt=1)
+    system_prompt: Name = "You are a helpful assistant."
+    dedup_threshold: Float = Field(0.9, gt=0, le=1)
+    max_samples: Int | None = Field(None, ge=2)
+    min_tokens: Int = Field(16, ge=1)
     on_overflow: Literal["drop", "truncate", "error"] = "drop"
     on_bad_row: Literal["error", "skip"] = "error"
     labeled_format: LabeledFormat = "auto"
-    fields: dict[str, str] = Field(default_factory=dict)
+    fields: dict[Name, Name] = Field(default_factory=dict)
 
     @field_validator("tasks")
     @classmethod
@@ -86,16 +115,17 @@ class DatasetParams(_Section):
     def _overlap_below_length(self) -> "DatasetParams":
         if self.overlap_tokens >= self.max_seq_len:
             raise ValueError(
-                f"overlap_tokens ({self.overlap_tokens}) must be smaller than max_seq_len ({self.max_seq_len})"
+                f"dataset.overlap_tokens ({self.overlap_tokens}) must be smaller than dataset.max_seq_len "
+                f"({self.max_seq_len})"
             )
         return self
 
 
 class LoraParams(_Section):
-    rank: int = Field(16, ge=1, le=4096)
-    alpha: float = Field(32, gt=0)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: Literal["auto"] | list[str] = "auto"
+    rank: Int = Field(16, ge=1, le=4096)
+    alpha: Float = Field(32, gt=0)
+    dropout: Float = Field(0.0, ge=0, lt=1)
+    target_modules: Literal["auto"] | list[Name] = "auto"
 
     @field_validator("target_modules")
     @classmethod
@@ -106,30 +136,32 @@ class LoraParams(_Section):
 
 
 class TrainParams(_Section):
-    epochs: float = Field(1.0, gt=0)
-    max_steps: int = Field(40, ge=-1)
-    lr: float = Field(2e-4, gt=0, lt=1)
-    batch_size: int = Field(4, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    warmup_steps: int = Field(0, ge=0)
-    weight_decay: float = Field(0.0, ge=0)
-    log_every: int = Field(5, ge=1)
-    eval_steps: int = Field(0, ge=0)
-    early_stopping_patience: int = Field(0, ge=0)
-    packing: bool = True
+    epochs: Float = Field(1.0, gt=0)
+    max_steps: Int = Field(40, ge=-1)
+    lr: Float = Field(2e-4, gt=0, lt=1)
+    batch_size: Int = Field(4, ge=1)
+    grad_accum: Int = Field(1, ge=1)
+    warmup_steps: Int = Field(0, ge=0)
+    weight_decay: Float = Field(0.0, ge=0)
+    log_every: Int = Field(5, ge=1)
+    eval_steps: Int = Field(0, ge=0)
+    early_stopping_patience: Int = Field(0, ge=0)
+    packing: Bool = True
+    torch_compile: Bool = False
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     preset: Literal["none", "cpu", "gpu-8gb", "gpu-24gb", "gpu-80gb"] = "none"
-    autofit: bool = False
-    save_steps: int = Field(10, ge=0)
-    save_total_limit: int = Field(2, ge=1)
-    resume: str = Field("auto", min_length=1)
-    num_processes: int = Field(1, ge=1, le=1024)
-    accelerate_config: str | None = None
+    autofit: Bool = False
+    save_steps: Int = Field(10, ge=0)
+    save_total_limit: Int = Field(2, ge=1)
+    resume: Name = "auto"
+    num_processes: Int = Field(1, ge=1, le=1024)
+    accelerate_config: Name | None = None
 
     @model_validator(mode="after")
     def _early_stopping_needs_evaluations(self) -> "TrainParams":
         if self.early_stopping_patience and not self.eval_steps:
-            raise ValueError("early_stopping_patience needs eval_steps > 0 (the evaluations it compares)")
+            raise ValueError("train.early_stopping_patience needs train.eval_steps > 0 (the evaluations it "
+                             "compares)")
         return self
 
     @field_validator("max_steps")
@@ -141,9 +173,9 @@ class TrainParams(_Section):
 
 
 class QuantParams(_Section):
-    load_in_4bit: Literal["auto"] | bool = "auto"
+    load_in_4bit: Literal["auto"] | Bool = "auto"
     quant_type: Literal["nf4", "fp4"] = "nf4"
-    double_quant: bool = True
+    double_quant: Bool = True
 
 
 class MergeParams(_Section):
@@ -151,12 +183,12 @@ class MergeParams(_Section):
 
 
 class ExportParams(_Section):
-    name: str = Field("lorapipe", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    name: Name = Field("lorapipe", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     outtype: Literal["f32", "f16", "bf16", "q8_0"] = "f16"
-    quants: list[str] = Field(default_factory=lambda: ["Q4_K_M"], min_length=1)
-    llama_cpp_dir: str | None = None
-    lora_gguf: bool = False
-    ollama_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+    quants: list[Name] = Field(default_factory=lambda: ["Q4_K_M"], min_length=1)
+    llama_cpp_dir: Name | None = None
+    lora_gguf: Bool = False
+    ollama_name: Name | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
 
     @field_validator("quants")
     @classmethod
@@ -170,11 +202,11 @@ class ExportParams(_Section):
 
 
 class EvalParams(_Section):
-    max_samples: int = Field(32, ge=1)
-    num_generations: int = Field(3, ge=0)
-    max_new_tokens: int = Field(64, ge=1)
-    json_schema: str | None = None
-    constrained: bool = False
+    max_samples: Int = Field(32, ge=1)
+    num_generations: Int = Field(3, ge=0)
+    max_new_tokens: Int = Field(64, ge=1)
+    json_schema: Name | None = None
+    constrained: Bool = False
 
 
 class Params(_Section):

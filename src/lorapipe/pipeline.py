@@ -6,11 +6,12 @@ The scripts in ``stages/`` and the ``lorapipe`` CLI both call these, so the two 
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import yaml
 
-from lorapipe import paths, tracking
+from lorapipe import faults, paths, tracking
 from lorapipe.dataset import build_dataset
 from lorapipe.distributed import train_lora_distributed
 from lorapipe.evaluate import evaluate_base, evaluate_models
@@ -18,21 +19,24 @@ from lorapipe.export import export_gguf
 from lorapipe.extract import extract_documents
 from lorapipe.merge import merge_adapter
 from lorapipe.models import prepare_base_model
-from lorapipe.params import Params, section_dict
+from lorapipe.params import Params, ParamsError, load_params, section_dict
 from lorapipe.train import train_lora
 
 
 def run_base(p: Params) -> None:
+    faults.enter_stage("base")
     prepare_base_model(p.model.name, paths.BASE_MODEL, p.model.revision, p.model.trust_remote_code)
 
 
 def run_extract(p: Params, input_dirs: list | None = None, out_dir=paths.EXTRACTED) -> None:
+    faults.enter_stage("extract")
     e = p.extract
     extract_documents(input_dirs or [paths.RAW_DOCS], out_dir, e.pdf_backend, e.min_length, e.device, e.ocr,
                       e.docling_artifacts_path, e.timeout_s, e.workers, e.resume)
 
 
 def run_dataset(p: Params, text_dir=paths.EXTRACTED, labeled_dir=paths.RAW_LABELED, out_dir=paths.DATASET) -> None:
+    faults.enter_stage("dataset")
     d = p.dataset
     build_dataset(text_dir, paths.BASE_MODEL, out_dir, labeled_dir=labeled_dir, mode=d.mode,
                   tasks=[t.model_dump() for t in d.tasks], max_seq_len=d.max_seq_len,
@@ -45,6 +49,7 @@ def run_dataset(p: Params, text_dir=paths.EXTRACTED, labeled_dir=paths.RAW_LABEL
 def run_train(p: Params, task: str | None = None) -> None:
     """Train the adapter: of all tasks into models/lora_output, or of one `task` into
     models/lora_<task> (its own MLflow run); under `accelerate launch` when train.num_processes > 1."""
+    faults.enter_stage("train")
     lora, train, quant = p.lora, p.train, p.quant
     adapter, metrics_path, loss_path = paths.task_outputs(task) if task else \
         (paths.ADAPTER, paths.TRAIN_METRICS, paths.TRAIN_LOSS)
@@ -59,7 +64,7 @@ def run_train(p: Params, task: str | None = None) -> None:
         epochs=train.epochs, max_steps=train.max_steps, lr=train.lr, batch_size=train.batch_size,
         grad_accum=train.grad_accum, warmup_steps=train.warmup_steps, weight_decay=train.weight_decay,
         log_every=train.log_every, eval_steps=train.eval_steps, early_stopping_patience=train.early_stopping_patience,
-        packing=train.packing, precision=train.precision, load_in_4bit=quant.load_in_4bit,
+        packing=train.packing, torch_compile=train.torch_compile, precision=train.precision, load_in_4bit=quant.load_in_4bit,
         quant_type=quant.quant_type, double_quant=quant.double_quant, seed=p.common.seed, preset=train.preset,
         autofit=train.autofit, save_steps=train.save_steps, save_total_limit=train.save_total_limit,
         resume=train.resume, task=task, metrics_path=metrics_path, loss_path=loss_path,
@@ -83,6 +88,7 @@ def run_train(p: Params, task: str | None = None) -> None:
 
 
 def run_merge(p: Params, merged_dir=paths.MERGED) -> None:
+    faults.enter_stage("merge")
     merge_adapter(paths.BASE_MODEL, paths.ADAPTER, merged_dir, p.merge.dtype)
     tracking.log_stage(paths.ADAPTER / paths.RUN_INFO_NAME, "merge", section_dict(p, "merge"), {})
 
@@ -103,6 +109,7 @@ def lineage() -> dict[str, str]:
 
 
 def run_export(p: Params, merged_dir=paths.MERGED, out_dir=paths.GGUF) -> None:
+    faults.enter_stage("export")
     e = p.export
     info = export_gguf(merged_dir, paths.PROMPTS, out_dir, e.quants, e.outtype, e.name, e.llama_cpp_dir,
                        metadata=lineage(), lora_gguf=e.lora_gguf, ollama_name=e.ollama_name)
@@ -111,17 +118,31 @@ def run_export(p: Params, merged_dir=paths.MERGED, out_dir=paths.GGUF) -> None:
 
 
 def run_evaluate_base(p: Params) -> None:
+    faults.enter_stage("evaluate_base")
     evaluate_base(paths.VAL_ROWS, paths.BASE_MODEL, paths.EVAL_BASE, p.eval.max_samples, paths.PROMPTS,
                   paths.BASE_ANSWERS, p.eval.max_new_tokens)
 
 
 def run_evaluate(p: Params) -> None:
+    faults.enter_stage("evaluate")
     e = p.eval
     metrics = evaluate_models(paths.VAL_ROWS, paths.PROMPTS, paths.MERGED, paths.GGUF, paths.EVAL_BASE,
                               paths.EVAL, paths.SAMPLES, e.max_samples, e.num_generations, e.max_new_tokens,
                               paths.BASE_ANSWERS, e.json_schema, e.constrained)
     tracking.log_stage(paths.ADAPTER / paths.RUN_INFO_NAME, "evaluate", section_dict(p, "evaluate"),
                        {"eval": metrics}, {"reports": paths.SAMPLES})
+
+
+def main(stage: str) -> int:
+    """What ``stages/<stage>.py`` runs: the stage with params.yaml. A bad params.yaml stops it before
+    any work with one message that names each bad key (exit 2); other errors keep their traceback."""
+    try:
+        params = load_params()
+    except ParamsError as exc:
+        print(f"[{stage}] {exc}", file=sys.stderr)
+        return 2
+    STAGES[stage](params)
+    return 0
 
 
 STAGES = {

@@ -15,7 +15,8 @@ Routes:
   switches to the new GGUF.
 
 ``LORAPIPE_API_TOKEN`` set: every route but the health part of /status needs
-``Authorization: Bearer <token>`` (401 otherwise).
+``Authorization: Bearer <token>`` (401 otherwise). The server listens on 127.0.0.1 unless ``--host``
+names another address, and refuses to do that without the token.
 """
 
 from __future__ import annotations
@@ -303,14 +304,26 @@ def create_app(model_path: str | Path | None = None, engine: str = "llama.cpp", 
     return app
 
 
+def is_local(host: str) -> bool:
+    """Is `host` an address only this machine can reach (a loopback address, or localhost)?"""
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def serve(host: str = "127.0.0.1", port: int = 8000, model_path: str | Path | None = None,
           engine: str = "llama.cpp", json_schema: str | Path | None = None) -> None:
-    """Run the API with uvicorn until interrupted."""
+    """Run the API with uvicorn until interrupted. Only this machine can reach it unless `host` says
+    otherwise, and then only with LORAPIPE_API_TOKEN set (every route but /status's health needs it)."""
     import uvicorn
 
-    if host not in ("127.0.0.1", "localhost", "::1") and not os.environ.get(TOKEN_ENV):
-        print(f"[serve] warning: listening on {host} without {TOKEN_ENV}: anyone who can reach it can use it",
-              flush=True)
+    if not is_local(host) and not os.environ.get(TOKEN_ENV):
+        raise ValueError(f"refusing to listen on {host} without {TOKEN_ENV}: anyone who can reach it could query "
+                         f"the model and start training runs. Set {TOKEN_ENV} to a secret, or keep the default "
+                         "--host 127.0.0.1")
     app = create_app(model_path, engine, json_schema=json_schema)
     print(f"[serve] http://{host}:{port} (GET /status, POST /query, POST /v1/chat/completions, POST /train)",
           flush=True)

@@ -25,9 +25,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from lorapipe import paths
+from lorapipe import faults, paths
 from lorapipe.checkpoints import FAULT_ENV, Checkpoints, fingerprint
-from lorapipe.io import atomic_dir, read_json, read_jsonl, write_json, write_provenance, write_text_atomic
+from lorapipe.io import atomic_outputs, read_json, read_jsonl, write_json, write_provenance, write_text_atomic
 from lorapipe.models import copy_tokenizer, load_tokenizer, sequence_nll
 from lorapipe.rows import loss_tokens, pack_text, tokenize_row, tokenize_seq2seq, truncate
 
@@ -199,6 +199,8 @@ def _progress_callback(steps: int, on_log: Callable[[int, dict[str, float]], Non
                 raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected by a test)")
 
         def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == max(1, state.max_steps // 2):
+                faults.fault_point("mid")
             if state.global_step >= state.max_steps:
                 control.should_log, control.should_save = True, False
 
@@ -293,6 +295,7 @@ def train_lora(
     eval_steps: int = 0,
     early_stopping_patience: int = 0,
     packing: bool = True,
+    torch_compile: bool = False,
     precision: str = "auto",
     load_in_4bit: str | bool = "auto",
     quant_type: str = "nf4",
@@ -322,8 +325,9 @@ def train_lora(
     cache (see lorapipe.checkpoints); `resume` ``auto`` continues from the latest checkpoint of the
     same data and params, ``never`` starts over, a path continues from that checkpoint.
     Run under `accelerate launch`, the trainer trains data-parallel and the main process writes.
-    `trainer_args` are further SFTConfig (TrainingArguments) settings, over lorapipe's own, e.g.
-    ``{"torch_compile": True}``; bench/bench_train.py compares such settings.
+    `torch_compile` compiles the model (torch.compile, inductor): faster steps after a first step
+    that holds the compiling (minutes on a small CPU). `trainer_args` are further SFTConfig
+    (TrainingArguments) settings, over lorapipe's own; bench/bench_train.py compares such settings.
     """
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -426,7 +430,7 @@ def train_lora(
                     eval_steps=eval_steps or None, metric_for_best_model="eval_loss", greater_is_better=False,
                     bf16=precision == "bf16", use_cpu=device == "cpu", seed=seed, data_seed=seed,
                     optim="paged_adamw_8bit" if device == "cuda" and four_bit else "adamw_torch_fused",
-                    activation_checkpointing=checkpointing,
+                    activation_checkpointing=checkpointing, torch_compile=torch_compile,
                     activation_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
                     report_to="none", disable_tqdm=True, include_num_input_tokens_seen="non_padding",
                     dataloader_num_workers=0, ddp_find_unused_parameters=False, save_only_model=False)
@@ -487,17 +491,19 @@ def train_lora(
     print(f"[train] done in {seconds:.0f}s: train loss {metrics['train_loss']:.4f}, "
           f"val loss {val_loss:.4f} (perplexity {metrics['val_perplexity']:.2f})", flush=True)
 
-    with atomic_dir(out_dir) as tmp:
+    with atomic_outputs() as place:  # the adapter and its reports are replaced together
+        tmp = place(out_dir, folder=True)
         model.save_pretrained(tmp, safe_serialization=True)
         copy_tokenizer(base_dir, tmp)
         write_json(tmp / paths.RUN_INFO_NAME, run_info or {})
         write_provenance(tmp, {**(provenance or {}), "resolved": resolved})
-    if metrics_path:
-        write_json(metrics_path, {k: v for k, v in metrics.items() if not isinstance(v, (str, list))})
-    if loss_path:
-        write_text_atomic(loss_path, "step\tloss\n" + "".join(f"{s}\t{v:.6f}\n" for s, v in progress.history))
-    if plot_path:
-        plot_losses(progress.history, progress.evals, plot_path)
+        if metrics_path:
+            write_json(place(metrics_path), {k: v for k, v in metrics.items() if not isinstance(v, (str, list))})
+        if loss_path:
+            write_text_atomic(place(loss_path),
+                              "step\tloss\n" + "".join(f"{s}\t{v:.6f}\n" for s, v in progress.history))
+        if plot_path:
+            plot_losses(progress.history, progress.evals, place(plot_path))
     checkpoints.clear()  # the adapter is saved: the crash-recovery checkpoints of this run are done
     return {**metrics, "resolved": resolved, "history": progress.history, "eval_history": progress.evals}
 

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lorapipe import paths
+from lorapipe import faults, paths
 from lorapipe.extract.clean import clean_pages, clean_text
 from lorapipe.extract.formats import FORMATS, OCR_HINT, READERS, read_pdf, resolve_pdf_backend
 from lorapipe.extract.workers import Job, run_jobs
@@ -31,6 +31,9 @@ __all__ = ["extract_documents", "clean_text", "FORMATS"]
 
 EXTRACTOR_VERSION = 2  # bump when a reader's output changes: cached texts of older versions are not used
 LOG_NAME = "extract.log"
+# Facts of one run, not of the documents: returned, printed, never written into the outputs, so the
+# outputs depend on the inputs only (byte-equal after a resumed or repeated run).
+RUN_FIELDS = ("cached", "seconds")
 
 
 def convert_document(path: Path, kind: str, pdf_backend: str = "docling-native", device: str = "auto",
@@ -48,17 +51,35 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _out_name(relative: Path) -> str:
-    """``sub/dir/paper.pdf`` → ``sub__dir__paper.pdf.txt`` (unique, flat, keeps the extension)."""
-    return "__".join(relative.parts) + ".txt"
+NAME_BYTES = 200  # output names stay well under the 255 bytes a file name may have
+
+
+def _printable(name: str) -> str:
+    """A file name as valid UTF-8: bytes that are not (an old Latin-1 name) become U+FFFD."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _out_name(relative: Path, taken: set[str]) -> str:
+    """``sub/dir/paper.pdf`` → ``sub__dir__paper.pdf.txt``: flat, keeps the extension. A name that is
+    too long, or already `taken` (``a__b/c.md`` and ``a/b__c.md``), starts with a hash of the source
+    path instead of its first folders, so two sources never share an output."""
+    name = _printable("__".join(relative.parts) + ".txt")
+    if len(name.encode()) > NAME_BYTES or name in taken:
+        digest = hashlib.sha256(str(relative).encode("utf-8", "surrogateescape")).hexdigest()[:12]
+        tail = name.encode()[-(NAME_BYTES - len(digest) - 2):].decode("utf-8", "ignore")
+        name = f"{digest}__{tail}"
+    taken.add(name)
+    return name
 
 
 def _walk(root: Path) -> list[Path]:
-    """Files under `root`, sorted, without following symbolic links to folders."""
+    """Files under `root`, sorted, and symbolic links to folders (reported, never followed: a link
+    may lead out of the inputs or round in a loop)."""
     found = []
     for folder, dirs, files in os.walk(root, followlinks=False):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         found += [Path(folder) / name for name in files if not name.startswith(".")]
+        found += [Path(folder) / name for name in dirs if (Path(folder) / name).is_symlink()]
     return sorted(found)
 
 
@@ -77,6 +98,8 @@ def _sources(input_dirs: list[Path]) -> list[tuple[Path, Path, Path]]:
 
 def _precheck(path: Path, root: Path) -> str | None:
     """Why a file is skipped before any conversion, or None."""
+    if path.is_symlink() and path.is_dir():
+        return "symbolic link to a folder: not followed (add the folder it points to as an input instead)"
     if path.is_symlink() and not path.resolve().is_relative_to(root.resolve()):
         return "symbolic link to a file outside the input folder: not followed"
     if not path.is_file():
@@ -127,7 +150,7 @@ def extract_documents(
 ) -> list[dict]:
     """Extract every supported file under `input_dirs` (recursively) into `out_dir`.
 
-    Returns the manifest rows. Raises FileNotFoundError for a missing input folder and ValueError
+    Returns the manifest rows, with this run's `cached` and `seconds` of each (not written). Raises FileNotFoundError for a missing input folder and ValueError
     when no document yields usable text.
     """
     from tqdm import tqdm
@@ -141,7 +164,7 @@ def extract_documents(
     rows: list[dict] = []
     jobs: list[Job] = []
     for index, (path, relative, root) in enumerate(sources):
-        row = {"source": str(path), "sha256": None, "bytes": None,
+        row = {"source": _printable(str(path)), "sha256": None, "bytes": None,
                "format": FORMATS.get(path.suffix.lower(), path.suffix.lower().lstrip(".") or "unknown"),
                "extractor": None, "pages": None, "chars": 0, "status": "ok", "error": None,
                "output": None, "cached": False, "seconds": 0.0, "_relative": relative}
@@ -158,12 +181,11 @@ def extract_documents(
         else:
             jobs.append(Job(index, path, {"kind": row["format"], **options}))
 
-    log_lines: list[str] = []
     progress = tqdm(total=len(sources), desc="[extract]", unit="file", mininterval=1.0, dynamic_ncols=True)
-    started, pages_done = time.monotonic(), 0
+    started, pages_done, finished = time.monotonic(), 0, 0
 
     def finish(row: dict, entry: dict) -> None:
-        nonlocal pages_done
+        nonlocal pages_done, finished
         row.pop("_entry", None)
         row["seconds"] = entry.get("seconds", 0.0)
         if entry["status"] == "ok":
@@ -180,16 +202,19 @@ def extract_documents(
             row.update(status="failed", error=entry["error"])
         elapsed = max(time.monotonic() - started, 1e-9)
         detail = f"{row['chars']} chars via {row['extractor']}" if row["status"] == "ok" else row["error"]
-        line = (f"{row['status']:7} {row['source']} ({detail}{', cached' if row['cached'] else ''}; "
-                f"{row['seconds']:.1f} s)")
-        log_lines.append(line)
-        tqdm.write(f"[extract] {line}", file=sys.stderr)
+        line = f"{row['status']:7} {row['source']} ({detail})"
+        row["_log"] = line
+        tqdm.write(f"[extract] {line[:-1]}{', cached' if row['cached'] else ''}; {row['seconds']:.1f} s)",
+                   file=sys.stderr)
         progress.set_postfix_str(f"{progress.n / elapsed:.2f} files/s, {pages_done / elapsed:.1f} pages/s")
         progress.update(1)
+        finished += 1
+        if finished == 1:
+            faults.fault_point("mid")  # one document done (and cached), the others not
 
     for row in rows:
         if row["status"] == "skipped":
-            log_lines.append(f"skipped {row['source']} ({row['error']})")
+            row["_log"] = f"skipped {row['source']} ({row['error']})"
             tqdm.write(f"[extract] skipped {row['source']} ({row['error']})", file=sys.stderr)
             progress.update(1)
         elif row["cached"]:
@@ -223,13 +248,16 @@ def extract_documents(
             f"{counts['failed']} failed, {counts['skipped']} skipped (see the reasons above). "
             f"Supported: {', '.join(sorted(FORMATS))}"
         )
+    taken: set[str] = set()
     with atomic_dir(out_dir) as tmp:
         for row in ok:
-            row["output"] = _out_name(row["_relative"])
+            row["output"] = _out_name(row["_relative"], taken)
             (tmp / row["output"]).write_text(row["_text"] + "\n", encoding="utf-8")
         manifest = [{k: v for k, v in row.items() if not k.startswith("_")} for row in rows]
-        write_jsonl(tmp / paths.MANIFEST_NAME, manifest)
-        (tmp / LOG_NAME).write_text("\n".join(log_lines) + "\n", encoding="utf-8")
+        write_jsonl(tmp / paths.MANIFEST_NAME, [{k: v for k, v in row.items() if k not in RUN_FIELDS}
+                                                for row in manifest])
+        # one line per source, in the sources' order (not the order conversions finished in)
+        (tmp / LOG_NAME).write_text("\n".join(row["_log"] for row in rows) + "\n", encoding="utf-8")
     elapsed = time.monotonic() - started
     print(f"[extract] {len(ok)} of {len(rows)} document(s) extracted into {out_dir} "
           f"({sum(r['cached'] for r in rows)} from cache, {len(jobs)} converted, {elapsed:.1f} s)", flush=True)

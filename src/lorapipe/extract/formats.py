@@ -90,7 +90,10 @@ def read_docx(path: Path) -> Extracted:
 
 def read_json_report(path: Path) -> Extracted:
     """A report whose sections hold an `improved` text: ``{"sections": {"INTRO": {"improved": …}}}``."""
-    data = json.loads(decode_text(path.read_bytes()))
+    try:
+        data = json.loads(decode_text(path.read_bytes()))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
     sections = data.get("sections") if isinstance(data, dict) else None
     if not isinstance(sections, dict):
         raise ValueError('expected a JSON object with "sections": {"NAME": {"improved": "…"}}')
