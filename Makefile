@@ -52,7 +52,7 @@ lint: install ## byte-compile every module and validate params.yaml
 	$(PY) -m compileall -q src stages tests bench scripts
 	lorapipe check > /dev/null
 
-bench: install ## run the benchmarks in bench/ (about 75 min; ONLY=training,pipeline for some) and update bench/BENCHMARKS.md
+bench: install ## run the benchmarks in bench/ (about 85 min; ONLY=training,pipeline for some) and update bench/BENCHMARKS.md
 	$(PY) bench/run.py $(if $(ONLY),--only "$(ONLY)")
 
 # The UI has no login: it listens on this machine only, unless UI_HOST names another address.

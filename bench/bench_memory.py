@@ -9,6 +9,7 @@ own peak resident memory (VmHWM); the estimate comes from the model's config alo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -62,7 +63,8 @@ def main() -> None:
     from lorapipe.plan import estimate_memory_gb, load_facts, training_settings
 
     with tempfile.TemporaryDirectory() as tmp:
-        bundled = prepare_base_model("smollm2-135m-instruct", Path(tmp) / "base")
+        with contextlib.redirect_stdout(sys.stderr):  # the stage's progress is not part of the report
+            bundled = prepare_base_model("smollm2-135m-instruct", Path(tmp) / "base")
         models = {"bundled": bundled, "tiny": tiny_model(bundled, Path(tmp) / "tiny")}
         print("| model | batch × seq | precision | measured GB | estimated GB | error |\n|---|---|---|---|---|---|")
         for name, batch, length, precision in CONFIGS:

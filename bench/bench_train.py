@@ -2,7 +2,7 @@
 against the plain baseline (transformers' Trainer with peft), in tokens per second and model FLOPs
 utilisation (MFU), and what each speed setting lorapipe tried is worth.
 
-Run: .venv/bin/python bench/bench_train.py [--steps 4] [--repeats 3] [--only NAME,NAME]   (about 40 minutes)
+Run: .venv/bin/python bench/bench_train.py [--steps 8] [--repeats 3] [--only NAME,NAME]   (about 50 minutes)
 
 Every configuration trains in a fresh process on the same text rows (the sample corpus cut into
 chunks of at most 512 tokens by the dataset stage), in full batches of 4 (`dataloader_drop_last`:
@@ -12,11 +12,14 @@ trains with). Speed counts only the tokens that carry loss
 median of --repeats runs, with min and max. MFU = tokens/s × model FLOPs per token
 (lorapipe.plan.training_flops_per_token) ÷ the peak FLOP/s of a large matrix multiply here, in the
 same precision. The loss is the training loss of the last step: the same data and steps for all.
+"s to first step" is the child process's time from before its imports of torch and transformers to
+the end of the first step: loading the model, setting up the trainer, torch.compile's compiling.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -47,8 +50,8 @@ CONFIGS: dict[str, tuple[str, dict, dict, str]] = {
     "foreach AdamW": ("lorapipe", {"trainer_args": {"optim": "adamw_torch"}}, {},
                       "the foreach AdamW instead of the fused kernel lorapipe uses"),
     "+ torch.compile": ("lorapipe", {"torch_compile": True}, {},
-                        "train.torch_compile: torch.compile (inductor) of the model; the compiling (minutes) "
-                        "falls in the first step, not timed"),
+                        "train.torch_compile: torch.compile (inductor) of the model; the compiling falls in the "
+                        "first step (s to first step)"),
     "+ gradient checkpointing": ("lorapipe", {"trainer_args": {"activation_checkpointing": True,
                                                                "activation_checkpointing_kwargs":
                                                                    {"use_reentrant": False}}}, {},
@@ -137,7 +140,9 @@ def run_lorapipe(work: Path, steps: int, settings: dict) -> dict:
 
 def child(name: str, work: Path, steps: int) -> None:
     kind, settings, _, _ = CONFIGS[name]
+    started = time.perf_counter()
     out = (run_baseline if kind == "baseline" else run_lorapipe)(work, steps, settings)
+    out["first_step_seconds"] = out["marks"][0][0] - started  # loading, setting up, compiling, one step
     out["tokens_per_second"] = steady_speed(out.pop("marks"))
     out["peak_gb"] = vm_hwm_gb()
     print("RESULT " + json.dumps(out), flush=True)
@@ -189,7 +194,7 @@ def spread(values: list[float], fmt: str = "{:.0f}") -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", help="comma-separated configuration names")
     parser.add_argument("--child")
@@ -204,7 +209,8 @@ def main() -> None:
     names = args.only.split(",") if args.only else list(CONFIGS)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        stats = prepare(work)
+        with contextlib.redirect_stdout(sys.stderr):  # the stages' progress is not part of the report
+            stats = prepare(work)
         rows, tokens = stats["rows"]["train"], stats["tokens"]["train"]
         mean_len = tokens / rows
         peaks = {p: matmul_peak(p) for p in ("fp32", "bf16")}
@@ -228,8 +234,8 @@ def main() -> None:
     print("- model FLOPs per trained token (`training_flops_per_token`, mean row length): "
           f"{training_flops_per_token(facts, round(mean_len)) / 1e9:.3f} GFLOP + 6 per adapter parameter\n")
     print("| configuration | precision | tokens/s | × baseline fp32 | × baseline bf16 | MFU | MFU of bf16 peak | "
-          "final loss | peak GB | what |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "final loss | peak GB | s to first step | what |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     speed = {n: statistics.median(r["tokens_per_second"] for r in rs) for n, rs in results.items() if rs}
     for name, runs in results.items():
         if not runs:
@@ -242,14 +248,18 @@ def main() -> None:
         print(f"| {name} | {first['precision']} | {spread([r['tokens_per_second'] for r in runs])} | "
               f"{ratio('baseline fp32')} | {ratio('baseline bf16 flag')} | {spread([m * 100 for m in mfu])}% | "
               f"{spread([m * 100 for m in of_bf16])}% | {spread([r['loss'] for r in runs], '{:.4f}')} | "
-              f"{spread([r['peak_gb'] for r in runs], '{:.2f}')} | {CONFIGS[name][3]} |")
+              f"{spread([r['peak_gb'] for r in runs], '{:.2f}')} | {spread([r['first_step_seconds'] for r in runs])} | "
+              f"{CONFIGS[name][3]} |")
     for name, error in failed.items():
-        print(f"| {name} | failed: {error} | | | | | | | | {CONFIGS[name][3]} |")
-    if results.get("lorapipe") and results.get("lorapipe fp32"):
-        fast = statistics.median(r["loss"] for r in results["lorapipe"])
+        print(f"| {name} | failed: {error} | | | | | | | | | {CONFIGS[name][3]} |")
+    if results.get("lorapipe fp32"):
         fp32 = statistics.median(r["loss"] for r in results["lorapipe fp32"])
-        print(f"\n- final training loss, lorapipe as shipped against float32 on the same data and steps: "
-              f"{fast:.4f} vs {fp32:.4f} ({(fast - fp32) / fp32 * 100:+.2f}%)")
+        print()
+        for name in ("lorapipe", "+ torch.compile"):
+            if results.get(name):
+                loss = statistics.median(r["loss"] for r in results[name])
+                print(f"- final training loss, {name} against lorapipe fp32 on the same data and steps: "
+                      f"{loss:.4f} vs {fp32:.4f} ({(loss - fp32) / fp32 * 100:+.2f}%)")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Run every benchmark in bench/ and write bench/BENCHMARKS.md with the machine and versions.
 
 Run: make bench   (or .venv/bin/python bench/run.py [--only training,pipeline], from the project root;
-all of them take about 75 minutes on 2 cores: training speed 40, the Snips comparison 15)
+all of them take about 85 minutes on 2 cores: training speed 50, the Snips comparison 15)
 
 With --only, the named benchmarks (a word of their title) run again and the other sections of the
 existing BENCHMARKS.md are kept as they were.

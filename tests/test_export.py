@@ -8,6 +8,7 @@ import json
 import pytest
 
 from lorapipe import export_gguf
+from lorapipe.export import TIE_LOGITS, logit_agreement
 from lorapipe.models import load_tokenizer
 
 PROMPT = "You answer from the lorapipe documents only."
@@ -24,6 +25,38 @@ def exported(tmp_path_factory, tiny_model_dir):
     info = export_gguf(tiny_model_dir, work / "prompts.json", work / "gguf", quants=["Q8_0", "F32"],
                        outtype="f32", name="tiny", metadata=LINEAGE)
     return work / "gguf", info
+
+
+def _logits(*rows):
+    import numpy as np
+
+    return np.array(rows, dtype=np.float32)
+
+
+def test_a_different_top1_at_a_near_tie_is_rounding():
+    reference = _logits([5.0, 4.99, 0.0], [1.0, 3.0, 0.0])
+    actual = _logits([4.99, 5.0, 0.0], [1.0, 3.0, 0.0])  # token 0 flips between two logits 0.01 apart
+    agreement = logit_agreement(reference, actual)
+    assert agreement["max_abs_diff"] == pytest.approx(0.01, abs=1e-6)
+    assert agreement["top1_agreement"] == 0.5
+    assert agreement["top1_agreement_beyond_ties"] == 1.0
+
+
+def test_a_different_top1_beyond_the_noise_is_a_disagreement():
+    reference = _logits([5.0, 5.0 - 2 * TIE_LOGITS, 0.0], [1.0, 3.0, 0.0])
+    actual = _logits([5.0, 5.01, 0.0], [1.0, 3.0, 0.0])  # top-1 moves to a logit 2 x TIE_LOGITS below the best
+    agreement = logit_agreement(reference, actual)
+    assert agreement["top1_agreement"] == agreement["top1_agreement_beyond_ties"] == 0.5
+
+
+def test_the_tie_is_the_reference_gap_whatever_the_largest_difference():
+    reference = _logits([5.0, 5.0 - TIE_LOGITS, 0.0], [1.0, 3.0, 0.0])
+    actual = reference.copy()
+    actual[0, 1] += 2 * TIE_LOGITS  # top-1 moves to a logit exactly TIE_LOGITS below the best: a tie
+    actual[1, 0] += 1.5  # an unrelated, larger difference does not widen it
+    agreement = logit_agreement(reference, actual)
+    assert agreement["top1_agreement"] == 0.5
+    assert agreement["top1_agreement_beyond_ties"] == 1.0
 
 
 def test_exact_files(exported):

@@ -6,6 +6,7 @@ Run: .venv/bin/pytest tests/test_pipeline_e2e.py -s   (about five minutes)
 from __future__ import annotations
 
 import re
+import secrets
 import subprocess
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from lorapipe.params import STAGE_SECTIONS
 
 ALL_STAGES = set(STAGE_SECTIONS)
 AFTER_TRAIN = {"train", "merge", "export", "evaluate"}
-FAKE_HF_TOKEN = "hf_lorapipeFakeTokenThatMustNeverBeWritten0123"
+# Drawn per session, so that no file (this one included, copied into the test project) holds it.
+FAKE_HF_TOKEN = "hf_" + secrets.token_hex(17)
 
 
 def _ran(output: str) -> set[str]:

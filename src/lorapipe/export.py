@@ -183,7 +183,6 @@ TIE_LOGITS = 0.1  # the widest logit gap compare_logits calls a near tie
 
 def compare_logits(model_dir: Path, gguf_path: Path, text: str) -> dict[str, float]:
     """Logits of the GGUF under llama.cpp against the Hugging Face model on the same tokens."""
-    import numpy as np
     import torch
 
     from lorapipe.models import load_causal_lm, load_tokenizer
@@ -191,18 +190,23 @@ def compare_logits(model_dir: Path, gguf_path: Path, text: str) -> dict[str, flo
     ids = load_tokenizer(model_dir)(text, add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         reference = load_causal_lm(model_dir)(torch.tensor([ids])).logits[0].float().numpy()
-    actual = gguf_logits(gguf_path, [ids])[0]
-    max_diff = float(np.abs(actual - reference).max())
+    return {"tokens": len(ids), **logit_agreement(reference, gguf_logits(gguf_path, [ids])[0])}
+
+
+def logit_agreement(reference, actual) -> dict[str, float]:
+    """How far two (tokens × vocabulary) logit arrays agree: the largest difference, the share of tokens
+    with the same top-1, and that share counting a different top-1 at a near tie as the same (the
+    reference's logit for `actual`'s choice within TIE_LOGITS of its own best: rounding, not a broken
+    conversion). Rounding noise alone cannot bound the tie: moving the top-1 across a gap g takes a
+    difference of at least g / 2, so every different top-1 lies within 2 × the largest difference."""
+    import numpy as np
+
     chosen = actual.argmax(-1)
-    # A different top-1 at a near tie (the reference's logit for the GGUF's choice within the rounding
-    # noise, at most TIE_LOGITS, of its own best) is rounding, not a broken conversion.
     gap = reference.max(-1) - np.take_along_axis(reference, chosen[:, None], -1)[:, 0]
-    tie = min(2 * max_diff, TIE_LOGITS)
     return {
-        "tokens": len(ids),
-        "max_abs_diff": max_diff,
+        "max_abs_diff": float(np.abs(actual - reference).max()),
         "top1_agreement": float((chosen == reference.argmax(-1)).mean()),
-        "top1_agreement_beyond_ties": float((gap <= tie).mean()),
+        "top1_agreement_beyond_ties": float((gap <= TIE_LOGITS).mean()),
     }
 
 
@@ -298,8 +302,8 @@ def export_gguf(
     `metadata` (string keys, e.g. ``lorapipe.git_commit``) is written into every GGUF. With
     `lora_gguf`, ``<name>.lora.gguf`` holds the adapter alone (for ``llama-cli --lora``). The
     converted file must agree with the merged model: top-1 next-token agreement of at least
-    `min_top1_agreement` for f32/f16/bf16 (a different choice at a near tie, within the logits'
-    rounding noise, counts as agreeing), and a max |Δlogit| of at most `max_f32_logit_diff` for f32.
+    `min_top1_agreement` for f32/f16/bf16 (a different choice at a near tie, within
+    TIE_LOGITS of the merged model's best logit, counts as agreeing), and a max |Δlogit| of at most `max_f32_logit_diff` for f32.
     """
     from lorapipe.models import load_tokenizer
 
