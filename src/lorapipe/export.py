@@ -302,8 +302,9 @@ def export_gguf(
     `metadata` (string keys, e.g. ``lorapipe.git_commit``) is written into every GGUF. With
     `lora_gguf`, ``<name>.lora.gguf`` holds the adapter alone (for ``llama-cli --lora``). The
     converted file must agree with the merged model: top-1 next-token agreement of at least
-    `min_top1_agreement` for f32/f16/bf16 (a different choice at a near tie, within
-    TIE_LOGITS of the merged model's best logit, counts as agreeing), and a max |Δlogit| of at most `max_f32_logit_diff` for f32.
+    `min_top1_agreement` for f32/f16/bf16 (a different choice at a near tie, within TIE_LOGITS of
+    the merged model's best logit, counts as agreeing), and a max |Δlogit| of at most
+    `max_f32_logit_diff` for f32.
     """
     from lorapipe.models import load_tokenizer
 
