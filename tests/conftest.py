@@ -151,12 +151,11 @@ def git_project(dest: Path, tiny_model_dir: Path, labeled: bool = True, **sectio
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "LORAPIPE_HOME")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    git = ["git", "-c", "user.name=lorapipe tests", "-c", "user.email=tests@lorapipe.invalid"]
     run_ok(["git", "init", "-q", "-b", "main"], repo, env)
     run_ok(["git", "config", "user.name", "lorapipe tests"], repo, env)
     run_ok(["git", "config", "user.email", "tests@lorapipe.invalid"], repo, env)
-    run_ok([*git, "add", "-A"], repo, env)
-    run_ok([*git, "commit", "-q", "-m", "project"], repo, env)
+    run_ok(["git", "add", "-A"], repo, env)
+    run_ok(["git", "commit", "-q", "-m", "project"], repo, env)
     return repo, env
 
 

@@ -150,8 +150,8 @@ def extract_documents(
 ) -> list[dict]:
     """Extract every supported file under `input_dirs` (recursively) into `out_dir`.
 
-    Returns the manifest rows, with this run's `cached` and `seconds` of each (not written). Raises FileNotFoundError for a missing input folder and ValueError
-    when no document yields usable text.
+    Returns the manifest rows, with this run's `cached` and `seconds` of each (not written). Raises
+    FileNotFoundError for a missing input folder and ValueError when no document yields usable text.
     """
     from tqdm import tqdm
 
@@ -202,10 +202,9 @@ def extract_documents(
             row.update(status="failed", error=entry["error"])
         elapsed = max(time.monotonic() - started, 1e-9)
         detail = f"{row['chars']} chars via {row['extractor']}" if row["status"] == "ok" else row["error"]
-        line = f"{row['status']:7} {row['source']} ({detail})"
-        row["_log"] = line
-        tqdm.write(f"[extract] {line[:-1]}{', cached' if row['cached'] else ''}; {row['seconds']:.1f} s)",
-                   file=sys.stderr)
+        line = f"{row['status']:7} {row['source']} ({detail}"
+        row["_log"] = line + ")"  # the log holds no run facts (cached, seconds): see RUN_FIELDS
+        tqdm.write(f"[extract] {line}{', cached' if row['cached'] else ''}; {row['seconds']:.1f} s)", file=sys.stderr)
         progress.set_postfix_str(f"{progress.n / elapsed:.2f} files/s, {pages_done / elapsed:.1f} pages/s")
         progress.update(1)
         finished += 1
