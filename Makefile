@@ -10,7 +10,7 @@ TORCH_INDEX ?=
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test-tools run repro test test-slow lint bench ui lock clean
+.PHONY: help install test-tools run repro test test-all lint bench ui lock clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -42,14 +42,17 @@ test-tools: ## install what the tests need beyond .venv (Go, with apt, as root o
 	  { $$SUDO apt-get update -qq >/dev/null 2>&1 && $$SUDO apt-get install -y -qq golang-go >/dev/null 2>&1; } || \
 	  echo "could not install golang-go: tests/test_chat_templates.py will be skipped"; }
 
-test: install test-tools ## run the tests (fast; what CI runs)
-	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
+# pytest exits 5 when it collects no test: that is a failure here, not a pass.
+PYTEST = $(PY) -m pytest -q
+test: install test-tools ## the quick check: unit tests, no full-pipeline runs (a few minutes)
+	$(PYTEST) -m "not integration"; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
 
-test-slow: install test-tools ## run the slow tests too
-	$(PY) -m pytest -q -m "slow or not slow"; rc=$$?; if [ $$rc -eq 5 ]; then exit 1; fi; exit $$rc
+test-all: install test-tools lint ## the full check (what CI runs): lint, then every test, full-pipeline ones too
+	$(PYTEST); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
 
-lint: install ## byte-compile every module and validate params.yaml
-	$(PY) -m compileall -q src stages tests bench scripts
+lint: install ## ruff (lint rules and format check, pyproject.toml) and params.yaml validation
+	$(VENV)/bin/ruff check src tests bench scripts
+	$(VENV)/bin/ruff format --check src tests bench scripts
 	lorapipe check > /dev/null
 
 bench: install ## run the benchmarks in bench/ (about 85 min; ONLY=training,pipeline for some) and update bench/BENCHMARKS.md

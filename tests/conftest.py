@@ -1,27 +1,33 @@
-"""Shared fixtures: a tiny random Llama with the bundled SmolLM2 tokenizer, and tiny datasets.
+"""Shared fixtures: a tiny random Llama with the bundled SmolLM2 tokenizer, and tiny datasets. Plain
+helper functions and constants live in tests/helpers.py (import them from there, not from conftest).
 
 Run: .venv/bin/pytest tests/   (or `make test`)
 """
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import pytest
+from helpers import TEXT
 
-ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = Path(__file__).parent / "fixtures"
-SAMPLE_DOCS = ROOT / "data" / "raw" / "docs"
+INTEGRATION = Path(__file__).parent / "integration"
 
-TEXT = (
-    "Low-rank adaptation trains two thin matrices beside each frozen weight matrix. "
-    "The product of the two matrices is added to the layer's output, scaled by alpha over rank. "
-    "Only the thin matrices receive gradients, so the optimizer state stays small.\n\n"
-    "A pipeline records data, code and parameters together. Each stage reads declared inputs and "
-    "writes declared outputs, so a change reruns only the stages that depend on it."
-)
+
+def pytest_collection_modifyitems(items):
+    """Tests under tests/integration/ run the pipeline end to end: they carry the `integration` marker,
+    which `make test` leaves out and `make test-all` (CI) runs. GPU tests skip without CUDA."""
+    cuda = None
+    for item in items:
+        if INTEGRATION in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.integration)
+        if item.get_closest_marker("gpu"):
+            if cuda is None:
+                import torch
+
+                cuda = torch.cuda.is_available()
+            if not cuda:
+                item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
 
 
 @pytest.fixture(scope="session")
@@ -102,65 +108,6 @@ def trained_adapter(tmp_path_factory, tiny_model_dir) -> Path:
                batch_size=2, log_every=1, precision="fp32", metrics_path=work / "train.json",
                loss_path=work / "loss.tsv", run_info={"run_id": None})
     return work / "adapter"
-
-
-def copy_project(dest: Path) -> Path:
-    """Copy the files git would commit (tracked plus untracked, not ignored) into `dest`."""
-    import subprocess
-
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-                            cwd=ROOT, capture_output=True, text=True, check=True).stdout.split("\0")
-    for name in filter(None, listed):
-        source = ROOT / name
-        if source.is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, dest / name)
-    return dest
-
-
-def run_ok(args: list[str], cwd: Path, env: dict) -> str:
-    """Run a command; fail the test with its output's tail unless it exits 0."""
-    import subprocess
-
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, f"{' '.join(args)} failed:\n{output[-6000:]}"
-    return output
-
-
-def git_project(dest: Path, tiny_model_dir: Path, labeled: bool = True, **sections: dict) -> tuple[Path, dict]:
-    """A copy of the project in a new git repo at `dest`, with params for the tiny model (each of
-    `sections` updates that params section), committed; returns the repo and the environment to run
-    `dvc` in (this venv first on PATH, no outside MLflow store)."""
-    import os
-    import sys
-
-    import yaml
-
-    repo = copy_project(dest)
-    if labeled:  # labeled examples beside the documents: dataset.mode auto builds a text and a chat task
-        shutil.copy(FIXTURES / "labeled" / "snips_sample.jsonl", repo / "data" / "raw" / "labeled")
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["model"]["name"] = str(tiny_model_dir)
-    params["dataset"].update(max_seq_len=128, overlap_tokens=16)
-    params["train"].update(max_steps=4, batch_size=2, log_every=2)
-    params["export"].update(quants=["Q8_0"], outtype="f32", name="tiny")
-    params["eval"].update(max_samples=4, num_generations=1, max_new_tokens=8)
-    for section, values in sections.items():
-        params[section].update(values)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "LORAPIPE_HOME")}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    run_ok(["git", "init", "-q", "-b", "main"], repo, env)
-    run_ok(["git", "config", "user.name", "lorapipe tests"], repo, env)
-    run_ok(["git", "config", "user.email", "tests@lorapipe.invalid"], repo, env)
-    run_ok(["git", "add", "-A"], repo, env)
-    run_ok(["git", "commit", "-q", "-m", "project"], repo, env)
-    return repo, env
-
-
-def read_json(path: Path):
-    return json.loads(Path(path).read_text())
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,7 @@ Run: .venv/bin/pytest tests/test_api.py
 import json
 
 import lorapipe
-from conftest import SAMPLE_DOCS
+from helpers import SAMPLE_DOCS
 
 
 def test_public_api_names():

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURES, ROOT, TEXT
+from helpers import FIXTURES, ROOT, TEXT
 from lorapipe import build_dataset, extract_documents
 
 GOOD = "A readable page of text about low-rank adaptation, long enough to keep."

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURES
+from helpers import FIXTURES
 from lorapipe.chat_templates import derive_template, fold_system, modelfile_text, strip_bos
 
 TEMPLATES = FIXTURES / "chat_templates"

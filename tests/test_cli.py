@@ -6,7 +6,7 @@ Run: .venv/bin/pytest tests/test_cli.py
 import subprocess
 import sys
 
-from conftest import ROOT
+from helpers import ROOT
 from lorapipe.cli import main
 
 
@@ -38,11 +38,13 @@ def test_console_script_runs():
 def test_merge_and_export_flags_reach_the_stage_functions(monkeypatch):
     from pathlib import Path
 
-    import lorapipe.pipeline as pipeline
+    import lorapipe.stages.export
+    import lorapipe.stages.merge
 
     calls = {}
-    monkeypatch.setattr(pipeline, "run_merge", lambda p, merged: calls.update(merge=(p.merge.dtype, merged)))
-    monkeypatch.setattr(pipeline, "run_export", lambda p, merged, out: calls.update(export=(p.export, merged, out)))
+    monkeypatch.setattr(lorapipe.stages.merge, "run", lambda p, merged: calls.update(merge=(p.merge.dtype, merged)))
+    monkeypatch.setattr(lorapipe.stages.export, "run",
+                        lambda p, merged, out: calls.update(export=(p.export, merged, out)))
     params = str(ROOT / "params.yaml")
     assert main(["merge", "--params", params, "--merged-dir", "m", "--merge.dtype", "float16"]) == 0
     assert main(["export", "--params", params, "--merged-dir", "m", "--output-dir", "g", "--quant", "q8_0",

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import TEXT, read_json
+from helpers import TEXT, read_json
 from lorapipe import build_dataset, chunk_text
 from lorapipe.io import read_jsonl
 from lorapipe.models import load_tokenizer
@@ -83,7 +83,7 @@ def test_too_little_text(tmp_path, tiny_model_dir):
 
 # --- chat mode, tasks, one system prompt ----------------------------------------------------------
 
-from conftest import FIXTURES  # noqa: E402
+from helpers import FIXTURES  # noqa: E402
 
 JSON_PROMPT = "Analyse the query. Answer only with JSON: intent and slots."
 
@@ -221,7 +221,7 @@ def test_nothing_to_build_from(tmp_path, tiny_model_dir):
 
 
 def test_dataset_cli(tmp_path, text_dir, tiny_model_dir, monkeypatch):
-    from conftest import ROOT
+    from helpers import ROOT
     from lorapipe.cli import main
 
     work = tmp_path / "work"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_json
+from helpers import read_json
 from lorapipe.distributed import launch_command, train_lora_distributed
 
 

@@ -5,7 +5,7 @@ Run: .venv/bin/pytest tests/test_evaluate.py
 
 import json
 
-from conftest import read_json
+from helpers import read_json
 from lorapipe import evaluate_base, evaluate_models, export_gguf
 
 
@@ -31,7 +31,7 @@ def test_base_merged_and_gguf_perplexity(tmp_path, dataset_dir, tiny_model_dir):
 def test_chat_answers_are_scored_for_base_fine_tuned_and_gguf(tmp_path, tiny_model_dir):
     """A JSON task (snips queries): answers of the base (evaluate_base, once), the merged model and
     the GGUF, scored with the schema; samples.md puts them side by side."""
-    from conftest import FIXTURES
+    from helpers import FIXTURES
     from lorapipe import build_dataset
 
     data = tmp_path / "dataset"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURES, SAMPLE_DOCS
+from helpers import FIXTURES, SAMPLE_DOCS
 from lorapipe import extract_documents
 from lorapipe.extract import RUN_FIELDS, clean_text
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import git_project, run_ok
+from helpers import git_project, run_ok
 from lorapipe.faults import FAULT_ENV, POINTS
 from lorapipe.params import STAGE_SECTIONS
 

@@ -6,7 +6,7 @@ Run: .venv/bin/pytest tests/test_params.py
 import pytest
 import yaml
 
-from conftest import ROOT
+from helpers import ROOT
 from lorapipe import paths
 from lorapipe.cli import build_parser
 from lorapipe.params import STAGE_SECTIONS, ParamsError, Params, load_params, section_keys, stage_keys, validate_params

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from conftest import ROOT
+from helpers import ROOT
 from lorapipe.params import Params, ParamsError, load_params
 
 DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 from lorapipe.plan import autofit, estimate_memory_gb, load_facts, plan_report
 
 

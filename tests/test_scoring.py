@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import FIXTURES
+from helpers import FIXTURES
 from lorapipe.scoring import exact_match, is_json_task, parse_json, rouge_l, score_answers, score_json
 
 SCHEMA = json.loads((FIXTURES / "labeled" / "snips_schema.json").read_text())

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import ROOT
+from helpers import ROOT
 from lorapipe import export_gguf
 
 TOKEN = "test-token-123"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_json
+from helpers import read_json
 from lorapipe import train_lora
 from lorapipe.train import default_target_modules, quantization_config, resolve_load_in_4bit, resolve_precision
 

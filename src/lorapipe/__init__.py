@@ -6,23 +6,42 @@ The public API is the functions the pipeline's stages call:
     from lorapipe import extract_documents, build_dataset, train_lora
     extract_documents(["data/raw/docs"], "data/extracted_text")
 
-Heavy libraries (torch, transformers, docling) load only when a function that needs them runs.
+This package face imports nothing eagerly (PEP 562): ``from lorapipe import train_lora`` imports
+``lorapipe.train`` only then, so each DVC stage executes only the modules it uses (and its
+``deps`` in ``dvc.yaml`` can cover them). Heavy libraries (torch, transformers, docling) load only
+when a function that needs them runs.
 """
 
-from lorapipe.dataset import build_dataset, chunk_text
-from lorapipe.distributed import train_lora_distributed
-from lorapipe.evaluate import chat, evaluate_base, evaluate_models
-from lorapipe.export import export_gguf, install_converter
-from lorapipe.extract import extract_documents
-from lorapipe.merge import merge_adapter
-from lorapipe.models import prepare_base_model
-from lorapipe.params import ParamsError, load_params
-from lorapipe.train import train_lora
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ParamsError", "build_dataset", "chat", "chunk_text", "evaluate_base", "evaluate_models", "export_gguf",
-    "extract_documents", "install_converter", "load_params", "merge_adapter", "prepare_base_model",
-    "train_lora", "train_lora_distributed",
-]
+# Public name -> the module that defines it (the one place the package face names them).
+_API = {
+    "ParamsError": "lorapipe.params", "load_params": "lorapipe.params",
+    "prepare_base_model": "lorapipe.models",
+    "extract_documents": "lorapipe.extract",
+    "build_dataset": "lorapipe.dataset", "chunk_text": "lorapipe.dataset",
+    "train_lora": "lorapipe.train", "train_lora_distributed": "lorapipe.distributed",
+    "merge_adapter": "lorapipe.merge",
+    "export_gguf": "lorapipe.export", "install_converter": "lorapipe.export",
+    "evaluate_base": "lorapipe.evaluate", "evaluate_models": "lorapipe.evaluate", "chat": "lorapipe.evaluate",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str) -> Any:
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lorapipe' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_API})

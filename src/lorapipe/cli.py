@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from lorapipe import paths
-from lorapipe.params import STAGE_SECTIONS, ParamsError, load_params, stage_keys
+from lorapipe.params import STAGE_SECTIONS, Params, ParamsError, load_params, stage_keys
 
 
 # Short spellings of some keys, as the README documents them (`--min-length` = `--extract.min_length`).
@@ -142,28 +142,76 @@ def _plan(args: argparse.Namespace) -> int:
     return 0 if fits else 1
 
 
+def _run_stage(args: argparse.Namespace) -> None:
+    """Run one stage's module (``lorapipe.stages.<stage>``) with params.yaml plus the flags' overrides."""
+    from lorapipe import faults
+
+    overrides = _overrides(args, args.command)
+    if getattr(args, "quant", None):
+        overrides["export.quants"] = args.quant
+    params = load_params(args.params, overrides)
+    faults.enter_stage(args.command)
+    _STAGE_RUNNERS[args.command](args, params)
+
+
+def _base(args: argparse.Namespace, p: Params) -> None:
+    from lorapipe.stages.base import run
+
+    run(p)
+
+
+def _extract(args: argparse.Namespace, p: Params) -> None:
+    from lorapipe.stages.extract import run
+
+    run(p, [Path(d) for d in args.input_dirs or [paths.RAW_DOCS]], Path(args.output_dir))
+
+
+def _dataset(args: argparse.Namespace, p: Params) -> None:
+    from lorapipe.stages.dataset import run
+
+    run(p, Path(args.input_dir), Path(args.labeled_dir), Path(args.output_dir))
+
+
+def _train(args: argparse.Namespace, p: Params) -> None:
+    from lorapipe.stages.train import run
+
+    run(p, args.task)
+
+
+def _merge(args: argparse.Namespace, p: Params) -> None:
+    from lorapipe.stages.merge import run
+
+    run(p, Path(args.merged_dir))
+
+
+def _export(args: argparse.Namespace, p: Params) -> None:
+    from lorapipe.stages.export import run
+
+    run(p, Path(args.merged_dir), Path(args.output_dir))
+
+
+def _evaluate_base(args: argparse.Namespace, p: Params) -> None:
+    from lorapipe.stages.evaluate_base import run
+
+    run(p)
+
+
+def _evaluate(args: argparse.Namespace, p: Params) -> None:
+    from lorapipe.stages.evaluate import run
+
+    run(p)
+
+
+# Each stage command and how its flags reach the stage module's run() (lorapipe.stages.<stage>).
+_STAGE_RUNNERS = {"base": _base, "extract": _extract, "dataset": _dataset, "train": _train, "merge": _merge,
+                  "export": _export, "evaluate_base": _evaluate_base, "evaluate": _evaluate}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command in STAGE_SECTIONS:
-            from lorapipe.pipeline import STAGES, run_dataset, run_export, run_extract, run_merge, run_train
-
-            overrides = _overrides(args, args.command)
-            if getattr(args, "quant", None):
-                overrides["export.quants"] = args.quant
-            params = load_params(args.params, overrides)
-            if args.command == "extract":
-                run_extract(params, [Path(d) for d in args.input_dirs or [paths.RAW_DOCS]], Path(args.output_dir))
-            elif args.command == "dataset":
-                run_dataset(params, Path(args.input_dir), Path(args.labeled_dir), Path(args.output_dir))
-            elif args.command == "train":
-                run_train(params, args.task)
-            elif args.command == "merge":
-                run_merge(params, Path(args.merged_dir))
-            elif args.command == "export":
-                run_export(params, Path(args.merged_dir), Path(args.output_dir))
-            else:
-                STAGES[args.command](params)
+            _run_stage(args)
         elif args.command == "ask":
             _ask(args)
         elif args.command == "plan":

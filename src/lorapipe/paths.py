@@ -14,8 +14,9 @@ from pathlib import Path
 
 PARAMS = Path("params.yaml")
 
-RAW_DOCS = Path("data/raw/docs")
-RAW_LABELED = Path("data/raw/labeled")
+RAW = Path("data/raw")
+RAW_DOCS = RAW / "docs"
+RAW_LABELED = RAW / "labeled"
 EXTRACTED = Path("data/extracted_text")
 MANIFEST_NAME = "manifest.jsonl"
 

@@ -1,6 +1,6 @@
 """Tracking against a real MLflow server on 127.0.0.1: train a tiny model, read the run back over REST.
 
-Run: .venv/bin/pytest tests/test_tracking_server.py
+Run: .venv/bin/pytest tests/integration/test_tracking_server.py
 """
 
 import json

@@ -1,6 +1,6 @@
 """End to end: the whole DVC pipeline on a tiny model in a temporary git repo, then an experiment.
 
-Run: .venv/bin/pytest tests/test_pipeline_e2e.py -s   (about five minutes)
+Run: .venv/bin/pytest tests/integration/test_pipeline.py -s   (about ten minutes; `make test-all` runs it)
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import git_project, read_json, run_ok
+from helpers import git_project, read_json, run_ok
 from lorapipe.params import STAGE_SECTIONS
 
 ALL_STAGES = set(STAGE_SECTIONS)
@@ -77,6 +77,33 @@ def test_second_repro_is_a_no_op(project):
     output = run_ok(["dvc", "repro"], repo, env)
     assert _ran(output) == set()
     assert "Data and pipelines are up to date" in output
+
+
+def _changed_stages(repo: Path, env: dict) -> set[str]:
+    """The stages `dvc status` reports as changed (their deps, params or outs)."""
+    import json
+
+    return set(json.loads(run_ok(["dvc", "status", "--json"], repo, env)))
+
+
+def test_editing_a_module_changes_exactly_the_stages_that_execute_it(project):
+    """An edit to src/lorapipe/scoring.py changes the stages whose commands execute it (computed from
+    the import closure) and no other: DVC's deps follow the code."""
+    from helpers import import_closure, stage_entry
+
+    repo, env, _ = project
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    module = repo / "src/lorapipe/scoring.py"
+    executing = {name for name, stage in stages.items()
+                 if module in import_closure(stage_entry(stage["cmd"], repo), repo / "src")}
+    assert executing and executing != set(stages)
+    original = module.read_text()
+    module.write_text(original + "\n# an edit that DVC must notice\n")
+    try:
+        assert _changed_stages(repo, env) == executing
+    finally:
+        module.write_text(original)
+    assert _changed_stages(repo, env) == set()
 
 
 def test_experiment_reruns_only_what_depends_on_lora_rank(project):
@@ -241,3 +268,34 @@ def test_the_hub_token_is_written_nowhere(project):
     assert {"mlflow.db", "dvc.lock", "reports/train.json", "models/lora_output/run.json"} <= set(scanned)
     assert any(name.startswith("mlartifacts/") for name in scanned)
     assert any(name.startswith(".dvc/cache/") for name in scanned)
+
+
+def test_a_file_named_by_a_param_is_a_dep_of_the_stage_that_reads_it(project):
+    """dataset.system_prompt naming a file under data/raw: editing the file changes the dataset stage;
+    a prompt file outside data/raw stops the stage before any work, naming the key and the path."""
+    repo, env, _ = project
+    prompt = repo / "data/raw/prompts/system.txt"
+    prompt.parent.mkdir(exist_ok=True)
+    prompt.write_text("Answer from the documents, briefly.")
+    params_text = (repo / "params.yaml").read_text()
+    params = yaml.safe_load(params_text)
+    params["dataset"]["system_prompt"] = "data/raw/prompts/system.txt"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        run_ok(["dvc", "repro", "--single-item", "dataset"], repo, env)
+        assert read_json(repo / "data/dataset/prompts.json")["text"] == "Answer from the documents, briefly."
+        assert "dataset" not in _changed_stages(repo, env)
+        prompt.write_text("Answer from the documents, at length.")
+        assert "dataset" in _changed_stages(repo, env)
+
+        params["dataset"]["system_prompt"] = str(repo.parent / "prompt-outside.txt")
+        (repo.parent / "prompt-outside.txt").write_text("A prompt DVC cannot see.")
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        refused = subprocess.run(["dvc", "repro", "--single-item", "dataset"], cwd=repo, env=env,
+                                 capture_output=True, text=True)
+        assert refused.returncode != 0
+        assert "dataset.system_prompt" in refused.stderr + refused.stdout
+        assert "prompt-outside.txt" in refused.stderr + refused.stdout
+    finally:
+        (repo / "params.yaml").write_text(params_text)
+        prompt.unlink()

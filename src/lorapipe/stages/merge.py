@@ -1,0 +1,23 @@
+"""DVC stage ``merge``: the adapter in ``models/lora_output`` folded into the base model's weights,
+written to ``models/merged`` (``merge.dtype``); logged into the adapter's MLflow run.
+
+Run: ``dvc repro merge`` (or ``python -m lorapipe.stages.merge``; ``lorapipe merge --merged-dir D``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lorapipe import paths, tracking
+from lorapipe.merge import merge_adapter
+from lorapipe.params import Params, section_dict
+from lorapipe.stages import main
+
+
+def run(p: Params, merged_dir: Path = paths.MERGED) -> None:
+    merge_adapter(paths.BASE_MODEL, paths.ADAPTER, merged_dir, dtype=p.merge.dtype)
+    tracking.log_stage(paths.ADAPTER / paths.RUN_INFO_NAME, "merge", section_dict(p, "merge"), {})
+
+
+if __name__ == "__main__":
+    raise SystemExit(main("merge", run))

@@ -1,0 +1,94 @@
+"""Files named by params (system prompt files, the JSON schema, an accelerate config) must lie under
+data/raw/, a dep of every stage that reads them, or the stage refuses to start, naming key and path.
+
+Run: .venv/bin/pytest tests/test_param_files.py
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+from helpers import ROOT, copy_project
+
+from lorapipe.param_files import STAGE_FILE_KEYS, check_param_files, looks_like_path
+from lorapipe.params import ParamsError, validate_params
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    (tmp_path / "data" / "raw" / "prompts").mkdir(parents=True)
+    (tmp_path / "data" / "raw" / "prompts" / "system.txt").write_text("Answer briefly.")
+    (tmp_path / "outside.txt").write_text("Answer at length.")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _params(**sections):
+    return validate_params(sections)
+
+
+@pytest.mark.parametrize("value, is_path", [
+    ("You are a helpful assistant.", False), ("Answer in JSON/YAML only.", False), ("prompts/system.txt", True),
+    ("system.md", True), ("line one\nline/two", False)])
+def test_a_prompt_is_a_path_when_it_reads_as_one(value, is_path):
+    assert looks_like_path(value) is is_path
+
+
+def test_files_under_data_raw_pass(project):
+    params = _params(dataset={"system_prompt": "data/raw/prompts/system.txt",
+                              "tasks": [{"name": "t", "kind": "chat", "system_prompt": "data/raw/prompts/system.txt"}]},
+                     eval={"json_schema": "data/raw/prompts/system.txt"})
+    for stage in STAGE_FILE_KEYS:
+        check_param_files(params, stage)
+
+
+@pytest.mark.parametrize("stage, sections, key", [
+    ("dataset", {"dataset": {"system_prompt": "outside.txt"}}, "dataset.system_prompt"),
+    ("dataset", {"dataset": {"tasks": [{"name": "t", "kind": "chat", "system_prompt": "../x/outside.txt"}]}},
+     "dataset.tasks[0].system_prompt"),
+    ("evaluate", {"eval": {"json_schema": "outside.txt"}}, "eval.json_schema"),
+    ("train", {"train": {"accelerate_config": "outside.txt"}}, "train.accelerate_config"),
+])
+def test_a_file_outside_data_raw_is_refused_naming_key_and_path(project, stage, sections, key):
+    with pytest.raises(ParamsError) as error:
+        check_param_files(_params(**sections), stage)
+    message = str(error.value)
+    assert key in message and "data/raw" in message
+    assert "outside.txt" in message and ("is not a file" in message or "lies outside" in message)
+
+
+@pytest.mark.parametrize("stage, sections, key", [
+    ("dataset", {"dataset": {"system_prompt": "data/raw/prompts/missing.txt"}}, "dataset.system_prompt"),
+    ("evaluate", {"eval": {"json_schema": "data/raw/schema.json"}}, "eval.json_schema"),
+])
+def test_a_missing_file_is_refused(project, stage, sections, key):
+    with pytest.raises(ParamsError, match=rf"{key.replace('.', '[.]')}: data/raw/\S+ is not a file"):
+        check_param_files(_params(**sections), stage)
+
+
+def test_a_text_prompt_is_not_a_file(project):
+    check_param_files(_params(dataset={"system_prompt": "You answer from the documents."}), "dataset")
+
+
+def test_the_stage_refuses_before_any_work(tmp_path):
+    """`python -m lorapipe.stages.dataset` with a prompt file outside data/raw: exit 2, one message naming
+    the key and the path, nothing written."""
+    repo = copy_project(tmp_path / "project")
+    (tmp_path / "elsewhere.txt").write_text("A prompt DVC cannot see.")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["dataset"]["system_prompt"] = str(tmp_path / "elsewhere.txt")
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    done = subprocess.run([sys.executable, "-m", "lorapipe.stages.dataset"], cwd=repo, capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    assert "dataset.system_prompt" in done.stderr and "elsewhere.txt" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not list((repo / "data" / "dataset").glob("*.jsonl"))
+
+
+def test_every_stage_that_reads_file_keys_depends_on_data_raw():
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for stage in STAGE_FILE_KEYS:
+        assert "data/raw" in dvc[stage]["deps"], stage

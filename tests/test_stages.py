@@ -1,0 +1,110 @@
+"""The DVC stages: each is one module run directly by dvc.yaml, and its deps cover every project
+file its command can execute (so `dvc repro` reruns a stage whenever code it runs changes), without
+listing code it never runs (so an edit reruns only the stages that execute it).
+
+Run: .venv/bin/pytest tests/test_stages.py
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import ROOT, SRC, import_closure, stage_entry, uncovered
+
+DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def readme_foreach_stage() -> dict:
+    """The `foreach` stage the README tells users to add for one adapter per task."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- foreach-stage -->")[1].split("<!-- /foreach-stage -->")[0]
+    text = block.split("```yaml")[1].split("```")[0]
+    (name, stage), = yaml.safe_load(text).items()
+    return {f"{name} (README)": {**stage["do"], "cmd": stage["do"]["cmd"].replace("${item}", "chat")}}
+
+
+STAGES = {**DVC, **readme_foreach_stage()}
+
+
+def code_deps_missing(stages: dict, root: Path = ROOT) -> dict[str, list[str]]:
+    """Per stage, the project files its command executes that its deps do not cover."""
+    missing = {}
+    for name, stage in stages.items():
+        files = import_closure(stage_entry(stage["cmd"], root), root / "src")
+        gaps = uncovered(files, stage.get("deps", []), root)
+        if gaps:
+            missing[name] = gaps
+    return missing
+
+
+def test_every_stage_depends_on_every_file_its_command_executes():
+    missing = code_deps_missing(STAGES)
+    assert not missing, "add these to the stage's deps in dvc.yaml (or the README's foreach block):\n" + \
+        "\n".join(f"  {stage}: {', '.join(files)}" for stage, files in missing.items())
+
+
+def test_no_stage_depends_on_code_it_does_not_execute():
+    """Listing all of src/ would rerun every stage on any edit: code deps are exactly the closure."""
+    extra = {}
+    for name, stage in STAGES.items():
+        files = {str(p.relative_to(ROOT)) for p in import_closure(stage_entry(stage["cmd"]))}
+        for dep in stage.get("deps", []):
+            if dep.startswith("src/"):
+                inside = [f for f in files if f == dep or f.startswith(dep.rstrip("/") + "/")]
+                code = [p for p in (ROOT / dep).rglob("*.py")] if (ROOT / dep).is_dir() else [ROOT / dep]
+                if len(inside) < len(code):
+                    extra.setdefault(name, []).append(dep)
+    assert not extra, f"deps that list code the stage never runs: {extra}"
+
+
+def test_the_check_fails_when_a_dep_is_removed():
+    """The deps check can fail: drop one file from one stage's deps and it is reported."""
+    stage = dict(DVC["merge"])
+    stage["deps"] = [d for d in stage["deps"] if d != "src/lorapipe/merge.py"]
+    assert code_deps_missing({"merge": stage}) == {"merge": ["src/lorapipe/merge.py"]}
+
+
+def test_the_check_follows_lazy_package_imports_and_imports_inside_functions(tmp_path):
+    """`from lorapipe import name` resolves through the package face's name map, and an import
+    inside a function counts."""
+    package = tmp_path / "src" / "lorapipe"
+    (package / "stages").mkdir(parents=True)
+    (package / "__init__.py").write_text('_API = {"work": "lorapipe.worker"}\n')
+    (package / "stages" / "__init__.py").write_text("")
+    (package / "worker.py").write_text("def work():\n    from lorapipe import helper\n")
+    (package / "helper.py").write_text("")
+    (package / "stages" / "one.py").write_text("def run():\n    from lorapipe import work\n")
+    files = import_closure(package / "stages" / "one.py", tmp_path / "src")
+    assert {p.relative_to(package).as_posix() for p in files} == {
+        "__init__.py", "stages/__init__.py", "stages/one.py", "worker.py", "helper.py"}
+
+
+def test_each_stage_is_run_by_its_own_module_in_one_hop():
+    for name, stage in DVC.items():
+        assert stage["cmd"] == f"python -m lorapipe.stages.{name}", name
+        module = SRC / "lorapipe" / "stages" / f"{name}.py"
+        lines = module.read_text().splitlines()
+        assert len(lines) <= 60, f"{module.name} has {len(lines)} lines: move the work into the library"
+        tree = ast.parse(module.read_text())
+        assert any(isinstance(n, ast.FunctionDef) and n.name == "run" for n in tree.body), name
+
+
+def test_the_package_face_imports_no_module_eagerly():
+    import subprocess
+    import sys
+
+    code = ("import sys, lorapipe; before = {m for m in sys.modules if m.startswith('lorapipe.')}; "
+            "from lorapipe import train_lora, extract_documents; "
+            "print(sorted(before), train_lora.__module__, extract_documents.__module__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["[]", "lorapipe.train", "lorapipe.extract"]
+
+
+@pytest.mark.parametrize("stage", sorted(DVC))
+def test_a_stage_reads_only_its_own_params(stage):
+    from lorapipe.params import stage_keys
+
+    assert DVC[stage]["params"] == stage_keys(stage)
