@@ -23,12 +23,14 @@ import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lorapipe import faults, paths
 from lorapipe.io import atomic_outputs, read_jsonl, write_json, write_jsonl
 from lorapipe.labeled import is_json_schema, load_labeled
 from lorapipe.models import load_tokenizer
+from lorapipe.params import DEFAULTS, TaskParams
 from lorapipe.rows import loss_tokens, tokenize_row
 
 _BREAK = re.compile(r"\n\n|[.!?][\s\"')\]]")
@@ -171,16 +173,18 @@ def _text_rows(task: Task, text_dir: Path, tokenizer, max_seq_len: int, overlap_
     return rows
 
 
-def labeled_files(labeled_dir: Path) -> list[Path]:
+def labeled_files(labeled_dir: Path | None) -> list[Path]:
     """The JSON/JSONL files of labeled examples; JSON Schema files beside them (for eval.json_schema) are not."""
-    if not labeled_dir.is_dir():
+    if labeled_dir is None or not labeled_dir.is_dir():
         return []
     return sorted(p for p in labeled_dir.rglob("*")
                   if p.suffix.lower() in LABELED_SUFFIXES and p.is_file() and not is_json_schema(p))
 
 
-def _chat_rows(task: Task, labeled_dir: Path, tokenizer, max_seq_len: int, on_overflow: str,
+def _chat_rows(task: Task, labeled_dir: Path | None, tokenizer, max_seq_len: int, on_overflow: str,
                on_bad_row: str, counts: dict) -> list[dict]:
+    if labeled_dir is None:
+        raise FileNotFoundError(f"task {task.name!r} is a chat task, but no folder of labeled examples was given")
     files = [p for p in labeled_files(labeled_dir) if _matches(str(p.relative_to(labeled_dir)), task.sources)]
     if not files:
         raise FileNotFoundError(f"task {task.name!r}: no labeled JSON/JSONL file in {labeled_dir} matches {task.sources}")
@@ -243,29 +247,39 @@ def _split_stats(rows: list[dict], tokenizer, max_seq_len: int) -> dict:
 
 
 def build_dataset(
-    text_dir: str | Path = paths.EXTRACTED,
-    tokenizer_dir: str | Path = paths.BASE_MODEL,
-    out_dir: str | Path = paths.DATASET,
+    text_dir: str | Path,
+    tokenizer_dir: str | Path,
+    out_dir: str | Path,
     *,
-    labeled_dir: str | Path = paths.RAW_LABELED,
-    mode: str = "auto",
-    tasks: list[dict] | None = None,
-    max_seq_len: int = 512,
-    overlap_tokens: int = 64,
-    split_by: str = "document",
-    val_fraction: float = 0.1,
-    seed: int = 42,
-    system_prompt: str = "You are a helpful assistant.",
-    dedup_threshold: float = 0.9,
-    max_samples: int | None = None,
-    min_tokens: int = 16,
-    on_overflow: str = "drop",
-    on_bad_row: str = "error",
-    labeled_format: str = "auto",
-    fields: dict[str, str] | None = None,
+    labeled_dir: str | Path | None = None,
+    mode: str = DEFAULTS.dataset.mode,
+    tasks: Sequence[TaskParams | dict] = DEFAULTS.dataset.tasks,
+    max_seq_len: int = DEFAULTS.dataset.max_seq_len,
+    overlap_tokens: int = DEFAULTS.dataset.overlap_tokens,
+    split_by: str = DEFAULTS.dataset.split_by,
+    val_fraction: float = DEFAULTS.dataset.val_fraction,
+    seed: int = DEFAULTS.common.seed,
+    system_prompt: str = DEFAULTS.dataset.system_prompt,
+    dedup_threshold: float = DEFAULTS.dataset.dedup_threshold,
+    max_samples: int | None = DEFAULTS.dataset.max_samples,
+    min_tokens: int = DEFAULTS.dataset.min_tokens,
+    on_overflow: str = DEFAULTS.dataset.on_overflow,
+    on_bad_row: str = DEFAULTS.dataset.on_bad_row,
+    labeled_format: str = DEFAULTS.dataset.labeled_format,
+    fields: Mapping[str, str] = DEFAULTS.dataset.fields,
 ) -> dict:
-    """Write ``train.jsonl``, ``val.jsonl``, ``prompts.json`` and ``stats.json`` into `out_dir`."""
-    text_dir, labeled_dir, out_dir = Path(text_dir), Path(labeled_dir), Path(out_dir)
+    """Write ``train.jsonl``, ``val.jsonl``, ``prompts.json`` and ``stats.json`` into `out_dir`.
+
+    `text_dir`: the extract stage's output (``manifest.jsonl`` and texts); `tokenizer_dir`: a model
+    folder with the tokenizer; `labeled_dir`: JSON/JSONL labeled examples, None: none. The knobs are
+    the ``dataset`` section of params.yaml plus ``common.seed`` (see `lorapipe.params.DatasetParams`
+    for their meaning and units); `tasks` are TaskParams or their dicts. Returns the stats written to
+    ``stats.json``. Raises FileNotFoundError when a task's data is missing and ValueError when a task
+    has fewer than 2 rows or the params contradict each other.
+    """
+    text_dir, out_dir = Path(text_dir), Path(out_dir)
+    labeled_dir = Path(labeled_dir) if labeled_dir is not None else None
+    tasks = [t.model_dump() if isinstance(t, TaskParams) else t for t in tasks]
     tokenizer = load_tokenizer(tokenizer_dir)
     has_text = (text_dir / paths.MANIFEST_NAME).is_file()
     has_labeled = bool(labeled_files(labeled_dir))
@@ -274,7 +288,7 @@ def build_dataset(
     counts = dict.fromkeys(["dropped_short", "dropped_overflow", "overflowed", "deduplicated_exact",
                             "deduplicated_near", "bad_rows_skipped", "system_prompts_replaced", "sampled_out"], 0)
     train, val, per_task = [], [], {}
-    for number, task in enumerate(resolved):
+    for task in resolved:
         if task.kind == "text":
             rows = _text_rows(task, text_dir, tokenizer, max_seq_len, overlap_tokens, min_tokens, counts)
         else:

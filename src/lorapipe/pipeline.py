@@ -25,14 +25,16 @@ from lorapipe.train import train_lora
 
 def run_base(p: Params) -> None:
     faults.enter_stage("base")
-    prepare_base_model(p.model.name, paths.BASE_MODEL, p.model.revision, p.model.trust_remote_code)
+    prepare_base_model(p.model.name, paths.BASE_MODEL, revision=p.model.revision,
+                       trust_remote_code=p.model.trust_remote_code)
 
 
 def run_extract(p: Params, input_dirs: list | None = None, out_dir=paths.EXTRACTED) -> None:
     faults.enter_stage("extract")
     e = p.extract
-    extract_documents(input_dirs or [paths.RAW_DOCS], out_dir, e.pdf_backend, e.min_length, e.device, e.ocr,
-                      e.docling_artifacts_path, e.timeout_s, e.workers, e.resume)
+    extract_documents(input_dirs or [paths.RAW_DOCS], out_dir, pdf_backend=e.pdf_backend, min_length=e.min_length,
+                      device=e.device, ocr=e.ocr, docling_artifacts_path=e.docling_artifacts_path,
+                      timeout_s=e.timeout_s, workers=e.workers, resume=e.resume)
 
 
 def run_dataset(p: Params, text_dir=paths.EXTRACTED, labeled_dir=paths.RAW_LABELED, out_dir=paths.DATASET) -> None:
@@ -89,7 +91,7 @@ def run_train(p: Params, task: str | None = None) -> None:
 
 def run_merge(p: Params, merged_dir=paths.MERGED) -> None:
     faults.enter_stage("merge")
-    merge_adapter(paths.BASE_MODEL, paths.ADAPTER, merged_dir, p.merge.dtype)
+    merge_adapter(paths.BASE_MODEL, paths.ADAPTER, merged_dir, dtype=p.merge.dtype)
     tracking.log_stage(paths.ADAPTER / paths.RUN_INFO_NAME, "merge", section_dict(p, "merge"), {})
 
 

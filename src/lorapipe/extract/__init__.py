@@ -26,6 +26,7 @@ from lorapipe.extract.clean import clean_pages, clean_text
 from lorapipe.extract.formats import FORMATS, OCR_HINT, READERS, read_pdf, resolve_pdf_backend
 from lorapipe.extract.workers import Job, run_jobs
 from lorapipe.io import atomic_dir, write_json, write_jsonl
+from lorapipe.params import DEFAULTS
 
 __all__ = ["extract_documents", "clean_text", "FORMATS"]
 
@@ -136,19 +137,25 @@ class _Cache:
 
 
 def extract_documents(
-    input_dirs: list[str | Path] | str | Path = paths.RAW_DOCS,
-    out_dir: str | Path = paths.EXTRACTED,
-    pdf_backend: str = "auto",
-    min_length: int = 20,
-    device: str = "auto",
-    ocr: bool = False,
-    docling_artifacts_path: str | None = None,
-    timeout_s: float = 300,
-    workers: int = 2,
-    resume: bool = True,
+    input_dirs: list[str | Path] | str | Path,
+    out_dir: str | Path,
+    *,
+    pdf_backend: str = DEFAULTS.extract.pdf_backend,
+    min_length: int = DEFAULTS.extract.min_length,
+    device: str = DEFAULTS.extract.device,
+    ocr: bool = DEFAULTS.extract.ocr,
+    docling_artifacts_path: str | None = DEFAULTS.extract.docling_artifacts_path,
+    timeout_s: float = DEFAULTS.extract.timeout_s,
+    workers: int = DEFAULTS.extract.workers,
+    resume: bool = DEFAULTS.extract.resume,
     cache_dir: str | Path | None = None,
 ) -> list[dict]:
-    """Extract every supported file under `input_dirs` (recursively) into `out_dir`.
+    """Extract every supported file under `input_dirs` (one folder or several, read recursively)
+    into `out_dir`: one ``.txt`` per source, ``manifest.jsonl`` and ``extract.log``.
+
+    The knobs are the ``extract`` section of params.yaml (see `lorapipe.params.ExtractParams` for
+    their meaning and units). `cache_dir`: where converted texts are cached across runs; None: the
+    user cache (``<cache>/extract``).
 
     Returns the manifest rows, with this run's `cached` and `seconds` of each (not written). Raises
     FileNotFoundError for a missing input folder and ValueError when no document yields usable text.
