@@ -136,6 +136,114 @@ class _Cache:
         write_json(self.path(sha), entry)
 
 
+def _scan(sources: list[tuple[Path, Path, Path]], cache: _Cache, options: dict) -> tuple[list[dict], list[Job]]:
+    """One manifest row per source (skipped ones with the reason, cached ones with their cache entry
+    under ``_entry``) and the conversion jobs of the others."""
+    rows: list[dict] = []
+    jobs: list[Job] = []
+    for index, (path, relative, root) in enumerate(sources):
+        row = {"source": _printable(str(path)), "sha256": None, "bytes": None,
+               "format": FORMATS.get(path.suffix.lower(), path.suffix.lower().lstrip(".") or "unknown"),
+               "extractor": None, "pages": None, "chars": 0, "status": "ok", "error": None,
+               "output": None, "cached": False, "seconds": 0.0, "_relative": relative}
+        rows.append(row)
+        reason = _precheck(path, root)
+        if reason:
+            row.update(status="skipped", error=reason)
+            continue
+        row.update(sha256=_sha256(path), bytes=path.stat().st_size)
+        entry = cache.get(row["sha256"])
+        if entry is not None:
+            row["cached"] = True
+            row["_entry"] = entry
+        else:
+            jobs.append(Job(index, path, {"kind": row["format"], **options}))
+    return rows, jobs
+
+
+class _Progress:
+    """Finishes rows as their results come in: their text, status and log line, a progress bar with
+    files and pages per second, and the stage's ``mid`` fault point after the first document."""
+
+    def __init__(self, total: int, min_length: int):
+        from tqdm import tqdm
+
+        self.write = tqdm.write
+        self.bar = tqdm(total=total, desc="[extract]", unit="file", mininterval=1.0, dynamic_ncols=True)
+        self.min_length = min_length
+        self.started, self.pages_done, self.finished = time.monotonic(), 0, 0
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def skipped(self, row: dict) -> None:
+        row["_log"] = f"skipped {row['source']} ({row['error']})"
+        self.write(f"[extract] skipped {row['source']} ({row['error']})", file=sys.stderr)
+        self.bar.update(1)
+
+    def finish(self, row: dict, entry: dict) -> None:
+        row.pop("_entry", None)
+        row["seconds"] = entry.get("seconds", 0.0)
+        if entry["status"] == "ok":
+            row.update(extractor=entry["extractor"], error=entry.get("note"),
+                       pages=len(entry["pages"]) if entry["paged"] else None)
+            row["_text"] = clean_pages(entry["pages"], entry["paged"])
+            row["chars"] = len(row["_text"])
+            self.pages_done += len(entry["pages"]) if entry["paged"] else 0
+            if row["chars"] < self.min_length:
+                hint = f": {OCR_HINT}" if row["format"] == "pdf" else ""
+                row.update(status="skipped", error=f"only {row['chars']} characters of text "
+                                                   f"(extract.min_length is {self.min_length}){hint}")
+        else:
+            row.update(status="failed", error=entry["error"])
+        elapsed = max(self.elapsed(), 1e-9)
+        detail = f"{row['chars']} chars via {row['extractor']}" if row["status"] == "ok" else row["error"]
+        line = f"{row['status']:7} {row['source']} ({detail}"
+        row["_log"] = line + ")"  # the log holds no run facts (cached, seconds): see RUN_FIELDS
+        self.write(f"[extract] {line}{', cached' if row['cached'] else ''}; {row['seconds']:.1f} s)", file=sys.stderr)
+        self.bar.set_postfix_str(f"{self.bar.n / elapsed:.2f} files/s, {self.pages_done / elapsed:.1f} pages/s")
+        self.bar.update(1)
+        self.finished += 1
+        if self.finished == 1:
+            faults.fault_point("mid")  # one document done (and cached), the others not
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _pdfplumber_instead(job: Job, reason: str) -> dict | None:
+    """The options to retry a PDF with after its converter failed, crashed or timed out; None: no retry."""
+    if job.options["kind"] == "pdf" and job.options["pdf_backend"] != "pdfplumber":
+        return {**job.options, "pdf_backend": "pdfplumber"}
+    return None
+
+
+def _entry(job: Job, status: str, result: Any, backend: str) -> dict:
+    """The cache entry of one finished conversion job."""
+    seconds = round(time.monotonic() - job.started, 3)
+    if status == "ok":
+        note = f"{backend} failed ({job.note}); pdfplumber used" if job.note else None
+        return {"status": "ok", **result, "note": note, "seconds": seconds}
+    message = f"{job.note}; pdfplumber: {result}" if job.note and job.note != result else result
+    return {"status": "failed", "error": message, "seconds": seconds}
+
+
+def _write_outputs(out_dir: str | Path, rows: list[dict], ok: list[dict]) -> list[dict]:
+    """Write the texts of the `ok` rows, ``manifest.jsonl`` and ``extract.log`` into `out_dir`
+    together; return the manifest rows (with run facts, without private keys)."""
+    taken: set[str] = set()
+    with atomic_dir(out_dir) as tmp:
+        for row in ok:
+            row["output"] = _out_name(row["_relative"], taken)
+            (tmp / row["output"]).write_text(row["_text"] + "\n", encoding="utf-8")
+        manifest = [{k: v for k, v in row.items() if not k.startswith("_")} for row in rows]
+        write_jsonl(tmp / paths.MANIFEST_NAME, [{k: v for k, v in row.items() if k not in RUN_FIELDS}
+                                                for row in manifest])
+        # one line per source, in the sources' order (not the order conversions finished in)
+        (tmp / LOG_NAME).write_text("\n".join(row["_log"] for row in rows) + "\n", encoding="utf-8")
+    return manifest
+
+
 def extract_documents(
     input_dirs: list[str | Path] | str | Path,
     out_dir: str | Path,
@@ -160,90 +268,26 @@ def extract_documents(
     Returns the manifest rows, with this run's `cached` and `seconds` of each (not written). Raises
     FileNotFoundError for a missing input folder and ValueError when no document yields usable text.
     """
-    from tqdm import tqdm
-
     dirs = [Path(d) for d in ([input_dirs] if isinstance(input_dirs, (str, Path)) else input_dirs)]
     sources = _sources(dirs)
     backend = resolve_pdf_backend(pdf_backend, docling_artifacts_path)
     options = {"pdf_backend": backend, "device": device, "ocr": ocr, "artifacts_path": docling_artifacts_path}
     cache = _Cache(Path(cache_dir or paths.cache_dir() / "extract"), options, read=resume)
+    rows, jobs = _scan(sources, cache, options)
 
-    rows: list[dict] = []
-    jobs: list[Job] = []
-    for index, (path, relative, root) in enumerate(sources):
-        row = {"source": _printable(str(path)), "sha256": None, "bytes": None,
-               "format": FORMATS.get(path.suffix.lower(), path.suffix.lower().lstrip(".") or "unknown"),
-               "extractor": None, "pages": None, "chars": 0, "status": "ok", "error": None,
-               "output": None, "cached": False, "seconds": 0.0, "_relative": relative}
-        rows.append(row)
-        reason = _precheck(path, root)
-        if reason:
-            row.update(status="skipped", error=reason)
-            continue
-        row.update(sha256=_sha256(path), bytes=path.stat().st_size)
-        entry = cache.get(row["sha256"])
-        if entry is not None:
-            row["cached"] = True
-            row["_entry"] = entry
-        else:
-            jobs.append(Job(index, path, {"kind": row["format"], **options}))
-
-    progress = tqdm(total=len(sources), desc="[extract]", unit="file", mininterval=1.0, dynamic_ncols=True)
-    started, pages_done, finished = time.monotonic(), 0, 0
-
-    def finish(row: dict, entry: dict) -> None:
-        nonlocal pages_done, finished
-        row.pop("_entry", None)
-        row["seconds"] = entry.get("seconds", 0.0)
-        if entry["status"] == "ok":
-            row.update(extractor=entry["extractor"], error=entry.get("note"),
-                       pages=len(entry["pages"]) if entry["paged"] else None)
-            row["_text"] = clean_pages(entry["pages"], entry["paged"])
-            row["chars"] = len(row["_text"])
-            pages_done += len(entry["pages"]) if entry["paged"] else 0
-            if row["chars"] < min_length:
-                hint = f": {OCR_HINT}" if row["format"] == "pdf" else ""
-                row.update(status="skipped", error=f"only {row['chars']} characters of text "
-                                                   f"(extract.min_length is {min_length}){hint}")
-        else:
-            row.update(status="failed", error=entry["error"])
-        elapsed = max(time.monotonic() - started, 1e-9)
-        detail = f"{row['chars']} chars via {row['extractor']}" if row["status"] == "ok" else row["error"]
-        line = f"{row['status']:7} {row['source']} ({detail}"
-        row["_log"] = line + ")"  # the log holds no run facts (cached, seconds): see RUN_FIELDS
-        tqdm.write(f"[extract] {line}{', cached' if row['cached'] else ''}; {row['seconds']:.1f} s)", file=sys.stderr)
-        progress.set_postfix_str(f"{progress.n / elapsed:.2f} files/s, {pages_done / elapsed:.1f} pages/s")
-        progress.update(1)
-        finished += 1
-        if finished == 1:
-            faults.fault_point("mid")  # one document done (and cached), the others not
-
+    progress = _Progress(len(sources), min_length)
     for row in rows:
         if row["status"] == "skipped":
-            row["_log"] = f"skipped {row['source']} ({row['error']})"
-            tqdm.write(f"[extract] skipped {row['source']} ({row['error']})", file=sys.stderr)
-            progress.update(1)
+            progress.skipped(row)
         elif row["cached"]:
-            finish(row, row["_entry"])
-
-    def fallback(job: Job, reason: str) -> dict | None:
-        if job.options["kind"] == "pdf" and job.options["pdf_backend"] != "pdfplumber":
-            return {**job.options, "pdf_backend": "pdfplumber"}
-        return None
-
-    for job, status, result in run_jobs(jobs, convert_document, workers, timeout_s, fallback):
-        seconds = round(time.monotonic() - job.started, 3)
-        if status == "ok":
-            note = f"{options['pdf_backend']} failed ({job.note}); pdfplumber used" if job.note else None
-            entry = {"status": "ok", **result, "note": note, "seconds": seconds}
-        else:
-            message = f"{job.note}; pdfplumber: {result}" if job.note and job.note != result else result
-            entry = {"status": "failed", "error": message, "seconds": seconds}
+            progress.finish(row, row["_entry"])
+    for job, status, result in run_jobs(jobs, convert_document, workers, timeout_s, _pdfplumber_instead):
+        entry = _entry(job, status, result, options["pdf_backend"])
         if status == "ok" or job.note is None:
             # Written per document, so a killed stage resumes here. A failure after a crash or time-out
             # is not cached: it may not happen again, and the next run retries it.
             cache.put(rows[job.index]["sha256"], entry)
-        finish(rows[job.index], entry)
+        progress.finish(rows[job.index], entry)
     progress.close()
 
     ok = [row for row in rows if row["status"] == "ok"]
@@ -254,17 +298,8 @@ def extract_documents(
             f"{counts['failed']} failed, {counts['skipped']} skipped (see the reasons above). "
             f"Supported: {', '.join(sorted(FORMATS))}"
         )
-    taken: set[str] = set()
-    with atomic_dir(out_dir) as tmp:
-        for row in ok:
-            row["output"] = _out_name(row["_relative"], taken)
-            (tmp / row["output"]).write_text(row["_text"] + "\n", encoding="utf-8")
-        manifest = [{k: v for k, v in row.items() if not k.startswith("_")} for row in rows]
-        write_jsonl(tmp / paths.MANIFEST_NAME, [{k: v for k, v in row.items() if k not in RUN_FIELDS}
-                                                for row in manifest])
-        # one line per source, in the sources' order (not the order conversions finished in)
-        (tmp / LOG_NAME).write_text("\n".join(row["_log"] for row in rows) + "\n", encoding="utf-8")
-    elapsed = time.monotonic() - started
+    manifest = _write_outputs(out_dir, rows, ok)
     print(f"[extract] {len(ok)} of {len(rows)} document(s) extracted into {out_dir} "
-          f"({sum(r['cached'] for r in rows)} from cache, {len(jobs)} converted, {elapsed:.1f} s)", flush=True)
+          f"({sum(r['cached'] for r in rows)} from cache, {len(jobs)} converted, {progress.elapsed():.1f} s)",
+          flush=True)
     return manifest
