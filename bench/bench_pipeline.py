@@ -17,7 +17,6 @@ import contextlib
 import io
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -30,15 +29,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-
-
-def copy_project(dest: Path) -> None:
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
-                            capture_output=True, text=True, check=True).stdout.split("\0")
-    for name in filter(None, listed):
-        if (ROOT / name).is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, dest / name)
+sys.path.insert(0, str(ROOT / "tests"))
+from helpers import copy_project  # noqa: E402 (the tests' copy of the files git would commit)
 
 
 def tree_rss_gb(root_pid: int) -> float:

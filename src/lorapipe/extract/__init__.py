@@ -26,6 +26,7 @@ from lorapipe.extract.clean import clean_pages, clean_text
 from lorapipe.extract.formats import FORMATS, OCR_HINT, READERS, read_pdf, resolve_pdf_backend
 from lorapipe.extract.workers import Job, run_jobs
 from lorapipe.io import atomic_dir, write_json, write_jsonl
+from lorapipe.params import DEFAULTS
 
 __all__ = ["extract_documents", "clean_text", "FORMATS"]
 
@@ -135,32 +136,9 @@ class _Cache:
         write_json(self.path(sha), entry)
 
 
-def extract_documents(
-    input_dirs: list[str | Path] | str | Path = paths.RAW_DOCS,
-    out_dir: str | Path = paths.EXTRACTED,
-    pdf_backend: str = "auto",
-    min_length: int = 20,
-    device: str = "auto",
-    ocr: bool = False,
-    docling_artifacts_path: str | None = None,
-    timeout_s: float = 300,
-    workers: int = 2,
-    resume: bool = True,
-    cache_dir: str | Path | None = None,
-) -> list[dict]:
-    """Extract every supported file under `input_dirs` (recursively) into `out_dir`.
-
-    Returns the manifest rows, with this run's `cached` and `seconds` of each (not written). Raises
-    FileNotFoundError for a missing input folder and ValueError when no document yields usable text.
-    """
-    from tqdm import tqdm
-
-    dirs = [Path(d) for d in ([input_dirs] if isinstance(input_dirs, (str, Path)) else input_dirs)]
-    sources = _sources(dirs)
-    backend = resolve_pdf_backend(pdf_backend, docling_artifacts_path)
-    options = {"pdf_backend": backend, "device": device, "ocr": ocr, "artifacts_path": docling_artifacts_path}
-    cache = _Cache(Path(cache_dir or paths.cache_dir() / "extract"), options, read=resume)
-
+def _scan(sources: list[tuple[Path, Path, Path]], cache: _Cache, options: dict) -> tuple[list[dict], list[Job]]:
+    """One manifest row per source (skipped ones with the reason, cached ones with their cache entry
+    under ``_entry``) and the conversion jobs of the others."""
     rows: list[dict] = []
     jobs: list[Job] = []
     for index, (path, relative, root) in enumerate(sources):
@@ -180,12 +158,30 @@ def extract_documents(
             row["_entry"] = entry
         else:
             jobs.append(Job(index, path, {"kind": row["format"], **options}))
+    return rows, jobs
 
-    progress = tqdm(total=len(sources), desc="[extract]", unit="file", mininterval=1.0, dynamic_ncols=True)
-    started, pages_done, finished = time.monotonic(), 0, 0
 
-    def finish(row: dict, entry: dict) -> None:
-        nonlocal pages_done, finished
+class _Progress:
+    """Finishes rows as their results come in: their text, status and log line, a progress bar with
+    files and pages per second, and the stage's ``mid`` fault point after the first document."""
+
+    def __init__(self, total: int, min_length: int):
+        from tqdm import tqdm
+
+        self.write = tqdm.write
+        self.bar = tqdm(total=total, desc="[extract]", unit="file", mininterval=1.0, dynamic_ncols=True)
+        self.min_length = min_length
+        self.started, self.pages_done, self.finished = time.monotonic(), 0, 0
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def skipped(self, row: dict) -> None:
+        row["_log"] = f"skipped {row['source']} ({row['error']})"
+        self.write(f"[extract] skipped {row['source']} ({row['error']})", file=sys.stderr)
+        self.bar.update(1)
+
+    def finish(self, row: dict, entry: dict) -> None:
         row.pop("_entry", None)
         row["seconds"] = entry.get("seconds", 0.0)
         if entry["status"] == "ok":
@@ -193,60 +189,48 @@ def extract_documents(
                        pages=len(entry["pages"]) if entry["paged"] else None)
             row["_text"] = clean_pages(entry["pages"], entry["paged"])
             row["chars"] = len(row["_text"])
-            pages_done += len(entry["pages"]) if entry["paged"] else 0
-            if row["chars"] < min_length:
+            self.pages_done += len(entry["pages"]) if entry["paged"] else 0
+            if row["chars"] < self.min_length:
                 hint = f": {OCR_HINT}" if row["format"] == "pdf" else ""
                 row.update(status="skipped", error=f"only {row['chars']} characters of text "
-                                                   f"(extract.min_length is {min_length}){hint}")
+                                                   f"(extract.min_length is {self.min_length}){hint}")
         else:
             row.update(status="failed", error=entry["error"])
-        elapsed = max(time.monotonic() - started, 1e-9)
+        elapsed = max(self.elapsed(), 1e-9)
         detail = f"{row['chars']} chars via {row['extractor']}" if row["status"] == "ok" else row["error"]
         line = f"{row['status']:7} {row['source']} ({detail}"
         row["_log"] = line + ")"  # the log holds no run facts (cached, seconds): see RUN_FIELDS
-        tqdm.write(f"[extract] {line}{', cached' if row['cached'] else ''}; {row['seconds']:.1f} s)", file=sys.stderr)
-        progress.set_postfix_str(f"{progress.n / elapsed:.2f} files/s, {pages_done / elapsed:.1f} pages/s")
-        progress.update(1)
-        finished += 1
-        if finished == 1:
+        self.write(f"[extract] {line}{', cached' if row['cached'] else ''}; {row['seconds']:.1f} s)", file=sys.stderr)
+        self.bar.set_postfix_str(f"{self.bar.n / elapsed:.2f} files/s, {self.pages_done / elapsed:.1f} pages/s")
+        self.bar.update(1)
+        self.finished += 1
+        if self.finished == 1:
             faults.fault_point("mid")  # one document done (and cached), the others not
 
-    for row in rows:
-        if row["status"] == "skipped":
-            row["_log"] = f"skipped {row['source']} ({row['error']})"
-            tqdm.write(f"[extract] skipped {row['source']} ({row['error']})", file=sys.stderr)
-            progress.update(1)
-        elif row["cached"]:
-            finish(row, row["_entry"])
+    def close(self) -> None:
+        self.bar.close()
 
-    def fallback(job: Job, reason: str) -> dict | None:
-        if job.options["kind"] == "pdf" and job.options["pdf_backend"] != "pdfplumber":
-            return {**job.options, "pdf_backend": "pdfplumber"}
-        return None
 
-    for job, status, result in run_jobs(jobs, convert_document, workers, timeout_s, fallback):
-        seconds = round(time.monotonic() - job.started, 3)
-        if status == "ok":
-            note = f"{options['pdf_backend']} failed ({job.note}); pdfplumber used" if job.note else None
-            entry = {"status": "ok", **result, "note": note, "seconds": seconds}
-        else:
-            message = f"{job.note}; pdfplumber: {result}" if job.note and job.note != result else result
-            entry = {"status": "failed", "error": message, "seconds": seconds}
-        if status == "ok" or job.note is None:
-            # Written per document, so a killed stage resumes here. A failure after a crash or time-out
-            # is not cached: it may not happen again, and the next run retries it.
-            cache.put(rows[job.index]["sha256"], entry)
-        finish(rows[job.index], entry)
-    progress.close()
+def _pdfplumber_instead(job: Job, reason: str) -> dict | None:
+    """The options to retry a PDF with after its converter failed, crashed or timed out; None: no retry."""
+    if job.options["kind"] == "pdf" and job.options["pdf_backend"] != "pdfplumber":
+        return {**job.options, "pdf_backend": "pdfplumber"}
+    return None
 
-    ok = [row for row in rows if row["status"] == "ok"]
-    if not ok:
-        counts = {s: sum(r["status"] == s for r in rows) for s in ("failed", "skipped")}
-        raise ValueError(
-            f"no text was extracted from {', '.join(map(str, dirs))}: {len(rows)} file(s), "
-            f"{counts['failed']} failed, {counts['skipped']} skipped (see the reasons above). "
-            f"Supported: {', '.join(sorted(FORMATS))}"
-        )
+
+def _entry(job: Job, status: str, result: Any, backend: str) -> dict:
+    """The cache entry of one finished conversion job."""
+    seconds = round(time.monotonic() - job.started, 3)
+    if status == "ok":
+        note = f"{backend} failed ({job.note}); pdfplumber used" if job.note else None
+        return {"status": "ok", **result, "note": note, "seconds": seconds}
+    message = f"{job.note}; pdfplumber: {result}" if job.note and job.note != result else result
+    return {"status": "failed", "error": message, "seconds": seconds}
+
+
+def _write_outputs(out_dir: str | Path, rows: list[dict], ok: list[dict]) -> list[dict]:
+    """Write the texts of the `ok` rows, ``manifest.jsonl`` and ``extract.log`` into `out_dir`
+    together; return the manifest rows (with run facts, without private keys)."""
     taken: set[str] = set()
     with atomic_dir(out_dir) as tmp:
         for row in ok:
@@ -257,7 +241,65 @@ def extract_documents(
                                                 for row in manifest])
         # one line per source, in the sources' order (not the order conversions finished in)
         (tmp / LOG_NAME).write_text("\n".join(row["_log"] for row in rows) + "\n", encoding="utf-8")
-    elapsed = time.monotonic() - started
+    return manifest
+
+
+def extract_documents(
+    input_dirs: list[str | Path] | str | Path,
+    out_dir: str | Path,
+    *,
+    pdf_backend: str = DEFAULTS.extract.pdf_backend,
+    min_length: int = DEFAULTS.extract.min_length,
+    device: str = DEFAULTS.extract.device,
+    ocr: bool = DEFAULTS.extract.ocr,
+    docling_artifacts_path: str | None = DEFAULTS.extract.docling_artifacts_path,
+    timeout_s: float = DEFAULTS.extract.timeout_s,
+    workers: int = DEFAULTS.extract.workers,
+    resume: bool = DEFAULTS.extract.resume,
+    cache_dir: str | Path | None = None,
+) -> list[dict]:
+    """Extract every supported file under `input_dirs` (one folder or several, read recursively)
+    into `out_dir`: one ``.txt`` per source, ``manifest.jsonl`` and ``extract.log``.
+
+    The knobs are the ``extract`` section of params.yaml (see `lorapipe.params.ExtractParams` for
+    their meaning and units). `cache_dir`: where converted texts are cached across runs; None: the
+    user cache (``<cache>/extract``).
+
+    Returns the manifest rows, with this run's `cached` and `seconds` of each (not written). Raises
+    FileNotFoundError for a missing input folder and ValueError when no document yields usable text.
+    """
+    dirs = [Path(d) for d in ([input_dirs] if isinstance(input_dirs, (str, Path)) else input_dirs)]
+    sources = _sources(dirs)
+    backend = resolve_pdf_backend(pdf_backend, docling_artifacts_path)
+    options = {"pdf_backend": backend, "device": device, "ocr": ocr, "artifacts_path": docling_artifacts_path}
+    cache = _Cache(Path(cache_dir or paths.cache_dir() / "extract"), options, read=resume)
+    rows, jobs = _scan(sources, cache, options)
+
+    progress = _Progress(len(sources), min_length)
+    for row in rows:
+        if row["status"] == "skipped":
+            progress.skipped(row)
+        elif row["cached"]:
+            progress.finish(row, row["_entry"])
+    for job, status, result in run_jobs(jobs, convert_document, workers, timeout_s, _pdfplumber_instead):
+        entry = _entry(job, status, result, options["pdf_backend"])
+        if status == "ok" or job.note is None:
+            # Written per document, so a killed stage resumes here. A failure after a crash or time-out
+            # is not cached: it may not happen again, and the next run retries it.
+            cache.put(rows[job.index]["sha256"], entry)
+        progress.finish(rows[job.index], entry)
+    progress.close()
+
+    ok = [row for row in rows if row["status"] == "ok"]
+    if not ok:
+        counts = {s: sum(r["status"] == s for r in rows) for s in ("failed", "skipped")}
+        raise ValueError(
+            f"no text was extracted from {', '.join(map(str, dirs))}: {len(rows)} file(s), "
+            f"{counts['failed']} failed, {counts['skipped']} skipped (see the reasons above). "
+            f"Supported: {', '.join(sorted(FORMATS))}"
+        )
+    manifest = _write_outputs(out_dir, rows, ok)
     print(f"[extract] {len(ok)} of {len(rows)} document(s) extracted into {out_dir} "
-          f"({sum(r['cached'] for r in rows)} from cache, {len(jobs)} converted, {elapsed:.1f} s)", flush=True)
+          f"({sum(r['cached'] for r in rows)} from cache, {len(jobs)} converted, {progress.elapsed():.1f} s)",
+          flush=True)
     return manifest

@@ -13,12 +13,15 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
+
+from lorapipe.params import PdfBackend
 
 FORMATS = {
     ".pdf": "pdf", ".epub": "epub", ".md": "markdown", ".markdown": "markdown", ".txt": "text",
     ".html": "html", ".htm": "html", ".xhtml": "html", ".docx": "docx", ".json": "json",
 }
-PDF_BACKENDS = ("auto", "docling", "docling-native", "pdfplumber")
+PDF_BACKENDS = get_args(PdfBackend)  # ("auto", "docling", "docling-native", "pdfplumber")
 OCR_HINT = ("it has no text layer (a scanned PDF?): OCR is needed. Install the layout extra "
             "(pip install 'lorapipe[layout]') and set extract.pdf_backend: docling and extract.ocr: true")
 
@@ -116,7 +119,11 @@ def docling_layout_available(artifacts_path: str | None = None) -> bool:
 
 
 def resolve_pdf_backend(backend: str, artifacts_path: str | None = None) -> str:
-    """`auto` → `docling` when its layout models are available offline, else `docling-native`."""
+    """`auto` → `docling` when its layout models are available offline, else `docling-native`.
+
+    Raises ValueError for a name that is not one of PDF_BACKENDS."""
+    if backend not in PDF_BACKENDS:
+        raise ValueError(f"unknown extract.pdf_backend {backend!r}; choose from {', '.join(PDF_BACKENDS)}")
     if backend != "auto":
         return backend
     return "docling" if docling_layout_available(artifacts_path) else "docling-native"
