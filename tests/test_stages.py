@@ -10,7 +10,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
 import yaml
 from helpers import ROOT, SRC, import_closure, stage_entry, uncovered
 
@@ -101,10 +100,3 @@ def test_the_package_face_imports_no_module_eagerly():
             "print(sorted(before), train_lora.__module__, extract_documents.__module__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["[]", "lorapipe.train", "lorapipe.extract"]
-
-
-@pytest.mark.parametrize("stage", sorted(DVC))
-def test_a_stage_reads_only_its_own_params(stage):
-    from lorapipe.params import stage_keys
-
-    assert DVC[stage]["params"] == stage_keys(stage)
