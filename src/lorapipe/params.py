@@ -298,3 +298,6 @@ def section_dict(params: Params, stage: str) -> dict[str, Any]:
         section, _, name = key.partition(".")
         out[key] = getattr(getattr(params, section), name)
     return out
+
+
+DEFAULTS = Params()

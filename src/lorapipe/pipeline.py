@@ -7,6 +7,7 @@ The scripts in ``stages/`` and the ``lorapipe`` CLI both call these, so the two 
 from __future__ import annotations
 
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import yaml
@@ -59,15 +60,8 @@ def run_train(p: Params, task: str | None = None) -> None:
     tags = {"dataset_hash": dataset_hash, "base_model": str(base["model.name"]), **({"task": task} if task else {})}
     run = tracking.start_training_run(resolved, tags)
     kwargs = dict(
-        dataset_dir=paths.DATASET, base_dir=paths.BASE_MODEL, out_dir=adapter,
-        rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, target_modules=lora.target_modules,
-        epochs=train.epochs, max_steps=train.max_steps, lr=train.lr, batch_size=train.batch_size,
-        grad_accum=train.grad_accum, warmup_steps=train.warmup_steps, weight_decay=train.weight_decay,
-        log_every=train.log_every, eval_steps=train.eval_steps, early_stopping_patience=train.early_stopping_patience,
-        packing=train.packing, torch_compile=train.torch_compile, precision=train.precision, load_in_4bit=quant.load_in_4bit,
-        quant_type=quant.quant_type, double_quant=quant.double_quant, seed=p.common.seed, preset=train.preset,
-        autofit=train.autofit, save_steps=train.save_steps, save_total_limit=train.save_total_limit,
-        resume=train.resume, task=task, metrics_path=metrics_path, loss_path=loss_path,
+        dataset_dir=paths.DATASET, base_dir=paths.BASE_MODEL, out_dir=adapter, lora=lora, train=train, quant=quant,
+        seed=p.common.seed, task=task, metrics_path=metrics_path, loss_path=loss_path,
         plot_path=loss_path.with_suffix(".png"), run_info=run,
         provenance={**resolved, "dataset_hash": dataset_hash, "task": task},
     )
@@ -80,8 +74,8 @@ def run_train(p: Params, task: str | None = None) -> None:
     except BaseException:
         tracking.finish_run(run["run_id"], {}, status="FAILED")
         raise
-    tracking.set_tags(run["run_id"], {f"resolved.{key}": str(value) for key, value in result["resolved"].items()})
-    tracking.finish_run(run["run_id"], result, {"adapter": adapter, "reports": loss_path,
+    tracking.set_tags(run["run_id"], {f"resolved.{key}": str(value) for key, value in asdict(result.resolved).items()})
+    tracking.finish_run(run["run_id"], asdict(result.metrics), {"adapter": adapter, "reports": loss_path,
                                                 "charts": loss_path.with_suffix(".png"),
                                                 "dataset": paths.DATASET_STATS})
     print(f"[train] MLflow run {run['run_id']} in {run['tracking_uri']}", flush=True)
