@@ -366,3 +366,35 @@ def test_a_compiled_model_trains_and_saves_its_adapter(tmp_path, dataset_dir, ti
     result = train_lora(dataset_dir, tiny_model_dir, tmp_path / "a", **sections(
         rank=2, max_steps=2, batch_size=2, precision="fp32", save_steps=0, torch_compile=True))
     assert result.metrics.steps == 2 and (tmp_path / "a" / "adapter_model.safetensors").is_file()
+
+
+# A regression pin (torchtune style): five steps of LoRA on the tiny model in float32 on the CPU,
+# from a fixed seed and fixed rows, must give these training losses. Measured 2026-11-29 (torch
+# 2.13.0+cpu, transformers 5.23.0, peft 0.21.2, trl 1.16.0): three runs and a run on one thread
+# (OMP_NUM_THREADS=1) gave the same float32 values to the last bit. The tolerance, rel 1e-4 (about
+# 1e-3 at these ~10.8 nats), leaves room for other CPUs' float32 kernels, and is 30-90x below what
+# one step moves the loss, so a changed learning rate, schedule, optimizer, loss or tokenization shows.
+# A deliberate change of the numbers needs a re-pin: run `pytest tests/test_train.py -k pinned` and
+# copy the list of losses its failure message prints into PINNED_LOSSES, saying in the commit why.
+PINNED_LOSSES = [10.834341049194336, 10.738572120666504, 10.668299674987793, 10.619315147399902, 10.585195541381836]
+PINNED_TEXT = ("Low-rank adaptation trains two thin matrices beside each frozen weight matrix. "
+               "Only the thin matrices receive gradients, so the optimizer state stays small. ")
+
+
+def test_pinned_losses_fp32_cpu(tmp_path, tiny_model_dir):
+    from lorapipe.io import write_json, write_jsonl
+
+    rows = [{"text": f"Row {i}. " + PINNED_TEXT * (1 + i % 3), "source": f"doc{i}", "task": "text"}
+            for i in range(8)]
+    data = tmp_path / "data"
+    write_jsonl(data / "train.jsonl", rows[:6])
+    write_jsonl(data / "val.jsonl", rows[6:])
+    write_json(data / "stats.json", {"max_seq_len": 32})
+    result = train_lora(data, tiny_model_dir, tmp_path / "a", lora=LoraParams(rank=4, alpha=8, dropout=0.0),
+                        train=TrainParams(max_steps=5, lr=1e-2, batch_size=2, grad_accum=1, warmup_steps=0,
+                                          weight_decay=0.0, log_every=1, eval_steps=0, save_steps=0,
+                                          packing=True, precision="fp32", resume="never"),
+                        quant=QuantParams(load_in_4bit=False), seed=0)
+    losses = [loss for _, loss in result.history]
+    assert [step for step, _ in result.history] == [1, 2, 3, 4, 5]
+    assert losses == pytest.approx(PINNED_LOSSES, rel=1e-4), f"losses now: {losses!r}"
