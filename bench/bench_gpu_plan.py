@@ -4,7 +4,7 @@ transformers + peft setup.
 
 Run: .venv/bin/python bench/bench_gpu_plan.py   (seconds; no GPU needed)
 
-Memory is lorapipe.plan.estimate_memory_gb for what the train stage runs on CUDA (nf4 with double
+Memory is lorapipe.plan.estimate_memory_gib (GiB) for what the train stage runs on CUDA (nf4 with double
 quantization, LoRA r16 on every projection, gradient checkpointing, paged 8-bit AdamW), at the
 largest batch of 1, 2, 4 or 8 that fits. Tokens per second is lorapipe.plan.estimate_tokens_per_second
 (`lorapipe plan --peak-tflops`): GPU_EFFICIENCY × the card's peak bfloat16 tensor FLOP/s ÷ the model
@@ -14,11 +14,11 @@ is measured (bench/bench_train.py).
 
 from __future__ import annotations
 
-from lorapipe.plan import (GPU_EFFICIENCY, estimate_memory_gb, estimate_tokens_per_second, load_facts,
+from lorapipe.plan import (GPU_EFFICIENCY, estimate_memory_gib, estimate_tokens_per_second, load_facts,
                           training_flops_per_token, training_settings)
 
 MODEL = "mistralai/Mistral-7B-v0.1"
-# card: (memory GB, dense bf16 tensor TFLOP/s with float32 accumulation, where that figure comes from)
+# card: (memory GiB, dense bf16 tensor TFLOP/s with float32 accumulation, where that figure comes from)
 CARDS = {
     "RTX 4060, 8 GB": (8.0, 30.2, "24 SMs × 2.46 GHz boost × 512 bf16 FMA per SM and clock at half rate for "
                                   "float32 accumulation, the per-SM rate of NVIDIA's Ada whitepaper "
@@ -44,15 +44,16 @@ def main() -> None:
     facts = load_facts(MODEL)
     print(f"{facts.name}, {facts.parameters / 1e9:.2f} B parameters; assumed GPU efficiency "
           f"{GPU_EFFICIENCY:.0%} of the card's peak\n")
-    print("| card | seq len | batch | estimated peak GB | fits | model GFLOP per token | expected tokens/s "
+    print("| card | seq len | batch | estimated peak GiB | fits | model GFLOP per token | expected tokens/s "
           "(lorapipe: transformers + peft + bitsandbytes) | Unsloth, by the published ratio (1.56–1.88×) |")
     print("|---|---|---|---|---|---|---|---|")
     for card, (memory, tflops, _) in CARDS.items():
         for seq in (512, 1024):
             settings = training_settings(seq, 16, "auto", True, "bf16", "cuda")
-            fitting = [b for b in (1, 2, 4, 8) if estimate_memory_gb(facts, batch_size=b, **settings)["total"] <= memory]
+            fitting = [b for b in (1, 2, 4, 8)
+                       if estimate_memory_gib(facts, batch_size=b, **settings)["total"] <= memory]
             batch = max(fitting) if fitting else 1
-            estimate = estimate_memory_gb(facts, batch_size=batch, **settings)
+            estimate = estimate_memory_gib(facts, batch_size=batch, **settings)
             per_token = training_flops_per_token(facts, seq, estimate["lora_parameters"], True)
             speed = estimate_tokens_per_second(per_token, "cuda", tflops * 1e12)
             print(f"| {card} | {seq} | {batch} | {estimate['total']:.1f} | {'yes' if fitting else 'no'} | "

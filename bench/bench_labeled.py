@@ -30,7 +30,9 @@ def main() -> None:
         print(f"- skipped: {LABELED} is not here (the benchmark reads the shared labeled task)")
         return
 
-    from lorapipe import build_dataset, merge_adapter, prepare_base_model, train_lora
+    from lorapipe import build_dataset, merge_adapter, prepare_base_model
+    from lorapipe.params import LoraParams, TrainParams
+    from lorapipe.train import train_lora
     from lorapipe.evaluate import chat_rows, evaluation_requests, hf_answers
     from lorapipe.scoring import score_answers
 
@@ -51,9 +53,10 @@ def main() -> None:
         base_answers = hf_answers(base, conversations, 96)
         base_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        result = train_lora(tmp / "data", base, tmp / "adapter", rank=16, alpha=32, lr=3e-4, batch_size=args.batch_size,
-                            max_steps=args.max_steps, warmup_steps=4, log_every=10, eval_steps=0,
-                            save_steps=0, resume="never", metrics_path=None, loss_path=None)
+        result = train_lora(tmp / "data", base, tmp / "adapter", lora=LoraParams(rank=16, alpha=32),
+                            train=TrainParams(lr=3e-4, batch_size=args.batch_size, max_steps=args.max_steps,
+                                              warmup_steps=4, log_every=10, eval_steps=0, save_steps=0,
+                                              resume="never"))
         train_seconds = time.perf_counter() - started
         merged = merge_adapter(base, tmp / "adapter", tmp / "merged")
         tuned_answers = hf_answers(merged, conversations, 96)
@@ -62,8 +65,9 @@ def main() -> None:
                   "fine-tuned": score_answers(tuned_answers, expected, schema)}
         print(f"- data: {stats['rows']['train']} training and {stats['rows']['val']} held-back queries "
               f"(../shared/labeled, 7 intents); {len(rows)} held-back rows scored, greedy, ≤96 new tokens")
-        print(f"- training: LoRA r16 on every projection, {result['steps']} steps × {args.batch_size} rows, "
-              f"lr 3e-4, {result['precision']}, {train_seconds:.0f} s ({result['tokens_per_second']:.0f} tokens/s); "
+        print(f"- training: LoRA r16 on every projection, {result.metrics.steps} steps × {args.batch_size} rows, "
+              f"lr 3e-4, {result.resolved.precision}, {train_seconds:.0f} s "
+              f"({result.metrics.tokens_per_second:.0f} tokens/s); "
               f"base answers took {base_seconds:.0f} s")
         print("\n| model | JSON parses | schema-valid | intent accuracy | slot precision | slot recall | slot F1 "
               "| exact match |\n|---|---|---|---|---|---|---|---|")

@@ -22,10 +22,12 @@ CONFIGS = [("bundled", 4, 512, "bf16"), ("bundled", 4, 512, "fp32"), ("bundled",
 TRAIN = """
 import json, re, sys
 from pathlib import Path
-from lorapipe import train_lora
+from lorapipe.params import LoraParams, TrainParams
+from lorapipe.train import train_lora
 data, base, out, batch, precision = sys.argv[1:6]
-train_lora(data, base, out, rank=16, max_steps=2, batch_size=int(batch), precision=precision, log_every=1,
-           metrics_path=None, loss_path=None, resume="never")
+train_lora(data, base, out, lora=LoraParams(rank=16),
+           train=TrainParams(max_steps=2, batch_size=int(batch), precision=precision, log_every=1, resume="never",
+                             save_steps=0, eval_steps=0))
 print(json.dumps(int(re.search(r"VmHWM:\\s+(\\d+)", Path("/proc/self/status").read_text()).group(1)) / 2**20))
 """
 
@@ -60,13 +62,13 @@ def tiny_model(base: Path, out: Path) -> Path:
 
 def main() -> None:
     from lorapipe.models import prepare_base_model
-    from lorapipe.plan import estimate_memory_gb, load_facts, training_settings
+    from lorapipe.plan import estimate_memory_gib, load_facts, training_settings
 
     with tempfile.TemporaryDirectory() as tmp:
         with contextlib.redirect_stdout(sys.stderr):  # the stage's progress is not part of the report
             bundled = prepare_base_model("smollm2-135m-instruct", Path(tmp) / "base")
         models = {"bundled": bundled, "tiny": tiny_model(bundled, Path(tmp) / "tiny")}
-        print("| model | batch × seq | precision | measured GB | estimated GB | error |\n|---|---|---|---|---|---|")
+        print("| model | batch × seq | precision | measured GiB | estimated GiB | error |\n|---|---|---|---|---|---|")
         for name, batch, length, precision in CONFIGS:
             data = dataset(Path(tmp) / f"data-{name}-{batch}-{length}-{precision}", length)
             run = subprocess.run([sys.executable, "-c", TRAIN, str(data), str(models[name]), str(Path(tmp) / "out"),
@@ -77,7 +79,7 @@ def main() -> None:
                 continue
             measured = json.loads(run.stdout.strip().splitlines()[-1])
             settings = training_settings(length, 16, "auto", False, precision, "cpu")
-            estimate = estimate_memory_gb(load_facts(str(models[name])), batch_size=batch, **settings)["total"]
+            estimate = estimate_memory_gib(load_facts(str(models[name])), batch_size=batch, **settings)["total"]
             print(f"| {name} | {batch} × {length} | {precision} | {measured:.2f} | {estimate:.2f} | "
                   f"{(estimate - measured) / measured:+.1%} |", flush=True)
 

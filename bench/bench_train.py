@@ -7,9 +7,9 @@ Run: .venv/bin/python bench/bench_train.py [--steps 8] [--repeats 3] [--only NAM
 Every configuration trains in a fresh process on the same text rows (the sample corpus cut into
 chunks of at most 512 tokens by the dataset stage), in full batches of 4 (`dataloader_drop_last`:
 the corpus is 7 rows, and a last batch of one row per epoch would measure a batch size nobody
-trains with). Speed counts only the tokens that carry loss
-(no padding; lorapipe.train.LossTokens), over the steps after the first (warm-up); the figure is the
-median of --repeats runs, with min and max. MFU = tokens/s × model FLOPs per token
+trains with). Speed counts only the tokens that carry loss (no padding;
+lorapipe.train_callbacks.LossTokens), over the steps after the first (warm-up); the figure is the median
+of --repeats runs, with min and max. MFU = tokens/s × model FLOPs per token
 (lorapipe.plan.training_flops_per_token) ÷ the peak FLOP/s of a large matrix multiply here, in the
 same precision. The loss is the training loss of the last step: the same data and steps for all.
 "s to first step" is the child process's time from before its imports of torch and transformers to
@@ -32,7 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# name: (trainer, train_lora keyword arguments or baseline settings, environment, what it shows)
+# name: (trainer, lora/train knobs by name and `trainer_args` or baseline settings, environment, what it shows)
 CONFIGS: dict[str, tuple[str, dict, dict, str]] = {
     "baseline fp32": ("baseline", {"bf16": False}, {},
                       "transformers Trainer + peft LoRA r16 on q/k/v/o, padded batches of 4, defaults, float32"),
@@ -83,7 +83,7 @@ def run_baseline(work: Path, steps: int, settings: dict) -> dict:
                               TrainerCallback, TrainingArguments)
 
     from lorapipe.io import read_jsonl
-    from lorapipe.train import LossTokens
+    from lorapipe.train_callbacks import LossTokens
 
     tokenizer = AutoTokenizer.from_pretrained(work / "base")
     if tokenizer.pad_token is None:
@@ -118,7 +118,10 @@ def run_baseline(work: Path, steps: int, settings: dict) -> dict:
 
 
 def run_lorapipe(work: Path, steps: int, settings: dict) -> dict:
-    from lorapipe import train_lora
+    """train_lora with the bench's run settings; `settings` holds lora/train knobs by name and
+    `trainer_args` (TrainingArguments settings no param offers)."""
+    from lorapipe.params import LoraParams, TrainParams
+    from lorapipe.train import train_lora
 
     marks: list[tuple[float, int]] = []
     losses: list[float] = []
@@ -128,14 +131,16 @@ def run_lorapipe(work: Path, steps: int, settings: dict) -> dict:
             marks.append((time.perf_counter(), metrics["loss_tokens"]))
             losses.append(metrics["loss"])
 
-    settings = {**settings, "trainer_args": {**settings.get("trainer_args", {}), "dataloader_drop_last": True}}
-    result = train_lora(work / "dataset", work / "base", work / "adapter", max_steps=steps, batch_size=4,
-                        log_every=1, eval_steps=0, save_steps=0, lr=3e-4, warmup_steps=2, resume="never",
-                        checkpoint_dir=work / "checkpoints", metrics_path=None, loss_path=None, on_log=on_log,
-                        **settings)
-    autocast = settings.get("trainer_args", {}).get("bf16")  # float32 weights under bf16 autocast
-    return {"marks": marks, "loss": losses[-1], "lora_parameters": result["trainable_parameters"],
-            "precision": "bf16" if autocast else result["precision"]}
+    trainer_args = {**settings.get("trainer_args", {}), "dataloader_drop_last": True}
+    lora = LoraParams(**{k: v for k, v in settings.items() if k in LoraParams.model_fields})
+    train = TrainParams(**{"max_steps": steps, "batch_size": 4, "log_every": 1, "eval_steps": 0, "save_steps": 0,
+                           "lr": 3e-4, "warmup_steps": 2, "resume": "never",
+                           **{k: v for k, v in settings.items() if k in TrainParams.model_fields}})
+    result = train_lora(work / "dataset", work / "base", work / "adapter", lora=lora, train=train,
+                        checkpoint_dir=work / "checkpoints", on_log=on_log, trainer_args=trainer_args)
+    autocast = trainer_args.get("bf16")  # float32 weights under bf16 autocast
+    return {"marks": marks, "loss": losses[-1], "lora_parameters": result.metrics.trainable_parameters,
+            "precision": "bf16" if autocast else result.resolved.precision}
 
 
 def child(name: str, work: Path, steps: int) -> None:

@@ -94,8 +94,10 @@ def dataset_dir(tmp_path, text_dir, tiny_model_dir) -> Path:
 @pytest.fixture(scope="session")
 def trained_adapter(tmp_path_factory, tiny_model_dir) -> Path:
     """An adapter trained for a few steps at a high learning rate, so that its update is not zero."""
-    from lorapipe import build_dataset, train_lora
+    from lorapipe import build_dataset
     from lorapipe.io import write_jsonl
+    from lorapipe.params import LoraParams, TrainParams
+    from lorapipe.train import train_lora
 
     work = tmp_path_factory.mktemp("trained")
     text = work / "text"
@@ -104,9 +106,10 @@ def trained_adapter(tmp_path_factory, tiny_model_dir) -> Path:
     write_jsonl(text / "manifest.jsonl", [{"source": "a.md", "status": "ok", "output": "a.txt"}])
     build_dataset(text, tiny_model_dir, work / "dataset", max_seq_len=64, overlap_tokens=8, val_fraction=0.25,
                   split_by="chunk")
-    train_lora(work / "dataset", tiny_model_dir, work / "adapter", rank=4, alpha=8, max_steps=3, lr=5e-2,
-               batch_size=2, log_every=1, precision="fp32", metrics_path=work / "train.json",
-               loss_path=work / "loss.tsv", run_info={"run_id": None})
+    train_lora(work / "dataset", tiny_model_dir, work / "adapter", lora=LoraParams(rank=4, alpha=8),
+               train=TrainParams(max_steps=3, lr=5e-2, batch_size=2, log_every=1, precision="fp32", save_steps=0,
+                                 eval_steps=0, warmup_steps=0),
+               metrics_path=work / "train.json", loss_path=work / "loss.tsv", run_info={"run_id": None})
     return work / "adapter"
 
 

@@ -66,8 +66,10 @@ def test_flan_t5_style_model_trains_through_the_seq2seq_path(tmp_path, bundled_t
     import transformers as t
     from safetensors.torch import load_file
 
-    from lorapipe import merge_adapter, train_lora
+    from lorapipe import merge_adapter
     from lorapipe.io import write_json, write_jsonl
+    from lorapipe.params import LoraParams, TrainParams
+    from lorapipe.train import train_lora
 
     tokenizer = t.AutoTokenizer.from_pretrained(bundled_tokenizer_dir)
     config = t.T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
@@ -88,11 +90,12 @@ def test_flan_t5_style_model_trains_through_the_seq2seq_path(tmp_path, bundled_t
     write_jsonl(data / "val.jsonl", rows[:2])
     write_json(data / "stats.json", {"max_seq_len": 64})
 
-    result = train_lora(data, base, tmp_path / "adapter", rank=4, alpha=8, max_steps=6, lr=3e-2, batch_size=4,
-                        log_every=2, precision="fp32", metrics_path=None, loss_path=None)
-    assert result["seq2seq"] and result["steps"] == 6 and result["val_loss"] > 0
-    assert set(result["target_modules"]) == {"q", "k", "v", "o", "wi_0", "wi_1", "wo"}
-    losses = [loss for _, loss in result["history"]]
+    result = train_lora(data, base, tmp_path / "adapter", lora=LoraParams(rank=4, alpha=8),
+                        train=TrainParams(max_steps=6, lr=3e-2, batch_size=4, log_every=2, precision="fp32",
+                                          save_steps=0, eval_steps=0, warmup_steps=0))
+    assert result.resolved.seq2seq and result.metrics.steps == 6 and result.metrics.val_loss > 0
+    assert set(result.resolved.target_modules) == {"q", "k", "v", "o", "wi_0", "wi_1", "wo"}
+    losses = [loss for _, loss in result.history]
     assert losses[-1] < losses[0]
     merged = merge_adapter(base, tmp_path / "adapter", tmp_path / "merged")
     weights = load_file(merged / "model.safetensors")

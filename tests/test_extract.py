@@ -193,7 +193,7 @@ def test_kill_9_mid_stage_resumes_where_it_stopped(tmp_path):
     cache = tmp_path / "cache"
     code = ("from lorapipe import extract_documents; "
             f"extract_documents({str(docs)!r}, {str(tmp_path / 'out')!r}, workers=1, cache_dir={str(cache)!r})")
-    env = {**os.environ, "LORAPIPE_EXTRACT_FAULT": "hang:c.md"}
+    env = {**os.environ, "LORAPIPE_FAULT": "extract:hang:c.md"}
     process = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -213,7 +213,7 @@ def test_a_crashing_converter_falls_back_to_pdfplumber(tmp_path, monkeypatch):
     docs.mkdir()
     shutil.copy(SAMPLE_DOCS / "reproducible-pipelines.pdf", docs)
     shutil.copy(SAMPLE_DOCS / "lora-primer.md", docs)
-    monkeypatch.setenv("LORAPIPE_EXTRACT_FAULT", "crash:reproducible-pipelines.pdf")
+    monkeypatch.setenv("LORAPIPE_FAULT", "extract:crash:reproducible-pipelines.pdf")
     rows = {Path(r["source"]).name: r for r in extract_documents(docs, tmp_path / "out", pdf_backend="docling-native")}
     pdf = rows["reproducible-pipelines.pdf"]
     assert pdf["status"] == "ok" and pdf["extractor"] == "pdfplumber"
@@ -225,18 +225,18 @@ def test_a_hanging_converter_times_out_and_falls_back(tmp_path, monkeypatch):
     docs = tmp_path / "docs"
     docs.mkdir()
     shutil.copy(SAMPLE_DOCS / "reproducible-pipelines.pdf", docs)
-    monkeypatch.setenv("LORAPIPE_EXTRACT_FAULT", "hang:reproducible-pipelines.pdf")
+    monkeypatch.setenv("LORAPIPE_FAULT", "extract:hang:reproducible-pipelines.pdf")
     (row,) = extract_documents(docs, tmp_path / "out", pdf_backend="docling-native", timeout_s=20)
     assert row["status"] == "ok" and row["extractor"] == "pdfplumber" and "timed out after 20 s" in row["error"]
 
 
 def test_a_crash_without_fallback_is_recorded_as_failed(tmp_path, monkeypatch):
     docs = _docs(tmp_path, ("a.md", "b.md"))
-    monkeypatch.setenv("LORAPIPE_EXTRACT_FAULT", "crash:a.md")
+    monkeypatch.setenv("LORAPIPE_FAULT", "extract:crash:a.md")
     rows = {Path(r["source"]).name: r for r in extract_documents(docs, tmp_path / "out", workers=2)}
     assert rows["a.md"]["status"] == "failed" and "crashed (SIGSEGV)" in rows["a.md"]["error"]
     assert rows["b.md"]["status"] == "ok"
-    monkeypatch.delenv("LORAPIPE_EXTRACT_FAULT")  # the crash is not cached: the next run retries a.md
+    monkeypatch.delenv("LORAPIPE_FAULT")  # the crash is not cached: the next run retries a.md
     rows = {Path(r["source"]).name: r for r in extract_documents(docs, tmp_path / "out", workers=2)}
     assert rows["a.md"]["status"] == "ok" and not rows["a.md"]["cached"] and rows["b.md"]["cached"]
 

@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from helpers import ROOT
-from lorapipe.plan import autofit, estimate_memory_gb, load_facts, plan_report
+from lorapipe.params import LoraParams, TrainParams
+from lorapipe.plan import estimate_memory_gib, fit_batch, load_facts, plan_report, training_steps
 
 
 @pytest.mark.parametrize("model, billions", [
@@ -34,15 +35,16 @@ def test_estimate_within_25_percent_of_measured_peak_for_the_tiny_model(tmp_path
     The peak is VmHWM of the process's own memory: ru_maxrss would also count the pytest process it
     was forked from (Linux keeps the larger of the two across exec)."""
     code = (
-        "import json, re; from pathlib import Path; from lorapipe import train_lora; "
-        f"train_lora({str(dataset_dir)!r}, {str(tiny_model_dir)!r}, {str(tmp_path / 'a')!r}, rank=8, max_steps=2, "
-        "batch_size=4, precision='fp32', metrics_path=None, loss_path=None, resume='never'); "
+        "import json, re; from pathlib import Path; from lorapipe.train import train_lora; "
+        "from lorapipe.params import LoraParams, TrainParams; "
+        f"train_lora({str(dataset_dir)!r}, {str(tiny_model_dir)!r}, {str(tmp_path / 'a')!r}, lora=LoraParams(rank=8), "
+        "train=TrainParams(max_steps=2, batch_size=4, precision='fp32', resume='never', save_steps=0, eval_steps=0)); "
         "kb = int(re.search(r'VmHWM:\\s+(\\d+)', Path('/proc/self/status').read_text()).group(1)); "
         "print(json.dumps(kb / 2**20))")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     measured = json.loads(run.stdout.strip().splitlines()[-1])
     max_len = json.loads((dataset_dir / "stats.json").read_text())["max_seq_len"]
-    estimate = estimate_memory_gb(load_facts(str(tiny_model_dir)), max_seq_len=max_len, batch_size=4, lora_rank=8,
+    estimate = estimate_memory_gib(load_facts(str(tiny_model_dir)), max_seq_len=max_len, batch_size=4, lora_rank=8,
                                   precision="fp32")["total"]
     assert estimate == pytest.approx(measured, rel=0.25), (estimate, measured)
 
@@ -51,40 +53,43 @@ def test_report_says_whether_it_fits_and_how_to_fix_it(tmp_path):
     stats = tmp_path / "stats.json"
     stats.write_text(json.dumps({"rows": {"train": 100}, "tokens": {"train": 40000}}))
     text, fits = plan_report("smollm2-135m-instruct", max_seq_len=512, batch_size=4, lora_rank=16, device="cpu",
-                             precision="fp32", device_memory_gb=64, steps=10, dataset_stats=stats)
+                             precision="fp32", device_memory_gib=64, steps=10, dataset_stats=stats)
     assert fits and "fits" in text and "about" in text and "10 steps" in text
     text, fits = plan_report("mistralai/Mistral-7B-Instruct-v0.2", max_seq_len=2048, batch_size=4, lora_rank=16,
-                             load_in_4bit=True, device="cuda", device_memory_gb=8)
+                             load_in_4bit=True, device="cuda", device_memory_gib=8)
     assert not fits and "does NOT fit" in text and "dataset.max_seq_len" in text
 
 
 def test_autofit_keeps_the_effective_batch():
     facts = load_facts("smollm2-135m-instruct")
     kwargs = {"max_seq_len": 512, "lora_rank": 16, "precision": "fp32"}
-    full = estimate_memory_gb(facts, batch_size=8, **kwargs)["total"]
-    batch, accum = autofit(facts, full / 2, 8, 1, **kwargs)
+    full = estimate_memory_gib(facts, batch_size=8, **kwargs)["total"]
+    batch, accum = fit_batch(facts, full / 2, 8, 1, **kwargs)
     assert batch < 8 and batch * accum == 8
-    assert autofit(facts, 0.1, 8, 1, **kwargs) is None
+    assert fit_batch(facts, 0.1, 8, 1, **kwargs) is None
 
 
 def test_train_refuses_what_does_not_fit(tmp_path, dataset_dir, tiny_model_dir, monkeypatch):
-    from lorapipe import plan, train_lora
+    from lorapipe import plan
+    from lorapipe.train import train_lora
 
-    monkeypatch.setattr(plan, "available_memory_gb", lambda device: 0.2)
-    with pytest.raises(MemoryError, match=r"training needs about .* GB but 0.2 GB are available.*lorapipe plan"):
-        train_lora(dataset_dir, tiny_model_dir, tmp_path / "a", max_steps=1, metrics_path=None, loss_path=None)
+    monkeypatch.setattr(plan, "available_memory_gib", lambda device: 0.2)
+    with pytest.raises(MemoryError, match=r"training needs about .* GiB but 0.2 GiB are available.*lorapipe plan"):
+        train_lora(dataset_dir, tiny_model_dir, tmp_path / "a", train=TrainParams(max_steps=1))
     assert not (tmp_path / "a").exists()
 
 
 def test_train_autofit_lowers_the_batch(tmp_path, dataset_dir, tiny_model_dir, monkeypatch, capsys):
-    from lorapipe import plan, train_lora
+    from lorapipe import plan
+    from lorapipe.train import train_lora
 
     facts = load_facts(str(tiny_model_dir))
-    needed = estimate_memory_gb(facts, max_seq_len=64, batch_size=2, lora_rank=4, precision="fp32")["total"]
-    monkeypatch.setattr(plan, "available_memory_gb", lambda device: needed + 0.001)
-    train_lora(dataset_dir, tiny_model_dir, tmp_path / "a", rank=4, max_steps=1, batch_size=8, precision="fp32",
-               autofit=True, metrics_path=None, loss_path=None)
+    needed = estimate_memory_gib(facts, max_seq_len=64, batch_size=2, lora_rank=4, precision="fp32")["total"]
+    monkeypatch.setattr(plan, "available_memory_gib", lambda device: needed + 0.001)
+    result = train_lora(dataset_dir, tiny_model_dir, tmp_path / "a", lora=LoraParams(rank=4),
+                        train=TrainParams(max_steps=1, batch_size=8, precision="fp32", autofit=True, save_steps=0))
     assert "train.autofit: batch_size 8 → 2, grad_accum 1 → 4" in capsys.readouterr().out
+    assert (result.resolved.batch_size, result.resolved.grad_accum) == (2, 4)
 
 
 def test_plan_cli_exit_codes():
@@ -100,10 +105,12 @@ def test_plan_cli_exit_codes():
 def test_train_skips_the_check_for_configs_plan_does_not_know(tmp_path, capsys):
     from transformers import GPT2Config
 
-    from lorapipe.train import check_fit
+    from lorapipe.plan import check_fit
 
     GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100).save_pretrained(tmp_path)
-    assert check_fit(tmp_path, "cpu", "fp32", False, 64, 4, 1, 8, "auto", False)[:2] == (4, 1)
+    fit = check_fit(tmp_path, device="cpu", precision="fp32", load_in_4bit=False, max_seq_len=64, batch_size=4,
+                    grad_accum=1, lora_rank=8, target_modules="auto", autofit=False)
+    assert (fit.batch_size, fit.grad_accum) == (4, 1)
     assert "memory check skipped" in capsys.readouterr().out
 
 
@@ -122,10 +129,28 @@ def test_model_flops_per_token_follow_the_definition():
 
 
 def test_speed_for_a_gpu_that_is_not_here(monkeypatch):
-    monkeypatch.setattr("lorapipe.plan._cuda_available", lambda: False)
+    monkeypatch.setattr("lorapipe.plan.cuda_available", lambda: False)
     text, _ = plan_report("mistralai/Mistral-7B-v0.1", max_seq_len=512, batch_size=2, lora_rank=16,
-                          load_in_4bit=True, device="cuda", device_memory_gb=8, peak_tflops=100)
+                          load_in_4bit=True, device="cuda", device_memory_gib=8, peak_tflops=100)
     assert "tokens/s" in text and "of 100.00 TFLOP/s (given)" in text
     text, _ = plan_report("mistralai/Mistral-7B-v0.1", max_seq_len=512, batch_size=2, lora_rank=16,
-                          load_in_4bit=True, device="cuda", device_memory_gb=8)
+                          load_in_4bit=True, device="cuda", device_memory_gib=8)
     assert "not estimated" in text and "--peak-tflops" in text
+
+
+def test_steps_from_epochs_count_every_process_and_are_the_ones_plan_reports(tmp_path):
+    """One function counts steps for train and plan: with 2 processes an epoch takes half the steps."""
+    assert training_steps(10, batch_size=2, grad_accum=1, epochs=1, max_steps=-1) == 5
+    assert training_steps(10, batch_size=2, grad_accum=1, epochs=1, max_steps=-1, processes=2) == 3
+    assert training_steps(10, batch_size=2, grad_accum=2, epochs=2, max_steps=-1, processes=2) == 3
+    assert training_steps(1, batch_size=8, grad_accum=4, epochs=0.1, max_steps=-1) == 1
+    assert training_steps(10, batch_size=2, grad_accum=1, epochs=1, max_steps=7, processes=2) == 7
+    stats = tmp_path / "stats.json"
+    stats.write_text(json.dumps({"rows": {"train": 100}, "tokens": {"train": 40000}}))
+    report = {}
+    for processes in (1, 2):
+        text, _ = plan_report("smollm2-135m-instruct", max_seq_len=512, batch_size=4, lora_rank=16, device="cpu",
+                              precision="fp32", device_memory_gib=64, steps=-1, epochs=1, processes=processes,
+                              dataset_stats=stats, peak_tflops=1)
+        report[processes] = text
+    assert "for 25 steps" in report[1] and "for 13 steps" in report[2]

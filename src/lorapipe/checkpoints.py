@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from lorapipe import paths
+from lorapipe.io import hash_file
 
-FAULT_ENV = "LORAPIPE_TRAIN_FAULT"  # tests: "kill-after-checkpoint:<step>", "oom-at-step:<step>"
 STATE_FILE = "trainer_state.json"
 
 
@@ -31,7 +31,7 @@ def fingerprint(inputs: dict[str, Any], files: list[Path]) -> str:
         if path.suffix == ".safetensors":
             digest.update(str(path.stat().st_size).encode())
         else:
-            digest.update(path.read_bytes())
+            hash_file(path, digest)
     return digest.hexdigest()[:20]
 
 

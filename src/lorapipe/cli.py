@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--lora-rank", type=int)
     plan.add_argument("--load-in-4bit", action="store_true", default=None)
     plan.add_argument("--device", choices=get_args(Device), default="auto")
-    plan.add_argument("--device-memory-gb", type=float, help="memory budget (default: what the device has free)")
+    plan.add_argument("--device-memory-gb", type=float, help="memory budget in GiB (default: what the device has free)")
     plan.add_argument("--preset", choices=get_args(Preset),
                       help="plan for this hardware (default: train.preset): its memory budget and 4-bit setting")
     plan.add_argument("--peak-tflops", type=float,
@@ -138,8 +138,9 @@ def _plan(args: argparse.Namespace) -> int:
     text, fits = plan_report(
         model, max_seq_len=args.max_seq_len or p.dataset.max_seq_len, batch_size=args.batch_size or p.train.batch_size,
         lora_rank=args.lora_rank or p.lora.rank, load_in_4bit=four_bit, device=args.device,
-        precision=p.train.precision, device_memory_gb=args.device_memory_gb, grad_accum=p.train.grad_accum,
-        steps=p.train.max_steps, epochs=p.train.epochs, dataset_stats=paths.DATASET_STATS,
+        precision=p.train.precision, device_memory_gib=args.device_memory_gb, grad_accum=p.train.grad_accum,
+        steps=p.train.max_steps, epochs=p.train.epochs, processes=p.train.num_processes,
+        dataset_stats=paths.DATASET_STATS,
         preset_name=args.preset or p.train.preset, peak_tflops=args.peak_tflops)
     print(text)
     return 0 if fits else 1

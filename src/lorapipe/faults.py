@@ -1,41 +1,111 @@
-"""Deterministic fault points: the tests kill a stage with SIGKILL at a named place to check that
-nothing is lost or half-written (RELIABILITY.md lists them).
+"""Deterministic fault injection for the tests: one environment variable, ``LORAPIPE_FAULT``, names
+one fault; the code at that place makes it happen (RELIABILITY.md lists what each test checks).
 
-``LORAPIPE_FAULT=<stage>:<point>`` (e.g. ``train:mid``) makes the process running that stage kill
-itself with SIGKILL when it reaches the point. Every stage has three points:
+Grammar, ``LORAPIPE_FAULT=<stage>:<point>[:<argument>]``:
 
-- ``early``: the params are validated, nothing is read or written yet;
-- ``mid``: part of the work is done (the first document converted, half the training steps, …);
-- ``writing``: the outputs are written into their temporary folder or files, not yet renamed into
-  place (``lorapipe.io``'s atomic writers call it just before the rename).
+==============================================  =============================================================
+``<stage>:early``                               SIGKILL when the stage starts: params validated, nothing read
+``<stage>:mid``                                 SIGKILL with part of the work done (the first document
+                                                converted, half the training steps, …)
+``<stage>:writing``                             SIGKILL with the outputs written into their temporary folder
+                                                or files, not yet renamed into place (``lorapipe.io``)
+``train:kill-after-checkpoint:<step>``          SIGKILL right after the checkpoint of optimizer step
+                                                ``<step>`` is saved
+``train:oom-at-step:<step>``                    raise ``torch.OutOfMemoryError`` as step ``<step>`` begins
+``extract:crash:<file name>``                   the worker converting that document dies of SIGSEGV (first
+                                                attempt only; never the pdfplumber fallback)
+``extract:hang:<file name>``                    the worker converting that document hangs (first attempt only)
+==============================================  =============================================================
 
-Unset (the normal case) it costs one environment lookup per point.
+``<stage>`` is a DVC stage name (``base``, ``extract``, ``dataset``, ``train``, …); ``<step>`` a positive
+integer; a file name may itself contain ``:``. Any other value is refused with a ValueError that
+quotes it and this grammar, the first time a fault point reads it (`enter_stage` reads it first).
+
+The three points every stage has (early, mid, writing) fire in the process that called
+`enter_stage` for that stage; the others fire wherever their code runs (a training run called from
+Python, an extraction worker), since they name their stage themselves. Unset (the normal case) a
+fault point costs one environment lookup.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
+from typing import NamedTuple
 
 FAULT_ENV = "LORAPIPE_FAULT"
 POINTS = ("early", "mid", "writing")
+# Points of one stage that take an argument: (stage, point) -> what the argument is.
+_STEP, _FILE = "step", "file name"
+ARGUMENT_POINTS: dict[tuple[str, str], str] = {
+    ("train", "kill-after-checkpoint"): _STEP,
+    ("train", "oom-at-step"): _STEP,
+    ("extract", "crash"): _FILE,
+    ("extract", "hang"): _FILE,
+}
+_STAGE_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 _stage: str | None = None
 
 
+class Fault(NamedTuple):
+    """One parsed value of LORAPIPE_FAULT; `argument` is None for early, mid and writing."""
+
+    stage: str
+    point: str
+    argument: str | None = None
+
+
+def _grammar() -> str:
+    special = ", ".join(f"{stage}:{point}:<{what}>" for (stage, point), what in ARGUMENT_POINTS.items())
+    return f"expected <stage>:<point> with the point one of {', '.join(POINTS)}, or one of {special}"
+
+
+def parse(value: str) -> Fault:
+    """The fault a LORAPIPE_FAULT value names; raises ValueError, quoting it and the grammar, if it
+    names none (an unknown point, a missing or extra argument, a step that is not a positive integer)."""
+    stage, _, rest = value.partition(":")
+    point, _, argument = rest.partition(":")
+    kind = ARGUMENT_POINTS.get((stage, point))
+    valid = bool(_STAGE_NAME.fullmatch(stage)) and (
+        (point in POINTS and not argument and ":" not in rest)
+        or (kind == _STEP and argument.isdigit() and int(argument) > 0)
+        or (kind == _FILE and bool(argument)))
+    if not valid:
+        raise ValueError(f"{FAULT_ENV}={value!r}: {_grammar()}")
+    return Fault(stage, point, argument if kind else None)
+
+
+def active() -> Fault | None:
+    """The fault LORAPIPE_FAULT names now, or None when it is unset or empty; ValueError if malformed."""
+    value = os.environ.get(FAULT_ENV)
+    return parse(value) if value else None
+
+
+def armed(stage: str, point: str, argument: object = None) -> bool:
+    """Whether LORAPIPE_FAULT names exactly this fault (`argument` compared as text, e.g. a step)."""
+    fault = active()
+    return fault is not None and fault == Fault(stage, point, None if argument is None else str(argument))
+
+
+def kill(fault: str) -> None:
+    """Say which fault fired, then SIGKILL this process (no cleanup, no exit handlers)."""
+    print(f"[fault] {fault}: killing process {os.getpid()} with SIGKILL", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def enter_stage(stage: str) -> None:
-    """Mark this process as running `stage` (the pipeline calls it first), and fire its early point."""
+    """Mark this process as running `stage` (each stage calls it first), check LORAPIPE_FAULT's
+    value (ValueError if malformed), and fire the stage's early point."""
     global _stage
     _stage = stage
-    wanted = os.environ.get(FAULT_ENV)
-    if wanted and wanted.partition(":")[2] not in POINTS:
-        raise ValueError(f"{FAULT_ENV}={wanted!r}: expected <stage>:<point>, the point one of {', '.join(POINTS)}")
+    active()
     fault_point("early")
 
 
 def fault_point(point: str) -> None:
-    """SIGKILL this process if LORAPIPE_FAULT names the current stage and `point`."""
-    wanted = os.environ.get(FAULT_ENV)
-    if wanted and _stage and wanted == f"{_stage}:{point}":
-        print(f"[fault] {wanted}: killing process {os.getpid()} with SIGKILL", flush=True)
-        os.kill(os.getpid(), signal.SIGKILL)
+    """SIGKILL this process if LORAPIPE_FAULT names the current stage (`enter_stage`) and `point`,
+    one of early, mid, writing."""
+    if _stage and armed(_stage, point):
+        kill(f"{_stage}:{point}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -135,3 +136,12 @@ def read_jsonl(path: str | Path) -> list[dict]:
 def write_provenance(folder: str | Path, params: dict[str, Any]) -> None:
     """Write the resolved params that produced `folder` beside its files (litgpt style)."""
     Path(folder, paths.PROVENANCE_NAME).write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def hash_file(path: str | Path, digest: hashlib._Hash | None = None) -> hashlib._Hash:
+    """The sha256 hash object of a file's bytes (``hash_file(p).hexdigest()``: 64 hex characters),
+    read in blocks by ``hashlib.file_digest`` (never the whole file in memory). With `digest`, a running
+    hash object of any algorithm, the file's bytes are added to it instead and it is returned: a hash of
+    several files' bytes in a row. Raises OSError (FileNotFoundError, IsADirectoryError) if unreadable."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256" if digest is None else lambda: digest)

@@ -10,7 +10,7 @@ import hashlib
 from pathlib import Path
 
 from lorapipe import faults
-from lorapipe.io import atomic_dir, read_json, write_json
+from lorapipe.io import atomic_dir, hash_file, read_json, write_json
 from lorapipe.models import copy_tokenizer
 from lorapipe.params import DEFAULTS
 
@@ -23,9 +23,7 @@ def _fingerprint(base_dir: Path, adapter_dir: Path, dtype: str) -> str:
     for folder in (base_dir, adapter_dir):
         for path in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*config.json")):
             digest.update(path.name.encode())
-            with open(path, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
+            hash_file(path, digest)
     return digest.hexdigest()
 
 

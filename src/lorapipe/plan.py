@@ -2,6 +2,8 @@
 
     lorapipe plan --model mistralai/Mistral-7B-Instruct-v0.2 --max-seq-len 1024 --load-in-4bit --device-memory-gb 8
 
+Memory is in GiB (2**30 bytes), as CUDA reports a device's memory.
+
 Peak memory = runtime + weights + adapter (weights, gradients, optimizer state) + activations kept
 for the backward pass + logits. The activation and logit coefficients were fitted to peak resident
 memory measured on this project's CPU machine (bench/MEASURED.md); they are estimates, not promises.
@@ -11,19 +13,19 @@ from __future__ import annotations
 
 import json
 import math
-import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from lorapipe.hardware import (GiB, available_memory_gib, cuda_available, peak_matmul_flops, resolve_device,
+                               resolve_load_in_4bit, resolve_precision)
 from lorapipe.models import BUNDLED
 
 FACTS = Path(__file__).with_name("model_facts")
 _BUNDLED_FACTS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 _ALIASES = {"meta-llama/Llama-3.1-8B": "meta-llama/Llama-3.1-8B-Instruct", "Qwen/Qwen2.5-7B": "Qwen/Qwen2.5-7B-Instruct"}
 
-GB = 2**30
-# python, torch, transformers, TRL and its trainer (+ the CUDA context) before the model: fitted
-RUNTIME_GB = {"cpu": 0.52, "cuda": 1.2}
+# python, torch, transformers, TRL and its trainer (+ the CUDA context) before the model, GiB: fitted
+RUNTIME_GIB = {"cpu": 0.52, "cuda": 1.2}
 ACT_ELEMENTS = 9.0     # float32 elements kept per token, layer and (hidden + intermediate) width (fitted)
 # Float32 logits' worth kept per token: on the CPU the model's own cross-entropy (logits, their log-
 # softmax, its gradient; fitted); on CUDA TRL's fused LM head, which keeps about one (lorapipe.train).
@@ -93,13 +95,13 @@ def load_facts(model: str) -> Facts:
 
 
 # `train.preset`: the hardware a run is planned for. A preset sets the memory budget the fit check
-# uses, 4-bit loading and gradient checkpointing, and turns autofit on; params set explicitly (not
-# `auto`) win. `cpu` budgets the memory available now.
+# uses (GiB: a card sold as "8 GB" has 8 GiB), 4-bit loading and gradient checkpointing, and turns
+# autofit on; params set explicitly (not `auto`) win. `cpu` budgets the memory available now.
 PRESETS: dict[str, dict] = {
-    "cpu": {"device_memory_gb": None, "load_in_4bit": False, "gradient_checkpointing": False},
-    "gpu-8gb": {"device_memory_gb": 8, "load_in_4bit": True, "gradient_checkpointing": True},
-    "gpu-24gb": {"device_memory_gb": 24, "load_in_4bit": True, "gradient_checkpointing": True},
-    "gpu-80gb": {"device_memory_gb": 80, "load_in_4bit": False, "gradient_checkpointing": True},
+    "cpu": {"device_memory_gib": None, "load_in_4bit": False, "gradient_checkpointing": False},
+    "gpu-8gb": {"device_memory_gib": 8, "load_in_4bit": True, "gradient_checkpointing": True},
+    "gpu-24gb": {"device_memory_gib": 24, "load_in_4bit": True, "gradient_checkpointing": True},
+    "gpu-80gb": {"device_memory_gib": 80, "load_in_4bit": False, "gradient_checkpointing": True},
 }
 
 
@@ -123,11 +125,12 @@ def training_settings(max_seq_len: int, lora_rank: int, target_modules, load_in_
             "device": device, "paged_8bit_optimizer": qlora_on_gpu}
 
 
-def estimate_memory_gb(facts: Facts, *, max_seq_len: int, batch_size: int, lora_rank: int,
+def estimate_memory_gib(facts: Facts, *, max_seq_len: int, batch_size: int, lora_rank: int,
                        target_modules: list[str] | str = "auto", load_in_4bit: bool = False,
                        precision: str = "fp32", gradient_checkpointing: bool = False, device: str = "cpu",
                        paged_8bit_optimizer: bool = False) -> dict[str, float]:
-    """Estimated peak memory of one training step, by part, in GB."""
+    """Estimated peak memory of one training step, by part (runtime, weights, adapter, activations,
+    logits) and in ``total``, in GiB; also ``lora_parameters`` and ``parameters`` (counts)."""
     targets = facts.projections if target_modules == "auto" else \
         {k: v for k, v in facts.projections.items() if k in target_modules}
     lora = facts.num_hidden_layers * sum(lora_rank * (a + b) for a, b in targets.values())
@@ -149,41 +152,13 @@ def estimate_memory_gb(facts: Facts, *, max_seq_len: int, batch_size: int, lora_
         per_layer_total = layers_kept * per_layer
     activations = tokens * per_layer_total
     logits = tokens * facts.vocab_size * 4 * LOGIT_COPIES[device]
-    parts = {"runtime": RUNTIME_GB[device] * GB, "weights": weights, "adapter": adapter,
+    parts = {"runtime": RUNTIME_GIB[device] * GiB, "weights": weights, "adapter": adapter,
              "activations": activations, "logits": logits}
-    out = {k: round(v / GB, 3) for k, v in parts.items()}
-    out["total"] = round(sum(parts.values()) / GB, 3)
+    out = {k: round(v / GiB, 3) for k, v in parts.items()}
+    out["total"] = round(sum(parts.values()) / GiB, 3)
     out["lora_parameters"] = lora
     out["parameters"] = facts.parameters
     return out
-
-
-def available_memory_gb(device: str) -> float:
-    if device == "cuda":
-        import torch
-
-        return torch.cuda.get_device_properties(0).total_memory / GB
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) / 2**20
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GB
-
-
-def peak_matmul_flops(device: str, precision: str) -> float:
-    """FLOP/s of a 1024² matrix multiply here, in the training precision (a 0.1 s measurement)."""
-    import time
-
-    import torch
-
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    a = torch.randn(1024, 1024, device=device, dtype=dtype)
-    a @ a
-    runs, started = 8, time.perf_counter()
-    for _ in range(runs):
-        a @ a
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return 2 * 1024**3 * runs / (time.perf_counter() - started)
 
 
 def training_flops_per_token(facts: Facts, seq_len: int, lora_parameters: int = 0,
@@ -215,7 +190,7 @@ def estimate_tokens_per_second(flops_per_token: float, device: str, peak_flops: 
     return training_efficiency(device) * peak_flops / flops_per_token
 
 
-def suggestions(facts: Facts, budget_gb: float, **kwargs) -> list[str]:
+def suggestions(facts: Facts, budget_gib: float, **kwargs) -> list[str]:
     """Changes that would make the run fit: single changes first, else the first combination that does."""
     names = {"batch_size": "train.batch_size", "max_seq_len": "dataset.max_seq_len", "lora_rank": "lora.rank",
              "load_in_4bit": "quant.load_in_4bit"}
@@ -223,7 +198,7 @@ def suggestions(facts: Facts, budget_gb: float, **kwargs) -> list[str]:
              ("max_seq_len", kwargs["max_seq_len"] // 2), ("lora_rank", min(8, kwargs["lora_rank"])),
              ("max_seq_len", kwargs["max_seq_len"] // 4), ("load_in_4bit", True)]
     steps = [(k, v) for k, v in steps if v != kwargs[k] and (k != "max_seq_len" or v >= 64)]
-    fits = lambda change: estimate_memory_gb(facts, **{**kwargs, **change})["total"] <= budget_gb  # noqa: E731
+    fits = lambda change: estimate_memory_gib(facts, **{**kwargs, **change})["total"] <= budget_gib  # noqa: E731
     single = [f"{names[k]} {str(v).lower()}" for k, v in steps if fits({k: v})]
     if single:
         return list(dict.fromkeys(single))[:3]
@@ -235,10 +210,10 @@ def suggestions(facts: Facts, budget_gb: float, **kwargs) -> list[str]:
     return []
 
 
-def autofit(facts: Facts, budget_gb: float, batch_size: int, grad_accum: int, **kwargs) -> tuple[int, int] | None:
+def fit_batch(facts: Facts, budget_gib: float, batch_size: int, grad_accum: int, **kwargs) -> tuple[int, int] | None:
     """Halve the batch and double the accumulation until it fits; the effective batch stays the same."""
     while batch_size >= 1:
-        if estimate_memory_gb(facts, batch_size=batch_size, **kwargs)["total"] <= budget_gb:
+        if estimate_memory_gib(facts, batch_size=batch_size, **kwargs)["total"] <= budget_gib:
             return batch_size, grad_accum
         if batch_size == 1:
             return None
@@ -246,73 +221,153 @@ def autofit(facts: Facts, budget_gb: float, batch_size: int, grad_accum: int, **
     return None
 
 
-def _cuda_available() -> bool:
-    import torch
+def training_steps(rows: int, *, batch_size: int, grad_accum: int, epochs: float, max_steps: int,
+                   processes: int = 1) -> int:
+    """Optimizer steps of a run: `max_steps` when positive, else enough for `epochs` passes over
+    `rows` training rows (or packed blocks), each forward pass taking `batch_size` rows on each of
+    `processes` data-parallel processes and each step `grad_accum` forward passes; at least 1."""
+    if max_steps > 0:
+        return max_steps
+    batches_per_epoch = math.ceil(rows / (batch_size * processes))
+    return max(1, math.ceil(epochs * batches_per_epoch / grad_accum))
 
-    return torch.cuda.is_available()
+
+@dataclass(frozen=True)
+class Fit:
+    """What the fit check decided: the batch to train with (autofit may have lowered `batch_size` and
+    raised `grad_accum`), the estimated peak in GiB (None when plan does not know the model's
+    architecture) and the changes that would lower it, for the message if training runs out of memory."""
+
+    batch_size: int
+    grad_accum: int
+    estimate_gib: float | None = None
+    fixes: list[str] = field(default_factory=list)
+
+
+def check_fit(base_dir: str | Path, *, device: str, precision: str, load_in_4bit: bool, max_seq_len: int,
+              batch_size: int, grad_accum: int, lora_rank: int, target_modules: str | list[str], autofit: bool,
+              budget_gib: float | None = None, gradient_checkpointing: bool | None = None) -> Fit:
+    """Estimate the training run's peak memory before anything is loaded, against `budget_gib` (or
+    what `device` has free); autofit the batch if allowed. The model's own config.json is read.
+
+    Raises MemoryError naming the changes that would fit when the estimate is over the budget and
+    autofit is off or cannot help. A model whose config plan cannot read is not checked (printed)."""
+    try:
+        facts = load_facts(str(base_dir))
+    except ValueError as exc:
+        print(f"[train] memory check skipped: {exc}", flush=True)
+        return Fit(batch_size, grad_accum)
+    settings = training_settings(max_seq_len, lora_rank, target_modules, load_in_4bit, precision, device,
+                                 gradient_checkpointing)
+    budget = budget_gib or available_memory_gib(device)
+    estimate = estimate_memory_gib(facts, batch_size=batch_size, **settings)["total"]
+    print(f"[train] estimated peak memory {estimate:.1f} GiB of {budget:.1f} GiB "
+          f"{'budgeted by the preset' if budget_gib else 'available'} on {device}", flush=True)
+    if estimate > budget and autofit:
+        fitted = fit_batch(facts, budget, batch_size, grad_accum, **settings)
+        if fitted:
+            print(f"[train] train.autofit: batch_size {batch_size} → {fitted[0]}, grad_accum {grad_accum} → "
+                  f"{fitted[1]} (same effective batch)", flush=True)
+            batch_size, grad_accum = fitted
+            estimate = estimate_memory_gib(facts, batch_size=batch_size, **settings)["total"]
+    if estimate <= budget:
+        # Should it run out of memory all the same, the fix is what fits in a budget under the estimate.
+        return Fit(batch_size, grad_accum, estimate,
+                   suggestions(facts, estimate * 0.75, batch_size=batch_size, **settings))
+    fixes = suggestions(facts, budget, batch_size=batch_size, **settings)
+    raise MemoryError(
+        f"training needs about {estimate:.1f} GiB but {budget:.1f} GiB are available on {device}: "
+        + (f"use {' or '.join(fixes)}" if fixes else "use a smaller model or more memory")
+        + (" (or set train.autofit: true)" if not autofit else "") + "; `lorapipe plan` shows the estimate")
+
+
+@dataclass(frozen=True)
+class _Target:
+    """The hardware a plan is for: device, precision, 4-bit, budget (GiB; None: what is free here)."""
+
+    device: str
+    precision: str
+    load_in_4bit: bool
+    budget_gib: float | None
+    gradient_checkpointing: bool | None
+
+
+def _target(device: str, precision: str, load_in_4bit: bool | None, device_memory_gib: float | None,
+            preset_name: str | None) -> _Target:
+    """A GPU preset plans for CUDA with the preset's budget unless the device and budget are given."""
+    chosen = preset(preset_name)
+    if device == "auto" and chosen.get("device_memory_gib"):
+        device = "cuda"
+    device = resolve_device() if device == "auto" else device
+    if load_in_4bit is None:
+        load_in_4bit = chosen.get("load_in_4bit")
+    if device == "cuda" and precision == "auto" and not cuda_available():
+        precision = "bf16"  # planning for a GPU that is not here: assume a current one (bf16 capable)
+    budget = device_memory_gib or chosen.get("device_memory_gib")
+    if not budget and device == "cuda" and not cuda_available():
+        raise ValueError("no CUDA device here: give its memory with --device-memory-gb")
+    return _Target(device, resolve_precision(precision, device),
+                   resolve_load_in_4bit("auto" if load_in_4bit is None else load_in_4bit, device), budget,
+                   chosen.get("gradient_checkpointing"))
 
 
 def plan_report(model: str, *, max_seq_len: int, batch_size: int, lora_rank: int, load_in_4bit: bool | None = None,
-                device: str = "auto", precision: str = "auto", device_memory_gb: float | None = None,
-                grad_accum: int = 1, steps: int | None = None, epochs: float = 1.0,
+                device: str = "auto", precision: str = "auto", device_memory_gib: float | None = None,
+                grad_accum: int = 1, steps: int = -1, epochs: float = 1.0, processes: int = 1,
                 dataset_stats: str | Path | None = None, preset_name: str | None = None,
                 peak_tflops: float | None = None) -> tuple[str, bool]:
-    """The text `lorapipe plan` prints, and whether the run fits. A GPU preset plans for CUDA with
-    the preset's memory budget unless the device and budget are given. Speed is estimated from the
-    device's matrix-multiply peak, measured here, or `peak_tflops` for a device that is not here."""
-    from lorapipe.train import resolve_device, resolve_load_in_4bit, resolve_precision
-
-    chosen = preset(preset_name)
-    if device == "auto" and chosen.get("device_memory_gb"):
-        device = "cuda"
-    device_memory_gb = device_memory_gb or chosen.get("device_memory_gb")
-    if load_in_4bit is None:
-        load_in_4bit = chosen.get("load_in_4bit")
-    device = resolve_device() if device == "auto" else device
-    if device == "cuda" and precision == "auto" and not _cuda_available():
-        precision = "bf16"  # planning for a GPU that is not here: assume a current one (bf16 capable)
-    precision = resolve_precision(precision, device)
-    four_bit = resolve_load_in_4bit("auto" if load_in_4bit is None else load_in_4bit, device)
+    """The text `lorapipe plan` prints, and whether the run fits in `device_memory_gib` GiB (default:
+    what the device has free). A GPU preset plans for CUDA with the preset's memory budget unless the
+    device and budget are given. Speed is estimated from the device's matrix-multiply peak, measured
+    here, or `peak_tflops` for a device that is not here; the time, from `dataset_stats` (the dataset
+    stage's stats.json) with `steps` (-1: `epochs`) on `processes` data-parallel processes.
+    Raises ValueError for an unknown model or preset, or CUDA planned here without a budget."""
+    target = _target(device, precision, load_in_4bit, device_memory_gib, preset_name)
     facts = load_facts(model)
-    settings = training_settings(max_seq_len, lora_rank, "auto", four_bit, precision, device,
-                                 chosen.get("gradient_checkpointing"))
-    estimate = estimate_memory_gb(facts, batch_size=batch_size, **settings)
-    if not device_memory_gb and device == "cuda" and not _cuda_available():
-        raise ValueError("no CUDA device here: give its memory with --device-memory-gb")
-    budget = device_memory_gb if device_memory_gb else available_memory_gb(device)
+    settings = training_settings(max_seq_len, lora_rank, "auto", target.load_in_4bit, target.precision,
+                                 target.device, target.gradient_checkpointing)
+    estimate = estimate_memory_gib(facts, batch_size=batch_size, **settings)
+    budget = target.budget_gib or available_memory_gib(target.device)
     fits = estimate["total"] <= budget
     lines = [f"model       {facts.name}: {facts.parameters / 1e9:.2f} B parameters, {facts.num_hidden_layers} layers, "
              f"hidden {facts.hidden_size}, vocabulary {facts.vocab_size}",
-             f"training    {'QLoRA 4-bit' if four_bit else 'LoRA'} rank {lora_rank} "
-             f"({estimate['lora_parameters'] / 1e6:.1f} M trainable), {device}, {precision}, "
+             f"training    {'QLoRA 4-bit' if target.load_in_4bit else 'LoRA'} rank {lora_rank} "
+             f"({estimate['lora_parameters'] / 1e6:.1f} M trainable), {target.device}, {target.precision}, "
              f"batch {batch_size} × {max_seq_len} tokens"
              + (", gradient checkpointing" if settings["gradient_checkpointing"] else ""),
              "memory      " + ", ".join(f"{k} {estimate[k]:.2f}" for k in
-                                        ("runtime", "weights", "adapter", "activations", "logits")) + " GB",
-             f"peak        {estimate['total']:.2f} GB of {budget:.1f} GB: {'fits' if fits else 'does NOT fit'}"]
+                                        ("runtime", "weights", "adapter", "activations", "logits")) + " GiB",
+             f"peak        {estimate['total']:.2f} GiB of {budget:.1f} GiB: {'fits' if fits else 'does NOT fit'}"]
     if not fits:
         fixes = suggestions(facts, budget, batch_size=batch_size, **settings)
         lines.append("fix         " + (" or ".join(fixes) if fixes else "a smaller model or more memory")
                      + "; or train.autofit: true")
-    here = device == "cpu" or _cuda_available()
+    run = {"batch_size": batch_size, "grad_accum": grad_accum, "epochs": epochs, "max_steps": steps,
+           "processes": processes}
+    lines += _speed_lines(facts, target, settings, estimate["lora_parameters"], peak_tflops, dataset_stats, run)
+    return "\n".join(lines), fits
+
+
+def _speed_lines(facts: Facts, target: _Target, settings: dict, lora_parameters: int, peak_tflops: float | None,
+                 dataset_stats: str | Path | None, run: dict) -> list[str]:
+    """The speed line, and the time line when the dataset's stats are there."""
     peak = peak_tflops * 1e12 if peak_tflops else None
-    if not here and not peak:
-        lines.append("time        not estimated: no CUDA device on this machine to measure (give --peak-tflops)")
-        return "\n".join(lines), fits
-    per_token = training_flops_per_token(facts, max_seq_len, estimate["lora_parameters"],
+    if not peak and target.device == "cuda" and not cuda_available():
+        return ["time        not estimated: no CUDA device on this machine to measure (give --peak-tflops)"]
+    per_token = training_flops_per_token(facts, settings["max_seq_len"], lora_parameters,
                                          settings["gradient_checkpointing"])
-    peak = peak or peak_matmul_flops(device, precision)
-    speed = estimate_tokens_per_second(per_token, device, peak)
-    lines.append(f"speed       about {speed:,.0f} tokens/s: {per_token / 1e9:.2f} GFLOP per token at "
-                 f"{training_efficiency(device):.0%} of {peak / 1e12:.2f} TFLOP/s "
-                 + ("(given)" if peak_tflops else "(matrix-multiply peak measured here)"))
+    peak = peak or peak_matmul_flops(target.device, target.precision)
+    speed = estimate_tokens_per_second(per_token, target.device, peak)
+    lines = [f"speed       about {speed:,.0f} tokens/s: {per_token / 1e9:.2f} GFLOP per token at "
+             f"{training_efficiency(target.device):.0%} of {peak / 1e12:.2f} TFLOP/s "
+             + ("(given)" if peak_tflops else "(matrix-multiply peak measured here)")]
     if dataset_stats and Path(dataset_stats).is_file():
         stats = json.loads(Path(dataset_stats).read_text())
         mean = stats["tokens"]["train"] / max(stats["rows"]["train"], 1)
-        total_steps = steps if steps and steps > 0 else \
-            max(1, math.ceil(epochs * math.ceil(stats["rows"]["train"] / batch_size) / grad_accum))
-        tokens = total_steps * batch_size * grad_accum * mean
-        seconds = tokens / speed
+        total_steps = training_steps(stats["rows"]["train"], **run)
+        tokens = total_steps * run["batch_size"] * run["grad_accum"] * run["processes"] * mean
+        # one GPU per process adds its speed; CPU processes share this machine's cores (measured whole)
+        seconds = tokens / (speed * (run["processes"] if target.device == "cuda" else 1))
         lines.append(f"time        about {seconds / 60:.1f} min for {total_steps} steps "
                      f"(~{tokens / 1e3:.0f} k tokens, from {dataset_stats})")
-    return "\n".join(lines), fits
+    return lines

@@ -14,8 +14,17 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from typing import Any
+
+PERPLEXITY_CAP = 50.0  # nats: exp(50) ≈ 5.2e21 stands for "diverged" instead of an overflow to inf
+
+
+def perplexity(loss: float) -> float:
+    """exp(`loss`), the perplexity of a mean negative log-likelihood per token in nats, with the loss
+    capped at PERPLEXITY_CAP so that a diverged run reports a large finite number."""
+    return math.exp(min(loss, PERPLEXITY_CAP))
 
 
 def normalize(text: str) -> str:

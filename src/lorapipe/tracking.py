@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lorapipe import paths
+from lorapipe.io import hash_file
 
 EXPERIMENT = os.environ.get("LORAPIPE_EXPERIMENT", "lorapipe")
 _MAX_PARAM = 500  # MLflow's limit on a param value's length (characters)
@@ -50,9 +51,10 @@ def git_commit() -> str:
 
 
 def files_hash(*files: str | Path) -> str:
+    """16 hex characters of the sha256 of the files' bytes in a row (the dataset hash of a run)."""
     digest = hashlib.sha256()
     for path in files:
-        digest.update(Path(path).read_bytes())
+        hash_file(path, digest)
     return digest.hexdigest()[:16]
 
 

@@ -202,7 +202,7 @@ def test_training_killed_after_a_checkpoint_resumes_through_dvc_repro(project, t
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     killed = subprocess.run(["dvc", "repro", "train"], cwd=repo, capture_output=True, text=True,
-                            env={**env, "LORAPIPE_TRAIN_FAULT": "kill-after-checkpoint:4"})
+                            env={**env, "LORAPIPE_FAULT": "train:kill-after-checkpoint:4"})
     assert killed.returncode != 0 and "[train] step 4/6" in killed.stdout + killed.stderr
     assert "[train] step 5/6" not in killed.stdout + killed.stderr
 

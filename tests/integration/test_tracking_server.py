@@ -10,11 +10,14 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
-from lorapipe import tracking, train_lora
+from lorapipe import tracking
+from lorapipe.params import LoraParams, TrainParams
+from lorapipe.train import train_lora
 
 
 def _free_port() -> int:
@@ -58,10 +61,11 @@ def _get(url: str) -> dict:
 def test_training_run_lands_on_a_remote_server(mlflow_server, monkeypatch, tmp_path, dataset_dir, tiny_model_dir):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     run = tracking.start_training_run({"lora.rank": 4, "train.lr": 0.01}, {"dataset_hash": "abc"})
-    result = train_lora(dataset_dir, tiny_model_dir, tmp_path / "adapter", rank=4, max_steps=4, log_every=2,
-                        lr=1e-2, precision="fp32", metrics_path=None, loss_path=None, run_info=run,
-                        on_log=lambda step, metrics: tracking.log_step(run["run_id"], step, metrics))
-    tracking.finish_run(run["run_id"], result, {"adapter": tmp_path / "adapter"})
+    result = train_lora(dataset_dir, tiny_model_dir, tmp_path / "adapter", lora=LoraParams(rank=4),
+                        train=TrainParams(max_steps=4, log_every=2, lr=1e-2, precision="fp32", save_steps=0,
+                                          eval_steps=0, warmup_steps=0),
+                        run_info=run, on_log=lambda step, metrics: tracking.log_step(run["run_id"], step, metrics))
+    tracking.finish_run(run["run_id"], asdict(result.metrics), {"adapter": tmp_path / "adapter"})
 
     data = _get(f"{mlflow_server}/api/2.0/mlflow/runs/get?run_id={run['run_id']}")["run"]["data"]
     assert {p["key"]: p["value"] for p in data["params"]}["lora.rank"] == "4"

@@ -25,7 +25,7 @@ from lorapipe import faults, paths
 from lorapipe.extract.clean import clean_pages, clean_text
 from lorapipe.extract.formats import FORMATS, OCR_HINT, READERS, read_pdf, resolve_pdf_backend
 from lorapipe.extract.workers import Job, run_jobs
-from lorapipe.io import atomic_dir, write_json, write_jsonl
+from lorapipe.io import atomic_dir, hash_file, write_json, write_jsonl
 from lorapipe.params import DEFAULTS
 
 __all__ = ["extract_documents", "clean_text", "FORMATS"]
@@ -42,14 +42,6 @@ def convert_document(path: Path, kind: str, pdf_backend: str = "docling-native",
     """Raw pages of one document (runs in a worker process)."""
     extracted = read_pdf(path, pdf_backend, device, ocr, artifacts_path) if kind == "pdf" else READERS[kind](path)
     return {"pages": extracted.pages, "extractor": extracted.extractor, "paged": extracted.paged}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 NAME_BYTES = 200  # output names stay well under the 255 bytes a file name may have
@@ -151,7 +143,7 @@ def _scan(sources: list[tuple[Path, Path, Path]], cache: _Cache, options: dict) 
         if reason:
             row.update(status="skipped", error=reason)
             continue
-        row.update(sha256=_sha256(path), bytes=path.stat().st_size)
+        row.update(sha256=hash_file(path).hexdigest(), bytes=path.stat().st_size)
         entry = cache.get(row["sha256"])
         if entry is not None:
             row["cached"] = True

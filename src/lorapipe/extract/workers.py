@@ -18,7 +18,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
-FAULT_ENV = "LORAPIPE_EXTRACT_FAULT"  # tests: "crash:<name>" or "hang:<name>" for non-pdfplumber conversions
+from lorapipe import faults
 
 
 @dataclass
@@ -32,14 +32,14 @@ class Job:
 
 
 def _inject_fault(path: Path, options: dict[str, Any]) -> None:
-    """Deterministic faults for tests; only on the first (docling) attempt, never on the fallback."""
-    fault = os.environ.get(FAULT_ENV, "")
-    kind, _, name = fault.partition(":")
-    if name and name == path.name and options.get("pdf_backend") != "pdfplumber":
-        if kind == "crash":
-            os.kill(os.getpid(), signal.SIGSEGV)
-        elif kind == "hang":
-            time.sleep(3600)
+    """The tests' ``LORAPIPE_FAULT=extract:crash:<name>`` / ``extract:hang:<name>`` (lorapipe.faults);
+    only on the first (docling) attempt, never on the pdfplumber fallback."""
+    if options.get("pdf_backend") == "pdfplumber":
+        return
+    if faults.armed("extract", "crash", path.name):
+        os.kill(os.getpid(), signal.SIGSEGV)
+    elif faults.armed("extract", "hang", path.name):
+        time.sleep(3600)
 
 
 def _serve(connection: Connection, convert: Callable[..., Any]) -> None:
@@ -92,6 +92,7 @@ def run_jobs(
     """Yield ``(job, status, result)`` as documents finish: status ``ok`` with the converter's
     result, or ``error`` with a message. A crash or time-out asks `fallback(job, reason)` for the
     options of one more attempt (None: give up with that reason)."""
+    faults.active()  # a malformed LORAPIPE_FAULT is refused here, not once per document in the workers
     context = multiprocessing.get_context("spawn")
     pending = list(reversed(jobs))
     pool = [_Worker(context, convert) for _ in range(max(1, min(workers, len(jobs))))]
