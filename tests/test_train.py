@@ -361,7 +361,7 @@ def test_torch_compile_param_reaches_the_trainer(tmp_path, dataset_dir, tiny_mod
         assert seen["torch_compile"] is value
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_a_compiled_model_trains_and_saves_its_adapter(tmp_path, dataset_dir, tiny_model_dir):
     result = train_lora(dataset_dir, tiny_model_dir, tmp_path / "a", **sections(
         rank=2, max_steps=2, batch_size=2, precision="fp32", save_steps=0, torch_compile=True))
