@@ -182,6 +182,15 @@ class MergeParams(_Section):
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
 
 
+# The names `export.quants` accepts (llama.cpp's LLAMA_FTYPE_MOSTLY_<NAME>, plus F32), each with its
+# approximate bits per weight (llama.cpp's quantize table), which the export's disk check uses.
+QUANT_BITS: dict[str, float] = {
+    "F32": 32, "F16": 16, "BF16": 16, "Q8_0": 8.5, "Q6_K": 6.6, "Q5_K_M": 5.7, "Q5_K_S": 5.5, "Q5_1": 6,
+    "Q5_0": 5.5, "Q4_K_M": 4.9, "Q4_K_S": 4.6, "Q4_1": 5, "Q4_0": 4.5, "Q3_K_L": 4.3, "Q3_K_M": 3.9,
+    "Q3_K_S": 3.5, "Q2_K": 3.4,
+}
+
+
 class ExportParams(_Section):
     name: Name = Field("lorapipe", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     outtype: Literal["f32", "f16", "bf16", "q8_0"] = "f16"
@@ -193,11 +202,9 @@ class ExportParams(_Section):
     @field_validator("quants")
     @classmethod
     def _known_quants(cls, value: list[str]) -> list[str]:
-        from lorapipe.export import QUANT_TYPES  # the one list of supported names
-
-        bad = [q for q in value if q.upper() not in QUANT_TYPES]
+        bad = [q for q in value if q.upper() not in QUANT_BITS]
         if bad:
-            raise ValueError(f"unknown quantization {bad}; choose from {sorted(QUANT_TYPES)}")
+            raise ValueError(f"unknown quantization {bad}; choose from {sorted(QUANT_BITS)}")
         return [q.upper() for q in value]
 
 
@@ -283,11 +290,8 @@ def load_params(path: str | Path = paths.PARAMS, overrides: dict[str, Any] | Non
     if not path.is_file():
         raise FileNotFoundError(f"params file not found: {path}")
     raw = yaml.safe_load(path.read_text()) or {}
-    for dotted, value in (overrides or {}).items():
-        section, _, key = dotted.partition(".")
-        if not isinstance(raw.get(section), dict):
-            raw[section] = {}
-        raw[section][key] = value
+    if isinstance(raw, dict):  # anything else is reported by validate_params
+        raw = apply_overrides(raw, overrides or {})
     return validate_params(raw, str(path))
 
 
@@ -298,3 +302,16 @@ def section_dict(params: Params, stage: str) -> dict[str, Any]:
         section, _, name = key.partition(".")
         out[key] = getattr(getattr(params, section), name)
     return out
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the params mapping `raw` with dotted-key `overrides` (``{"lora.rank": 8}``) set; a
+    section that is missing or not a mapping becomes one. `raw` is left as it was."""
+    out = dict(raw)
+    for dotted, value in overrides.items():
+        section, _, key = dotted.partition(".")
+        out[section] = {**(out[section] if isinstance(out.get(section), dict) else {}), key: value}
+    return out
+
+
+DEFAULTS = Params()  # every knob's default, for library signatures (`max_samples: int = DEFAULTS.eval.max_samples`)

@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from lorapipe import faults, paths, tracking
+from lorapipe.artifacts import lineage
 from lorapipe.dataset import build_dataset
 from lorapipe.distributed import train_lora_distributed
 from lorapipe.evaluate import evaluate_base, evaluate_models
@@ -93,42 +94,32 @@ def run_merge(p: Params, merged_dir=paths.MERGED) -> None:
     tracking.log_stage(paths.ADAPTER / paths.RUN_INFO_NAME, "merge", section_dict(p, "merge"), {})
 
 
-def lineage() -> dict[str, str]:
-    """Where an export comes from, written into every GGUF's metadata."""
-    from lorapipe import __version__
-    from lorapipe.io import read_json
-
-    run = read_json(paths.ADAPTER / paths.RUN_INFO_NAME)
-    adapter = yaml.safe_load((paths.ADAPTER / paths.PROVENANCE_NAME).read_text()) or {}
-    base = yaml.safe_load((paths.BASE_MODEL / paths.PROVENANCE_NAME).read_text()) or {}
-    return {"lorapipe.version": __version__, "lorapipe.git_commit": tracking.git_commit(),
-            "lorapipe.mlflow_run_id": str(run.get("run_id") or ""),
-            "lorapipe.dataset_hash": str(adapter.get("dataset_hash") or ""),
-            "lorapipe.base_model": str(base.get("model.name") or ""),
-            "lorapipe.base_revision": str(base.get("model.revision") or "")}
-
-
 def run_export(p: Params, merged_dir=paths.MERGED, out_dir=paths.GGUF) -> None:
     faults.enter_stage("export")
     e = p.export
-    info = export_gguf(merged_dir, paths.PROMPTS, out_dir, e.quants, e.outtype, e.name, e.llama_cpp_dir,
-                       metadata=lineage(), lora_gguf=e.lora_gguf, ollama_name=e.ollama_name)
+    info = export_gguf(merged_dir, paths.PROMPTS, out_dir, quants=e.quants, outtype=e.outtype, name=e.name,
+                       llama_cpp_dir=e.llama_cpp_dir, lora_gguf=e.lora_gguf, ollama_name=e.ollama_name,
+                       adapter_dir=paths.ADAPTER, base_dir=paths.BASE_MODEL,
+                       metadata=lineage(paths.ADAPTER, paths.BASE_MODEL))
     tracking.log_stage(paths.ADAPTER / paths.RUN_INFO_NAME, "export", section_dict(p, "export"),
                        {"export": info["verification"]}, {"gguf": Path(out_dir) / "Modelfile"})
 
 
 def run_evaluate_base(p: Params) -> None:
     faults.enter_stage("evaluate_base")
-    evaluate_base(paths.VAL_ROWS, paths.BASE_MODEL, paths.EVAL_BASE, p.eval.max_samples, paths.PROMPTS,
-                  paths.BASE_ANSWERS, p.eval.max_new_tokens)
+    evaluate_base(paths.VAL_ROWS, paths.BASE_MODEL, paths.EVAL_BASE, prompts_path=paths.PROMPTS,
+                  answers_path=paths.BASE_ANSWERS, max_samples=p.eval.max_samples,
+                  max_new_tokens=p.eval.max_new_tokens)
 
 
 def run_evaluate(p: Params) -> None:
     faults.enter_stage("evaluate")
     e = p.eval
-    metrics = evaluate_models(paths.VAL_ROWS, paths.PROMPTS, paths.MERGED, paths.GGUF, paths.EVAL_BASE,
-                              paths.EVAL, paths.SAMPLES, e.max_samples, e.num_generations, e.max_new_tokens,
-                              paths.BASE_ANSWERS, e.json_schema, e.constrained)
+    metrics = evaluate_models(paths.VAL_ROWS, paths.PROMPTS, paths.MERGED, paths.GGUF, paths.EVAL,
+                              samples_path=paths.SAMPLES, base_metrics_path=paths.EVAL_BASE,
+                              base_answers_path=paths.BASE_ANSWERS, max_samples=e.max_samples,
+                              num_generations=e.num_generations, max_new_tokens=e.max_new_tokens,
+                              json_schema=e.json_schema, constrained=e.constrained)
     tracking.log_stage(paths.ADAPTER / paths.RUN_INFO_NAME, "evaluate", section_dict(p, "evaluate"),
                        {"eval": metrics}, {"reports": paths.SAMPLES})
 
