@@ -119,7 +119,8 @@ def test_lora_gguf_on_the_base_gives_the_merged_models_logits(tmp_path, tiny_mod
     import numpy as np
 
     from lorapipe import merge_adapter
-    from lorapipe.export import converter_dir, convert_to_gguf, gguf_logits
+    from lorapipe.export import converter_dir, convert_to_gguf
+    from lorapipe.llama import gguf_logits
 
     (tmp_path / "prompts.json").write_text(json.dumps({"text": PROMPT}))
     merged = merge_adapter(tiny_model_dir, trained_adapter, tmp_path / "merged")

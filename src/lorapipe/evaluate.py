@@ -24,8 +24,8 @@ from pathlib import Path
 
 from lorapipe import faults
 from lorapipe.artifacts import export_ggufs, model_gguf
-from lorapipe.export import gguf_logits
 from lorapipe.io import atomic_outputs, read_json, read_jsonl, write_json, write_jsonl, write_text_atomic
+from lorapipe.llama import gguf_logits
 from lorapipe.models import load_causal_lm, load_tokenizer, sequence_nll
 from lorapipe.params import DEFAULTS
 from lorapipe.rows import IGNORE, tokenize_row

@@ -28,6 +28,7 @@ from lorapipe import faults, paths
 from lorapipe.artifacts import EXPORT_INFO
 from lorapipe.chat_templates import modelfile_text
 from lorapipe.io import atomic_dir, read_json, write_json
+from lorapipe.llama import gguf_logits
 from lorapipe.models import check_model_folder, load_causal_lm, load_tokenizer
 from lorapipe.params import DEFAULTS, QUANT_BITS, ExportParams, validate_params
 
@@ -186,22 +187,6 @@ def quantize_gguf(src: Path, dst: Path, quant: str) -> Path:
     if code != 0 or not dst.is_file():
         raise RuntimeError(f"llama_model_quantize({src.name} → {quant}) failed with code {code}")
     return dst
-
-
-def gguf_logits(gguf_path: str | Path, sequences: list[list[int]]) -> list:
-    """llama.cpp's logits for each token sequence (float32 arrays of [tokens, vocab])."""
-    import numpy as np
-    from llama_cpp import Llama
-
-    n_ctx = max(map(len, sequences)) + 8
-    llm = Llama(str(gguf_path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True, verbose=False)
-    out = []
-    for ids in sequences:
-        llm.reset()
-        llm.eval(ids)
-        out.append(np.array(llm.scores[: len(ids)], dtype=np.float32))
-    llm.close()
-    return out
 
 
 TIE_LOGITS = 0.1  # the widest logit gap compare_logits calls a near tie
