@@ -5,18 +5,25 @@ Run: .venv/bin/pytest tests/test_evaluate.py
 
 import json
 
+import pytest
+
 from helpers import read_json
-from lorapipe import evaluate_base, evaluate_models, export_gguf
+from lorapipe.evaluate import evaluate_base, evaluate_models
+from lorapipe.export import export_gguf
 
 
 def test_base_merged_and_gguf_perplexity(tmp_path, dataset_dir, tiny_model_dir):
-    export_gguf(tiny_model_dir, dataset_dir / "prompts.json", tmp_path / "gguf", quants=["F32"], outtype="f32",
-                name="tiny")
-    base = evaluate_base(dataset_dir / "val.jsonl", tiny_model_dir, tmp_path / "eval_base.json", max_samples=4)
+    """quants [Q8_0, F32]: every GGUF is scored; the answers come from the model export.json names
+    (Q8_0, the Modelfile's FROM), not from the first file by name (F32)."""
+    export_gguf(tiny_model_dir, dataset_dir / "prompts.json", tmp_path / "gguf", quants=["Q8_0", "F32"],
+                outtype="f32", name="tiny")
+    base = evaluate_base(dataset_dir / "val.jsonl", tiny_model_dir, tmp_path / "eval_base.json",
+                         prompts_path=dataset_dir / "prompts.json", max_samples=4)
     assert read_json(tmp_path / "eval_base.json") == base
     metrics = evaluate_models(dataset_dir / "val.jsonl", dataset_dir / "prompts.json", tiny_model_dir,
-                              tmp_path / "gguf", tmp_path / "eval_base.json", tmp_path / "eval.json",
-                              tmp_path / "samples.md", max_samples=4, num_generations=1, max_new_tokens=4)
+                              tmp_path / "gguf", tmp_path / "eval.json", samples_path=tmp_path / "samples.md",
+                              base_metrics_path=tmp_path / "eval_base.json", max_samples=4, num_generations=1,
+                              max_new_tokens=4)
     # The "merged" model here is the base itself, so every perplexity must agree.
     assert metrics["merged"]["perplexity"] == base["base"]["perplexity"]
     gguf = metrics["gguf"]["F32"]
@@ -26,13 +33,22 @@ def test_base_merged_and_gguf_perplexity(tmp_path, dataset_dir, tiny_model_dir):
     samples = (tmp_path / "samples.md").read_text()
     assert "**Prompt:**" in samples and "You answer from the documents." in samples
     assert json.loads((tmp_path / "eval.json").read_text()) == metrics
+    assert list(metrics["gguf"]) == ["Q8_0", "F32"]  # in export.quants order
+    assert "`tiny.Q8_0.gguf`" in samples and "tiny.F32.gguf" not in samples
+
+
+def test_without_an_export_the_error_names_the_command(tmp_path, dataset_dir, tiny_model_dir):
+    with pytest.raises(FileNotFoundError, match=r"has no export.json.*dvc repro export"):
+        evaluate_models(dataset_dir / "val.jsonl", dataset_dir / "prompts.json", tiny_model_dir, tmp_path / "gguf",
+                        tmp_path / "eval.json")
+    assert not (tmp_path / "eval.json").exists()
 
 
 def test_chat_answers_are_scored_for_base_fine_tuned_and_gguf(tmp_path, tiny_model_dir):
     """A JSON task (snips queries): answers of the base (evaluate_base, once), the merged model and
     the GGUF, scored with the schema; samples.md puts them side by side."""
     from helpers import FIXTURES
-    from lorapipe import build_dataset
+    from lorapipe.dataset import build_dataset
 
     data = tmp_path / "dataset"
     (tmp_path / "text").mkdir()
@@ -44,7 +60,8 @@ def test_chat_answers_are_scored_for_base_fine_tuned_and_gguf(tmp_path, tiny_mod
     base_answers = [json.loads(line) for line in (tmp_path / "answers_base.jsonl").read_text().splitlines()]
     assert len(base_answers) == 3 and all(a["task"] == "chat" for a in base_answers)
     metrics = evaluate_models(data / "val.jsonl", data / "prompts.json", tiny_model_dir, tmp_path / "gguf",
-                              tmp_path / "eval_base.json", tmp_path / "eval.json", tmp_path / "samples.md",
+                              tmp_path / "eval.json", samples_path=tmp_path / "samples.md",
+                              base_metrics_path=tmp_path / "eval_base.json",
                               max_samples=3, num_generations=2, max_new_tokens=6,
                               base_answers_path=tmp_path / "answers_base.jsonl",
                               json_schema=FIXTURES / "labeled" / "snips_schema.json", constrained=True)

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from lorapipe import export_gguf
-from lorapipe.export import TIE_LOGITS, logit_agreement
+from lorapipe.artifacts import model_gguf
+from lorapipe.export import TIE_LOGITS, export_gguf, logit_agreement
 from lorapipe.models import load_tokenizer
 
 PROMPT = "You answer from the lorapipe documents only."
@@ -86,6 +86,16 @@ def test_gguf_logits_match_transformers(exported):
     assert info["verification"]["max_abs_diff"] < 1e-3  # the stage itself refuses f32 above 1e-2
 
 
+def test_export_json_names_the_model_the_modelfile_uses(exported):
+    """quants [Q8_0, F32]: the model is Q8_0 for the Modelfile, export.json and model_gguf alike,
+    though F32 comes first by name (what ask, serve and evaluate used to take)."""
+    out, info = exported
+    assert info["model"] == json.loads((out / "export.json").read_text())["model"] == "tiny.Q8_0.gguf"
+    assert f"FROM ./{info['model']}\n" in (out / "Modelfile").read_text()
+    assert model_gguf(out) == out / "tiny.Q8_0.gguf"
+    assert sorted(out.glob("*.gguf"))[0].name == "tiny.F32.gguf"
+
+
 def test_modelfile_uses_prompts_json_and_chat_template(exported, tiny_model_dir):
     out, _ = exported
     text = (out / "Modelfile").read_text()
@@ -109,7 +119,8 @@ def test_lora_gguf_on_the_base_gives_the_merged_models_logits(tmp_path, tiny_mod
     import numpy as np
 
     from lorapipe import merge_adapter
-    from lorapipe.export import converter_dir, convert_to_gguf, gguf_logits
+    from lorapipe.export import converter_dir, convert_to_gguf
+    from lorapipe.llama import gguf_logits
 
     (tmp_path / "prompts.json").write_text(json.dumps({"text": PROMPT}))
     merged = merge_adapter(tiny_model_dir, trained_adapter, tmp_path / "merged")
@@ -184,6 +195,39 @@ def test_unknown_quantization_lists_valid_ones(tmp_path, tiny_model_dir):
     (tmp_path / "prompts.json").write_text(json.dumps({"text": PROMPT}))
     with pytest.raises(ValueError, match=r"unknown quantization \['Q9_X'\].*Q4_K_M"):
         export_gguf(tiny_model_dir, tmp_path / "prompts.json", tmp_path / "out", quants=["Q9_X"])
+
+
+def test_bad_knobs_fail_before_any_work(tmp_path, tiny_model_dir):
+    """The knobs are checked by the params schema, the one list of quantization names and outtypes."""
+    (tmp_path / "prompts.json").write_text(json.dumps({"text": PROMPT}))
+    for knobs, message in (({"outtype": "q4_k_m"}, r"export.outtype"), ({"name": "bad name/"}, r"export.name"),
+                           ({"quants": []}, r"export.quants"),
+                           ({"lora_gguf": True}, r"lora_gguf needs adapter_dir and base_dir")):
+        with pytest.raises(ValueError, match=message):
+            export_gguf(tiny_model_dir, tmp_path / "prompts.json", tmp_path / "out", **knobs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_converter_that_cannot_list_architectures_is_an_error_not_a_skipped_check(tmp_path):
+    from lorapipe.export import supported_architectures
+
+    broken = tmp_path / "llama.cpp"
+    broken.mkdir()
+    (broken / "convert_hf_to_gguf.py").write_text("import sys\nsys.exit('no such option')\n")
+    with pytest.raises(RuntimeError, match=r"(?s)failed .*cannot be checked.*no such option"):
+        supported_architectures(broken)
+    (broken / "convert_hf_to_gguf.py").write_text("print('nothing useful')\n")
+    with pytest.raises(RuntimeError, match="listed no TEXT models"):  # the failure was not cached as "none"
+        supported_architectures(broken)
+
+
+def test_parameter_count_reads_the_shapes_without_loading_tensors(tiny_model_dir):
+    from safetensors.torch import load_file
+
+    from lorapipe.export import parameter_count
+
+    weights = tiny_model_dir / "model.safetensors"
+    assert parameter_count([weights]) == sum(t.numel() for t in load_file(weights).values()) > 3_000_000
 
 
 def test_too_little_disk_is_refused_before_writing(tmp_path, tiny_model_dir, monkeypatch):

@@ -1,4 +1,6 @@
-"""`lorapipe serve`: the real server on a free local port, every route over HTTP, then stopped.
+"""`lorapipe serve`: the real server on a free local port, every route over HTTP, then stopped; and the
+app in this process on a fake backend: typed request bodies, generation off the event loop, one
+generation at a time per model.
 
 Run: .venv/bin/pytest tests/test_serve.py   (POST /train through a git worktree: tests/test_pipeline_e2e.py)
 """
@@ -11,6 +13,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +22,8 @@ import pytest
 import requests
 
 from helpers import ROOT
-from lorapipe import export_gguf
+from lorapipe.export import export_gguf
+from lorapipe.serve import TrainRun, create_app
 
 TOKEN = "test-token-123"
 PROMPT = "You answer in one short sentence."
@@ -200,3 +204,195 @@ def test_make_ui_listens_on_this_machine_unless_ui_host_is_given():
 
     assert "--host 127.0.0.1 " in ui_command()
     assert "--host 0.0.0.0 " in ui_command("UI_HOST=0.0.0.0")
+
+
+# --- typed requests, threads and locks: the app in this process on a fake backend -----------------
+
+class FakeBackend:
+    """Stands in for llama.cpp: each generation takes `delay` seconds and counts how many run at once."""
+
+    def __init__(self, path: Path, engine: str = "llama.cpp", delay: float = 0.0):
+        self.path, self.engine, self.n_ctx, self.delay = Path(path), engine, 2048, delay
+        self.running = self.most = self.calls = 0
+        self.started = threading.Event()
+        self._count = threading.Lock()
+
+    def prompt_tokens(self, messages: list[dict]) -> int:
+        return sum(len(m["content"].split()) for m in messages)
+
+    def complete(self, messages: list[dict], max_tokens: int, temperature: float = 0.0, grammar=None):
+        with self._count:
+            self.running += 1
+            self.calls += 1
+            self.most = max(self.most, self.running)
+        self.started.set()
+        try:
+            time.sleep(self.delay)
+            yield "fake answer"
+        finally:
+            with self._count:
+                self.running -= 1
+
+    def close(self) -> None:
+        pass
+
+
+def fake_app(project: Path, delay: float = 0.0):
+    """The app over a FakeBackend (returned too), serving `project`; no token."""
+    model = project / "fake.gguf"
+    model.write_bytes(b"")
+    made = []
+    app = create_app(model, project=project, token=None,
+                     backend_factory=lambda path, engine: made.append(FakeBackend(path, engine, delay)) or made[-1])
+    return app, made[0]
+
+
+@contextmanager
+def in_process(app):
+    """Serve `app` with uvicorn on a free port of 127.0.0.1 in a thread of this process."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture
+def no_token(monkeypatch):
+    monkeypatch.delenv("LORAPIPE_API_TOKEN", raising=False)
+
+
+def test_status_answers_while_a_long_answer_is_generated(tmp_path, no_token):
+    app, backend = fake_app(tmp_path, delay=2.0)
+    with in_process(app) as url:
+        replies = []
+        asking = threading.Thread(target=lambda: replies.append(
+            requests.post(f"{url}/query", json={"prompt": "take your time"}, timeout=30)))
+        asking.start()
+        assert backend.started.wait(10)
+        began = time.monotonic()
+        status = requests.get(f"{url}/status", timeout=10)
+        answered_in = time.monotonic() - began
+        assert status.status_code == 200 and status.json()["model_loaded"] is True
+        assert answered_in < 1.0 and asking.is_alive()  # well before the 2 s answer is done
+        asking.join(30)
+    assert replies[0].status_code == 200 and replies[0].json()["answer"] == "fake answer"
+
+
+def test_one_generation_at_a_time_per_loaded_model(tmp_path, no_token):
+    app, backend = fake_app(tmp_path, delay=0.4)
+    chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    calls = [("query", {"prompt": "one"}), ("query", {"prompt": "two"}), ("v1/chat/completions", chat),
+             ("v1/chat/completions", {**chat, "stream": True})]
+    with in_process(app) as url:
+        together, replies = threading.Barrier(len(calls)), {}
+
+        def send(route: str, payload: dict) -> None:
+            together.wait()
+            reply = requests.post(f"{url}/{route}", json=payload, timeout=60)
+            replies[json.dumps(payload)] = (reply.status_code, reply.text)
+
+        threads = [threading.Thread(target=send, args=call) for call in calls]
+        began = time.monotonic()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        took = time.monotonic() - began
+    assert all(code == 200 for code, _ in replies.values()), replies
+    assert backend.calls == 4 and backend.most == 1
+    assert took >= 4 * 0.4  # they ran one after the other
+
+
+def test_malformed_bodies_get_400_or_422_naming_the_field_never_500(tmp_path, no_token):
+    (tmp_path / ".git").mkdir()  # /train checks its params before it needs a real repository
+    (tmp_path / "params.yaml").write_text("lora:\n  rank: 16\n")
+    app, _ = fake_app(tmp_path)
+    chat = [{"role": "user", "content": "hi"}]
+    fields = [
+        ("query", {"prompt": "hi", "max_tokens": "lots"}, "max_tokens"),
+        ("query", {"prompt": "hi", "max_tokens": -1}, "max_tokens"),
+        ("query", {"prompt": "hi", "max_tokens": 0}, "max_tokens"),
+        ("query", {"prompt": "hi", "max_tokens": 10**9}, "max_tokens"),
+        ("query", {"prompt": "hi", "max_tokens": 2.5}, "max_tokens"),
+        ("query", {"prompt": 5}, "prompt"),
+        ("query", {}, "prompt"),
+        ("query", {"prompt": "hi", "constrained": "yes"}, "constrained"),
+        ("query", {"prompt": "hi", "task": 3}, "task"),
+        ("v1/chat/completions", {"messages": chat, "temperature": "hot"}, "temperature"),
+        ("v1/chat/completions", {"messages": chat, "temperature": 2.5}, "temperature"),
+        ("v1/chat/completions", {"messages": chat, "temperature": -0.1}, "temperature"),
+        ("v1/chat/completions", {"messages": chat, "max_tokens": "lots"}, "max_tokens"),
+        ("v1/chat/completions", {"messages": chat, "stream": "yes"}, "stream"),
+        ("v1/chat/completions", {"messages": [{"role": "robot", "content": "hi"}]}, "messages.0.role"),
+        ("v1/chat/completions", {"messages": [{"role": "user"}]}, "messages.0.content"),
+        ("v1/chat/completions", {"messages": [{"role": "user", "content": " "}]}, "messages"),
+        ("v1/chat/completions", {"messages": []}, "messages"),
+        ("v1/chat/completions", {"messages": "hi"}, "messages"),
+        ("train", {"params": "lora.rank=8"}, "params"),
+        ("train", {"params": {"lora.rank": "lots"}}, "lora.rank"),
+    ]
+    with in_process(app) as url:
+        for route, payload, field in fields:
+            reply = requests.post(f"{url}/{route}", json=payload, timeout=30)
+            assert reply.status_code == 422, (route, payload, reply.text)
+            assert field in reply.json()["detail"], (route, payload, reply.text)
+        for route in ("query", "v1/chat/completions", "train"):
+            for raw in (b"{not json", b"\xff\xfe{", b"[1, 2]", b'"hi"', b"null", b""):
+                reply = requests.post(f"{url}/{route}", data=raw, headers={"Content-Type": "application/json"},
+                                      timeout=30)
+                assert reply.status_code == 400, (route, raw, reply.text)
+        # JSON is read as JSON only when it says so: a web page cannot start /train with a plain POST
+        plain = requests.post(f"{url}/train", data=b'{"params": {}}', headers={"Content-Type": "text/plain"},
+                              timeout=30)
+        assert plain.status_code == 400 and "Content-Type: application/json" in plain.json()["detail"]
+        # right types at the edges are served
+        ok = [("query", {"prompt": "hi", "max_tokens": 1}),
+              ("v1/chat/completions", {"messages": chat, "temperature": 0, "max_tokens": None, "top_p": 1}),
+              ("v1/chat/completions", {"messages": chat, "temperature": 2})]
+        for route, payload in ok:
+            assert requests.post(f"{url}/{route}", json=payload, timeout=30).status_code == 200, payload
+
+
+def test_the_default_model_is_the_one_export_json_names(tmp_path, no_token):
+    """quants [Q8_0, F16]: the Modelfile's FROM is Q8_0, the first by name is F16; the server takes Q8_0."""
+    gguf = tmp_path / "models" / "gguf"
+    gguf.mkdir(parents=True)
+    for name in ("tiny.F16.gguf", "tiny.Q8_0.gguf"):
+        (gguf / name).write_bytes(b"")
+    (gguf / "export.json").write_text(json.dumps({"model": "tiny.Q8_0.gguf",
+                                                  "files": {"Q8_0": "tiny.Q8_0.gguf", "F16": "tiny.F16.gguf"}}))
+    app = create_app(project=tmp_path, backend_factory=FakeBackend)
+    assert app.state.lorapipe.loaded.backend.path == gguf / "tiny.Q8_0.gguf"
+
+
+def test_the_training_state_is_read_as_a_copy_under_its_lock(tmp_path):
+    run = TrainRun(tmp_path)
+    seen = run.snapshot()
+    seen["state"] = "tampered"
+    assert run.snapshot() == {"state": "idle"}
+    stop = threading.Event()
+
+    def writer() -> None:
+        number = 0
+        while not stop.is_set():
+            run._update(**{f"key{number % 50}": number})
+            number += 1
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        for _ in range(2000):
+            json.dumps(run.snapshot())  # iterating a dict another thread resizes would raise here
+    finally:
+        stop.set()
+        thread.join()

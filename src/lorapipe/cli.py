@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                              help="output folder (default: data/dataset)")
     ask = commands.add_parser("ask", help="answer a question with the exported GGUF (llama.cpp)")
     ask.add_argument("question")
-    ask.add_argument("--gguf", help="GGUF file (default: the first in models/gguf)")
+    ask.add_argument("--gguf", help="GGUF file (default: the model models/gguf/export.json names)")
     ask.add_argument("--max-tokens", type=int, default=96)
     plan = commands.add_parser("plan", help="estimate peak memory and training time before training")
     plan.add_argument("--params", default=str(paths.PARAMS), help="defaults come from this params file")
@@ -99,13 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve the exported model over HTTP (FastAPI, 127.0.0.1)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, local only)")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--gguf", help="GGUF file to serve (default: the first in models/gguf)")
+    serve.add_argument("--gguf", help="GGUF file to serve (default: the model models/gguf/export.json names)")
     serve.add_argument("--transformers", action="store_true",
                        help="serve the merged model (models/merged, or --merged-dir) with transformers instead")
     serve.add_argument("--merged-dir", default=str(paths.MERGED), help="merged model folder for --transformers")
     serve.add_argument("--json-schema", help='JSON Schema for requests with "constrained": true (llama.cpp grammar)')
     chat = commands.add_parser("chat", help="talk to the exported model in the terminal")
-    chat.add_argument("--gguf", help="GGUF file (default: the first in models/gguf)")
+    chat.add_argument("--gguf", help="GGUF file (default: the model models/gguf/export.json names)")
     chat.add_argument("--max-tokens", type=int, default=256)
     check = commands.add_parser("check", help="validate params.yaml and print the resolved values")
     check.add_argument("--params", default=str(paths.PARAMS))
@@ -119,12 +119,13 @@ def _overrides(args: argparse.Namespace, stage: str) -> dict:
 
 
 def _ask(args: argparse.Namespace) -> None:
+    from lorapipe.artifacts import model_gguf
     from lorapipe.evaluate import chat
     from lorapipe.io import read_json
 
-    gguf = Path(args.gguf) if args.gguf else next(iter(sorted(paths.GGUF.glob("*.gguf"))), None)
-    if gguf is None or not gguf.is_file():
-        raise FileNotFoundError(f"no GGUF in {paths.GGUF}: run `dvc repro` first (or pass --gguf)")
+    gguf = Path(args.gguf) if args.gguf else model_gguf(paths.GGUF)
+    if not gguf.is_file():
+        raise FileNotFoundError(f"no GGUF at {gguf} (--gguf)")
     system_prompt = next(iter(read_json(paths.PROMPTS).values()))
     print(f"Q: {args.question}\nA ({gguf.name}, llama.cpp): {chat(gguf, system_prompt, args.question, args.max_tokens)}")
 

@@ -1,12 +1,16 @@
 """Did fine-tuning help? The evaluate stages.
 
-    from lorapipe import evaluate_base, evaluate_models
-    evaluate_base("data/dataset/val.jsonl", "models/base", "reports/eval_base.json")
+    from lorapipe.evaluate import evaluate_base, evaluate_models
+    evaluate_base("data/dataset/val.jsonl", "models/base", "reports/eval_base.json",
+                  prompts_path="data/dataset/prompts.json")
+    evaluate_models("data/dataset/val.jsonl", "data/dataset/prompts.json", "models/merged", "models/gguf",
+                    "reports/eval.json", base_metrics_path="reports/eval_base.json")
 
 - validation perplexity of the base model (once: ``evaluate_base``), the merged model and every
-  GGUF, on the same token ids (the base tokenizer's), so the numbers compare;
+  GGUF of the export, on the same token ids (the base tokenizer's), so the numbers compare;
 - for chat rows, answers generated greedily with the task's system prompt from ``prompts.json`` by
-  the base model (once) and the merged model (transformers) and the first GGUF (llama.cpp), scored
+  the base model (once) and the merged model (transformers) and the model's GGUF (llama.cpp; the one
+  ``export.json`` names, as ``lorapipe.artifacts.model_gguf`` reads it), scored
   by lorapipe.scoring: exact match, ROUGE-L and, for JSON tasks, parse rate, schema validity,
   intent accuracy and slot F1;
 - ``reports/samples.md``: prompts with the base and fine-tuned answers side by side.
@@ -18,10 +22,12 @@ import json
 import math
 from pathlib import Path
 
-from lorapipe import faults, paths
-from lorapipe.export import gguf_logits
+from lorapipe import faults
+from lorapipe.artifacts import export_ggufs, model_gguf
 from lorapipe.io import atomic_outputs, read_json, read_jsonl, write_json, write_jsonl, write_text_atomic
+from lorapipe.llama import gguf_logits
 from lorapipe.models import load_causal_lm, load_tokenizer, sequence_nll
+from lorapipe.params import DEFAULTS
 from lorapipe.rows import IGNORE, tokenize_row
 from lorapipe.scoring import is_json_task, score_answers
 
@@ -48,7 +54,7 @@ def gguf_perplexity(gguf_path: str | Path, sequences: list[tuple[list[int], list
     import numpy as np
 
     nll, count = 0.0, 0
-    for (ids, labels), logits in zip(sequences, gguf_logits(gguf_path, [ids for ids, _ in sequences])):
+    for (_, labels), logits in zip(sequences, gguf_logits(gguf_path, [ids for ids, _ in sequences])):
         shifted = logits[:-1].astype(np.float64)
         shifted -= shifted.max(-1, keepdims=True)
         logprobs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
@@ -92,16 +98,22 @@ def hf_answers(model_dir: str | Path, requests: list[list[dict]], max_new_tokens
 
 
 def evaluate_base(
-    val_path: str | Path = paths.VAL_ROWS,
-    base_dir: str | Path = paths.BASE_MODEL,
-    out_path: str | Path = paths.EVAL_BASE,
-    max_samples: int = 32,
-    prompts_path: str | Path = paths.PROMPTS,
+    val_path: str | Path,
+    base_dir: str | Path,
+    out_path: str | Path,
+    *,
+    prompts_path: str | Path,
     answers_path: str | Path | None = None,
-    max_new_tokens: int = 64,
+    max_samples: int = DEFAULTS.eval.max_samples,
+    max_new_tokens: int = DEFAULTS.eval.max_new_tokens,
 ) -> dict:
-    """Score the base model once; experiments reuse ``eval_base.json``. With `answers_path`, also
-    the base's answers to the chat validation rows (what evaluate_models compares the tuned one to)."""
+    """Score the base model once; experiments reuse its metrics. Writes ``{"base": {"loss", "perplexity",
+    "tokens"}, "rows": n}`` (perplexity on the first `max_samples` rows of `val_path`) to `out_path`
+    and returns it. With `answers_path`, also the base's greedy answers (at most `max_new_tokens`
+    tokens) to the chat validation rows as JSONL ``{"task", "answer"}``, which evaluate_models compares
+    the tuned model's to; `prompts_path` (``prompts.json``) gives each task's system prompt.
+
+    Raises ValueError when `val_path` has no rows; both files are replaced together or not at all."""
     sequences = _val_sequences(Path(val_path), load_tokenizer(base_dir), max_samples)
     metrics = {"base": hf_perplexity(base_dir, sequences), "rows": len(sequences)}
     faults.fault_point("mid")
@@ -184,78 +196,115 @@ def samples_markdown(rows: list[dict], requests, answers: dict[str, list[str]], 
     return "\n".join(lines)
 
 
-def evaluate_models(
-    val_path: str | Path = paths.VAL_ROWS,
-    prompts_path: str | Path = paths.PROMPTS,
-    merged_dir: str | Path = paths.MERGED,
-    gguf_dir: str | Path = paths.GGUF,
-    base_metrics_path: str | Path = paths.EVAL_BASE,
-    out_path: str | Path = paths.EVAL,
-    samples_path: str | Path = paths.SAMPLES,
-    max_samples: int = 32,
-    num_generations: int = 3,
-    max_new_tokens: int = 64,
-    base_answers_path: str | Path | None = None,
-    json_schema: str | Path | None = None,
-    constrained: bool = False,
-) -> dict:
-    """Perplexity of the merged model and each GGUF against the base; answers of the base, merged and
-    first GGUF to the chat validation rows, scored; sample answers side by side."""
-    base = read_json(base_metrics_path)["base"]
-    sequences = _val_sequences(Path(val_path), load_tokenizer(merged_dir), max_samples)
+def _perplexities(sequences, merged_dir: Path, ggufs: dict[str, Path], base: dict | None) -> dict:
+    """Perplexity of the merged model and each GGUF, relative to the base's (when given) and the merged one's."""
     merged = hf_perplexity(merged_dir, sequences)
-    metrics = {"base": base, "merged": {**merged, "vs_base": _relative(merged["perplexity"], base["perplexity"])},
-               "gguf": {}, "rows": len(sequences)}
-    ggufs = sorted(Path(gguf_dir).glob("*.gguf"))
-    ggufs = [g for g in ggufs if not g.name.endswith(".lora.gguf")]
-    if not ggufs:
-        raise FileNotFoundError(f"no .gguf file in {gguf_dir}: run the export stage first")
-    for path in ggufs:
-        quant = path.name.rsplit(".", 2)[-2]
+    relative = {"vs_base": _relative(merged["perplexity"], base["perplexity"])} if base else {}
+    metrics = {**({"base": base} if base else {}), "merged": {**merged, **relative}, "gguf": {}}
+    for quant, path in ggufs.items():
         score = gguf_perplexity(path, sequences)
-        metrics["gguf"][quant] = {**score, "vs_base": _relative(score["perplexity"], base["perplexity"]),
-                                  "vs_merged": _relative(score["perplexity"], merged["perplexity"])}
+        versus = {"vs_base": _relative(score["perplexity"], base["perplexity"])} if base else {}
+        metrics["gguf"][quant] = {**score, **versus, "vs_merged": _relative(score["perplexity"], merged["perplexity"])}
     line = ", ".join(f"{q} {m['perplexity']:.3f}" for q, m in metrics["gguf"].items())
-    print(f"[evaluate] perplexity: base {base['perplexity']:.3f}, merged {merged['perplexity']:.3f}, {line}", flush=True)
+    of_base = f"base {base['perplexity']:.3f}, " if base else ""
+    print(f"[evaluate] perplexity: {of_base}merged {merged['perplexity']:.3f}, {line}", flush=True)
+    return metrics
 
-    schema = read_json(json_schema) if json_schema else None
-    prompts = read_json(prompts_path)
-    rows = chat_rows(val_path, max_samples)
-    requests = evaluation_requests(rows, prompts)
+
+def _constrained_answers(model: Path, rows: list[dict], conversations: list[list[dict]], expected: list,
+                         free: list[str], max_new_tokens: int, schema: dict) -> list[str]:
+    """`free` with the answers to JSON tasks' rows replaced by answers decoded under the schema's grammar."""
+    json_tasks = {task for task in dict.fromkeys(r["task"] for r in rows)
+                  if is_json_task([e for r, e in zip(rows, expected) if r["task"] == task])}
+    chosen = [i for i, row in enumerate(rows) if row["task"] in json_tasks]
+    answers = list(free)
+    for i, answer in zip(chosen, answer_all(model, [conversations[i] for i in chosen], max_new_tokens, schema)):
+        answers[i] = answer
+    return answers
+
+
+def _print_scores(scores: dict[str, dict]) -> None:
+    for name, tasks in scores.items():
+        for task, score in tasks.items():
+            json_scores = score.get("json")
+            extra = (f", JSON parse {json_scores['json_parse_rate']:.0%}, intent {json_scores['intent_accuracy']:.0%}"
+                     f", slot F1 {json_scores['slots']['f1']:.2f}" if json_scores else "")
+            print(f"[evaluate] {name} on {task}: exact {score['exact_match']:.0%}, ROUGE-L {score['rouge_l']:.2f}"
+                  + extra, flush=True)
+
+
+def _chat_answers(rows: list[dict], requests, merged_dir: Path, model: Path, base_answers_path: str | Path | None,
+                  max_new_tokens: int, schema: dict | None, constrained: bool) -> dict[str, list[str]]:
+    """Answers to the chat rows by name: the base's (read from `base_answers_path` when it exists),
+    the fine-tuned (merged) model's, the model GGUF's and, with `constrained`, its answers under the grammar."""
     conversations = [messages for messages, _ in requests]
-    expected = [answer for _, answer in requests]
     answers: dict[str, list[str]] = {}
     if base_answers_path and Path(base_answers_path).is_file():
         answers["base"] = [a["answer"] for a in read_jsonl(base_answers_path)][: len(rows)]
     answers["fine-tuned"] = hf_answers(merged_dir, conversations, max_new_tokens)
     faults.fault_point("mid")
-    answers[ggufs[0].name] = answer_all(ggufs[0], conversations, max_new_tokens) if rows else []
-    if constrained and rows:
-        if schema is None:
-            raise ValueError("eval.constrained needs eval.json_schema: the grammar is built from the schema")
-        json_tasks = {task for task in dict.fromkeys(r["task"] for r in rows)
-                      if is_json_task([e for r, e in zip(rows, expected) if r["task"] == task])}
-        chosen = [i for i, row in enumerate(rows) if row["task"] in json_tasks]
-        constrained_answers = list(answers[ggufs[0].name])
-        for i, answer in zip(chosen, answer_all(ggufs[0], [conversations[i] for i in chosen], max_new_tokens, schema)):
-            constrained_answers[i] = answer
-        answers[f"{ggufs[0].name} constrained"] = constrained_answers
+    answers[model.name] = answer_all(model, conversations, max_new_tokens)
+    if constrained:
+        answers[f"{model.name} constrained"] = _constrained_answers(
+            model, rows, conversations, [e for _, e in requests], answers[model.name], max_new_tokens, schema)
+    return answers
+
+
+def evaluate_models(
+    val_path: str | Path,
+    prompts_path: str | Path,
+    merged_dir: str | Path,
+    gguf_dir: str | Path,
+    out_path: str | Path,
+    *,
+    samples_path: str | Path | None = None,
+    base_metrics_path: str | Path | None = None,
+    base_answers_path: str | Path | None = None,
+    max_samples: int = DEFAULTS.eval.max_samples,
+    num_generations: int = DEFAULTS.eval.num_generations,
+    max_new_tokens: int = DEFAULTS.eval.max_new_tokens,
+    json_schema: str | Path | None = DEFAULTS.eval.json_schema,
+    constrained: bool = DEFAULTS.eval.constrained,
+) -> dict:
+    """Score the fine-tuned model against the base; write the metrics to `out_path` and return them.
+
+    On the first `max_samples` rows of `val_path`: perplexity of the merged model and of every GGUF
+    of the export in `gguf_dir` (``{"merged": …, "gguf": {quant: …}, "rows": n}``, each relative to
+    the base's perplexity from `base_metrics_path` (evaluate_base's output) when given); for chat
+    rows, greedy answers (at most `max_new_tokens` tokens) of the merged model, the model's GGUF
+    (artifacts.model_gguf), the base (read from `base_answers_path`) and, with `constrained`, the GGUF
+    under a grammar built from `json_schema`, scored per task (``"answers"``). With `samples_path`,
+    also a Markdown page of `num_generations` prompts with the answers side by side; it and the
+    metrics are replaced together.
+
+    Raises FileNotFoundError when `gguf_dir` holds no export (naming `dvc repro export`), ValueError
+    when `val_path` has no rows or `constrained` is set without `json_schema`."""
+    model, ggufs = model_gguf(gguf_dir), export_ggufs(gguf_dir)
+    schema = read_json(json_schema) if json_schema else None
+    if constrained and schema is None:
+        raise ValueError("eval.constrained needs eval.json_schema: the grammar is built from the schema")
+    base = read_json(base_metrics_path)["base"] if base_metrics_path else None
+    sequences = _val_sequences(Path(val_path), load_tokenizer(merged_dir), max_samples)
+    metrics = {**_perplexities(sequences, Path(merged_dir), ggufs, base), "rows": len(sequences)}
+    prompts = read_json(prompts_path)
+    rows = chat_rows(val_path, max_samples)
     if rows:
+        requests = evaluation_requests(rows, prompts)
+        answers = _chat_answers(rows, requests, Path(merged_dir), model, base_answers_path, max_new_tokens, schema,
+                                constrained)
+        expected = [answer for _, answer in requests]
         metrics["answers"] = {name: score_by_task(rows, got, expected, schema) for name, got in answers.items()
                               if len(got) == len(rows)}
-        for name, tasks in metrics["answers"].items():
-            for task, score in tasks.items():
-                extra = (f", JSON parse {score['json']['json_parse_rate']:.0%}, intent {score['json']['intent_accuracy']:.0%}"
-                         f", slot F1 {score['json']['slots']['f1']:.2f}" if "json" in score else "")
-                print(f"[evaluate] {name} on {task}: exact {score['exact_match']:.0%}, ROUGE-L {score['rouge_l']:.2f}"
-                      + extra, flush=True)
+        _print_scores(metrics["answers"])
         samples = samples_markdown(rows, requests, answers, num_generations)
     else:
         text = read_jsonl(val_path)[:num_generations]
         text_requests = evaluation_requests(text, prompts)
-        continuation = answer_all(ggufs[0], [m for m, _ in text_requests], max_new_tokens) if text else []
-        samples = samples_markdown(text, text_requests, {ggufs[0].name: continuation}, num_generations)
+        faults.fault_point("mid")
+        continuation = answer_all(model, [m for m, _ in text_requests], max_new_tokens) if text else []
+        samples = samples_markdown(text, text_requests, {model.name: continuation}, num_generations)
     with atomic_outputs() as place:  # the samples and the metrics are replaced together
-        write_text_atomic(place(samples_path), samples)
+        if samples_path:
+            write_text_atomic(place(samples_path), samples)
         write_json(place(out_path), metrics)
     return metrics

@@ -1,39 +1,39 @@
 """Export a merged model to GGUF for llama.cpp, plus an Ollama Modelfile (the export stage).
 
-    from lorapipe import export_gguf
+    from lorapipe.export import export_gguf
     export_gguf("models/merged", "data/dataset/prompts.json", "models/gguf", quants=["Q8_0"])
 
 Conversion runs llama.cpp's ``convert_hf_to_gguf.py`` from the source distribution of the installed
 ``llama-cpp-python`` (same llama.cpp as the runtime) in a subprocess with its own ``gguf-py``;
 quantization uses ``llama_cpp.llama_model_quantize``. The converted file is checked against the
-merged model's logits before anything is quantized.
+merged model's logits before anything is quantized. ``export.json`` in the output folder records the
+files, the verification and which GGUF is the model (``lorapipe.artifacts.model_gguf`` reads it).
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import json
+import math
 import os
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from lorapipe import faults, paths
+from lorapipe.artifacts import EXPORT_INFO
 from lorapipe.chat_templates import modelfile_text
 from lorapipe.io import atomic_dir, read_json, write_json
-from lorapipe.models import check_model_folder, safetensors_header
+from lorapipe.llama import gguf_logits
+from lorapipe.models import check_model_folder, load_causal_lm, load_tokenizer
+from lorapipe.params import DEFAULTS, QUANT_BITS, ExportParams, validate_params
 
-# Names accepted in `export.quants` (llama.cpp's LLAMA_FTYPE_MOSTLY_<NAME>, plus F32).
-QUANT_TYPES = frozenset({
-    "F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_1", "Q5_0",
-    "Q4_K_M", "Q4_K_S", "Q4_1", "Q4_0", "Q3_K_L", "Q3_K_M", "Q3_K_S", "Q2_K",
-})
 _CONVERTER_FILES = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "LICENSE")
 _CONVERTER_DIRS = ("conversion/", "gguf-py/")
-EXPORT_INFO = "export.json"
 
 
 def _llama_cpp_version() -> str:
@@ -73,6 +73,11 @@ def install_converter(dest: str | Path | None = None, version: str | None = None
 
 
 def converter_dir(llama_cpp_dir: str | Path | None = None) -> Path:
+    """The folder holding llama.cpp's ``convert_hf_to_gguf.py`` (and its ``gguf-py``): `llama_cpp_dir`
+    (a llama.cpp checkout) when given, else the converter of the installed llama-cpp-python, unpacked
+    once into the user cache by `install_converter` (which needs pip and network the first time).
+
+    Raises FileNotFoundError when `llama_cpp_dir` has no convert_hf_to_gguf.py."""
     if llama_cpp_dir:
         path = Path(llama_cpp_dir)
         if not (path / "convert_hf_to_gguf.py").is_file():
@@ -101,11 +106,18 @@ runpy.run_path(script, run_name="__main__")
 """
 
 
+def _converter_env(llama_cpp_dir: Path) -> dict[str, str]:
+    """The environment a converter script runs in: its own bundled gguf-py first on the path (with
+    PyPI's `gguf` 0.19 the converter fails: no attribute 'LazyChunkedTensor')."""
+    env = {**os.environ, "PYTHONPATH": str(llama_cpp_dir / "gguf-py")}
+    env.pop("NO_LOCAL_GGUF", None)  # would make the converter prefer an installed `gguf`
+    return env
+
+
 def _run_converter(llama_cpp_dir: Path, script: str, args: list[str], metadata: dict[str, str] | None,
                    what: str) -> None:
-    env = {**os.environ, "PYTHONPATH": str(llama_cpp_dir / "gguf-py"),
+    env = {**_converter_env(llama_cpp_dir),
            "LORAPIPE_GGUF_METADATA": json.dumps({k: str(v) for k, v in (metadata or {}).items() if v})}
-    env.pop("NO_LOCAL_GGUF", None)  # the bundled gguf-py must win over PyPI's `gguf`
     command = [sys.executable, "-c", _CONVERT_WITH_METADATA, str(llama_cpp_dir / script),
                str(llama_cpp_dir / "gguf-py"), *args]
     result = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -134,24 +146,39 @@ _SUPPORTED: dict[Path, frozenset[str]] = {}
 
 
 def supported_architectures(llama_cpp_dir: Path) -> frozenset[str]:
-    """The Hugging Face architectures (``config.json`` ``architectures``) the converter knows."""
+    """The Hugging Face architectures (``config.json`` ``architectures``) the converter knows, from
+    ``convert_hf_to_gguf.py --print-supported-models`` (cached per folder once read).
+
+    Raises RuntimeError, with the converter's output, when it fails or lists no text model: a check
+    that cannot run is an error, never skipped."""
     llama_cpp_dir = Path(llama_cpp_dir)
-    if llama_cpp_dir not in _SUPPORTED:
-        env = {**os.environ, "PYTHONPATH": str(llama_cpp_dir / "gguf-py")}
-        env.pop("NO_LOCAL_GGUF", None)
-        listed = subprocess.run([sys.executable, str(llama_cpp_dir / "convert_hf_to_gguf.py"),
-                                 "--print-supported-models"], env=env, capture_output=True, text=True)
-        names, section = set(), None
-        for line in (listed.stdout + listed.stderr).splitlines():
-            if line.strip().endswith("models:"):
-                section = line.strip()
-            elif line.strip().startswith("- ") and section == "TEXT models:":
-                names.add(line.strip()[2:])
-        _SUPPORTED[llama_cpp_dir] = frozenset(names)
+    if llama_cpp_dir in _SUPPORTED:
+        return _SUPPORTED[llama_cpp_dir]
+    command = [sys.executable, str(llama_cpp_dir / "convert_hf_to_gguf.py"), "--print-supported-models"]
+    try:
+        listed = subprocess.run(command, env=_converter_env(llama_cpp_dir), capture_output=True, text=True,
+                                check=True)
+    except subprocess.CalledProcessError as exc:
+        raise RuntimeError(f"{' '.join(command[1:])} failed (exit {exc.returncode}), so the model's architecture "
+                           f"cannot be checked:\n{(exc.stderr or exc.stdout)[-2000:]}") from None
+    names, section = set(), None
+    for line in (listed.stdout + listed.stderr).splitlines():
+        if line.strip().endswith("models:"):
+            section = line.strip()
+        elif line.strip().startswith("- ") and section == "TEXT models:":
+            names.add(line.strip()[2:])
+    if not names:
+        raise RuntimeError(f"{' '.join(command[1:])} listed no TEXT models, so the model's architecture cannot be "
+                           f"checked; its output was:\n{(listed.stdout + listed.stderr)[-2000:]}")
+    _SUPPORTED[llama_cpp_dir] = frozenset(names)
     return _SUPPORTED[llama_cpp_dir]
 
 
 def quantize_gguf(src: Path, dst: Path, quant: str) -> Path:
+    """Write `dst`, the GGUF `src` quantized to `quant` (a name of params.QUANT_BITS, e.g. ``Q4_K_M``),
+    with ``llama_cpp.llama_model_quantize``; the metadata keys of `src` are copied. Returns `dst`.
+
+    Raises RuntimeError when llama.cpp reports a failure or writes no file."""
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
@@ -162,30 +189,12 @@ def quantize_gguf(src: Path, dst: Path, quant: str) -> Path:
     return dst
 
 
-def gguf_logits(gguf_path: str | Path, sequences: list[list[int]]) -> list:
-    """llama.cpp's logits for each token sequence (float32 arrays of [tokens, vocab])."""
-    import numpy as np
-    from llama_cpp import Llama
-
-    n_ctx = max(map(len, sequences)) + 8
-    llm = Llama(str(gguf_path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True, verbose=False)
-    out = []
-    for ids in sequences:
-        llm.reset()
-        llm.eval(ids)
-        out.append(np.array(llm.scores[: len(ids)], dtype=np.float32))
-    llm.close()
-    return out
-
-
 TIE_LOGITS = 0.1  # the widest logit gap compare_logits calls a near tie
 
 
 def compare_logits(model_dir: Path, gguf_path: Path, text: str) -> dict[str, float]:
     """Logits of the GGUF under llama.cpp against the Hugging Face model on the same tokens."""
     import torch
-
-    from lorapipe.models import load_causal_lm, load_tokenizer
 
     ids = load_tokenizer(model_dir)(text, add_special_tokens=False)["input_ids"]
     with torch.no_grad():
@@ -214,31 +223,23 @@ VERIFY_TEXT = ("LoRA adds small trainable matrices to a frozen model. The merged
                "export must give the same next-token predictions on this sentence.")
 
 
-# Approximate bits per weight of each file type (llama.cpp's quantize table), for the disk check.
-_BITS = {"F32": 32, "F16": 16, "BF16": 16, "Q8_0": 8.5, "Q6_K": 6.6, "Q5_K_M": 5.7, "Q5_K_S": 5.5, "Q5_1": 6,
-         "Q5_0": 5.5, "Q4_K_M": 4.9, "Q4_K_S": 4.6, "Q4_1": 5, "Q4_0": 4.5, "Q3_K_L": 4.3, "Q3_K_M": 3.9,
-         "Q3_K_S": 3.5, "Q2_K": 3.4}
-
-
 def parameter_count(weights: list[Path]) -> int:
-    """Number of weights in safetensors files, read from their headers (no tensor is loaded)."""
+    """Number of weights in safetensors files, from the shapes in their headers (no tensor is loaded)."""
+    from safetensors import safe_open
+
     total = 0
     for path in weights:
-        with open(path, "rb") as handle:
-            header, _ = safetensors_header(handle)
-        for name, entry in header.items():
-            if name != "__metadata__":
-                count = 1
-                for dim in entry["shape"]:
-                    count *= dim
-                total += count
+        with safe_open(str(path), framework="numpy") as handle:
+            total += sum(math.prod(handle.get_slice(name).get_shape()) for name in handle.keys())
     return total
 
 
-def check_disk_space(out_dir: Path, parameters: int, outtype: str, quants: list[str], extra_bytes: int = 0) -> int:
-    """Raise before writing anything if the output folder's disk cannot hold the files; return the need."""
+def check_disk_space(out_dir: Path, parameters: int, outtype: str, quants: Sequence[str], extra_bytes: int = 0) -> int:
+    """Raise OSError before writing anything if the output folder's disk cannot hold the files (the
+    converted `outtype` and each of `quants`, sized by params.QUANT_BITS, plus 5% and `extra_bytes`);
+    return the bytes needed."""
     files = dict.fromkeys([outtype.upper(), *quants])
-    needed = int(sum(parameters * _BITS[q] / 8 for q in files) * 1.05) + extra_bytes
+    needed = int(sum(parameters * QUANT_BITS[q] / 8 for q in files) * 1.05) + extra_bytes
     target = Path(out_dir).resolve()
     while not target.exists():
         target = target.parent
@@ -255,7 +256,7 @@ def check_architecture(model_dir: Path, llama_cpp_dir: Path) -> str:
     config = json.loads((Path(model_dir) / "config.json").read_text())
     architecture = (config.get("architectures") or ["unknown"])[0]
     supported = supported_architectures(llama_cpp_dir)
-    if supported and architecture not in supported:
+    if architecture not in supported:
         raise ValueError(f"llama.cpp's converter does not support {architecture}; it supports: "
                          + ", ".join(sorted(supported)))
     return architecture
@@ -281,80 +282,122 @@ def ollama_create(out_dir: Path, modelfiles: dict[str, str], name: str) -> list[
     return commands
 
 
-def export_gguf(
-    merged_dir: str | Path = paths.MERGED,
-    prompts_path: str | Path = paths.PROMPTS,
-    out_dir: str | Path = paths.GGUF,
-    quants: list[str] = ("Q4_K_M",),
-    outtype: str = "f16",
-    name: str = "lorapipe",
-    llama_cpp_dir: str | Path | None = None,
-    min_top1_agreement: float = 0.99,
-    max_f32_logit_diff: float = 1e-2,
-    metadata: dict[str, str] | None = None,
-    lora_gguf: bool = False,
-    adapter_dir: str | Path = paths.ADAPTER,
-    base_dir: str | Path = paths.BASE_MODEL,
-    ollama_name: str | None = None,
-) -> dict:
-    """Write ``<name>.<QUANT>.gguf`` per quantization and a Modelfile per task into `out_dir`.
+MIN_TOP1_AGREEMENT = 0.99  # share of tokens whose top-1 a f32/f16/bf16 GGUF must share with the merged model
+MAX_F32_LOGIT_DIFF = 1e-2  # largest |Δlogit| an f32 GGUF may show against the merged model
 
-    `metadata` (string keys, e.g. ``lorapipe.git_commit``) is written into every GGUF. With
-    `lora_gguf`, ``<name>.lora.gguf`` holds the adapter alone (for ``llama-cli --lora``). The
-    converted file must agree with the merged model: top-1 next-token agreement of at least
-    `min_top1_agreement` for f32/f16/bf16 (a different choice at a near tie, within TIE_LOGITS of
-    the merged model's best logit, counts as agreeing), and a max |Δlogit| of at most
-    `max_f32_logit_diff` for f32.
-    """
-    from lorapipe.models import load_tokenizer
 
-    merged_dir, out_dir = Path(merged_dir), Path(out_dir)
+def _verify(merged_dir: Path, converted: Path, outtype: str, min_top1_agreement: float,
+            max_f32_logit_diff: float) -> dict[str, float]:
+    """compare_logits on VERIFY_TEXT; raise RuntimeError when an unquantized file disagrees."""
+    check = compare_logits(merged_dir, converted, VERIFY_TEXT)
+    print(f"[export] llama.cpp vs transformers on {check['tokens']} tokens: max |Δlogit| "
+          f"{check['max_abs_diff']:.2e}, top-1 agreement {check['top1_agreement']:.0%}", flush=True)
+    unquantized = outtype in ("f32", "f16", "bf16")
+    if (unquantized and check["top1_agreement_beyond_ties"] < min_top1_agreement) or (
+            outtype == "f32" and check["max_abs_diff"] > max_f32_logit_diff):
+        raise RuntimeError(f"the converted GGUF disagrees with the merged model: {check}")
+    return check
+
+
+def _quantize_all(converted: Path, folder: Path, name: str, quants: list[str]) -> dict[str, str]:
+    """``<name>.<QUANT>.gguf`` for each of `quants` in `folder`, from the converted file (which is kept
+    only when one of `quants` is its own type); {quant: file name}, in the order of `quants`."""
+    files = {}
+    for quant in quants:
+        target = folder / f"{name}.{quant}.gguf"
+        if target != converted:
+            print(f"[export] quantizing to {quant}", flush=True)
+            quantize_gguf(converted, target, quant)
+        files[quant] = target.name
+    if converted.name not in files.values():
+        converted.unlink()
+    return files
+
+
+def _preflight(merged_dir: Path, out_dir: Path, knobs: ExportParams,
+               adapter_dir: str | Path | None) -> tuple[Path, str, int]:
+    """The checks before anything is written: a complete merged folder, an architecture the converter
+    supports, enough disk. Returns the converter folder, the architecture and the number of weights."""
     weights = check_model_folder(merged_dir, "merge")
-    quants = [q.upper() for q in quants]
-    unknown = [q for q in quants if q not in QUANT_TYPES]
-    if unknown or outtype.upper() not in ("F32", "F16", "BF16", "Q8_0"):
-        raise ValueError(f"unknown quantization {unknown or outtype}: export.quants takes {sorted(QUANT_TYPES)}, "
-                         "export.outtype f32, f16, bf16 or q8_0")
-    prompts = read_json(prompts_path)
-    tokenizer = load_tokenizer(merged_dir)
-    converter = converter_dir(llama_cpp_dir)
+    converter = converter_dir(knobs.llama_cpp_dir)
     architecture = check_architecture(merged_dir, converter)
     parameters = parameter_count(weights)
-    adapter_bytes = sum(f.stat().st_size for f in Path(adapter_dir).glob("*.safetensors")) if lora_gguf else 0
-    check_disk_space(out_dir, parameters, outtype, quants, adapter_bytes * 2)
+    adapter_bytes = sum(f.stat().st_size for f in Path(adapter_dir).glob("*.safetensors")) if knobs.lora_gguf else 0
+    check_disk_space(out_dir, parameters, knobs.outtype, knobs.quants, adapter_bytes * 2)
+    return converter, architecture, parameters
+
+
+def _checked_knobs(quants: Sequence[str], outtype: str, name: str, llama_cpp_dir: str | Path | None,
+                   lora_gguf: bool, ollama_name: str | None) -> ExportParams:
+    """The knobs, validated by the params schema (the one list of quantization names)."""
+    knobs = {"quants": list(quants), "outtype": outtype, "name": name, "lora_gguf": lora_gguf,
+             "llama_cpp_dir": str(llama_cpp_dir) if llama_cpp_dir else None, "ollama_name": ollama_name}
+    return validate_params({"export": knobs}, "export_gguf's arguments").export
+
+
+def export_gguf(
+    merged_dir: str | Path,
+    prompts_path: str | Path,
+    out_dir: str | Path,
+    *,
+    quants: Sequence[str] = tuple(DEFAULTS.export.quants),
+    outtype: str = DEFAULTS.export.outtype,
+    name: str = DEFAULTS.export.name,
+    llama_cpp_dir: str | Path | None = DEFAULTS.export.llama_cpp_dir,
+    lora_gguf: bool = DEFAULTS.export.lora_gguf,
+    ollama_name: str | None = DEFAULTS.export.ollama_name,
+    adapter_dir: str | Path | None = None,
+    base_dir: str | Path | None = None,
+    metadata: dict[str, str] | None = None,
+    min_top1_agreement: float = MIN_TOP1_AGREEMENT,
+    max_f32_logit_diff: float = MAX_F32_LOGIT_DIFF,
+) -> dict:
+    """Write ``<name>.<QUANT>.gguf`` per quantization, a Modelfile per task of ``prompts.json``
+    (``Modelfile`` for the first, ``Modelfile.<task>`` for the others) and ``export.json`` into `out_dir`,
+    replacing it as a whole; then ``ollama create`` where ollama is on PATH.
+
+    The first of `quants` is the model: the Modelfiles' ``FROM`` and ``export.json``'s ``model``.
+    `metadata` (string keys, e.g. ``lorapipe.git_commit``; see artifacts.lineage) is written into
+    every GGUF. With `lora_gguf`, ``<name>.lora.gguf`` holds the adapter in `adapter_dir` alone, on
+    `base_dir` (for ``llama-cli --lora``). The converted file must agree with the merged model: top-1
+    next-token agreement of at least `min_top1_agreement` for f32/f16/bf16 (a different choice at a
+    near tie, within TIE_LOGITS of the merged model's best logit, counts as agreeing), and a max
+    |Δlogit| of at most `max_f32_logit_diff` for f32.
+
+    Returns what ``export.json`` holds (``model``, ``files``, ``verification``, …) plus ``ollama``,
+    the commands run. Raises, before writing anything: ValueError (ParamsError) for a bad knob or
+    lora_gguf without adapter_dir and base_dir, or an architecture the converter lacks;
+    FileNotFoundError for an incomplete merged folder; OSError for too little disk. RuntimeError
+    when the converted file disagrees with the merged model (`out_dir` is then left as it was).
+    """
+    knobs = _checked_knobs(quants, outtype, name, llama_cpp_dir, lora_gguf, ollama_name)
+    if knobs.lora_gguf and (adapter_dir is None or base_dir is None):
+        raise ValueError("lora_gguf needs adapter_dir and base_dir (the adapter and the model it was trained on)")
+    merged_dir, out_dir = Path(merged_dir), Path(out_dir)
+    converter, architecture, parameters = _preflight(merged_dir, out_dir, knobs, adapter_dir)
+    prompts, tokenizer = read_json(prompts_path), load_tokenizer(merged_dir)
     modelfiles = {task: "Modelfile" if number == 0 else f"Modelfile.{task}" for number, task in enumerate(prompts)}
     with atomic_dir(out_dir) as tmp:
-        converted = tmp / f"{name}.{outtype.upper()}.gguf"
+        converted = tmp / f"{knobs.name}.{knobs.outtype.upper()}.gguf"
         print(f"[export] converting {merged_dir} ({architecture}, {parameters / 1e6:.0f} M weights) to "
               f"{converted.name}", flush=True)
-        convert_to_gguf(merged_dir, converted, outtype, converter, metadata)
-        check = compare_logits(merged_dir, converted, VERIFY_TEXT)
-        print(f"[export] llama.cpp vs transformers on {check['tokens']} tokens: max |Δlogit| "
-              f"{check['max_abs_diff']:.2e}, top-1 agreement {check['top1_agreement']:.0%}", flush=True)
-        if outtype in ("f32", "f16", "bf16") and check["top1_agreement_beyond_ties"] < min_top1_agreement \
-                or outtype == "f32" and check["max_abs_diff"] > max_f32_logit_diff:
-            raise RuntimeError(f"the converted GGUF disagrees with the merged model: {check}")
+        convert_to_gguf(merged_dir, converted, knobs.outtype, converter, metadata)
+        check = _verify(merged_dir, converted, knobs.outtype, min_top1_agreement, max_f32_logit_diff)
         faults.fault_point("mid")
-        files = {}
-        for quant in quants:
-            target = tmp / f"{name}.{quant}.gguf"
-            if target != converted:
-                print(f"[export] quantizing to {quant}", flush=True)
-                quantize_gguf(converted, target, quant)
-            files[quant] = target.name
-        if converted.name not in files.values():
-            converted.unlink()
-        if lora_gguf:
-            lora = tmp / f"{name}.lora.gguf"
+        files = _quantize_all(converted, tmp, knobs.name, knobs.quants)
+        model = files[knobs.quants[0]]  # the one GGUF that is "the model" (artifacts.model_gguf)
+        if knobs.lora_gguf:
+            lora = tmp / f"{knobs.name}.lora.gguf"
             print(f"[export] converting the adapter {adapter_dir} to {lora.name}", flush=True)
             convert_lora_to_gguf(Path(adapter_dir), Path(base_dir), lora, converter, metadata)
             files["lora"] = lora.name
         for task, modelfile in modelfiles.items():
-            (tmp / modelfile).write_text(modelfile_text(f"./{files[quants[0]]}", tokenizer, prompts[task]))
-        info = {"files": files, "outtype": outtype, "architecture": architecture, "parameters": parameters,
-                "verification": check, "metadata": metadata or {}, "llama_cpp_python": _llama_cpp_version()}
+            (tmp / modelfile).write_text(modelfile_text(f"./{model}", tokenizer, prompts[task]))
+        info = {"model": model, "files": files, "outtype": knobs.outtype, "architecture": architecture,
+                "parameters": parameters, "verification": check, "metadata": metadata or {},
+                "llama_cpp_python": _llama_cpp_version()}
         write_json(tmp / EXPORT_INFO, info)
     print(f"[export] wrote {', '.join(files.values())} and {', '.join(modelfiles.values())} into {out_dir}",
           flush=True)
-    info["ollama"] = ollama_create(out_dir, modelfiles, ollama_name or name)
+    info["ollama"] = ollama_create(out_dir, modelfiles, knobs.ollama_name or knobs.name)
     return info

@@ -253,6 +253,15 @@ class MergeParams(_Section):
     dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description="dtype of the merged weights")
 
 
+# The names `export.quants` accepts (llama.cpp's LLAMA_FTYPE_MOSTLY_<NAME>, plus F32), each with its
+# approximate bits per weight (llama.cpp's quantize table), which the export's disk check uses.
+QUANT_BITS: dict[str, float] = {
+    "F32": 32, "F16": 16, "BF16": 16, "Q8_0": 8.5, "Q6_K": 6.6, "Q5_K_M": 5.7, "Q5_K_S": 5.5, "Q5_1": 6,
+    "Q5_0": 5.5, "Q4_K_M": 4.9, "Q4_K_S": 4.6, "Q4_1": 5, "Q4_0": 4.5, "Q3_K_L": 4.3, "Q3_K_M": 3.9,
+    "Q3_K_S": 3.5, "Q2_K": 3.4,
+}
+
+
 class ExportParams(_Section):
     name: Name = Field("lorapipe", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description=(
         "file stem of the GGUF files (`models/gguf/<name>.<QUANT>.gguf`) and the Ollama model name"))
@@ -270,11 +279,9 @@ class ExportParams(_Section):
     @field_validator("quants")
     @classmethod
     def _known_quants(cls, value: list[str]) -> list[str]:
-        from lorapipe.export import QUANT_TYPES  # the one list of supported names
-
-        bad = [q for q in value if q.upper() not in QUANT_TYPES]
+        bad = [q for q in value if q.upper() not in QUANT_BITS]
         if bad:
-            raise ValueError(f"unknown quantization {bad}; choose from {sorted(QUANT_TYPES)}")
+            raise ValueError(f"unknown quantization {bad}; choose from {sorted(QUANT_BITS)}")
         return [q.upper() for q in value]
 
 

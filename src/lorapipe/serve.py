@@ -1,18 +1,22 @@
 """A local HTTP API over the exported model: `lorapipe serve` (FastAPI on uvicorn).
 
-    lorapipe serve --port 8000          # http://127.0.0.1:8000, the first GGUF in models/gguf
+    lorapipe serve --port 8000          # http://127.0.0.1:8000, the model models/gguf/export.json names
 
-Routes:
+Routes (request bodies are the pydantic models below; a body that is not a JSON object gets 400, a
+field of the wrong type or out of range 422 naming the field):
 - ``GET /status``: health (always open): whether a model is loaded; with the token (if one is set),
   also the model file, the adapter's MLflow run id and params, and the state of the last /train run.
-- ``POST /query``: ``{"prompt": "...", "task": optional, "max_tokens": optional, "constrained": optional}``
-  → ``{"answer": ...}``, with the task's system prompt from ``prompts.json``; ``constrained`` decodes
-  under a grammar built from the server's ``--json-schema`` (as ``eval.constrained`` does).
-- ``POST /v1/chat/completions``: an OpenAI-compatible subset (messages, max_tokens, temperature,
-  stream with server-sent events). Without a system message, the first task's prompt is added.
-- ``POST /train``: ``{"params": {"lora.rank": 8, ...}}`` runs ``dvc repro`` in a separate git worktree,
-  so the served model is untouched; one run at a time (409 otherwise). When it succeeds the server
-  switches to the new GGUF.
+- ``POST /query`` (QueryRequest) → ``{"answer": ...}``, with the task's system prompt from
+  ``prompts.json``; ``constrained`` decodes under a grammar built from the server's ``--json-schema``
+  (as ``eval.constrained`` does).
+- ``POST /v1/chat/completions`` (ChatRequest): an OpenAI-compatible subset (messages, max_tokens,
+  temperature, stream with server-sent events). Without a system message, the first task's prompt is added.
+- ``POST /train`` (TrainRequest): ``{"params": {"lora.rank": 8, ...}}`` runs ``dvc repro`` in a
+  separate git worktree, so the served model is untouched; one run at a time (409 otherwise). When it
+  succeeds the server switches to the new model.
+
+Generation runs in FastAPI's threadpool, never on the event loop, so /status answers while an answer
+is generated; each loaded model has one lock, so one llama.cpp context never runs two requests at once.
 
 ``LORAPIPE_API_TOKEN`` set: every route but the health part of /status needs
 ``Authorization: Bearer <token>`` (401 otherwise). The server listens on 127.0.0.1 unless ``--host``
@@ -21,6 +25,7 @@ names another address, and refuses to do that without the token.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -28,24 +33,30 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
-from fastapi import Depends, FastAPI, HTTPException, Request  # FastAPI reads the annotations by name
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request  # FastAPI reads the annotations by name
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from lorapipe import paths, tracking
+from lorapipe.artifacts import model_gguf, read_provenance
+from lorapipe.params import ParamsError, apply_overrides, validate_params
 
 TOKEN_ENV = "LORAPIPE_API_TOKEN"
+MAX_TOKENS = 131_072  # the most tokens a request may ask for: the longest context params allow (dataset.max_seq_len)
 
 
 class Backend:
-    """The model being served: a GGUF under llama.cpp, or a merged folder under transformers."""
+    """The model being served: a GGUF under llama.cpp, or a merged folder under transformers. Not
+    thread-safe: the server runs it under its LoadedModel's lock."""
 
     def __init__(self, model_path: Path, engine: str = "llama.cpp", n_ctx: int = 2048):
         self.path, self.engine, self.n_ctx = Path(model_path), engine, n_ctx
-        self.lock = threading.Lock()  # one generation at a time
         if engine == "llama.cpp":
             from llama_cpp import Llama
 
@@ -80,227 +91,375 @@ class Backend:
             self.llm.close()
 
 
+class LoadedModel:
+    """A backend the server serves, with its lock: one request at a time runs it."""
+
+    def __init__(self, backend: Backend):
+        self.backend, self.lock, self.closed = backend, threading.Lock(), False
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Backend]:
+        """Hold the lock while the backend is used; 503 when it was replaced while this waited."""
+        with self.lock:
+            if self.closed:
+                raise HTTPException(503, "the model was replaced while this request waited; send it again")
+            yield self.backend
+
+    def close(self) -> None:
+        """Close the backend once the request running on it (if any) is done."""
+        with self.lock:
+            self.closed = True
+            self.backend.close()
+
+
+# --- request bodies -------------------------------------------------------------------------------
+
+def _has_text(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty or blank")
+    return value
+
+
+class _Body(BaseModel):
+    # strict: "lots" is no number and "true" no bool; fields OpenAI clients add (top_p, n, …) are ignored
+    model_config = ConfigDict(strict=True, allow_inf_nan=False)
+
+
+class QueryRequest(_Body):
+    prompt: Annotated[str, AfterValidator(_has_text)] = Field(description="the question")
+    task: str | None = Field(None, description="the task of prompts.json whose system prompt is used; "
+                                               "default: the first")
+    max_tokens: int = Field(128, ge=1, le=MAX_TOKENS, description="tokens to generate at most")
+    constrained: bool = Field(False, description="decode under the grammar of the server's --json-schema")
+
+
+class Message(_Body):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ChatRequest(_Body):
+    messages: list[Message] = Field(min_length=1)
+    model: str | None = Field(None, description="echoed back; default: the served file's name")
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS, description="tokens to generate at most; "
+                                                                        "default 256")
+    temperature: float | None = Field(None, ge=0, le=2, description="0 (the default): greedy")
+    stream: bool = Field(False, description="send the answer as server-sent events")
+    task: str | None = Field(None, description="the task whose system prompt is added when no system "
+                                               "message is given; default: the first")
+    constrained: bool = Field(False, description="decode under the grammar of the server's --json-schema")
+
+    @field_validator("messages")
+    @classmethod
+    def _has_prompt(cls, messages: list[Message]) -> list[Message]:
+        if not any(m.role == "user" and m.content.strip() for m in messages):
+            raise ValueError("the prompt is empty: give a user message with text")
+        return messages
+
+
+class TrainRequest(_Body):
+    params: dict[str, Any] | None = Field(None, description='params overrides by dotted key, e.g. {"lora.rank": 8}')
+
+
+def _field(error: dict) -> str:
+    loc = error["loc"][1:] if error["loc"][:1] == ("body",) else error["loc"]
+    return ".".join(str(part) for part in loc)
+
+
+async def request_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """400 for a body that is not a JSON object; 422 naming each bad field otherwise.
+
+    A body is read as JSON only with ``Content-Type: application/json`` (FastAPI's strict content
+    type): a web page can send text/plain to 127.0.0.1 without asking, but not JSON."""
+    errors = exc.errors()
+    if any(e["type"] == "json_invalid" for e in errors):
+        return JSONResponse({"detail": "the request body is not valid JSON"}, status_code=400)
+    if any(tuple(e["loc"]) == ("body",) and e["type"] != "value_error" for e in errors):
+        sent_json = "json" in request.headers.get("content-type", "")
+        return JSONResponse({"detail": "the request body must be a JSON object"
+                             + ("" if sent_json else ", sent with Content-Type: application/json")}, status_code=400)
+    problems = [{"field": _field(e), "message": e["msg"].removeprefix("Value error, "), "type": e["type"]}
+                for e in errors]
+    return JSONResponse({"detail": "; ".join(f"{p['field']}: {p['message']}" for p in problems),
+                         "errors": problems}, status_code=422)
+
+
+# --- shared state ---------------------------------------------------------------------------------
+
 class TrainRun:
-    """The pipeline run started by POST /train, in its own git worktree."""
+    """The pipeline run started by POST /train, in its own git worktree. Its state is changed by the
+    run's thread and read by requests, always under its lock (`snapshot` gives a copy)."""
 
     def __init__(self, project: Path):
         self.project = project
-        self.state: dict[str, Any] = {"state": "idle"}
-        self.lock = threading.Lock()
+        self._state: dict[str, Any] = {"state": "idle"}
+        self._lock = threading.Lock()
 
-    def start(self, overrides: dict[str, Any], on_success) -> dict[str, Any]:
-        with self.lock:
-            if self.state.get("state") == "running":
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return dict(self._state)
+
+    def _update(self, **changes: Any) -> None:
+        with self._lock:
+            self._state.update(changes)
+
+    def start(self, overrides: dict[str, Any], on_success: Callable[[Path, Path], None]) -> dict[str, Any]:
+        """Start a run in a thread and return its state, or {} when one is running already.
+        `on_success(model, worktree)` is called with the new model's GGUF when it succeeds."""
+        with self._lock:
+            if self._state.get("state") == "running":
                 return {}
             run_id = uuid.uuid4().hex[:8]
-            self.state = {"state": "running", "id": run_id, "params": overrides, "started": time.time(),
-                          "stage": None, "worktree": str(self.project / ".lorapipe-cache" / "serve" / run_id)}
-        threading.Thread(target=self._run, args=(overrides, on_success), daemon=True).start()
-        return dict(self.state)
+            self._state = {"state": "running", "id": run_id, "params": overrides, "started": time.time(),
+                           "stage": None, "worktree": str(self.project / ".lorapipe-cache" / "serve" / run_id)}
+            started = dict(self._state)
+        threading.Thread(target=self._run, args=(Path(started["worktree"]), overrides, on_success),
+                         daemon=True).start()
+        return started
 
-    def _run(self, overrides: dict[str, Any], on_success) -> None:
-        worktree, log = Path(self.state["worktree"]), []
+    def _run(self, worktree: Path, overrides: dict[str, Any], on_success: Callable[[Path, Path], None]) -> None:
+        log: list[str] = []
         env = {**os.environ, "LORAPIPE_HOME": str(self.project)}  # same caches and MLflow store
+        outcome: dict[str, Any] = {}
         try:
-            worktree.parent.mkdir(parents=True, exist_ok=True)
-            subprocess.run(["git", "worktree", "add", "--detach", str(worktree), "HEAD"], cwd=self.project,
-                           check=True, capture_output=True, text=True)
-            subprocess.run(["dvc", "cache", "dir", "--local", str(self.project / ".dvc" / "cache")], cwd=worktree,
-                           check=True, capture_output=True, text=True, env=env)
-            params_file = worktree / paths.PARAMS
-            raw = yaml.safe_load(params_file.read_text()) or {}
-            for dotted, value in overrides.items():
-                section, _, key = dotted.partition(".")
-                raw.setdefault(section, {})[key] = value
-            from lorapipe.params import validate_params
-
-            validate_params(raw, str(params_file))
-            params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
-            process = subprocess.Popen(["dvc", "repro"], cwd=worktree, env=env, stdout=subprocess.PIPE,
-                                       stderr=subprocess.STDOUT, text=True)
-            for line in process.stdout:
-                log.append(line.rstrip())
-                if line.startswith("Running stage"):
-                    self.state["stage"] = line.split("'")[1]
-            code = process.wait()
-            if code != 0:
-                raise RuntimeError(f"dvc repro exited with {code}")
-            model = next(iter(sorted((worktree / paths.GGUF).glob("*.gguf"))), None)
-            if model is None:
-                raise RuntimeError("the run wrote no GGUF")
-            on_success(worktree, model)
-            self.state.update(state="succeeded", model=str(model))
-        except Exception as exc:  # noqa: BLE001 - the failure is reported through /status
-            self.state.update(state="failed", error=str(exc)[-2000:])
+            self._prepare(worktree, overrides, env)
+            self._repro(worktree, env, log)
+            model = model_gguf(worktree / paths.GGUF)
+            on_success(model, worktree)
+            outcome = {"state": "succeeded", "model": str(model)}
+        except Exception as exc:  # noqa: BLE001 - any failure is reported through /status
+            outcome = {"state": "failed", "error": str(exc)[-2000:]}
         finally:
-            self.state.update(finished=time.time(), log_tail=log[-20:])
+            self._update(**outcome, finished=time.time(), log_tail=log[-20:])
+
+    def _prepare(self, worktree: Path, overrides: dict[str, Any], env: dict[str, str]) -> None:
+        """A detached worktree of HEAD sharing the project's DVC cache, its params.yaml overridden."""
+        worktree.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["git", "worktree", "add", "--detach", str(worktree), "HEAD"], cwd=self.project,
+                       check=True, capture_output=True, text=True)
+        subprocess.run(["dvc", "cache", "dir", "--local", str(self.project / ".dvc" / "cache")], cwd=worktree,
+                       check=True, capture_output=True, text=True, env=env)
+        params_file = worktree / paths.PARAMS
+        raw = apply_overrides(yaml.safe_load(params_file.read_text()) or {}, overrides)
+        validate_params(raw, str(params_file))
+        params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+    def _repro(self, worktree: Path, env: dict[str, str], log: list[str]) -> None:
+        process = subprocess.Popen(["dvc", "repro"], cwd=worktree, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)
+        for line in process.stdout:
+            log.append(line.rstrip())
+            if line.startswith("Running stage"):
+                self._update(stage=line.split("'")[1])
+        code = process.wait()
+        if code != 0:
+            raise RuntimeError(f"dvc repro exited with {code}")
 
 
-def create_app(model_path: str | Path | None = None, engine: str = "llama.cpp", project: str | Path = ".",
-               token: str | None = None, json_schema: str | Path | None = None):
-    """The FastAPI application; `model_path` defaults to the first GGUF in models/gguf (or
-    models/merged with the transformers engine). With `json_schema`, requests may ask for
-    ``"constrained": true``: decoding under a llama.cpp grammar built from the schema."""
-    project = Path(project).resolve()
-    token = token if token is not None else os.environ.get(TOKEN_ENV) or None
-    app = FastAPI(title="lorapipe", description=__doc__.split("\n\n")[0])
-    state: dict[str, Any] = {"backend": None, "error": None, "root": project}
-    training = TrainRun(project)
-    schema = json.loads(Path(json_schema).read_text()) if json_schema else None
+class AppState:
+    """What the routes share (``app.state.lorapipe``): the served model, the project it comes from,
+    the token, the JSON schema for constrained decoding and the /train run."""
 
-    def default_model(root: Path) -> Path | None:
-        if engine != "llama.cpp":
+    def __init__(self, project: Path, engine: str, token: str | None, schema: dict | None,
+                 backend_factory: Callable[[Path, str], Backend]):
+        self.project, self.root, self.engine, self.token, self.schema = project, project, engine, token, schema
+        self.backend_factory = backend_factory
+        self.training = TrainRun(project)
+        self.loaded: LoadedModel | None = None
+        self.error: str | None = None
+        self._swap = threading.Lock()
+
+    def default_model(self, root: Path) -> Path | None:
+        """models/merged for the transformers engine; else the GGUF export.json names (None if absent)."""
+        if self.engine != "llama.cpp":
             return root / paths.MERGED
-        return next(iter(sorted((root / paths.GGUF).glob("*.gguf"))), None)
+        try:
+            return model_gguf(root / paths.GGUF)
+        except FileNotFoundError:
+            return None
 
-    def load(path: Path | None, root: Path) -> None:
+    def load(self, path: Path | None, root: Path) -> None:
+        """Serve the model at `path` (of the project or worktree `root`); the previous one is closed
+        once the request running on it is done."""
         if path is None or not Path(path).exists():
-            state.update(backend=None, error=f"no model at {path or root / paths.GGUF}: run `dvc repro` first")
-            return
-        previous = state.get("backend")
-        state.update(backend=Backend(Path(path), engine), error=None, root=root)
+            loaded, error = None, f"no model at {path or root / paths.GGUF}: run `dvc repro` first"
+        else:
+            loaded, error = LoadedModel(self.backend_factory(Path(path), self.engine)), None
+        with self._swap:
+            previous, self.loaded, self.error = self.loaded, loaded, error
+            self.root = root if loaded else self.root
         if previous:
             previous.close()
 
-    load(Path(model_path) if model_path else default_model(project), project)
-
-    def authorized(request: Request) -> bool:
+    def authorized(self, request: Request) -> bool:
         header = request.headers.get("authorization", "")
-        return token is None or secrets.compare_digest(header.encode(), f"Bearer {token}".encode())
+        return self.token is None or secrets.compare_digest(header.encode(), f"Bearer {self.token}".encode())
 
-    def require_token(request: Request) -> None:
-        if not authorized(request):
-            raise HTTPException(401, "missing or wrong bearer token (Authorization: Bearer <LORAPIPE_API_TOKEN>)",
-                                headers={"WWW-Authenticate": "Bearer"})
+    def require_model(self) -> LoadedModel:
+        loaded = self.loaded
+        if loaded is None:
+            raise HTTPException(503, self.error or "no model loaded")
+        return loaded
 
-    def backend() -> Backend:
-        if state["backend"] is None:
-            raise HTTPException(503, state["error"] or "no model loaded")
-        return state["backend"]
-
-    def prompts() -> dict[str, str]:
-        path = state["root"] / paths.PROMPTS
+    def prompts(self) -> dict[str, str]:
+        path = self.root / paths.PROMPTS
         return json.loads(path.read_text()) if path.is_file() else {}
 
-    def run_info() -> dict[str, Any]:
-        root = state["root"]
-        info = root / paths.ADAPTER / paths.RUN_INFO_NAME
-        params = root / paths.ADAPTER / paths.PROVENANCE_NAME
-        return {"adapter_run_id": tracking.read_run_id(info),
-                "params": yaml.safe_load(params.read_text()) if params.is_file() else None}
-
-    async def body(request: Request) -> dict[str, Any]:
+    def run_info(self) -> dict[str, Any]:
+        adapter = self.root / paths.ADAPTER
         try:
-            data = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise HTTPException(400, "the request body is not valid JSON") from None
-        if not isinstance(data, dict):
-            raise HTTPException(400, "the request body must be a JSON object")
-        return data
+            params = read_provenance(adapter)
+        except FileNotFoundError:
+            params = None
+        return {"adapter_run_id": tracking.read_run_id(adapter / paths.RUN_INFO_NAME), "params": params}
 
-    def checked(messages: list[dict], max_tokens: int) -> list[dict]:
-        model = backend()
-        if not messages or not all(isinstance(m, dict) and isinstance(m.get("content"), str)
-                                   and m.get("role") in ("system", "user", "assistant") for m in messages):
-            raise HTTPException(422, "messages must be a non-empty list of {role: system|user|assistant, content}")
-        if not any(m["role"] == "user" and m["content"].strip() for m in messages):
-            raise HTTPException(422, "the prompt is empty")
-        used = model.prompt_tokens(messages)
-        if used + max_tokens > model.n_ctx:
-            raise HTTPException(413, f"the prompt is {used} tokens and {max_tokens} more are asked for, but the "
-                                     f"model's context holds {model.n_ctx}: shorten the prompt or max_tokens")
-        return messages
-
-    def grammar(data: dict[str, Any]):
-        if not data.get("constrained"):
+    def grammar(self, constrained: bool):
+        """The llama.cpp grammar of the server's schema for a constrained request, else None."""
+        if not constrained:
             return None
-        if schema is None:
+        if self.schema is None:
             raise HTTPException(422, "constrained decoding needs a schema: start the server with --json-schema FILE")
-        if engine != "llama.cpp":
+        if self.engine != "llama.cpp":
             raise HTTPException(422, "constrained decoding needs the llama.cpp engine (serve a GGUF)")
         from llama_cpp import LlamaGrammar
 
-        return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+        return LlamaGrammar.from_json_schema(json.dumps(self.schema), verbose=False)
 
-    def with_system(messages: list[dict], task: str | None) -> list[dict]:
-        if messages and messages[0].get("role") == "system":
+    def with_system(self, messages: list[dict], task: str | None) -> list[dict]:
+        """`messages` led by the task's system prompt from prompts.json, unless they start with one."""
+        if messages and messages[0]["role"] == "system":
             return messages
-        known = prompts()
+        known = self.prompts()
         if task is not None and task not in known:
             raise HTTPException(422, f"unknown task {task!r}; known: {sorted(known)}")
         system = known.get(task) if task else next(iter(known.values()), None)
         return ([{"role": "system", "content": system}] if system else []) + messages
 
-    @app.get("/status")
-    def status(request: Request):
-        health = {"status": "ok" if state["backend"] else "no model", "model_loaded": state["backend"] is not None}
-        if not authorized(request):
-            return health
-        model = state["backend"]
-        return {**health, "error": state["error"], "model": str(model.path) if model else None,
-                "engine": engine, **run_info(), "train": {k: v for k, v in training.state.items()}}
 
-    @app.post("/query", dependencies=[Depends(require_token)])
-    async def query(request: Request):
-        data = await body(request)
-        prompt = data.get("prompt")
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise HTTPException(422, "prompt must be a non-empty string")
-        max_tokens = int(data.get("max_tokens", 128))
-        messages = checked(with_system([{"role": "user", "content": prompt}], data.get("task")), max_tokens)
-        model, rules = backend(), grammar(data)
-        with model.lock:
-            answer = "".join(model.complete(messages, max_tokens, grammar=rules)).strip()
-        return {"answer": answer, "model": model.path.name, "system": messages[0]["content"]
-                if messages[0]["role"] == "system" else None}
+def _check_fits(model: Backend, messages: list[dict], max_tokens: int) -> None:
+    used = model.prompt_tokens(messages)
+    if used + max_tokens > model.n_ctx:
+        raise HTTPException(413, f"the prompt is {used} tokens and {max_tokens} more are asked for, but the "
+                                 f"model's context holds {model.n_ctx}: shorten the prompt or max_tokens")
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(require_token)])
-    async def chat_completions(request: Request):
-        data = await body(request)
-        max_tokens = int(data.get("max_tokens") or 256)
-        temperature = float(data.get("temperature") or 0.0)
-        messages = data.get("messages")
-        if not isinstance(messages, list):
-            raise HTTPException(422, "messages must be a list")
-        messages = checked(with_system(messages, data.get("task")), max_tokens)
-        model, rules = backend(), grammar(data)
-        created, completion_id = int(time.time()), f"chatcmpl-{uuid.uuid4().hex[:12]}"
-        name = data.get("model") or model.path.name
 
-        def chunk(delta: dict, finish: str | None = None) -> str:
-            return "data: " + json.dumps({"id": completion_id, "object": "chat.completion.chunk", "created": created,
-                                          "model": name, "choices": [{"index": 0, "delta": delta,
-                                                                      "finish_reason": finish}]}) + "\n\n"
+# --- routes ---------------------------------------------------------------------------------------
 
-        if data.get("stream"):
-            def events():
-                with model.lock:
-                    yield chunk({"role": "assistant"})
-                    for piece in model.complete(messages, max_tokens, temperature, rules):
-                        yield chunk({"content": piece})
-                    yield chunk({}, "stop")
-                    yield "data: [DONE]\n\n"
+def app_state(request: Request) -> AppState:
+    return request.app.state.lorapipe
 
-            return StreamingResponse(events(), media_type="text/event-stream")
-        with model.lock:
-            answer = "".join(model.complete(messages, max_tokens, temperature, rules)).strip()
-        return JSONResponse({"id": completion_id, "object": "chat.completion", "created": created, "model": name,
-                             "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
-                                          "finish_reason": "stop"}]})
 
-    @app.post("/train", dependencies=[Depends(require_token)])
-    async def train(request: Request):
-        data = await body(request)
-        overrides = data.get("params") or {}
-        if not isinstance(overrides, dict):
-            raise HTTPException(422, 'params must be an object of dotted keys, e.g. {"lora.rank": 8}')
-        if not (project / ".git").exists():
-            raise HTTPException(409, f"{project} is not a git repository: /train needs one for its worktree")
-        started = training.start(overrides, lambda root, model: load(model, root))
-        if not started:
-            raise HTTPException(409, "a training run is already in progress; see GET /status")
-        return JSONResponse(started, status_code=202)
+State = Annotated[AppState, Depends(app_state)]
 
+
+def require_token(request: Request, state: State) -> None:
+    if not state.authorized(request):
+        raise HTTPException(401, "missing or wrong bearer token (Authorization: Bearer <LORAPIPE_API_TOKEN>)",
+                            headers={"WWW-Authenticate": "Bearer"})
+
+
+router = APIRouter()
+AUTHORIZED = [Depends(require_token)]
+CHAT_MAX_TOKENS = 256  # /v1/chat/completions' default max_tokens
+
+
+@router.get("/status")
+async def status(request: Request, state: State) -> dict[str, Any]:
+    """Health for anyone; details with the token. Async and lock-free: it answers during a generation."""
+    loaded = state.loaded
+    health = {"status": "ok" if loaded else "no model", "model_loaded": loaded is not None}
+    if not state.authorized(request):
+        return health
+    return {**health, "error": state.error, "model": str(loaded.backend.path) if loaded else None,
+            "engine": state.engine, **state.run_info(), "train": state.training.snapshot()}
+
+
+@router.post("/query", dependencies=AUTHORIZED)
+def query(body: QueryRequest, state: State) -> dict[str, Any]:
+    loaded = state.require_model()
+    messages = state.with_system([{"role": "user", "content": body.prompt}], body.task)
+    rules = state.grammar(body.constrained)
+    with loaded.session() as model:
+        _check_fits(model, messages, body.max_tokens)
+        answer = "".join(model.complete(messages, body.max_tokens, grammar=rules)).strip()
+    return {"answer": answer, "model": model.path.name,
+            "system": messages[0]["content"] if messages[0]["role"] == "system" else None}
+
+
+def _chunk(head: dict[str, Any], delta: dict, finish: str | None = None) -> str:
+    return "data: " + json.dumps({**head, "object": "chat.completion.chunk",
+                                  "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}) + "\n\n"
+
+
+def _events(loaded: LoadedModel, head: dict[str, Any], messages: list[dict], max_tokens: int, temperature: float,
+            rules) -> Iterator[str]:
+    """Server-sent events of one answer; Starlette iterates this in its threadpool."""
+    try:
+        with loaded.session() as model:
+            yield _chunk(head, {"role": "assistant"})
+            for piece in model.complete(messages, max_tokens, temperature, rules):
+                yield _chunk(head, {"content": piece})
+            yield _chunk(head, {}, "stop")
+    except HTTPException as exc:  # the model was replaced: the status line is sent already
+        yield "data: " + json.dumps({"error": {"message": exc.detail}}) + "\n\n"
+    yield "data: [DONE]\n\n"
+
+
+@router.post("/v1/chat/completions", dependencies=AUTHORIZED)
+def chat_completions(body: ChatRequest, state: State):
+    loaded = state.require_model()
+    max_tokens, temperature = body.max_tokens or CHAT_MAX_TOKENS, body.temperature or 0.0
+    messages = state.with_system([m.model_dump() for m in body.messages], body.task)
+    rules = state.grammar(body.constrained)
+    head = {"id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "created": int(time.time()),
+            "model": body.model or loaded.backend.path.name}
+    if body.stream:
+        with loaded.session() as model:  # a 413 must come before the stream starts
+            _check_fits(model, messages, max_tokens)
+        return StreamingResponse(_events(loaded, head, messages, max_tokens, temperature, rules),
+                                 media_type="text/event-stream")
+    with loaded.session() as model:
+        _check_fits(model, messages, max_tokens)
+        answer = "".join(model.complete(messages, max_tokens, temperature, rules)).strip()
+    return {**head, "object": "chat.completion",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}]}
+
+
+@router.post("/train", dependencies=AUTHORIZED, status_code=202)
+def train(body: TrainRequest, state: State) -> dict[str, Any]:
+    overrides = body.params or {}
+    if not (state.project / ".git").exists():
+        raise HTTPException(409, f"{state.project} is not a git repository: /train needs one for its worktree")
+    params_file = state.project / paths.PARAMS
+    if params_file.is_file():  # refuse bad overrides now; the run validates its worktree's params again
+        try:
+            validate_params(apply_overrides(yaml.safe_load(params_file.read_text()) or {}, overrides),
+                            f"{paths.PARAMS} with these overrides")
+        except ParamsError as exc:
+            raise HTTPException(422, str(exc)) from None
+    started = state.training.start(overrides, lambda model, worktree: state.load(model, worktree))
+    if not started:
+        raise HTTPException(409, "a training run is already in progress; see GET /status")
+    return started
+
+
+def create_app(model_path: str | Path | None = None, *, engine: str = "llama.cpp", project: str | Path = ".",
+               token: str | None = None, json_schema: str | Path | None = None,
+               backend_factory: Callable[[Path, str], Backend] = Backend) -> FastAPI:
+    """The FastAPI application. `model_path` defaults to the GGUF ``models/gguf/export.json`` names
+    (or models/merged with the transformers engine); without one the server still starts, reports
+    "no model" and answers 503. `token` defaults to LORAPIPE_API_TOKEN. With `json_schema` (a file),
+    requests may ask for ``"constrained": true``: decoding under a llama.cpp grammar built from it.
+    `backend_factory(path, engine)` loads a model (tests pass a fake)."""
+    project = Path(project).resolve()
+    token = token if token is not None else os.environ.get(TOKEN_ENV) or None
+    schema = json.loads(Path(json_schema).read_text()) if json_schema else None
+    state = AppState(project, engine, token, schema, backend_factory)
+    state.load(Path(model_path) if model_path else state.default_model(project), project)
+    app = FastAPI(title="lorapipe", description=__doc__.split("\n\n")[0])
+    app.state.lorapipe = state
+    app.add_exception_handler(RequestValidationError, request_error)
+    app.include_router(router)
     return app
 
 
@@ -324,17 +483,18 @@ def serve(host: str = "127.0.0.1", port: int = 8000, model_path: str | Path | No
         raise ValueError(f"refusing to listen on {host} without {TOKEN_ENV}: anyone who can reach it could query "
                          f"the model and start training runs. Set {TOKEN_ENV} to a secret, or keep the default "
                          "--host 127.0.0.1")
-    app = create_app(model_path, engine, json_schema=json_schema)
+    app = create_app(model_path, engine=engine, json_schema=json_schema)
     print(f"[serve] http://{host}:{port} (GET /status, POST /query, POST /v1/chat/completions, POST /train)",
           flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
-def chat_loop(model_path: str | Path | None = None, max_tokens: int = 256) -> None:
-    """`lorapipe chat`: talk to the exported model in the terminal (empty line or Ctrl-D quits)."""
-    gguf = Path(model_path) if model_path else next(iter(sorted(paths.GGUF.glob("*.gguf"))), None)
-    if gguf is None or not gguf.is_file():
-        raise FileNotFoundError(f"no GGUF in {paths.GGUF}: run `dvc repro` first (or pass --gguf)")
+def chat_loop(model_path: str | Path | None = None, max_tokens: int = CHAT_MAX_TOKENS) -> None:
+    """`lorapipe chat`: talk to the exported model in the terminal (empty line or Ctrl-D quits).
+    `model_path` defaults to the GGUF models/gguf/export.json names; FileNotFoundError without one."""
+    gguf = Path(model_path) if model_path else model_gguf(paths.GGUF)
+    if not gguf.is_file():
+        raise FileNotFoundError(f"no GGUF at {gguf} (--gguf)")
     known = json.loads(paths.PROMPTS.read_text()) if paths.PROMPTS.is_file() else {}
     messages = [{"role": "system", "content": next(iter(known.values()))}] if known else []
     model = Backend(gguf)

@@ -1,0 +1,28 @@
+"""llama.cpp on a GGUF file, shared by the export check and the evaluate stages.
+
+    from lorapipe.llama import gguf_logits
+    gguf_logits("models/gguf/lorapipe.Q4_K_M.gguf", [[1, 2, 3]])   # [array of shape (3, vocab)]
+
+Its own module so that evaluate does not import export (nor rerun when Modelfile code changes).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def gguf_logits(gguf_path: str | Path, sequences: list[list[int]]) -> list:
+    """llama.cpp's logits for each token sequence: one float32 array of shape (tokens, vocabulary)
+    per sequence, loading the model once with a context just long enough for the longest."""
+    import numpy as np
+    from llama_cpp import Llama
+
+    n_ctx = max(map(len, sequences)) + 8
+    llm = Llama(str(gguf_path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True, verbose=False)
+    out = []
+    for ids in sequences:
+        llm.reset()
+        llm.eval(ids)
+        out.append(np.array(llm.scores[: len(ids)], dtype=np.float32))
+    llm.close()
+    return out
