@@ -123,27 +123,3 @@ def test_wrong_token_is_refused_and_never_printed(tmp_path):
         assert run.returncode == 2 and "the Hub refused the token from HF_TOKEN (or .env)" in run.stderr
         assert secret not in run.stdout + run.stderr
     assert f"Bearer {secret}" in hub.seen and f"Bearer {secret}x" in hub.seen  # both tokens were sent
-
-
-def test_sequence_nll_in_padded_batches_equals_one_sequence_at_a_time():
-    import pytest
-
-    from lorapipe.models import sequence_nll
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2)).eval()
-    sequences = []
-    for n in (5, 9, 17, 3, 12, 2):
-        ids = torch.randint(0, 100, (n,)).tolist()
-        sequences.append((ids, [-100] * (n // 2) + ids[n // 2:]))
-    sequences.append(([1, 2, 3], [-100, -100, -100]))  # no token carries loss
-    reference, tokens = 0.0, 0
-    for ids, labels in sequences:
-        scored = sum(x != -100 for x in labels[1:])
-        if scored:
-            loss = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss.item()
-            reference, tokens = reference + loss * scored, tokens + scored
-    nll, count = sequence_nll(model, sequences, batch_size=4)
-    assert count == tokens and nll == pytest.approx(reference, rel=1e-5)

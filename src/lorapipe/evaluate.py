@@ -19,17 +19,16 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 from lorapipe import faults
 from lorapipe.artifacts import export_ggufs, model_gguf
 from lorapipe.io import atomic_outputs, read_json, read_jsonl, write_json, write_jsonl, write_text_atomic
 from lorapipe.llama import gguf_logits
-from lorapipe.models import load_causal_lm, load_tokenizer, sequence_nll
+from lorapipe.models import load_causal_lm, load_tokenizer
 from lorapipe.params import DEFAULTS
 from lorapipe.rows import IGNORE, tokenize_row
-from lorapipe.scoring import is_json_task, score_answers
+from lorapipe.scoring import is_json_task, perplexity, score_answers, sequence_nll
 
 
 def _val_sequences(val_path: Path, tokenizer, max_samples: int) -> list[tuple[list[int], list[int]]]:
@@ -43,7 +42,7 @@ def _val_sequences(val_path: Path, tokenizer, max_samples: int) -> list[tuple[li
 
 def _summary(nll: float, count: int) -> dict[str, float]:
     loss = nll / max(count, 1)
-    return {"loss": round(loss, 6), "perplexity": round(math.exp(min(loss, 50)), 4), "tokens": count}
+    return {"loss": round(loss, 6), "perplexity": round(perplexity(loss), 4), "tokens": count}
 
 
 def hf_perplexity(model_dir: str | Path, sequences: list[tuple[list[int], list[int]]]) -> dict[str, float]:

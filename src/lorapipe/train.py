@@ -36,11 +36,11 @@ from lorapipe import faults, paths
 from lorapipe.checkpoints import Checkpoints, fingerprint
 from lorapipe.hardware import resolve_device, resolve_load_in_4bit, resolve_precision
 from lorapipe.io import atomic_outputs, read_json, read_jsonl, write_json, write_provenance, write_text_atomic
-from lorapipe.models import copy_tokenizer, load_tokenizer, sequence_nll
+from lorapipe.models import copy_tokenizer, load_tokenizer
 from lorapipe.params import DEFAULTS, LoraParams, QuantParams, TrainParams
 from lorapipe.plan import Fit, check_fit, preset, training_steps
 from lorapipe.rows import loss_tokens, pack_text, tokenize_row, tokenize_seq2seq, truncate
-from lorapipe.scoring import perplexity
+from lorapipe.scoring import perplexity, sequence_nll
 
 Pairs = list[tuple[list[int], list[int]]]  # (input ids, labels) per row; label -100: no loss
 
