@@ -56,8 +56,10 @@ def main() -> None:
             truth = (args.corpus / "groundtruth" / f"{doc.stem}.md").read_text()
             score = similarity(clean_pages(result["pages"], result["paged"]), truth)
             name = result["extractor"] if kind != "pdf" else backend
-            lines.append(f"| {name} | {doc.name} | {len(result['pages'])} | {score:.3f} | "
-                         f"{statistics.median(speeds):.1f} ({min(speeds):.1f}–{max(speeds):.1f}) |")
+            lines.append(
+                f"| {name} | {doc.name} | {len(result['pages'])} | {score:.3f} | "
+                f"{statistics.median(speeds):.1f} ({min(speeds):.1f}–{max(speeds):.1f}) |"
+            )
     if "docling" not in backends:
         lines.append("| docling (layout models) | – | – | not installed here (`lorapipe[layout]`) | – |")
     stage = []
@@ -65,12 +67,19 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             started = time.perf_counter()
             with contextlib.redirect_stdout(io.StringIO()):  # keep the stage's summary out of the report
-                manifest = extract_documents(args.corpus / "docs", Path(tmp) / "out", workers=workers,
-                                             resume=False, cache_dir=Path(tmp) / "cache")
+                manifest = extract_documents(
+                    args.corpus / "docs",
+                    Path(tmp) / "out",
+                    workers=workers,
+                    resume=False,
+                    cache_dir=Path(tmp) / "cache",
+                )
             seconds = time.perf_counter() - started
             pages = sum(row["pages"] or 0 for row in manifest)
-            stage.append(f"- whole stage, `extract.workers: {workers}`, cold cache: {len(manifest)} files, "
-                         f"{pages} PDF pages in {seconds:.1f} s (worker start-up and docling import included)")
+            stage.append(
+                f"- whole stage, `extract.workers: {workers}`, cold cache: {len(manifest)} files, "
+                f"{pages} PDF pages in {seconds:.1f} s (worker start-up and docling import included)"
+            )
     print("\n".join(lines + [""] + stage))
 
 

@@ -16,8 +16,10 @@ import time
 from pathlib import Path
 
 LABELED = Path(__file__).resolve().parents[1].parent / "shared" / "labeled"
-SYSTEM = ("Analyse the user's query. Answer only with JSON: {\"intent\": one of AddToPlaylist, BookRestaurant, "
-          "GetWeather, PlayMusic, RateBook, SearchCreativeWork, SearchScreeningEvent, \"slots\": {name: value}}.")
+SYSTEM = (
+    'Analyse the user\'s query. Answer only with JSON: {"intent": one of AddToPlaylist, BookRestaurant, '
+    'GetWeather, PlayMusic, RateBook, SearchCreativeWork, SearchScreeningEvent, "slots": {name: value}}.'
+)
 
 
 def main() -> None:
@@ -43,8 +45,17 @@ def main() -> None:
         (tmp / "labeled").mkdir()
         shutil.copy(LABELED / "snips_queries.jsonl", tmp / "labeled")
         base = prepare_base_model("smollm2-135m-instruct", tmp / "base")
-        stats = build_dataset(tmp / "text", base, tmp / "data", labeled_dir=tmp / "labeled", mode="chat",
-                              max_seq_len=256, val_fraction=0.1, seed=42, system_prompt=SYSTEM)
+        stats = build_dataset(
+            tmp / "text",
+            base,
+            tmp / "data",
+            labeled_dir=tmp / "labeled",
+            mode="chat",
+            max_seq_len=256,
+            val_fraction=0.1,
+            seed=42,
+            system_prompt=SYSTEM,
+        )
         rows = chat_rows(tmp / "data" / "val.jsonl", args.eval_rows)
         requests = evaluation_requests(rows, json.loads((tmp / "data" / "prompts.json").read_text()))
         conversations, expected = [m for m, _ in requests], [e for _, e in requests]
@@ -53,31 +64,55 @@ def main() -> None:
         base_answers = hf_answers(base, conversations, 96)
         base_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        result = train_lora(tmp / "data", base, tmp / "adapter", lora=LoraParams(rank=16, alpha=32),
-                            train=TrainParams(lr=3e-4, batch_size=args.batch_size, max_steps=args.max_steps,
-                                              warmup_steps=4, log_every=10, eval_steps=0, save_steps=0,
-                                              resume="never"))
+        result = train_lora(
+            tmp / "data",
+            base,
+            tmp / "adapter",
+            lora=LoraParams(rank=16, alpha=32),
+            train=TrainParams(
+                lr=3e-4,
+                batch_size=args.batch_size,
+                max_steps=args.max_steps,
+                warmup_steps=4,
+                log_every=10,
+                eval_steps=0,
+                save_steps=0,
+                resume="never",
+            ),
+        )
         train_seconds = time.perf_counter() - started
         merged = merge_adapter(base, tmp / "adapter", tmp / "merged")
         tuned_answers = hf_answers(merged, conversations, 96)
 
-        scores = {"base": score_answers(base_answers, expected, schema),
-                  "fine-tuned": score_answers(tuned_answers, expected, schema)}
-        print(f"- data: {stats['rows']['train']} training and {stats['rows']['val']} held-back queries "
-              f"(../shared/labeled, 7 intents); {len(rows)} held-back rows scored, greedy, ≤96 new tokens")
-        print(f"- training: LoRA r16 on every projection, {result.metrics.steps} steps × {args.batch_size} rows, "
-              f"lr 3e-4, {result.resolved.precision}, {train_seconds:.0f} s "
-              f"({result.metrics.tokens_per_second:.0f} tokens/s); "
-              f"base answers took {base_seconds:.0f} s")
-        print("\n| model | JSON parses | schema-valid | intent accuracy | slot precision | slot recall | slot F1 "
-              "| exact match |\n|---|---|---|---|---|---|---|---|")
+        scores = {
+            "base": score_answers(base_answers, expected, schema),
+            "fine-tuned": score_answers(tuned_answers, expected, schema),
+        }
+        print(
+            f"- data: {stats['rows']['train']} training and {stats['rows']['val']} held-back queries "
+            f"(../shared/labeled, 7 intents); {len(rows)} held-back rows scored, greedy, ≤96 new tokens"
+        )
+        print(
+            f"- training: LoRA r16 on every projection, {result.metrics.steps} steps × {args.batch_size} rows, "
+            f"lr 3e-4, {result.resolved.precision}, {train_seconds:.0f} s "
+            f"({result.metrics.tokens_per_second:.0f} tokens/s); "
+            f"base answers took {base_seconds:.0f} s"
+        )
+        print(
+            "\n| model | JSON parses | schema-valid | intent accuracy | slot precision | slot recall | slot F1 "
+            "| exact match |\n|---|---|---|---|---|---|---|---|"
+        )
         for name, score in scores.items():
             j = score["json"]
-            print(f"| {name} | {j['json_parse_rate']:.0%} | {j['schema_valid_rate']:.0%} | "
-                  f"{j['intent_accuracy']:.0%} | {j['slots']['precision']:.2f} | {j['slots']['recall']:.2f} | "
-                  f"{j['slots']['f1']:.2f} | {score['exact_match']:.0%} |")
-        print(f"\n- example: {conversations[0][-1]['content']!r}\n  - base: {base_answers[0][:160]!r}\n"
-              f"  - fine-tuned: {tuned_answers[0][:160]!r}\n  - expected: {expected[0]!r}")
+            print(
+                f"| {name} | {j['json_parse_rate']:.0%} | {j['schema_valid_rate']:.0%} | "
+                f"{j['intent_accuracy']:.0%} | {j['slots']['precision']:.2f} | {j['slots']['recall']:.2f} | "
+                f"{j['slots']['f1']:.2f} | {score['exact_match']:.0%} |"
+            )
+        print(
+            f"\n- example: {conversations[0][-1]['content']!r}\n  - base: {base_answers[0][:160]!r}\n"
+            f"  - fine-tuned: {tuned_answers[0][:160]!r}\n  - expected: {expected[0]!r}"
+        )
         sys.stdout.flush()
 
 

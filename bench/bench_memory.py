@@ -16,8 +16,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-CONFIGS = [("bundled", 4, 512, "bf16"), ("bundled", 4, 512, "fp32"), ("bundled", 1, 512, "fp32"),
-           ("bundled", 4, 256, "fp32"), ("tiny", 4, 64, "fp32")]
+CONFIGS = [
+    ("bundled", 4, 512, "bf16"),
+    ("bundled", 4, 512, "fp32"),
+    ("bundled", 1, 512, "fp32"),
+    ("bundled", 4, 256, "fp32"),
+    ("tiny", 4, 64, "fp32"),
+]
 
 TRAIN = """
 import json, re, sys
@@ -37,7 +42,7 @@ def dataset(folder: Path, max_seq_len: int) -> Path:
     from lorapipe.io import write_json, write_jsonl
 
     text = "\n\n".join(p.read_text() for p in sorted(Path("data/raw/docs").glob("*.md"))) or "lorapipe " * 2000
-    rows = [{"text": text[i * 500:] + text[: i * 500], "source": f"row{i}", "task": "text"} for i in range(8)]
+    rows = [{"text": text[i * 500 :] + text[: i * 500], "source": f"row{i}", "task": "text"} for i in range(8)]
     folder.mkdir(parents=True)
     write_jsonl(folder / "train.jsonl", rows)
     write_jsonl(folder / "val.jsonl", rows[:2])
@@ -51,9 +56,17 @@ def tiny_model(base: Path, out: Path) -> Path:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(base)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -71,17 +84,33 @@ def main() -> None:
         print("| model | batch × seq | precision | measured GiB | estimated GiB | error |\n|---|---|---|---|---|---|")
         for name, batch, length, precision in CONFIGS:
             data = dataset(Path(tmp) / f"data-{name}-{batch}-{length}-{precision}", length)
-            run = subprocess.run([sys.executable, "-c", TRAIN, str(data), str(models[name]), str(Path(tmp) / "out"),
-                                  str(batch), precision], capture_output=True, text=True)
+            run = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    TRAIN,
+                    str(data),
+                    str(models[name]),
+                    str(Path(tmp) / "out"),
+                    str(batch),
+                    precision,
+                ],
+                capture_output=True,
+                text=True,
+            )
             if run.returncode != 0:
-                print(f"| {name} | {batch} × {length} | {precision} | failed: "
-                      f"{run.stderr.strip().splitlines()[-1]} | | |")
+                print(
+                    f"| {name} | {batch} × {length} | {precision} | failed: {run.stderr.strip().splitlines()[-1]} | | |"
+                )
                 continue
             measured = json.loads(run.stdout.strip().splitlines()[-1])
             settings = training_settings(length, 16, "auto", False, precision, "cpu")
             estimate = estimate_memory_gib(load_facts(str(models[name])), batch_size=batch, **settings)["total"]
-            print(f"| {name} | {batch} × {length} | {precision} | {measured:.2f} | {estimate:.2f} | "
-                  f"{(estimate - measured) / measured:+.1%} |", flush=True)
+            print(
+                f"| {name} | {batch} × {length} | {precision} | {measured:.2f} | {estimate:.2f} | "
+                f"{(estimate - measured) / measured:+.1%} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -38,9 +38,16 @@ def build(folder: Path) -> tuple[Path, Path]:
 
     gguf = bundled_gguf("smollm2-135m-instruct")
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
-                         num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048,
-                         architectures=["LlamaForCausalLM"])
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=22,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        max_position_embeddings=2048,
+        architectures=["LlamaForCausalLM"],
+    )
     torch.manual_seed(0)
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
@@ -50,7 +57,9 @@ def build(folder: Path) -> tuple[Path, Path]:
     base = folder / "base"
     model.save_pretrained(base, max_shard_size="2GB")
     tokenizer.save_pretrained(base)
-    adapter = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", init_lora_weights=False))
+    adapter = get_peft_model(
+        model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", init_lora_weights=False)
+    )
     adapter.save_pretrained(folder / "adapter")
     tokenizer.save_pretrained(folder / "adapter")
     return base, folder / "adapter"
@@ -61,20 +70,30 @@ def main() -> None:
         base, adapter = build(Path(tmp))
         weights = sum(f.stat().st_size for f in base.glob("*.safetensors")) / 2**30
         parameters = weights * 2**30 / 2
-        print(f"- random Llama, {parameters / 1e9:.2f} B parameters, float16 weights {weights:.2f} GB "
-              f"(sharded at 2 GB), LoRA r16 on every projection")
-        print("| merge.dtype | peak GB | runtime baseline GB | peak − baseline | (peak − baseline) / weights | "
-              "seconds |\n|---|---|---|---|---|---|")
+        print(
+            f"- random Llama, {parameters / 1e9:.2f} B parameters, float16 weights {weights:.2f} GB "
+            f"(sharded at 2 GB), LoRA r16 on every projection"
+        )
+        print(
+            "| merge.dtype | peak GB | runtime baseline GB | peak − baseline | (peak − baseline) / weights | "
+            "seconds |\n|---|---|---|---|---|---|"
+        )
         for dtype in ("float16", "bfloat16"):
-            run = subprocess.run([sys.executable, "-c", MERGE, str(base), str(adapter), str(Path(tmp) / dtype), dtype],
-                                 capture_output=True, text=True)
+            run = subprocess.run(
+                [sys.executable, "-c", MERGE, str(base), str(adapter), str(Path(tmp) / dtype), dtype],
+                capture_output=True,
+                text=True,
+            )
             if run.returncode != 0:
                 print(f"| {dtype} | failed: {run.stderr.strip().splitlines()[-1]} | | | | |")
                 continue
             m = json.loads(run.stdout.strip().splitlines()[-1])
             size = weights  # both are 2 bytes per weight
-            print(f"| {dtype} | {m['peak']:.2f} | {m['baseline']:.2f} | {m['peak'] - m['baseline']:.2f} | "
-                  f"{(m['peak'] - m['baseline']) / size:.2f} | {m['seconds']:.0f} |", flush=True)
+            print(
+                f"| {dtype} | {m['peak']:.2f} | {m['baseline']:.2f} | {m['peak'] - m['baseline']:.2f} | "
+                f"{(m['peak'] - m['baseline']) / size:.2f} | {m['seconds']:.0f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

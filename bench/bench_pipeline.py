@@ -108,27 +108,35 @@ def dataset_speed(repo: Path) -> list[str]:
     of ../shared/labeled where that folder exists."""
     from lorapipe import build_dataset
 
-    cases = [("sample corpus (data/raw: text chunks, and chat rows of any labeled file there)",
-              repo / "data" / "raw" / "labeled")]
+    cases = [
+        (
+            "sample corpus (data/raw: text chunks, and chat rows of any labeled file there)",
+            repo / "data" / "raw" / "labeled",
+        )
+    ]
     shared = ROOT.parent / "shared" / "labeled"
     if (shared / "snips_queries.jsonl").is_file():
         cases.append(("sample corpus text + the 700 Snips queries as chat rows (../shared/labeled)", shared))
     out = []
     for label, labeled in cases:
         with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
-            build_dataset(repo / "data" / "extracted_text", repo / "models" / "base", Path(tmp) / "warm",
-                          labeled_dir=labeled)  # the tokenizer's first load is not counted
+            build_dataset(
+                repo / "data" / "extracted_text", repo / "models" / "base", Path(tmp) / "warm", labeled_dir=labeled
+            )  # the tokenizer's first load is not counted
             times = []
             for _ in range(3):
                 started = time.perf_counter()
-                stats = build_dataset(repo / "data" / "extracted_text", repo / "models" / "base",
-                                      Path(tmp) / "out", labeled_dir=labeled)
+                stats = build_dataset(
+                    repo / "data" / "extracted_text", repo / "models" / "base", Path(tmp) / "out", labeled_dir=labeled
+                )
                 times.append(time.perf_counter() - started)
         tokens = stats["tokens"]["train"] + stats["tokens"]["val"]
         rows = stats["rows"]["train"] + stats["rows"]["val"]
         rates = [tokens / t for t in times]
-        out.append(f"| {label} | {rows} | {tokens} | {statistics.median(times):.2f} | "
-                   f"{statistics.median(rates):,.0f} ({min(rates):,.0f}–{max(rates):,.0f}) |")
+        out.append(
+            f"| {label} | {rows} | {tokens} | {statistics.median(times):.2f} | "
+            f"{statistics.median(rates):,.0f} ({min(rates):,.0f}–{max(rates):,.0f}) |"
+        )
     return out
 
 
@@ -152,34 +160,50 @@ def main() -> None:
 
         full = run_watched([str(BIN / "dvc"), "repro"], repo, env, {})
         merged, base = size_gb(repo / "models" / "merged"), size_gb(repo / "models" / "base")
-        print(f"- whole `dvc repro` from scratch (bundled SmolLM2-135M, 3 training steps, 8 evaluation rows): "
-              f"{full['seconds']:.0f} s\n")
+        print(
+            f"- whole `dvc repro` from scratch (bundled SmolLM2-135M, 3 training steps, 8 evaluation rows): "
+            f"{full['seconds']:.0f} s\n"
+        )
         print("| stage | seconds | peak memory GB (its processes) |\n|---|---|---|")
         for name, stage in full["stages"].items():
             print(f"| {name} | {stage['seconds']:.1f} | {stage['peak_gb']:.2f} |")
-        print(f"\n- merge: {full['stages']['merge']['seconds'] / merged:.1f} s per GB of merged weights "
-              f"({merged:.2f} GB float32; base {base:.2f} GB); export (convert to f16, quantize Q4_K_M, check "
-              f"logits): {full['stages']['export']['seconds'] / merged:.1f} s per GB of merged weights; "
-              f"both include the stage's start-up (python, torch)")
+        print(
+            f"\n- merge: {full['stages']['merge']['seconds'] / merged:.1f} s per GB of merged weights "
+            f"({merged:.2f} GB float32; base {base:.2f} GB); export (convert to f16, quantize Q4_K_M, check "
+            f"logits): {full['stages']['export']['seconds'] / merged:.1f} s per GB of merged weights; "
+            f"both include the stage's start-up (python, torch)"
+        )
 
         times = []
         for _ in range(args.repeats):
             started = time.perf_counter()
-            result = subprocess.run([str(BIN / "dvc"), "repro"], cwd=repo, env=env, capture_output=True, text=True,
-                                    check=True)
+            result = subprocess.run(
+                [str(BIN / "dvc"), "repro"], cwd=repo, env=env, capture_output=True, text=True, check=True
+            )
             times.append(time.perf_counter() - started)
             if "Running stage" in result.stdout:
                 raise RuntimeError("the pipeline was not up to date after a full `dvc repro`")
-        print(f"- no-op `dvc repro` ({len(full['stages'])} stages up to date): median {statistics.median(times):.2f} s "
-              f"(min {min(times):.2f}, max {max(times):.2f}, {args.repeats} runs)")
+        print(
+            f"- no-op `dvc repro` ({len(full['stages'])} stages up to date): median {statistics.median(times):.2f} s "
+            f"(min {min(times):.2f}, max {max(times):.2f}, {args.repeats} runs)"
+        )
 
-        exp = run_watched([str(BIN / "dvc"), "exp", "run", "-S", "lora.rank=8"], repo, env,
-                          {"train_start": r"Running stage 'train'", "first_log": r"\[train\] (cpu|cuda)",
-                           "first_step": r"\[train\] step 1/"})
+        exp = run_watched(
+            [str(BIN / "dvc"), "exp", "run", "-S", "lora.rank=8"],
+            repo,
+            env,
+            {
+                "train_start": r"Running stage 'train'",
+                "first_log": r"\[train\] (cpu|cuda)",
+                "first_step": r"\[train\] step 1/",
+            },
+        )
         ran = ", ".join(exp["stages"])
-        print(f"- `dvc exp run -S lora.rank=8` → train stage starts after {exp['marks']['train_start']:.1f} s, "
-              f"its trainer starts after {exp['marks']['first_log']:.1f} s, first training step done after "
-              f"{exp['marks']['first_step']:.1f} s; whole experiment {exp['seconds']:.0f} s (reran: {ran})")
+        print(
+            f"- `dvc exp run -S lora.rank=8` → train stage starts after {exp['marks']['train_start']:.1f} s, "
+            f"its trainer starts after {exp['marks']['first_log']:.1f} s, first training step done after "
+            f"{exp['marks']['first_step']:.1f} s; whole experiment {exp['seconds']:.0f} s (reran: {ran})"
+        )
         print("\nDataset stage speed (`build_dataset` in-process, tokenizer loaded; median of 3):\n")
         print("| input | rows | tokens | seconds | tokens/s |\n|---|---|---|---|---|")
         for line in dataset_speed(repo):

@@ -34,32 +34,68 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # name: (trainer, lora/train knobs by name and `trainer_args` or baseline settings, environment, what it shows)
 CONFIGS: dict[str, tuple[str, dict, dict, str]] = {
-    "baseline fp32": ("baseline", {"bf16": False}, {},
-                      "transformers Trainer + peft LoRA r16 on q/k/v/o, padded batches of 4, defaults, float32"),
+    "baseline fp32": (
+        "baseline",
+        {"bf16": False},
+        {},
+        "transformers Trainer + peft LoRA r16 on q/k/v/o, padded batches of 4, defaults, float32",
+    ),
     "baseline bf16 flag": ("baseline", {"bf16": True}, {}, "the same with the Trainer's `bf16` flag"),
-    "lorapipe fp32": ("lorapipe", {"precision": "fp32"}, {},
-                      "train_lora with params.yaml's defaults (LoRA r16 on every projection), float32"),
-    "bf16 autocast, float32 weights": ("lorapipe", {"precision": "fp32", "trainer_args": {"bf16": True}}, {},
-                                       "bfloat16 autocast over float32 weights (lorapipe before: each weight is "
-                                       "cast on every forward pass)"),
-    "lorapipe": ("lorapipe", {}, {}, "train_lora as it ships: precision auto (bf16 here), packing, no dropout, "
-                                     "fused AdamW"),
+    "lorapipe fp32": (
+        "lorapipe",
+        {"precision": "fp32"},
+        {},
+        "train_lora with params.yaml's defaults (LoRA r16 on every projection), float32",
+    ),
+    "bf16 autocast, float32 weights": (
+        "lorapipe",
+        {"precision": "fp32", "trainer_args": {"bf16": True}},
+        {},
+        "bfloat16 autocast over float32 weights (lorapipe before: each weight is cast on every forward pass)",
+    ),
+    "lorapipe": (
+        "lorapipe",
+        {},
+        {},
+        "train_lora as it ships: precision auto (bf16 here), packing, no dropout, fused AdamW",
+    ),
     "+ lora dropout 0.05": ("lorapipe", {"dropout": 0.05}, {}, "lora.dropout 0.05 (its default before)"),
-    "without packing": ("lorapipe", {"packing": False}, {},
-                        "rows padded to the longest of their batch instead of packed into 512-token blocks"),
-    "foreach AdamW": ("lorapipe", {"trainer_args": {"optim": "adamw_torch"}}, {},
-                      "the foreach AdamW instead of the fused kernel lorapipe uses"),
-    "+ torch.compile": ("lorapipe", {"torch_compile": True}, {},
-                        "train.torch_compile: torch.compile (inductor) of the model; the compiling falls in the "
-                        "first step (s to first step)"),
-    "+ gradient checkpointing": ("lorapipe", {"trainer_args": {"activation_checkpointing": True,
-                                                               "activation_checkpointing_kwargs":
-                                                                   {"use_reentrant": False}}}, {},
-                                 "recompute activations in the backward pass (what memory-bound runs pay)"),
-    "without packing, length bucketing": ("lorapipe", {"packing": False,
-                                                       "trainer_args": {"train_sampling_strategy": "group_by_length"}},
-                                          {}, "padded rows, batched by similar length (the Trainer's "
-                                              "train_sampling_strategy group_by_length)"),
+    "without packing": (
+        "lorapipe",
+        {"packing": False},
+        {},
+        "rows padded to the longest of their batch instead of packed into 512-token blocks",
+    ),
+    "foreach AdamW": (
+        "lorapipe",
+        {"trainer_args": {"optim": "adamw_torch"}},
+        {},
+        "the foreach AdamW instead of the fused kernel lorapipe uses",
+    ),
+    "+ torch.compile": (
+        "lorapipe",
+        {"torch_compile": True},
+        {},
+        "train.torch_compile: torch.compile (inductor) of the model; the compiling falls in the "
+        "first step (s to first step)",
+    ),
+    "+ gradient checkpointing": (
+        "lorapipe",
+        {
+            "trainer_args": {
+                "activation_checkpointing": True,
+                "activation_checkpointing_kwargs": {"use_reentrant": False},
+            }
+        },
+        {},
+        "recompute activations in the backward pass (what memory-bound runs pay)",
+    ),
+    "without packing, length bucketing": (
+        "lorapipe",
+        {"packing": False, "trainer_args": {"train_sampling_strategy": "group_by_length"}},
+        {},
+        "padded rows, batched by similar length (the Trainer's train_sampling_strategy group_by_length)",
+    ),
     "1 thread": ("lorapipe", {}, {"OMP_NUM_THREADS": "1"}, "one intra-op thread instead of one per core"),
 }
 
@@ -79,8 +115,14 @@ def run_baseline(work: Path, steps: int, settings: dict) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling, Trainer,
-                              TrainerCallback, TrainingArguments)
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        DataCollatorForLanguageModeling,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
     from lorapipe.io import read_jsonl
     from lorapipe.train_callbacks import LossTokens
@@ -92,8 +134,9 @@ def run_baseline(work: Path, steps: int, settings: dict) -> dict:
     data = Dataset.from_dict(tokenizer(texts, truncation=True, max_length=512))
     torch.manual_seed(42)
     model = AutoModelForCausalLM.from_pretrained(work / "base", dtype=torch.float32)
-    model = get_peft_model(model, LoraConfig(r=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-                                             task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        model, LoraConfig(r=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM")
+    )
     counter = LossTokens(model)
     marks: list[tuple[float, int]] = []
     losses: list[float] = []
@@ -106,15 +149,33 @@ def run_baseline(work: Path, steps: int, settings: dict) -> dict:
             if logs and "loss" in logs:
                 losses.append(logs["loss"])
 
-    args = TrainingArguments(output_dir=str(work / "baseline-out"), per_device_train_batch_size=4, max_steps=steps,
-                             logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
-                             use_cpu=True, bf16=settings["bf16"], dataloader_drop_last=True)
-    trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[Marks()],
-                      data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))
+    args = TrainingArguments(
+        output_dir=str(work / "baseline-out"),
+        per_device_train_batch_size=4,
+        max_steps=steps,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+        bf16=settings["bf16"],
+        dataloader_drop_last=True,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=data,
+        callbacks=[Marks()],
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+    )
     trainer.train()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"marks": marks, "loss": losses[-1], "lora_parameters": trainable, "precision": "bf16" if
-            settings["bf16"] else "fp32"}
+    return {
+        "marks": marks,
+        "loss": losses[-1],
+        "lora_parameters": trainable,
+        "precision": "bf16" if settings["bf16"] else "fp32",
+    }
 
 
 def run_lorapipe(work: Path, steps: int, settings: dict) -> dict:
@@ -133,14 +194,36 @@ def run_lorapipe(work: Path, steps: int, settings: dict) -> dict:
 
     trainer_args = {**settings.get("trainer_args", {}), "dataloader_drop_last": True}
     lora = LoraParams(**{k: v for k, v in settings.items() if k in LoraParams.model_fields})
-    train = TrainParams(**{"max_steps": steps, "batch_size": 4, "log_every": 1, "eval_steps": 0, "save_steps": 0,
-                           "lr": 3e-4, "warmup_steps": 2, "resume": "never",
-                           **{k: v for k, v in settings.items() if k in TrainParams.model_fields}})
-    result = train_lora(work / "dataset", work / "base", work / "adapter", lora=lora, train=train,
-                        checkpoint_dir=work / "checkpoints", on_log=on_log, trainer_args=trainer_args)
+    train = TrainParams(
+        **{
+            "max_steps": steps,
+            "batch_size": 4,
+            "log_every": 1,
+            "eval_steps": 0,
+            "save_steps": 0,
+            "lr": 3e-4,
+            "warmup_steps": 2,
+            "resume": "never",
+            **{k: v for k, v in settings.items() if k in TrainParams.model_fields},
+        }
+    )
+    result = train_lora(
+        work / "dataset",
+        work / "base",
+        work / "adapter",
+        lora=lora,
+        train=train,
+        checkpoint_dir=work / "checkpoints",
+        on_log=on_log,
+        trainer_args=trainer_args,
+    )
     autocast = trainer_args.get("bf16")  # float32 weights under bf16 autocast
-    return {"marks": marks, "loss": losses[-1], "lora_parameters": result.metrics.trainable_parameters,
-            "precision": "bf16" if autocast else result.resolved.precision}
+    return {
+        "marks": marks,
+        "loss": losses[-1],
+        "lora_parameters": result.metrics.trainable_parameters,
+        "precision": "bf16" if autocast else result.resolved.precision,
+    }
 
 
 def child(name: str, work: Path, steps: int) -> None:
@@ -178,19 +261,32 @@ def prepare(work: Path) -> dict:
 
     prepare_base_model("smollm2-135m-instruct", work / "base")
     extract_documents([ROOT / "data" / "raw" / "docs"], work / "text", workers=1, cache_dir=work / "cache")
-    stats = build_dataset(work / "text", work / "base", work / "dataset", labeled_dir=work / "none", mode="text",
-                          max_seq_len=512, val_fraction=0.2, split_by="chunk")
+    stats = build_dataset(
+        work / "text",
+        work / "base",
+        work / "dataset",
+        labeled_dir=work / "none",
+        mode="text",
+        max_seq_len=512,
+        val_fraction=0.2,
+        split_by="chunk",
+    )
     return stats
 
 
 def run_config(name: str, work: Path, steps: int) -> dict:
     env = {**os.environ, **CONFIGS[name][2]}
-    run = subprocess.run([sys.executable, __file__, "--child", name, "--work", str(work), "--steps", str(steps)],
-                         capture_output=True, text=True, env=env, cwd=ROOT)
+    run = subprocess.run(
+        [sys.executable, __file__, "--child", name, "--work", str(work), "--steps", str(steps)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
     line = next((x for x in run.stdout.splitlines() if x.startswith("RESULT ")), None)
     if run.returncode != 0 or line is None:
         raise RuntimeError(f"{name} failed:\n{run.stderr[-3000:]}")
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 def spread(values: list[float], fmt: str = "{:.0f}") -> str:
@@ -231,15 +327,23 @@ def main() -> None:
                     failed[name] = str(exc).strip().splitlines()[-1]
                     print(exc, file=sys.stderr, flush=True)
 
-    print(f"- data: {rows} text rows of the sample corpus (data/raw/docs), ≤512 tokens, mean {mean_len:.0f}; "
-          f"batch 4, {args.steps} steps, speed over steps 2–{args.steps}; median of {args.repeats} runs (min–max)")
-    print(f"- matrix-multiply peak (best of 4096³, 8192×2048×2048, 2048×2048×8192; {os.cpu_count()} threads): "
-          f"{peaks['fp32'] / 1e9:.0f} GFLOP/s float32, "
-          f"{peaks['bf16'] / 1e9:.0f} GFLOP/s bfloat16")
-    print("- model FLOPs per trained token (`training_flops_per_token`, mean row length): "
-          f"{training_flops_per_token(facts, round(mean_len)) / 1e9:.3f} GFLOP + 6 per adapter parameter\n")
-    print("| configuration | precision | tokens/s | × baseline fp32 | × baseline bf16 | MFU | MFU of bf16 peak | "
-          "final loss | peak GB | s to first step | what |")
+    print(
+        f"- data: {rows} text rows of the sample corpus (data/raw/docs), ≤512 tokens, mean {mean_len:.0f}; "
+        f"batch 4, {args.steps} steps, speed over steps 2–{args.steps}; median of {args.repeats} runs (min–max)"
+    )
+    print(
+        f"- matrix-multiply peak (best of 4096³, 8192×2048×2048, 2048×2048×8192; {os.cpu_count()} threads): "
+        f"{peaks['fp32'] / 1e9:.0f} GFLOP/s float32, "
+        f"{peaks['bf16'] / 1e9:.0f} GFLOP/s bfloat16"
+    )
+    print(
+        "- model FLOPs per trained token (`training_flops_per_token`, mean row length): "
+        f"{training_flops_per_token(facts, round(mean_len)) / 1e9:.3f} GFLOP + 6 per adapter parameter\n"
+    )
+    print(
+        "| configuration | precision | tokens/s | × baseline fp32 | × baseline bf16 | MFU | MFU of bf16 peak | "
+        "final loss | peak GB | s to first step | what |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     speed = {n: statistics.median(r["tokens_per_second"] for r in rs) for n, rs in results.items() if rs}
     for name, runs in results.items():
@@ -249,12 +353,14 @@ def main() -> None:
         per_token = training_flops_per_token(facts, round(mean_len), first["lora_parameters"])
         mfu = [r["tokens_per_second"] * per_token / peaks[r["precision"]] for r in runs]
         of_bf16 = [r["tokens_per_second"] * per_token / peaks["bf16"] for r in runs]
-        ratio = lambda base: f"{speed[name] / speed[base]:.2f}" if base in speed else "–"  # noqa: E731
-        print(f"| {name} | {first['precision']} | {spread([r['tokens_per_second'] for r in runs])} | "
-              f"{ratio('baseline fp32')} | {ratio('baseline bf16 flag')} | {spread([m * 100 for m in mfu])}% | "
-              f"{spread([m * 100 for m in of_bf16])}% | {spread([r['loss'] for r in runs], '{:.4f}')} | "
-              f"{spread([r['peak_gb'] for r in runs], '{:.2f}')} | {spread([r['first_step_seconds'] for r in runs])} | "
-              f"{CONFIGS[name][3]} |")
+        ratio = lambda base, name=name: f"{speed[name] / speed[base]:.2f}" if base in speed else "–"  # noqa: E731
+        print(
+            f"| {name} | {first['precision']} | {spread([r['tokens_per_second'] for r in runs])} | "
+            f"{ratio('baseline fp32')} | {ratio('baseline bf16 flag')} | {spread([m * 100 for m in mfu])}% | "
+            f"{spread([m * 100 for m in of_bf16])}% | {spread([r['loss'] for r in runs], '{:.4f}')} | "
+            f"{spread([r['peak_gb'] for r in runs], '{:.2f}')} | {spread([r['first_step_seconds'] for r in runs])} | "
+            f"{CONFIGS[name][3]} |"
+        )
     for name, error in failed.items():
         print(f"| {name} | failed: {error} | | | | | | | | | {CONFIGS[name][3]} |")
     if results.get("lorapipe fp32"):
@@ -263,8 +369,10 @@ def main() -> None:
         for name in ("lorapipe", "+ torch.compile"):
             if results.get(name):
                 loss = statistics.median(r["loss"] for r in results[name])
-                print(f"- final training loss, {name} against lorapipe fp32 on the same data and steps: "
-                      f"{loss:.4f} vs {fp32:.4f} ({(loss - fp32) / fp32 * 100:+.2f}%)")
+                print(
+                    f"- final training loss, {name} against lorapipe fp32 on the same data and steps: "
+                    f"{loss:.4f} vs {fp32:.4f} ({(loss - fp32) / fp32 * 100:+.2f}%)"
+                )
 
 
 if __name__ == "__main__":

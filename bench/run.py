@@ -27,22 +27,38 @@ BENCHES = [
     ("Merge memory against the weights' size (issue 6)", ["bench/bench_merge.py"]),
     ("Does fine-tuning help? Base against tuned on the Snips queries (issue 7)", ["bench/bench_labeled.py"]),
 ]
-PACKAGES = ["torch", "transformers", "peft", "trl", "datasets", "docling-slim", "pdfplumber", "llama-cpp-python", "dvc",
-            "mlflow"]
+PACKAGES = [
+    "torch",
+    "transformers",
+    "peft",
+    "trl",
+    "datasets",
+    "docling-slim",
+    "pdfplumber",
+    "llama-cpp-python",
+    "dvc",
+    "mlflow",
+]
 OUT = Path(__file__).with_name("BENCHMARKS.md")
 MEASURED = Path(__file__).with_name("MEASURED.md")  # hand-recorded measurements, kept verbatim
 
 
 def machine() -> list[str]:
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
-                 platform.processor())
+    model = next(
+        (line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+        platform.processor(),
+    )
     flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
     wanted = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     versions = ", ".join(f"{p} {importlib.metadata.version(p)}" for p in PACKAGES)
-    return [f"- machine: {model}, {os.cpu_count()} cores, {memory:.0f} GiB, flags: {' '.join(wanted) or 'none of avx2/avx512'}",
-            f"- Python {platform.python_version()} on {platform.platform()}", f"- {versions}"]
+    return [
+        f"- machine: {model}, {os.cpu_count()} cores, {memory:.0f} GiB, "
+        f"flags: {' '.join(wanted) or 'none of avx2/avx512'}",
+        f"- Python {platform.python_version()} on {platform.platform()}",
+        f"- {versions}",
+    ]
 
 
 def previous_sections() -> dict[str, str]:
@@ -62,8 +78,14 @@ def main() -> None:
     args = parser.parse_args()
     words = [w.strip().lower() for w in args.only.split(",")] if args.only else None
     kept = previous_sections()
-    out = ["# Benchmarks", "",
-           "Written by `make bench` (bench/run.py); each section says when it last ran.", "", *machine(), ""]
+    out = [
+        "# Benchmarks",
+        "",
+        "Written by `make bench` (bench/run.py); each section says when it last ran.",
+        "",
+        *machine(),
+        "",
+    ]
     for title, script in BENCHES:
         command = " ".join([".venv/bin/python", *script])
         if words is not None and not any(w in title.lower() for w in words):

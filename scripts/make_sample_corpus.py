@@ -102,8 +102,10 @@ def make_docx(source: Path, target: Path) -> None:
 def make_html(source: Path, target: Path) -> None:
     title, sections = _sections(source)
     body = "".join(f"<h2>{heading}</h2>\n<p>{text}</p>\n" for heading, text in sections)
-    target.write_text(f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>"
-                      f"<style>body {{ max-width: 40em; }}</style></head>\n<body>\n<h1>{title}</h1>\n{body}</body></html>\n")
+    target.write_text(
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+        f"<style>body {{ max-width: 40em; }}</style></head>\n<body>\n<h1>{title}</h1>\n{body}</body></html>\n"
+    )
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ def main(write: bool) -> None:
             block = re.search(rf"(?ms)^  {name}:\n.*?^    deps:\n(.*?)^    params:", text)
             kept = [line for line in block.group(1).splitlines(keepends=True) if "- src/" not in line]
             lines = "".join(f"      - {path}\n" for path in code) + "".join(kept)
-            text = text[: block.start(1)] + lines + text[block.end(1):]
+            text = text[: block.start(1)] + lines + text[block.end(1) :]
     if write:
         (ROOT / "dvc.yaml").write_text(text)
 

@@ -52,9 +52,16 @@ def tiny_model_dir(tmp_path_factory, bundled_tokenizer_dir) -> Path:
 
     tokenizer = AutoTokenizer.from_pretrained(bundled_tokenizer_dir)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-        tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(0)
@@ -86,8 +93,16 @@ def dataset_dir(tmp_path, text_dir, tiny_model_dir) -> Path:
     from lorapipe import build_dataset
 
     out = tmp_path / "dataset"
-    build_dataset(text_dir, tiny_model_dir, out, max_seq_len=64, overlap_tokens=8, val_fraction=0.25, seed=1,
-                  system_prompt="You answer from the documents.")
+    build_dataset(
+        text_dir,
+        tiny_model_dir,
+        out,
+        max_seq_len=64,
+        overlap_tokens=8,
+        val_fraction=0.25,
+        seed=1,
+        system_prompt="You answer from the documents.",
+    )
     return out
 
 
@@ -104,12 +119,28 @@ def trained_adapter(tmp_path_factory, tiny_model_dir) -> Path:
     text.mkdir()
     (text / "a.txt").write_text(TEXT * 6)
     write_jsonl(text / "manifest.jsonl", [{"source": "a.md", "status": "ok", "output": "a.txt"}])
-    build_dataset(text, tiny_model_dir, work / "dataset", max_seq_len=64, overlap_tokens=8, val_fraction=0.25,
-                  split_by="chunk")
-    train_lora(work / "dataset", tiny_model_dir, work / "adapter", lora=LoraParams(rank=4, alpha=8),
-               train=TrainParams(max_steps=3, lr=5e-2, batch_size=2, log_every=1, precision="fp32", save_steps=0,
-                                 eval_steps=0, warmup_steps=0),
-               metrics_path=work / "train.json", loss_path=work / "loss.tsv", run_info={"run_id": None})
+    build_dataset(
+        text, tiny_model_dir, work / "dataset", max_seq_len=64, overlap_tokens=8, val_fraction=0.25, split_by="chunk"
+    )
+    train_lora(
+        work / "dataset",
+        tiny_model_dir,
+        work / "adapter",
+        lora=LoraParams(rank=4, alpha=8),
+        train=TrainParams(
+            max_steps=3,
+            lr=5e-2,
+            batch_size=2,
+            log_every=1,
+            precision="fp32",
+            save_steps=0,
+            eval_steps=0,
+            warmup_steps=0,
+        ),
+        metrics_path=work / "train.json",
+        loss_path=work / "loss.tsv",
+        run_info={"run_id": None},
+    )
     return work / "adapter"
 
 

@@ -27,6 +27,7 @@ TEXT = (
 
 # --- what a stage's command executes: the static import closure of its entry file -----------------
 
+
 def module_file(name: str, src: Path = SRC) -> Path | None:
     """The file that defines module `name` (``lorapipe.train`` -> src/lorapipe/train.py), or None."""
     base = src.joinpath(*name.split("."))
@@ -115,10 +116,16 @@ def uncovered(files: set[Path], deps: list[str], root: Path = ROOT) -> list[str]
 
 # --- projects, commands, files ---------------------------------------------------------------------
 
+
 def copy_project(dest: Path) -> Path:
     """Copy the files git would commit (tracked plus untracked, not ignored) into `dest`."""
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-                            cwd=ROOT, capture_output=True, text=True, check=True).stdout.split("\0")
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
     for name in filter(None, listed):
         source = ROOT / name
         if source.is_file():

@@ -13,9 +13,17 @@ from helpers import SAMPLE_DOCS
 
 
 def test_public_api_names():
-    assert set(lorapipe.__all__) >= {"extract_documents", "build_dataset", "train_lora", "merge_adapter",
-                                     "export_gguf", "evaluate_base", "evaluate_models", "prepare_base_model",
-                                     "load_params"}
+    assert set(lorapipe.__all__) >= {
+        "extract_documents",
+        "build_dataset",
+        "train_lora",
+        "merge_adapter",
+        "export_gguf",
+        "evaluate_base",
+        "evaluate_models",
+        "prepare_base_model",
+        "load_params",
+    }
     for name in lorapipe.__all__:
         assert getattr(lorapipe, name).__doc__, f"{name} has no docstring"
 
@@ -25,11 +33,21 @@ def test_extract_then_dataset_through_the_api(tmp_path, tiny_model_dir):
 
     manifest = extract_documents([SAMPLE_DOCS], tmp_path / "text", pdf_backend="pdfplumber")
     assert all(row["status"] == "ok" for row in manifest)
-    stats = build_dataset(tmp_path / "text", tiny_model_dir, tmp_path / "dataset", max_seq_len=256,
-                          overlap_tokens=16, val_fraction=0.2, seed=3)
+    stats = build_dataset(
+        tmp_path / "text",
+        tiny_model_dir,
+        tmp_path / "dataset",
+        max_seq_len=256,
+        overlap_tokens=16,
+        val_fraction=0.2,
+        seed=3,
+    )
     assert stats["rows"]["train"] > stats["rows"]["val"] > 0
-    rows = [json.loads(line) for name in ("train.jsonl", "val.jsonl")
-            for line in (tmp_path / "dataset" / name).read_text().splitlines()]
+    rows = [
+        json.loads(line)
+        for name in ("train.jsonl", "val.jsonl")
+        for line in (tmp_path / "dataset" / name).read_text().splitlines()
+    ]
     assert {row["source"] for row in rows} == {row["source"] for row in manifest}
     from lorapipe.params import DEFAULTS, Params
 
@@ -98,10 +116,12 @@ def test_entry_point_takes_knobs_keyword_only_with_schema_defaults(target):
         assert not _points_into_project(parameter.default), f"{where} defaults into the project: {parameter.default}"
         if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD):
             assert parameter.name not in knobs or parameter.name in positional_knobs, (
-                f"{where} is a knob before `*`: make it keyword-only")
+                f"{where} is a knob before `*`: make it keyword-only"
+            )
         elif parameter.kind == parameter.KEYWORD_ONLY and parameter.name in knobs:
             if parameter.default is not parameter.empty:  # a tuple may stand for the schema's list
                 default = list(parameter.default) if isinstance(parameter.default, tuple) else parameter.default
                 assert default == knobs[parameter.name], (
                     f"{where} defaults to {parameter.default!r}, the schema to {knobs[parameter.name]!r}: "
-                    "read it from lorapipe.params.DEFAULTS")
+                    "read it from lorapipe.params.DEFAULTS"
+                )

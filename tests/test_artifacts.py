@@ -56,9 +56,13 @@ def test_provenance_and_lineage(tmp_path, monkeypatch):
     monkeypatch.setattr(artifacts, "git_commit", lambda: "0123abc")
     assert read_provenance(adapter) == {"lora.rank": 4, "dataset_hash": "d5e7"}
     assert lineage(adapter, base) == {
-        "lorapipe.version": artifacts.package_version(), "lorapipe.git_commit": "0123abc",
-        "lorapipe.mlflow_run_id": "run42", "lorapipe.dataset_hash": "d5e7", "lorapipe.base_model": "tiny-llama",
-        "lorapipe.base_revision": ""}
+        "lorapipe.version": artifacts.package_version(),
+        "lorapipe.git_commit": "0123abc",
+        "lorapipe.mlflow_run_id": "run42",
+        "lorapipe.dataset_hash": "d5e7",
+        "lorapipe.base_model": "tiny-llama",
+        "lorapipe.base_revision": "",
+    }
     assert artifacts.package_version() not in ("", "unknown")  # the installed package's version
     (base / "lorapipe_params.yaml").unlink()
     with pytest.raises(FileNotFoundError, match=r"base/lorapipe_params.yaml is missing"):

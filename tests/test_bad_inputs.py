@@ -37,9 +37,11 @@ def _pdf_bytes(text: str | None = GOOD, password: str | None = None) -> bytes:
     return bytes(pdf.output())
 
 
-ZERO_PAGE_PDF = (b"%PDF-1.4\n1 0 obj << /Type /Catalog /Pages 2 0 R >> endobj\n"
-                 b"2 0 obj << /Type /Pages /Kids [] /Count 0 >> endobj\n"
-                 b"trailer << /Root 1 0 R /Size 3 >>\n%%EOF\n")
+ZERO_PAGE_PDF = (
+    b"%PDF-1.4\n1 0 obj << /Type /Catalog /Pages 2 0 R >> endobj\n"
+    b"2 0 obj << /Type /Pages /Kids [] /Count 0 >> endobj\n"
+    b"trailer << /Root 1 0 R /Size 3 >>\n%%EOF\n"
+)
 
 # source name (relative to the corpus) → (expected status, words the message must hold, or None when ok)
 CASES: dict[str, tuple[str, tuple[str, ...] | None]] = {
@@ -128,8 +130,9 @@ def test_bad_input_case(extracted, name):
     else:
         assert all(word in row["error"] for word in words), row["error"]
         log = (out / "extract.log").read_text(encoding="utf-8")
-        assert any(row["source"] in line and row["error"] in line for line in log.splitlines()) or \
-            "\n" in row["source"]  # the log is one line per file; a name with a line break spans two
+        assert (
+            any(row["source"] in line and row["error"] in line for line in log.splitlines()) or "\n" in row["source"]
+        )  # the log is one line per file; a name with a line break spans two
 
 
 def test_sources_with_the_same_flat_name_get_separate_outputs(extracted):
@@ -142,16 +145,19 @@ def test_sources_with_the_same_flat_name_get_separate_outputs(extracted):
 
 def test_nothing_outside_the_input_tree_is_read(extracted):
     _, out, _ = extracted
-    assert not any("outside the input tree" in p.read_text(encoding="utf-8", errors="replace")
-                   for p in out.iterdir())
+    assert not any("outside the input tree" in p.read_text(encoding="utf-8", errors="replace") for p in out.iterdir())
 
 
 def test_the_extracted_corpus_builds_a_dataset(extracted, tmp_path, tiny_model_dir):
     _, out, rows = extracted
-    build_dataset(out, tiny_model_dir, tmp_path / "dataset", max_seq_len=64, overlap_tokens=8, min_tokens=4,
-                  split_by="chunk")
-    sources = {json.loads(line)["source"] for name in ("train.jsonl", "val.jsonl")
-               for line in (tmp_path / "dataset" / name).read_text(encoding="utf-8").splitlines()}
+    build_dataset(
+        out, tiny_model_dir, tmp_path / "dataset", max_seq_len=64, overlap_tokens=8, min_tokens=4, split_by="chunk"
+    )
+    sources = {
+        json.loads(line)["source"]
+        for name in ("train.jsonl", "val.jsonl")
+        for line in (tmp_path / "dataset" / name).read_text(encoding="utf-8").splitlines()
+    }
     assert sources <= {row["source"] for row in rows.values() if row["status"] == "ok"}
 
 
@@ -171,6 +177,7 @@ def test_a_100_mb_text_file_is_extracted_in_bounded_time_and_memory(tmp_path):
 
 
 # --- labeled rows ---------------------------------------------------------------------------------
+
 
 def _labeled(folder: Path) -> Path:
     folder.mkdir()
@@ -193,16 +200,20 @@ def test_malformed_jsonl_names_the_file_and_line(tmp_path, tiny_model_dir):
 
 def test_malformed_jsonl_rows_are_skipped_on_request_and_counted(tmp_path, tiny_model_dir):
     labeled = _labeled(tmp_path / "labeled")
-    build_dataset(tmp_path / "no-text", tiny_model_dir, tmp_path / "dataset", labeled_dir=labeled, mode="chat",
-                  on_bad_row="skip")
+    build_dataset(
+        tmp_path / "no-text", tiny_model_dir, tmp_path / "dataset", labeled_dir=labeled, mode="chat", on_bad_row="skip"
+    )
     stats = json.loads((tmp_path / "dataset" / "stats.json").read_text())
     assert stats["bad_rows_skipped"] == 3 and stats["rows"]["train"] + stats["rows"]["val"] == 12
 
 
 # --- params ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("key,value", [("lora.rank", "eight"), ("train.packing", "sometimes"),
-                                       ("dataset.max_seq_len", [512]), ("export.quants", "Q8_0")])
+
+@pytest.mark.parametrize(
+    "key,value",
+    [("lora.rank", "eight"), ("train.packing", "sometimes"), ("dataset.max_seq_len", [512]), ("export.quants", "Q8_0")],
+)
 def test_a_stage_with_a_wrong_typed_param_stops_before_any_work_and_names_the_key(tmp_path, key, value):
     import yaml
 
@@ -211,8 +222,9 @@ def test_a_stage_with_a_wrong_typed_param_stops_before_any_work_and_names_the_ke
     raw[section][name] = value
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     stage = {"lora": "train", "train": "train", "dataset": "dataset", "export": "export"}[section]
-    result = subprocess.run([sys.executable, str(ROOT / "stages" / f"{stage}.py")], cwd=tmp_path,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "stages" / f"{stage}.py")], cwd=tmp_path, capture_output=True, text=True
+    )
     assert result.returncode != 0 and key in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr  # a message, not a stack trace
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # nothing written

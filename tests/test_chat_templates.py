@@ -22,19 +22,33 @@ from lorapipe.chat_templates import derive_template, fold_system, modelfile_text
 
 TEMPLATES = FIXTURES / "chat_templates"
 # Each family's BOS and EOS text, as its tokenizer defines them.
-SPECIAL = {"llama3": ("<|begin_of_text|>", "<|eot_id|>"), "llama3.2": ("<|begin_of_text|>", "<|eot_id|>"),
-           "gemma2": ("<bos>", "<eos>"), "gemma3": ("<bos>", "<eos>"), "mistral": ("<s>", "</s>"),
-           "mistral-nemo": ("<s>", "</s>"), "zephyr": ("<s>", "</s>"), "qwen2.5": (None, "<|im_end|>")}
+SPECIAL = {
+    "llama3": ("<|begin_of_text|>", "<|eot_id|>"),
+    "llama3.2": ("<|begin_of_text|>", "<|eot_id|>"),
+    "gemma2": ("<bos>", "<eos>"),
+    "gemma3": ("<bos>", "<eos>"),
+    "mistral": ("<s>", "</s>"),
+    "mistral-nemo": ("<s>", "</s>"),
+    "zephyr": ("<s>", "</s>"),
+    "qwen2.5": (None, "<|im_end|>"),
+}
 SUPPORTED = ["smollm2", "qwen2.5", "llama3", "llama3.2", "gemma2", "gemma3", "mistral", "zephyr"]
 
 SYSTEM = "You analyse queries. Answer only with JSON."
 CONVERSATIONS = [
     [{"role": "user", "content": "play some jazz"}],
-    [{"role": "user", "content": "play some jazz"}, {"role": "assistant", "content": '{"intent": "PlayMusic"}'},
-     {"role": "user", "content": "and tomorrow's weather\nin Paris?"}],
-    [{"role": "user", "content": "first"}, {"role": "assistant", "content": "one"},
-     {"role": "user", "content": "second"}, {"role": "assistant", "content": "two\n\nlines"},
-     {"role": "user", "content": "third"}],
+    [
+        {"role": "user", "content": "play some jazz"},
+        {"role": "assistant", "content": '{"intent": "PlayMusic"}'},
+        {"role": "user", "content": "and tomorrow's weather\nin Paris?"},
+    ],
+    [
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "one"},
+        {"role": "user", "content": "second"},
+        {"role": "assistant", "content": "two\n\nlines"},
+        {"role": "user", "content": "third"},
+    ],
 ]
 
 
@@ -44,8 +58,12 @@ def go_renderer(tmp_path_factory) -> Path:
         pytest.skip("Go is not installed (make test installs Debian's golang-go)")
     binary = tmp_path_factory.mktemp("go") / "render_template"
     source = Path(__file__).parent / "go" / "render_template.go"
-    subprocess.run(["go", "build", "-o", str(binary), str(source)], check=True, capture_output=True,
-                   env={**__import__("os").environ, "GO111MODULE": "off"})
+    subprocess.run(
+        ["go", "build", "-o", str(binary), str(source)],
+        check=True,
+        capture_output=True,
+        env={**__import__("os").environ, "GO111MODULE": "off"},
+    )
     return binary
 
 
@@ -81,17 +99,23 @@ def test_go_rendering_equals_the_chat_template(name, bundled_tokenizer_dir, go_r
         requests.append({"template": template, "system": SYSTEM, "messages": messages})
         reference = messages if not derive_template(tokenizer).folds_system else fold_system(messages)
         rendered = tokenizer.apply_chat_template(reference, tokenize=False, add_generation_prompt=True)
-        expected.append(strip_bos(rendered, tokenizer.bos_token) if "bos_token" in tokenizer.chat_template
-                        else rendered)
+        expected.append(
+            strip_bos(rendered, tokenizer.bos_token) if "bos_token" in tokenizer.chat_template else rendered
+        )
     assert _go_render(go_renderer, requests) == expected
     assert f'SYSTEM """{SYSTEM}"""' in modelfile
 
 
-@pytest.mark.parametrize("name, stops", [
-    ("smollm2", {"<|im_end|>", "<|im_start|>"}), ("llama3", {"<|eot_id|>", "<|start_header_id|>",
-                                                             "<|end_header_id|>"}),
-    ("gemma3", {"<end_of_turn>", "<start_of_turn>", "<eos>"}), ("mistral", {"</s>", "[INST]"}),
-    ("zephyr", {"</s>", "<|user|>"})])
+@pytest.mark.parametrize(
+    "name, stops",
+    [
+        ("smollm2", {"<|im_end|>", "<|im_start|>"}),
+        ("llama3", {"<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"}),
+        ("gemma3", {"<end_of_turn>", "<start_of_turn>", "<eos>"}),
+        ("mistral", {"</s>", "[INST]"}),
+        ("zephyr", {"</s>", "<|user|>"}),
+    ],
+)
 def test_stops_are_the_end_of_turn_markers(name, stops, bundled_tokenizer_dir):
     modelfile = modelfile_text("./model.gguf", _tokenizer(bundled_tokenizer_dir, name), SYSTEM)
     assert set(re.findall(r'PARAMETER stop "(.*)"', modelfile)) == stops
@@ -111,8 +135,10 @@ def test_a_template_that_moves_the_system_prompt_to_the_last_turn_is_refused(bun
 
 def test_a_template_that_numbers_turns_is_refused(bundled_tokenizer_dir):
     tokenizer = _tokenizer(bundled_tokenizer_dir, "smollm2")
-    tokenizer.chat_template = ("{% for m in messages %}### {{ loop.index }} {{ m['role'] }}: {{ m['content'] }}\n"
-                               "{% endfor %}{% if add_generation_prompt %}### assistant:{% endif %}")
+    tokenizer.chat_template = (
+        "{% for m in messages %}### {{ loop.index }} {{ m['role'] }}: {{ m['content'] }}\n"
+        "{% endfor %}{% if add_generation_prompt %}### assistant:{% endif %}"
+    )
     with pytest.raises(ValueError, match="cannot express this chat template"):
         modelfile_text("./m.gguf", tokenizer, SYSTEM)
 

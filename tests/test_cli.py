@@ -43,12 +43,34 @@ def test_merge_and_export_flags_reach_the_stage_functions(monkeypatch):
 
     calls = {}
     monkeypatch.setattr(lorapipe.stages.merge, "run", lambda p, merged: calls.update(merge=(p.merge.dtype, merged)))
-    monkeypatch.setattr(lorapipe.stages.export, "run",
-                        lambda p, merged, out: calls.update(export=(p.export, merged, out)))
+    monkeypatch.setattr(
+        lorapipe.stages.export, "run", lambda p, merged, out: calls.update(export=(p.export, merged, out))
+    )
     params = str(ROOT / "params.yaml")
     assert main(["merge", "--params", params, "--merged-dir", "m", "--merge.dtype", "float16"]) == 0
-    assert main(["export", "--params", params, "--merged-dir", "m", "--output-dir", "g", "--quant", "q8_0",
-                 "--quant", "Q4_K_M", "--outtype", "f32", "--ollama-name", "acme", "--lora-gguf"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--params",
+                params,
+                "--merged-dir",
+                "m",
+                "--output-dir",
+                "g",
+                "--quant",
+                "q8_0",
+                "--quant",
+                "Q4_K_M",
+                "--outtype",
+                "f32",
+                "--ollama-name",
+                "acme",
+                "--lora-gguf",
+            ]
+        )
+        == 0
+    )
     assert calls["merge"] == ("float16", Path("m"))
     export, merged, out = calls["export"]
     assert (merged, out) == (Path("m"), Path("g"))

@@ -55,8 +55,9 @@ def test_dataset_outputs_contract(dataset_dir):
 
 def test_split_is_deterministic_by_seed(tmp_path, text_dir, tiny_model_dir):
     def split(seed, name):
-        build_dataset(text_dir, tiny_model_dir, tmp_path / name, max_seq_len=64, overlap_tokens=8,
-                      val_fraction=0.25, seed=seed)
+        build_dataset(
+            text_dir, tiny_model_dir, tmp_path / name, max_seq_len=64, overlap_tokens=8, val_fraction=0.25, seed=seed
+        )
         return (tmp_path / name / "val.jsonl").read_text()
 
     assert split(1, "a") == split(1, "b")
@@ -66,8 +67,7 @@ def test_split_is_deterministic_by_seed(tmp_path, text_dir, tiny_model_dir):
 def test_system_prompt_from_file(tmp_path, text_dir, tiny_model_dir):
     prompt = tmp_path / "prompt.txt"
     prompt.write_text("Answer briefly.\n")
-    build_dataset(text_dir, tiny_model_dir, tmp_path / "d", max_seq_len=64, overlap_tokens=8,
-                  system_prompt=str(prompt))
+    build_dataset(text_dir, tiny_model_dir, tmp_path / "d", max_seq_len=64, overlap_tokens=8, system_prompt=str(prompt))
     assert read_json(tmp_path / "d" / "prompts.json") == {"text": "Answer briefly."}
 
 
@@ -98,8 +98,14 @@ def labeled_dir(tmp_path):
 
 def _build(tmp_path, text_dir, tokenizer_dir, labeled, name="d", **kwargs):
     # the short prompt these row counts were written for (the schema's default is longer)
-    kwargs = {"max_seq_len": 128, "overlap_tokens": 8, "val_fraction": 0.25, "seed": 5,
-              "system_prompt": "You are a helpful assistant.", **kwargs}
+    kwargs = {
+        "max_seq_len": 128,
+        "overlap_tokens": 8,
+        "val_fraction": 0.25,
+        "seed": 5,
+        "system_prompt": "You are a helpful assistant.",
+        **kwargs,
+    }
     stats = build_dataset(text_dir, tokenizer_dir, tmp_path / name, labeled_dir=labeled, **kwargs)
     return stats, read_jsonl(tmp_path / name / "train.jsonl"), read_jsonl(tmp_path / name / "val.jsonl")
 
@@ -132,18 +138,28 @@ def test_one_system_prompt_in_rows_eval_requests_and_modelfile(tmp_path, text_di
     from lorapipe import export_gguf
     from lorapipe.evaluate import evaluation_requests
 
-    tasks = [{"name": "docs", "kind": "text"},
-             {"name": "snips", "kind": "chat", "sources": ["snips*.jsonl"], "format": "query_data",
-              "system_prompt": JSON_PROMPT}]
-    _, train, val = _build(tmp_path, text_dir, tiny_model_dir, labeled_dir, tasks=tasks,
-                           system_prompt="Answer from the documents.")
+    tasks = [
+        {"name": "docs", "kind": "text"},
+        {
+            "name": "snips",
+            "kind": "chat",
+            "sources": ["snips*.jsonl"],
+            "format": "query_data",
+            "system_prompt": JSON_PROMPT,
+        },
+    ]
+    _, train, val = _build(
+        tmp_path, text_dir, tiny_model_dir, labeled_dir, tasks=tasks, system_prompt="Answer from the documents."
+    )
     prompts = read_json(tmp_path / "d" / "prompts.json")
     assert prompts == {"docs": "Answer from the documents.", "snips": JSON_PROMPT}
     in_rows = {r["messages"][0]["content"] for r in train + val if r["task"] == "snips"}
-    in_requests = {messages[0]["content"] for messages, _ in evaluation_requests(
-        [r for r in val if r["task"] == "snips"], prompts)}
-    export_gguf(tiny_model_dir, tmp_path / "d" / "prompts.json", tmp_path / "gguf", quants=["F32"], outtype="f32",
-                name="tiny")
+    in_requests = {
+        messages[0]["content"] for messages, _ in evaluation_requests([r for r in val if r["task"] == "snips"], prompts)
+    }
+    export_gguf(
+        tiny_model_dir, tmp_path / "d" / "prompts.json", tmp_path / "gguf", quants=["F32"], outtype="f32", name="tiny"
+    )
     modelfile = (tmp_path / "gguf" / "Modelfile.snips").read_text()
     assert in_rows == in_requests == {JSON_PROMPT}
     assert f'SYSTEM """{JSON_PROMPT}"""' in modelfile
@@ -153,8 +169,16 @@ def test_one_system_prompt_in_rows_eval_requests_and_modelfile(tmp_path, text_di
 def test_labeled_system_messages_are_replaced_by_the_task_prompt(tmp_path, tiny_model_dir):
     folder = tmp_path / "labeled"
     folder.mkdir()
-    rows = [{"messages": [{"role": "system", "content": "Old prompt"}, {"role": "user", "content": f"Q{i}"},
-                          {"role": "assistant", "content": f"A{i}"}]} for i in range(4)]
+    rows = [
+        {
+            "messages": [
+                {"role": "system", "content": "Old prompt"},
+                {"role": "user", "content": f"Q{i}"},
+                {"role": "assistant", "content": f"A{i}"},
+            ]
+        }
+        for i in range(4)
+    ]
     (folder / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     stats, train, val = _build(tmp_path, tmp_path / "none", tiny_model_dir, folder, system_prompt="New prompt")
     assert stats["system_prompts_replaced"] == 4
@@ -174,8 +198,7 @@ def test_overflow_policies(tmp_path, tiny_model_dir, policy):
         with pytest.raises(ValueError, match="pc.jsonl: row 5 has .* tokens, more than dataset.max_seq_len"):
             _build(tmp_path, tmp_path / "none", tiny_model_dir, folder, max_seq_len=96, on_overflow=policy)
         return
-    stats, train, val = _build(tmp_path, tmp_path / "none", tiny_model_dir, folder, max_seq_len=96,
-                               on_overflow=policy)
+    stats, train, val = _build(tmp_path, tmp_path / "none", tiny_model_dir, folder, max_seq_len=96, on_overflow=policy)
     assert stats["overflowed"] == 2
     kept = [r for r in train + val if "long answer" in r["messages"][-1]["content"]]
     assert len(kept) == (1 if policy == "truncate" else 0)
@@ -199,16 +222,22 @@ def test_near_duplicates_short_chunks_and_max_samples(tmp_path, tiny_model_dir):
     (text / "a.txt").write_text(base)
     (text / "b.txt").write_text(base.replace("thin matrices", "slim matrices", 1))  # a near copy
     (text / "c.txt").write_text("Tiny.")
-    (text / "d.txt").write_text("Evaluation compares the tuned model with its base on held-back rows. " * 3 +
-                                "Perplexity, exact match and per-slot scores are written to reports.")
-    write_jsonl(text / "manifest.jsonl", [{"source": n, "status": "ok", "output": n} for n in
-                                          ("a.txt", "b.txt", "c.txt", "d.txt")])
-    stats, train, val = _build(tmp_path, text, tiny_model_dir, tmp_path / "none", max_seq_len=512,
-                               split_by="chunk", dedup_threshold=0.8)
+    (text / "d.txt").write_text(
+        "Evaluation compares the tuned model with its base on held-back rows. " * 3
+        + "Perplexity, exact match and per-slot scores are written to reports."
+    )
+    write_jsonl(
+        text / "manifest.jsonl",
+        [{"source": n, "status": "ok", "output": n} for n in ("a.txt", "b.txt", "c.txt", "d.txt")],
+    )
+    stats, train, val = _build(
+        tmp_path, text, tiny_model_dir, tmp_path / "none", max_seq_len=512, split_by="chunk", dedup_threshold=0.8
+    )
     assert stats["deduplicated_near"] >= 1 and stats["dropped_short"] == 1
     assert not any(r["source"] == "b.txt" for r in train + val)
-    stats, train, val = _build(tmp_path, text, tiny_model_dir, tmp_path / "none", "m", max_seq_len=32,
-                               split_by="chunk", max_samples=4)
+    stats, train, val = _build(
+        tmp_path, text, tiny_model_dir, tmp_path / "none", "m", max_seq_len=32, split_by="chunk", max_samples=4
+    )
     assert len(train) + len(val) == 4 and stats["sampled_out"] > 0
 
 
@@ -230,8 +259,29 @@ def test_dataset_cli(tmp_path, text_dir, tiny_model_dir, monkeypatch):
     (work / "models").mkdir(parents=True)
     (work / "models" / "base").symlink_to(tiny_model_dir)
     monkeypatch.chdir(work)
-    assert main(["dataset", "--params", str(ROOT / "params.yaml"), "--input-dir", str(text_dir),
-                 "--labeled-dir", str(tmp_path / "none"), "--output-dir", str(tmp_path / "out"),
-                 "--max-seq-len", "64", "--overlap-tokens", "8", "--val-ratio", "0.3", "--max-samples", "6"]) == 0
+    assert (
+        main(
+            [
+                "dataset",
+                "--params",
+                str(ROOT / "params.yaml"),
+                "--input-dir",
+                str(text_dir),
+                "--labeled-dir",
+                str(tmp_path / "none"),
+                "--output-dir",
+                str(tmp_path / "out"),
+                "--max-seq-len",
+                "64",
+                "--overlap-tokens",
+                "8",
+                "--val-ratio",
+                "0.3",
+                "--max-samples",
+                "6",
+            ]
+        )
+        == 0
+    )
     stats = read_json(tmp_path / "out" / "stats.json")
     assert stats["max_seq_len"] == 64 and stats["rows"]["train"] + stats["rows"]["val"] == 6

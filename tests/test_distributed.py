@@ -14,11 +14,27 @@ from lorapipe.params import LoraParams, TrainParams
 
 def test_two_process_ddp_training_on_the_cpu(tmp_path, dataset_dir, tiny_model_dir, capfd):
     result = train_lora_distributed(
-        2, None, dataset_dir=str(dataset_dir), base_dir=str(tiny_model_dir), out_dir=str(tmp_path / "adapter"),
+        2,
+        None,
+        dataset_dir=str(dataset_dir),
+        base_dir=str(tiny_model_dir),
+        out_dir=str(tmp_path / "adapter"),
         lora=LoraParams(rank=4, alpha=8),
-        train=TrainParams(max_steps=4, lr=1e-2, batch_size=1, log_every=1, precision="fp32", resume="never",
-                          save_steps=0, eval_steps=0, warmup_steps=0),
-        seed=3, metrics_path=str(tmp_path / "train.json"), loss_path=None)
+        train=TrainParams(
+            max_steps=4,
+            lr=1e-2,
+            batch_size=1,
+            log_every=1,
+            precision="fp32",
+            resume="never",
+            save_steps=0,
+            eval_steps=0,
+            warmup_steps=0,
+        ),
+        seed=3,
+        metrics_path=str(tmp_path / "train.json"),
+        loss_path=None,
+    )
     out = capfd.readouterr().out
     assert "cpu × 2 processes" in out
     assert out.count("[train] step 4/4 loss") == 1  # only the first process prints

@@ -15,15 +15,34 @@ from lorapipe.export import export_gguf
 def test_base_merged_and_gguf_perplexity(tmp_path, dataset_dir, tiny_model_dir):
     """quants [Q8_0, F32]: every GGUF is scored; the answers come from the model export.json names
     (Q8_0, the Modelfile's FROM), not from the first file by name (F32)."""
-    export_gguf(tiny_model_dir, dataset_dir / "prompts.json", tmp_path / "gguf", quants=["Q8_0", "F32"],
-                outtype="f32", name="tiny")
-    base = evaluate_base(dataset_dir / "val.jsonl", tiny_model_dir, tmp_path / "eval_base.json",
-                         prompts_path=dataset_dir / "prompts.json", max_samples=4)
+    export_gguf(
+        tiny_model_dir,
+        dataset_dir / "prompts.json",
+        tmp_path / "gguf",
+        quants=["Q8_0", "F32"],
+        outtype="f32",
+        name="tiny",
+    )
+    base = evaluate_base(
+        dataset_dir / "val.jsonl",
+        tiny_model_dir,
+        tmp_path / "eval_base.json",
+        prompts_path=dataset_dir / "prompts.json",
+        max_samples=4,
+    )
     assert read_json(tmp_path / "eval_base.json") == base
-    metrics = evaluate_models(dataset_dir / "val.jsonl", dataset_dir / "prompts.json", tiny_model_dir,
-                              tmp_path / "gguf", tmp_path / "eval.json", samples_path=tmp_path / "samples.md",
-                              base_metrics_path=tmp_path / "eval_base.json", max_samples=4, num_generations=1,
-                              max_new_tokens=4)
+    metrics = evaluate_models(
+        dataset_dir / "val.jsonl",
+        dataset_dir / "prompts.json",
+        tiny_model_dir,
+        tmp_path / "gguf",
+        tmp_path / "eval.json",
+        samples_path=tmp_path / "samples.md",
+        base_metrics_path=tmp_path / "eval_base.json",
+        max_samples=4,
+        num_generations=1,
+        max_new_tokens=4,
+    )
     # The "merged" model here is the base itself, so every perplexity must agree.
     assert metrics["merged"]["perplexity"] == base["base"]["perplexity"]
     gguf = metrics["gguf"]["F32"]
@@ -39,8 +58,13 @@ def test_base_merged_and_gguf_perplexity(tmp_path, dataset_dir, tiny_model_dir):
 
 def test_without_an_export_the_error_names_the_command(tmp_path, dataset_dir, tiny_model_dir):
     with pytest.raises(FileNotFoundError, match=r"has no export.json.*dvc repro export"):
-        evaluate_models(dataset_dir / "val.jsonl", dataset_dir / "prompts.json", tiny_model_dir, tmp_path / "gguf",
-                        tmp_path / "eval.json")
+        evaluate_models(
+            dataset_dir / "val.jsonl",
+            dataset_dir / "prompts.json",
+            tiny_model_dir,
+            tmp_path / "gguf",
+            tmp_path / "eval.json",
+        )
     assert not (tmp_path / "eval.json").exists()
 
 
@@ -52,19 +76,44 @@ def test_chat_answers_are_scored_for_base_fine_tuned_and_gguf(tmp_path, tiny_mod
 
     data = tmp_path / "dataset"
     (tmp_path / "text").mkdir()
-    build_dataset(tmp_path / "text", tiny_model_dir, data, labeled_dir=FIXTURES / "labeled", mode="chat",
-                  max_seq_len=128, val_fraction=0.2, seed=1, system_prompt="Answer only with JSON.")
+    build_dataset(
+        tmp_path / "text",
+        tiny_model_dir,
+        data,
+        labeled_dir=FIXTURES / "labeled",
+        mode="chat",
+        max_seq_len=128,
+        val_fraction=0.2,
+        seed=1,
+        system_prompt="Answer only with JSON.",
+    )
     export_gguf(tiny_model_dir, data / "prompts.json", tmp_path / "gguf", quants=["F32"], outtype="f32", name="tiny")
-    evaluate_base(data / "val.jsonl", tiny_model_dir, tmp_path / "eval_base.json", max_samples=3,
-                  prompts_path=data / "prompts.json", answers_path=tmp_path / "answers_base.jsonl", max_new_tokens=6)
+    evaluate_base(
+        data / "val.jsonl",
+        tiny_model_dir,
+        tmp_path / "eval_base.json",
+        max_samples=3,
+        prompts_path=data / "prompts.json",
+        answers_path=tmp_path / "answers_base.jsonl",
+        max_new_tokens=6,
+    )
     base_answers = [json.loads(line) for line in (tmp_path / "answers_base.jsonl").read_text().splitlines()]
     assert len(base_answers) == 3 and all(a["task"] == "chat" for a in base_answers)
-    metrics = evaluate_models(data / "val.jsonl", data / "prompts.json", tiny_model_dir, tmp_path / "gguf",
-                              tmp_path / "eval.json", samples_path=tmp_path / "samples.md",
-                              base_metrics_path=tmp_path / "eval_base.json",
-                              max_samples=3, num_generations=2, max_new_tokens=6,
-                              base_answers_path=tmp_path / "answers_base.jsonl",
-                              json_schema=FIXTURES / "labeled" / "snips_schema.json", constrained=True)
+    metrics = evaluate_models(
+        data / "val.jsonl",
+        data / "prompts.json",
+        tiny_model_dir,
+        tmp_path / "gguf",
+        tmp_path / "eval.json",
+        samples_path=tmp_path / "samples.md",
+        base_metrics_path=tmp_path / "eval_base.json",
+        max_samples=3,
+        num_generations=2,
+        max_new_tokens=6,
+        base_answers_path=tmp_path / "answers_base.jsonl",
+        json_schema=FIXTURES / "labeled" / "snips_schema.json",
+        constrained=True,
+    )
     answers = metrics["answers"]
     assert set(answers) == {"base", "fine-tuned", "tiny.F32.gguf", "tiny.F32.gguf constrained"}
     for scores in answers.values():
@@ -80,8 +129,12 @@ def test_chat_answers_are_scored_for_base_fine_tuned_and_gguf(tmp_path, tiny_mod
 
     request = [{"role": "system", "content": "Answer only with JSON."}, {"role": "user", "content": "play jazz"}]
     (free,) = answer_all(tmp_path / "gguf" / "tiny.F32.gguf", [request], 12)
-    (bound,) = answer_all(tmp_path / "gguf" / "tiny.F32.gguf", [request], 12,
-                          json.loads((FIXTURES / "labeled" / "snips_schema.json").read_text()))
+    (bound,) = answer_all(
+        tmp_path / "gguf" / "tiny.F32.gguf",
+        [request],
+        12,
+        json.loads((FIXTURES / "labeled" / "snips_schema.json").read_text()),
+    )
     assert re.match(r'\{\s*"intent"\s*:', bound) and not re.match(r'\{\s*"intent"', free)
     # the "fine-tuned" model here is the base itself, so their greedy answers are the same
     assert answers["base"] == answers["fine-tuned"]

@@ -14,16 +14,27 @@ from lorapipe.models import load_tokenizer
 PROMPT = "You answer from the lorapipe documents only."
 
 
-LINEAGE = {"lorapipe.git_commit": "0123abc", "lorapipe.mlflow_run_id": "run42", "lorapipe.dataset_hash": "d5e7",
-           "lorapipe.base_model": "tiny-llama"}
+LINEAGE = {
+    "lorapipe.git_commit": "0123abc",
+    "lorapipe.mlflow_run_id": "run42",
+    "lorapipe.dataset_hash": "d5e7",
+    "lorapipe.base_model": "tiny-llama",
+}
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, tiny_model_dir):
     work = tmp_path_factory.mktemp("export")
     (work / "prompts.json").write_text(json.dumps({"text": PROMPT}))
-    info = export_gguf(tiny_model_dir, work / "prompts.json", work / "gguf", quants=["Q8_0", "F32"],
-                       outtype="f32", name="tiny", metadata=LINEAGE)
+    info = export_gguf(
+        tiny_model_dir,
+        work / "prompts.json",
+        work / "gguf",
+        quants=["Q8_0", "F32"],
+        outtype="f32",
+        name="tiny",
+        metadata=LINEAGE,
+    )
     return work / "gguf", info
 
 
@@ -124,9 +135,18 @@ def test_lora_gguf_on_the_base_gives_the_merged_models_logits(tmp_path, tiny_mod
 
     (tmp_path / "prompts.json").write_text(json.dumps({"text": PROMPT}))
     merged = merge_adapter(tiny_model_dir, trained_adapter, tmp_path / "merged")
-    info = export_gguf(merged, tmp_path / "prompts.json", tmp_path / "gguf", quants=["F32"], outtype="f32",
-                       name="tiny", metadata=LINEAGE, lora_gguf=True, adapter_dir=trained_adapter,
-                       base_dir=tiny_model_dir)
+    info = export_gguf(
+        merged,
+        tmp_path / "prompts.json",
+        tmp_path / "gguf",
+        quants=["F32"],
+        outtype="f32",
+        name="tiny",
+        metadata=LINEAGE,
+        lora_gguf=True,
+        adapter_dir=trained_adapter,
+        base_dir=tiny_model_dir,
+    )
     lora = tmp_path / "gguf" / "tiny.lora.gguf"
     assert info["files"]["lora"] == "tiny.lora.gguf" and _gguf_strings(lora) == LINEAGE
     base = convert_to_gguf(tiny_model_dir, tmp_path / "base.gguf", "f32", converter_dir())
@@ -148,14 +168,19 @@ def test_ollama_create_runs_when_ollama_is_on_path(tmp_path, tiny_model_dir, mon
     fake = tmp_path / "bin" / "ollama"
     fake.parent.mkdir()
     log = tmp_path / "ollama.log"
-    fake.write_text("#!/bin/sh\n"
-                    f"echo \"$@\" >> {log}\n"
-                    f"cat \"$4\" >> {log}\n")
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {log}\ncat "$4" >> {log}\n')
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake.parent}:{__import__('os').environ['PATH']}")
     (tmp_path / "prompts.json").write_text(json.dumps({"docs": PROMPT, "queries": "Answer in JSON."}))
-    info = export_gguf(tiny_model_dir, tmp_path / "prompts.json", tmp_path / "gguf", quants=["Q8_0"],
-                       outtype="f32", name="tiny", ollama_name="acme/tiny:v1")
+    info = export_gguf(
+        tiny_model_dir,
+        tmp_path / "prompts.json",
+        tmp_path / "gguf",
+        quants=["Q8_0"],
+        outtype="f32",
+        name="tiny",
+        ollama_name="acme/tiny:v1",
+    )
     called = log.read_text()
     assert "create acme/tiny:v1 -f Modelfile" in called and "create acme/tiny:v1-queries -f Modelfile.queries" in called
     assert "FROM ./tiny.Q8_0.gguf" in called and 'SYSTEM """Answer in JSON."""' in called
@@ -172,8 +197,11 @@ def test_missing_or_incomplete_merged_folder_names_what_is_missing(tmp_path, tin
     shutil.copytree(tiny_model_dir, partial)
     (partial / "model.safetensors").unlink()
     (partial / "tokenizer.json").unlink()
-    with pytest.raises(FileNotFoundError, match=r"incomplete: missing tokenizer.json \(or tokenizer.model\), "
-                                                r"model.safetensors"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"incomplete: missing tokenizer.json \(or tokenizer.model\), "
+        r"model.safetensors",
+    ):
         export_gguf(partial, tmp_path / "prompts.json", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -200,9 +228,12 @@ def test_unknown_quantization_lists_valid_ones(tmp_path, tiny_model_dir):
 def test_bad_knobs_fail_before_any_work(tmp_path, tiny_model_dir):
     """The knobs are checked by the params schema, the one list of quantization names and outtypes."""
     (tmp_path / "prompts.json").write_text(json.dumps({"text": PROMPT}))
-    for knobs, message in (({"outtype": "q4_k_m"}, r"export.outtype"), ({"name": "bad name/"}, r"export.name"),
-                           ({"quants": []}, r"export.quants"),
-                           ({"lora_gguf": True}, r"lora_gguf needs adapter_dir and base_dir")):
+    for knobs, message in (
+        ({"outtype": "q4_k_m"}, r"export.outtype"),
+        ({"name": "bad name/"}, r"export.name"),
+        ({"quants": []}, r"export.quants"),
+        ({"lora_gguf": True}, r"lora_gguf needs adapter_dir and base_dir"),
+    ):
         with pytest.raises(ValueError, match=message):
             export_gguf(tiny_model_dir, tmp_path / "prompts.json", tmp_path / "out", **knobs)
     assert not (tmp_path / "out").exists()

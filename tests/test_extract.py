@@ -15,8 +15,20 @@ from helpers import FIXTURES, SAMPLE_DOCS
 from lorapipe import extract_documents
 from lorapipe.extract import RUN_FIELDS, clean_text
 
-MANIFEST_KEYS = {"source", "sha256", "bytes", "format", "extractor", "pages", "chars", "status", "error",
-                 "output", "cached", "seconds"}
+MANIFEST_KEYS = {
+    "source",
+    "sha256",
+    "bytes",
+    "format",
+    "extractor",
+    "pages",
+    "chars",
+    "status",
+    "error",
+    "output",
+    "cached",
+    "seconds",
+}
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +50,12 @@ def test_sample_corpus_formats_all_extract(sample_manifest):
     assert "Content hashes instead of timestamps" in (out / by_format["pdf"]["output"]).read_text()
     assert "Chapter 2. The GGUF format" in (out / by_format["epub"]["output"]).read_text()
     lines = (out / "manifest.jsonl").read_text().splitlines()
-    assert [json.loads(line) for line in lines] == [{k: v for k, v in row.items() if k not in RUN_FIELDS}
-                                                    for row in manifest]
-    assert sorted(p.name for p in out.iterdir()) == sorted([r["output"] for r in manifest] + ["manifest.jsonl",
-                                                                                            "extract.log"])
+    assert [json.loads(line) for line in lines] == [
+        {k: v for k, v in row.items() if k not in RUN_FIELDS} for row in manifest
+    ]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [r["output"] for r in manifest] + ["manifest.jsonl", "extract.log"]
+    )
 
 
 def test_corrupted_pdf_is_recorded_and_others_go_through(tmp_path):
@@ -55,8 +69,11 @@ def test_corrupted_pdf_is_recorded_and_others_go_through(tmp_path):
     assert "docling" in manifest["broken.pdf"]["error"] and "pdfplumber" in manifest["broken.pdf"]["error"]
     assert manifest["notes.xyz"]["status"] == "skipped" and "unsupported" in manifest["notes.xyz"]["error"]
     assert manifest["lora-primer.md"]["status"] == "ok"
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["extract.log", "lora-primer.md.txt",
-                                                                    "manifest.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "extract.log",
+        "lora-primer.md.txt",
+        "manifest.jsonl",
+    ]
 
 
 def test_missing_folder_is_named(tmp_path):
@@ -78,8 +95,12 @@ def test_no_usable_text_raises(tmp_path):
 def test_json_report_and_nested_folders(tmp_path):
     docs = tmp_path / "docs" / "reports" / "2026"
     docs.mkdir(parents=True)
-    report = {"sections": {"INTRODUCTION": {"improved": "The intro text is long enough."},
-                           "METHODS": {"improved": "We measured twice."}}}
+    report = {
+        "sections": {
+            "INTRODUCTION": {"improved": "The intro text is long enough."},
+            "METHODS": {"improved": "We measured twice."},
+        }
+    }
     (docs / "r.json").write_text(json.dumps(report))
     (manifest,) = extract_documents(tmp_path / "docs", tmp_path / "out")
     assert manifest["output"] == "reports__2026__r.json.txt"
@@ -108,8 +129,13 @@ def similarity(text, truth):
     return difflib.SequenceMatcher(None, _words(text), _words(truth), autojunk=False).ratio()
 
 
-QUALITY_DOCS = ["2305.03393v1-pg9.pdf", "multi_page.pdf", "normal_4pages.pdf", "right_to_left_01.pdf",
-                "epub_purvis_poetry.epub"]
+QUALITY_DOCS = [
+    "2305.03393v1-pg9.pdf",
+    "multi_page.pdf",
+    "normal_4pages.pdf",
+    "right_to_left_01.pdf",
+    "epub_purvis_poetry.epub",
+]
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +169,7 @@ def test_pdfplumber_backend(tmp_path):
 
 # --- incremental, resumable, crash-proof --------------------------------------------------------
 
+
 def _docs(tmp_path, names=("a.md", "b.md", "c.md")):
     docs = tmp_path / "docs"
     docs.mkdir(exist_ok=True)
@@ -157,8 +184,12 @@ def test_adding_a_document_extracts_only_that_one(tmp_path):
     assert [row["cached"] for row in first] == [False, False, False]
     (docs / "d.md").write_text("# d\n\nA new document that arrived later, with enough text.\n")
     second = {Path(r["source"]).name: r for r in extract_documents(docs, tmp_path / "out", workers=1)}
-    assert {name: row["cached"] for name, row in second.items()} == {"a.md": True, "b.md": True, "c.md": True,
-                                                                     "d.md": False}
+    assert {name: row["cached"] for name, row in second.items()} == {
+        "a.md": True,
+        "b.md": True,
+        "c.md": True,
+        "d.md": False,
+    }
     assert (tmp_path / "out" / "a.md.txt").read_text().startswith("# a.md")
     again = extract_documents(docs, tmp_path / "out", workers=1, resume=False)
     assert not any(row["cached"] for row in again)
@@ -169,8 +200,9 @@ def test_outputs_from_the_cache_are_byte_equal_to_a_fresh_extraction(tmp_path):
     extract_documents(SAMPLE_DOCS, tmp_path / "fresh", workers=2)
     again = extract_documents(SAMPLE_DOCS, tmp_path / "cached", workers=2)
     assert all(row["cached"] for row in again)
-    assert {p.name: p.read_bytes() for p in (tmp_path / "fresh").iterdir()} == \
-        {p.name: p.read_bytes() for p in (tmp_path / "cached").iterdir()}
+    assert {p.name: p.read_bytes() for p in (tmp_path / "fresh").iterdir()} == {
+        p.name: p.read_bytes() for p in (tmp_path / "cached").iterdir()
+    }
 
 
 def test_changed_params_do_not_reuse_the_cache(tmp_path):
@@ -191,11 +223,18 @@ def test_kill_9_mid_stage_resumes_where_it_stopped(tmp_path):
 
     docs = _docs(tmp_path, ("a.md", "b.md", "c.md"))
     cache = tmp_path / "cache"
-    code = ("from lorapipe import extract_documents; "
-            f"extract_documents({str(docs)!r}, {str(tmp_path / 'out')!r}, workers=1, cache_dir={str(cache)!r})")
+    code = (
+        "from lorapipe import extract_documents; "
+        f"extract_documents({str(docs)!r}, {str(tmp_path / 'out')!r}, workers=1, cache_dir={str(cache)!r})"
+    )
     env = {**os.environ, "LORAPIPE_FAULT": "extract:hang:c.md"}
-    process = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-c", code],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while len(list(cache.rglob("*.json"))) < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -258,21 +297,40 @@ def test_cli_takes_several_input_folders(tmp_path):
     (tmp_path / "b").mkdir()
     (tmp_path / "a" / "x.md").write_text("First folder, with enough text in it.")
     (tmp_path / "b" / "x.md").write_text("Second folder, with enough text in it.")
-    assert main(["extract", "--params", str(SAMPLE_DOCS.parents[2] / "params.yaml"), "--input-dir",
-                 str(tmp_path / "a"), str(tmp_path / "b"), "--output-dir", str(tmp_path / "out"),
-                 "--min-length", "5", "--device", "cpu", "--no-resume"]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                "--params",
+                str(SAMPLE_DOCS.parents[2] / "params.yaml"),
+                "--input-dir",
+                str(tmp_path / "a"),
+                str(tmp_path / "b"),
+                "--output-dir",
+                str(tmp_path / "out"),
+                "--min-length",
+                "5",
+                "--device",
+                "cpu",
+                "--no-resume",
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in (tmp_path / "out").glob("*.txt")) == ["a__x.md.txt", "b__x.md.txt"]
 
 
 # --- choosing the PDF backend ---------------------------------------------------------------------
+
 
 def test_auto_uses_docling_layout_only_when_available_offline(tmp_path, monkeypatch):
     from lorapipe.extract import formats
 
     real_find_spec = formats.importlib.util.find_spec
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setattr(formats.importlib.util, "find_spec",
-                        lambda name: None if name == "docling_ibm_models" else real_find_spec(name))
+    monkeypatch.setattr(
+        formats.importlib.util, "find_spec", lambda name: None if name == "docling_ibm_models" else real_find_spec(name)
+    )
     assert formats.resolve_pdf_backend("auto") == "docling-native"  # package not installed
 
     monkeypatch.setattr(formats.importlib.util, "find_spec", lambda name: object())
@@ -300,12 +358,16 @@ def test_docling_layout_pipeline_configuration():
 
 # --- cleaning -------------------------------------------------------------------------------------
 
+
 def test_running_headers_footers_and_page_numbers_are_removed():
     from lorapipe.extract.clean import clean_pages
 
     topics = ["Alpha", "Beta", "Gamma", "Delta", "Epsilon"]
-    pages = [f"Journal of Tests · Vol. 3 · p. {i}\n{topic} is discussed with hyphen-\nation and more.\n"
-             f"Confidential draft\n{i}" for i, topic in enumerate(topics, 1)]
+    pages = [
+        f"Journal of Tests · Vol. 3 · p. {i}\n{topic} is discussed with hyphen-\nation and more.\n"
+        f"Confidential draft\n{i}"
+        for i, topic in enumerate(topics, 1)
+    ]
     text = clean_pages(pages, paged=True)
     assert "Journal of Tests" not in text and "Confidential draft" not in text
     assert "hyphenation" in text
@@ -320,6 +382,7 @@ def test_single_page_text_keeps_its_lines():
 
 
 # --- bad input ------------------------------------------------------------------------------------
+
 
 def _pdf(path, text=None, password=None, shapes_only=False):
     from fpdf import FPDF

@@ -20,24 +20,42 @@ def test_a_malformed_fault_variable_is_refused(monkeypatch):
         faults.enter_stage("train")
 
 
-@pytest.mark.parametrize("value, fault", [
-    ("train:mid", Fault("train", "mid")),
-    ("evaluate_base:early", Fault("evaluate_base", "early")),
-    ("train:kill-after-checkpoint:3", Fault("train", "kill-after-checkpoint", "3")),
-    ("train:oom-at-step:12", Fault("train", "oom-at-step", "12")),
-    ("extract:crash:a b.pdf", Fault("extract", "crash", "a b.pdf")),
-    ("extract:hang:odd:name.md", Fault("extract", "hang", "odd:name.md")),  # a file name may hold a colon
-])
+@pytest.mark.parametrize(
+    "value, fault",
+    [
+        ("train:mid", Fault("train", "mid")),
+        ("evaluate_base:early", Fault("evaluate_base", "early")),
+        ("train:kill-after-checkpoint:3", Fault("train", "kill-after-checkpoint", "3")),
+        ("train:oom-at-step:12", Fault("train", "oom-at-step", "12")),
+        ("extract:crash:a b.pdf", Fault("extract", "crash", "a b.pdf")),
+        ("extract:hang:odd:name.md", Fault("extract", "hang", "odd:name.md")),  # a file name may hold a colon
+    ],
+)
 def test_the_fault_grammar(value, fault):
     assert parse(value) == fault
 
 
-@pytest.mark.parametrize("value", [
-    "train", "train:", ":mid", "train:mid:3", "Train:mid", "train:halfway",
-    "train:kill-after-checkpoint", "train:kill-after-checkpoint:", "train:kill-after-checkpoint:0",
-    "train:oom-at-step:two", "extract:crash", "extract:crash:", "train:crash:a.md", "extract:oom-at-step:2",
-    "kill-after-checkpoint:3", "hang:c.md",  # the old LORAPIPE_TRAIN_FAULT / LORAPIPE_EXTRACT_FAULT values
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "train",
+        "train:",
+        ":mid",
+        "train:mid:3",
+        "Train:mid",
+        "train:halfway",
+        "train:kill-after-checkpoint",
+        "train:kill-after-checkpoint:",
+        "train:kill-after-checkpoint:0",
+        "train:oom-at-step:two",
+        "extract:crash",
+        "extract:crash:",
+        "train:crash:a.md",
+        "extract:oom-at-step:2",
+        "kill-after-checkpoint:3",
+        "hang:c.md",  # the old LORAPIPE_TRAIN_FAULT / LORAPIPE_EXTRACT_FAULT values
+    ],
+)
 def test_malformed_values_are_refused_naming_the_grammar(value, monkeypatch):
     with pytest.raises(ValueError, match=r"LORAPIPE_FAULT=.*expected <stage>:<point>.*train:oom-at-step:<step>"):
         parse(value)

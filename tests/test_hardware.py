@@ -8,8 +8,15 @@ from pathlib import Path
 import pytest
 
 from lorapipe import hardware
-from lorapipe.hardware import (GiB, available_memory_gib, cpu_has_bf16, peak_matmul_flops, resolve_device,
-                               resolve_load_in_4bit, resolve_precision)
+from lorapipe.hardware import (
+    GiB,
+    available_memory_gib,
+    cpu_has_bf16,
+    peak_matmul_flops,
+    resolve_device,
+    resolve_load_in_4bit,
+    resolve_precision,
+)
 
 
 def test_device_and_precision_policy():

@@ -15,15 +15,21 @@ def _write(path, rows):
     return path
 
 
-@pytest.mark.parametrize("row, user, answer", [
-    ({"query": "Play jazz", "data": {"intent": "PlayMusic", "slots": {"genre": "jazz"}}},
-     "Play jazz", '{"intent": "PlayMusic", "slots": {"genre": "jazz"}}'),
-    ({"instruction": "Translate", "input": "bonjour", "output": "hello"}, "Translate\n\nbonjour", "hello"),
-    ({"instruction": "Say hi", "output": "hi"}, "Say hi", "hi"),
-    ({"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]}, "Q", "A"),
-    ({"conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]}, "Q", "A"),
-    ({"prompt": "2+2=", "completion": "4"}, "2+2=", "4"),
-])
+@pytest.mark.parametrize(
+    "row, user, answer",
+    [
+        (
+            {"query": "Play jazz", "data": {"intent": "PlayMusic", "slots": {"genre": "jazz"}}},
+            "Play jazz",
+            '{"intent": "PlayMusic", "slots": {"genre": "jazz"}}',
+        ),
+        ({"instruction": "Translate", "input": "bonjour", "output": "hello"}, "Translate\n\nbonjour", "hello"),
+        ({"instruction": "Say hi", "output": "hi"}, "Say hi", "hi"),
+        ({"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]}, "Q", "A"),
+        ({"conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]}, "Q", "A"),
+        ({"prompt": "2+2=", "completion": "4"}, "2+2=", "4"),
+    ],
+)
 def test_each_format_is_detected(tmp_path, row, user, answer):
     (conversation,), bad = load_labeled(_write(tmp_path / "x.jsonl", [row]))
     assert bad == 0

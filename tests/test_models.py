@@ -94,8 +94,9 @@ def _lorapipe_base(tmp_path, hub_url: str, **env_extra):
     (tmp_path / "params.yaml").write_text("model:\n  name: org/gated\n  revision: main\n")
     env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     env.update(HF_ENDPOINT=hub_url, HF_HOME=str(tmp_path / "hf-home"), **env_extra)
-    return subprocess.run([sys.executable, "-m", "lorapipe.cli", "base"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "lorapipe.cli", "base"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
 
 
 def test_gated_model_without_a_token_says_how_to_provide_one(tmp_path):

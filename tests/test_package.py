@@ -17,10 +17,17 @@ import lorapipe
 # Names that scripts outside the project import (the field cases in ../shared/fieldcases among
 # them); a rename must keep them importable or say so in the changelog.
 EXTERNAL_NAMES = [
-    ("lorapipe", "extract_documents"), ("lorapipe", "build_dataset"), ("lorapipe", "train_lora"),
-    ("lorapipe.evaluate", "hf_answers"), ("lorapipe.models", "bundled_gguf"), ("lorapipe.models", "load_tokenizer"),
-    ("lorapipe.chat_templates", "modelfile_text"), ("lorapipe.io", "read_jsonl"), ("lorapipe.io", "write_jsonl"),
-    ("lorapipe.rows", "tokenize_row"), ("lorapipe.train", "training_rows"),
+    ("lorapipe", "extract_documents"),
+    ("lorapipe", "build_dataset"),
+    ("lorapipe", "train_lora"),
+    ("lorapipe.evaluate", "hf_answers"),
+    ("lorapipe.models", "bundled_gguf"),
+    ("lorapipe.models", "load_tokenizer"),
+    ("lorapipe.chat_templates", "modelfile_text"),
+    ("lorapipe.io", "read_jsonl"),
+    ("lorapipe.io", "write_jsonl"),
+    ("lorapipe.rows", "tokenize_row"),
+    ("lorapipe.train", "training_rows"),
 ]
 
 
@@ -55,7 +62,7 @@ def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     def visit(node: str, stack: list[str]) -> None:
         for nxt in sorted(graph.get(node, ())):
             if nxt in stack:
-                cycles.add(tuple(sorted(stack[stack.index(nxt):])))
+                cycles.add(tuple(sorted(stack[stack.index(nxt) :])))
             elif nxt not in seen:
                 visit(nxt, [*stack, nxt])
         seen.add(node)

@@ -30,28 +30,45 @@ def _params(**sections):
     return validate_params(sections)
 
 
-@pytest.mark.parametrize("value, is_path", [
-    ("You are a helpful assistant.", False), ("Answer in JSON/YAML only.", False), ("prompts/system.txt", True),
-    ("system.md", True), ("line one\nline/two", False)])
+@pytest.mark.parametrize(
+    "value, is_path",
+    [
+        ("You are a helpful assistant.", False),
+        ("Answer in JSON/YAML only.", False),
+        ("prompts/system.txt", True),
+        ("system.md", True),
+        ("line one\nline/two", False),
+    ],
+)
 def test_a_prompt_is_a_path_when_it_reads_as_one(value, is_path):
     assert looks_like_path(value) is is_path
 
 
 def test_files_under_data_raw_pass(project):
-    params = _params(dataset={"system_prompt": "data/raw/prompts/system.txt",
-                              "tasks": [{"name": "t", "kind": "chat", "system_prompt": "data/raw/prompts/system.txt"}]},
-                     eval={"json_schema": "data/raw/prompts/system.txt"})
+    params = _params(
+        dataset={
+            "system_prompt": "data/raw/prompts/system.txt",
+            "tasks": [{"name": "t", "kind": "chat", "system_prompt": "data/raw/prompts/system.txt"}],
+        },
+        eval={"json_schema": "data/raw/prompts/system.txt"},
+    )
     for stage in STAGE_FILE_KEYS:
         check_param_files(params, stage)
 
 
-@pytest.mark.parametrize("stage, sections, key", [
-    ("dataset", {"dataset": {"system_prompt": "outside.txt"}}, "dataset.system_prompt"),
-    ("dataset", {"dataset": {"tasks": [{"name": "t", "kind": "chat", "system_prompt": "../x/outside.txt"}]}},
-     "dataset.tasks[0].system_prompt"),
-    ("evaluate", {"eval": {"json_schema": "outside.txt"}}, "eval.json_schema"),
-    ("train", {"train": {"accelerate_config": "outside.txt"}}, "train.accelerate_config"),
-])
+@pytest.mark.parametrize(
+    "stage, sections, key",
+    [
+        ("dataset", {"dataset": {"system_prompt": "outside.txt"}}, "dataset.system_prompt"),
+        (
+            "dataset",
+            {"dataset": {"tasks": [{"name": "t", "kind": "chat", "system_prompt": "../x/outside.txt"}]}},
+            "dataset.tasks[0].system_prompt",
+        ),
+        ("evaluate", {"eval": {"json_schema": "outside.txt"}}, "eval.json_schema"),
+        ("train", {"train": {"accelerate_config": "outside.txt"}}, "train.accelerate_config"),
+    ],
+)
 def test_a_file_outside_data_raw_is_refused_naming_key_and_path(project, stage, sections, key):
     with pytest.raises(ParamsError) as error:
         check_param_files(_params(**sections), stage)
@@ -60,10 +77,13 @@ def test_a_file_outside_data_raw_is_refused_naming_key_and_path(project, stage, 
     assert "outside.txt" in message and ("is not a file" in message or "lies outside" in message)
 
 
-@pytest.mark.parametrize("stage, sections, key", [
-    ("dataset", {"dataset": {"system_prompt": "data/raw/prompts/missing.txt"}}, "dataset.system_prompt"),
-    ("evaluate", {"eval": {"json_schema": "data/raw/schema.json"}}, "eval.json_schema"),
-])
+@pytest.mark.parametrize(
+    "stage, sections, key",
+    [
+        ("dataset", {"dataset": {"system_prompt": "data/raw/prompts/missing.txt"}}, "dataset.system_prompt"),
+        ("evaluate", {"eval": {"json_schema": "data/raw/schema.json"}}, "eval.json_schema"),
+    ],
+)
 def test_a_missing_file_is_refused(project, stage, sections, key):
     with pytest.raises(ParamsError, match=rf"{key.replace('.', '[.]')}: data/raw/\S+ is not a file"):
         check_param_files(_params(**sections), stage)

@@ -13,8 +13,18 @@ from helpers import ROOT
 from lorapipe import params as schema
 from lorapipe import paths
 from lorapipe.cli import build_parser
-from lorapipe.params import (DEFAULTS, REGENERATE, STAGE_SECTIONS, ParamsError, Params, apply_overrides, load_params,
-                             section_keys, stage_keys, validate_params)
+from lorapipe.params import (
+    DEFAULTS,
+    REGENERATE,
+    STAGE_SECTIONS,
+    ParamsError,
+    Params,
+    apply_overrides,
+    load_params,
+    section_keys,
+    stage_keys,
+    validate_params,
+)
 
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 RAW = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -65,8 +75,23 @@ def test_dvc_paths_come_from_the_paths_module():
     for spec in DVC.values():
         for entry in spec.get("deps", []) + spec.get("outs", []) + spec.get("metrics", []) + spec.get("plots", []):
             declared.add(next(iter(entry)) if isinstance(entry, dict) else entry)
-    for name in ("RAW_DOCS", "EXTRACTED", "TRAIN_ROWS", "VAL_ROWS", "PROMPTS", "DATASET_STATS", "BASE_MODEL",
-                 "ADAPTER", "MERGED", "GGUF", "TRAIN_METRICS", "TRAIN_LOSS", "EVAL_BASE", "EVAL", "SAMPLES"):
+    for name in (
+        "RAW_DOCS",
+        "EXTRACTED",
+        "TRAIN_ROWS",
+        "VAL_ROWS",
+        "PROMPTS",
+        "DATASET_STATS",
+        "BASE_MODEL",
+        "ADAPTER",
+        "MERGED",
+        "GGUF",
+        "TRAIN_METRICS",
+        "TRAIN_LOSS",
+        "EVAL_BASE",
+        "EVAL",
+        "SAMPLES",
+    ):
         assert str(getattr(paths, name)) in declared, name
 
 
@@ -76,7 +101,16 @@ def test_cli_flags_match_params_keys():
     for stage in STAGE_SECTIONS:
         actions = commands[stage]._actions
         flags = {a.dest for a in actions if f"--{a.dest}" in a.option_strings}
-        assert flags - {"help", "params", "output_dir", "input_dir", "labeled_dir", "task", "merged_dir", "quant"} == set(stage_keys(stage)), stage
+        assert flags - {
+            "help",
+            "params",
+            "output_dir",
+            "input_dir",
+            "labeled_dir",
+            "task",
+            "merged_dir",
+            "quant",
+        } == set(stage_keys(stage)), stage
         assert {a.dest for a in actions if "." in a.dest} == set(stage_keys(stage)), stage
 
 
@@ -139,7 +173,8 @@ def test_every_field_has_a_description():
 def test_params_yaml_is_generated_from_the_schema():
     text = (ROOT / "params.yaml").read_text()
     assert text == schema.render_yaml(yaml.safe_load(text)), (
-        f"params.yaml's comments differ from the schema's descriptions: run `{REGENERATE}`")
+        f"params.yaml's comments differ from the schema's descriptions: run `{REGENERATE}`"
+    )
     comments, section = {}, None
     for line in text.splitlines():
         if line and not line.startswith(("#", " ")):
@@ -157,11 +192,22 @@ def test_rendering_validated_params_round_trips():
 
 def test_nested_values_render_as_valid_yaml():
     raw = {
-        "dataset": {"mode": "auto", "system_prompt": "Answer: briefly, and # never guess.",
-                    "tasks": [{"name": "queries", "kind": "chat", "sources": ["*.jsonl", "sub dir/*"],
-                               "system_prompt": "Reply with JSON: {\"intent\": ...}", "fields": {"query": "question"}},
-                              {"name": "docs", "kind": "text"}],
-                    "fields": {"query": "question", "data": "answer"}, "max_samples": 100},
+        "dataset": {
+            "mode": "auto",
+            "system_prompt": "Answer: briefly, and # never guess.",
+            "tasks": [
+                {
+                    "name": "queries",
+                    "kind": "chat",
+                    "sources": ["*.jsonl", "sub dir/*"],
+                    "system_prompt": 'Reply with JSON: {"intent": ...}',
+                    "fields": {"query": "question"},
+                },
+                {"name": "docs", "kind": "text"},
+            ],
+            "fields": {"query": "question", "data": "answer"},
+            "max_samples": 100,
+        },
         "lora": {"target_modules": ["q_proj", "v_proj"], "alpha": 16},
         "train": {"lr": 1e-05, "resume": "never"},
         "export": {"quants": ["Q8_0", "F16"], "ollama_name": "me/model:latest"},
@@ -185,7 +231,8 @@ def _readme_table(readme: str) -> str:
 def test_readme_parameter_table_is_generated_from_the_schema():
     readme = (ROOT / "README.md").read_text()
     assert _readme_table(readme) == schema.render_table(), (
-        f"README.md's parameter reference differs from the schema: run `{REGENERATE}`")
+        f"README.md's parameter reference differs from the schema: run `{REGENERATE}`"
+    )
     assert readme == schema.replace_table(readme)
     rows = [line for line in schema.render_table().splitlines()[2:]]
     assert [row.split(" | ")[0].strip("| `") for row in rows] == _all_keys()

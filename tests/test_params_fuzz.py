@@ -25,22 +25,55 @@ from helpers import ROOT
 from lorapipe.params import Params, ParamsError, load_params
 
 DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())
-KEYS = [f"{section}.{key}" for section, model in Params.model_fields.items()
-        for key in model.annotation.model_fields]
+KEYS = [f"{section}.{key}" for section, model in Params.model_fields.items() for key in model.annotation.model_fields]
 
 # What a YAML file can hold: scalars of every kind (NaN and infinities, huge and negative numbers,
 # any text), and small lists and mappings of them.
 SCALARS = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-2**70, max_value=2**70),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
-    st.sampled_from(["", " ", "auto", "none", "8", "2e-4", "-1", "inf", "nan", "yes", "a\x00b", "Q8_0", "q4_k_m",
-                     "text", "chat", "bf16", "f16", "float16", "nf4", "*", "drop", "skip", "messages"]),
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "auto",
+            "none",
+            "8",
+            "2e-4",
+            "-1",
+            "inf",
+            "nan",
+            "yes",
+            "a\x00b",
+            "Q8_0",
+            "q4_k_m",
+            "text",
+            "chat",
+            "bf16",
+            "f16",
+            "float16",
+            "nf4",
+            "*",
+            "drop",
+            "skip",
+            "messages",
+        ]
+    ),
 )
-VALUES = st.one_of(SCALARS, st.lists(SCALARS, max_size=3),
-                   st.dictionaries(st.text(max_size=6), SCALARS, max_size=3),
-                   st.lists(st.fixed_dictionaries({"name": st.sampled_from(["docs", "q", "", "a b"]),
-                                                   "kind": st.sampled_from(["text", "chat", "image"])}),
-                            max_size=2))
+VALUES = st.one_of(
+    SCALARS,
+    st.lists(SCALARS, max_size=3),
+    st.dictionaries(st.text(max_size=6), SCALARS, max_size=3),
+    st.lists(
+        st.fixed_dictionaries(
+            {"name": st.sampled_from(["docs", "q", "", "a b"]), "kind": st.sampled_from(["text", "chat", "image"])}
+        ),
+        max_size=2,
+    ),
+)
 
 
 def _well_formed(value, annotation, metadata=()) -> bool:
@@ -56,22 +89,31 @@ def _well_formed(value, annotation, metadata=()) -> bool:
         return value is None
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return isinstance(value, annotation) and all(
-            _well_formed(getattr(value, k), f.annotation, f.metadata) for k, f in annotation.model_fields.items())
+            _well_formed(getattr(value, k), f.annotation, f.metadata) for k, f in annotation.model_fields.items()
+        )
     if origin is list:
-        return type(value) is list and _bounded(len(value), metadata, length=True) and \
-            all(_well_formed(item, args[0]) for item in value)
+        return (
+            type(value) is list
+            and _bounded(len(value), metadata, length=True)
+            and all(_well_formed(item, args[0]) for item in value)
+        )
     if origin is dict:
-        return type(value) is dict and all(_well_formed(k, args[0]) and _well_formed(v, args[1])
-                                           for k, v in value.items())
+        return type(value) is dict and all(
+            _well_formed(k, args[0]) and _well_formed(v, args[1]) for k, v in value.items()
+        )
     if annotation is bool:
         return type(value) is bool
     if annotation is int:
-        return type(value) is int and -2**31 <= value < 2**32 and _bounded(value, metadata)
+        return type(value) is int and -(2**31) <= value < 2**32 and _bounded(value, metadata)
     if annotation is float:
         return type(value) is float and math.isfinite(value) and _bounded(value, metadata)
     if annotation is str:
-        return type(value) is str and "\x00" not in value and _bounded(len(value), metadata, length=True) and \
-            all(re.match(pattern, value) for pattern in _patterns(metadata))
+        return (
+            type(value) is str
+            and "\x00" not in value
+            and _bounded(len(value), metadata, length=True)
+            and all(re.match(pattern, value) for pattern in _patterns(metadata))
+        )
     raise AssertionError(f"the fuzz test does not know the type {annotation!r}: teach _well_formed")
 
 
@@ -90,8 +132,12 @@ def _bounded(number, metadata, length: bool = False) -> bool:
             if isinstance(bound, annotated_types.MinLen) and number < bound.min_length:
                 return False
             continue
-        for kind, test in ((annotated_types.Ge, lambda b: number >= b.ge), (annotated_types.Gt, lambda b: number > b.gt),
-                           (annotated_types.Le, lambda b: number <= b.le), (annotated_types.Lt, lambda b: number < b.lt)):
+        for kind, test in (
+            (annotated_types.Ge, lambda b: number >= b.ge),
+            (annotated_types.Gt, lambda b: number > b.gt),
+            (annotated_types.Le, lambda b: number <= b.le),
+            (annotated_types.Lt, lambda b: number < b.lt),
+        ):
             if isinstance(bound, kind) and not test(bound):
                 return False
     return True
@@ -143,17 +189,20 @@ def test_the_oracle_refuses_what_the_validator_used_to_let_through():
     assert _well_formed("Answer briefly.", prompt.annotation, prompt.metadata)
 
 
-@pytest.mark.parametrize("key,value,words", [
-    ("lora.rank", True, "not true/false"),
-    ("lora.alpha", float("inf"), "finite"),
-    ("train.lr", float("nan"), "finite"),
-    ("model.name", "a\x00b", "NUL"),
-    ("dataset.system_prompt", "   ", "blank"),
-    ("train.packing", "yes please", "boolean"),
-    ("common.seed", 2**33, "less than or equal to 4294967295"),
-    ("train.max_steps", 2**40, "less than or equal to 2147483647"),
-    ("dataset.max_seq_len", 32, "dataset.overlap_tokens (64) must be smaller"),
-])
+@pytest.mark.parametrize(
+    "key,value,words",
+    [
+        ("lora.rank", True, "not true/false"),
+        ("lora.alpha", float("inf"), "finite"),
+        ("train.lr", float("nan"), "finite"),
+        ("model.name", "a\x00b", "NUL"),
+        ("dataset.system_prompt", "   ", "blank"),
+        ("train.packing", "yes please", "boolean"),
+        ("common.seed", 2**33, "less than or equal to 4294967295"),
+        ("train.max_steps", 2**40, "less than or equal to 2147483647"),
+        ("dataset.max_seq_len", 32, "dataset.overlap_tokens (64) must be smaller"),
+    ],
+)
 def test_values_that_used_to_reach_stages_are_refused(tmp_path, key, value, words):
     with pytest.raises(ParamsError) as error:
         load_params(_write(tmp_path, key, value))

@@ -14,11 +14,17 @@ from lorapipe.params import LoraParams, TrainParams
 from lorapipe.plan import estimate_memory_gib, fit_batch, load_facts, plan_report, training_steps
 
 
-@pytest.mark.parametrize("model, billions", [
-    ("mistralai/Mistral-7B-v0.1", 7.24), ("mistralai/Mistral-7B-Instruct-v0.2", 7.24),
-    ("meta-llama/Llama-3.1-8B-Instruct", 8.03), ("Qwen/Qwen2.5-7B-Instruct", 7.62),
-    ("smollm2-135m-instruct", 0.135), ("google/gemma-3-27b-it", 27.0),
-])
+@pytest.mark.parametrize(
+    "model, billions",
+    [
+        ("mistralai/Mistral-7B-v0.1", 7.24),
+        ("mistralai/Mistral-7B-Instruct-v0.2", 7.24),
+        ("meta-llama/Llama-3.1-8B-Instruct", 8.03),
+        ("Qwen/Qwen2.5-7B-Instruct", 7.62),
+        ("smollm2-135m-instruct", 0.135),
+        ("google/gemma-3-27b-it", 27.0),
+    ],
+)
 def test_parameter_counts_match_the_published_sizes(model, billions):
     # Qwen2's q/k/v biases (0.3 M) and Gemma-3's vision tower are not counted
     assert load_facts(model).parameters / 1e9 == pytest.approx(billions, rel=0.04)
@@ -40,23 +46,41 @@ def test_estimate_within_25_percent_of_measured_peak_for_the_tiny_model(tmp_path
         f"train_lora({str(dataset_dir)!r}, {str(tiny_model_dir)!r}, {str(tmp_path / 'a')!r}, lora=LoraParams(rank=8), "
         "train=TrainParams(max_steps=2, batch_size=4, precision='fp32', resume='never', save_steps=0, eval_steps=0)); "
         "kb = int(re.search(r'VmHWM:\\s+(\\d+)', Path('/proc/self/status').read_text()).group(1)); "
-        "print(json.dumps(kb / 2**20))")
+        "print(json.dumps(kb / 2**20))"
+    )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     measured = json.loads(run.stdout.strip().splitlines()[-1])
     max_len = json.loads((dataset_dir / "stats.json").read_text())["max_seq_len"]
-    estimate = estimate_memory_gib(load_facts(str(tiny_model_dir)), max_seq_len=max_len, batch_size=4, lora_rank=8,
-                                  precision="fp32")["total"]
+    estimate = estimate_memory_gib(
+        load_facts(str(tiny_model_dir)), max_seq_len=max_len, batch_size=4, lora_rank=8, precision="fp32"
+    )["total"]
     assert estimate == pytest.approx(measured, rel=0.25), (estimate, measured)
 
 
 def test_report_says_whether_it_fits_and_how_to_fix_it(tmp_path):
     stats = tmp_path / "stats.json"
     stats.write_text(json.dumps({"rows": {"train": 100}, "tokens": {"train": 40000}}))
-    text, fits = plan_report("smollm2-135m-instruct", max_seq_len=512, batch_size=4, lora_rank=16, device="cpu",
-                             precision="fp32", device_memory_gib=64, steps=10, dataset_stats=stats)
+    text, fits = plan_report(
+        "smollm2-135m-instruct",
+        max_seq_len=512,
+        batch_size=4,
+        lora_rank=16,
+        device="cpu",
+        precision="fp32",
+        device_memory_gib=64,
+        steps=10,
+        dataset_stats=stats,
+    )
     assert fits and "fits" in text and "about" in text and "10 steps" in text
-    text, fits = plan_report("mistralai/Mistral-7B-Instruct-v0.2", max_seq_len=2048, batch_size=4, lora_rank=16,
-                             load_in_4bit=True, device="cuda", device_memory_gib=8)
+    text, fits = plan_report(
+        "mistralai/Mistral-7B-Instruct-v0.2",
+        max_seq_len=2048,
+        batch_size=4,
+        lora_rank=16,
+        load_in_4bit=True,
+        device="cuda",
+        device_memory_gib=8,
+    )
     assert not fits and "does NOT fit" in text and "dataset.max_seq_len" in text
 
 
@@ -86,19 +110,32 @@ def test_train_autofit_lowers_the_batch(tmp_path, dataset_dir, tiny_model_dir, m
     facts = load_facts(str(tiny_model_dir))
     needed = estimate_memory_gib(facts, max_seq_len=64, batch_size=2, lora_rank=4, precision="fp32")["total"]
     monkeypatch.setattr(plan, "available_memory_gib", lambda device: needed + 0.001)
-    result = train_lora(dataset_dir, tiny_model_dir, tmp_path / "a", lora=LoraParams(rank=4),
-                        train=TrainParams(max_steps=1, batch_size=8, precision="fp32", autofit=True, save_steps=0))
+    result = train_lora(
+        dataset_dir,
+        tiny_model_dir,
+        tmp_path / "a",
+        lora=LoraParams(rank=4),
+        train=TrainParams(max_steps=1, batch_size=8, precision="fp32", autofit=True, save_steps=0),
+    )
     assert "train.autofit: batch_size 8 → 2, grad_accum 1 → 4" in capsys.readouterr().out
     assert (result.resolved.batch_size, result.resolved.grad_accum) == (2, 4)
 
 
 def test_plan_cli_exit_codes():
     base = [sys.executable, "-m", "lorapipe.cli", "plan", "--params", str(ROOT / "params.yaml"), "--device", "cpu"]
-    ok = subprocess.run(base + ["--model", "smollm2-135m-instruct", "--device-memory-gb", "64"],
-                        capture_output=True, text=True, cwd=ROOT / "tests")
+    ok = subprocess.run(
+        base + ["--model", "smollm2-135m-instruct", "--device-memory-gb", "64"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT / "tests",
+    )
     assert ok.returncode == 0 and "fits" in ok.stdout
-    no = subprocess.run(base + ["--model", "Qwen/Qwen2.5-7B-Instruct", "--device-memory-gb", "4"],
-                        capture_output=True, text=True, cwd=ROOT / "tests")
+    no = subprocess.run(
+        base + ["--model", "Qwen/Qwen2.5-7B-Instruct", "--device-memory-gb", "4"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT / "tests",
+    )
     assert no.returncode == 1 and "does NOT fit" in no.stdout and "fix" in no.stdout
 
 
@@ -108,8 +145,18 @@ def test_train_skips_the_check_for_configs_plan_does_not_know(tmp_path, capsys):
     from lorapipe.plan import check_fit
 
     GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100).save_pretrained(tmp_path)
-    fit = check_fit(tmp_path, device="cpu", precision="fp32", load_in_4bit=False, max_seq_len=64, batch_size=4,
-                    grad_accum=1, lora_rank=8, target_modules="auto", autofit=False)
+    fit = check_fit(
+        tmp_path,
+        device="cpu",
+        precision="fp32",
+        load_in_4bit=False,
+        max_seq_len=64,
+        batch_size=4,
+        grad_accum=1,
+        lora_rank=8,
+        target_modules="auto",
+        autofit=False,
+    )
     assert (fit.batch_size, fit.grad_accum) == (4, 1)
     assert "memory check skipped" in capsys.readouterr().out
 
@@ -130,11 +177,26 @@ def test_model_flops_per_token_follow_the_definition():
 
 def test_speed_for_a_gpu_that_is_not_here(monkeypatch):
     monkeypatch.setattr("lorapipe.plan.cuda_available", lambda: False)
-    text, _ = plan_report("mistralai/Mistral-7B-v0.1", max_seq_len=512, batch_size=2, lora_rank=16,
-                          load_in_4bit=True, device="cuda", device_memory_gib=8, peak_tflops=100)
+    text, _ = plan_report(
+        "mistralai/Mistral-7B-v0.1",
+        max_seq_len=512,
+        batch_size=2,
+        lora_rank=16,
+        load_in_4bit=True,
+        device="cuda",
+        device_memory_gib=8,
+        peak_tflops=100,
+    )
     assert "tokens/s" in text and "of 100.00 TFLOP/s (given)" in text
-    text, _ = plan_report("mistralai/Mistral-7B-v0.1", max_seq_len=512, batch_size=2, lora_rank=16,
-                          load_in_4bit=True, device="cuda", device_memory_gib=8)
+    text, _ = plan_report(
+        "mistralai/Mistral-7B-v0.1",
+        max_seq_len=512,
+        batch_size=2,
+        lora_rank=16,
+        load_in_4bit=True,
+        device="cuda",
+        device_memory_gib=8,
+    )
     assert "not estimated" in text and "--peak-tflops" in text
 
 
@@ -149,8 +211,19 @@ def test_steps_from_epochs_count_every_process_and_are_the_ones_plan_reports(tmp
     stats.write_text(json.dumps({"rows": {"train": 100}, "tokens": {"train": 40000}}))
     report = {}
     for processes in (1, 2):
-        text, _ = plan_report("smollm2-135m-instruct", max_seq_len=512, batch_size=4, lora_rank=16, device="cpu",
-                              precision="fp32", device_memory_gib=64, steps=-1, epochs=1, processes=processes,
-                              dataset_stats=stats, peak_tflops=1)
+        text, _ = plan_report(
+            "smollm2-135m-instruct",
+            max_seq_len=512,
+            batch_size=4,
+            lora_rank=16,
+            device="cpu",
+            precision="fp32",
+            device_memory_gib=64,
+            steps=-1,
+            epochs=1,
+            processes=processes,
+            dataset_stats=stats,
+            peak_tflops=1,
+        )
         report[processes] = text
     assert "for 25 steps" in report[1] and "for 13 steps" in report[2]

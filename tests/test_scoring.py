@@ -30,7 +30,9 @@ def test_exact_match_and_rouge_l():
     assert rouge_l("the cat sat on the mat", "the cat sat on the mat") == 1.0
     assert rouge_l("", "anything") == 0.0 and rouge_l("", "") == 1.0
     # LCS "the cat the mat" = 4 of 6 and 4 of 5 words
-    assert rouge_l("the cat sat on the mat", "the big cat ate the mat") == pytest.approx(2 * (4 / 6) * (4 / 6) / (4 / 3))
+    assert rouge_l("the cat sat on the mat", "the big cat ate the mat") == pytest.approx(
+        2 * (4 / 6) * (4 / 6) / (4 / 3)
+    )
     assert rouge_l("a b c", "x y z") == 0.0
 
 
@@ -47,8 +49,12 @@ def test_json_scores_on_canned_answers():
     assert scores["schema_valid_rate"] == 0.75
     assert scores["intent_accuracy"] == 0.75
     # predicted slots: 2 + 1 + 3 = 6, expected 2 + 2 + 2 + 1 = 7, right 2 + 0 + 2 = 4
-    assert scores["slots"] == {"precision": round(4 / 6, 4), "recall": round(4 / 7, 4),
-                               "f1": round(2 * (4 / 6) * (4 / 7) / (4 / 6 + 4 / 7), 4), "support": 7}
+    assert scores["slots"] == {
+        "precision": round(4 / 6, 4),
+        "recall": round(4 / 7, 4),
+        "f1": round(2 * (4 / 6) * (4 / 7) / (4 / 6 + 4 / 7), 4),
+        "support": 7,
+    }
     per_slot = scores["per_slot"]
     assert per_slot["artist"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1}
     assert per_slot["city"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}  # case matters
@@ -77,12 +83,20 @@ def test_sequence_nll_in_padded_batches_equals_one_sequence_at_a_time():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2)).eval()
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=100,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    ).eval()
     sequences = []
     for n in (5, 9, 17, 3, 12, 2):
         ids = torch.randint(0, 100, (n,)).tolist()
-        sequences.append((ids, [-100] * (n // 2) + ids[n // 2:]))
+        sequences.append((ids, [-100] * (n // 2) + ids[n // 2 :]))
     sequences.append(([1, 2, 3], [-100, -100, -100]))  # no token carries loss
     reference, tokens = 0.0, 0
     for ids, labels in sequences:

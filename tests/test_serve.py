@@ -42,8 +42,14 @@ def running_server(project: Path, token: str | None = TOKEN, *extra: str):
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # dvc and python of this venv
     if token:
         env["LORAPIPE_API_TOKEN"] = token
-    process = subprocess.Popen([sys.executable, "-m", "lorapipe.cli", "serve", "--port", str(port), *extra],
-                               cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lorapipe.cli", "serve", "--port", str(port), *extra],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -66,8 +72,14 @@ def project(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("served")
     (root / "data" / "dataset").mkdir(parents=True)
     (root / "data" / "dataset" / "prompts.json").write_text(json.dumps({"docs": PROMPT, "queries": "JSON only."}))
-    export_gguf(tiny_model_dir, root / "data" / "dataset" / "prompts.json", root / "models" / "gguf",
-                quants=["F32"], outtype="f32", name="tiny")
+    export_gguf(
+        tiny_model_dir,
+        root / "data" / "dataset" / "prompts.json",
+        root / "models" / "gguf",
+        quants=["F32"],
+        outtype="f32",
+        name="tiny",
+    )
     adapter = root / "models" / "lora_output"
     adapter.mkdir(parents=True)
     (adapter / "run.json").write_text(json.dumps({"run_id": "abc123"}))
@@ -97,8 +109,10 @@ def test_status_health_is_open_and_details_need_the_token(server):
 def test_every_other_route_needs_the_token(server):
     for route, payload in (("query", {"prompt": "hi"}), ("v1/chat/completions", {"messages": []}), ("train", {})):
         assert requests.post(f"{server}/{route}", json=payload).status_code == 401
-        assert requests.post(f"{server}/{route}", json=payload,
-                             headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert (
+            requests.post(f"{server}/{route}", json=payload, headers={"Authorization": "Bearer wrong"}).status_code
+            == 401
+        )
 
 
 def test_query_answers_with_the_task_system_prompt(server):
@@ -127,8 +141,9 @@ def test_openai_compatible_chat_completions_with_and_without_streaming(server):
     reply = requests.post(f"{server}/v1/chat/completions", json=payload, headers=AUTH).json()
     assert reply["object"] == "chat.completion" and reply["choices"][0]["message"]["role"] == "assistant"
     answer = reply["choices"][0]["message"]["content"]
-    streamed = requests.post(f"{server}/v1/chat/completions", json={**payload, "stream": True}, headers=AUTH,
-                             stream=True)
+    streamed = requests.post(
+        f"{server}/v1/chat/completions", json={**payload, "stream": True}, headers=AUTH, stream=True
+    )
     assert streamed.headers["content-type"].startswith("text/event-stream")
     events = [line.removeprefix("data: ") for line in streamed.iter_lines(decode_unicode=True) if line]
     assert events[-1] == "[DONE]"
@@ -155,22 +170,33 @@ def test_a_missing_model_is_reported_and_queries_get_503(tmp_path):
 def test_constrained_queries_follow_the_schema(server):
     import re
 
-    reply = requests.post(f"{server}/query", json={"prompt": "play jazz", "max_tokens": 12, "constrained": True},
-                          headers=AUTH)
+    reply = requests.post(
+        f"{server}/query", json={"prompt": "play jazz", "max_tokens": 12, "constrained": True}, headers=AUTH
+    )
     assert reply.status_code == 200 and re.match(r'\{\s*"intent"\s*:', reply.json()["answer"])
-    chat = requests.post(f"{server}/v1/chat/completions", headers=AUTH, json={
-        "messages": [{"role": "user", "content": "play jazz"}], "max_tokens": 12, "constrained": True})
+    chat = requests.post(
+        f"{server}/v1/chat/completions",
+        headers=AUTH,
+        json={"messages": [{"role": "user", "content": "play jazz"}], "max_tokens": 12, "constrained": True},
+    )
     assert re.match(r'\{\s*"intent"', chat.json()["choices"][0]["message"]["content"])
 
 
 def test_chat_in_the_terminal(project):
-    done = subprocess.run([sys.executable, "-m", "lorapipe.cli", "chat", "--max-tokens", "4"], cwd=project,
-                          input="Hello there\nAnd again\n\n", capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "lorapipe.cli", "chat", "--max-tokens", "4"],
+        cwd=project,
+        input="Hello there\nAnd again\n\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "tiny.F32.gguf; an empty line quits" in done.stdout and done.stdout.count("model> ") == 2
 
 
 # --- local only -----------------------------------------------------------------------------------
+
 
 def test_serve_listens_on_this_machine_unless_told_otherwise(monkeypatch):
     import inspect
@@ -198,8 +224,7 @@ def test_serve_listens_on_this_machine_unless_told_otherwise(monkeypatch):
 
 def test_make_ui_listens_on_this_machine_unless_ui_host_is_given():
     def ui_command(*extra: str) -> str:
-        out = subprocess.run(["make", "-n", "ui", *extra], cwd=ROOT, capture_output=True,
-                             text=True, check=True).stdout
+        out = subprocess.run(["make", "-n", "ui", *extra], cwd=ROOT, capture_output=True, text=True, check=True).stdout
         return next(line for line in out.splitlines() if line.startswith("mlflow ui"))
 
     assert "--host 127.0.0.1 " in ui_command()
@@ -207,6 +232,7 @@ def test_make_ui_listens_on_this_machine_unless_ui_host_is_given():
 
 
 # --- typed requests, threads and locks: the app in this process on a fake backend -----------------
+
 
 class FakeBackend:
     """Stands in for llama.cpp: each generation takes `delay` seconds and counts how many run at once."""
@@ -242,8 +268,12 @@ def fake_app(project: Path, delay: float = 0.0):
     model = project / "fake.gguf"
     model.write_bytes(b"")
     made = []
-    app = create_app(model, project=project, token=None,
-                     backend_factory=lambda path, engine: made.append(FakeBackend(path, engine, delay)) or made[-1])
+    app = create_app(
+        model,
+        project=project,
+        token=None,
+        backend_factory=lambda path, engine: made.append(FakeBackend(path, engine, delay)) or made[-1],
+    )
     return app, made[0]
 
 
@@ -275,8 +305,9 @@ def test_status_answers_while_a_long_answer_is_generated(tmp_path, no_token):
     app, backend = fake_app(tmp_path, delay=2.0)
     with in_process(app) as url:
         replies = []
-        asking = threading.Thread(target=lambda: replies.append(
-            requests.post(f"{url}/query", json={"prompt": "take your time"}, timeout=30)))
+        asking = threading.Thread(
+            target=lambda: replies.append(requests.post(f"{url}/query", json={"prompt": "take your time"}, timeout=30))
+        )
         asking.start()
         assert backend.started.wait(10)
         began = time.monotonic()
@@ -291,8 +322,12 @@ def test_status_answers_while_a_long_answer_is_generated(tmp_path, no_token):
 def test_one_generation_at_a_time_per_loaded_model(tmp_path, no_token):
     app, backend = fake_app(tmp_path, delay=0.4)
     chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
-    calls = [("query", {"prompt": "one"}), ("query", {"prompt": "two"}), ("v1/chat/completions", chat),
-             ("v1/chat/completions", {**chat, "stream": True})]
+    calls = [
+        ("query", {"prompt": "one"}),
+        ("query", {"prompt": "two"}),
+        ("v1/chat/completions", chat),
+        ("v1/chat/completions", {**chat, "stream": True}),
+    ]
     with in_process(app) as url:
         together, replies = threading.Barrier(len(calls)), {}
 
@@ -348,17 +383,21 @@ def test_malformed_bodies_get_400_or_422_naming_the_field_never_500(tmp_path, no
             assert field in reply.json()["detail"], (route, payload, reply.text)
         for route in ("query", "v1/chat/completions", "train"):
             for raw in (b"{not json", b"\xff\xfe{", b"[1, 2]", b'"hi"', b"null", b""):
-                reply = requests.post(f"{url}/{route}", data=raw, headers={"Content-Type": "application/json"},
-                                      timeout=30)
+                reply = requests.post(
+                    f"{url}/{route}", data=raw, headers={"Content-Type": "application/json"}, timeout=30
+                )
                 assert reply.status_code == 400, (route, raw, reply.text)
         # JSON is read as JSON only when it says so: a web page cannot start /train with a plain POST
-        plain = requests.post(f"{url}/train", data=b'{"params": {}}', headers={"Content-Type": "text/plain"},
-                              timeout=30)
+        plain = requests.post(
+            f"{url}/train", data=b'{"params": {}}', headers={"Content-Type": "text/plain"}, timeout=30
+        )
         assert plain.status_code == 400 and "Content-Type: application/json" in plain.json()["detail"]
         # right types at the edges are served
-        ok = [("query", {"prompt": "hi", "max_tokens": 1}),
-              ("v1/chat/completions", {"messages": chat, "temperature": 0, "max_tokens": None, "top_p": 1}),
-              ("v1/chat/completions", {"messages": chat, "temperature": 2})]
+        ok = [
+            ("query", {"prompt": "hi", "max_tokens": 1}),
+            ("v1/chat/completions", {"messages": chat, "temperature": 0, "max_tokens": None, "top_p": 1}),
+            ("v1/chat/completions", {"messages": chat, "temperature": 2}),
+        ]
         for route, payload in ok:
             assert requests.post(f"{url}/{route}", json=payload, timeout=30).status_code == 200, payload
 
@@ -369,8 +408,9 @@ def test_the_default_model_is_the_one_export_json_names(tmp_path, no_token):
     gguf.mkdir(parents=True)
     for name in ("tiny.F16.gguf", "tiny.Q8_0.gguf"):
         (gguf / name).write_bytes(b"")
-    (gguf / "export.json").write_text(json.dumps({"model": "tiny.Q8_0.gguf",
-                                                  "files": {"Q8_0": "tiny.Q8_0.gguf", "F16": "tiny.F16.gguf"}}))
+    (gguf / "export.json").write_text(
+        json.dumps({"model": "tiny.Q8_0.gguf", "files": {"Q8_0": "tiny.Q8_0.gguf", "F16": "tiny.F16.gguf"}})
+    )
     app = create_app(project=tmp_path, backend_factory=FakeBackend)
     assert app.state.lorapipe.loaded.backend.path == gguf / "tiny.Q8_0.gguf"
 

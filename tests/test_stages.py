@@ -21,7 +21,7 @@ def readme_foreach_stage() -> dict:
     readme = (ROOT / "README.md").read_text()
     block = readme.split("<!-- foreach-stage -->")[1].split("<!-- /foreach-stage -->")[0]
     text = block.split("```yaml")[1].split("```")[0]
-    (name, stage), = yaml.safe_load(text).items()
+    ((name, stage),) = yaml.safe_load(text).items()
     return {f"{name} (README)": {**stage["do"], "cmd": stage["do"]["cmd"].replace("${item}", "chat")}}
 
 
@@ -41,8 +41,9 @@ def code_deps_missing(stages: dict, root: Path = ROOT) -> dict[str, list[str]]:
 
 def test_every_stage_depends_on_every_file_its_command_executes():
     missing = code_deps_missing(STAGES)
-    assert not missing, "add these to the stage's deps in dvc.yaml (or the README's foreach block):\n" + \
-        "\n".join(f"  {stage}: {', '.join(files)}" for stage, files in missing.items())
+    assert not missing, "add these to the stage's deps in dvc.yaml (or the README's foreach block):\n" + "\n".join(
+        f"  {stage}: {', '.join(files)}" for stage, files in missing.items()
+    )
 
 
 def test_no_stage_depends_on_code_it_does_not_execute():
@@ -78,7 +79,12 @@ def test_the_check_follows_lazy_package_imports_and_imports_inside_functions(tmp
     (package / "stages" / "one.py").write_text("def run():\n    from lorapipe import work\n")
     files = import_closure(package / "stages" / "one.py", tmp_path / "src")
     assert {p.relative_to(package).as_posix() for p in files} == {
-        "__init__.py", "stages/__init__.py", "stages/one.py", "worker.py", "helper.py"}
+        "__init__.py",
+        "stages/__init__.py",
+        "stages/one.py",
+        "worker.py",
+        "helper.py",
+    }
 
 
 def test_each_stage_is_run_by_its_own_module_in_one_hop():
@@ -95,8 +101,10 @@ def test_the_package_face_imports_no_module_eagerly():
     import subprocess
     import sys
 
-    code = ("import sys, lorapipe; before = {m for m in sys.modules if m.startswith('lorapipe.')}; "
-            "from lorapipe import train_lora, extract_documents; "
-            "print(sorted(before), train_lora.__module__, extract_documents.__module__)")
+    code = (
+        "import sys, lorapipe; before = {m for m in sys.modules if m.startswith('lorapipe.')}; "
+        "from lorapipe import train_lora, extract_documents; "
+        "print(sorted(before), train_lora.__module__, extract_documents.__module__)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["[]", "lorapipe.train", "lorapipe.extract"]

@@ -20,51 +20,100 @@ _BEFORE = {"max_steps": -1, "lr": 2e-4, "log_every": 5, "eval_steps": 0, "warmup
 def sections(**flat) -> dict:
     """train_lora's keyword arguments from flat knob names (``rank=4, max_steps=6, …``): knobs of
     lora, train and quant go into their section, every other keyword passes through."""
+
     def pick(model):
         return {k: flat.pop(k) for k in list(flat) if k in model.model_fields}
 
     lora, quant, train = pick(LoraParams), pick(QuantParams), pick(TrainParams)
-    return {"lora": LoraParams(**lora), "train": TrainParams(**{**_BEFORE, **train}), "quant": QuantParams(**quant),
-            **flat}
+    return {
+        "lora": LoraParams(**lora),
+        "train": TrainParams(**{**_BEFORE, **train}),
+        "quant": QuantParams(**quant),
+        **flat,
+    }
 
 
 def test_adapter_outputs(tmp_path, dataset_dir, tiny_model_dir):
-    result = train_lora(dataset_dir, tiny_model_dir, tmp_path / "adapter",
-                        **sections(rank=4, alpha=8, max_steps=4, batch_size=2, log_every=2, lr=1e-2, precision="fp32"),
-                        metrics_path=tmp_path / "train.json", loss_path=tmp_path / "loss.tsv",
-                        run_info={"run_id": "abc", "experiment": "x"})
+    result = train_lora(
+        dataset_dir,
+        tiny_model_dir,
+        tmp_path / "adapter",
+        **sections(rank=4, alpha=8, max_steps=4, batch_size=2, log_every=2, lr=1e-2, precision="fp32"),
+        metrics_path=tmp_path / "train.json",
+        loss_path=tmp_path / "loss.tsv",
+        run_info={"run_id": "abc", "experiment": "x"},
+    )
     names = {p.name for p in (tmp_path / "adapter").iterdir()}
-    assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "run.json",
-            "lorapipe_params.yaml"} <= names
+    assert {
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "tokenizer.json",
+        "run.json",
+        "lorapipe_params.yaml",
+    } <= names
     assert read_json(tmp_path / "adapter" / "run.json") == {"run_id": "abc", "experiment": "x"}
     config = read_json(tmp_path / "adapter" / "adapter_config.json")
     assert config["r"] == 4 and set(config["target_modules"]) == {
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }
     metrics = read_json(tmp_path / "train.json")
     assert metrics["steps"] == 4 and metrics["val_loss"] > 0 and metrics["tokens"] > 0
     assert (tmp_path / "loss.tsv").read_text().splitlines() == [
-        "step\tloss", *(f"{s}\t{v:.6f}" for s, v in result.history)]
+        "step\tloss",
+        *(f"{s}\t{v:.6f}" for s, v in result.history),
+    ]
     assert [s for s, _ in result.history] == [2, 4]
-    assert set(metrics) == {"train_loss", "val_loss", "val_perplexity", "steps", "tokens", "input_tokens", "seconds",
-                            "tokens_per_second", "trainable_parameters", "load_in_4bit", "seq2seq"}
+    assert set(metrics) == {
+        "train_loss",
+        "val_loss",
+        "val_perplexity",
+        "steps",
+        "tokens",
+        "input_tokens",
+        "seconds",
+        "tokens_per_second",
+        "trainable_parameters",
+        "load_in_4bit",
+        "seq2seq",
+    }
     resolved = yaml.safe_load((tmp_path / "adapter" / "lorapipe_params.yaml").read_text())["resolved"]
-    assert resolved == {"device": "cpu", "precision": "fp32", "load_in_4bit": False,
-                        "target_modules": sorted(config["target_modules"]), "seq2seq": False, "batch_size": 2,
-                        "grad_accum": 1, "gradient_checkpointing": False, "processes": 1, "autofit": False,
-                        "packing": True}
+    assert resolved == {
+        "device": "cpu",
+        "precision": "fp32",
+        "load_in_4bit": False,
+        "target_modules": sorted(config["target_modules"]),
+        "seq2seq": False,
+        "batch_size": 2,
+        "grad_accum": 1,
+        "gradient_checkpointing": False,
+        "processes": 1,
+        "autofit": False,
+        "packing": True,
+    }
 
 
 def test_loss_falls_when_overfitting_one_batch(tmp_path, dataset_dir, tiny_model_dir):
-    result = train_lora(dataset_dir, tiny_model_dir, tmp_path / "a", **sections(
-        rank=8, alpha=16, max_steps=12, lr=3e-2, batch_size=8, log_every=4, precision="fp32"))
+    result = train_lora(
+        dataset_dir,
+        tiny_model_dir,
+        tmp_path / "a",
+        **sections(rank=8, alpha=16, max_steps=12, lr=3e-2, batch_size=8, log_every=4, precision="fp32"),
+    )
     losses = [loss for _, loss in result.history]
     assert losses[-1] < losses[0]
 
 
 def test_epochs_when_max_steps_is_minus_one(tmp_path, dataset_dir, tiny_model_dir):
     rows = len((dataset_dir / "train.jsonl").read_text().splitlines())
-    result = train_lora(dataset_dir, tiny_model_dir, tmp_path / "a",
-                        **sections(max_steps=-1, epochs=2, batch_size=2, precision="fp32"))
+    result = train_lora(
+        dataset_dir, tiny_model_dir, tmp_path / "a", **sections(max_steps=-1, epochs=2, batch_size=2, precision="fp32")
+    )
     assert result.metrics.steps == 2 * -(-rows // 2)
 
 
@@ -85,8 +134,20 @@ def test_target_modules_for_gpt2():
 
 
 def _train(dataset_dir, tiny_model_dir, out, **kwargs):
-    args = {"rank": 4, "alpha": 8, "dropout": 0.1, "max_steps": 6, "lr": 1e-2, "batch_size": 2, "log_every": 1,
-            "precision": "fp32", "seed": 7, "metrics_path": None, "loss_path": None, **kwargs}
+    args = {
+        "rank": 4,
+        "alpha": 8,
+        "dropout": 0.1,
+        "max_steps": 6,
+        "lr": 1e-2,
+        "batch_size": 2,
+        "log_every": 1,
+        "precision": "fp32",
+        "seed": 7,
+        "metrics_path": None,
+        "loss_path": None,
+        **kwargs,
+    }
     return train_lora(dataset_dir, tiny_model_dir, out, **sections(**args))
 
 
@@ -113,12 +174,22 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, dataset_dir
 
     reference = _train(dataset_dir, tiny_model_dir, tmp_path / "reference", save_steps=3, resume="never")
     cache = tmp_path / "checkpoints"
-    code = ("import sys; sys.path.insert(0, {tests!r}); from test_train import _train; from pathlib import Path; "
-            "_train(Path({d!r}), Path({m!r}), Path({o!r}), save_steps=3, checkpoint_dir=Path({c!r}))").format(
-        tests=str(Path(__file__).parent), d=str(dataset_dir), m=str(tiny_model_dir), o=str(tmp_path / "out"),
-        c=str(cache))
-    killed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env={**os.environ, "LORAPIPE_FAULT": "train:kill-after-checkpoint:3"})
+    code = (
+        "import sys; sys.path.insert(0, {tests!r}); from test_train import _train; from pathlib import Path; "
+        "_train(Path({d!r}), Path({m!r}), Path({o!r}), save_steps=3, checkpoint_dir=Path({c!r}))"
+    ).format(
+        tests=str(Path(__file__).parent),
+        d=str(dataset_dir),
+        m=str(tiny_model_dir),
+        o=str(tmp_path / "out"),
+        c=str(cache),
+    )
+    killed = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "LORAPIPE_FAULT": "train:kill-after-checkpoint:3"},
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert not (tmp_path / "out").exists()
     (run_folder,) = cache.iterdir()
@@ -172,8 +243,14 @@ def test_sequence_length_beyond_the_context_is_refused(tmp_path, dataset_dir, ti
 
 def test_evaluation_every_eval_steps_is_logged(tmp_path, dataset_dir, tiny_model_dir):
     logged = []
-    result = _train(dataset_dir, tiny_model_dir, tmp_path / "a", max_steps=5, eval_steps=2,
-                    on_log=lambda step, metrics: logged.append((step, metrics)))
+    result = _train(
+        dataset_dir,
+        tiny_model_dir,
+        tmp_path / "a",
+        max_steps=5,
+        eval_steps=2,
+        on_log=lambda step, metrics: logged.append((step, metrics)),
+    )
     evals = [(step, m) for step, m in logged if "eval_loss" in m]
     assert [step for step, _ in evals] == [2, 4, 5]  # every 2 steps, and once at the end
     import math
@@ -189,8 +266,16 @@ def test_early_stopping_keeps_the_adapter_with_the_lowest_eval_loss(tmp_path, da
     import pytest
 
     # A learning rate this high overshoots: the eval loss rises after the first evaluations.
-    result = _train(dataset_dir, tiny_model_dir, tmp_path / "a", max_steps=30, lr=0.5, eval_steps=1,
-                    early_stopping_patience=2, packing=False)
+    result = _train(
+        dataset_dir,
+        tiny_model_dir,
+        tmp_path / "a",
+        max_steps=30,
+        lr=0.5,
+        eval_steps=1,
+        early_stopping_patience=2,
+        packing=False,
+    )
     evals = result.eval_history
     best_step, best = min(evals, key=lambda e: e[1])
     assert result.metrics.steps < 30 and evals[-1][0] == result.metrics.steps
@@ -209,8 +294,13 @@ def test_packing_joins_text_rows_and_leaves_chat_rows(tiny_model_dir):
     tokenizer = load_tokenizer(tiny_model_dir)
     eos = tokenizer.eos_token_id
     texts = [{"text": f"Document {i} says something about adapters and ranks, sentence {i}."} for i in range(6)]
-    chat = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"},
-                         {"role": "assistant", "content": "Hello."}]}
+    chat = {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi?"},
+            {"role": "assistant", "content": "Hello."},
+        ]
+    }
     packed = training_rows([*texts, chat], tokenizer, 32, packing=True)
     blocks, chat_row = packed[:-1], packed[-1]
     stream = [t for ids, _ in blocks for t in ids]
@@ -261,8 +351,9 @@ def test_preset_sets_the_budget_and_autofit(tmp_path, dataset_dir, tiny_model_di
 
     assert preset("gpu-8gb") == {"device_memory_gib": 8, "load_in_4bit": True, "gradient_checkpointing": True}
     assert preset("none") == {}
-    text, fits = plan_report("mistralai/Mistral-7B-Instruct-v0.2", max_seq_len=512, batch_size=1, lora_rank=16,
-                             preset_name="gpu-8gb")
+    text, fits = plan_report(
+        "mistralai/Mistral-7B-Instruct-v0.2", max_seq_len=512, batch_size=1, lora_rank=16, preset_name="gpu-8gb"
+    )
     assert fits and "QLoRA 4-bit" in text and "of 8.0 GiB" in text and "gradient checkpointing" in text
     result = _train(dataset_dir, tiny_model_dir, tmp_path / "a", max_steps=1, preset="cpu")
     out = capsys.readouterr().out
@@ -289,17 +380,41 @@ def test_the_trainer_sees_lorapipes_labels_unchanged(tiny_model_dir):
     from lorapipe.train import _trainer, tokenize_rows
 
     tokenizer = load_tokenizer(tiny_model_dir)
-    rows = [{"messages": [{"role": "system", "content": "Answer in JSON."}, {"role": "user", "content": q},
-                          {"role": "assistant", "content": a}]}
-            for q, a in [("play jazz", '{"intent": "PlayMusic"}'), ("rain tomorrow?", '{"intent": "GetWeather"}')]]
+    rows = [
+        {
+            "messages": [
+                {"role": "system", "content": "Answer in JSON."},
+                {"role": "user", "content": q},
+                {"role": "assistant", "content": a},
+            ]
+        }
+        for q, a in [("play jazz", '{"intent": "PlayMusic"}'), ("rain tomorrow?", '{"intent": "GetWeather"}')]
+    ]
     pairs = tokenize_rows(rows, tokenizer, 128)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                           LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
-    trainer = _trainer(model, tokenizer, False, pairs, pairs, [], 0, output_dir="unused", max_steps=1,
-                       per_device_train_batch_size=2, use_cpu=True, report_to="none", save_strategy="no")
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"),
+    )
+    trainer = _trainer(
+        model,
+        tokenizer,
+        False,
+        pairs,
+        pairs,
+        [],
+        0,
+        output_dir="unused",
+        max_steps=1,
+        per_device_train_batch_size=2,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+    )
     batch = next(iter(trainer.get_train_dataloader()))
-    seen = sorted((ids[mask.bool()].tolist(), labels[mask.bool()].tolist())
-                  for ids, mask, labels in zip(batch["input_ids"], batch["attention_mask"], batch["labels"]))
+    seen = sorted(
+        (ids[mask.bool()].tolist(), labels[mask.bool()].tolist())
+        for ids, mask, labels in zip(batch["input_ids"], batch["attention_mask"], batch["labels"])
+    )
     assert seen == sorted(pairs)
     for (ids, labels), row in zip(pairs, rows):
         answer = tokenizer.decode([t for t, label in zip(ids, labels) if label != IGNORE])
@@ -313,9 +428,13 @@ def test_speed_counts_only_tokens_that_carry_loss(tmp_path, tiny_model_dir):
     from lorapipe.rows import IGNORE
     from lorapipe.train import tokenize_rows
 
-    rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}], "source": "s"}
-            for q, a in [("play some jazz from the sixties please", '{"intent": "PlayMusic"}'),
-                         ("rain?", '{"intent": "GetWeather", "slots": {"when": "tomorrow"}}')]]
+    rows = [
+        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}], "source": "s"}
+        for q, a in [
+            ("play some jazz from the sixties please", '{"intent": "PlayMusic"}'),
+            ("rain?", '{"intent": "GetWeather", "slots": {"when": "tomorrow"}}'),
+        ]
+    ]
     data = tmp_path / "data"
     write_jsonl(data / "train.jsonl", rows)
     write_jsonl(data / "val.jsonl", rows)
@@ -323,9 +442,13 @@ def test_speed_counts_only_tokens_that_carry_loss(tmp_path, tiny_model_dir):
     pairs = tokenize_rows(rows, load_tokenizer(tiny_model_dir), 128)
     per_step = sum(sum(label != IGNORE for label in labels[1:]) for _, labels in pairs)
     logged = []
-    result = train_lora(data, tiny_model_dir, tmp_path / "a",
-                        **sections(rank=2, max_steps=3, batch_size=2, log_every=1, precision="fp32", save_steps=0),
-                        on_log=lambda step, m: logged.append(m["loss_tokens"]) if "loss_tokens" in m else None)
+    result = train_lora(
+        data,
+        tiny_model_dir,
+        tmp_path / "a",
+        **sections(rank=2, max_steps=3, batch_size=2, log_every=1, precision="fp32", save_steps=0),
+        on_log=lambda step, m: logged.append(m["loss_tokens"]) if "loss_tokens" in m else None,
+    )
     assert result.metrics.tokens == 3 * per_step < result.metrics.input_tokens
     assert result.resolved.packing is False  # chat rows only: nothing to pack, although train.packing is true
     assert logged == [per_step, 2 * per_step, 3 * per_step]
@@ -335,9 +458,13 @@ def test_trainer_args_reach_the_trainer(tmp_path, dataset_dir, tiny_model_dir):
     from lorapipe.train_callbacks import LossTokens
 
     assert LossTokens  # the counter is importable for benchmarks
-    result = train_lora(dataset_dir, tiny_model_dir, tmp_path / "a",
-                        **sections(rank=2, max_steps=2, batch_size=2, precision="fp32", save_steps=0),
-                        trainer_args={"optim": "adamw_torch_fused", "max_steps": 1})
+    result = train_lora(
+        dataset_dir,
+        tiny_model_dir,
+        tmp_path / "a",
+        **sections(rank=2, max_steps=2, batch_size=2, precision="fp32", save_steps=0),
+        trainer_args={"optim": "adamw_torch_fused", "max_steps": 1},
+    )
     assert result.metrics.steps == 1
 
 
@@ -356,15 +483,23 @@ def test_torch_compile_param_reaches_the_trainer(tmp_path, dataset_dir, tiny_mod
     monkeypatch.setattr(train_module, "_trainer", trainer)
     for value in (True, False):
         with pytest.raises(Stop):
-            train_lora(dataset_dir, tiny_model_dir, tmp_path / "a", **sections(
-                rank=2, max_steps=1, batch_size=2, precision="fp32", save_steps=0, torch_compile=value))
+            train_lora(
+                dataset_dir,
+                tiny_model_dir,
+                tmp_path / "a",
+                **sections(rank=2, max_steps=1, batch_size=2, precision="fp32", save_steps=0, torch_compile=value),
+            )
         assert seen["torch_compile"] is value
 
 
 @pytest.mark.integration
 def test_a_compiled_model_trains_and_saves_its_adapter(tmp_path, dataset_dir, tiny_model_dir):
-    result = train_lora(dataset_dir, tiny_model_dir, tmp_path / "a", **sections(
-        rank=2, max_steps=2, batch_size=2, precision="fp32", save_steps=0, torch_compile=True))
+    result = train_lora(
+        dataset_dir,
+        tiny_model_dir,
+        tmp_path / "a",
+        **sections(rank=2, max_steps=2, batch_size=2, precision="fp32", save_steps=0, torch_compile=True),
+    )
     assert result.metrics.steps == 2 and (tmp_path / "a" / "adapter_model.safetensors").is_file()
 
 
@@ -377,24 +512,42 @@ def test_a_compiled_model_trains_and_saves_its_adapter(tmp_path, dataset_dir, ti
 # A deliberate change of the numbers needs a re-pin: run `pytest tests/test_train.py -k pinned` and
 # copy the list of losses its failure message prints into PINNED_LOSSES, saying in the commit why.
 PINNED_LOSSES = [10.834341049194336, 10.738572120666504, 10.668299674987793, 10.619315147399902, 10.585195541381836]
-PINNED_TEXT = ("Low-rank adaptation trains two thin matrices beside each frozen weight matrix. "
-               "Only the thin matrices receive gradients, so the optimizer state stays small. ")
+PINNED_TEXT = (
+    "Low-rank adaptation trains two thin matrices beside each frozen weight matrix. "
+    "Only the thin matrices receive gradients, so the optimizer state stays small. "
+)
 
 
 def test_pinned_losses_fp32_cpu(tmp_path, tiny_model_dir):
     from lorapipe.io import write_json, write_jsonl
 
-    rows = [{"text": f"Row {i}. " + PINNED_TEXT * (1 + i % 3), "source": f"doc{i}", "task": "text"}
-            for i in range(8)]
+    rows = [{"text": f"Row {i}. " + PINNED_TEXT * (1 + i % 3), "source": f"doc{i}", "task": "text"} for i in range(8)]
     data = tmp_path / "data"
     write_jsonl(data / "train.jsonl", rows[:6])
     write_jsonl(data / "val.jsonl", rows[6:])
     write_json(data / "stats.json", {"max_seq_len": 32})
-    result = train_lora(data, tiny_model_dir, tmp_path / "a", lora=LoraParams(rank=4, alpha=8, dropout=0.0),
-                        train=TrainParams(max_steps=5, lr=1e-2, batch_size=2, grad_accum=1, warmup_steps=0,
-                                          weight_decay=0.0, log_every=1, eval_steps=0, save_steps=0,
-                                          packing=True, precision="fp32", resume="never"),
-                        quant=QuantParams(load_in_4bit=False), seed=0)
+    result = train_lora(
+        data,
+        tiny_model_dir,
+        tmp_path / "a",
+        lora=LoraParams(rank=4, alpha=8, dropout=0.0),
+        train=TrainParams(
+            max_steps=5,
+            lr=1e-2,
+            batch_size=2,
+            grad_accum=1,
+            warmup_steps=0,
+            weight_decay=0.0,
+            log_every=1,
+            eval_steps=0,
+            save_steps=0,
+            packing=True,
+            precision="fp32",
+            resume="never",
+        ),
+        quant=QuantParams(load_in_4bit=False),
+        seed=0,
+    )
     losses = [loss for _, loss in result.history]
     assert [step for step, _ in result.history] == [1, 2, 3, 4, 5]
     assert losses == pytest.approx(PINNED_LOSSES, rel=1e-4), f"losses now: {losses!r}"

@@ -21,14 +21,20 @@ __version__ = "0.1.0"
 
 # Public name -> the module that defines it (the one place the package face names them).
 _API = {
-    "ParamsError": "lorapipe.params", "load_params": "lorapipe.params",
+    "ParamsError": "lorapipe.params",
+    "load_params": "lorapipe.params",
     "prepare_base_model": "lorapipe.models",
     "extract_documents": "lorapipe.extract",
-    "build_dataset": "lorapipe.dataset", "chunk_text": "lorapipe.dataset",
-    "train_lora": "lorapipe.train", "train_lora_distributed": "lorapipe.distributed",
+    "build_dataset": "lorapipe.dataset",
+    "chunk_text": "lorapipe.dataset",
+    "train_lora": "lorapipe.train",
+    "train_lora_distributed": "lorapipe.distributed",
     "merge_adapter": "lorapipe.merge",
-    "export_gguf": "lorapipe.export", "install_converter": "lorapipe.export",
-    "evaluate_base": "lorapipe.evaluate", "evaluate_models": "lorapipe.evaluate", "chat": "lorapipe.evaluate",
+    "export_gguf": "lorapipe.export",
+    "install_converter": "lorapipe.export",
+    "evaluate_base": "lorapipe.evaluate",
+    "evaluate_models": "lorapipe.evaluate",
+    "chat": "lorapipe.evaluate",
 }
 
 __all__ = sorted(_API)

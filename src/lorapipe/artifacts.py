@@ -32,8 +32,10 @@ def export_info(gguf_dir: str | Path) -> dict[str, Any]:
     Raises FileNotFoundError naming the folder and the command that writes it when it is absent."""
     path = Path(gguf_dir) / EXPORT_INFO
     if not path.is_file():
-        raise FileNotFoundError(f"{gguf_dir} has no {EXPORT_INFO}, which names the model's GGUF: run the export "
-                                "stage first (`dvc repro export`)")
+        raise FileNotFoundError(
+            f"{gguf_dir} has no {EXPORT_INFO}, which names the model's GGUF: run the export "
+            "stage first (`dvc repro export`)"
+        )
     return read_json(path)
 
 
@@ -45,12 +47,16 @@ def model_gguf(gguf_dir: str | Path) -> Path:
     file it names is missing, or when ``export.json`` predates the ``model`` entry."""
     info = export_info(gguf_dir)
     if not info.get("model"):
-        raise FileNotFoundError(f"{Path(gguf_dir) / EXPORT_INFO} names no model (written by an older lorapipe): "
-                                "run the export stage again (`dvc repro export --force`)")
+        raise FileNotFoundError(
+            f"{Path(gguf_dir) / EXPORT_INFO} names no model (written by an older lorapipe): "
+            "run the export stage again (`dvc repro export --force`)"
+        )
     path = Path(gguf_dir) / info["model"]
     if not path.is_file():
-        raise FileNotFoundError(f"{path}, the model {EXPORT_INFO} names, is missing: run the export stage again "
-                                "(`dvc repro export --force`)")
+        raise FileNotFoundError(
+            f"{path}, the model {EXPORT_INFO} names, is missing: run the export stage again "
+            "(`dvc repro export --force`)"
+        )
     return path
 
 
@@ -88,8 +94,11 @@ def lineage(adapter_dir: str | Path, base_dir: str | Path) -> dict[str, str]:
     Raises FileNotFoundError when the adapter's ``run.json`` or either provenance file is missing."""
     run = read_json(Path(adapter_dir) / paths.RUN_INFO_NAME)
     adapter, base = read_provenance(adapter_dir), read_provenance(base_dir)
-    return {"lorapipe.version": package_version(), "lorapipe.git_commit": git_commit(),
-            "lorapipe.mlflow_run_id": str(run.get("run_id") or ""),
-            "lorapipe.dataset_hash": str(adapter.get("dataset_hash") or ""),
-            "lorapipe.base_model": str(base.get("model.name") or ""),
-            "lorapipe.base_revision": str(base.get("model.revision") or "")}
+    return {
+        "lorapipe.version": package_version(),
+        "lorapipe.git_commit": git_commit(),
+        "lorapipe.mlflow_run_id": str(run.get("run_id") or ""),
+        "lorapipe.dataset_hash": str(adapter.get("dataset_hash") or ""),
+        "lorapipe.base_model": str(base.get("model.name") or ""),
+        "lorapipe.base_revision": str(base.get("model.revision") or ""),
+    }

@@ -25,12 +25,23 @@ from dataclasses import dataclass
 
 Messages = list[dict[str, str]]
 
-S, U1, A1, U2, A2, U3 = ("SYSTEMPROBE", "USERPROBEONE", "ASSISTANTPROBEONE", "USERPROBETWO", "ASSISTANTPROBETWO",
-                         "USERPROBETHREE")
+S, U1, A1, U2, A2, U3 = (
+    "SYSTEMPROBE",
+    "USERPROBEONE",
+    "ASSISTANTPROBEONE",
+    "USERPROBETWO",
+    "ASSISTANTPROBETWO",
+    "USERPROBETHREE",
+)
 FOLD = "\n\n"  # between a folded system prompt and the first user message
 _MARKER = re.compile(r"<\|[^|<>]+\|>|</?s>|<[a-z_]+>|\[/?INST\]")  # special-token-looking text
-_FAMILIES = (("<|im_start|>", "chatml"), ("<|start_header_id|>", "llama3"), ("<start_of_turn>", "gemma"),
-             ("[INST]", "mistral"), ("<|user|>", "zephyr"))
+_FAMILIES = (
+    ("<|im_start|>", "chatml"),
+    ("<|start_header_id|>", "llama3"),
+    ("<start_of_turn>", "gemma"),
+    ("[INST]", "mistral"),
+    ("<|user|>", "zephyr"),
+)
 
 
 def _conversation(*contents: str, system: bool) -> Messages:
@@ -71,16 +82,27 @@ class ChatTemplate:
     def go_template(self) -> str:
         """Ollama's TEMPLATE: the same pieces around `.Messages` (Go text/template). No action trims
         whitespace ({{- … -}}), since the pieces' own newlines are part of the format."""
+
         def text(piece: str) -> str:  # literal text; a "{{" in it would start an action
             return piece.replace("{{", '{{ "{{" }}')
 
-        return ('{{ $previous := "" }}{{ range .Messages }}'
-                '{{ if eq .Role "system" }}' + text(self.head_system)
-                + '{{ else if eq .Role "user" }}{{ if eq $previous "" }}' + text(self.head_user)
-                + '{{ else if eq $previous "system" }}' + text(self.system_user)
-                + "{{ else }}" + text(self.assistant_user) + "{{ end }}"
-                + "{{ else }}" + text(self.user_assistant) + "{{ end }}"
-                + "{{ .Content }}{{ $previous = .Role }}{{ end }}" + text(self.tail))
+        return (
+            '{{ $previous := "" }}{{ range .Messages }}'
+            '{{ if eq .Role "system" }}'
+            + text(self.head_system)
+            + '{{ else if eq .Role "user" }}{{ if eq $previous "" }}'
+            + text(self.head_user)
+            + '{{ else if eq $previous "system" }}'
+            + text(self.system_user)
+            + "{{ else }}"
+            + text(self.assistant_user)
+            + "{{ end }}"
+            + "{{ else }}"
+            + text(self.user_assistant)
+            + "{{ end }}"
+            + "{{ .Content }}{{ $previous = .Role }}{{ end }}"
+            + text(self.tail)
+        )
 
 
 def _render(tokenizer, messages: Messages) -> str:
@@ -119,7 +141,8 @@ def derive_template(tokenizer) -> ChatTemplate:
         folds = True
     try:
         head_user, user_assistant, assistant_user, tail = _split(
-            _render(tokenizer, _conversation(U1, A1, U2, system=False)), [U1, A1, U2])
+            _render(tokenizer, _conversation(U1, A1, U2, system=False)), [U1, A1, U2]
+        )
         if folds:
             head_system, system_user = head_user, FOLD
         else:
@@ -127,13 +150,16 @@ def derive_template(tokenizer) -> ChatTemplate:
             if (user_assistant_s, assistant_user_s, tail_s) != (user_assistant, assistant_user, tail):
                 raise ValueError("the chat template writes messages differently when there is a system prompt")
     except Exception as exc:  # noqa: BLE001 - any template error means: cannot derive
-        raise ValueError(f"cannot express this chat template as a Modelfile TEMPLATE ({exc}); write the "
-                         "TEMPLATE by hand") from None
-    stops = tuple(dict.fromkeys([*_MARKER.findall(assistant_user),
-                                 *([tokenizer.eos_token] if tokenizer.eos_token else [])]))
+        raise ValueError(
+            f"cannot express this chat template as a Modelfile TEMPLATE ({exc}); write the TEMPLATE by hand"
+        ) from None
+    stops = tuple(
+        dict.fromkeys([*_MARKER.findall(assistant_user), *([tokenizer.eos_token] if tokenizer.eos_token else [])])
+    )
     family = next((name for marker, name in _FAMILIES if marker in user_assistant + assistant_user), "custom")
-    derived = ChatTemplate(head_system, head_user, system_user, user_assistant, assistant_user, tail, folds, stops,
-                           family)
+    derived = ChatTemplate(
+        head_system, head_user, system_user, user_assistant, assistant_user, tail, folds, stops, family
+    )
     for system in (True, False):
         probe = _conversation(U1, A1, U2, A2, U3, system=system)
         expected = _render(tokenizer, fold_system(probe) if folds else probe)
@@ -141,13 +167,14 @@ def derive_template(tokenizer) -> ChatTemplate:
             raise ValueError(
                 "cannot express this chat template as a Modelfile TEMPLATE: what it writes around a message "
                 "depends on more than the messages before and after it (a longer conversation renders as\n"
-                f"{expected!r}). Write the TEMPLATE by hand.")
+                f"{expected!r}). Write the TEMPLATE by hand."
+            )
     return derived
 
 
 def strip_bos(text: str, bos: str | None) -> str:
     """llama.cpp adds the BOS token itself, so the Modelfile's template must not write it."""
-    return text[len(bos):] if bos and text.startswith(bos) else text
+    return text[len(bos) :] if bos and text.startswith(bos) else text
 
 
 def modelfile_text(from_path: str, tokenizer, system_prompt: str) -> str:
@@ -155,12 +182,16 @@ def modelfile_text(from_path: str, tokenizer, system_prompt: str) -> str:
     derived = derive_template(tokenizer)
     if "bos_token" in tokenizer.chat_template:  # the template writes BOS, which llama.cpp adds itself
         bos = tokenizer.bos_token
-        derived = dataclasses.replace(derived, head_system=strip_bos(derived.head_system, bos),
-                                      head_user=strip_bos(derived.head_user, bos))
-    lines = [f"# Generated by lorapipe from the tokenizer's chat template ({derived.family} style"
-             + (", system prompt folded into the first user message" if derived.folds_system else "") + ")",
-             f"FROM {from_path}",
-             f'TEMPLATE """{derived.go_template()}"""',
-             f'SYSTEM """{system_prompt}"""']
+        derived = dataclasses.replace(
+            derived, head_system=strip_bos(derived.head_system, bos), head_user=strip_bos(derived.head_user, bos)
+        )
+    lines = [
+        f"# Generated by lorapipe from the tokenizer's chat template ({derived.family} style"
+        + (", system prompt folded into the first user message" if derived.folds_system else "")
+        + ")",
+        f"FROM {from_path}",
+        f'TEMPLATE """{derived.go_template()}"""',
+        f'SYSTEM """{system_prompt}"""',
+    ]
     lines += [f'PARAMETER stop "{stop}"' for stop in derived.stops]
     return "\n".join(lines) + "\n"

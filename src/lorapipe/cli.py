@@ -23,21 +23,44 @@ from typing import get_args
 import yaml
 
 from lorapipe import paths
-from lorapipe.params import (STAGE_SECTIONS, Device, Params, ParamsError, Preset, choices, flag_help, load_params,
-                             stage_keys)
+from lorapipe.params import (
+    STAGE_SECTIONS,
+    Device,
+    Params,
+    ParamsError,
+    Preset,
+    choices,
+    flag_help,
+    load_params,
+    stage_keys,
+)
 
 
 # Short spellings of some keys, as the README documents them (`--min-length` = `--extract.min_length`).
-_ALIASES = {"extract.min_length": ("--min-length",), "extract.device": ("--device",),
-            "extract.workers": ("--workers",), "extract.pdf_backend": ("--pdf-backend",),
-            "dataset.max_seq_len": ("--max-seq-len",), "dataset.overlap_tokens": ("--overlap-tokens",),
-            "dataset.val_fraction": ("--val-ratio",), "dataset.max_samples": ("--max-samples",),
-            "train.epochs": ("--epochs",), "train.lr": ("--lr",), "train.batch_size": ("--batch-size",),
-            "train.grad_accum": ("--grad-accum",), "lora.rank": ("--lora-rank",), "lora.alpha": ("--lora-alpha",),
-            "train.precision": ("--precision",), "train.resume": ("--resume",),
-            "train.eval_steps": ("--eval-steps",), "train.preset": ("--preset",),
-            "train.num_processes": ("--num-processes",), "train.packing": ("--packing",),
-            "export.outtype": ("--outtype",), "export.ollama_name": ("--ollama-name",)}
+_ALIASES = {
+    "extract.min_length": ("--min-length",),
+    "extract.device": ("--device",),
+    "extract.workers": ("--workers",),
+    "extract.pdf_backend": ("--pdf-backend",),
+    "dataset.max_seq_len": ("--max-seq-len",),
+    "dataset.overlap_tokens": ("--overlap-tokens",),
+    "dataset.val_fraction": ("--val-ratio",),
+    "dataset.max_samples": ("--max-samples",),
+    "train.epochs": ("--epochs",),
+    "train.lr": ("--lr",),
+    "train.batch_size": ("--batch-size",),
+    "train.grad_accum": ("--grad-accum",),
+    "lora.rank": ("--lora-rank",),
+    "lora.alpha": ("--lora-alpha",),
+    "train.precision": ("--precision",),
+    "train.resume": ("--resume",),
+    "train.eval_steps": ("--eval-steps",),
+    "train.preset": ("--preset",),
+    "train.num_processes": ("--num-processes",),
+    "train.packing": ("--packing",),
+    "export.outtype": ("--outtype",),
+    "export.ollama_name": ("--ollama-name",),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,37 +71,93 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--params", default=str(paths.PARAMS), help="params file (default: params.yaml)")
         for key in stage_keys(stage):
             allowed = choices(key)
-            sub.add_argument(f"--{key}", *_ALIASES.get(key, ()), dest=key, default=None, help=flag_help(key),
-                             metavar="{" + ",".join(allowed) + "}" if allowed else "VALUE")
+            sub.add_argument(
+                f"--{key}",
+                *_ALIASES.get(key, ()),
+                dest=key,
+                default=None,
+                help=flag_help(key),
+                metavar="{" + ",".join(allowed) + "}" if allowed else "VALUE",
+            )
         if stage == "extract":
-            sub.add_argument("--input-dir", "--input", nargs="+", dest="input_dirs", metavar="DIR",
-                             help="input folders (default: data/raw/docs)")
-            sub.add_argument("--output-dir", dest="output_dir", metavar="DIR", default=str(paths.EXTRACTED),
-                             help="output folder (default: data/extracted_text)")
-            sub.add_argument("--no-resume", dest="extract.resume", action="store_const", const="false",
-                             help="ignore cached texts and extract everything again (extract.resume: false)")
+            sub.add_argument(
+                "--input-dir",
+                "--input",
+                nargs="+",
+                dest="input_dirs",
+                metavar="DIR",
+                help="input folders (default: data/raw/docs)",
+            )
+            sub.add_argument(
+                "--output-dir",
+                dest="output_dir",
+                metavar="DIR",
+                default=str(paths.EXTRACTED),
+                help="output folder (default: data/extracted_text)",
+            )
+            sub.add_argument(
+                "--no-resume",
+                dest="extract.resume",
+                action="store_const",
+                const="false",
+                help="ignore cached texts and extract everything again (extract.resume: false)",
+            )
         if stage in ("merge", "export"):
-            sub.add_argument("--merged-dir", dest="merged_dir", metavar="DIR", default=str(paths.MERGED),
-                             help=f"the merged model folder ({'written' if stage == 'merge' else 'read'}; "
-                                  "default: models/merged)")
+            sub.add_argument(
+                "--merged-dir",
+                dest="merged_dir",
+                metavar="DIR",
+                default=str(paths.MERGED),
+                help=f"the merged model folder ({'written' if stage == 'merge' else 'read'}; default: models/merged)",
+            )
         if stage == "export":
-            sub.add_argument("--output-dir", dest="output_dir", metavar="DIR", default=str(paths.GGUF),
-                             help="output folder (default: models/gguf)")
-            sub.add_argument("--quant", dest="quant", action="append", metavar="TYPE",
-                             help="a quantization to write, repeatable (--quant Q4_K_M --quant Q8_0); "
-                                  "replaces export.quants")
-            sub.add_argument("--lora-gguf", dest="export.lora_gguf", action="store_const", const="true",
-                             help="also write the adapter alone as <name>.lora.gguf (export.lora_gguf: true)")
+            sub.add_argument(
+                "--output-dir",
+                dest="output_dir",
+                metavar="DIR",
+                default=str(paths.GGUF),
+                help="output folder (default: models/gguf)",
+            )
+            sub.add_argument(
+                "--quant",
+                dest="quant",
+                action="append",
+                metavar="TYPE",
+                help="a quantization to write, repeatable (--quant Q4_K_M --quant Q8_0); replaces export.quants",
+            )
+            sub.add_argument(
+                "--lora-gguf",
+                dest="export.lora_gguf",
+                action="store_const",
+                const="true",
+                help="also write the adapter alone as <name>.lora.gguf (export.lora_gguf: true)",
+            )
         if stage == "train":
-            sub.add_argument("--task", metavar="NAME",
-                             help="train an adapter on one task's rows only, into models/lora_NAME")
+            sub.add_argument(
+                "--task", metavar="NAME", help="train an adapter on one task's rows only, into models/lora_NAME"
+            )
         if stage == "dataset":
-            sub.add_argument("--input-dir", dest="input_dir", metavar="DIR", default=str(paths.EXTRACTED),
-                             help="extracted text (default: data/extracted_text)")
-            sub.add_argument("--labeled-dir", dest="labeled_dir", metavar="DIR", default=str(paths.RAW_LABELED),
-                             help="labeled JSON/JSONL examples (default: data/raw/labeled)")
-            sub.add_argument("--output-dir", dest="output_dir", metavar="DIR", default=str(paths.DATASET),
-                             help="output folder (default: data/dataset)")
+            sub.add_argument(
+                "--input-dir",
+                dest="input_dir",
+                metavar="DIR",
+                default=str(paths.EXTRACTED),
+                help="extracted text (default: data/extracted_text)",
+            )
+            sub.add_argument(
+                "--labeled-dir",
+                dest="labeled_dir",
+                metavar="DIR",
+                default=str(paths.RAW_LABELED),
+                help="labeled JSON/JSONL examples (default: data/raw/labeled)",
+            )
+            sub.add_argument(
+                "--output-dir",
+                dest="output_dir",
+                metavar="DIR",
+                default=str(paths.DATASET),
+                help="output folder (default: data/dataset)",
+            )
     ask = commands.add_parser("ask", help="answer a question with the exported GGUF (llama.cpp)")
     ask.add_argument("question")
     ask.add_argument("--gguf", help="GGUF file (default: the model models/gguf/export.json names)")
@@ -92,16 +171,25 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--load-in-4bit", action="store_true", default=None)
     plan.add_argument("--device", choices=get_args(Device), default="auto")
     plan.add_argument("--device-memory-gb", type=float, help="memory budget in GiB (default: what the device has free)")
-    plan.add_argument("--preset", choices=get_args(Preset),
-                      help="plan for this hardware (default: train.preset): its memory budget and 4-bit setting")
-    plan.add_argument("--peak-tflops", type=float,
-                      help="the device's peak bf16 matrix TFLOP/s, to estimate speed for a GPU that is not here")
+    plan.add_argument(
+        "--preset",
+        choices=get_args(Preset),
+        help="plan for this hardware (default: train.preset): its memory budget and 4-bit setting",
+    )
+    plan.add_argument(
+        "--peak-tflops",
+        type=float,
+        help="the device's peak bf16 matrix TFLOP/s, to estimate speed for a GPU that is not here",
+    )
     serve = commands.add_parser("serve", help="serve the exported model over HTTP (FastAPI, 127.0.0.1)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, local only)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--gguf", help="GGUF file to serve (default: the model models/gguf/export.json names)")
-    serve.add_argument("--transformers", action="store_true",
-                       help="serve the merged model (models/merged, or --merged-dir) with transformers instead")
+    serve.add_argument(
+        "--transformers",
+        action="store_true",
+        help="serve the merged model (models/merged, or --merged-dir) with transformers instead",
+    )
     serve.add_argument("--merged-dir", default=str(paths.MERGED), help="merged model folder for --transformers")
     serve.add_argument("--json-schema", help='JSON Schema for requests with "constrained": true (llama.cpp grammar)')
     chat = commands.add_parser("chat", help="talk to the exported model in the terminal")
@@ -114,8 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _overrides(args: argparse.Namespace, stage: str) -> dict:
-    return {key: yaml.safe_load(value) for key in stage_keys(stage)
-            if (value := getattr(args, key, None)) is not None}
+    return {key: yaml.safe_load(value) for key in stage_keys(stage) if (value := getattr(args, key, None)) is not None}
 
 
 def _ask(args: argparse.Namespace) -> None:
@@ -127,7 +214,9 @@ def _ask(args: argparse.Namespace) -> None:
     if not gguf.is_file():
         raise FileNotFoundError(f"no GGUF at {gguf} (--gguf)")
     system_prompt = next(iter(read_json(paths.PROMPTS).values()))
-    print(f"Q: {args.question}\nA ({gguf.name}, llama.cpp): {chat(gguf, system_prompt, args.question, args.max_tokens)}")
+    print(
+        f"Q: {args.question}\nA ({gguf.name}, llama.cpp): {chat(gguf, system_prompt, args.question, args.max_tokens)}"
+    )
 
 
 def _plan(args: argparse.Namespace) -> int:
@@ -135,14 +224,26 @@ def _plan(args: argparse.Namespace) -> int:
 
     p = load_params(args.params)
     model = args.model or (str(paths.BASE_MODEL) if (paths.BASE_MODEL / "config.json").is_file() else p.model.name)
-    four_bit = args.load_in_4bit if args.load_in_4bit else (None if p.quant.load_in_4bit == "auto" else p.quant.load_in_4bit)
+    four_bit = (
+        args.load_in_4bit if args.load_in_4bit else (None if p.quant.load_in_4bit == "auto" else p.quant.load_in_4bit)
+    )
     text, fits = plan_report(
-        model, max_seq_len=args.max_seq_len or p.dataset.max_seq_len, batch_size=args.batch_size or p.train.batch_size,
-        lora_rank=args.lora_rank or p.lora.rank, load_in_4bit=four_bit, device=args.device,
-        precision=p.train.precision, device_memory_gib=args.device_memory_gb, grad_accum=p.train.grad_accum,
-        steps=p.train.max_steps, epochs=p.train.epochs, processes=p.train.num_processes,
+        model,
+        max_seq_len=args.max_seq_len or p.dataset.max_seq_len,
+        batch_size=args.batch_size or p.train.batch_size,
+        lora_rank=args.lora_rank or p.lora.rank,
+        load_in_4bit=four_bit,
+        device=args.device,
+        precision=p.train.precision,
+        device_memory_gib=args.device_memory_gb,
+        grad_accum=p.train.grad_accum,
+        steps=p.train.max_steps,
+        epochs=p.train.epochs,
+        processes=p.train.num_processes,
         dataset_stats=paths.DATASET_STATS,
-        preset_name=args.preset or p.train.preset, peak_tflops=args.peak_tflops)
+        preset_name=args.preset or p.train.preset,
+        peak_tflops=args.peak_tflops,
+    )
     print(text)
     return 0 if fits else 1
 
@@ -208,8 +309,16 @@ def _evaluate(args: argparse.Namespace, p: Params) -> None:
 
 
 # Each stage command and how its flags reach the stage module's run() (lorapipe.stages.<stage>).
-_STAGE_RUNNERS = {"base": _base, "extract": _extract, "dataset": _dataset, "train": _train, "merge": _merge,
-                  "export": _export, "evaluate_base": _evaluate_base, "evaluate": _evaluate}
+_STAGE_RUNNERS = {
+    "base": _base,
+    "extract": _extract,
+    "dataset": _dataset,
+    "train": _train,
+    "merge": _merge,
+    "export": _export,
+    "evaluate_base": _evaluate_base,
+    "evaluate": _evaluate,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -224,8 +333,13 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "serve":
             from lorapipe.serve import serve
 
-            serve(args.host, args.port, args.merged_dir if args.transformers else args.gguf,
-                  "transformers" if args.transformers else "llama.cpp", args.json_schema)
+            serve(
+                args.host,
+                args.port,
+                args.merged_dir if args.transformers else args.gguf,
+                "transformers" if args.transformers else "llama.cpp",
+                args.json_schema,
+            )
         elif args.command == "chat":
             from lorapipe.serve import chat_loop
 

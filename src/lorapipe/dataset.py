@@ -133,13 +133,28 @@ def _resolve_prompt(prompt: str) -> str:
     return Path(prompt).read_text(encoding="utf-8").strip() if len(prompt) < 4096 and Path(prompt).is_file() else prompt
 
 
-def resolve_tasks(mode: str, tasks: list[dict] | None, system_prompt: str, has_text: bool, has_labeled: bool,
-                  labeled_format: str = "auto", fields: dict[str, str] | None = None) -> list[Task]:
+def resolve_tasks(
+    mode: str,
+    tasks: list[dict] | None,
+    system_prompt: str,
+    has_text: bool,
+    has_labeled: bool,
+    labeled_format: str = "auto",
+    fields: dict[str, str] | None = None,
+) -> list[Task]:
     """The tasks to build: `tasks` from params, or one per kind of data present (by `mode`)."""
     if tasks:
-        resolved = [Task(t["name"], t["kind"], _resolve_prompt(t.get("system_prompt") or system_prompt),
-                         list(t.get("sources") or ["*"]), t.get("format") or labeled_format,
-                         dict(t.get("fields") or fields or {})) for t in tasks]
+        resolved = [
+            Task(
+                t["name"],
+                t["kind"],
+                _resolve_prompt(t.get("system_prompt") or system_prompt),
+                list(t.get("sources") or ["*"]),
+                t.get("format") or labeled_format,
+                dict(t.get("fields") or fields or {}),
+            )
+            for t in tasks
+        ]
         wrong = [t.name for t in resolved if mode != "auto" and t.kind != mode]
         if wrong:
             raise ValueError(f"dataset.mode is {mode!r} but tasks {wrong} are of another kind; use mode auto")
@@ -155,8 +170,9 @@ def resolve_tasks(mode: str, tasks: list[dict] | None, system_prompt: str, has_t
     return resolved
 
 
-def _text_rows(task: Task, text_dir: Path, tokenizer, max_seq_len: int, overlap_tokens: int,
-               min_tokens: int, counts: dict) -> list[dict]:
+def _text_rows(
+    task: Task, text_dir: Path, tokenizer, max_seq_len: int, overlap_tokens: int, min_tokens: int, counts: dict
+) -> list[dict]:
     manifest_path = text_dir / paths.MANIFEST_NAME
     if not manifest_path.is_file():
         raise FileNotFoundError(f"{manifest_path} not found: run the extract stage first")
@@ -177,17 +193,23 @@ def labeled_files(labeled_dir: Path | None) -> list[Path]:
     """The JSON/JSONL files of labeled examples; JSON Schema files beside them (for eval.json_schema) are not."""
     if labeled_dir is None or not labeled_dir.is_dir():
         return []
-    return sorted(p for p in labeled_dir.rglob("*")
-                  if p.suffix.lower() in LABELED_SUFFIXES and p.is_file() and not is_json_schema(p))
+    return sorted(
+        p
+        for p in labeled_dir.rglob("*")
+        if p.suffix.lower() in LABELED_SUFFIXES and p.is_file() and not is_json_schema(p)
+    )
 
 
-def _chat_rows(task: Task, labeled_dir: Path | None, tokenizer, max_seq_len: int, on_overflow: str,
-               on_bad_row: str, counts: dict) -> list[dict]:
+def _chat_rows(
+    task: Task, labeled_dir: Path | None, tokenizer, max_seq_len: int, on_overflow: str, on_bad_row: str, counts: dict
+) -> list[dict]:
     if labeled_dir is None:
         raise FileNotFoundError(f"task {task.name!r} is a chat task, but no folder of labeled examples was given")
     files = [p for p in labeled_files(labeled_dir) if _matches(str(p.relative_to(labeled_dir)), task.sources)]
     if not files:
-        raise FileNotFoundError(f"task {task.name!r}: no labeled JSON/JSONL file in {labeled_dir} matches {task.sources}")
+        raise FileNotFoundError(
+            f"task {task.name!r}: no labeled JSON/JSONL file in {labeled_dir} matches {task.sources}"
+        )
     rows = []
     for path in files:
         conversations, bad = load_labeled(path, task.format, task.fields, on_bad_row)
@@ -195,15 +217,19 @@ def _chat_rows(task: Task, labeled_dir: Path | None, tokenizer, max_seq_len: int
         for number, messages in enumerate(conversations, 1):
             if any(m["role"] == "system" for m in messages):
                 counts["system_prompts_replaced"] += 1  # the task's prompt is the single source of truth
-            messages = [{"role": "system", "content": task.system_prompt},
-                        *(m for m in messages if m["role"] != "system")]
+            messages = [
+                {"role": "system", "content": task.system_prompt},
+                *(m for m in messages if m["role"] != "system"),
+            ]
             row = {"messages": messages, "source": str(path), "task": task.name}
             ids, labels = tokenize_row(row, tokenizer)
             if len(ids) > max_seq_len:
                 counts["overflowed"] += 1
                 if on_overflow == "error":
-                    raise ValueError(f"{path}: row {number} has {len(ids)} tokens, more than dataset.max_seq_len "
-                                     f"({max_seq_len}); raise it or set dataset.on_overflow to drop or truncate")
+                    raise ValueError(
+                        f"{path}: row {number} has {len(ids)} tokens, more than dataset.max_seq_len "
+                        f"({max_seq_len}); raise it or set dataset.on_overflow to drop or truncate"
+                    )
                 if on_overflow == "drop" or not loss_tokens(labels[:max_seq_len]):
                     counts["dropped_overflow"] += 1  # truncating would leave no answer token to learn from
                     continue
@@ -217,8 +243,10 @@ def _split(rows: list[dict], by_document: bool, val_fraction: float, rng: random
     for i, row in enumerate(rows):
         groups.setdefault(row["source"] if by_document else str(i), []).append(i)
     if len(groups) < 2:
-        raise ValueError(f"task {rows[0]['task']!r} has a single document: it cannot be split by document; "
-                         "set dataset.split_by: chunk or add documents")
+        raise ValueError(
+            f"task {rows[0]['task']!r} has a single document: it cannot be split by document; "
+            "set dataset.split_by: chunk or add documents"
+        )
     order = sorted(groups)
     rng.shuffle(order)
     held: set[int] = set()
@@ -246,12 +274,21 @@ def _split_stats(rows: list[dict], tokenizer, max_seq_len: int) -> dict:
     return {"rows": len(rows), "tokens": sum(lengths), "loss_tokens": loss, "length_tokens": _percentiles(lengths)}
 
 
-COUNTS = ("dropped_short", "dropped_overflow", "overflowed", "deduplicated_exact", "deduplicated_near",
-          "bad_rows_skipped", "system_prompts_replaced", "sampled_out")  # stats.json's counters, in this order
+COUNTS = (
+    "dropped_short",
+    "dropped_overflow",
+    "overflowed",
+    "deduplicated_exact",
+    "deduplicated_near",
+    "bad_rows_skipped",
+    "system_prompts_replaced",
+    "sampled_out",
+)  # stats.json's counters, in this order
 
 
-def _deduplicated_sample(task: Task, rows: list[dict], dedup_threshold: float, max_samples: int | None,
-                         rng: random.Random, counts: dict) -> list[dict]:
+def _deduplicated_sample(
+    task: Task, rows: list[dict], dedup_threshold: float, max_samples: int | None, rng: random.Random, counts: dict
+) -> list[dict]:
     """`rows` without exact and near duplicates (exact only for chat rows), then at most `max_samples`
     of them drawn with `rng`. Raises ValueError when fewer than 2 remain."""
     keys = [r["text"] if "text" in r else repr(r["messages"]) for r in rows]
@@ -263,8 +300,10 @@ def _deduplicated_sample(task: Task, rows: list[dict], dedup_threshold: float, m
         counts["sampled_out"] += len(rows) - max_samples
         rows = [rows[i] for i in sorted(rng.sample(range(len(rows)), max_samples))]
     if len(rows) < 2:
-        raise ValueError(f"task {task.name!r} has {len(rows)} row(s): at least 2 are needed for a train and a "
-                         "validation split; add data or lower dataset.max_seq_len / dataset.min_tokens")
+        raise ValueError(
+            f"task {task.name!r} has {len(rows)} row(s): at least 2 are needed for a train and a "
+            "validation split; add data or lower dataset.max_seq_len / dataset.min_tokens"
+        )
     return rows
 
 
@@ -287,10 +326,13 @@ def _write_dataset(out_dir: Path, train: list[dict], val: list[dict], prompts: d
         write_jsonl(place(out_dir / paths.VAL_ROWS.name), val)
         write_json(place(out_dir / paths.PROMPTS.name), prompts)
         write_json(place(out_dir / paths.DATASET_STATS.name), stats)
-    print(f"[dataset] {len(train)} train / {len(val)} val rows of ≤{stats['max_seq_len']} tokens "
-          f"({stats['tokens']['train']} train tokens); dropped {stats['dropped']} "
-          f"(short {stats['dropped_short']}, overflow {stats['dropped_overflow']}), "
-          f"overflowed {stats['overflowed']}, deduplicated {stats['deduplicated']}", flush=True)
+    print(
+        f"[dataset] {len(train)} train / {len(val)} val rows of ≤{stats['max_seq_len']} tokens "
+        f"({stats['tokens']['train']} train tokens); dropped {stats['dropped']} "
+        f"(short {stats['dropped_short']}, overflow {stats['dropped_overflow']}), "
+        f"overflowed {stats['overflowed']}, deduplicated {stats['deduplicated']}",
+        flush=True,
+    )
     print("[dataset] estimate training memory and time with: lorapipe plan", flush=True)
 
 
@@ -328,9 +370,15 @@ def build_dataset(
     text_dir, out_dir = Path(text_dir), Path(out_dir)
     labeled_dir = Path(labeled_dir) if labeled_dir is not None else None
     tokenizer = load_tokenizer(tokenizer_dir)
-    resolved = resolve_tasks(mode, [t.model_dump() if isinstance(t, TaskParams) else t for t in tasks], system_prompt,
-                             (text_dir / paths.MANIFEST_NAME).is_file(), bool(labeled_files(labeled_dir)),
-                             labeled_format, fields)
+    resolved = resolve_tasks(
+        mode,
+        [t.model_dump() if isinstance(t, TaskParams) else t for t in tasks],
+        system_prompt,
+        (text_dir / paths.MANIFEST_NAME).is_file(),
+        bool(labeled_files(labeled_dir)),
+        labeled_format,
+        fields,
+    )
     counts = dict.fromkeys(COUNTS, 0)
     train, val, per_task = [], [], {}
     for task in resolved:
@@ -343,10 +391,14 @@ def build_dataset(
         task_train, task_val = _split(rows, task.kind == "text" and split_by == "document", val_fraction, rng)
         train += task_train
         val += task_val
-        per_task[task.name] = {"kind": task.kind, "train": _split_stats(task_train, tokenizer, max_seq_len),
-                               "val": _split_stats(task_val, tokenizer, max_seq_len)}
-        print(f"[dataset] task {task.name} ({task.kind}): {len(task_train)} train / {len(task_val)} val rows",
-              flush=True)
+        per_task[task.name] = {
+            "kind": task.kind,
+            "train": _split_stats(task_train, tokenizer, max_seq_len),
+            "val": _split_stats(task_val, tokenizer, max_seq_len),
+        }
+        print(
+            f"[dataset] task {task.name} ({task.kind}): {len(task_train)} train / {len(task_val)} val rows", flush=True
+        )
     stats = _stats(mode, max_seq_len, len(train), len(val), per_task, counts)
     faults.fault_point("mid")
     _write_dataset(out_dir, train, val, {task.name: task.system_prompt for task in resolved}, stats)

@@ -34,26 +34,39 @@ def launch_command(num_processes: int, accelerate_config: str | None, job: Path,
     command = [sys.executable, "-m", "accelerate.commands.launch"]
     if accelerate_config:
         if not Path(accelerate_config).is_file():
-            raise FileNotFoundError(f"train.accelerate_config: {accelerate_config} does not exist "
-                                    "(write one with `accelerate config --config_file FILE`)")
+            raise FileNotFoundError(
+                f"train.accelerate_config: {accelerate_config} does not exist "
+                "(write one with `accelerate config --config_file FILE`)"
+            )
         command += ["--config_file", str(accelerate_config), "--num_processes", str(num_processes)]
     else:
         # --multi_gpu means DDP through torch.distributed.run; without a GPU accelerate uses gloo on the CPU.
-        command += ["--multi_gpu", "--num_processes", str(num_processes), "--num_machines", "1",
-                    "--mixed_precision", "no", "--dynamo_backend", "no"]
+        command += [
+            "--multi_gpu",
+            "--num_processes",
+            str(num_processes),
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+        ]
     return [*command, "-m", "lorapipe.distributed", str(job), str(result)]
 
 
-def train_lora_distributed(num_processes: int, accelerate_config: str | None = None, *,
-                           mlflow_run_id: str | None = None, **kwargs: Any) -> TrainResult:
+def train_lora_distributed(
+    num_processes: int, accelerate_config: str | None = None, *, mlflow_run_id: str | None = None, **kwargs: Any
+) -> TrainResult:
     """Run `lorapipe.train.train_lora(**kwargs)` on `num_processes` processes and return the first
     process's result. `kwargs` are train_lora's arguments by name (``dataset_dir=…``, ``lora=…``; no
     `on_log`): paths, JSON values and the params sections. With `mlflow_run_id`, the first process
     logs each step's metrics to that run. Raises RuntimeError when the workers fail."""
     from lorapipe.train import TrainResult
 
-    sent = {key: value.model_dump(mode="json") if hasattr(value, "model_dump") else value
-            for key, value in kwargs.items()}
+    sent = {
+        key: value.model_dump(mode="json") if hasattr(value, "model_dump") else value for key, value in kwargs.items()
+    }
     with tempfile.TemporaryDirectory(prefix="lorapipe-ddp-") as folder:
         job, result = Path(folder, "job.json"), Path(folder, "result.json")
         job.write_text(json.dumps({"kwargs": sent, "mlflow_run_id": mlflow_run_id}, default=str))
@@ -64,8 +77,10 @@ def train_lora_distributed(num_processes: int, accelerate_config: str | None = N
         print(f"[train] {num_processes} processes: {' '.join(command[1:4])} … -m lorapipe.distributed", flush=True)
         done = subprocess.run(command, env=env)
         if done.returncode != 0 or not result.is_file():
-            raise RuntimeError(f"distributed training failed (accelerate launch exit status {done.returncode}); "
-                               "the workers' errors are printed above")
+            raise RuntimeError(
+                f"distributed training failed (accelerate launch exit status {done.returncode}); "
+                "the workers' errors are printed above"
+            )
         return TrainResult.from_dict(json.loads(result.read_text()))
 
 
@@ -75,8 +90,9 @@ def _worker(job_path: str, result_path: str) -> None:
 
     sections = {"lora": LoraParams, "train": TrainParams, "quant": QuantParams}  # sent as model_dump()
     job = json.loads(Path(job_path).read_text())
-    kwargs = {key: sections[key].model_validate(value) if key in sections else value
-              for key, value in job["kwargs"].items()}
+    kwargs = {
+        key: sections[key].model_validate(value) if key in sections else value for key, value in job["kwargs"].items()
+    }
     main = int(os.environ.get("RANK", "0")) == 0
     if not main:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - one process prints the progress

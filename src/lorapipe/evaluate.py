@@ -78,9 +78,14 @@ def generate_answer(tokenizer, model, messages: list[dict], max_new_tokens: int,
     ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
     with torch.no_grad():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                             pad_token_id=tokenizer.pad_token_id, **sampling)
-    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            **sampling,
+        )
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 
 
 def hf_answers(model_dir: str | Path, requests: list[list[dict]], max_new_tokens: int) -> list[str]:
@@ -121,8 +126,9 @@ def evaluate_base(
             rows = chat_rows(val_path, max_samples)
             requests = evaluation_requests(rows, read_json(prompts_path)) if rows else []
             answers = hf_answers(base_dir, [messages for messages, _ in requests], max_new_tokens)
-            write_jsonl(place(answers_path), [{"task": row["task"], "answer": answer}
-                                              for row, answer in zip(rows, answers)])
+            write_jsonl(
+                place(answers_path), [{"task": row["task"], "answer": answer} for row, answer in zip(rows, answers)]
+            )
         write_json(place(out_path), metrics)
     print(f"[evaluate_base] base perplexity {metrics['base']['perplexity']:.3f} on {len(sequences)} rows", flush=True)
     return metrics
@@ -130,20 +136,26 @@ def evaluate_base(
 
 def chat(gguf_path: str | Path, system_prompt: str, question: str, max_tokens: int = 64) -> str:
     """One greedy answer from a GGUF under llama.cpp, using the chat template stored in the file."""
-    return answer_all(gguf_path, [[{"role": "system", "content": system_prompt},
-                                   {"role": "user", "content": question}]], max_tokens)[0]
+    return answer_all(
+        gguf_path, [[{"role": "system", "content": system_prompt}, {"role": "user", "content": question}]], max_tokens
+    )[0]
 
 
-def answer_all(gguf_path: str | Path, requests: list[list[dict]], max_tokens: int = 64,
-               json_schema: dict | None = None) -> list[str]:
+def answer_all(
+    gguf_path: str | Path, requests: list[list[dict]], max_tokens: int = 64, json_schema: dict | None = None
+) -> list[str]:
     """Greedy answers to several conversations, loading the model once. With `json_schema`, decoding
     follows a llama.cpp grammar built from it, so every complete answer parses and fits the schema."""
     from llama_cpp import Llama, LlamaGrammar
 
     grammar = LlamaGrammar.from_json_schema(json.dumps(json_schema), verbose=False) if json_schema else None
     llm = Llama(str(gguf_path), n_ctx=2048, verbose=False)
-    answers = [llm.create_chat_completion(messages=messages, max_tokens=max_tokens, temperature=0.0, grammar=grammar)
-               ["choices"][0]["message"]["content"].strip() for messages in requests]
+    answers = [
+        llm.create_chat_completion(messages=messages, max_tokens=max_tokens, temperature=0.0, grammar=grammar)[
+            "choices"
+        ][0]["message"]["content"].strip()
+        for messages in requests
+    ]
     llm.close()
     return answers
 
@@ -184,14 +196,26 @@ def _cell(text: str) -> str:
 def samples_markdown(rows: list[dict], requests, answers: dict[str, list[str]], limit: int) -> str:
     """Prompts with each model's answer side by side, and the expected answer."""
     names = list(answers)
-    lines = ["# Sample answers", "", "Greedy answers to validation rows, with each task's system prompt "
-             "(`data/dataset/prompts.json`). " + ", ".join(f"`{n}`" for n in names) + ".", ""]
+    lines = [
+        "# Sample answers",
+        "",
+        "Greedy answers to validation rows, with each task's system prompt "
+        "(`data/dataset/prompts.json`). " + ", ".join(f"`{n}`" for n in names) + ".",
+        "",
+    ]
     for number, (row, (messages, expected)) in enumerate(zip(rows[:limit], requests[:limit])):
-        lines += [f"## {number + 1}. {row['task']}", "", f"**System:** {messages[0]['content']}", "",
-                  f"**Prompt:** {messages[-1]['content']}", "",
-                  "| " + " | ".join(["expected", *names]) + " |", "|" + "---|" * (len(names) + 1),
-                  "| " + " | ".join(_cell(x) for x in [expected or "", *(answers[n][number] for n in names)]) + " |",
-                  ""]
+        lines += [
+            f"## {number + 1}. {row['task']}",
+            "",
+            f"**System:** {messages[0]['content']}",
+            "",
+            f"**Prompt:** {messages[-1]['content']}",
+            "",
+            "| " + " | ".join(["expected", *names]) + " |",
+            "|" + "---|" * (len(names) + 1),
+            "| " + " | ".join(_cell(x) for x in [expected or "", *(answers[n][number] for n in names)]) + " |",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -210,11 +234,21 @@ def _perplexities(sequences, merged_dir: Path, ggufs: dict[str, Path], base: dic
     return metrics
 
 
-def _constrained_answers(model: Path, rows: list[dict], conversations: list[list[dict]], expected: list,
-                         free: list[str], max_new_tokens: int, schema: dict) -> list[str]:
+def _constrained_answers(
+    model: Path,
+    rows: list[dict],
+    conversations: list[list[dict]],
+    expected: list,
+    free: list[str],
+    max_new_tokens: int,
+    schema: dict,
+) -> list[str]:
     """`free` with the answers to JSON tasks' rows replaced by answers decoded under the schema's grammar."""
-    json_tasks = {task for task in dict.fromkeys(r["task"] for r in rows)
-                  if is_json_task([e for r, e in zip(rows, expected) if r["task"] == task])}
+    json_tasks = {
+        task
+        for task in dict.fromkeys(r["task"] for r in rows)
+        if is_json_task([e for r, e in zip(rows, expected) if r["task"] == task])
+    }
     chosen = [i for i, row in enumerate(rows) if row["task"] in json_tasks]
     answers = list(free)
     for i, answer in zip(chosen, answer_all(model, [conversations[i] for i in chosen], max_new_tokens, schema)):
@@ -226,14 +260,29 @@ def _print_scores(scores: dict[str, dict]) -> None:
     for name, tasks in scores.items():
         for task, score in tasks.items():
             json_scores = score.get("json")
-            extra = (f", JSON parse {json_scores['json_parse_rate']:.0%}, intent {json_scores['intent_accuracy']:.0%}"
-                     f", slot F1 {json_scores['slots']['f1']:.2f}" if json_scores else "")
-            print(f"[evaluate] {name} on {task}: exact {score['exact_match']:.0%}, ROUGE-L {score['rouge_l']:.2f}"
-                  + extra, flush=True)
+            extra = (
+                f", JSON parse {json_scores['json_parse_rate']:.0%}, intent {json_scores['intent_accuracy']:.0%}"
+                f", slot F1 {json_scores['slots']['f1']:.2f}"
+                if json_scores
+                else ""
+            )
+            print(
+                f"[evaluate] {name} on {task}: exact {score['exact_match']:.0%}, ROUGE-L {score['rouge_l']:.2f}"
+                + extra,
+                flush=True,
+            )
 
 
-def _chat_answers(rows: list[dict], requests, merged_dir: Path, model: Path, base_answers_path: str | Path | None,
-                  max_new_tokens: int, schema: dict | None, constrained: bool) -> dict[str, list[str]]:
+def _chat_answers(
+    rows: list[dict],
+    requests,
+    merged_dir: Path,
+    model: Path,
+    base_answers_path: str | Path | None,
+    max_new_tokens: int,
+    schema: dict | None,
+    constrained: bool,
+) -> dict[str, list[str]]:
     """Answers to the chat rows by name: the base's (read from `base_answers_path` when it exists),
     the fine-tuned (merged) model's, the model GGUF's and, with `constrained`, its answers under the grammar."""
     conversations = [messages for messages, _ in requests]
@@ -245,7 +294,8 @@ def _chat_answers(rows: list[dict], requests, merged_dir: Path, model: Path, bas
     answers[model.name] = answer_all(model, conversations, max_new_tokens)
     if constrained:
         answers[f"{model.name} constrained"] = _constrained_answers(
-            model, rows, conversations, [e for _, e in requests], answers[model.name], max_new_tokens, schema)
+            model, rows, conversations, [e for _, e in requests], answers[model.name], max_new_tokens, schema
+        )
     return answers
 
 
@@ -289,11 +339,13 @@ def evaluate_models(
     rows = chat_rows(val_path, max_samples)
     if rows:
         requests = evaluation_requests(rows, prompts)
-        answers = _chat_answers(rows, requests, Path(merged_dir), model, base_answers_path, max_new_tokens, schema,
-                                constrained)
+        answers = _chat_answers(
+            rows, requests, Path(merged_dir), model, base_answers_path, max_new_tokens, schema, constrained
+        )
         expected = [answer for _, answer in requests]
-        metrics["answers"] = {name: score_by_task(rows, got, expected, schema) for name, got in answers.items()
-                              if len(got) == len(rows)}
+        metrics["answers"] = {
+            name: score_by_task(rows, got, expected, schema) for name, got in answers.items() if len(got) == len(rows)
+        }
         _print_scores(metrics["answers"])
         samples = samples_markdown(rows, requests, answers, num_generations)
     else:

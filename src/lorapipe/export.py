@@ -55,8 +55,19 @@ def install_converter(dest: str | Path | None = None, version: str | None = None
     print(f"[export] unpacking llama.cpp's converter from llama-cpp-python {version} into {dest}", flush=True)
     with tempfile.TemporaryDirectory() as download:
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-             f"llama-cpp-python=={version}", "-d", download],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                f"llama-cpp-python=={version}",
+                "-d",
+                download,
+            ],
             check=True,
         )
         archive = next(Path(download).glob("llama_cpp_python-*.tar.gz"))
@@ -114,31 +125,56 @@ def _converter_env(llama_cpp_dir: Path) -> dict[str, str]:
     return env
 
 
-def _run_converter(llama_cpp_dir: Path, script: str, args: list[str], metadata: dict[str, str] | None,
-                   what: str) -> None:
-    env = {**_converter_env(llama_cpp_dir),
-           "LORAPIPE_GGUF_METADATA": json.dumps({k: str(v) for k, v in (metadata or {}).items() if v})}
-    command = [sys.executable, "-c", _CONVERT_WITH_METADATA, str(llama_cpp_dir / script),
-               str(llama_cpp_dir / "gguf-py"), *args]
+def _run_converter(
+    llama_cpp_dir: Path, script: str, args: list[str], metadata: dict[str, str] | None, what: str
+) -> None:
+    env = {
+        **_converter_env(llama_cpp_dir),
+        "LORAPIPE_GGUF_METADATA": json.dumps({k: str(v) for k, v in (metadata or {}).items() if v}),
+    }
+    command = [
+        sys.executable,
+        "-c",
+        _CONVERT_WITH_METADATA,
+        str(llama_cpp_dir / script),
+        str(llama_cpp_dir / "gguf-py"),
+        *args,
+    ]
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"{script} failed on {what}:\n{result.stderr[-4000:]}")
 
 
-def convert_to_gguf(model_dir: Path, outfile: Path, outtype: str, llama_cpp_dir: Path,
-                    metadata: dict[str, str] | None = None) -> Path:
+def convert_to_gguf(
+    model_dir: Path, outfile: Path, outtype: str, llama_cpp_dir: Path, metadata: dict[str, str] | None = None
+) -> Path:
     """llama.cpp's convert_hf_to_gguf.py; `metadata` adds string keys (lineage) to the file."""
-    _run_converter(Path(llama_cpp_dir), "convert_hf_to_gguf.py",
-                   [str(model_dir), "--outfile", str(outfile), "--outtype", outtype], metadata, str(model_dir))
+    _run_converter(
+        Path(llama_cpp_dir),
+        "convert_hf_to_gguf.py",
+        [str(model_dir), "--outfile", str(outfile), "--outtype", outtype],
+        metadata,
+        str(model_dir),
+    )
     return outfile
 
 
-def convert_lora_to_gguf(adapter_dir: Path, base_dir: Path, outfile: Path, llama_cpp_dir: Path,
-                         metadata: dict[str, str] | None = None, outtype: str = "f32") -> Path:
+def convert_lora_to_gguf(
+    adapter_dir: Path,
+    base_dir: Path,
+    outfile: Path,
+    llama_cpp_dir: Path,
+    metadata: dict[str, str] | None = None,
+    outtype: str = "f32",
+) -> Path:
     """A LoRA-only GGUF of a PEFT adapter, for `llama-cli -m <base>.gguf --lora <adapter>.gguf`."""
-    _run_converter(Path(llama_cpp_dir), "convert_lora_to_gguf.py",
-                   ["--base", str(base_dir), "--outfile", str(outfile), "--outtype", outtype, str(adapter_dir)],
-                   metadata, str(adapter_dir))
+    _run_converter(
+        Path(llama_cpp_dir),
+        "convert_lora_to_gguf.py",
+        ["--base", str(base_dir), "--outfile", str(outfile), "--outtype", outtype, str(adapter_dir)],
+        metadata,
+        str(adapter_dir),
+    )
     return outfile
 
 
@@ -156,11 +192,12 @@ def supported_architectures(llama_cpp_dir: Path) -> frozenset[str]:
         return _SUPPORTED[llama_cpp_dir]
     command = [sys.executable, str(llama_cpp_dir / "convert_hf_to_gguf.py"), "--print-supported-models"]
     try:
-        listed = subprocess.run(command, env=_converter_env(llama_cpp_dir), capture_output=True, text=True,
-                                check=True)
+        listed = subprocess.run(command, env=_converter_env(llama_cpp_dir), capture_output=True, text=True, check=True)
     except subprocess.CalledProcessError as exc:
-        raise RuntimeError(f"{' '.join(command[1:])} failed (exit {exc.returncode}), so the model's architecture "
-                           f"cannot be checked:\n{(exc.stderr or exc.stdout)[-2000:]}") from None
+        raise RuntimeError(
+            f"{' '.join(command[1:])} failed (exit {exc.returncode}), so the model's architecture "
+            f"cannot be checked:\n{(exc.stderr or exc.stdout)[-2000:]}"
+        ) from None
     names, section = set(), None
     for line in (listed.stdout + listed.stderr).splitlines():
         if line.strip().endswith("models:"):
@@ -168,8 +205,10 @@ def supported_architectures(llama_cpp_dir: Path) -> frozenset[str]:
         elif line.strip().startswith("- ") and section == "TEXT models:":
             names.add(line.strip()[2:])
     if not names:
-        raise RuntimeError(f"{' '.join(command[1:])} listed no TEXT models, so the model's architecture cannot be "
-                           f"checked; its output was:\n{(listed.stdout + listed.stderr)[-2000:]}")
+        raise RuntimeError(
+            f"{' '.join(command[1:])} listed no TEXT models, so the model's architecture cannot be "
+            f"checked; its output was:\n{(listed.stdout + listed.stderr)[-2000:]}"
+        )
     _SUPPORTED[llama_cpp_dir] = frozenset(names)
     return _SUPPORTED[llama_cpp_dir]
 
@@ -219,8 +258,10 @@ def logit_agreement(reference, actual) -> dict[str, float]:
     }
 
 
-VERIFY_TEXT = ("LoRA adds small trainable matrices to a frozen model. The merged model and its GGUF "
-               "export must give the same next-token predictions on this sentence.")
+VERIFY_TEXT = (
+    "LoRA adds small trainable matrices to a frozen model. The merged model and its GGUF "
+    "export must give the same next-token predictions on this sentence."
+)
 
 
 def parameter_count(weights: list[Path]) -> int:
@@ -245,9 +286,11 @@ def check_disk_space(out_dir: Path, parameters: int, outtype: str, quants: Seque
         target = target.parent
     free = shutil.disk_usage(target).free
     if free < needed:
-        raise OSError(f"not enough free disk for the export: about {needed / 2**30:.1f} GB is needed "
-                      f"({', '.join(files)} of {parameters / 1e9:.2f} B weights) and {free / 2**30:.1f} GB is free "
-                      f"on {target}; free some space (e.g. `dvc gc`) or export fewer quantizations")
+        raise OSError(
+            f"not enough free disk for the export: about {needed / 2**30:.1f} GB is needed "
+            f"({', '.join(files)} of {parameters / 1e9:.2f} B weights) and {free / 2**30:.1f} GB is free "
+            f"on {target}; free some space (e.g. `dvc gc`) or export fewer quantizations"
+        )
     return needed
 
 
@@ -257,8 +300,9 @@ def check_architecture(model_dir: Path, llama_cpp_dir: Path) -> str:
     architecture = (config.get("architectures") or ["unknown"])[0]
     supported = supported_architectures(llama_cpp_dir)
     if architecture not in supported:
-        raise ValueError(f"llama.cpp's converter does not support {architecture}; it supports: "
-                         + ", ".join(sorted(supported)))
+        raise ValueError(
+            f"llama.cpp's converter does not support {architecture}; it supports: " + ", ".join(sorted(supported))
+        )
     return architecture
 
 
@@ -267,17 +311,22 @@ def ollama_create(out_dir: Path, modelfiles: dict[str, str], name: str) -> list[
     `name-<task>`); a failure is reported, not raised, since the files are written."""
     ollama = shutil.which("ollama")
     if not ollama:
-        print(f"[export] ollama is not on PATH; to use the model in Ollama: cd {out_dir} && "
-              f"ollama create {name} -f Modelfile", flush=True)
+        print(
+            f"[export] ollama is not on PATH; to use the model in Ollama: cd {out_dir} && "
+            f"ollama create {name} -f Modelfile",
+            flush=True,
+        )
         return []
     commands = []
     for number, (task, modelfile) in enumerate(modelfiles.items()):
         model = name if number == 0 else f"{name}-{task}"
         command = [ollama, "create", model, "-f", modelfile]
         done = subprocess.run(command, cwd=out_dir, capture_output=True, text=True)
-        print(f"[export] {' '.join(['ollama', *command[1:]])}: "
-              + ("done" if done.returncode == 0 else f"failed ({(done.stderr or done.stdout).strip()[-300:]})"),
-              flush=True)
+        print(
+            f"[export] {' '.join(['ollama', *command[1:]])}: "
+            + ("done" if done.returncode == 0 else f"failed ({(done.stderr or done.stdout).strip()[-300:]})"),
+            flush=True,
+        )
         commands.append(command)
     return commands
 
@@ -286,15 +335,20 @@ MIN_TOP1_AGREEMENT = 0.99  # share of tokens whose top-1 a f32/f16/bf16 GGUF mus
 MAX_F32_LOGIT_DIFF = 1e-2  # largest |Δlogit| an f32 GGUF may show against the merged model
 
 
-def _verify(merged_dir: Path, converted: Path, outtype: str, min_top1_agreement: float,
-            max_f32_logit_diff: float) -> dict[str, float]:
+def _verify(
+    merged_dir: Path, converted: Path, outtype: str, min_top1_agreement: float, max_f32_logit_diff: float
+) -> dict[str, float]:
     """compare_logits on VERIFY_TEXT; raise RuntimeError when an unquantized file disagrees."""
     check = compare_logits(merged_dir, converted, VERIFY_TEXT)
-    print(f"[export] llama.cpp vs transformers on {check['tokens']} tokens: max |Δlogit| "
-          f"{check['max_abs_diff']:.2e}, top-1 agreement {check['top1_agreement']:.0%}", flush=True)
+    print(
+        f"[export] llama.cpp vs transformers on {check['tokens']} tokens: max |Δlogit| "
+        f"{check['max_abs_diff']:.2e}, top-1 agreement {check['top1_agreement']:.0%}",
+        flush=True,
+    )
     unquantized = outtype in ("f32", "f16", "bf16")
     if (unquantized and check["top1_agreement_beyond_ties"] < min_top1_agreement) or (
-            outtype == "f32" and check["max_abs_diff"] > max_f32_logit_diff):
+        outtype == "f32" and check["max_abs_diff"] > max_f32_logit_diff
+    ):
         raise RuntimeError(f"the converted GGUF disagrees with the merged model: {check}")
     return check
 
@@ -314,8 +368,9 @@ def _quantize_all(converted: Path, folder: Path, name: str, quants: list[str]) -
     return files
 
 
-def _preflight(merged_dir: Path, out_dir: Path, knobs: ExportParams,
-               adapter_dir: str | Path | None) -> tuple[Path, str, int]:
+def _preflight(
+    merged_dir: Path, out_dir: Path, knobs: ExportParams, adapter_dir: str | Path | None
+) -> tuple[Path, str, int]:
     """The checks before anything is written: a complete merged folder, an architecture the converter
     supports, enough disk. Returns the converter folder, the architecture and the number of weights."""
     weights = check_model_folder(merged_dir, "merge")
@@ -327,11 +382,23 @@ def _preflight(merged_dir: Path, out_dir: Path, knobs: ExportParams,
     return converter, architecture, parameters
 
 
-def _checked_knobs(quants: Sequence[str], outtype: str, name: str, llama_cpp_dir: str | Path | None,
-                   lora_gguf: bool, ollama_name: str | None) -> ExportParams:
+def _checked_knobs(
+    quants: Sequence[str],
+    outtype: str,
+    name: str,
+    llama_cpp_dir: str | Path | None,
+    lora_gguf: bool,
+    ollama_name: str | None,
+) -> ExportParams:
     """The knobs, validated by the params schema (the one list of quantization names)."""
-    knobs = {"quants": list(quants), "outtype": outtype, "name": name, "lora_gguf": lora_gguf,
-             "llama_cpp_dir": str(llama_cpp_dir) if llama_cpp_dir else None, "ollama_name": ollama_name}
+    knobs = {
+        "quants": list(quants),
+        "outtype": outtype,
+        "name": name,
+        "lora_gguf": lora_gguf,
+        "llama_cpp_dir": str(llama_cpp_dir) if llama_cpp_dir else None,
+        "ollama_name": ollama_name,
+    }
     return validate_params({"export": knobs}, "export_gguf's arguments").export
 
 
@@ -379,8 +446,10 @@ def export_gguf(
     modelfiles = {task: "Modelfile" if number == 0 else f"Modelfile.{task}" for number, task in enumerate(prompts)}
     with atomic_dir(out_dir) as tmp:
         converted = tmp / f"{knobs.name}.{knobs.outtype.upper()}.gguf"
-        print(f"[export] converting {merged_dir} ({architecture}, {parameters / 1e6:.0f} M weights) to "
-              f"{converted.name}", flush=True)
+        print(
+            f"[export] converting {merged_dir} ({architecture}, {parameters / 1e6:.0f} M weights) to {converted.name}",
+            flush=True,
+        )
         convert_to_gguf(merged_dir, converted, knobs.outtype, converter, metadata)
         check = _verify(merged_dir, converted, knobs.outtype, min_top1_agreement, max_f32_logit_diff)
         faults.fault_point("mid")
@@ -393,11 +462,17 @@ def export_gguf(
             files["lora"] = lora.name
         for task, modelfile in modelfiles.items():
             (tmp / modelfile).write_text(modelfile_text(f"./{model}", tokenizer, prompts[task]))
-        info = {"model": model, "files": files, "outtype": knobs.outtype, "architecture": architecture,
-                "parameters": parameters, "verification": check, "metadata": metadata or {},
-                "llama_cpp_python": _llama_cpp_version()}
+        info = {
+            "model": model,
+            "files": files,
+            "outtype": knobs.outtype,
+            "architecture": architecture,
+            "parameters": parameters,
+            "verification": check,
+            "metadata": metadata or {},
+            "llama_cpp_python": _llama_cpp_version(),
+        }
         write_json(tmp / EXPORT_INFO, info)
-    print(f"[export] wrote {', '.join(files.values())} and {', '.join(modelfiles.values())} into {out_dir}",
-          flush=True)
+    print(f"[export] wrote {', '.join(files.values())} and {', '.join(modelfiles.values())} into {out_dir}", flush=True)
     info["ollama"] = ollama_create(out_dir, modelfiles, knobs.ollama_name or knobs.name)
     return info

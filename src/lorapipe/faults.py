@@ -71,7 +71,8 @@ def parse(value: str) -> Fault:
     valid = bool(_STAGE_NAME.fullmatch(stage)) and (
         (point in POINTS and not argument and ":" not in rest)
         or (kind == _STEP and argument.isdigit() and int(argument) > 0)
-        or (kind == _FILE and bool(argument)))
+        or (kind == _FILE and bool(argument))
+    )
     if not valid:
         raise ValueError(f"{FAULT_ENV}={value!r}: {_grammar()}")
     return Fault(stage, point, argument if kind else None)

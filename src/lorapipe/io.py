@@ -55,7 +55,7 @@ def atomic_outputs() -> Iterator[Callable[..., Path]]:
             _remove(tmp)
         raise
     for _, tmp in pending:  # on disk before the renames, so a power cut cannot leave a renamed, empty file
-        for path in (sorted(tmp.rglob("*")) if tmp.is_dir() else [tmp]):
+        for path in sorted(tmp.rglob("*")) if tmp.is_dir() else [tmp]:
             if path.is_file() and not path.is_symlink():
                 _fsync(path)
     faults.fault_point("writing")

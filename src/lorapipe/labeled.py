@@ -24,8 +24,15 @@ _SIGNATURES = {  # canonical fields that identify each format, most specific fir
     "instruction": ("instruction", "output"),
     "prompt_completion": ("prompt", "completion"),
 }
-_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "model": "assistant",
-          "bot": "assistant", "system": "system"}
+_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "model": "assistant",
+    "bot": "assistant",
+    "system": "system",
+}
 
 
 def canonical_json(data: Any) -> str:
@@ -67,8 +74,9 @@ def read_records(path: Path, on_bad_row: str = "error") -> tuple[list[tuple[int,
             if on_bad_row == "skip":
                 bad += 1
                 continue
-            raise ValueError(f"{path}:{number}: not a valid JSON object ({exc.msg}); fix the line or set "
-                             "dataset.on_bad_row: skip") from None
+            raise ValueError(
+                f"{path}:{number}: not a valid JSON object ({exc.msg}); fix the line or set dataset.on_bad_row: skip"
+            ) from None
         records.append((number, item))
     return records, bad
 
@@ -81,8 +89,10 @@ def detect_format(record: dict, fields: dict[str, str], path: Path) -> str:
     for name, needed in _SIGNATURES.items():
         if all(_get(record, field, fields) is not None for field in needed):
             return name
-    raise ValueError(f"{path}: unknown labeled format (fields {sorted(record)}); known formats: "
-                     f"{', '.join(FORMATS)}; name one with dataset.labeled_format or remap fields with dataset.fields")
+    raise ValueError(
+        f"{path}: unknown labeled format (fields {sorted(record)}); known formats: "
+        f"{', '.join(FORMATS)}; name one with dataset.labeled_format or remap fields with dataset.fields"
+    )
 
 
 def to_messages(record: dict, fmt: str, fields: dict[str, str], where: str) -> list[dict]:
@@ -99,7 +109,10 @@ def to_messages(record: dict, fmt: str, fields: dict[str, str], where: str) -> l
         prompt = f"{get('instruction')}\n\n{extra}" if extra else str(get("instruction"))
         return [{"role": "user", "content": prompt}, {"role": "assistant", "content": str(get("output"))}]
     if fmt == "prompt_completion":
-        return [{"role": "user", "content": str(get("prompt"))}, {"role": "assistant", "content": str(get("completion"))}]
+        return [
+            {"role": "user", "content": str(get("prompt"))},
+            {"role": "assistant", "content": str(get("completion"))},
+        ]
     turns = get(fmt)
     if not isinstance(turns, list) or not turns:
         raise ValueError(f"{where}: {fmt} must be a non-empty list")
@@ -115,8 +128,9 @@ def to_messages(record: dict, fmt: str, fields: dict[str, str], where: str) -> l
     return messages
 
 
-def load_labeled(path: Path, fmt: str = "auto", fields: dict[str, str] | None = None,
-                 on_bad_row: str = "error") -> tuple[list[list[dict]], int]:
+def load_labeled(
+    path: Path, fmt: str = "auto", fields: dict[str, str] | None = None, on_bad_row: str = "error"
+) -> tuple[list[list[dict]], int]:
     """Conversations from one labeled file, and how many bad rows were skipped."""
     fields = fields or {}
     records, bad = read_records(path, on_bad_row)

@@ -1,7 +1,7 @@
 """Merge a LoRA adapter into its base model (the merge stage).
 
-    from lorapipe import merge_adapter
-    merge_adapter("models/base", "models/lora_output", "models/merged", dtype="float32")
+from lorapipe import merge_adapter
+merge_adapter("models/base", "models/lora_output", "models/merged", dtype="float32")
 """
 
 from __future__ import annotations
@@ -27,8 +27,18 @@ def _fingerprint(base_dir: Path, adapter_dir: Path, dtype: str) -> str:
     return digest.hexdigest()
 
 
-_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
-                       "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+_SAFETENSORS_DTYPES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+}
 
 
 def _read_tensors(path: Path):
@@ -40,8 +50,9 @@ def _read_tensors(path: Path):
 
     with open(path, "rb") as handle:
         header, data_start = safetensors_header(handle)
-        for name, entry in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]
-                                  if item[0] != "__metadata__" else -1):
+        for name, entry in sorted(
+            header.items(), key=lambda item: item[1]["data_offsets"][0] if item[0] != "__metadata__" else -1
+        ):
             if name == "__metadata__":
                 continue
             start, end = entry["data_offsets"]
@@ -110,7 +121,9 @@ def merge_adapter(
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True, max_shard_size="2GB")
         copy_tokenizer(adapter_dir, tmp)
-        write_json(tmp / MERGE_INFO, {"fingerprint": fingerprint, "dtype": dtype,
-                                      "base": str(base_dir), "adapter": str(adapter_dir)})
+        write_json(
+            tmp / MERGE_INFO,
+            {"fingerprint": fingerprint, "dtype": dtype, "base": str(base_dir), "adapter": str(adapter_dir)},
+        )
     print(f"[merge] wrote {out_dir} ({dtype})", flush=True)
     return out_dir

@@ -28,9 +28,17 @@ BUNDLED = {
 }
 
 # Files of a model folder that base copies as they are (weights are re-saved as safetensors).
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                    "tokenizer.model", "vocab.json", "merges.txt", "chat_template.jinja",
-                    "added_tokens.json", "generation_config.json")
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "added_tokens.json",
+    "generation_config.json",
+)
 
 
 def bundled_gguf(name: str) -> Path:
@@ -83,12 +91,14 @@ def _hub_refusal(name: str, exc: BaseException, token: str | None) -> HubAccessE
         return HubAccessError(
             f"the Hub refused the token from HF_TOKEN (or .env) for {name} (HTTP {status}): the token is wrong or "
             f"expired, or its account has not been granted access. Accept the model's licence at {page}, check "
-            f"the token at {constants.ENDPOINT}/settings/tokens, and set HF_TOKEN again (the token is never printed)")
+            f"the token at {constants.ENDPOINT}/settings/tokens, and set HF_TOKEN again (the token is never printed)"
+        )
     return HubAccessError(
         f"{name} is gated or private (HTTP {status}) and no Hub token was given: accept its licence at {page}, "
         f"create a read token at {constants.ENDPOINT}/settings/tokens, and provide it as the HF_TOKEN "
         "environment variable or as a line HF_TOKEN=... in .env in the project root (never committed: "
-        ".gitignore lists it; lorapipe never prints it)")
+        ".gitignore lists it; lorapipe never prints it)"
+    )
 
 
 def describe_source(name: str) -> str:
@@ -157,14 +167,22 @@ def prepare_base_model(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not tokenizer.chat_template:
-        print("[base] warning: the tokenizer has no chat template; export cannot write a Modelfile TEMPLATE",
-              flush=True)
+        print(
+            "[base] warning: the tokenizer has no chat template; export cannot write a Modelfile TEMPLATE", flush=True
+        )
     faults.fault_point("mid")
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        write_provenance(tmp, {"model.name": name, "model.revision": revision, "source": source,
-                               "parameters": sum(p.numel() for p in model.parameters())})
+        write_provenance(
+            tmp,
+            {
+                "model.name": name,
+                "model.revision": revision,
+                "source": source,
+                "parameters": sum(p.numel() for p in model.parameters()),
+            },
+        )
     n = sum(p.numel() for p in model.parameters()) / 1e6
     print(f"[base] wrote {out_dir} ({n:.1f} M parameters, {model.config.model_type})", flush=True)
     return Path(out_dir)
@@ -210,8 +228,9 @@ def check_model_folder(folder: Path, stage: str = "merge") -> list[Path]:
         shards = ["model.safetensors"]
     missing += [name for name in shards if not (folder / name).is_file()]
     if missing:
-        raise FileNotFoundError(f"{folder} is incomplete: missing {', '.join(missing)}; rerun the {stage} stage "
-                                f"(dvc repro {stage})")
+        raise FileNotFoundError(
+            f"{folder} is incomplete: missing {', '.join(missing)}; rerun the {stage} stage (dvc repro {stage})"
+        )
     return [folder / name for name in shards]
 
 

@@ -43,8 +43,11 @@ def named_files(params: Params, stage: str) -> list[tuple[str, str]]:
     found = []
     for key in STAGE_FILE_KEYS.get(stage, ()):
         if key == "dataset.tasks[].system_prompt":
-            found += [(f"dataset.tasks[{i}].system_prompt", t.system_prompt) for i, t in enumerate(params.dataset.tasks)
-                      if t.system_prompt and looks_like_path(t.system_prompt)]
+            found += [
+                (f"dataset.tasks[{i}].system_prompt", t.system_prompt)
+                for i, t in enumerate(params.dataset.tasks)
+                if t.system_prompt and looks_like_path(t.system_prompt)
+            ]
             continue
         section, _, name = key.partition(".")
         value = getattr(getattr(params, section), name)
@@ -64,7 +67,9 @@ def check_param_files(params: Params, stage: str, root: Path = ROOT) -> None:
         if not path.is_file():
             problems.append(f"  - {key}: {value} is not a file; put the file under {root}/ and name that path")
         elif not path.resolve().is_relative_to(base):
-            problems.append(f"  - {key}: {value} lies outside {root}/, so DVC would not rerun the {stage} stage when "
-                            f"it changes; move it under {root}/ and name that path")
+            problems.append(
+                f"  - {key}: {value} lies outside {root}/, so DVC would not rerun the {stage} stage when "
+                f"it changes; move it under {root}/ and name that path"
+            )
     if problems:
         raise ParamsError(f"{paths.PARAMS} names file(s) the {stage} stage cannot use:\n" + "\n".join(problems))

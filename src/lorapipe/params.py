@@ -20,8 +20,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError,
-                      field_validator, model_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 
 from lorapipe import paths
@@ -76,75 +85,126 @@ class Common(_Section):
 
 
 class ModelParams(_Section):
-    name: Name = Field("smollm2-135m-instruct", description=(
-        "the bundled model, a local Hugging Face folder, or a Hub id (needs model.revision)"))
-    revision: Name | None = Field(None, description=(
-        "Hub commit or tag; required for Hub ids so runs are reproducible"))
+    name: Name = Field(
+        "smollm2-135m-instruct",
+        description=("the bundled model, a local Hugging Face folder, or a Hub id (needs model.revision)"),
+    )
+    revision: Name | None = Field(
+        None, description=("Hub commit or tag; required for Hub ids so runs are reproducible")
+    )
     trust_remote_code: Bool = Field(False, description="run a Hub model's own Python code; only for models you trust")
 
 
 class ExtractParams(_Section):
-    pdf_backend: PdfBackend = Field("auto", description=(
-        "docling: layout models, tables, optional OCR (needs `lorapipe[layout]`); docling-native: model-free; "
-        "auto: docling when its models are available offline, else docling-native; pdfplumber is also the "
-        "fallback when docling fails, crashes or times out"))
+    pdf_backend: PdfBackend = Field(
+        "auto",
+        description=(
+            "docling: layout models, tables, optional OCR (needs `lorapipe[layout]`); docling-native: model-free; "
+            "auto: docling when its models are available offline, else docling-native; pdfplumber is also the "
+            "fallback when docling fails, crashes or times out"
+        ),
+    )
     device: Device = Field("auto", description="where docling's layout models run")
     ocr: Bool = Field(False, description="OCR pages without a text layer (docling backend only; slow)")
-    docling_artifacts_path: Name | None = Field(None, description=(
-        "folder holding docling's downloaded models; null: the local Hugging Face cache"))
-    timeout_s: Float = Field(300, gt=0, description=(
-        "seconds per document before its converter process is killed and pdfplumber tried"))
+    docling_artifacts_path: Name | None = Field(
+        None, description=("folder holding docling's downloaded models; null: the local Hugging Face cache")
+    )
+    timeout_s: Float = Field(
+        300, gt=0, description=("seconds per document before its converter process is killed and pdfplumber tried")
+    )
     workers: Int = Field(2, ge=1, le=256, description="documents converted in parallel (one process each)")
-    resume: Bool = Field(True, description=(
-        "reuse texts cached by earlier runs (by file content); false: extract everything again"))
-    min_length: Int = Field(20, ge=0, description=(
-        "characters; a document with less text is skipped, with the reason in the manifest"))
+    resume: Bool = Field(
+        True, description=("reuse texts cached by earlier runs (by file content); false: extract everything again")
+    )
+    min_length: Int = Field(
+        20, ge=0, description=("characters; a document with less text is skipped, with the reason in the manifest")
+    )
 
 
 class TaskParams(_Section):
-    name: Name = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$", description=(
-        "the task's name (letters, digits, _ and -): the `task` of its rows, its key in prompts.json"))
+    name: Name = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$",
+        description=("the task's name (letters, digits, _ and -): the `task` of its rows, its key in prompts.json"),
+    )
     kind: Literal["text", "chat"] = Field(description="text: chunks of the documents; chat: labeled examples")
-    sources: list[Name] = Field(default_factory=lambda: ["*"], min_length=1, description=(
-        "globs of the sources the task reads (documents for text, labeled files for chat)"))
+    sources: list[Name] = Field(
+        default_factory=lambda: ["*"],
+        min_length=1,
+        description=("globs of the sources the task reads (documents for text, labeled files for chat)"),
+    )
     format: LabeledFormat = Field("auto", description="format of its labeled files; auto: detected per file")
-    system_prompt: Name | None = Field(None, description=(
-        "its system prompt, text or a file path; null: dataset.system_prompt"))
-    fields: dict[Name, Name] = Field(default_factory=dict, description=(
-        "rename its labeled fields, e.g. {query: question}; {}: dataset.fields"))
+    system_prompt: Name | None = Field(
+        None, description=("its system prompt, text or a file path; null: dataset.system_prompt")
+    )
+    fields: dict[Name, Name] = Field(
+        default_factory=dict, description=("rename its labeled fields, e.g. {query: question}; {}: dataset.fields")
+    )
 
 
 class DatasetParams(_Section):
-    mode: Literal["auto", "text", "chat"] = Field("auto", description=(
-        "text: chunks of the documents; chat: labeled examples from data/raw/labeled; auto: whichever is "
-        "present, both in one dataset when both are"))
-    tasks: list[TaskParams] = Field(default_factory=list, description=(
-        "[]: one task per kind of data present, named text and chat; or a list of "
-        "{name, kind: text|chat, sources: [globs], format, system_prompt, fields}"))
-    max_seq_len: Int = Field(512, ge=16, le=131072, description=(
-        "tokens per row; longer: more context per step, more memory and time"))
-    overlap_tokens: Int = Field(64, ge=0, description=(
-        "tokens shared by consecutive chunks of a document; must be < max_seq_len"))
-    split_by: Literal["document", "chunk"] = Field("document", description=(
-        "document: no validation chunk comes from a training document; chunk: chunks are split one by one"))
+    mode: Literal["auto", "text", "chat"] = Field(
+        "auto",
+        description=(
+            "text: chunks of the documents; chat: labeled examples from data/raw/labeled; auto: whichever is "
+            "present, both in one dataset when both are"
+        ),
+    )
+    tasks: list[TaskParams] = Field(
+        default_factory=list,
+        description=(
+            "[]: one task per kind of data present, named text and chat; or a list of "
+            "{name, kind: text|chat, sources: [globs], format, system_prompt, fields}"
+        ),
+    )
+    max_seq_len: Int = Field(
+        512, ge=16, le=131072, description=("tokens per row; longer: more context per step, more memory and time")
+    )
+    overlap_tokens: Int = Field(
+        64, ge=0, description=("tokens shared by consecutive chunks of a document; must be < max_seq_len")
+    )
+    split_by: Literal["document", "chunk"] = Field(
+        "document",
+        description=(
+            "document: no validation chunk comes from a training document; chunk: chunks are split one by one"
+        ),
+    )
     val_fraction: Float = Field(0.2, gt=0, lt=1, description="share of rows held back for validation (0 < x < 1)")
     system_prompt: Name = Field(
-        "You are a helpful assistant that answers from the documents it was trained on.", description=(
-            "the system prompt of every task without its own: text, or a file path; resolved into prompts.json"))
-    dedup_threshold: Float = Field(0.9, gt=0, le=1, description=(
-        "text chunks at least this similar (Jaccard of word 5-grams, MinHash) are near duplicates; "
-        "1: exact duplicates only"))
-    max_samples: Int | None = Field(None, ge=2, description=(
-        "at most this many rows per task (a seeded sample); null: all"))
+        "You are a helpful assistant that answers from the documents it was trained on.",
+        description=(
+            "the system prompt of every task without its own: text, or a file path; resolved into prompts.json"
+        ),
+    )
+    dedup_threshold: Float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description=(
+            "text chunks at least this similar (Jaccard of word 5-grams, MinHash) are near duplicates; "
+            "1: exact duplicates only"
+        ),
+    )
+    max_samples: Int | None = Field(
+        None, ge=2, description=("at most this many rows per task (a seeded sample); null: all")
+    )
     min_tokens: Int = Field(16, ge=1, description="tokens; text chunks shorter than this are dropped")
-    on_overflow: Literal["drop", "truncate", "error"] = Field("drop", description=(
-        "what happens to a chat row longer than max_seq_len (truncate drops it anyway if no answer token "
-        "would remain)"))
-    on_bad_row: Literal["error", "skip"] = Field("error", description=(
-        "a malformed labeled row fails naming file and line (error), or is skipped and counted in stats.json"))
+    on_overflow: Literal["drop", "truncate", "error"] = Field(
+        "drop",
+        description=(
+            "what happens to a chat row longer than max_seq_len (truncate drops it anyway if no answer token "
+            "would remain)"
+        ),
+    )
+    on_bad_row: Literal["error", "skip"] = Field(
+        "error",
+        description=(
+            "a malformed labeled row fails naming file and line (error), or is skipped and counted in stats.json"
+        ),
+    )
     labeled_format: LabeledFormat = Field("auto", description="format of the labeled files; auto: detected per file")
-    fields: dict[Name, Name] = Field(default_factory=dict, description=(
-        "rename labeled fields, e.g. {query: question, data: answer}"))
+    fields: dict[Name, Name] = Field(
+        default_factory=dict, description=("rename labeled fields, e.g. {query: question, data: answer}")
+    )
 
     @field_validator("tasks")
     @classmethod
@@ -167,10 +227,17 @@ class DatasetParams(_Section):
 class LoraParams(_Section):
     rank: Int = Field(16, ge=1, le=4096, description="adapter rank; higher: more capacity, more memory")
     alpha: Float = Field(32, gt=0, description="scaling numerator; the update is scaled by alpha / rank")
-    dropout: Float = Field(0.0, ge=0, lt=1, description=(
-        "dropout on the adapter input, 0 to < 1; on the CPU 0.05 costs about 20% of each step (random masks)"))
-    target_modules: Literal["auto"] | list[Name] = Field("auto", description=(
-        "auto: every linear projection of attention and MLP; or a list of module names"))
+    dropout: Float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description=(
+            "dropout on the adapter input, 0 to < 1; on the CPU 0.05 costs about 20% of each step (random masks)"
+        ),
+    )
+    target_modules: Literal["auto"] | list[Name] = Field(
+        "auto", description=("auto: every linear projection of attention and MLP; or a list of module names")
+    )
 
     @field_validator("target_modules")
     @classmethod
@@ -182,55 +249,107 @@ class LoraParams(_Section):
 
 class TrainParams(_Section):
     epochs: Float = Field(1.0, gt=0, description="passes over the training rows; used when max_steps is -1")
-    max_steps: Int = Field(16, ge=-1, description=(
-        "optimizer steps; -1: train for `epochs`. 16 steps × 4 rows of ≤512 tokens ≈ 3 min on 2 CPU cores "
-        "(bundled model)"))
+    max_steps: Int = Field(
+        16,
+        ge=-1,
+        description=(
+            "optimizer steps; -1: train for `epochs`. 16 steps × 4 rows of ≤512 tokens ≈ 3 min on 2 CPU cores "
+            "(bundled model)"
+        ),
+    )
     lr: Float = Field(3e-4, gt=0, lt=1, description="peak learning rate (AdamW, linear warm-up and decay)")
     batch_size: Int = Field(4, ge=1, description="rows per forward pass; higher: faster per row, more memory")
-    grad_accum: Int = Field(1, ge=1, description=(
-        "forward passes per optimizer step; effective batch = batch_size × grad_accum × num_processes"))
+    grad_accum: Int = Field(
+        1,
+        ge=1,
+        description=("forward passes per optimizer step; effective batch = batch_size × grad_accum × num_processes"),
+    )
     warmup_steps: Int = Field(2, ge=0, description="linear warm-up steps before the linear decay")
     weight_decay: Float = Field(0.0, ge=0, description="AdamW weight decay")
     log_every: Int = Field(4, ge=1, description="steps between loss lines on the console and in MLflow")
-    eval_steps: Int = Field(8, ge=0, description=(
-        "steps between evaluations on the validation rows (eval loss and perplexity, console and MLflow); "
-        "0: only the final one"))
-    early_stopping_patience: Int = Field(0, ge=0, description=(
-        "stop after this many evaluations without a lower eval loss, keeping the adapter with the lowest; "
-        "0: never. Needs eval_steps > 0"))
-    packing: Bool = Field(True, description=(
-        "join text rows end to end (EOS between documents) into full max_seq_len blocks, so no step computes "
-        "padding (~1.4× faster on the sample corpus); chat rows are never packed"))
-    torch_compile: Bool = Field(False, description=(
-        "compile the model with torch.compile (inductor): on the 2-core CPU about 1.2–1.3× faster steps after "
-        "a first step that holds the compiling (about 2 min, under 1 with inductor's cache warm), so it pays "
-        "on runs of a few hundred steps (README.md, Speed)"))
+    eval_steps: Int = Field(
+        8,
+        ge=0,
+        description=(
+            "steps between evaluations on the validation rows (eval loss and perplexity, console and MLflow); "
+            "0: only the final one"
+        ),
+    )
+    early_stopping_patience: Int = Field(
+        0,
+        ge=0,
+        description=(
+            "stop after this many evaluations without a lower eval loss, keeping the adapter with the lowest; "
+            "0: never. Needs eval_steps > 0"
+        ),
+    )
+    packing: Bool = Field(
+        True,
+        description=(
+            "join text rows end to end (EOS between documents) into full max_seq_len blocks, so no step computes "
+            "padding (~1.4× faster on the sample corpus); chat rows are never packed"
+        ),
+    )
+    torch_compile: Bool = Field(
+        False,
+        description=(
+            "compile the model with torch.compile (inductor): on the 2-core CPU about 1.2–1.3× faster steps after "
+            "a first step that holds the compiling (about 2 min, under 1 with inductor's cache warm), so it pays "
+            "on runs of a few hundred steps (README.md, Speed)"
+        ),
+    )
     precision: Precision = Field("auto", description="auto: bf16 where the hardware flags say it is native")
-    preset: Preset = Field("none", description=(
-        "plan for that hardware (memory budget, 4-bit, checkpointing; see \"Will it fit?\" in README.md), "
-        "with autofit; none: no preset"))
-    autofit: Bool = Field(False, description=(
-        "when the memory estimate does not fit: true halves batch_size and doubles grad_accum (same effective "
-        "batch) until it does; false refuses with the fix"))
-    save_steps: Int = Field(10, ge=0, description=(
-        "steps between crash-recovery checkpoints (adapter, optimizer, scheduler, RNG, log) in "
-        ".lorapipe-cache/train/; 0: none"))
+    preset: Preset = Field(
+        "none",
+        description=(
+            'plan for that hardware (memory budget, 4-bit, checkpointing; see "Will it fit?" in README.md), '
+            "with autofit; none: no preset"
+        ),
+    )
+    autofit: Bool = Field(
+        False,
+        description=(
+            "when the memory estimate does not fit: true halves batch_size and doubles grad_accum (same effective "
+            "batch) until it does; false refuses with the fix"
+        ),
+    )
+    save_steps: Int = Field(
+        10,
+        ge=0,
+        description=(
+            "steps between crash-recovery checkpoints (adapter, optimizer, scheduler, RNG, log) in "
+            ".lorapipe-cache/train/; 0: none"
+        ),
+    )
     save_total_limit: Int = Field(2, ge=1, description="checkpoints kept per run")
-    resume: Name = Field("auto", description=(
-        "auto: continue from the latest checkpoint made with the same data and params (others are ignored, "
-        "with a message); never; or a checkpoint folder"))
-    num_processes: Int = Field(1, ge=1, le=1024, description=(
-        "> 1: train data-parallel under `accelerate launch` (DDP; one process per GPU, or CPU processes over "
-        "gloo; see \"More GPUs, more machines\" in README.md)"))
-    accelerate_config: Name | None = Field(None, description=(
-        "an accelerate config file (FSDP, DeepSpeed, several machines) for `accelerate launch`; null: DDP on "
-        "this machine"))
+    resume: Name = Field(
+        "auto",
+        description=(
+            "auto: continue from the latest checkpoint made with the same data and params (others are ignored, "
+            "with a message); never; or a checkpoint folder"
+        ),
+    )
+    num_processes: Int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description=(
+            "> 1: train data-parallel under `accelerate launch` (DDP; one process per GPU, or CPU processes over "
+            'gloo; see "More GPUs, more machines" in README.md)'
+        ),
+    )
+    accelerate_config: Name | None = Field(
+        None,
+        description=(
+            "an accelerate config file (FSDP, DeepSpeed, several machines) for `accelerate launch`; null: DDP on "
+            "this machine"
+        ),
+    )
 
     @model_validator(mode="after")
     def _early_stopping_needs_evaluations(self) -> "TrainParams":
         if self.early_stopping_patience and not self.eval_steps:
-            raise ValueError("train.early_stopping_patience needs train.eval_steps > 0 (the evaluations it "
-                             "compares)")
+            raise ValueError("train.early_stopping_patience needs train.eval_steps > 0 (the evaluations it compares)")
         return self
 
     @field_validator("max_steps")
@@ -242,11 +361,13 @@ class TrainParams(_Section):
 
 
 class QuantParams(_Section):
-    load_in_4bit: Literal["auto"] | Bool = Field("auto", description=(
-        "auto: 4-bit QLoRA on CUDA, plain LoRA on the CPU; true/false forces it"))
+    load_in_4bit: Literal["auto"] | Bool = Field(
+        "auto", description=("auto: 4-bit QLoRA on CUDA, plain LoRA on the CPU; true/false forces it")
+    )
     quant_type: Literal["nf4", "fp4"] = Field("nf4", description="bitsandbytes 4-bit data type")
-    double_quant: Bool = Field(True, description=(
-        "also quantize the quantization constants (saves ~0.4 bit per parameter)"))
+    double_quant: Bool = Field(
+        True, description=("also quantize the quantization constants (saves ~0.4 bit per parameter)")
+    )
 
 
 class MergeParams(_Section):
@@ -256,25 +377,52 @@ class MergeParams(_Section):
 # The names `export.quants` accepts (llama.cpp's LLAMA_FTYPE_MOSTLY_<NAME>, plus F32), each with its
 # approximate bits per weight (llama.cpp's quantize table), which the export's disk check uses.
 QUANT_BITS: dict[str, float] = {
-    "F32": 32, "F16": 16, "BF16": 16, "Q8_0": 8.5, "Q6_K": 6.6, "Q5_K_M": 5.7, "Q5_K_S": 5.5, "Q5_1": 6,
-    "Q5_0": 5.5, "Q4_K_M": 4.9, "Q4_K_S": 4.6, "Q4_1": 5, "Q4_0": 4.5, "Q3_K_L": 4.3, "Q3_K_M": 3.9,
-    "Q3_K_S": 3.5, "Q2_K": 3.4,
+    "F32": 32,
+    "F16": 16,
+    "BF16": 16,
+    "Q8_0": 8.5,
+    "Q6_K": 6.6,
+    "Q5_K_M": 5.7,
+    "Q5_K_S": 5.5,
+    "Q5_1": 6,
+    "Q5_0": 5.5,
+    "Q4_K_M": 4.9,
+    "Q4_K_S": 4.6,
+    "Q4_1": 5,
+    "Q4_0": 4.5,
+    "Q3_K_L": 4.3,
+    "Q3_K_M": 3.9,
+    "Q3_K_S": 3.5,
+    "Q2_K": 3.4,
 }
 
 
 class ExportParams(_Section):
-    name: Name = Field("lorapipe", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description=(
-        "file stem of the GGUF files (`models/gguf/<name>.<QUANT>.gguf`) and the Ollama model name"))
-    outtype: Literal["f32", "f16", "bf16", "q8_0"] = Field("f16", description=(
-        "precision of the converted GGUF before quantization"))
-    quants: list[Name] = Field(default_factory=lambda: ["Q4_K_M"], min_length=1, description=(
-        "one GGUF per entry (Q4_K_M, Q5_K_M, Q8_0, F16, ...); the first is the Modelfile's FROM"))
-    llama_cpp_dir: Name | None = Field(None, description=(
-        "a llama.cpp checkout to convert with; null: the converter of the installed llama-cpp-python"))
-    lora_gguf: Bool = Field(False, description=(
-        "also write `<name>.lora.gguf`, the adapter alone, for llama.cpp's `--lora`"))
-    ollama_name: Name | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$", description=(
-        "the name `ollama create` gets (run when ollama is on PATH); null: export.name"))
+    name: Name = Field(
+        "lorapipe",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description=("file stem of the GGUF files (`models/gguf/<name>.<QUANT>.gguf`) and the Ollama model name"),
+    )
+    outtype: Literal["f32", "f16", "bf16", "q8_0"] = Field(
+        "f16", description=("precision of the converted GGUF before quantization")
+    )
+    quants: list[Name] = Field(
+        default_factory=lambda: ["Q4_K_M"],
+        min_length=1,
+        description=("one GGUF per entry (Q4_K_M, Q5_K_M, Q8_0, F16, ...); the first is the Modelfile's FROM"),
+    )
+    llama_cpp_dir: Name | None = Field(
+        None,
+        description=("a llama.cpp checkout to convert with; null: the converter of the installed llama-cpp-python"),
+    )
+    lora_gguf: Bool = Field(
+        False, description=("also write `<name>.lora.gguf`, the adapter alone, for llama.cpp's `--lora`")
+    )
+    ollama_name: Name | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$",
+        description=("the name `ollama create` gets (run when ollama is on PATH); null: export.name"),
+    )
 
     @field_validator("quants")
     @classmethod
@@ -286,17 +434,29 @@ class ExportParams(_Section):
 
 
 class EvalParams(_Section):
-    max_samples: Int = Field(32, ge=1, description=(
-        "validation rows scored (perplexity) and chat rows answered by each model; bounds the cost"))
-    num_generations: Int = Field(3, ge=0, description=(
-        "prompts shown with the base and fine-tuned answers side by side in reports/samples.md"))
+    max_samples: Int = Field(
+        32,
+        ge=1,
+        description=("validation rows scored (perplexity) and chat rows answered by each model; bounds the cost"),
+    )
+    num_generations: Int = Field(
+        3, ge=0, description=("prompts shown with the base and fine-tuned answers side by side in reports/samples.md")
+    )
     max_new_tokens: Int = Field(64, ge=1, description="tokens per generated answer")
-    json_schema: Name | None = Field(None, description=(
-        "a JSON Schema file (keep it under data/raw/, e.g. beside the labeled rows) that JSON answers are "
-        "checked against; null: no schema check"))
-    constrained: Bool = Field(False, description=(
-        "also answer JSON tasks with the first GGUF under a llama.cpp grammar built from eval.json_schema; "
-        "scored as `<gguf> constrained` beside the free answers"))
+    json_schema: Name | None = Field(
+        None,
+        description=(
+            "a JSON Schema file (keep it under data/raw/, e.g. beside the labeled rows) that JSON answers are "
+            "checked against; null: no schema check"
+        ),
+    )
+    constrained: Bool = Field(
+        False,
+        description=(
+            "also answer JSON tasks with the first GGUF under a llama.cpp grammar built from eval.json_schema; "
+            "scored as `<gguf> constrained` beside the free answers"
+        ),
+    )
 
 
 class Params(_Section):
@@ -338,8 +498,7 @@ def section_keys(section: str) -> list[str]:
 
 def stage_keys(stage: str) -> list[str]:
     """Dotted keys a stage reads, in dvc.yaml order."""
-    return [key for entry in STAGE_SECTIONS[stage]
-            for key in ([entry] if "." in entry else section_keys(entry))]
+    return [key for entry in STAGE_SECTIONS[stage] for key in ([entry] if "." in entry else section_keys(entry))]
 
 
 def _describe(error: dict) -> str:
@@ -486,9 +645,11 @@ def render_yaml(values: Params | dict[str, Any]) -> str:
     """
     validated = values if isinstance(values, Params) else validate_params(values)
     raw = values.model_dump() if isinstance(values, Params) else values
-    lines = ["# lorapipe parameters. Each stage reads only its own sections (see dvc.yaml), so changing a value",
-             "# reruns only the stages that read it. The comments are generated from the schema",
-             f"# (src/lorapipe/params.py): edit a description there, then run `{REGENERATE}`."]
+    lines = [
+        "# lorapipe parameters. Each stage reads only its own sections (see dvc.yaml), so changing a value",
+        "# reruns only the stages that read it. The comments are generated from the schema",
+        f"# (src/lorapipe/params.py): edit a description there, then run `{REGENERATE}`.",
+    ]
     for section in Params.model_fields:
         given = raw.get(section) if isinstance(raw.get(section), dict) else {}
         lines += ["", _commented(f"{section}:", "read by: " + ", ".join(section_readers(section)))]
@@ -537,8 +698,10 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--check", action="store_true", help="exit 1 if either file is not as generated")
     args = parser.parse_args(argv)
     try:
-        wanted = {args.params: render_yaml(yaml.safe_load(args.params.read_text()) or {}),
-                  args.readme: replace_table(args.readme.read_text())}
+        wanted = {
+            args.params: render_yaml(yaml.safe_load(args.params.read_text()) or {}),
+            args.readme: replace_table(args.readme.read_text()),
+        }
     except (OSError, ValueError) as exc:  # ParamsError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2

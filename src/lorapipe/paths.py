@@ -48,6 +48,7 @@ def task_outputs(task: str) -> tuple[Path, Path, Path]:
     """Adapter folder, metrics and loss file of one task's adapter (`lorapipe train --task NAME`)."""
     return Path(f"models/lora_{task}"), REPORTS / f"train_{task}.json", REPORTS / f"train_loss_{task}.tsv"
 
+
 _QUEUE_MARKER = (".dvc", "tmp", "exps")
 
 

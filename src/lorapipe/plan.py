@@ -16,17 +16,27 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lorapipe.hardware import (GiB, available_memory_gib, cuda_available, peak_matmul_flops, resolve_device,
-                               resolve_load_in_4bit, resolve_precision)
+from lorapipe.hardware import (
+    GiB,
+    available_memory_gib,
+    cuda_available,
+    peak_matmul_flops,
+    resolve_device,
+    resolve_load_in_4bit,
+    resolve_precision,
+)
 from lorapipe.models import BUNDLED
 
 FACTS = Path(__file__).with_name("model_facts")
 _BUNDLED_FACTS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
-_ALIASES = {"meta-llama/Llama-3.1-8B": "meta-llama/Llama-3.1-8B-Instruct", "Qwen/Qwen2.5-7B": "Qwen/Qwen2.5-7B-Instruct"}
+_ALIASES = {
+    "meta-llama/Llama-3.1-8B": "meta-llama/Llama-3.1-8B-Instruct",
+    "Qwen/Qwen2.5-7B": "Qwen/Qwen2.5-7B-Instruct",
+}
 
 # python, torch, transformers, TRL and its trainer (+ the CUDA context) before the model, GiB: fitted
 RUNTIME_GIB = {"cpu": 0.52, "cuda": 1.2}
-ACT_ELEMENTS = 9.0     # float32 elements kept per token, layer and (hidden + intermediate) width (fitted)
+ACT_ELEMENTS = 9.0  # float32 elements kept per token, layer and (hidden + intermediate) width (fitted)
 # Float32 logits' worth kept per token: on the CPU the model's own cross-entropy (logits, their log-
 # softmax, its gradient; fitted); on CUDA TRL's fused LM head, which keeps about one (lorapipe.train).
 LOGIT_COPIES = {"cpu": 3, "cuda": 1}
@@ -53,10 +63,21 @@ class Facts:
     @property
     def projections(self) -> dict[str, tuple[int, int]]:
         """(in, out) features of each linear projection of one decoder layer."""
-        h, q, kv, i = self.hidden_size, self.num_attention_heads * self.head_dim, \
-            self.num_key_value_heads * self.head_dim, self.intermediate_size
-        return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
-                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+        h, q, kv, i = (
+            self.hidden_size,
+            self.num_attention_heads * self.head_dim,
+            self.num_key_value_heads * self.head_dim,
+            self.intermediate_size,
+        )
+        return {
+            "q_proj": (h, q),
+            "k_proj": (h, kv),
+            "v_proj": (h, kv),
+            "o_proj": (q, h),
+            "gate_proj": (h, i),
+            "up_proj": (h, i),
+            "down_proj": (i, h),
+        }
 
     @property
     def embedding_parameters(self) -> int:
@@ -86,12 +107,17 @@ def load_facts(model: str) -> Facts:
         raise ValueError(f"{model}: its config has no {', '.join(missing)}; plan knows Llama-style decoders only")
     heads = config["num_attention_heads"]
     return Facts(
-        name=config.get("name", model), vocab_size=config["vocab_size"], hidden_size=config["hidden_size"],
-        intermediate_size=config["intermediate_size"], num_hidden_layers=config["num_hidden_layers"],
-        num_attention_heads=heads, num_key_value_heads=config.get("num_key_value_heads", heads),
+        name=config.get("name", model),
+        vocab_size=config["vocab_size"],
+        hidden_size=config["hidden_size"],
+        intermediate_size=config["intermediate_size"],
+        num_hidden_layers=config["num_hidden_layers"],
+        num_attention_heads=heads,
+        num_key_value_heads=config.get("num_key_value_heads", heads),
         head_dim=config.get("head_dim") or config["hidden_size"] // heads,
         tie_word_embeddings=config.get("tie_word_embeddings", False),
-        max_position_embeddings=config.get("max_position_embeddings", 2048))
+        max_position_embeddings=config.get("max_position_embeddings", 2048),
+    )
 
 
 # `train.preset`: the hardware a run is planned for. A preset sets the memory budget the fit check
@@ -114,25 +140,50 @@ def preset(name: str | None) -> dict:
     return PRESETS[name]
 
 
-def training_settings(max_seq_len: int, lora_rank: int, target_modules, load_in_4bit: bool, precision: str,
-                      device: str, gradient_checkpointing: bool | None = None) -> dict:
+def training_settings(
+    max_seq_len: int,
+    lora_rank: int,
+    target_modules,
+    load_in_4bit: bool,
+    precision: str,
+    device: str,
+    gradient_checkpointing: bool | None = None,
+) -> dict:
     """The estimate's arguments for how the train stage runs: 4-bit on CUDA means gradient
     checkpointing (unless a preset says otherwise) and paged 8-bit AdamW (lorapipe.train)."""
     qlora_on_gpu = load_in_4bit and device == "cuda"
-    return {"max_seq_len": max_seq_len, "lora_rank": lora_rank, "target_modules": target_modules,
-            "load_in_4bit": load_in_4bit, "precision": precision,
-            "gradient_checkpointing": qlora_on_gpu if gradient_checkpointing is None else gradient_checkpointing,
-            "device": device, "paged_8bit_optimizer": qlora_on_gpu}
+    return {
+        "max_seq_len": max_seq_len,
+        "lora_rank": lora_rank,
+        "target_modules": target_modules,
+        "load_in_4bit": load_in_4bit,
+        "precision": precision,
+        "gradient_checkpointing": qlora_on_gpu if gradient_checkpointing is None else gradient_checkpointing,
+        "device": device,
+        "paged_8bit_optimizer": qlora_on_gpu,
+    }
 
 
-def estimate_memory_gib(facts: Facts, *, max_seq_len: int, batch_size: int, lora_rank: int,
-                       target_modules: list[str] | str = "auto", load_in_4bit: bool = False,
-                       precision: str = "fp32", gradient_checkpointing: bool = False, device: str = "cpu",
-                       paged_8bit_optimizer: bool = False) -> dict[str, float]:
+def estimate_memory_gib(
+    facts: Facts,
+    *,
+    max_seq_len: int,
+    batch_size: int,
+    lora_rank: int,
+    target_modules: list[str] | str = "auto",
+    load_in_4bit: bool = False,
+    precision: str = "fp32",
+    gradient_checkpointing: bool = False,
+    device: str = "cpu",
+    paged_8bit_optimizer: bool = False,
+) -> dict[str, float]:
     """Estimated peak memory of one training step, by part (runtime, weights, adapter, activations,
     logits) and in ``total``, in GiB; also ``lora_parameters`` and ``parameters`` (counts)."""
-    targets = facts.projections if target_modules == "auto" else \
-        {k: v for k, v in facts.projections.items() if k in target_modules}
+    targets = (
+        facts.projections
+        if target_modules == "auto"
+        else {k: v for k, v in facts.projections.items() if k in target_modules}
+    )
     lora = facts.num_hidden_layers * sum(lora_rank * (a + b) for a, b in targets.values())
     body = facts.parameters - facts.embedding_parameters
     # Weights load in float32; 4-bit nf4 with double quantization is about 0.52 byte per weight; in
@@ -152,8 +203,13 @@ def estimate_memory_gib(facts: Facts, *, max_seq_len: int, batch_size: int, lora
         per_layer_total = layers_kept * per_layer
     activations = tokens * per_layer_total
     logits = tokens * facts.vocab_size * 4 * LOGIT_COPIES[device]
-    parts = {"runtime": RUNTIME_GIB[device] * GiB, "weights": weights, "adapter": adapter,
-             "activations": activations, "logits": logits}
+    parts = {
+        "runtime": RUNTIME_GIB[device] * GiB,
+        "weights": weights,
+        "adapter": adapter,
+        "activations": activations,
+        "logits": logits,
+    }
     out = {k: round(v / GiB, 3) for k, v in parts.items()}
     out["total"] = round(sum(parts.values()) / GiB, 3)
     out["lora_parameters"] = lora
@@ -161,8 +217,9 @@ def estimate_memory_gib(facts: Facts, *, max_seq_len: int, batch_size: int, lora
     return out
 
 
-def training_flops_per_token(facts: Facts, seq_len: int, lora_parameters: int = 0,
-                             gradient_checkpointing: bool = False) -> float:
+def training_flops_per_token(
+    facts: Facts, seq_len: int, lora_parameters: int = 0, gradient_checkpointing: bool = False
+) -> float:
     """Model FLOPs of one trained token, LoRA on a frozen base (the MFU numerator, defined once).
 
     Every weight matrix (the LM head included, the embedding lookup not) costs 2 FLOPs per token
@@ -171,8 +228,10 @@ def training_flops_per_token(facts: Facts, seq_len: int, lora_parameters: int = 
     adds its two matrix products, QKᵀ and AV, over on average seq_len / 2 earlier positions: 2 × 2 ×
     layers × heads × head_dim × seq_len / 2 forward, twice that backward. Gradient checkpointing
     repeats the forward pass."""
-    matrices = facts.num_hidden_layers * sum(a * b for a, b in facts.projections.values()) \
-        + facts.vocab_size * facts.hidden_size  # the LM head; the input embedding is a lookup
+    matrices = (
+        facts.num_hidden_layers * sum(a * b for a, b in facts.projections.values())
+        + facts.vocab_size * facts.hidden_size
+    )  # the LM head; the input embedding is a lookup
     attention_forward = 2 * facts.num_hidden_layers * facts.num_attention_heads * facts.head_dim * seq_len
     forward = 2 * matrices + 2 * lora_parameters + attention_forward
     backward = 2 * matrices + 4 * lora_parameters + 2 * attention_forward
@@ -192,11 +251,20 @@ def estimate_tokens_per_second(flops_per_token: float, device: str, peak_flops: 
 
 def suggestions(facts: Facts, budget_gib: float, **kwargs) -> list[str]:
     """Changes that would make the run fit: single changes first, else the first combination that does."""
-    names = {"batch_size": "train.batch_size", "max_seq_len": "dataset.max_seq_len", "lora_rank": "lora.rank",
-             "load_in_4bit": "quant.load_in_4bit"}
-    steps = [("batch_size", max(1, kwargs["batch_size"] // 2)), ("batch_size", 1),
-             ("max_seq_len", kwargs["max_seq_len"] // 2), ("lora_rank", min(8, kwargs["lora_rank"])),
-             ("max_seq_len", kwargs["max_seq_len"] // 4), ("load_in_4bit", True)]
+    names = {
+        "batch_size": "train.batch_size",
+        "max_seq_len": "dataset.max_seq_len",
+        "lora_rank": "lora.rank",
+        "load_in_4bit": "quant.load_in_4bit",
+    }
+    steps = [
+        ("batch_size", max(1, kwargs["batch_size"] // 2)),
+        ("batch_size", 1),
+        ("max_seq_len", kwargs["max_seq_len"] // 2),
+        ("lora_rank", min(8, kwargs["lora_rank"])),
+        ("max_seq_len", kwargs["max_seq_len"] // 4),
+        ("load_in_4bit", True),
+    ]
     steps = [(k, v) for k, v in steps if v != kwargs[k] and (k != "max_seq_len" or v >= 64)]
     fits = lambda change: estimate_memory_gib(facts, **{**kwargs, **change})["total"] <= budget_gib  # noqa: E731
     single = [f"{names[k]} {str(v).lower()}" for k, v in steps if fits({k: v})]
@@ -221,8 +289,9 @@ def fit_batch(facts: Facts, budget_gib: float, batch_size: int, grad_accum: int,
     return None
 
 
-def training_steps(rows: int, *, batch_size: int, grad_accum: int, epochs: float, max_steps: int,
-                   processes: int = 1) -> int:
+def training_steps(
+    rows: int, *, batch_size: int, grad_accum: int, epochs: float, max_steps: int, processes: int = 1
+) -> int:
     """Optimizer steps of a run: `max_steps` when positive, else enough for `epochs` passes over
     `rows` training rows (or packed blocks), each forward pass taking `batch_size` rows on each of
     `processes` data-parallel processes and each step `grad_accum` forward passes; at least 1."""
@@ -244,9 +313,21 @@ class Fit:
     fixes: list[str] = field(default_factory=list)
 
 
-def check_fit(base_dir: str | Path, *, device: str, precision: str, load_in_4bit: bool, max_seq_len: int,
-              batch_size: int, grad_accum: int, lora_rank: int, target_modules: str | list[str], autofit: bool,
-              budget_gib: float | None = None, gradient_checkpointing: bool | None = None) -> Fit:
+def check_fit(
+    base_dir: str | Path,
+    *,
+    device: str,
+    precision: str,
+    load_in_4bit: bool,
+    max_seq_len: int,
+    batch_size: int,
+    grad_accum: int,
+    lora_rank: int,
+    target_modules: str | list[str],
+    autofit: bool,
+    budget_gib: float | None = None,
+    gradient_checkpointing: bool | None = None,
+) -> Fit:
     """Estimate the training run's peak memory before anything is loaded, against `budget_gib` (or
     what `device` has free); autofit the batch if allowed. The model's own config.json is read.
 
@@ -257,28 +338,38 @@ def check_fit(base_dir: str | Path, *, device: str, precision: str, load_in_4bit
     except ValueError as exc:
         print(f"[train] memory check skipped: {exc}", flush=True)
         return Fit(batch_size, grad_accum)
-    settings = training_settings(max_seq_len, lora_rank, target_modules, load_in_4bit, precision, device,
-                                 gradient_checkpointing)
+    settings = training_settings(
+        max_seq_len, lora_rank, target_modules, load_in_4bit, precision, device, gradient_checkpointing
+    )
     budget = budget_gib or available_memory_gib(device)
     estimate = estimate_memory_gib(facts, batch_size=batch_size, **settings)["total"]
-    print(f"[train] estimated peak memory {estimate:.1f} GiB of {budget:.1f} GiB "
-          f"{'budgeted by the preset' if budget_gib else 'available'} on {device}", flush=True)
+    print(
+        f"[train] estimated peak memory {estimate:.1f} GiB of {budget:.1f} GiB "
+        f"{'budgeted by the preset' if budget_gib else 'available'} on {device}",
+        flush=True,
+    )
     if estimate > budget and autofit:
         fitted = fit_batch(facts, budget, batch_size, grad_accum, **settings)
         if fitted:
-            print(f"[train] train.autofit: batch_size {batch_size} → {fitted[0]}, grad_accum {grad_accum} → "
-                  f"{fitted[1]} (same effective batch)", flush=True)
+            print(
+                f"[train] train.autofit: batch_size {batch_size} → {fitted[0]}, grad_accum {grad_accum} → "
+                f"{fitted[1]} (same effective batch)",
+                flush=True,
+            )
             batch_size, grad_accum = fitted
             estimate = estimate_memory_gib(facts, batch_size=batch_size, **settings)["total"]
     if estimate <= budget:
         # Should it run out of memory all the same, the fix is what fits in a budget under the estimate.
-        return Fit(batch_size, grad_accum, estimate,
-                   suggestions(facts, estimate * 0.75, batch_size=batch_size, **settings))
+        return Fit(
+            batch_size, grad_accum, estimate, suggestions(facts, estimate * 0.75, batch_size=batch_size, **settings)
+        )
     fixes = suggestions(facts, budget, batch_size=batch_size, **settings)
     raise MemoryError(
         f"training needs about {estimate:.1f} GiB but {budget:.1f} GiB are available on {device}: "
         + (f"use {' or '.join(fixes)}" if fixes else "use a smaller model or more memory")
-        + (" (or set train.autofit: true)" if not autofit else "") + "; `lorapipe plan` shows the estimate")
+        + (" (or set train.autofit: true)" if not autofit else "")
+        + "; `lorapipe plan` shows the estimate"
+    )
 
 
 @dataclass(frozen=True)
@@ -292,8 +383,9 @@ class _Target:
     gradient_checkpointing: bool | None
 
 
-def _target(device: str, precision: str, load_in_4bit: bool | None, device_memory_gib: float | None,
-            preset_name: str | None) -> _Target:
+def _target(
+    device: str, precision: str, load_in_4bit: bool | None, device_memory_gib: float | None, preset_name: str | None
+) -> _Target:
     """A GPU preset plans for CUDA with the preset's budget unless the device and budget are given."""
     chosen = preset(preset_name)
     if device == "auto" and chosen.get("device_memory_gib"):
@@ -306,16 +398,33 @@ def _target(device: str, precision: str, load_in_4bit: bool | None, device_memor
     budget = device_memory_gib or chosen.get("device_memory_gib")
     if not budget and device == "cuda" and not cuda_available():
         raise ValueError("no CUDA device here: give its memory with --device-memory-gb")
-    return _Target(device, resolve_precision(precision, device),
-                   resolve_load_in_4bit("auto" if load_in_4bit is None else load_in_4bit, device), budget,
-                   chosen.get("gradient_checkpointing"))
+    return _Target(
+        device,
+        resolve_precision(precision, device),
+        resolve_load_in_4bit("auto" if load_in_4bit is None else load_in_4bit, device),
+        budget,
+        chosen.get("gradient_checkpointing"),
+    )
 
 
-def plan_report(model: str, *, max_seq_len: int, batch_size: int, lora_rank: int, load_in_4bit: bool | None = None,
-                device: str = "auto", precision: str = "auto", device_memory_gib: float | None = None,
-                grad_accum: int = 1, steps: int = -1, epochs: float = 1.0, processes: int = 1,
-                dataset_stats: str | Path | None = None, preset_name: str | None = None,
-                peak_tflops: float | None = None) -> tuple[str, bool]:
+def plan_report(
+    model: str,
+    *,
+    max_seq_len: int,
+    batch_size: int,
+    lora_rank: int,
+    load_in_4bit: bool | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    device_memory_gib: float | None = None,
+    grad_accum: int = 1,
+    steps: int = -1,
+    epochs: float = 1.0,
+    processes: int = 1,
+    dataset_stats: str | Path | None = None,
+    preset_name: str | None = None,
+    peak_tflops: float | None = None,
+) -> tuple[str, bool]:
     """The text `lorapipe plan` prints, and whether the run fits in `device_memory_gib` GiB (default:
     what the device has free). A GPU preset plans for CUDA with the preset's memory budget unless the
     device and budget are given. Speed is estimated from the device's matrix-multiply peak, measured
@@ -324,43 +433,71 @@ def plan_report(model: str, *, max_seq_len: int, batch_size: int, lora_rank: int
     Raises ValueError for an unknown model or preset, or CUDA planned here without a budget."""
     target = _target(device, precision, load_in_4bit, device_memory_gib, preset_name)
     facts = load_facts(model)
-    settings = training_settings(max_seq_len, lora_rank, "auto", target.load_in_4bit, target.precision,
-                                 target.device, target.gradient_checkpointing)
+    settings = training_settings(
+        max_seq_len,
+        lora_rank,
+        "auto",
+        target.load_in_4bit,
+        target.precision,
+        target.device,
+        target.gradient_checkpointing,
+    )
     estimate = estimate_memory_gib(facts, batch_size=batch_size, **settings)
     budget = target.budget_gib or available_memory_gib(target.device)
     fits = estimate["total"] <= budget
-    lines = [f"model       {facts.name}: {facts.parameters / 1e9:.2f} B parameters, {facts.num_hidden_layers} layers, "
-             f"hidden {facts.hidden_size}, vocabulary {facts.vocab_size}",
-             f"training    {'QLoRA 4-bit' if target.load_in_4bit else 'LoRA'} rank {lora_rank} "
-             f"({estimate['lora_parameters'] / 1e6:.1f} M trainable), {target.device}, {target.precision}, "
-             f"batch {batch_size} × {max_seq_len} tokens"
-             + (", gradient checkpointing" if settings["gradient_checkpointing"] else ""),
-             "memory      " + ", ".join(f"{k} {estimate[k]:.2f}" for k in
-                                        ("runtime", "weights", "adapter", "activations", "logits")) + " GiB",
-             f"peak        {estimate['total']:.2f} GiB of {budget:.1f} GiB: {'fits' if fits else 'does NOT fit'}"]
+    lines = [
+        f"model       {facts.name}: {facts.parameters / 1e9:.2f} B parameters, {facts.num_hidden_layers} layers, "
+        f"hidden {facts.hidden_size}, vocabulary {facts.vocab_size}",
+        f"training    {'QLoRA 4-bit' if target.load_in_4bit else 'LoRA'} rank {lora_rank} "
+        f"({estimate['lora_parameters'] / 1e6:.1f} M trainable), {target.device}, {target.precision}, "
+        f"batch {batch_size} × {max_seq_len} tokens"
+        + (", gradient checkpointing" if settings["gradient_checkpointing"] else ""),
+        "memory      "
+        + ", ".join(f"{k} {estimate[k]:.2f}" for k in ("runtime", "weights", "adapter", "activations", "logits"))
+        + " GiB",
+        f"peak        {estimate['total']:.2f} GiB of {budget:.1f} GiB: {'fits' if fits else 'does NOT fit'}",
+    ]
     if not fits:
         fixes = suggestions(facts, budget, batch_size=batch_size, **settings)
-        lines.append("fix         " + (" or ".join(fixes) if fixes else "a smaller model or more memory")
-                     + "; or train.autofit: true")
-    run = {"batch_size": batch_size, "grad_accum": grad_accum, "epochs": epochs, "max_steps": steps,
-           "processes": processes}
+        lines.append(
+            "fix         "
+            + (" or ".join(fixes) if fixes else "a smaller model or more memory")
+            + "; or train.autofit: true"
+        )
+    run = {
+        "batch_size": batch_size,
+        "grad_accum": grad_accum,
+        "epochs": epochs,
+        "max_steps": steps,
+        "processes": processes,
+    }
     lines += _speed_lines(facts, target, settings, estimate["lora_parameters"], peak_tflops, dataset_stats, run)
     return "\n".join(lines), fits
 
 
-def _speed_lines(facts: Facts, target: _Target, settings: dict, lora_parameters: int, peak_tflops: float | None,
-                 dataset_stats: str | Path | None, run: dict) -> list[str]:
+def _speed_lines(
+    facts: Facts,
+    target: _Target,
+    settings: dict,
+    lora_parameters: int,
+    peak_tflops: float | None,
+    dataset_stats: str | Path | None,
+    run: dict,
+) -> list[str]:
     """The speed line, and the time line when the dataset's stats are there."""
     peak = peak_tflops * 1e12 if peak_tflops else None
     if not peak and target.device == "cuda" and not cuda_available():
         return ["time        not estimated: no CUDA device on this machine to measure (give --peak-tflops)"]
-    per_token = training_flops_per_token(facts, settings["max_seq_len"], lora_parameters,
-                                         settings["gradient_checkpointing"])
+    per_token = training_flops_per_token(
+        facts, settings["max_seq_len"], lora_parameters, settings["gradient_checkpointing"]
+    )
     peak = peak or peak_matmul_flops(target.device, target.precision)
     speed = estimate_tokens_per_second(per_token, target.device, peak)
-    lines = [f"speed       about {speed:,.0f} tokens/s: {per_token / 1e9:.2f} GFLOP per token at "
-             f"{training_efficiency(target.device):.0%} of {peak / 1e12:.2f} TFLOP/s "
-             + ("(given)" if peak_tflops else "(matrix-multiply peak measured here)")]
+    lines = [
+        f"speed       about {speed:,.0f} tokens/s: {per_token / 1e9:.2f} GFLOP per token at "
+        f"{training_efficiency(target.device):.0%} of {peak / 1e12:.2f} TFLOP/s "
+        + ("(given)" if peak_tflops else "(matrix-multiply peak measured here)")
+    ]
     if dataset_stats and Path(dataset_stats).is_file():
         stats = json.loads(Path(dataset_stats).read_text())
         mean = stats["tokens"]["train"] / max(stats["rows"]["train"], 1)
@@ -368,6 +505,8 @@ def _speed_lines(facts: Facts, target: _Target, settings: dict, lora_parameters:
         tokens = total_steps * run["batch_size"] * run["grad_accum"] * run["processes"] * mean
         # one GPU per process adds its speed; CPU processes share this machine's cores (measured whole)
         seconds = tokens / (speed * (run["processes"] if target.device == "cuda" else 1))
-        lines.append(f"time        about {seconds / 60:.1f} min for {total_steps} steps "
-                     f"(~{tokens / 1e3:.0f} k tokens, from {dataset_stats})")
+        lines.append(
+            f"time        about {seconds / 60:.1f} min for {total_steps} steps "
+            f"(~{tokens / 1e3:.0f} k tokens, from {dataset_stats})"
+        )
     return lines

@@ -32,18 +32,18 @@ def tokenize_chat(messages: list[dict], tokenizer) -> tuple[list[int], list[int]
     for i, message in enumerate(messages):
         if message["role"] == "assistant":
             prompt = _render(tokenizer, messages[:i], generation_prompt=True)
-            piece = _ids(tokenizer, prompt[len(rendered):])
+            piece = _ids(tokenizer, prompt[len(rendered) :])
             ids += piece
             labels += [IGNORE] * len(piece)
             rendered = prompt
         full = _render(tokenizer, messages[: i + 1], generation_prompt=False)
         if not full.startswith(rendered):
             raise ValueError("the chat template does not render conversations incrementally; cannot mask the loss")
-        delta = full[len(rendered):]
+        delta = full[len(rendered) :]
         if message["role"] == "assistant":
             # Loss on the answer and its end-of-turn token, not on the whitespace after it.
             body = delta.rstrip()
-            piece, tail = _ids(tokenizer, body), _ids(tokenizer, delta[len(body):]) if delta[len(body):] else []
+            piece, tail = _ids(tokenizer, body), _ids(tokenizer, delta[len(body) :]) if delta[len(body) :] else []
             ids += piece + tail
             labels += piece + [IGNORE] * len(tail)
         else:

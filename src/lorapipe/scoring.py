@@ -27,16 +27,20 @@ def perplexity(loss: float) -> float:
     return math.exp(min(loss, PERPLEXITY_CAP))
 
 
-def sequence_nll(model, sequences: list[tuple[list[int], list[int]]], device: str = "cpu",
-                 batch_size: int = 8) -> tuple[float, int]:
+def sequence_nll(
+    model, sequences: list[tuple[list[int], list[int]]], device: str = "cpu", batch_size: int = 8
+) -> tuple[float, int]:
     """Summed negative log-likelihood (nats) of the next tokens that carry loss (labels ≠ -100), and
-    their count, under `model` (a causal LM: ids of shape [batch, length] in, logits out) on `device`. Sequences of similar length are scored together, right-padded (padding is masked and
-    carries no loss, so the sums equal scoring each sequence alone)."""
+    their count, under `model` (a causal LM: ids [batch, length] in, logits out) on `device`.
+    Sequences of similar length are scored together, right-padded (padding is masked and carries no
+    loss, so the sums equal scoring each sequence alone)."""
     import torch
 
     nll, count = 0.0, 0
-    order = sorted((i for i, (_, labels) in enumerate(sequences) if any(x != -100 for x in labels[1:])),
-                   key=lambda i: len(sequences[i][0]))
+    order = sorted(
+        (i for i, (_, labels) in enumerate(sequences) if any(x != -100 for x in labels[1:])),
+        key=lambda i: len(sequences[i][0]),
+    )
     with torch.no_grad():
         for start in range(0, len(order), batch_size):
             chunk = [sequences[i] for i in order[start : start + batch_size]]
@@ -139,8 +143,14 @@ def score_json(answers: list[str], expected: list[str], schema: dict | None = No
     n = max(len(answers), 1)
     out: dict[str, Any] = {
         "json_parse_rate": round(sum(p is not None for p in parsed) / n, 4),
-        "intent_accuracy": round(sum(isinstance(p, dict) and isinstance(g, dict) and p.get("intent") == g.get("intent")
-                                     for p, g in zip(parsed, truth)) / n, 4),
+        "intent_accuracy": round(
+            sum(
+                isinstance(p, dict) and isinstance(g, dict) and p.get("intent") == g.get("intent")
+                for p, g in zip(parsed, truth)
+            )
+            / n,
+            4,
+        ),
         "slots": _prf(sum(right.values()), sum(predicted.values()), sum(wanted.values())),
         "per_slot": {name: _prf(right[name], predicted[name], wanted[name]) for name in sorted(wanted | predicted)},
     }

@@ -76,8 +76,9 @@ class Backend:
     def complete(self, messages: list[dict], max_tokens: int, temperature: float = 0.0, grammar=None):
         """Generated text pieces (an iterator), so callers can stream them."""
         if self.engine == "llama.cpp":
-            for chunk in self.llm.create_chat_completion(messages=messages, max_tokens=max_tokens,
-                                                         temperature=temperature, grammar=grammar, stream=True):
+            for chunk in self.llm.create_chat_completion(
+                messages=messages, max_tokens=max_tokens, temperature=temperature, grammar=grammar, stream=True
+            ):
                 piece = chunk["choices"][0]["delta"].get("content")
                 if piece:
                     yield piece
@@ -114,6 +115,7 @@ class LoadedModel:
 
 # --- request bodies -------------------------------------------------------------------------------
 
+
 def _has_text(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be empty or blank")
@@ -127,8 +129,9 @@ class _Body(BaseModel):
 
 class QueryRequest(_Body):
     prompt: Annotated[str, AfterValidator(_has_text)] = Field(description="the question")
-    task: str | None = Field(None, description="the task of prompts.json whose system prompt is used; "
-                                               "default: the first")
+    task: str | None = Field(
+        None, description="the task of prompts.json whose system prompt is used; default: the first"
+    )
     max_tokens: int = Field(128, ge=1, le=MAX_TOKENS, description="tokens to generate at most")
     constrained: bool = Field(False, description="decode under the grammar of the server's --json-schema")
 
@@ -141,12 +144,12 @@ class Message(_Body):
 class ChatRequest(_Body):
     messages: list[Message] = Field(min_length=1)
     model: str | None = Field(None, description="echoed back; default: the served file's name")
-    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS, description="tokens to generate at most; "
-                                                                        "default 256")
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS, description="tokens to generate at most; default 256")
     temperature: float | None = Field(None, ge=0, le=2, description="0 (the default): greedy")
     stream: bool = Field(False, description="send the answer as server-sent events")
-    task: str | None = Field(None, description="the task whose system prompt is added when no system "
-                                               "message is given; default: the first")
+    task: str | None = Field(
+        None, description="the task whose system prompt is added when no system message is given; default: the first"
+    )
     constrained: bool = Field(False, description="decode under the grammar of the server's --json-schema")
 
     @field_validator("messages")
@@ -176,15 +179,23 @@ async def request_error(request: Request, exc: RequestValidationError) -> JSONRe
         return JSONResponse({"detail": "the request body is not valid JSON"}, status_code=400)
     if any(tuple(e["loc"]) == ("body",) and e["type"] != "value_error" for e in errors):
         sent_json = "json" in request.headers.get("content-type", "")
-        return JSONResponse({"detail": "the request body must be a JSON object"
-                             + ("" if sent_json else ", sent with Content-Type: application/json")}, status_code=400)
-    problems = [{"field": _field(e), "message": e["msg"].removeprefix("Value error, "), "type": e["type"]}
-                for e in errors]
-    return JSONResponse({"detail": "; ".join(f"{p['field']}: {p['message']}" for p in problems),
-                         "errors": problems}, status_code=422)
+        return JSONResponse(
+            {
+                "detail": "the request body must be a JSON object"
+                + ("" if sent_json else ", sent with Content-Type: application/json")
+            },
+            status_code=400,
+        )
+    problems = [
+        {"field": _field(e), "message": e["msg"].removeprefix("Value error, "), "type": e["type"]} for e in errors
+    ]
+    return JSONResponse(
+        {"detail": "; ".join(f"{p['field']}: {p['message']}" for p in problems), "errors": problems}, status_code=422
+    )
 
 
 # --- shared state ---------------------------------------------------------------------------------
+
 
 class TrainRun:
     """The pipeline run started by POST /train, in its own git worktree. Its state is changed by the
@@ -210,11 +221,16 @@ class TrainRun:
             if self._state.get("state") == "running":
                 return {}
             run_id = uuid.uuid4().hex[:8]
-            self._state = {"state": "running", "id": run_id, "params": overrides, "started": time.time(),
-                           "stage": None, "worktree": str(self.project / ".lorapipe-cache" / "serve" / run_id)}
+            self._state = {
+                "state": "running",
+                "id": run_id,
+                "params": overrides,
+                "started": time.time(),
+                "stage": None,
+                "worktree": str(self.project / ".lorapipe-cache" / "serve" / run_id),
+            }
             started = dict(self._state)
-        threading.Thread(target=self._run, args=(Path(started["worktree"]), overrides, on_success),
-                         daemon=True).start()
+        threading.Thread(target=self._run, args=(Path(started["worktree"]), overrides, on_success), daemon=True).start()
         return started
 
     def _run(self, worktree: Path, overrides: dict[str, Any], on_success: Callable[[Path, Path], None]) -> None:
@@ -235,18 +251,30 @@ class TrainRun:
     def _prepare(self, worktree: Path, overrides: dict[str, Any], env: dict[str, str]) -> None:
         """A detached worktree of HEAD sharing the project's DVC cache, its params.yaml overridden."""
         worktree.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["git", "worktree", "add", "--detach", str(worktree), "HEAD"], cwd=self.project,
-                       check=True, capture_output=True, text=True)
-        subprocess.run(["dvc", "cache", "dir", "--local", str(self.project / ".dvc" / "cache")], cwd=worktree,
-                       check=True, capture_output=True, text=True, env=env)
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(worktree), "HEAD"],
+            cwd=self.project,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        subprocess.run(
+            ["dvc", "cache", "dir", "--local", str(self.project / ".dvc" / "cache")],
+            cwd=worktree,
+            check=True,
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         params_file = worktree / paths.PARAMS
         raw = apply_overrides(yaml.safe_load(params_file.read_text()) or {}, overrides)
         validate_params(raw, str(params_file))
         params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
 
     def _repro(self, worktree: Path, env: dict[str, str], log: list[str]) -> None:
-        process = subprocess.Popen(["dvc", "repro"], cwd=worktree, env=env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True)
+        process = subprocess.Popen(
+            ["dvc", "repro"], cwd=worktree, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         for line in process.stdout:
             log.append(line.rstrip())
             if line.startswith("Running stage"):
@@ -260,8 +288,14 @@ class AppState:
     """What the routes share (``app.state.lorapipe``): the served model, the project it comes from,
     the token, the JSON schema for constrained decoding and the /train run."""
 
-    def __init__(self, project: Path, engine: str, token: str | None, schema: dict | None,
-                 backend_factory: Callable[[Path, str], Backend]):
+    def __init__(
+        self,
+        project: Path,
+        engine: str,
+        token: str | None,
+        schema: dict | None,
+        backend_factory: Callable[[Path, str], Backend],
+    ):
         self.project, self.root, self.engine, self.token, self.schema = project, project, engine, token, schema
         self.backend_factory = backend_factory
         self.training = TrainRun(project)
@@ -339,11 +373,15 @@ class AppState:
 def _check_fits(model: Backend, messages: list[dict], max_tokens: int) -> None:
     used = model.prompt_tokens(messages)
     if used + max_tokens > model.n_ctx:
-        raise HTTPException(413, f"the prompt is {used} tokens and {max_tokens} more are asked for, but the "
-                                 f"model's context holds {model.n_ctx}: shorten the prompt or max_tokens")
+        raise HTTPException(
+            413,
+            f"the prompt is {used} tokens and {max_tokens} more are asked for, but the "
+            f"model's context holds {model.n_ctx}: shorten the prompt or max_tokens",
+        )
 
 
 # --- routes ---------------------------------------------------------------------------------------
+
 
 def app_state(request: Request) -> AppState:
     return request.app.state.lorapipe
@@ -354,8 +392,11 @@ State = Annotated[AppState, Depends(app_state)]
 
 def require_token(request: Request, state: State) -> None:
     if not state.authorized(request):
-        raise HTTPException(401, "missing or wrong bearer token (Authorization: Bearer <LORAPIPE_API_TOKEN>)",
-                            headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(
+            401,
+            "missing or wrong bearer token (Authorization: Bearer <LORAPIPE_API_TOKEN>)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
 
 router = APIRouter()
@@ -370,8 +411,14 @@ async def status(request: Request, state: State) -> dict[str, Any]:
     health = {"status": "ok" if loaded else "no model", "model_loaded": loaded is not None}
     if not state.authorized(request):
         return health
-    return {**health, "error": state.error, "model": str(loaded.backend.path) if loaded else None,
-            "engine": state.engine, **state.run_info(), "train": state.training.snapshot()}
+    return {
+        **health,
+        "error": state.error,
+        "model": str(loaded.backend.path) if loaded else None,
+        "engine": state.engine,
+        **state.run_info(),
+        "train": state.training.snapshot(),
+    }
 
 
 @router.post("/query", dependencies=AUTHORIZED)
@@ -382,17 +429,30 @@ def query(body: QueryRequest, state: State) -> dict[str, Any]:
     with loaded.session() as model:
         _check_fits(model, messages, body.max_tokens)
         answer = "".join(model.complete(messages, body.max_tokens, grammar=rules)).strip()
-    return {"answer": answer, "model": model.path.name,
-            "system": messages[0]["content"] if messages[0]["role"] == "system" else None}
+    return {
+        "answer": answer,
+        "model": model.path.name,
+        "system": messages[0]["content"] if messages[0]["role"] == "system" else None,
+    }
 
 
 def _chunk(head: dict[str, Any], delta: dict, finish: str | None = None) -> str:
-    return "data: " + json.dumps({**head, "object": "chat.completion.chunk",
-                                  "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}) + "\n\n"
+    return (
+        "data: "
+        + json.dumps(
+            {
+                **head,
+                "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+        )
+        + "\n\n"
+    )
 
 
-def _events(loaded: LoadedModel, head: dict[str, Any], messages: list[dict], max_tokens: int, temperature: float,
-            rules) -> Iterator[str]:
+def _events(
+    loaded: LoadedModel, head: dict[str, Any], messages: list[dict], max_tokens: int, temperature: float, rules
+) -> Iterator[str]:
     """Server-sent events of one answer; Starlette iterates this in its threadpool."""
     try:
         with loaded.session() as model:
@@ -411,18 +471,25 @@ def chat_completions(body: ChatRequest, state: State):
     max_tokens, temperature = body.max_tokens or CHAT_MAX_TOKENS, body.temperature or 0.0
     messages = state.with_system([m.model_dump() for m in body.messages], body.task)
     rules = state.grammar(body.constrained)
-    head = {"id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "created": int(time.time()),
-            "model": body.model or loaded.backend.path.name}
+    head = {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
+        "created": int(time.time()),
+        "model": body.model or loaded.backend.path.name,
+    }
     if body.stream:
         with loaded.session() as model:  # a 413 must come before the stream starts
             _check_fits(model, messages, max_tokens)
-        return StreamingResponse(_events(loaded, head, messages, max_tokens, temperature, rules),
-                                 media_type="text/event-stream")
+        return StreamingResponse(
+            _events(loaded, head, messages, max_tokens, temperature, rules), media_type="text/event-stream"
+        )
     with loaded.session() as model:
         _check_fits(model, messages, max_tokens)
         answer = "".join(model.complete(messages, max_tokens, temperature, rules)).strip()
-    return {**head, "object": "chat.completion",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}]}
+    return {
+        **head,
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
+    }
 
 
 @router.post("/train", dependencies=AUTHORIZED, status_code=202)
@@ -433,8 +500,10 @@ def train(body: TrainRequest, state: State) -> dict[str, Any]:
     params_file = state.project / paths.PARAMS
     if params_file.is_file():  # refuse bad overrides now; the run validates its worktree's params again
         try:
-            validate_params(apply_overrides(yaml.safe_load(params_file.read_text()) or {}, overrides),
-                            f"{paths.PARAMS} with these overrides")
+            validate_params(
+                apply_overrides(yaml.safe_load(params_file.read_text()) or {}, overrides),
+                f"{paths.PARAMS} with these overrides",
+            )
         except ParamsError as exc:
             raise HTTPException(422, str(exc)) from None
     started = state.training.start(overrides, lambda model, worktree: state.load(model, worktree))
@@ -443,9 +512,15 @@ def train(body: TrainRequest, state: State) -> dict[str, Any]:
     return started
 
 
-def create_app(model_path: str | Path | None = None, *, engine: str = "llama.cpp", project: str | Path = ".",
-               token: str | None = None, json_schema: str | Path | None = None,
-               backend_factory: Callable[[Path, str], Backend] = Backend) -> FastAPI:
+def create_app(
+    model_path: str | Path | None = None,
+    *,
+    engine: str = "llama.cpp",
+    project: str | Path = ".",
+    token: str | None = None,
+    json_schema: str | Path | None = None,
+    backend_factory: Callable[[Path, str], Backend] = Backend,
+) -> FastAPI:
     """The FastAPI application. `model_path` defaults to the GGUF ``models/gguf/export.json`` names
     (or models/merged with the transformers engine); without one the server still starts, reports
     "no model" and answers 503. `token` defaults to LORAPIPE_API_TOKEN. With `json_schema` (a file),
@@ -473,19 +548,27 @@ def is_local(host: str) -> bool:
         return host == "localhost"
 
 
-def serve(host: str = "127.0.0.1", port: int = 8000, model_path: str | Path | None = None,
-          engine: str = "llama.cpp", json_schema: str | Path | None = None) -> None:
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    model_path: str | Path | None = None,
+    engine: str = "llama.cpp",
+    json_schema: str | Path | None = None,
+) -> None:
     """Run the API with uvicorn until interrupted. Only this machine can reach it unless `host` says
     otherwise, and then only with LORAPIPE_API_TOKEN set (every route but /status's health needs it)."""
     import uvicorn
 
     if not is_local(host) and not os.environ.get(TOKEN_ENV):
-        raise ValueError(f"refusing to listen on {host} without {TOKEN_ENV}: anyone who can reach it could query "
-                         f"the model and start training runs. Set {TOKEN_ENV} to a secret, or keep the default "
-                         "--host 127.0.0.1")
+        raise ValueError(
+            f"refusing to listen on {host} without {TOKEN_ENV}: anyone who can reach it could query "
+            f"the model and start training runs. Set {TOKEN_ENV} to a secret, or keep the default "
+            "--host 127.0.0.1"
+        )
     app = create_app(model_path, engine=engine, json_schema=json_schema)
-    print(f"[serve] http://{host}:{port} (GET /status, POST /query, POST /v1/chat/completions, POST /train)",
-          flush=True)
+    print(
+        f"[serve] http://{host}:{port} (GET /status, POST /query, POST /v1/chat/completions, POST /train)", flush=True
+    )
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 

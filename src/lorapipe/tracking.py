@@ -70,12 +70,14 @@ def start_training_run(params: dict[str, Any], tags: dict[str, str] | None = Non
 
     client = _client()
     experiment_id = _experiment_id(client, EXPERIMENT)
-    all_tags = {"git_commit": git_commit(), "dvc_experiment": os.environ.get("DVC_EXP_NAME", ""),
-                "lorapipe.stage": "train", **(tags or {})}
-    run = client.create_run(experiment_id, tags=all_tags,
-                            run_name=os.environ.get("DVC_EXP_NAME") or None)
-    client.log_batch(run.info.run_id, params=_as_params(params),
-                     tags=[RunTag("mlflow.source.name", "lorapipe train")])
+    all_tags = {
+        "git_commit": git_commit(),
+        "dvc_experiment": os.environ.get("DVC_EXP_NAME", ""),
+        "lorapipe.stage": "train",
+        **(tags or {}),
+    }
+    run = client.create_run(experiment_id, tags=all_tags, run_name=os.environ.get("DVC_EXP_NAME") or None)
+    client.log_batch(run.info.run_id, params=_as_params(params), tags=[RunTag("mlflow.source.name", "lorapipe train")])
     return {"run_id": run.info.run_id, "experiment": EXPERIMENT, "tracking_uri": tracking_uri()}
 
 
@@ -94,8 +96,9 @@ def log_step(run_id: str, step: int, metrics: dict[str, float]) -> None:
     _client().log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
 
-def finish_run(run_id: str, metrics: dict[str, Any], artifacts: dict[str, str | Path] | None = None,
-               status: str = "FINISHED") -> None:
+def finish_run(
+    run_id: str, metrics: dict[str, Any], artifacts: dict[str, str | Path] | None = None, status: str = "FINISHED"
+) -> None:
     """Log final metrics (numbers only) and artifact folders/files, then close the run."""
     import time
 
@@ -103,8 +106,11 @@ def finish_run(run_id: str, metrics: dict[str, Any], artifacts: dict[str, str | 
 
     client = _client()
     now = int(time.time() * 1000)
-    numbers = [Metric(k, float(v), now, 0) for k, v in metrics.items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    numbers = [
+        Metric(k, float(v), now, 0)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    ]
     if numbers:
         client.log_batch(run_id, metrics=numbers)
     for artifact_path, local in (artifacts or {}).items():
@@ -126,8 +132,13 @@ def flatten(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
     return out
 
 
-def log_stage(run_info_path: str | Path, stage: str, params: dict[str, Any], metrics: dict[str, Any],
-              artifacts: dict[str, str | Path] | None = None) -> str | None:
+def log_stage(
+    run_info_path: str | Path,
+    stage: str,
+    params: dict[str, Any],
+    metrics: dict[str, Any],
+    artifacts: dict[str, str | Path] | None = None,
+) -> str | None:
     """Add a later stage's params, metrics and artifacts to the adapter's run.
 
     If the run already holds one of these params with another value (the stage was rerun with new
@@ -146,8 +157,9 @@ def log_stage(run_info_path: str | Path, stage: str, params: dict[str, Any], met
     clash = any(key in logged and logged[key] != str(value)[:_MAX_PARAM] for key, value in params.items())
     target = run_id
     if clash:
-        child = client.create_run(parent.info.experiment_id, run_name=f"{stage}",
-                                  tags={"mlflow.parentRunId": run_id, "lorapipe.stage": stage})
+        child = client.create_run(
+            parent.info.experiment_id, run_name=f"{stage}", tags={"mlflow.parentRunId": run_id, "lorapipe.stage": stage}
+        )
         target = child.info.run_id
     fresh = {k: v for k, v in params.items() if clash or k not in logged}
     client.log_batch(target, params=_as_params(fresh), tags=[RunTag(f"lorapipe.{stage}", "done")])

@@ -90,9 +90,12 @@ class TrainResult:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainResult:
         """Rebuild a result from ``dataclasses.asdict(result)`` that went through JSON."""
-        return cls(TrainMetrics(**data["metrics"]), ResolvedSettings(**data["resolved"]),
-                   [(int(s), float(v)) for s, v in data["history"]],
-                   [(int(s), float(v)) for s, v in data["eval_history"]])
+        return cls(
+            TrainMetrics(**data["metrics"]),
+            ResolvedSettings(**data["resolved"]),
+            [(int(s), float(v)) for s, v in data["history"]],
+            [(int(s), float(v)) for s, v in data["eval_history"]],
+        )
 
 
 @dataclass(frozen=True)
@@ -115,12 +118,23 @@ class _Data:
 
 
 def train_lora(
-    dataset_dir: str | Path, base_dir: str | Path, out_dir: str | Path, *,
-    lora: LoraParams = DEFAULTS.lora, train: TrainParams = DEFAULTS.train, quant: QuantParams = DEFAULTS.quant,
-    seed: int = DEFAULTS.common.seed, task: str | None = None, checkpoint_dir: str | Path | None = None,
-    metrics_path: str | Path | None = None, loss_path: str | Path | None = None, plot_path: str | Path | None = None,
-    run_info: dict[str, Any] | None = None, provenance: dict[str, Any] | None = None,
-    on_log: Callable[[int, dict[str, float]], None] | None = None, trainer_args: dict[str, Any] | None = None,
+    dataset_dir: str | Path,
+    base_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    lora: LoraParams = DEFAULTS.lora,
+    train: TrainParams = DEFAULTS.train,
+    quant: QuantParams = DEFAULTS.quant,
+    seed: int = DEFAULTS.common.seed,
+    task: str | None = None,
+    checkpoint_dir: str | Path | None = None,
+    metrics_path: str | Path | None = None,
+    loss_path: str | Path | None = None,
+    plot_path: str | Path | None = None,
+    run_info: dict[str, Any] | None = None,
+    provenance: dict[str, Any] | None = None,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
+    trainer_args: dict[str, Any] | None = None,
 ) -> TrainResult | None:
     """Train a LoRA adapter on `dataset_dir`'s ``train.jsonl`` (only task `task`'s rows when given)
     and save it (safetensors) with the tokenizer into `out_dir`, replacing it whole.
@@ -154,22 +168,44 @@ def train_lora(
     fit = _check_fit(base_dir, lora, train, hardware, max_seq_len)
     model, seq2seq, targets = _load_model(base_dir, lora, quant, hardware, max_seq_len)
     data = _tokenize(dataset_dir, tokenizer, task, max_seq_len, train.packing, seq2seq)
-    resolved = ResolvedSettings(hardware.device, hardware.precision, hardware.load_in_4bit, targets, seq2seq,
-                                fit.batch_size, fit.grad_accum, hardware.gradient_checkpointing,
-                                int(os.environ.get("WORLD_SIZE", 1)), hardware.autofit, data.packed)
+    resolved = ResolvedSettings(
+        hardware.device,
+        hardware.precision,
+        hardware.load_in_4bit,
+        targets,
+        seq2seq,
+        fit.batch_size,
+        fit.grad_accum,
+        hardware.gradient_checkpointing,
+        int(os.environ.get("WORLD_SIZE", 1)),
+        hardware.autofit,
+        data.packed,
+    )
     steps = _steps(len(data.train), train, resolved)
-    checkpoints = Checkpoints(_fingerprint(dataset_dir, base_dir, lora, train, quant, seed, task, resolved, steps,
-                                           max_seq_len, trainer_args), checkpoint_dir)
+    checkpoints = Checkpoints(
+        _fingerprint(dataset_dir, base_dir, lora, train, quant, seed, task, resolved, steps, max_seq_len, trainer_args),
+        checkpoint_dir,
+    )
     start = _resume_point(train.resume, checkpoints)
-    session = _Session.start(model, tokenizer, data, train, resolved, steps, checkpoints.folder, seed, on_log,
-                             trainer_args)
+    session = _Session.start(
+        model, tokenizer, data, train, resolved, steps, checkpoints.folder, seed, on_log, trainer_args
+    )
     if not session.trainer.is_world_process_zero():
         session.run(start, fit)
         return None
     _announce(start, resolved, lora.rank, model, data, steps, max_seq_len)
     result = session.finish(*session.run(start, fit), data.val, resolved, train.early_stopping_patience, steps)
-    _save(result, model, base_dir, out_dir, run_info=run_info, provenance=provenance, metrics_path=metrics_path,
-          loss_path=loss_path, plot_path=plot_path)
+    _save(
+        result,
+        model,
+        base_dir,
+        out_dir,
+        run_info=run_info,
+        provenance=provenance,
+        metrics_path=metrics_path,
+        loss_path=loss_path,
+        plot_path=plot_path,
+    )
     checkpoints.clear()  # the adapter is saved: the crash-recovery checkpoints of this run are done
     return result
 
@@ -180,29 +216,50 @@ def _resolve_hardware(train: TrainParams, quant: QuantParams) -> _Hardware:
     device = resolve_device()
     chosen = preset(train.preset)
     four_bit = resolve_load_in_4bit(
-        chosen.get("load_in_4bit", "auto") if quant.load_in_4bit == "auto" else quant.load_in_4bit, device)
-    hardware = _Hardware(device=device, precision=resolve_precision(train.precision, device), load_in_4bit=four_bit,
-                         gradient_checkpointing=chosen.get("gradient_checkpointing", device == "cuda" and four_bit),
-                         autofit=train.autofit or bool(chosen), budget_gib=chosen.get("device_memory_gib"))
+        chosen.get("load_in_4bit", "auto") if quant.load_in_4bit == "auto" else quant.load_in_4bit, device
+    )
+    hardware = _Hardware(
+        device=device,
+        precision=resolve_precision(train.precision, device),
+        load_in_4bit=four_bit,
+        gradient_checkpointing=chosen.get("gradient_checkpointing", device == "cuda" and four_bit),
+        autofit=train.autofit or bool(chosen),
+        budget_gib=chosen.get("device_memory_gib"),
+    )
     if chosen:
-        print(f"[train] train.preset {train.preset}: " + ", ".join(f"{k} {v}" for k, v in chosen.items()
-                                                                   if v is not None) + ", autofit"
-              + ("" if train.autofit else " (on for the preset, although train.autofit is false)"), flush=True)
+        print(
+            f"[train] train.preset {train.preset}: "
+            + ", ".join(f"{k} {v}" for k, v in chosen.items() if v is not None)
+            + ", autofit"
+            + ("" if train.autofit else " (on for the preset, although train.autofit is false)"),
+            flush=True,
+        )
     return hardware
 
 
-def _check_fit(base_dir: str | Path, lora: LoraParams, train: TrainParams, hardware: _Hardware,
-               max_seq_len: int) -> Fit:
+def _check_fit(
+    base_dir: str | Path, lora: LoraParams, train: TrainParams, hardware: _Hardware, max_seq_len: int
+) -> Fit:
     """lorapipe.plan.check_fit for this run: the batch to train with, or a MemoryError with the fix."""
-    return check_fit(base_dir, device=hardware.device, precision=hardware.precision,
-                     load_in_4bit=hardware.load_in_4bit, max_seq_len=max_seq_len, batch_size=train.batch_size,
-                     grad_accum=train.grad_accum, lora_rank=lora.rank, target_modules=lora.target_modules,
-                     autofit=hardware.autofit, budget_gib=hardware.budget_gib,
-                     gradient_checkpointing=hardware.gradient_checkpointing)
+    return check_fit(
+        base_dir,
+        device=hardware.device,
+        precision=hardware.precision,
+        load_in_4bit=hardware.load_in_4bit,
+        max_seq_len=max_seq_len,
+        batch_size=train.batch_size,
+        grad_accum=train.grad_accum,
+        lora_rank=lora.rank,
+        target_modules=lora.target_modules,
+        autofit=hardware.autofit,
+        budget_gib=hardware.budget_gib,
+        gradient_checkpointing=hardware.gradient_checkpointing,
+    )
 
 
-def _load_model(base_dir: str | Path, lora: LoraParams, quant: QuantParams, hardware: _Hardware,
-                max_seq_len: int) -> tuple[Any, bool, list[str]]:
+def _load_model(
+    base_dir: str | Path, lora: LoraParams, quant: QuantParams, hardware: _Hardware, max_seq_len: int
+) -> tuple[Any, bool, list[str]]:
     """The base model with a fresh LoRA adapter: (peft model, whether it is seq2seq, adapted modules)."""
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -213,8 +270,9 @@ def _load_model(base_dir: str | Path, lora: LoraParams, quant: QuantParams, hard
         base_dir,
         dtype=torch.float32,
         use_safetensors=True,
-        quantization_config=quantization_config(hardware.load_in_4bit, quant.quant_type, quant.double_quant,
-                                                hardware.precision),
+        quantization_config=quantization_config(
+            hardware.load_in_4bit, quant.quant_type, quant.double_quant, hardware.precision
+        ),
         device_map={"": int(os.environ.get("LOCAL_RANK", 0))} if hardware.device == "cuda" else None,
     )
     if hardware.load_in_4bit:
@@ -226,11 +284,20 @@ def _load_model(base_dir: str | Path, lora: LoraParams, quant: QuantParams, hard
     targets = _target_modules(model, lora.target_modules)
     context = getattr(model.config, "max_position_embeddings", None)
     if context and max_seq_len > context:
-        raise ValueError(f"dataset.max_seq_len {max_seq_len} is beyond the model's context of {context} tokens: "
-                         f"lower it to {context} or less and rebuild the dataset")
-    model = get_peft_model(model, LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                             target_modules=targets,
-                                             task_type="SEQ_2_SEQ_LM" if seq2seq else "CAUSAL_LM"))
+        raise ValueError(
+            f"dataset.max_seq_len {max_seq_len} is beyond the model's context of {context} tokens: "
+            f"lower it to {context} or less and rebuild the dataset"
+        )
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=lora.rank,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=targets,
+            task_type="SEQ_2_SEQ_LM" if seq2seq else "CAUSAL_LM",
+        ),
+    )
     if hardware.precision == "bf16" and not hardware.load_in_4bit:
         # The adapter is float32 and peft casts each input to it, which autocast casts straight back to
         # bfloat16 for the product: two copies per adapted projection and pass, for nothing.
@@ -246,13 +313,14 @@ def _target_modules(model, wanted: str | list[str]) -> list[str]:
     targets = available if wanted == "auto" else list(wanted)
     unknown = [t for t in targets if t not in available]
     if unknown:
-        raise ValueError(f"lora.target_modules {unknown} are not linear layers of {type(model).__name__}; "
-                         f"it has {available} (or use auto)")
+        raise ValueError(
+            f"lora.target_modules {unknown} are not linear layers of {type(model).__name__}; "
+            f"it has {available} (or use auto)"
+        )
     return targets
 
 
-def _tokenize(dataset_dir: Path, tokenizer, task: str | None, max_seq_len: int, packing: bool,
-              seq2seq: bool) -> _Data:
+def _tokenize(dataset_dir: Path, tokenizer, task: str | None, max_seq_len: int, packing: bool, seq2seq: bool) -> _Data:
     """The training and validation (ids, labels); text rows packed when `packing` and not seq2seq."""
     train_rows = select_task(read_jsonl(dataset_dir / paths.TRAIN_ROWS.name), task, "train")
     val_rows = select_task(read_jsonl(dataset_dir / paths.VAL_ROWS.name), task, "validation")
@@ -260,8 +328,10 @@ def _tokenize(dataset_dir: Path, tokenizer, task: str | None, max_seq_len: int, 
     train_ids = training_rows(train_rows, tokenizer, max_seq_len, packed, seq2seq)
     val_ids = tokenize_rows(val_rows, tokenizer, max_seq_len, seq2seq)
     if not train_ids or not val_ids:
-        raise ValueError(f"{dataset_dir} has {len(train_ids)} training and {len(val_ids)} validation rows"
-                         f"{f' of task {task!r}' if task else ''}: both are needed; rebuild it with the dataset stage")
+        raise ValueError(
+            f"{dataset_dir} has {len(train_ids)} training and {len(val_ids)} validation rows"
+            f"{f' of task {task!r}' if task else ''}: both are needed; rebuild it with the dataset stage"
+        )
     return _Data(train_ids, val_ids, packed)
 
 
@@ -269,64 +339,129 @@ def _steps(rows: int, train: TrainParams, resolved: ResolvedSettings) -> int:
     """The run's optimizer steps (lorapipe.plan.training_steps); says so when one batch takes every row."""
     batch = resolved.batch_size * resolved.processes
     if rows < batch:
-        print(f"[train] only {rows} training rows, fewer than one batch of {batch}: "
-              f"every step trains on all of them", flush=True)
-    return training_steps(rows, batch_size=resolved.batch_size, grad_accum=resolved.grad_accum,
-                          epochs=train.epochs, max_steps=train.max_steps, processes=resolved.processes)
+        print(
+            f"[train] only {rows} training rows, fewer than one batch of {batch}: every step trains on all of them",
+            flush=True,
+        )
+    return training_steps(
+        rows,
+        batch_size=resolved.batch_size,
+        grad_accum=resolved.grad_accum,
+        epochs=train.epochs,
+        max_steps=train.max_steps,
+        processes=resolved.processes,
+    )
 
 
-def _fingerprint(dataset_dir: Path, base_dir: str | Path, lora: LoraParams, train: TrainParams, quant: QuantParams,
-                 seed: int, task: str | None, resolved: ResolvedSettings, steps: int, max_seq_len: int,
-                 trainer_args: dict[str, Any] | None) -> str:
+def _fingerprint(
+    dataset_dir: Path,
+    base_dir: str | Path,
+    lora: LoraParams,
+    train: TrainParams,
+    quant: QuantParams,
+    seed: int,
+    task: str | None,
+    resolved: ResolvedSettings,
+    steps: int,
+    max_seq_len: int,
+    trainer_args: dict[str, Any] | None,
+) -> str:
     """The checkpoint folder's key: everything that decides the run's numbers (lorapipe.checkpoints)."""
-    run_inputs = {"rank": lora.rank, "alpha": lora.alpha, "dropout": lora.dropout, "targets": resolved.target_modules,
-                  "steps": steps, "lr": train.lr, "batch_size": resolved.batch_size, "grad_accum": resolved.grad_accum,
-                  "warmup_steps": train.warmup_steps, "weight_decay": train.weight_decay, "log_every": train.log_every,
-                  "eval_steps": train.eval_steps, "early_stopping_patience": train.early_stopping_patience,
-                  "packing": resolved.packing, "precision": resolved.precision, "four_bit": resolved.load_in_4bit,
-                  "quant_type": quant.quant_type, "double_quant": quant.double_quant, "seed": seed,
-                  "max_seq_len": max_seq_len, "task": task, "world": resolved.processes,
-                  "checkpointing": resolved.gradient_checkpointing}
+    run_inputs = {
+        "rank": lora.rank,
+        "alpha": lora.alpha,
+        "dropout": lora.dropout,
+        "targets": resolved.target_modules,
+        "steps": steps,
+        "lr": train.lr,
+        "batch_size": resolved.batch_size,
+        "grad_accum": resolved.grad_accum,
+        "warmup_steps": train.warmup_steps,
+        "weight_decay": train.weight_decay,
+        "log_every": train.log_every,
+        "eval_steps": train.eval_steps,
+        "early_stopping_patience": train.early_stopping_patience,
+        "packing": resolved.packing,
+        "precision": resolved.precision,
+        "four_bit": resolved.load_in_4bit,
+        "quant_type": quant.quant_type,
+        "double_quant": quant.double_quant,
+        "seed": seed,
+        "max_seq_len": max_seq_len,
+        "task": task,
+        "world": resolved.processes,
+        "checkpointing": resolved.gradient_checkpointing,
+    }
     if trainer_args:
         run_inputs["trainer_args"] = trainer_args
-    inputs = [dataset_dir / paths.TRAIN_ROWS.name, dataset_dir / paths.VAL_ROWS.name,
-              *Path(base_dir).glob("*.json"), *Path(base_dir).glob("*.safetensors")]
+    inputs = [
+        dataset_dir / paths.TRAIN_ROWS.name,
+        dataset_dir / paths.VAL_ROWS.name,
+        *Path(base_dir).glob("*.json"),
+        *Path(base_dir).glob("*.safetensors"),
+    ]
     return fingerprint(run_inputs, inputs)
 
 
-def _trainer_settings(train: TrainParams, resolved: ResolvedSettings, steps: int, folder: Path,
-                      seed: int) -> dict[str, Any]:
+def _trainer_settings(
+    train: TrainParams, resolved: ResolvedSettings, steps: int, folder: Path, seed: int
+) -> dict[str, Any]:
     """lorapipe's TrainingArguments/SFTConfig settings for the run."""
     checkpointing = resolved.gradient_checkpointing
     four_bit_on_gpu = resolved.device == "cuda" and resolved.load_in_4bit
-    return dict(output_dir=str(folder), max_steps=steps, per_device_train_batch_size=resolved.batch_size,
-                per_device_eval_batch_size=resolved.batch_size, gradient_accumulation_steps=resolved.grad_accum,
-                learning_rate=train.lr, lr_scheduler_type="linear", warmup_steps=train.warmup_steps,
-                weight_decay=train.weight_decay, max_grad_norm=1.0, logging_steps=train.log_every,
-                save_strategy="steps" if train.save_steps else "no", save_steps=train.save_steps or 1,
-                save_total_limit=train.save_total_limit, eval_strategy="steps" if train.eval_steps else "no",
-                eval_steps=train.eval_steps or None, metric_for_best_model="eval_loss", greater_is_better=False,
-                bf16=resolved.precision == "bf16", use_cpu=resolved.device == "cpu", seed=seed, data_seed=seed,
-                optim="paged_adamw_8bit" if four_bit_on_gpu else "adamw_torch_fused",
-                activation_checkpointing=checkpointing, torch_compile=train.torch_compile,
-                activation_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
-                report_to="none", disable_tqdm=True, include_num_input_tokens_seen="non_padding",
-                dataloader_num_workers=0, ddp_find_unused_parameters=False, save_only_model=False)
+    return dict(
+        output_dir=str(folder),
+        max_steps=steps,
+        per_device_train_batch_size=resolved.batch_size,
+        per_device_eval_batch_size=resolved.batch_size,
+        gradient_accumulation_steps=resolved.grad_accum,
+        learning_rate=train.lr,
+        lr_scheduler_type="linear",
+        warmup_steps=train.warmup_steps,
+        weight_decay=train.weight_decay,
+        max_grad_norm=1.0,
+        logging_steps=train.log_every,
+        save_strategy="steps" if train.save_steps else "no",
+        save_steps=train.save_steps or 1,
+        save_total_limit=train.save_total_limit,
+        eval_strategy="steps" if train.eval_steps else "no",
+        eval_steps=train.eval_steps or None,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        bf16=resolved.precision == "bf16",
+        use_cpu=resolved.device == "cpu",
+        seed=seed,
+        data_seed=seed,
+        optim="paged_adamw_8bit" if four_bit_on_gpu else "adamw_torch_fused",
+        activation_checkpointing=checkpointing,
+        torch_compile=train.torch_compile,
+        activation_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
+        report_to="none",
+        disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding",
+        dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,
+        save_only_model=False,
+    )
 
 
-def _announce(start: Path | None, resolved: ResolvedSettings, rank: int, model, data: _Data, steps: int,
-              max_seq_len: int) -> None:
+def _announce(
+    start: Path | None, resolved: ResolvedSettings, rank: int, model, data: _Data, steps: int, max_seq_len: int
+) -> None:
     """The run's first progress lines: where it resumes from, and what it trains."""
     if start is not None:
         print(f"[train] resuming from {start}", flush=True)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     world = resolved.processes
-    print(f"[train] {resolved.device}{f' × {world} processes' if world > 1 else ''}, {resolved.precision}, "
-          f"{'QLoRA 4-bit' if resolved.load_in_4bit else 'LoRA'} r={rank} on {resolved.target_modules}; "
-          f"{trainable / 1e6:.2f} M of {total / 1e6:.1f} M parameters trainable; {len(data.train)} "
-          f"{'rows and packed blocks' if data.packed else 'rows'}, {steps} steps × {resolved.batch_size} × "
-          f"{resolved.grad_accum} at ≤{max_seq_len} tokens", flush=True)
+    print(
+        f"[train] {resolved.device}{f' × {world} processes' if world > 1 else ''}, {resolved.precision}, "
+        f"{'QLoRA 4-bit' if resolved.load_in_4bit else 'LoRA'} r={rank} on {resolved.target_modules}; "
+        f"{trainable / 1e6:.2f} M of {total / 1e6:.1f} M parameters trainable; {len(data.train)} "
+        f"{'rows and packed blocks' if data.packed else 'rows'}, {steps} steps × {resolved.batch_size} × "
+        f"{resolved.grad_accum} at ≤{max_seq_len} tokens",
+        flush=True,
+    )
 
 
 @dataclass
@@ -340,15 +475,34 @@ class _Session:
     best: Any  # train_callbacks.BestAdapter
 
     @classmethod
-    def start(cls, model, tokenizer, data: _Data, train: TrainParams, resolved: ResolvedSettings, steps: int,
-              folder: Path, seed: int, on_log, trainer_args: dict[str, Any] | None) -> _Session:
+    def start(
+        cls,
+        model,
+        tokenizer,
+        data: _Data,
+        train: TrainParams,
+        resolved: ResolvedSettings,
+        steps: int,
+        folder: Path,
+        seed: int,
+        on_log,
+        trainer_args: dict[str, Any] | None,
+    ) -> _Session:
         from lorapipe.train_callbacks import BestAdapter, FaultPoints, LossTokens, Progress
 
         counter = LossTokens(model, resolved.seq2seq)
         progress, best = Progress(steps, counter, on_log), BestAdapter()
         settings = {**_trainer_settings(train, resolved, steps, folder, seed), **(trainer_args or {})}
-        trainer = _trainer(model, tokenizer, resolved.seq2seq, data.train, data.val, [progress, best, FaultPoints()],
-                           train.early_stopping_patience, **settings)
+        trainer = _trainer(
+            model,
+            tokenizer,
+            resolved.seq2seq,
+            data.train,
+            data.val,
+            [progress, best, FaultPoints()],
+            train.early_stopping_patience,
+            **settings,
+        )
         return cls(trainer, model, counter, progress, best)
 
     def run(self, start: Path | None, fit: Fit) -> tuple[float, Any]:
@@ -361,8 +515,9 @@ class _Session:
             output = self.trainer.train(resume_from_checkpoint=str(start) if start else None)
         return time.perf_counter() - started, output
 
-    def finish(self, seconds: float, output, val: Pairs, resolved: ResolvedSettings, early_stopping: int,
-               steps: int) -> TrainResult:
+    def finish(
+        self, seconds: float, output, val: Pairs, resolved: ResolvedSettings, early_stopping: int, steps: int
+    ) -> TrainResult:
         """Keep the best adapter (early stopping), score the validation rows, and sum the run up."""
         last = self.trainer.state.global_step
         if early_stopping and self.best.best is not None:
@@ -371,13 +526,21 @@ class _Session:
         tokens = self.counter.value * resolved.processes  # each process counts its own batches (equal shares)
         history = self.progress.history
         metrics = TrainMetrics(
-            train_loss=history[-1][1] if history else float(output.training_loss), val_loss=val_loss,
-            val_perplexity=perplexity(val_loss), steps=last, tokens=tokens,
-            input_tokens=int(self.trainer.state.num_input_tokens_seen), seconds=round(seconds, 2),
+            train_loss=history[-1][1] if history else float(output.training_loss),
+            val_loss=val_loss,
+            val_perplexity=perplexity(val_loss),
+            steps=last,
+            tokens=tokens,
+            input_tokens=int(self.trainer.state.num_input_tokens_seen),
+            seconds=round(seconds, 2),
             tokens_per_second=round(tokens / max(seconds, 1e-9), 1),
-            trainable_parameters=sum(p.numel() for p in self.model.parameters() if p.requires_grad))
-        print(f"[train] done in {seconds:.0f}s: train loss {metrics.train_loss:.4f}, "
-              f"val loss {val_loss:.4f} (perplexity {metrics.val_perplexity:.2f})", flush=True)
+            trainable_parameters=sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+        )
+        print(
+            f"[train] done in {seconds:.0f}s: train loss {metrics.train_loss:.4f}, "
+            f"val loss {val_loss:.4f} (perplexity {metrics.val_perplexity:.2f})",
+            flush=True,
+        )
         return TrainResult(metrics, resolved, history, self.progress.evals)
 
 
@@ -386,8 +549,11 @@ def _restore(model, best, last_step: int, steps: int) -> None:
     from peft import set_peft_model_state_dict
 
     set_peft_model_state_dict(model, best.weights)
-    print(f"[train] keeping the adapter of step {best.step} (lowest eval loss {best.loss:.4f})"
-          + (f"; stopped early at step {last_step}" if last_step < steps else ""), flush=True)
+    print(
+        f"[train] keeping the adapter of step {best.step} (lowest eval loss {best.loss:.4f})"
+        + (f"; stopped early at step {last_step}" if last_step < steps else ""),
+        flush=True,
+    )
 
 
 def _validation_loss(trainer, model, val: Pairs, resolved: ResolvedSettings) -> float:
@@ -402,9 +568,18 @@ def _validation_loss(trainer, model, val: Pairs, resolved: ResolvedSettings) -> 
     return nll / max(count, 1)
 
 
-def _save(result: TrainResult, model, base_dir: str | Path, out_dir: str | Path, *, run_info: dict | None,
-          provenance: dict | None, metrics_path: str | Path | None, loss_path: str | Path | None,
-          plot_path: str | Path | None) -> None:
+def _save(
+    result: TrainResult,
+    model,
+    base_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    run_info: dict | None,
+    provenance: dict | None,
+    metrics_path: str | Path | None,
+    loss_path: str | Path | None,
+    plot_path: str | Path | None,
+) -> None:
     """The adapter folder and the reports that were asked for, replaced together (io.atomic_outputs)."""
     with atomic_outputs() as place:
         tmp = place(out_dir, folder=True)
@@ -414,11 +589,16 @@ def _save(result: TrainResult, model, base_dir: str | Path, out_dir: str | Path,
         write_provenance(tmp, {**(provenance or {}), "resolved": asdict(result.resolved)})
         if metrics_path:
             # load_in_4bit and seq2seq sit beside the numbers in train.json, as they always have
-            write_json(place(metrics_path), {**asdict(result.metrics), "load_in_4bit": result.resolved.load_in_4bit,
-                                             "seq2seq": result.resolved.seq2seq})
+            write_json(
+                place(metrics_path),
+                {
+                    **asdict(result.metrics),
+                    "load_in_4bit": result.resolved.load_in_4bit,
+                    "seq2seq": result.resolved.seq2seq,
+                },
+            )
         if loss_path:
-            write_text_atomic(place(loss_path),
-                              "step\tloss\n" + "".join(f"{s}\t{v:.6f}\n" for s, v in result.history))
+            write_text_atomic(place(loss_path), "step\tloss\n" + "".join(f"{s}\t{v:.6f}\n" for s, v in result.history))
         if plot_path:
             plot_losses(result.history, result.eval_history, place(plot_path))
 
@@ -457,8 +637,11 @@ def default_target_modules(model) -> list[str]:
     # bitsandbytes' 4/8-bit layers subclass torch.nn.Linear, so this finds quantized models' layers too.
     linear_types = (torch.nn.Linear, Conv1D)
     output = model.get_output_embeddings()
-    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-             if isinstance(module, linear_types) and module is not output}
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, linear_types) and module is not output
+    }
     if not names:
         raise ValueError(f"no linear layers found in {type(model).__name__}: set lora.target_modules")
     return sorted(names)
@@ -494,22 +677,26 @@ def quantization_config(load_in_4bit: bool, quant_type: str, double_quant: bool,
     )
 
 
-def tokenize_rows(rows: list[dict], tokenizer, max_seq_len: int,
-                  seq2seq: bool = False) -> list[tuple[list[int], list[int]]]:
+def tokenize_rows(
+    rows: list[dict], tokenizer, max_seq_len: int, seq2seq: bool = False
+) -> list[tuple[list[int], list[int]]]:
     """(ids, labels) of each row, cut to `max_seq_len`; rows left without loss tokens are an error."""
     out = []
     for number, row in enumerate(rows, 1):
         ids, labels = tokenize_seq2seq(row, tokenizer) if seq2seq else tokenize_row(row, tokenizer)
         ids, labels = truncate(ids, labels, max_seq_len)
         if not loss_tokens(labels if seq2seq else labels[1:]):
-            raise ValueError(f"row {number} ({row.get('source')}) has no token that carries loss after cutting "
-                             f"to {max_seq_len} tokens: rebuild the dataset (dataset.on_overflow)")
+            raise ValueError(
+                f"row {number} ({row.get('source')}) has no token that carries loss after cutting "
+                f"to {max_seq_len} tokens: rebuild the dataset (dataset.on_overflow)"
+            )
         out.append((ids, labels))
     return out
 
 
-def training_rows(rows: list[dict], tokenizer, max_seq_len: int, packing: bool = False,
-                  seq2seq: bool = False) -> list[tuple[list[int], list[int]]]:
+def training_rows(
+    rows: list[dict], tokenizer, max_seq_len: int, packing: bool = False, seq2seq: bool = False
+) -> list[tuple[list[int], list[int]]]:
     """The (ids, labels) the trainer sees. With `packing`, text rows are joined (EOS-separated) into
     full `max_seq_len` blocks; chat rows are never packed, so no answer is cut or mixed with another."""
     if not packing or seq2seq:
@@ -548,15 +735,27 @@ def _trainer(model, tokenizer, seq2seq: bool, train_ids, val_ids, callbacks, ear
     if seq2seq:
         from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
-        trainer = Trainer(model=model, args=TrainingArguments(**args), train_dataset=_dataset(train_ids),
-                          eval_dataset=_dataset(val_ids), processing_class=tokenizer, callbacks=callbacks,
-                          data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100))
+        trainer = Trainer(
+            model=model,
+            args=TrainingArguments(**args),
+            train_dataset=_dataset(train_ids),
+            eval_dataset=_dataset(val_ids),
+            processing_class=tokenizer,
+            callbacks=callbacks,
+            data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
+        )
     else:
         from trl import SFTConfig
 
         config = SFTConfig(**args, max_length=max(len(ids) for ids, _ in train_ids + val_ids), packing=False)
-        trainer = _sft_trainer_class()(model=model, args=config, train_dataset=_dataset(train_ids),
-                                       eval_dataset=_dataset(val_ids), processing_class=tokenizer, callbacks=callbacks)
+        trainer = _sft_trainer_class()(
+            model=model,
+            args=config,
+            train_dataset=_dataset(train_ids),
+            eval_dataset=_dataset(val_ids),
+            processing_class=tokenizer,
+            callbacks=callbacks,
+        )
     trainer.remove_callback(PrinterCallback)
     return trainer
 
@@ -586,11 +785,14 @@ def _resume_point(resume: str, checkpoints: Checkpoints) -> Path | None:
     if resume != "auto":
         path = Path(resume)
         if not Checkpoints.complete(path):
-            raise FileNotFoundError(f"train.resume={resume}: not a complete training checkpoint folder "
-                                    f"(no trainer_state.json)")
+            raise FileNotFoundError(
+                f"train.resume={resume}: not a complete training checkpoint folder (no trainer_state.json)"
+            )
         return path
     others = checkpoints.others()
     if others:
-        print(f"[train] ignoring {len(others)} checkpoint folder(s) made with other data or params "
-              f"in {checkpoints.root}", flush=True)
+        print(
+            f"[train] ignoring {len(others)} checkpoint folder(s) made with other data or params in {checkpoints.root}",
+            flush=True,
+        )
     return checkpoints.latest()

@@ -83,17 +83,26 @@ class Progress(TrainerCallback):
         self.window_start, self.window_tokens = now, tokens
         eta = (now - self.started) / max(step - self.first_step, 1) * (self.steps - step)
         self.history.append((step, logs["loss"]))
-        print(f"[train] step {step}/{self.steps} loss {logs['loss']:.4f} lr {logs['learning_rate']:.2e} "
-              f"{speed:.0f} tok/s eta {eta:.0f}s", flush=True)
+        print(
+            f"[train] step {step}/{self.steps} loss {logs['loss']:.4f} lr {logs['learning_rate']:.2e} "
+            f"{speed:.0f} tok/s eta {eta:.0f}s",
+            flush=True,
+        )
         if self.report:
-            self.report(step, {"loss": logs["loss"], "learning_rate": logs["learning_rate"],
-                               "grad_norm": float(logs.get("grad_norm", 0.0)), "tokens_per_second": speed,
-                               "loss_tokens": tokens})
+            self.report(
+                step,
+                {
+                    "loss": logs["loss"],
+                    "learning_rate": logs["learning_rate"],
+                    "grad_norm": float(logs.get("grad_norm", 0.0)),
+                    "tokens_per_second": speed,
+                    "loss_tokens": tokens,
+                },
+            )
 
     def _log_eval(self, step: int, loss: float) -> None:
         self.evals.append((step, loss))
-        print(f"[train] step {step}/{self.steps} eval loss {loss:.4f} (perplexity {perplexity(loss):.2f})",
-              flush=True)
+        print(f"[train] step {step}/{self.steps} eval loss {loss:.4f} (perplexity {perplexity(loss):.2f})", flush=True)
         if self.report:
             self.report(step, {"eval_loss": loss, "eval_perplexity": perplexity(loss)})
 
@@ -142,8 +151,11 @@ class FaultPoints(TrainerCallback):
 def _is_out_of_memory(exc: BaseException) -> bool:
     # Some allocators raise a plain RuntimeError; only its text says it was memory.
     text = str(exc)
-    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or \
-        "out of memory" in text.lower() or "can't allocate memory" in text
+    return (
+        isinstance(exc, (torch.OutOfMemoryError, MemoryError))
+        or "out of memory" in text.lower()
+        or "can't allocate memory" in text
+    )
 
 
 @contextmanager
@@ -160,4 +172,5 @@ def out_of_memory_advice(estimate_gib: float | None, fixes: list[str]) -> Iterat
         raise MemoryError(
             f"training ran out of memory{estimated}: {text.splitlines()[0] if text else type(exc).__name__}. "
             + (f"Use {' or '.join(fixes)}, or " if fixes else "Use a smaller batch, sequence length or rank, or ")
-            + "set train.autofit: true; `lorapipe plan --device-memory-gb <less>` shows what fits") from exc
+            + "set train.autofit: true; `lorapipe plan --device-memory-gb <less>` shows what fits"
+        ) from exc

@@ -36,8 +36,11 @@ def _files(path: Path) -> dict[str, str]:
     """sha256 of each file under `path` (or of `path` itself), by path relative to it."""
     if path.is_file():
         return {"": hashlib.sha256(path.read_bytes()).hexdigest()}
-    return {str(f.relative_to(path)): hashlib.sha256(f.read_bytes()).hexdigest()
-            for f in sorted(path.rglob("*")) if f.is_file()}
+    return {
+        str(f.relative_to(path)): hashlib.sha256(f.read_bytes()).hexdigest()
+        for f in sorted(path.rglob("*"))
+        if f.is_file()
+    }
 
 
 def _snapshot(repo: Path) -> dict[str, dict[str, dict[str, str]]]:
@@ -78,8 +81,13 @@ def test_a_stage_killed_at_a_fault_point_reruns_to_the_same_outputs(pipeline, st
     if (stage, point) == ("extract", "mid"):  # no cached texts, so the kill lands mid-way through converting
         subprocess.run(["rm", "-rf", env["LORAPIPE_CACHE_DIR"] + "/extract"], check=True)
 
-    killed = subprocess.run(["dvc", "repro", "--force", "--single-item", stage], cwd=repo, capture_output=True,
-                            text=True, env={**env, FAULT_ENV: f"{stage}:{point}"})
+    killed = subprocess.run(
+        ["dvc", "repro", "--force", "--single-item", stage],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        env={**env, FAULT_ENV: f"{stage}:{point}"},
+    )
     output = killed.stdout + killed.stderr
     assert killed.returncode != 0 and f"[fault] {stage}:{point}: killing process" in output, output[-3000:]
 

@@ -55,7 +55,11 @@ def test_repro_runs_every_stage_and_writes_every_out(project):
     assert (repo / "reports/train_loss.tsv").read_text().splitlines()[0] == "step\tloss"
     assert (repo / "models/merged/model.safetensors").is_file()
     assert sorted(p.name for p in (repo / "models/gguf").iterdir()) == [
-        "Modelfile", "Modelfile.chat", "export.json", "tiny.Q8_0.gguf"]
+        "Modelfile",
+        "Modelfile.chat",
+        "export.json",
+        "tiny.Q8_0.gguf",
+    ]
     prompts = read_json(repo / "data/dataset/prompts.json")
     assert f'SYSTEM """{prompts["text"]}"""' in (repo / "models/gguf/Modelfile").read_text()
     assert f'SYSTEM """{prompts["chat"]}"""' in (repo / "models/gguf/Modelfile.chat").read_text()
@@ -94,8 +98,11 @@ def test_editing_a_module_changes_exactly_the_stages_that_execute_it(project):
     repo, env, _ = project
     stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
     module = repo / "src/lorapipe/scoring.py"
-    executing = {name for name, stage in stages.items()
-                 if module in import_closure(stage_entry(stage["cmd"], repo), repo / "src")}
+    executing = {
+        name
+        for name, stage in stages.items()
+        if module in import_closure(stage_entry(stage["cmd"], repo), repo / "src")
+    }
     assert executing and executing != set(stages)
     original = module.read_text()
     module.write_text(original + "\n# an edit that DVC must notice\n")
@@ -201,8 +208,13 @@ def test_training_killed_after_a_checkpoint_resumes_through_dvc_repro(project, t
     params["train"].update(max_steps=6, save_steps=2, log_every=1, eval_steps=0)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
-    killed = subprocess.run(["dvc", "repro", "train"], cwd=repo, capture_output=True, text=True,
-                            env={**env, "LORAPIPE_FAULT": "train:kill-after-checkpoint:4"})
+    killed = subprocess.run(
+        ["dvc", "repro", "train"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        env={**env, "LORAPIPE_FAULT": "train:kill-after-checkpoint:4"},
+    )
     assert killed.returncode != 0 and "[train] step 4/6" in killed.stdout + killed.stderr
     assert "[train] step 5/6" not in killed.stdout + killed.stderr
 
@@ -291,8 +303,9 @@ def test_a_file_named_by_a_param_is_a_dep_of_the_stage_that_reads_it(project):
         params["dataset"]["system_prompt"] = str(repo.parent / "prompt-outside.txt")
         (repo.parent / "prompt-outside.txt").write_text("A prompt DVC cannot see.")
         (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        refused = subprocess.run(["dvc", "repro", "--single-item", "dataset"], cwd=repo, env=env,
-                                 capture_output=True, text=True)
+        refused = subprocess.run(
+            ["dvc", "repro", "--single-item", "dataset"], cwd=repo, env=env, capture_output=True, text=True
+        )
         assert refused.returncode != 0
         assert "dataset.system_prompt" in refused.stderr + refused.stdout
         assert "prompt-outside.txt" in refused.stderr + refused.stdout

@@ -31,10 +31,24 @@ def mlflow_server(tmp_path):
     port = _free_port()
     mlflow = Path(sys.executable).parent / "mlflow"
     server = subprocess.Popen(
-        [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination",
-         str(tmp_path / "server-artifacts")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        [
+            str(mlflow),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "server-artifacts"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -61,10 +75,17 @@ def _get(url: str) -> dict:
 def test_training_run_lands_on_a_remote_server(mlflow_server, monkeypatch, tmp_path, dataset_dir, tiny_model_dir):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     run = tracking.start_training_run({"lora.rank": 4, "train.lr": 0.01}, {"dataset_hash": "abc"})
-    result = train_lora(dataset_dir, tiny_model_dir, tmp_path / "adapter", lora=LoraParams(rank=4),
-                        train=TrainParams(max_steps=4, log_every=2, lr=1e-2, precision="fp32", save_steps=0,
-                                          eval_steps=0, warmup_steps=0),
-                        run_info=run, on_log=lambda step, metrics: tracking.log_step(run["run_id"], step, metrics))
+    result = train_lora(
+        dataset_dir,
+        tiny_model_dir,
+        tmp_path / "adapter",
+        lora=LoraParams(rank=4),
+        train=TrainParams(
+            max_steps=4, log_every=2, lr=1e-2, precision="fp32", save_steps=0, eval_steps=0, warmup_steps=0
+        ),
+        run_info=run,
+        on_log=lambda step, metrics: tracking.log_step(run["run_id"], step, metrics),
+    )
     tracking.finish_run(run["run_id"], asdict(result.metrics), {"adapter": tmp_path / "adapter"})
 
     data = _get(f"{mlflow_server}/api/2.0/mlflow/runs/get?run_id={run['run_id']}")["run"]["data"]

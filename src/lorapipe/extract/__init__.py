@@ -37,8 +37,14 @@ LOG_NAME = "extract.log"
 RUN_FIELDS = ("cached", "seconds")
 
 
-def convert_document(path: Path, kind: str, pdf_backend: str = "docling-native", device: str = "auto",
-                     ocr: bool = False, artifacts_path: str | None = None) -> dict[str, Any]:
+def convert_document(
+    path: Path,
+    kind: str,
+    pdf_backend: str = "docling-native",
+    device: str = "auto",
+    ocr: bool = False,
+    artifacts_path: str | None = None,
+) -> dict[str, Any]:
     """Raw pages of one document (runs in a worker process)."""
     extracted = read_pdf(path, pdf_backend, device, ocr, artifacts_path) if kind == "pdf" else READERS[kind](path)
     return {"pages": extracted.pages, "extractor": extracted.extractor, "paged": extracted.paged}
@@ -59,7 +65,7 @@ def _out_name(relative: Path, taken: set[str]) -> str:
     name = _printable("__".join(relative.parts) + ".txt")
     if len(name.encode()) > NAME_BYTES or name in taken:
         digest = hashlib.sha256(str(relative).encode("utf-8", "surrogateescape")).hexdigest()[:12]
-        tail = name.encode()[-(NAME_BYTES - len(digest) - 2):].decode("utf-8", "ignore")
+        tail = name.encode()[-(NAME_BYTES - len(digest) - 2) :].decode("utf-8", "ignore")
         name = f"{digest}__{tail}"
     taken.add(name)
     return name
@@ -109,8 +115,9 @@ class _Cache:
 
     def __init__(self, folder: Path, options: dict[str, Any], read: bool):
         self.folder, self.read = folder, read
-        self.suffix = hashlib.sha256(json.dumps({"version": EXTRACTOR_VERSION, **options},
-                                                sort_keys=True).encode()).hexdigest()[:16]
+        self.suffix = hashlib.sha256(
+            json.dumps({"version": EXTRACTOR_VERSION, **options}, sort_keys=True).encode()
+        ).hexdigest()[:16]
 
     def path(self, sha: str) -> Path:
         return self.folder / sha[:2] / f"{sha}-{self.suffix}.json"
@@ -134,10 +141,21 @@ def _scan(sources: list[tuple[Path, Path, Path]], cache: _Cache, options: dict) 
     rows: list[dict] = []
     jobs: list[Job] = []
     for index, (path, relative, root) in enumerate(sources):
-        row = {"source": _printable(str(path)), "sha256": None, "bytes": None,
-               "format": FORMATS.get(path.suffix.lower(), path.suffix.lower().lstrip(".") or "unknown"),
-               "extractor": None, "pages": None, "chars": 0, "status": "ok", "error": None,
-               "output": None, "cached": False, "seconds": 0.0, "_relative": relative}
+        row = {
+            "source": _printable(str(path)),
+            "sha256": None,
+            "bytes": None,
+            "format": FORMATS.get(path.suffix.lower(), path.suffix.lower().lstrip(".") or "unknown"),
+            "extractor": None,
+            "pages": None,
+            "chars": 0,
+            "status": "ok",
+            "error": None,
+            "output": None,
+            "cached": False,
+            "seconds": 0.0,
+            "_relative": relative,
+        }
         rows.append(row)
         reason = _precheck(path, root)
         if reason:
@@ -177,15 +195,20 @@ class _Progress:
         row.pop("_entry", None)
         row["seconds"] = entry.get("seconds", 0.0)
         if entry["status"] == "ok":
-            row.update(extractor=entry["extractor"], error=entry.get("note"),
-                       pages=len(entry["pages"]) if entry["paged"] else None)
+            row.update(
+                extractor=entry["extractor"],
+                error=entry.get("note"),
+                pages=len(entry["pages"]) if entry["paged"] else None,
+            )
             row["_text"] = clean_pages(entry["pages"], entry["paged"])
             row["chars"] = len(row["_text"])
             self.pages_done += len(entry["pages"]) if entry["paged"] else 0
             if row["chars"] < self.min_length:
                 hint = f": {OCR_HINT}" if row["format"] == "pdf" else ""
-                row.update(status="skipped", error=f"only {row['chars']} characters of text "
-                                                   f"(extract.min_length is {self.min_length}){hint}")
+                row.update(
+                    status="skipped",
+                    error=f"only {row['chars']} characters of text (extract.min_length is {self.min_length}){hint}",
+                )
         else:
             row.update(status="failed", error=entry["error"])
         elapsed = max(self.elapsed(), 1e-9)
@@ -229,8 +252,9 @@ def _write_outputs(out_dir: str | Path, rows: list[dict], ok: list[dict]) -> lis
             row["output"] = _out_name(row["_relative"], taken)
             (tmp / row["output"]).write_text(row["_text"] + "\n", encoding="utf-8")
         manifest = [{k: v for k, v in row.items() if not k.startswith("_")} for row in rows]
-        write_jsonl(tmp / paths.MANIFEST_NAME, [{k: v for k, v in row.items() if k not in RUN_FIELDS}
-                                                for row in manifest])
+        write_jsonl(
+            tmp / paths.MANIFEST_NAME, [{k: v for k, v in row.items() if k not in RUN_FIELDS} for row in manifest]
+        )
         # one line per source, in the sources' order (not the order conversions finished in)
         (tmp / LOG_NAME).write_text("\n".join(row["_log"] for row in rows) + "\n", encoding="utf-8")
     return manifest
@@ -291,7 +315,9 @@ def extract_documents(
             f"Supported: {', '.join(sorted(FORMATS))}"
         )
     manifest = _write_outputs(out_dir, rows, ok)
-    print(f"[extract] {len(ok)} of {len(rows)} document(s) extracted into {out_dir} "
-          f"({sum(r['cached'] for r in rows)} from cache, {len(jobs)} converted, {progress.elapsed():.1f} s)",
-          flush=True)
+    print(
+        f"[extract] {len(ok)} of {len(rows)} document(s) extracted into {out_dir} "
+        f"({sum(r['cached'] for r in rows)} from cache, {len(jobs)} converted, {progress.elapsed():.1f} s)",
+        flush=True,
+    )
     return manifest

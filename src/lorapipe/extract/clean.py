@@ -1,7 +1,7 @@
 """Clean extracted text: running headers, footers and page numbers, hyphenation, whitespace, Unicode.
 
-    from lorapipe.extract.clean import clean_pages
-    text = clean_pages(["Header\\nBody one-\\nline\\n1", "Header\\nBody two\\n2", ...], paged=True)
+from lorapipe.extract.clean import clean_pages
+text = clean_pages(["Header\\nBody one-\\nline\\n1", "Header\\nBody two\\n2", ...], paged=True)
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ import unicodedata
 from collections import Counter
 
 _PAGE_NUMBER = re.compile(r"^\s*(?:page\s+)?[\divxlc]+(?:\s*(?:/|of)\s*\d+)?\s*$", re.IGNORECASE)
-_HYPHEN_BREAK = re.compile(r"(\w)-[ \t]*\n\s*([a-z])")  # "exam-\nple" → "example" (lower-case only: keeps "Jean-\nPaul")
+_HYPHEN_BREAK = re.compile(
+    r"(\w)-[ \t]*\n\s*([a-z])"
+)  # "exam-\nple" → "example" (lower-case only: keeps "Jean-\nPaul")
 EDGE_LINES = 2  # lines at the top and the bottom of a page that may be running headers or footers
 
 
@@ -35,8 +37,11 @@ def strip_running_lines(pages: list[str], min_share: float = 0.5) -> list[str]:
     for lines in split:
         content_idx = [i for i, line in enumerate(lines) if line.strip()]
         edge_idx = set(content_idx[:EDGE_LINES] + content_idx[-EDGE_LINES:])
-        kept = [line for i, line in enumerate(lines)
-                if not (i in edge_idx and (_signature(line) in running or _PAGE_NUMBER.match(line)))]
+        kept = [
+            line
+            for i, line in enumerate(lines)
+            if not (i in edge_idx and (_signature(line) in running or _PAGE_NUMBER.match(line)))
+        ]
         cleaned.append("\n".join(kept))
     return cleaned
 

@@ -18,12 +18,22 @@ from typing import get_args
 from lorapipe.params import PdfBackend
 
 FORMATS = {
-    ".pdf": "pdf", ".epub": "epub", ".md": "markdown", ".markdown": "markdown", ".txt": "text",
-    ".html": "html", ".htm": "html", ".xhtml": "html", ".docx": "docx", ".json": "json",
+    ".pdf": "pdf",
+    ".epub": "epub",
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".txt": "text",
+    ".html": "html",
+    ".htm": "html",
+    ".xhtml": "html",
+    ".docx": "docx",
+    ".json": "json",
 }
 PDF_BACKENDS = get_args(PdfBackend)  # ("auto", "docling", "docling-native", "pdfplumber")
-OCR_HINT = ("it has no text layer (a scanned PDF?): OCR is needed. Install the layout extra "
-            "(pip install 'lorapipe[layout]') and set extract.pdf_backend: docling and extract.ocr: true")
+OCR_HINT = (
+    "it has no text layer (a scanned PDF?): OCR is needed. Install the layout extra "
+    "(pip install 'lorapipe[layout]') and set extract.pdf_backend: docling and extract.ocr: true"
+)
 
 
 @dataclass
@@ -100,8 +110,11 @@ def read_json_report(path: Path) -> Extracted:
     sections = data.get("sections") if isinstance(data, dict) else None
     if not isinstance(sections, dict):
         raise ValueError('expected a JSON object with "sections": {"NAME": {"improved": "…"}}')
-    parts = [f"### {name}:\n{body['improved']}" for name, body in sections.items()
-             if isinstance(body, dict) and isinstance(body.get("improved"), str)]
+    parts = [
+        f"### {name}:\n{body['improved']}"
+        for name, body in sections.items()
+        if isinstance(body, dict) and isinstance(body.get("improved"), str)
+    ]
     if not parts:
         raise ValueError('no section holds an "improved" text')
     return Extracted(["\n\n".join(parts)], "json-sections")
@@ -114,7 +127,10 @@ def docling_layout_available(artifacts_path: str | None = None) -> bool:
         return False
     if artifacts_path:
         return Path(artifacts_path).is_dir() and any(Path(artifacts_path).iterdir())
-    hub = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub")
+    hub = Path(
+        os.environ.get("HF_HUB_CACHE")
+        or Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
+    )
     return any(hub.glob("models--docling-project--docling-layout*")) or any(hub.glob("models--ds4sd--docling-models"))
 
 
@@ -145,14 +161,23 @@ def _docling_converter(backend: str, device: str = "auto", ocr: bool = False, ar
         from docling.datamodel.accelerator_options import AcceleratorDevice, AcceleratorOptions
         from docling.datamodel.pipeline_options import PdfPipelineOptions
 
-        options = PdfPipelineOptions(do_ocr=ocr, do_table_structure=True, artifacts_path=artifacts_path,
-                                     accelerator_options=AcceleratorOptions(device=AcceleratorDevice(device)))
+        options = PdfPipelineOptions(
+            do_ocr=ocr,
+            do_table_structure=True,
+            artifacts_path=artifacts_path,
+            accelerator_options=AcceleratorOptions(device=AcceleratorDevice(device)),
+        )
         option = PdfFormatOption(pipeline_options=options)
     return DocumentConverter(allowed_formats=[InputFormat.PDF], format_options={InputFormat.PDF: option})
 
 
-def read_pdf_docling(path: Path, backend: str = "docling-native", device: str = "auto", ocr: bool = False,
-                     artifacts_path: str | None = None) -> Extracted:
+def read_pdf_docling(
+    path: Path,
+    backend: str = "docling-native",
+    device: str = "auto",
+    ocr: bool = False,
+    artifacts_path: str | None = None,
+) -> Extracted:
     result = _docling_converter(backend, device, ocr, artifacts_path).convert(str(path), raises_on_error=False)
     if result.status.name not in ("SUCCESS", "PARTIAL_SUCCESS"):
         reasons = "; ".join(e.error_message for e in result.errors) or result.status.name
@@ -188,8 +213,13 @@ def _pdf_problem(path: Path) -> str | None:
     return None
 
 
-def read_pdf(path: Path, backend: str = "docling-native", device: str = "auto", ocr: bool = False,
-             artifacts_path: str | None = None) -> Extracted:
+def read_pdf(
+    path: Path,
+    backend: str = "docling-native",
+    device: str = "auto",
+    ocr: bool = False,
+    artifacts_path: str | None = None,
+) -> Extracted:
     """The chosen backend first; pdfplumber when a docling backend fails."""
     problem = _pdf_problem(path)
     if problem:
@@ -206,6 +236,10 @@ def read_pdf(path: Path, backend: str = "docling-native", device: str = "auto", 
 
 
 READERS = {
-    "epub": read_epub, "markdown": read_plain, "text": read_plain, "html": read_html,
-    "docx": read_docx, "json": read_json_report,
+    "epub": read_epub,
+    "markdown": read_plain,
+    "text": read_plain,
+    "html": read_html,
+    "docx": read_docx,
+    "json": read_json_report,
 }

@@ -14,15 +14,35 @@ from lorapipe.params import Params
 from lorapipe.stages import main
 
 
-def run(p: Params, text_dir: Path = paths.EXTRACTED, labeled_dir: Path = paths.RAW_LABELED,
-        out_dir: Path = paths.DATASET, base_dir: Path = paths.BASE_MODEL) -> None:
+def run(
+    p: Params,
+    text_dir: Path = paths.EXTRACTED,
+    labeled_dir: Path = paths.RAW_LABELED,
+    out_dir: Path = paths.DATASET,
+    base_dir: Path = paths.BASE_MODEL,
+) -> None:
     d = p.dataset
-    build_dataset(text_dir, base_dir, out_dir, labeled_dir=labeled_dir, mode=d.mode,
-                  tasks=[t.model_dump() for t in d.tasks], max_seq_len=d.max_seq_len,
-                  overlap_tokens=d.overlap_tokens, split_by=d.split_by, val_fraction=d.val_fraction,
-                  seed=p.common.seed, system_prompt=d.system_prompt, dedup_threshold=d.dedup_threshold,
-                  max_samples=d.max_samples, min_tokens=d.min_tokens, on_overflow=d.on_overflow,
-                  on_bad_row=d.on_bad_row, labeled_format=d.labeled_format, fields=d.fields)
+    build_dataset(
+        text_dir,
+        base_dir,
+        out_dir,
+        labeled_dir=labeled_dir,
+        mode=d.mode,
+        tasks=[t.model_dump() for t in d.tasks],
+        max_seq_len=d.max_seq_len,
+        overlap_tokens=d.overlap_tokens,
+        split_by=d.split_by,
+        val_fraction=d.val_fraction,
+        seed=p.common.seed,
+        system_prompt=d.system_prompt,
+        dedup_threshold=d.dedup_threshold,
+        max_samples=d.max_samples,
+        min_tokens=d.min_tokens,
+        on_overflow=d.on_overflow,
+        on_bad_row=d.on_bad_row,
+        labeled_format=d.labeled_format,
+        fields=d.fields,
+    )
 
 
 if __name__ == "__main__":

@@ -14,13 +14,28 @@ from lorapipe.stages import main
 
 def run(p: Params) -> None:
     e = p.eval
-    metrics = evaluate_models(paths.VAL_ROWS, paths.PROMPTS, paths.MERGED, paths.GGUF, paths.EVAL,
-                              samples_path=paths.SAMPLES, base_metrics_path=paths.EVAL_BASE,
-                              base_answers_path=paths.BASE_ANSWERS, max_samples=e.max_samples,
-                              num_generations=e.num_generations, max_new_tokens=e.max_new_tokens,
-                              json_schema=e.json_schema, constrained=e.constrained)
-    tracking.log_stage(paths.ADAPTER / paths.RUN_INFO_NAME, "evaluate", section_dict(p, "evaluate"),
-                       {"eval": metrics}, {"reports": paths.SAMPLES})
+    metrics = evaluate_models(
+        paths.VAL_ROWS,
+        paths.PROMPTS,
+        paths.MERGED,
+        paths.GGUF,
+        paths.EVAL,
+        samples_path=paths.SAMPLES,
+        base_metrics_path=paths.EVAL_BASE,
+        base_answers_path=paths.BASE_ANSWERS,
+        max_samples=e.max_samples,
+        num_generations=e.num_generations,
+        max_new_tokens=e.max_new_tokens,
+        json_schema=e.json_schema,
+        constrained=e.constrained,
+    )
+    tracking.log_stage(
+        paths.ADAPTER / paths.RUN_INFO_NAME,
+        "evaluate",
+        section_dict(p, "evaluate"),
+        {"eval": metrics},
+        {"reports": paths.SAMPLES},
+    )
 
 
 if __name__ == "__main__":

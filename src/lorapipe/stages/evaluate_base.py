@@ -13,9 +13,15 @@ from lorapipe.stages import main
 
 
 def run(p: Params) -> None:
-    evaluate_base(paths.VAL_ROWS, paths.BASE_MODEL, paths.EVAL_BASE, prompts_path=paths.PROMPTS,
-                  answers_path=paths.BASE_ANSWERS, max_samples=p.eval.max_samples,
-                  max_new_tokens=p.eval.max_new_tokens)
+    evaluate_base(
+        paths.VAL_ROWS,
+        paths.BASE_MODEL,
+        paths.EVAL_BASE,
+        prompts_path=paths.PROMPTS,
+        answers_path=paths.BASE_ANSWERS,
+        max_samples=p.eval.max_samples,
+        max_new_tokens=p.eval.max_new_tokens,
+    )
 
 
 if __name__ == "__main__":

@@ -17,12 +17,27 @@ from lorapipe.stages import main
 
 def run(p: Params, merged_dir: Path = paths.MERGED, out_dir: Path = paths.GGUF) -> None:
     e = p.export
-    info = export_gguf(merged_dir, paths.PROMPTS, out_dir, quants=e.quants, outtype=e.outtype, name=e.name,
-                       llama_cpp_dir=e.llama_cpp_dir, lora_gguf=e.lora_gguf, ollama_name=e.ollama_name,
-                       adapter_dir=paths.ADAPTER, base_dir=paths.BASE_MODEL,
-                       metadata=lineage(paths.ADAPTER, paths.BASE_MODEL))
-    tracking.log_stage(paths.ADAPTER / paths.RUN_INFO_NAME, "export", section_dict(p, "export"),
-                       {"export": info["verification"]}, {"gguf": Path(out_dir) / "Modelfile"})
+    info = export_gguf(
+        merged_dir,
+        paths.PROMPTS,
+        out_dir,
+        quants=e.quants,
+        outtype=e.outtype,
+        name=e.name,
+        llama_cpp_dir=e.llama_cpp_dir,
+        lora_gguf=e.lora_gguf,
+        ollama_name=e.ollama_name,
+        adapter_dir=paths.ADAPTER,
+        base_dir=paths.BASE_MODEL,
+        metadata=lineage(paths.ADAPTER, paths.BASE_MODEL),
+    )
+    tracking.log_stage(
+        paths.ADAPTER / paths.RUN_INFO_NAME,
+        "export",
+        section_dict(p, "export"),
+        {"export": info["verification"]},
+        {"gguf": Path(out_dir) / "Modelfile"},
+    )
 
 
 if __name__ == "__main__":

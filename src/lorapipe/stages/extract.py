@@ -16,9 +16,18 @@ from lorapipe.stages import main
 
 def run(p: Params, input_dirs: list[Path] | None = None, out_dir: Path = paths.EXTRACTED) -> None:
     e = p.extract
-    extract_documents(input_dirs or [paths.RAW_DOCS], out_dir, pdf_backend=e.pdf_backend, min_length=e.min_length,
-                      device=e.device, ocr=e.ocr, docling_artifacts_path=e.docling_artifacts_path,
-                      timeout_s=e.timeout_s, workers=e.workers, resume=e.resume)
+    extract_documents(
+        input_dirs or [paths.RAW_DOCS],
+        out_dir,
+        pdf_backend=e.pdf_backend,
+        min_length=e.min_length,
+        device=e.device,
+        ocr=e.ocr,
+        docling_artifacts_path=e.docling_artifacts_path,
+        timeout_s=e.timeout_s,
+        workers=e.workers,
+        resume=e.resume,
+    )
 
 
 if __name__ == "__main__":
