@@ -453,7 +453,8 @@ class EvalParams(_Section):
     constrained: Bool = Field(
         False,
         description=(
-            "also answer JSON tasks with the first GGUF under a llama.cpp grammar built from eval.json_schema; "
+            "also answer JSON tasks with the model GGUF (export.json's `model`) under a llama.cpp grammar built "
+            "from eval.json_schema; "
             "scored as `<gguf> constrained` beside the free answers"
         ),
     )
