@@ -42,8 +42,9 @@ test-tools: ## install what the tests need beyond .venv (Go, with apt, as root o
 	  { $$SUDO apt-get update -qq >/dev/null 2>&1 && $$SUDO apt-get install -y -qq golang-go >/dev/null 2>&1; } || \
 	  echo "could not install golang-go: tests/test_chat_templates.py will be skipped"; }
 
-# pytest exits 5 when it collects no test: that is a failure here, not a pass.
-PYTEST = $(PY) -m pytest -q
+# pytest exits 5 when it collects no test: that is a failure here, not a pass. The 20 slowest tests are
+# listed at the end, so that one creeping into the quick tier is seen.
+PYTEST = $(PY) -m pytest -q --durations=20
 test: install test-tools ## the quick check: unit tests, no full-pipeline runs (a few minutes)
 	$(PYTEST) -m "not integration"; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
 

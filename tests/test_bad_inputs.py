@@ -223,7 +223,7 @@ def test_a_stage_with_a_wrong_typed_param_stops_before_any_work_and_names_the_ke
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     stage = {"lora": "train", "train": "train", "dataset": "dataset", "export": "export"}[section]
     result = subprocess.run(
-        [sys.executable, str(ROOT / "stages" / f"{stage}.py")], cwd=tmp_path, capture_output=True, text=True
+        [sys.executable, "-m", f"lorapipe.stages.{stage}"], cwd=tmp_path, capture_output=True, text=True
     )
     assert result.returncode != 0 and key in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr  # a message, not a stack trace

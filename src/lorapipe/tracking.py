@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +81,28 @@ def start_training_run(params: dict[str, Any], tags: dict[str, str] | None = Non
     run = client.create_run(experiment_id, tags=all_tags, run_name=os.environ.get("DVC_EXP_NAME") or None)
     client.log_batch(run.info.run_id, params=_as_params(params), tags=[RunTag("mlflow.source.name", "lorapipe train")])
     return {"run_id": run.info.run_id, "experiment": EXPERIMENT, "tracking_uri": tracking_uri()}
+
+
+@contextmanager
+def training_run(params: dict[str, Any], tags: dict[str, str] | None = None) -> Iterator[dict[str, str]]:
+    """Open the adapter's run (`start_training_run`) for the block; if the block raises (or is
+    killed by an exception such as KeyboardInterrupt), the run is closed as FAILED and the error
+    propagates. The block closes a successful run itself (`finish_training_run`)."""
+    run = start_training_run(params, tags)
+    try:
+        yield run
+    except BaseException:
+        finish_run(run["run_id"], {}, status="FAILED")
+        raise
+
+
+def finish_training_run(
+    run_id: str, metrics: dict[str, Any], resolved: dict[str, Any], artifacts: dict[str, str | Path]
+) -> None:
+    """Close the adapter's run: what params left open (auto, presets) came to as ``resolved.*`` tags,
+    the final metrics (numbers only) and the artifacts."""
+    set_tags(run_id, {f"resolved.{key}": str(value) for key, value in resolved.items()})
+    finish_run(run_id, metrics, artifacts)
 
 
 def set_tags(run_id: str, tags: dict[str, str]) -> None:

@@ -18,59 +18,36 @@ from lorapipe.stages import main
 def run(p: Params, task: str | None = None) -> None:
     """Train the adapter of all tasks into models/lora_output, or of one `task` into
     models/lora_<task> (its own MLflow run and reports)."""
-    adapter, metrics_path, loss_path = (
+    adapter, metrics, loss = (
         paths.task_outputs(task) if task else (paths.ADAPTER, paths.TRAIN_METRICS, paths.TRAIN_LOSS)
     )
     resolved = section_dict(p, "train")
     dataset_hash = tracking.files_hash(paths.TRAIN_ROWS, paths.VAL_ROWS)
-    base_model = str(read_provenance(paths.BASE_MODEL).get("model.name"))
-    run_info = tracking.start_training_run(
-        resolved, {"dataset_hash": dataset_hash, "base_model": base_model, **({"task": task} if task else {})}
-    )
-    kwargs = dict(
-        dataset_dir=paths.DATASET,
-        base_dir=paths.BASE_MODEL,
-        out_dir=adapter,
-        lora=p.lora,
-        train=p.train,
-        quant=p.quant,
-        seed=p.common.seed,
-        task=task,
-        metrics_path=metrics_path,
-        loss_path=loss_path,
-        plot_path=loss_path.with_suffix(".png"),
-        run_info=run_info,
-        provenance={**resolved, "dataset_hash": dataset_hash, "task": task},
-    )
-    try:
+    tags = {"dataset_hash": dataset_hash, "base_model": str(read_provenance(paths.BASE_MODEL).get("model.name"))}
+    with tracking.training_run(resolved, {**tags, **({"task": task} if task else {})}) as run_info:
+        provenance = {**resolved, "dataset_hash": dataset_hash, "task": task}
+        reports = {"metrics_path": metrics, "loss_path": loss, "plot_path": loss.with_suffix(".png")}
+        sections = {"lora": p.lora, "train": p.train, "quant": p.quant, "seed": p.common.seed, "task": task}
+        kwargs = {"run_info": run_info, "provenance": provenance, **reports, **sections}
         if p.train.num_processes > 1:
             from lorapipe.distributed import train_lora_distributed
 
             result = train_lora_distributed(
-                p.train.num_processes, p.train.accelerate_config, mlflow_run_id=run_info["run_id"], **kwargs
-            )
+                p.train.num_processes, p.train.accelerate_config, mlflow_run_id=run_info["run_id"],
+                dataset_dir=paths.DATASET, base_dir=paths.BASE_MODEL, out_dir=adapter, **kwargs,
+            )  # fmt: skip
         else:
             from lorapipe.train import train_lora
 
-            result = train_lora(
-                **kwargs, on_log=lambda step, metrics: tracking.log_step(run_info["run_id"], step, metrics)
-            )
-    except BaseException:
-        tracking.finish_run(run_info["run_id"], {}, status="FAILED")
-        raise
-    tracking.set_tags(
-        run_info["run_id"], {f"resolved.{key}": str(value) for key, value in asdict(result.resolved).items()}
-    )
-    tracking.finish_run(
-        run_info["run_id"],
-        asdict(result.metrics),
-        {
-            "adapter": adapter,
-            "reports": loss_path,
-            "charts": loss_path.with_suffix(".png"),
-            "dataset": paths.DATASET_STATS,
-        },
-    )
+            log = lambda step, values: tracking.log_step(run_info["run_id"], step, values)  # noqa: E731
+            result = train_lora(paths.DATASET, paths.BASE_MODEL, adapter, on_log=log, **kwargs)
+    artifacts = {
+        "adapter": adapter,
+        "reports": loss,
+        "charts": loss.with_suffix(".png"),
+        "dataset": paths.DATASET_STATS,
+    }
+    tracking.finish_training_run(run_info["run_id"], asdict(result.metrics), asdict(result.resolved), artifacts)
     print(f"[train] MLflow run {run_info['run_id']} in {run_info['tracking_uri']}", flush=True)
 
 
