@@ -63,111 +63,109 @@ _ALIASES = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lorapipe", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    for stage in STAGE_SECTIONS:
-        sub = commands.add_parser(stage, help=f"run the {stage} stage")
-        sub.add_argument("--params", default=str(paths.PARAMS), help="params file (default: params.yaml)")
-        for key in stage_keys(stage):
-            allowed = choices(key)
-            sub.add_argument(
-                f"--{key}",
-                *_ALIASES.get(key, ()),
-                dest=key,
-                default=None,
-                help=flag_help(key),
-                metavar="{" + ",".join(allowed) + "}" if allowed else "VALUE",
-            )
-        if stage == "extract":
-            sub.add_argument(
-                "--input-dir",
-                "--input",
-                nargs="+",
-                dest="input_dirs",
-                metavar="DIR",
-                help="input folders (default: data/raw/docs)",
-            )
-            sub.add_argument(
-                "--output-dir",
-                dest="output_dir",
-                metavar="DIR",
-                default=str(paths.EXTRACTED),
-                help="output folder (default: data/extracted_text)",
-            )
-            sub.add_argument(
-                "--no-resume",
-                dest="extract.resume",
-                action="store_const",
-                const="false",
-                help="ignore cached texts and extract everything again (extract.resume: false)",
-            )
-        if stage in ("merge", "export"):
-            sub.add_argument(
-                "--merged-dir",
-                dest="merged_dir",
-                metavar="DIR",
-                default=str(paths.MERGED),
-                help=f"the merged model folder ({'written' if stage == 'merge' else 'read'}; default: models/merged)",
-            )
-        if stage == "export":
-            sub.add_argument(
-                "--output-dir",
-                dest="output_dir",
-                metavar="DIR",
-                default=str(paths.GGUF),
-                help="output folder (default: models/gguf)",
-            )
-            sub.add_argument(
-                "--quant",
-                dest="quant",
-                action="append",
-                metavar="TYPE",
-                help="a quantization to write, repeatable (--quant Q4_K_M --quant Q8_0); replaces export.quants",
-            )
-            sub.add_argument(
-                "--lora-gguf",
-                dest="export.lora_gguf",
-                action="store_const",
-                const="true",
-                help="also write the adapter alone as <name>.lora.gguf (export.lora_gguf: true)",
-            )
-        if stage == "train":
-            sub.add_argument(
-                "--task", metavar="NAME", help="train an adapter on one task's rows only, into models/lora_NAME"
-            )
-        if stage == "dataset":
-            sub.add_argument(
-                "--input-dir",
-                dest="input_dir",
-                metavar="DIR",
-                default=str(paths.EXTRACTED),
-                help="extracted text (default: data/extracted_text)",
-            )
-            sub.add_argument(
-                "--labeled-dir",
-                dest="labeled_dir",
-                metavar="DIR",
-                default=str(paths.RAW_LABELED),
-                help="labeled JSON/JSONL examples (default: data/raw/labeled)",
-            )
-            sub.add_argument(
-                "--output-dir",
-                dest="output_dir",
-                metavar="DIR",
-                default=str(paths.DATASET),
-                help="output folder (default: data/dataset)",
-            )
+def _dir(dest: str, default: Path | None, help: str, *flags: str) -> tuple[tuple[str, ...], dict]:
+    return flags, {"dest": dest, "metavar": "DIR", "default": str(default) if default else None, "help": help}
+
+
+# The flags of each stage command beyond its params keys: (flag names, argparse keywords).
+_STAGE_FLAGS: dict[str, list[tuple[tuple[str, ...], dict]]] = {
+    "extract": [
+        (
+            ("--input-dir", "--input"),
+            {"nargs": "+", "dest": "input_dirs", "metavar": "DIR", "help": "input folders (default: data/raw/docs)"},
+        ),
+        _dir("output_dir", paths.EXTRACTED, "output folder (default: data/extracted_text)", "--output-dir"),
+        (
+            ("--no-resume",),
+            {
+                "dest": "extract.resume",
+                "action": "store_const",
+                "const": "false",
+                "help": "ignore cached texts and extract everything again (extract.resume: false)",
+            },
+        ),
+    ],
+    "dataset": [
+        _dir("input_dir", paths.EXTRACTED, "extracted text (default: data/extracted_text)", "--input-dir"),
+        _dir(
+            "labeled_dir", paths.RAW_LABELED, "labeled JSON/JSONL examples (default: data/raw/labeled)", "--labeled-dir"
+        ),
+        _dir("output_dir", paths.DATASET, "output folder (default: data/dataset)", "--output-dir"),
+    ],
+    "train": [
+        (("--task",), {"metavar": "NAME", "help": "train an adapter on one task's rows only, into models/lora_NAME"})
+    ],
+    "merge": [
+        _dir("merged_dir", paths.MERGED, "the merged model folder (written; default: models/merged)", "--merged-dir")
+    ],
+    "export": [
+        _dir("merged_dir", paths.MERGED, "the merged model folder (read; default: models/merged)", "--merged-dir"),
+        _dir("output_dir", paths.GGUF, "output folder (default: models/gguf)", "--output-dir"),
+        (
+            ("--quant",),
+            {
+                "dest": "quant",
+                "action": "append",
+                "metavar": "TYPE",
+                "help": "a quantization to write, repeatable (--quant Q4_K_M --quant Q8_0); replaces export.quants",
+            },
+        ),
+        (
+            ("--lora-gguf",),
+            {
+                "dest": "export.lora_gguf",
+                "action": "store_const",
+                "const": "true",
+                "help": "also write the adapter alone as <name>.lora.gguf (export.lora_gguf: true)",
+            },
+        ),
+    ],
+}
+
+
+def _add_stage_command(commands, stage: str) -> None:
+    """``lorapipe <stage>``: a flag per params key the stage reads (help from the schema), plus its own."""
+    sub = commands.add_parser(stage, help=f"run the {stage} stage")
+    sub.add_argument("--params", default=str(paths.PARAMS), help="params file (default: params.yaml)")
+    for key in stage_keys(stage):
+        allowed = choices(key)
+        metavar = "{" + ",".join(allowed) + "}" if allowed else "VALUE"
+        sub.add_argument(
+            f"--{key}", *_ALIASES.get(key, ()), dest=key, default=None, help=flag_help(key), metavar=metavar
+        )
+    for flags, options in _STAGE_FLAGS.get(stage, []):
+        sub.add_argument(*flags, **options)
+
+
+def _add_model_commands(commands) -> None:
+    """``ask``, ``serve`` and ``chat``: the exported model at work."""
+    default_gguf = "(default: the model models/gguf/export.json names)"
     ask = commands.add_parser("ask", help="answer a question with the exported GGUF (llama.cpp)")
     ask.add_argument("question")
-    ask.add_argument("--gguf", help="GGUF file (default: the model models/gguf/export.json names)")
+    ask.add_argument("--gguf", help=f"GGUF file {default_gguf}")
     ask.add_argument("--max-tokens", type=int, default=96)
+    serve = commands.add_parser("serve", help="serve the exported model over HTTP (FastAPI, 127.0.0.1)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, local only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--gguf", help=f"GGUF file to serve {default_gguf}")
+    serve.add_argument(
+        "--transformers",
+        action="store_true",
+        help="serve the merged model (models/merged, or --merged-dir) with transformers instead",
+    )
+    serve.add_argument("--merged-dir", default=str(paths.MERGED), help="merged model folder for --transformers")
+    serve.add_argument("--json-schema", help='JSON Schema for requests with "constrained": true (llama.cpp grammar)')
+    chat = commands.add_parser("chat", help="talk to the exported model in the terminal")
+    chat.add_argument("--gguf", help=f"GGUF file {default_gguf}")
+    chat.add_argument("--max-tokens", type=int, default=256)
+
+
+def _add_plan_command(commands) -> None:
     plan = commands.add_parser("plan", help="estimate peak memory and training time before training")
     plan.add_argument("--params", default=str(paths.PARAMS), help="defaults come from this params file")
     plan.add_argument("--model", help="model name, Hub id or folder (default: model.name, or models/base if built)")
-    plan.add_argument("--max-seq-len", type=int)
-    plan.add_argument("--batch-size", type=int)
-    plan.add_argument("--lora-rank", type=int)
+    for flag in ("--max-seq-len", "--batch-size", "--lora-rank"):
+        plan.add_argument(flag, type=int)
     plan.add_argument("--load-in-4bit", action="store_true", default=None)
     plan.add_argument("--device", choices=get_args(Device), default="auto")
     plan.add_argument("--device-memory-gb", type=float, help="memory budget in GiB (default: what the device has free)")
@@ -181,20 +179,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="the device's peak bf16 matrix TFLOP/s, to estimate speed for a GPU that is not here",
     )
-    serve = commands.add_parser("serve", help="serve the exported model over HTTP (FastAPI, 127.0.0.1)")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, local only)")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--gguf", help="GGUF file to serve (default: the model models/gguf/export.json names)")
-    serve.add_argument(
-        "--transformers",
-        action="store_true",
-        help="serve the merged model (models/merged, or --merged-dir) with transformers instead",
-    )
-    serve.add_argument("--merged-dir", default=str(paths.MERGED), help="merged model folder for --transformers")
-    serve.add_argument("--json-schema", help='JSON Schema for requests with "constrained": true (llama.cpp grammar)')
-    chat = commands.add_parser("chat", help="talk to the exported model in the terminal")
-    chat.add_argument("--gguf", help="GGUF file (default: the model models/gguf/export.json names)")
-    chat.add_argument("--max-tokens", type=int, default=256)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lorapipe", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    for stage in STAGE_SECTIONS:
+        _add_stage_command(commands, stage)
+    _add_model_commands(commands)
+    _add_plan_command(commands)
     check = commands.add_parser("check", help="validate params.yaml and print the resolved values")
     check.add_argument("--params", default=str(paths.PARAMS))
     commands.add_parser("install-converter", help="unpack llama.cpp's converter into the user cache")

@@ -32,21 +32,16 @@ def run(p: Params, task: str | None = None) -> None:
         if p.train.num_processes > 1:
             from lorapipe.distributed import train_lora_distributed
 
-            result = train_lora_distributed(
-                p.train.num_processes, p.train.accelerate_config, mlflow_run_id=run_info["run_id"],
-                dataset_dir=paths.DATASET, base_dir=paths.BASE_MODEL, out_dir=adapter, **kwargs,
-            )  # fmt: skip
+            data = {"dataset_dir": paths.DATASET, "base_dir": paths.BASE_MODEL, "out_dir": adapter}
+            launch = (p.train.num_processes, p.train.accelerate_config)
+            result = train_lora_distributed(*launch, mlflow_run_id=run_info["run_id"], **data, **kwargs)
         else:
             from lorapipe.train import train_lora
 
             log = lambda step, values: tracking.log_step(run_info["run_id"], step, values)  # noqa: E731
             result = train_lora(paths.DATASET, paths.BASE_MODEL, adapter, on_log=log, **kwargs)
-    artifacts = {
-        "adapter": adapter,
-        "reports": loss,
-        "charts": loss.with_suffix(".png"),
-        "dataset": paths.DATASET_STATS,
-    }
+    artifacts = {"adapter": adapter, "reports": loss, "charts": loss.with_suffix(".png")}
+    artifacts["dataset"] = paths.DATASET_STATS
     tracking.finish_training_run(run_info["run_id"], asdict(result.metrics), asdict(result.resolved), artifacts)
     print(f"[train] MLflow run {run_info['run_id']} in {run_info['tracking_uri']}", flush=True)
 
