@@ -62,7 +62,7 @@ def available_memory_gib(device: str) -> float:
         import torch
 
         return torch.cuda.get_device_properties(0).total_memory / GiB
-    import psutil  # installed with accelerate, which requires it
+    import psutil
 
     return psutil.virtual_memory().available / GiB
 
