@@ -1,11 +1,12 @@
 """Files named by params (system prompt files, the JSON schema, an accelerate config) must lie under
-data/raw/, a dep of every stage that reads them, or the stage refuses to start, naming key and path.
+data/raw/config/, a dep of every stage that reads them, or the stage refuses to start, naming key and path.
 
 Run: .venv/bin/pytest tests/test_param_files.py
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -19,8 +20,10 @@ from lorapipe.params import ParamsError, validate_params
 
 @pytest.fixture
 def project(tmp_path, monkeypatch):
-    (tmp_path / "data" / "raw" / "prompts").mkdir(parents=True)
-    (tmp_path / "data" / "raw" / "prompts" / "system.txt").write_text("Answer briefly.")
+    (tmp_path / "data" / "raw" / "config").mkdir(parents=True)
+    (tmp_path / "data" / "raw" / "config" / "system.txt").write_text("Answer briefly.")
+    (tmp_path / "data" / "raw" / "labeled").mkdir(parents=True)
+    (tmp_path / "data" / "raw" / "labeled" / "schema.json").write_text("{}")
     (tmp_path / "outside.txt").write_text("Answer at length.")
     monkeypatch.chdir(tmp_path)
     return tmp_path
@@ -47,10 +50,10 @@ def test_a_prompt_is_a_path_when_it_reads_as_one(value, is_path):
 def test_files_under_data_raw_pass(project):
     params = _params(
         dataset={
-            "system_prompt": "data/raw/prompts/system.txt",
-            "tasks": [{"name": "t", "kind": "chat", "system_prompt": "data/raw/prompts/system.txt"}],
+            "system_prompt": "data/raw/config/system.txt",
+            "tasks": [{"name": "t", "kind": "chat", "system_prompt": "data/raw/config/system.txt"}],
         },
-        eval={"json_schema": "data/raw/prompts/system.txt"},
+        eval={"json_schema": "data/raw/config/system.txt"},
     )
     for stage in STAGE_FILE_KEYS:
         check_param_files(params, stage)
@@ -62,10 +65,12 @@ def test_files_under_data_raw_pass(project):
         ("dataset", {"dataset": {"system_prompt": "outside.txt"}}, "dataset.system_prompt"),
         (
             "dataset",
-            {"dataset": {"tasks": [{"name": "t", "kind": "chat", "system_prompt": "../x/outside.txt"}]}},
+            {"dataset": {"tasks": [{"name": "t", "kind": "chat", "system_prompt": "data/../outside.txt"}]}},
             "dataset.tasks[0].system_prompt",
         ),
         ("evaluate", {"eval": {"json_schema": "outside.txt"}}, "eval.json_schema"),
+        ("evaluate", {"eval": {"json_schema": "data/raw/labeled/schema.json"}}, "eval.json_schema"),
+        ("dataset", {"dataset": {"system_prompt": "data/raw/config/../../../outside.txt"}}, "dataset.system_prompt"),
         ("train", {"train": {"accelerate_config": "outside.txt"}}, "train.accelerate_config"),
     ],
 )
@@ -73,8 +78,8 @@ def test_a_file_outside_data_raw_is_refused_naming_key_and_path(project, stage, 
     with pytest.raises(ParamsError) as error:
         check_param_files(_params(**sections), stage)
     message = str(error.value)
-    assert key in message and "data/raw" in message
-    assert "outside.txt" in message and ("is not a file" in message or "lies outside" in message)
+    assert key in message and "data/raw/config" in message
+    assert ("outside.txt" in message or "schema.json" in message) and "lies outside" in message
 
 
 @pytest.mark.parametrize(
@@ -85,12 +90,29 @@ def test_a_file_outside_data_raw_is_refused_naming_key_and_path(project, stage, 
     ],
 )
 def test_a_missing_file_is_refused(project, stage, sections, key):
-    with pytest.raises(ParamsError, match=rf"{key.replace('.', '[.]')}: data/raw/\S+ is not a file"):
+    with pytest.raises(ParamsError, match=rf"{re.escape(key)}: \S+ is not a file"):
         check_param_files(_params(**sections), stage)
 
 
 def test_a_text_prompt_is_not_a_file(project):
     check_param_files(_params(dataset={"system_prompt": "You answer from the documents."}), "dataset")
+
+
+def test_a_prompt_too_long_for_a_file_name_is_text(project):
+    """A one-line prompt longer than a file name may be (255 bytes) is a text, not an OS error."""
+    from lorapipe.param_files import prompt_file
+
+    long = "Answer_briefly." * 40
+    assert prompt_file(long) is None and not looks_like_path(long + " please")
+    check_param_files(_params(dataset={"system_prompt": "Answer briefly and cite the document. " * 20}), "dataset")
+
+
+def test_a_file_whose_name_holds_a_newline_is_still_a_file(project):
+    """The check and the dataset stage share one rule: an existing file is a file, whatever its name."""
+    odd = project / "odd\nname.txt"
+    odd.write_text("A prompt.")
+    with pytest.raises(ParamsError, match="lies outside"):
+        check_param_files(_params(dataset={"system_prompt": str(odd)}), "dataset")
 
 
 def test_the_stage_refuses_before_any_work(tmp_path):
@@ -108,7 +130,8 @@ def test_the_stage_refuses_before_any_work(tmp_path):
     assert not list((repo / "data" / "dataset").glob("*.jsonl"))
 
 
-def test_every_stage_that_reads_file_keys_depends_on_data_raw():
+def test_every_stage_that_reads_file_keys_depends_on_the_config_folder():
     dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     for stage in STAGE_FILE_KEYS:
-        assert "data/raw" in dvc[stage]["deps"], stage
+        assert "data/raw/config" in dvc[stage]["deps"], stage
+    assert not any("data/raw" in stage.get("deps", []) for stage in dvc.values()), "data/raw whole reruns too much"

@@ -30,6 +30,7 @@ from lorapipe import faults, paths
 from lorapipe.io import atomic_outputs, read_jsonl, write_json, write_jsonl
 from lorapipe.labeled import is_json_schema, load_labeled
 from lorapipe.models import load_tokenizer
+from lorapipe.param_files import prompt_file
 from lorapipe.params import DEFAULTS, TaskParams
 from lorapipe.rows import loss_tokens, tokenize_row
 
@@ -130,7 +131,9 @@ def _matches(path: str, patterns: list[str]) -> bool:
 
 
 def _resolve_prompt(prompt: str) -> str:
-    return Path(prompt).read_text(encoding="utf-8").strip() if len(prompt) < 4096 and Path(prompt).is_file() else prompt
+    """The prompt text: the file's content when `prompt` names a file (param_files.prompt_file), else itself."""
+    file = prompt_file(prompt)
+    return file.read_text(encoding="utf-8").strip() if file else prompt
 
 
 def resolve_tasks(

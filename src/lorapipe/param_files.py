@@ -1,6 +1,8 @@
 """Files that params name (a system prompt file, the JSON schema, an accelerate config) are inputs:
-DVC must see them change. Each must lie under ``data/raw/``, which every stage that reads such a
-key lists in its ``deps``, or the stage refuses to start, naming the key and the path.
+DVC must see them change. Each must lie under ``data/raw/config/``, which every stage that reads
+such a key (dataset, train, evaluate) lists in its ``deps``, or the stage refuses to start, naming
+the key and the path. A folder of their own, not all of ``data/raw``: a new document must not rerun
+training unless it changes the dataset.
 
 Keys that name models or tools rather than inputs (``model.name`` as a local folder,
 ``extract.docling_artifacts_path``, ``export.llama_cpp_dir``, ``train.resume``'s checkpoint folder)
@@ -15,8 +17,8 @@ from lorapipe import paths
 from lorapipe.params import Params, ParamsError
 
 # The folder every file a param names must lie under; dvc.yaml lists it in the deps of every stage
-# in STAGE_FILE_KEYS (tests/test_stages.py checks that).
-ROOT = paths.RAW
+# in STAGE_FILE_KEYS (tests/test_param_files.py checks that).
+ROOT = paths.RAW_CONFIG
 _PROMPT_SUFFIXES = (".txt", ".md", ".prompt", ".jinja")
 
 # The keys of each stage that may name a file ("prompt": a text or a file path).
@@ -27,15 +29,27 @@ STAGE_FILE_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 
+def prompt_file(value: str) -> Path | None:
+    """The file that a text-or-path param (``dataset.system_prompt``) names, or None when the value
+    is a text: it is a file when it names an existing one. A value the OS cannot take as a file name
+    (over 255 bytes, 4096 characters or more) is a text. The one rule, used by this check and by the
+    dataset stage that reads the prompt."""
+    if len(value) >= 4096:
+        return None
+    try:
+        path = Path(value)
+        return path if path.is_file() else None
+    except (OSError, ValueError):  # "File name too long", an embedded NUL
+        return None
+
+
 def looks_like_path(value: str) -> bool:
-    """True when a text param that may be a text or a file path (``dataset.system_prompt``) is meant
-    as a path: one line without spaces that names a folder or ends in a text-file suffix, or any
-    existing file. ``"You are a helpful assistant."`` is a text; ``prompts/system.txt`` a path."""
-    if "\n" in value or len(value) >= 4096:
-        return False
-    if Path(value).is_file():
+    """True when a text-or-path param is meant as a path: it names an existing file (`prompt_file`),
+    or it is one line without spaces that names a folder or ends in a text-file suffix.
+    ``"You are a helpful assistant."`` is a text; ``prompts/system.txt`` a path (a missing one)."""
+    if prompt_file(value) is not None:
         return True
-    return " " not in value.strip() and ("/" in value or value.lower().endswith(_PROMPT_SUFFIXES))
+    return "\n" not in value and " " not in value.strip() and ("/" in value or value.lower().endswith(_PROMPT_SUFFIXES))
 
 
 def named_files(params: Params, stage: str) -> list[tuple[str, str]]:

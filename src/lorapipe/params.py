@@ -134,7 +134,7 @@ class TaskParams(_Section):
     )
     format: LabeledFormat = Field("auto", description="format of its labeled files; auto: detected per file")
     system_prompt: Name | None = Field(
-        None, description=("its system prompt, text or a file path; null: dataset.system_prompt")
+        None, description=("its system prompt, text or a file under data/raw/config/; null: dataset.system_prompt")
     )
     fields: dict[Name, Name] = Field(
         default_factory=dict, description=("rename its labeled fields, e.g. {query: question}; {}: dataset.fields")
@@ -172,7 +172,8 @@ class DatasetParams(_Section):
     system_prompt: Name = Field(
         "You are a helpful assistant that answers from the documents it was trained on.",
         description=(
-            "the system prompt of every task without its own: text, or a file path; resolved into prompts.json"
+            "the system prompt of every task without its own: text, or a file under data/raw/config/; resolved into "
+            "prompts.json"
         ),
     )
     dedup_threshold: Float = Field(
@@ -341,7 +342,8 @@ class TrainParams(_Section):
     accelerate_config: Name | None = Field(
         None,
         description=(
-            "an accelerate config file (FSDP, DeepSpeed, several machines) for `accelerate launch`; null: DDP on "
+            "an accelerate config file under data/raw/config/ (FSDP, DeepSpeed, several machines) for "
+            "`accelerate launch`; null: DDP on "
             "this machine"
         ),
     )
@@ -446,8 +448,7 @@ class EvalParams(_Section):
     json_schema: Name | None = Field(
         None,
         description=(
-            "a JSON Schema file (keep it under data/raw/, e.g. beside the labeled rows) that JSON answers are "
-            "checked against; null: no schema check"
+            "a JSON Schema file under data/raw/config/ that JSON answers are checked against; null: no schema check"
         ),
     )
     constrained: Bool = Field(

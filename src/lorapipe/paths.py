@@ -17,6 +17,7 @@ PARAMS = Path("params.yaml")
 RAW = Path("data/raw")
 RAW_DOCS = RAW / "docs"
 RAW_LABELED = RAW / "labeled"
+RAW_CONFIG = RAW / "config"  # files that params name: system prompt files, JSON schemas, accelerate configs
 EXTRACTED = Path("data/extracted_text")
 MANIFEST_NAME = "manifest.jsonl"
 

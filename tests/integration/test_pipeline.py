@@ -283,15 +283,14 @@ def test_the_hub_token_is_written_nowhere(project):
 
 
 def test_a_file_named_by_a_param_is_a_dep_of_the_stage_that_reads_it(project):
-    """dataset.system_prompt naming a file under data/raw: editing the file changes the dataset stage;
-    a prompt file outside data/raw stops the stage before any work, naming the key and the path."""
+    """dataset.system_prompt naming a file under data/raw/config: editing the file changes the dataset
+    stage; a prompt file elsewhere stops the stage before any work, naming the key and the path."""
     repo, env, _ = project
-    prompt = repo / "data/raw/prompts/system.txt"
-    prompt.parent.mkdir(exist_ok=True)
+    prompt = repo / "data/raw/config/system.txt"
     prompt.write_text("Answer from the documents, briefly.")
     params_text = (repo / "params.yaml").read_text()
     params = yaml.safe_load(params_text)
-    params["dataset"]["system_prompt"] = "data/raw/prompts/system.txt"
+    params["dataset"]["system_prompt"] = "data/raw/config/system.txt"
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     try:
         run_ok(["dvc", "repro", "--single-item", "dataset"], repo, env)
