@@ -47,9 +47,23 @@ def package_face(src: Path = SRC) -> dict[str, str]:
     return {}
 
 
+_DYNAMIC_IMPORTS = {"import_module", "__import__", "run_module"}  # importlib, builtins, runpy
+
+
+def _dynamic_import(node: ast.AST) -> str | None:
+    """The module a call such as ``importlib.import_module("lorapipe.x")`` imports, if a constant."""
+    if not isinstance(node, ast.Call) or not node.args or not isinstance(node.args[0], ast.Constant):
+        return None
+    func = node.func
+    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+    return node.args[0].value if name in _DYNAMIC_IMPORTS and isinstance(node.args[0].value, str) else None
+
+
 def imported_modules(path: Path, src: Path = SRC) -> set[str]:
-    """Names of the ``lorapipe`` modules `path` imports anywhere (module level and inside functions);
-    ``from lorapipe import name`` resolves `name` through the package face's name map."""
+    """Names of the ``lorapipe`` modules `path` imports anywhere (module level and inside functions).
+    ``from lorapipe import name``, ``from lorapipe import *`` and ``lorapipe.name`` resolve through the
+    package face's name map; ``importlib.import_module("lorapipe.x")`` (and ``__import__``,
+    ``runpy.run_module``) with a constant name count too."""
     face = package_face(src)
     inside = path.is_relative_to(src)  # an entry script outside src/ (stages/x.py) has no package
     package = path.relative_to(src).with_suffix("").parts[:-1] if inside else ()
@@ -64,10 +78,16 @@ def imported_modules(path: Path, src: Path = SRC) -> set[str]:
                 module = ".".join(parent + ([module] if module else []))
             names.add(module)
             for alias in node.names:
-                if module_file(f"{module}.{alias.name}", src):
+                if alias.name == "*" and module == "lorapipe":
+                    names |= set(face.values())
+                elif module_file(f"{module}.{alias.name}", src):
                     names.add(f"{module}.{alias.name}")
                 elif module == "lorapipe" and alias.name in face:
                     names.add(face[alias.name])
+        elif isinstance(node, ast.Attribute) and getattr(node.value, "id", None) == "lorapipe":
+            names.add(face.get(node.attr, f"lorapipe.{node.attr}"))  # lorapipe.train_lora after `import lorapipe`
+        elif (dynamic := _dynamic_import(node)) is not None:
+            names.add(dynamic)
     return {name for name in names if name == "lorapipe" or name.startswith("lorapipe.")}
 
 

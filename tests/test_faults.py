@@ -54,6 +54,11 @@ def test_the_fault_grammar(value, fault):
         "extract:oom-at-step:2",
         "kill-after-checkpoint:3",
         "hang:c.md",  # the old LORAPIPE_TRAIN_FAULT / LORAPIPE_EXTRACT_FAULT values
+        "trian:early",  # a misspelt stage would never fire
+        "bogus:mid",
+        "train:oom-at-step:01",  # steps are compared as written in the logs
+        "train:oom-at-step:²",
+        "train:oom-at-step:-2",
     ],
 )
 def test_malformed_values_are_refused_naming_the_grammar(value, monkeypatch):

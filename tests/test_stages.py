@@ -46,18 +46,33 @@ def test_every_stage_depends_on_every_file_its_command_executes():
     )
 
 
+def code_deps_not_executed(stages: dict, root: Path = ROOT) -> dict[str, list[str]]:
+    """Per stage, the deps that cover project code (under src/, however spelt: ``src``, ``./src/x``)
+    holding a file the stage never executes."""
+    extra = {}
+    for name, stage in stages.items():
+        files = {p.resolve() for p in import_closure(stage_entry(stage["cmd"], root), root / "src")}
+        for dep in stage.get("deps", []):
+            target = (root / dep).resolve()
+            if not target.is_relative_to((root / "src").resolve()) and target != root.resolve():
+                continue
+            code = set(target.rglob("*.py")) if target.is_dir() else {target}
+            code = {p for p in code if "__pycache__" not in p.parts and p.is_relative_to((root / "src").resolve())}
+            if code - files:
+                extra.setdefault(name, []).append(dep)
+    return extra
+
+
 def test_no_stage_depends_on_code_it_does_not_execute():
     """Listing all of src/ would rerun every stage on any edit: code deps are exactly the closure."""
-    extra = {}
-    for name, stage in STAGES.items():
-        files = {str(p.relative_to(ROOT)) for p in import_closure(stage_entry(stage["cmd"]))}
-        for dep in stage.get("deps", []):
-            if dep.startswith("src/"):
-                inside = [f for f in files if f == dep or f.startswith(dep.rstrip("/") + "/")]
-                code = [p for p in (ROOT / dep).rglob("*.py")] if (ROOT / dep).is_dir() else [ROOT / dep]
-                if len(inside) < len(code):
-                    extra.setdefault(name, []).append(dep)
+    extra = code_deps_not_executed(STAGES)
     assert not extra, f"deps that list code the stage never runs: {extra}"
+
+
+def test_a_dep_on_all_of_src_is_caught_however_it_is_spelt():
+    for spelling in ("src", "./src", "src/lorapipe", "src/lorapipe/"):
+        stage = {**DVC["base"], "deps": [*DVC["base"]["deps"], spelling]}
+        assert code_deps_not_executed({"base": stage}) == {"base": [spelling]}, spelling
 
 
 def test_the_check_fails_when_a_dep_is_removed():
@@ -69,7 +84,8 @@ def test_the_check_fails_when_a_dep_is_removed():
 
 def test_the_check_follows_lazy_package_imports_and_imports_inside_functions(tmp_path):
     """`from lorapipe import name` resolves through the package face's name map, and an import
-    inside a function counts."""
+    inside a function counts; so do `lorapipe.name` after `import lorapipe`, `from lorapipe import *`
+    and `importlib.import_module("lorapipe.x")`."""
     package = tmp_path / "src" / "lorapipe"
     (package / "stages").mkdir(parents=True)
     (package / "__init__.py").write_text('_API = {"work": "lorapipe.worker"}\n')
@@ -85,6 +101,15 @@ def test_the_check_follows_lazy_package_imports_and_imports_inside_functions(tmp
         "worker.py",
         "helper.py",
     }
+    (package / "other.py").write_text("")
+    for code in (
+        "import lorapipe\nlorapipe.work()\n",
+        "from lorapipe import *\n",
+        "import importlib\nimportlib.import_module('lorapipe.worker')\n",
+    ):
+        (package / "stages" / "two.py").write_text(code)
+        files = import_closure(package / "stages" / "two.py", tmp_path / "src")
+        assert package / "worker.py" in files and package / "other.py" not in files, code
 
 
 def test_each_stage_is_run_by_its_own_module_in_one_hop():

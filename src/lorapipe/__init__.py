@@ -17,8 +17,6 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
-
 # Public name -> the module that defines it (the one place the package face names them).
 _API = {
     "ParamsError": "lorapipe.params",
@@ -41,6 +39,10 @@ __all__ = sorted(_API)
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":  # stated once, in pyproject.toml
+        from importlib.metadata import version
+
+        return version("lorapipe")
     module = _API.get(name)
     if module is None:
         raise AttributeError(f"module 'lorapipe' has no attribute {name!r}")
@@ -50,4 +52,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_API})
+    return sorted({*_API, "__version__"})

@@ -165,10 +165,12 @@ def _add_plan_command(commands) -> None:
     plan.add_argument("--params", default=str(paths.PARAMS), help="defaults come from this params file")
     plan.add_argument("--model", help="model name, Hub id or folder (default: model.name, or models/base if built)")
     for flag in ("--max-seq-len", "--batch-size", "--lora-rank"):
-        plan.add_argument(flag, type=int)
+        plan.add_argument(flag, type=_positive(int))
     plan.add_argument("--load-in-4bit", action="store_true", default=None)
     plan.add_argument("--device", choices=get_args(Device), default="auto")
-    plan.add_argument("--device-memory-gb", type=float, help="memory budget in GiB (default: what the device has free)")
+    plan.add_argument(
+        "--device-memory-gb", type=_positive(float), help="memory budget in GiB (default: what the device has free)"
+    )
     plan.add_argument(
         "--preset",
         choices=get_args(Preset),
@@ -176,7 +178,7 @@ def _add_plan_command(commands) -> None:
     )
     plan.add_argument(
         "--peak-tflops",
-        type=float,
+        type=_positive(float),
         help="the device's peak bf16 matrix TFLOP/s, to estimate speed for a GPU that is not here",
     )
 
@@ -195,7 +197,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _overrides(args: argparse.Namespace, stage: str) -> dict:
-    return {key: yaml.safe_load(value) for key in stage_keys(stage) if (value := getattr(args, key, None)) is not None}
+    """The ``--section.key`` flags given, each value read as YAML (``--export.quants "[Q8_0, F16]"``)."""
+    out = {}
+    for key in stage_keys(stage):
+        if (value := getattr(args, key, None)) is not None:
+            try:
+                out[key] = yaml.safe_load(value)
+            except yaml.YAMLError as exc:
+                raise ParamsError(f"--{key} {value!r} is not a YAML value ({exc.__class__.__name__})") from None
+    return out
+
+
+def _positive(kind: type):
+    """An argparse type: a number of `kind` above zero."""
+
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its errors
+    return parse
 
 
 def _ask(args: argparse.Namespace) -> None:
@@ -222,9 +245,9 @@ def _plan(args: argparse.Namespace) -> int:
     )
     text, fits = plan_report(
         model,
-        max_seq_len=args.max_seq_len or p.dataset.max_seq_len,
-        batch_size=args.batch_size or p.train.batch_size,
-        lora_rank=args.lora_rank or p.lora.rank,
+        max_seq_len=p.dataset.max_seq_len if args.max_seq_len is None else args.max_seq_len,
+        batch_size=p.train.batch_size if args.batch_size is None else args.batch_size,
+        lora_rank=p.lora.rank if args.lora_rank is None else args.lora_rank,
         load_in_4bit=four_bit,
         device=args.device,
         precision=p.train.precision,

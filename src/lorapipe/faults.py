@@ -17,8 +17,9 @@ Grammar, ``LORAPIPE_FAULT=<stage>:<point>[:<argument>]``:
 ``extract:hang:<file name>``                    the worker converting that document hangs (first attempt only)
 ==============================================  =============================================================
 
-``<stage>`` is a DVC stage name (``base``, ``extract``, ``dataset``, ``train``, …); ``<step>`` a positive
-integer; a file name may itself contain ``:``. Any other value is refused with a ValueError that
+``<stage>`` is a DVC stage name (``base``, ``extract``, ``dataset``, ``train``, …: a misspelt one would
+never fire, so it is refused); ``<step>`` a positive integer written plainly (``3``, not ``03``); a file
+name may itself contain ``:``. Any other value is refused with a ValueError that
 quotes it and this grammar, the first time a fault point reads it (`enter_stage` reads it first).
 
 The three points every stage has (early, mid, writing) fire in the process that called
@@ -34,6 +35,8 @@ import re
 import signal
 from typing import NamedTuple
 
+from lorapipe.params import STAGE_SECTIONS
+
 FAULT_ENV = "LORAPIPE_FAULT"
 POINTS = ("early", "mid", "writing")
 # Points of one stage that take an argument: (stage, point) -> what the argument is.
@@ -44,7 +47,7 @@ ARGUMENT_POINTS: dict[tuple[str, str], str] = {
     ("extract", "crash"): _FILE,
     ("extract", "hang"): _FILE,
 }
-_STAGE_NAME = re.compile(r"[a-z][a-z0-9_]*")
+_STEP_NUMBER = re.compile(r"[1-9][0-9]*")  # as the step is written in logs: no sign, no leading zero
 
 _stage: str | None = None
 
@@ -64,13 +67,14 @@ def _grammar() -> str:
 
 def parse(value: str) -> Fault:
     """The fault a LORAPIPE_FAULT value names; raises ValueError, quoting it and the grammar, if it
-    names none (an unknown point, a missing or extra argument, a step that is not a positive integer)."""
+    names none (an unknown stage or point, a missing or extra argument, a step that is not a positive
+    integer)."""
     stage, _, rest = value.partition(":")
     point, _, argument = rest.partition(":")
     kind = ARGUMENT_POINTS.get((stage, point))
-    valid = bool(_STAGE_NAME.fullmatch(stage)) and (
+    valid = stage in STAGE_SECTIONS and (
         (point in POINTS and not argument and ":" not in rest)
-        or (kind == _STEP and argument.isdigit() and int(argument) > 0)
+        or (kind == _STEP and bool(_STEP_NUMBER.fullmatch(argument)))
         or (kind == _FILE and bool(argument))
     )
     if not valid:

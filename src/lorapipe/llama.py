@@ -20,9 +20,11 @@ def gguf_logits(gguf_path: str | Path, sequences: list[list[int]]) -> list:
     n_ctx = max(map(len, sequences)) + 8
     llm = Llama(str(gguf_path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True, verbose=False)
     out = []
-    for ids in sequences:
-        llm.reset()
-        llm.eval(ids)
-        out.append(np.array(llm.scores[: len(ids)], dtype=np.float32))
-    llm.close()
+    try:
+        for ids in sequences:
+            llm.reset()
+            llm.eval(ids)
+            out.append(np.array(llm.scores[: len(ids)], dtype=np.float32))
+    finally:
+        llm.close()
     return out

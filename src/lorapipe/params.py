@@ -460,6 +460,12 @@ class EvalParams(_Section):
         ),
     )
 
+    @model_validator(mode="after")
+    def _constrained_needs_a_schema(self) -> EvalParams:
+        if self.constrained and not self.json_schema:
+            raise ValueError("eval.constrained needs eval.json_schema: the grammar is built from the schema")
+        return self
+
 
 class Params(_Section):
     common: Common = Common()
@@ -546,15 +552,27 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
     return out
 
 
+def read_yaml(path: str | Path) -> Any:
+    """The YAML document in `path` ({} when empty). Raises FileNotFoundError naming a missing file and
+    ParamsError naming the file, line and column of a YAML syntax error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"params file not found: {path}")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ParamsError(f"{path} is not valid YAML{where}: {problem}; fix the file and run again") from None
+
+
 def load_params(path: str | Path = paths.PARAMS, overrides: dict[str, Any] | None = None) -> Params:
     """Read and validate `params.yaml`, applying dotted-key `overrides` (``{"lora.rank": 8}``).
 
     Raises FileNotFoundError for a missing file and ParamsError listing every invalid key.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"params file not found: {path}")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml(path)
     if isinstance(raw, dict):  # anything else is reported by validate_params
         raw = apply_overrides(raw, overrides or {})
     return validate_params(raw, str(path))
@@ -701,7 +719,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         wanted = {
-            args.params: render_yaml(yaml.safe_load(args.params.read_text()) or {}),
+            args.params: render_yaml(read_yaml(args.params)),
             args.readme: replace_table(args.readme.read_text()),
         }
     except (OSError, ValueError) as exc:  # ParamsError is a ValueError

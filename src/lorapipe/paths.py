@@ -45,9 +45,13 @@ SAMPLES = REPORTS / "samples.md"
 PROVENANCE_NAME = "lorapipe_params.yaml"  # the resolved params written beside each model folder
 
 
-def task_outputs(task: str) -> tuple[Path, Path, Path]:
-    """Adapter folder, metrics and loss file of one task's adapter (`lorapipe train --task NAME`)."""
-    return Path(f"models/lora_{task}"), REPORTS / f"train_{task}.json", REPORTS / f"train_loss_{task}.tsv"
+def train_outputs(task: str | None = None) -> tuple[Path, Path, Path, Path]:
+    """Adapter folder, metrics, loss table and loss chart of the adapter of all tasks, or of one task
+    (`lorapipe train --task NAME`: models/lora_NAME, reports/train_NAME.json, ...)."""
+    if task is None:
+        return ADAPTER, TRAIN_METRICS, TRAIN_LOSS, TRAIN_PLOT
+    loss = REPORTS / f"train_loss_{task}.tsv"
+    return Path(f"models/lora_{task}"), REPORTS / f"train_{task}.json", loss, loss.with_suffix(".png")
 
 
 _QUEUE_MARKER = (".dvc", "tmp", "exps")

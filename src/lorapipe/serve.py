@@ -122,13 +122,28 @@ def _has_text(value: str) -> str:
     return value
 
 
+def _encodable(value: str) -> str:
+    try:  # JSON's "\ud800" escape decodes to a lone surrogate, which no tokenizer can encode
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"is not valid Unicode text ({exc.reason} at character {exc.start})") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_encodable)]
+
+# /train may not change these: each makes the server run code of someone else's choosing (a Hub
+# model's own Python, another llama.cpp checkout's converter, an accelerate config's launcher).
+TRAIN_REFUSED_KEYS = ("model.trust_remote_code", "export.llama_cpp_dir", "train.accelerate_config")
+
+
 class _Body(BaseModel):
     # strict: "lots" is no number and "true" no bool; fields OpenAI clients add (top_p, n, …) are ignored
     model_config = ConfigDict(strict=True, allow_inf_nan=False)
 
 
 class QueryRequest(_Body):
-    prompt: Annotated[str, AfterValidator(_has_text)] = Field(description="the question")
+    prompt: Annotated[str, AfterValidator(_has_text), AfterValidator(_encodable)] = Field(description="the question")
     task: str | None = Field(
         None, description="the task of prompts.json whose system prompt is used; default: the first"
     )
@@ -138,7 +153,7 @@ class QueryRequest(_Body):
 
 class Message(_Body):
     role: Literal["system", "user", "assistant"]
-    content: str
+    content: Text
 
 
 class ChatRequest(_Body):
@@ -161,7 +176,19 @@ class ChatRequest(_Body):
 
 
 class TrainRequest(_Body):
+    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")  # a typo must not start a run
+
     params: dict[str, Any] | None = Field(None, description='params overrides by dotted key, e.g. {"lora.rank": 8}')
+
+    @field_validator("params")
+    @classmethod
+    def _no_code_keys(cls, params: dict[str, Any] | None) -> dict[str, Any] | None:
+        refused = sorted(set(params or {}) & set(TRAIN_REFUSED_KEYS))
+        if refused:
+            raise ValueError(
+                f"{', '.join(refused)} cannot be set through /train (they run code); set them in params.yaml"
+            )
+        return params
 
 
 def _field(error: dict) -> str:

@@ -17,9 +17,10 @@ from typing import Any
 def main(stage: str, run: Callable[[Any], None]) -> int:
     """What ``python -m lorapipe.stages.<stage>`` runs: the stage with ``params.yaml``.
 
-    Returns the exit status: 0 done; 2 when ``params.yaml`` is invalid or a file it names is
-    missing or outside the folders the stage depends on (one message naming each bad key, before
-    any work). Other errors keep their traceback."""
+    Returns the exit status: 0 done; 2 when ``params.yaml`` is missing, not YAML or invalid, a file
+    it names is missing or outside the folder the stage depends on, or ``LORAPIPE_FAULT`` is
+    malformed (one message naming each bad key, before any work). Other errors keep their
+    traceback."""
     from lorapipe import faults
     from lorapipe.param_files import check_param_files
     from lorapipe.params import ParamsError, load_params
@@ -27,9 +28,9 @@ def main(stage: str, run: Callable[[Any], None]) -> int:
     try:
         params = load_params()
         check_param_files(params, stage)
-    except ParamsError as exc:
+        faults.enter_stage(stage)
+    except (ParamsError, FileNotFoundError, ValueError) as exc:  # ValueError: a malformed LORAPIPE_FAULT
         print(f"[{stage}] {exc}", file=sys.stderr)
         return 2
-    faults.enter_stage(stage)
     run(params)
     return 0

@@ -18,15 +18,13 @@ from lorapipe.stages import main
 def run(p: Params, task: str | None = None) -> None:
     """Train the adapter of all tasks into models/lora_output, or of one `task` into
     models/lora_<task> (its own MLflow run and reports)."""
-    adapter, metrics, loss = (
-        paths.task_outputs(task) if task else (paths.ADAPTER, paths.TRAIN_METRICS, paths.TRAIN_LOSS)
-    )
+    adapter, metrics, loss, plot = paths.train_outputs(task)
     resolved = section_dict(p, "train")
     dataset_hash = tracking.files_hash(paths.TRAIN_ROWS, paths.VAL_ROWS)
     tags = {"dataset_hash": dataset_hash, "base_model": str(read_provenance(paths.BASE_MODEL).get("model.name"))}
     with tracking.training_run(resolved, {**tags, **({"task": task} if task else {})}) as run_info:
         provenance = {**resolved, "dataset_hash": dataset_hash, "task": task}
-        reports = {"metrics_path": metrics, "loss_path": loss, "plot_path": loss.with_suffix(".png")}
+        reports = {"metrics_path": metrics, "loss_path": loss, "plot_path": plot}
         sections = {"lora": p.lora, "train": p.train, "quant": p.quant, "seed": p.common.seed, "task": task}
         kwargs = {"run_info": run_info, "provenance": provenance, **reports, **sections}
         if p.train.num_processes > 1:
@@ -40,9 +38,8 @@ def run(p: Params, task: str | None = None) -> None:
 
             log = lambda step, values: tracking.log_step(run_info["run_id"], step, values)  # noqa: E731
             result = train_lora(paths.DATASET, paths.BASE_MODEL, adapter, on_log=log, **kwargs)
-    artifacts = {"adapter": adapter, "reports": loss, "charts": loss.with_suffix(".png")}
-    artifacts["dataset"] = paths.DATASET_STATS
-    tracking.finish_training_run(run_info["run_id"], asdict(result.metrics), asdict(result.resolved), artifacts)
+        artifacts = {"adapter": adapter, "reports": loss, "charts": plot, "dataset": paths.DATASET_STATS}
+        tracking.finish_training_run(run_info["run_id"], asdict(result.metrics), asdict(result.resolved), artifacts)
     print(f"[train] MLflow run {run_info['run_id']} in {run_info['tracking_uri']}", flush=True)
 
 
