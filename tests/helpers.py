@@ -25,6 +25,14 @@ TEXT = (
 )
 
 
+# The exact files of each model folder the stages write (from the tiny model; litgpt checks exact sets).
+TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja"}
+BASE_FILES = {"config.json", "generation_config.json", "model.safetensors", "lorapipe_params.yaml", *TOKENIZER_FILES}
+ADAPTER_FILES = {"adapter_config.json", "adapter_model.safetensors", "README.md", "generation_config.json",
+                 "lorapipe_params.yaml", "run.json", *TOKENIZER_FILES}  # fmt: skip
+MERGED_FILES = {"config.json", "generation_config.json", "model.safetensors", "merge.json", *TOKENIZER_FILES}
+
+
 # --- what a stage's command executes: the static import closure of its entry file -----------------
 
 

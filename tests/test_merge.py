@@ -5,6 +5,8 @@ Run: .venv/bin/pytest tests/test_merge.py
 
 import torch
 
+from helpers import MERGED_FILES
+
 from lorapipe import merge_adapter
 from lorapipe.models import load_causal_lm
 
@@ -14,7 +16,7 @@ def test_merged_equals_adapter_and_differs_from_base(tmp_path, tiny_model_dir, t
 
     out = merge_adapter(tiny_model_dir, trained_adapter, tmp_path / "merged", dtype="float32")
     names = {p.name for p in out.iterdir()}
-    assert {"config.json", "model.safetensors", "tokenizer.json", "merge.json"} <= names
+    assert names == MERGED_FILES
     ids = torch.tensor([[1, 17, 400, 9000, 23, 5]])
     with torch.no_grad():
         base = load_causal_lm(tiny_model_dir).eval()(ids).logits

@@ -6,6 +6,8 @@ Run: .venv/bin/pytest tests/test_models.py
 import pytest
 import torch
 
+from helpers import BASE_FILES
+
 from lorapipe import prepare_base_model
 from lorapipe.models import _load_from_gguf, bundled_gguf, describe_source, hub_token
 
@@ -18,7 +20,7 @@ def test_bundled_model_is_found():
 def test_local_folder_becomes_base(tmp_path, tiny_model_dir):
     out = prepare_base_model(str(tiny_model_dir), tmp_path / "base")
     names = {p.name for p in out.iterdir()}
-    assert {"config.json", "model.safetensors", "tokenizer.json", "lorapipe_params.yaml"} <= names
+    assert names == BASE_FILES
     assert not any(name.endswith((".bin", ".pt")) for name in names)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import read_json
+from helpers import ADAPTER_FILES, read_json
 from lorapipe.params import LoraParams, QuantParams, TrainParams
 from lorapipe.train import default_target_modules, quantization_config, train_lora
 
@@ -44,13 +44,7 @@ def test_adapter_outputs(tmp_path, dataset_dir, tiny_model_dir):
         run_info={"run_id": "abc", "experiment": "x"},
     )
     names = {p.name for p in (tmp_path / "adapter").iterdir()}
-    assert {
-        "adapter_model.safetensors",
-        "adapter_config.json",
-        "tokenizer.json",
-        "run.json",
-        "lorapipe_params.yaml",
-    } <= names
+    assert names == ADAPTER_FILES
     assert read_json(tmp_path / "adapter" / "run.json") == {"run_id": "abc", "experiment": "x"}
     config = read_json(tmp_path / "adapter" / "adapter_config.json")
     assert config["r"] == 4 and set(config["target_modules"]) == {

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import git_project, read_json, run_ok
+from helpers import ADAPTER_FILES, BASE_FILES, MERGED_FILES, file_set, git_project, read_json, run_ok
 from lorapipe.params import STAGE_SECTIONS
 
 ALL_STAGES = set(STAGE_SECTIONS)
@@ -44,16 +44,16 @@ def test_repro_runs_every_stage_and_writes_every_out(project):
     assert _ran(output) == ALL_STAGES
     manifest = (repo / "data/extracted_text/manifest.jsonl").read_text().splitlines()
     assert len(manifest) == len(list((repo / "data/raw/docs").iterdir()))
-    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in (repo / "models/base").iterdir()}
+    assert file_set(repo / "models/base") == BASE_FILES
     for name in ("train.jsonl", "val.jsonl", "prompts.json", "stats.json"):
         assert (repo / "data/dataset" / name).stat().st_size > 0
     stats = read_json(repo / "data/dataset/stats.json")
     assert stats["max_seq_len"] == 128 and set(stats["tasks"]) == {"text", "chat"}
     adapter = {p.name for p in (repo / "models/lora_output").iterdir()}
-    assert {"adapter_model.safetensors", "adapter_config.json", "run.json", "tokenizer.json"} <= adapter
+    assert adapter == ADAPTER_FILES
     assert read_json(repo / "reports/train.json")["steps"] == 4
     assert (repo / "reports/train_loss.tsv").read_text().splitlines()[0] == "step\tloss"
-    assert (repo / "models/merged/model.safetensors").is_file()
+    assert file_set(repo / "models/merged") == MERGED_FILES
     assert sorted(p.name for p in (repo / "models/gguf").iterdir()) == [
         "Modelfile",
         "Modelfile.chat",
