@@ -375,7 +375,12 @@ def test_malformed_bodies_get_400_or_422_naming_the_field_never_500(tmp_path, no
         ("v1/chat/completions", {"messages": "hi"}, "messages"),
         ("train", {"params": "lora.rank=8"}, "params"),
         ("train", {"params": {"lora.rank": "lots"}}, "lora.rank"),
-        ("query", {"prompt": "\ud800 hi"}, "prompt"),  # a lone surrogate: no tokenizer can encode it
+        ("query", {"prompt": "\ud800 hi"}, "prompt"),
+        (
+            "query",
+            {"prompt": "hi", "temperature": 5},
+            "temperature",
+        ),  # /query has no such field  # a lone surrogate: no tokenizer can encode it
         ("v1/chat/completions", {"messages": [{"role": "user", "content": "\ud800"}]}, "messages.0.content"),
         ("train", {"parms": {"lora.rank": 8}}, "parms"),  # a typo must not start a run without overrides
         ("train", {"params": {"model.trust_remote_code": True}}, "model.trust_remote_code"),

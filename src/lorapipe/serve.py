@@ -143,6 +143,9 @@ class _Body(BaseModel):
 
 
 class QueryRequest(_Body):
+    # lorapipe's own route: a field it does not know ("temperature") is a mistake to name, not to ignore
+    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
+
     prompt: Annotated[str, AfterValidator(_has_text), AfterValidator(_encodable)] = Field(description="the question")
     task: str | None = Field(
         None, description="the task of prompts.json whose system prompt is used; default: the first"
