@@ -161,6 +161,7 @@ def test_the_extracted_corpus_builds_a_dataset(extracted, tmp_path, tiny_model_d
     assert sources <= {row["source"] for row in rows.values() if row["status"] == "ok"}
 
 
+@pytest.mark.integration  # 10-25 s: a real model, the converter, a timeout or several processes
 def test_a_100_mb_text_file_is_extracted_in_bounded_time_and_memory(tmp_path):
     """Timing is not asserted (bench/ measures); the file goes through, whole, beside a normal one."""
     docs = tmp_path / "docs"

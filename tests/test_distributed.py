@@ -12,6 +12,7 @@ from lorapipe.distributed import launch_command, train_lora_distributed
 from lorapipe.params import LoraParams, TrainParams
 
 
+@pytest.mark.integration  # 10-25 s: a real model, the converter, a timeout or several processes
 def test_two_process_ddp_training_on_the_cpu(tmp_path, dataset_dir, tiny_model_dir, capfd):
     result = train_lora_distributed(
         2,

@@ -68,6 +68,7 @@ def test_without_an_export_the_error_names_the_command(tmp_path, dataset_dir, ti
     assert not (tmp_path / "eval.json").exists()
 
 
+@pytest.mark.integration  # 10-25 s: a real model, the converter, a timeout or several processes
 def test_chat_answers_are_scored_for_base_fine_tuned_and_gguf(tmp_path, tiny_model_dir):
     """A JSON task (snips queries): answers of the base (evaluate_base, once), the merged model and
     the GGUF, scored with the schema; samples.md puts them side by side."""

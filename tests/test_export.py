@@ -125,6 +125,7 @@ def test_quantized_file_loads_in_llama_cpp(exported):
     llm.close()
 
 
+@pytest.mark.integration  # 10-25 s: a real model, the converter, a timeout or several processes
 def test_lora_gguf_on_the_base_gives_the_merged_models_logits(tmp_path, tiny_model_dir, trained_adapter):
     """llama.cpp with base.gguf + <name>.lora.gguf computes what the merged model's GGUF computes."""
     import numpy as np

@@ -260,6 +260,7 @@ def test_a_crashing_converter_falls_back_to_pdfplumber(tmp_path, monkeypatch):
     assert rows["lora-primer.md"]["status"] == "ok"
 
 
+@pytest.mark.integration  # 10-25 s: a real model, the converter, a timeout or several processes
 def test_a_hanging_converter_times_out_and_falls_back(tmp_path, monkeypatch):
     docs = tmp_path / "docs"
     docs.mkdir()
@@ -280,6 +281,7 @@ def test_a_crash_without_fallback_is_recorded_as_failed(tmp_path, monkeypatch):
     assert rows["a.md"]["status"] == "ok" and not rows["a.md"]["cached"] and rows["b.md"]["cached"]
 
 
+@pytest.mark.integration  # 10-25 s: a real model, the converter, a timeout or several processes
 def test_parallel_workers_give_the_same_output(tmp_path):
     one = extract_documents([SAMPLE_DOCS], tmp_path / "one", workers=1, resume=False)
     two = extract_documents([SAMPLE_DOCS], tmp_path / "two", workers=2, resume=False)

@@ -38,6 +38,7 @@ def test_token_from_env_file(tmp_path, monkeypatch):
     assert hub_token(tmp_path / ".env") == "hf_fake_from_env"
 
 
+@pytest.mark.integration  # 10-25 s: a real model, the converter, a timeout or several processes
 def test_gguf_load_gives_a_trainable_saveable_model(tmp_path, tiny_model_dir):
     """transformers tags a GGUF-loaded model as quantized; the rebuilt model must train and save."""
     from lorapipe.export import convert_to_gguf, install_converter

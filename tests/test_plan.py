@@ -35,6 +35,7 @@ def test_unknown_model_offline_is_a_clear_error():
         load_facts("nobody/none")
 
 
+@pytest.mark.integration  # 10-25 s: a real model, the converter, a timeout or several processes
 def test_estimate_within_25_percent_of_measured_peak_for_the_tiny_model(tmp_path, dataset_dir, tiny_model_dir):
     """Peak resident memory of a real training run in a fresh process against the estimate.
 

@@ -159,6 +159,7 @@ def test_same_seed_same_losses(tmp_path, dataset_dir, tiny_model_dir):
         assert s1 == s2 and abs(l1 - l2) <= 1e-6
 
 
+@pytest.mark.integration  # 10-25 s: a real model, the converter, a timeout or several processes
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, dataset_dir, tiny_model_dir):
     """Kill training right after its step-3 checkpoint, rerun, and compare with a run never killed."""
     import os
