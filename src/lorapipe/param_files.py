@@ -72,13 +72,13 @@ def named_files(params: Params, stage: str) -> list[tuple[str, str]]:
 
 def check_param_files(params: Params, stage: str, root: Path = ROOT) -> None:
     """Raise ParamsError, naming each key and path, when a file the stage's params name does not
-    exist or lies outside `root` (``data/raw/``, relative to the project root); returns None when
-    all are in place."""
+    exist or lies outside `root` (``data/raw/config/``, relative to the project root); returns None
+    when all are in place."""
     problems = []
     base = root.resolve()
     for key, value in named_files(params, stage):
-        path = Path(value)
-        if not path.is_file():
+        path = prompt_file(value)
+        if path is None:
             problems.append(f"  - {key}: {value} is not a file; put the file under {root}/ and name that path")
         elif not path.resolve().is_relative_to(base):
             problems.append(
