@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from lorapipe import artifacts
-from lorapipe.artifacts import export_ggufs, lineage, model_gguf, read_provenance
+from lorapipe.artifacts import export_ggufs, lineage, model_gguf
+from lorapipe.io import read_provenance
 
 
 def fake_export(folder: Path, quants: list[str], lora: bool = False, model: bool = True) -> Path:

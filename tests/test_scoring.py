@@ -74,35 +74,3 @@ def test_score_answers_adds_json_scores_for_json_tasks_only():
     assert scores["answers"] == 4 and scores["exact_match"] == 0.25 and "json" in scores  # only the first
     prose = score_answers(["Paris is in France."], ["Paris is the capital of France."])
     assert "json" not in prose and 0 < prose["rouge_l"] < 1
-
-
-def test_sequence_nll_in_padded_batches_equals_one_sequence_at_a_time():
-    import torch
-
-    from lorapipe.scoring import sequence_nll
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=100,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-        )
-    ).eval()
-    sequences = []
-    for n in (5, 9, 17, 3, 12, 2):
-        ids = torch.randint(0, 100, (n,)).tolist()
-        sequences.append((ids, [-100] * (n // 2) + ids[n // 2 :]))
-    sequences.append(([1, 2, 3], [-100, -100, -100]))  # no token carries loss
-    reference, tokens = 0.0, 0
-    for ids, labels in sequences:
-        scored = sum(x != -100 for x in labels[1:])
-        if scored:
-            loss = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss.item()
-            reference, tokens = reference + loss * scored, tokens + scored
-    nll, count = sequence_nll(model, sequences, batch_size=4)
-    assert count == tokens and nll == pytest.approx(reference, rel=1e-5)

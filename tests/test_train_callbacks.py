@@ -1,5 +1,5 @@
 """lorapipe.train_callbacks: loss-token counting, progress history, the best adapter, the
-out-of-memory message; the perplexity helper they use (lorapipe.scoring.perplexity).
+out-of-memory message; the perplexity helper they use (lorapipe.likelihood.perplexity).
 
 Run: .venv/bin/pytest tests/test_train_callbacks.py
 """
@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lorapipe.scoring import PERPLEXITY_CAP, perplexity
+from lorapipe.likelihood import PERPLEXITY_CAP, perplexity
 from lorapipe.train_callbacks import Best, BestAdapter, LossTokens, Progress, out_of_memory_advice
 
 

@@ -39,10 +39,13 @@ __all__ = sorted(_API)
 
 
 def __getattr__(name: str) -> Any:
-    if name == "__version__":  # stated once, in pyproject.toml
-        from importlib.metadata import version
+    if name == "__version__":  # stated once, in pyproject.toml; "unknown" from a tree not installed
+        from importlib.metadata import PackageNotFoundError, version
 
-        return version("lorapipe")
+        try:
+            return version("lorapipe")
+        except PackageNotFoundError:
+            return "unknown"
     module = _API.get(name)
     if module is None:
         raise AttributeError(f"module 'lorapipe' has no attribute {name!r}")

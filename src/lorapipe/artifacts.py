@@ -12,14 +12,12 @@ Modelfile's ``FROM`` uses (the first of ``export.quants``). ``lorapipe ask``, ``
 
 from __future__ import annotations
 
-import importlib.metadata
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from lorapipe import paths
-from lorapipe.io import read_json
+from lorapipe.io import read_json, read_provenance
 from lorapipe.tracking import git_commit
 
 EXPORT_INFO = "export.json"  # written by export_gguf into its output folder
@@ -68,23 +66,12 @@ def export_ggufs(gguf_dir: str | Path) -> dict[str, Path]:
     return {quant: Path(gguf_dir) / name for quant, name in files.items() if quant != "lora"}
 
 
-def read_provenance(model_dir: str | Path) -> dict[str, Any]:
-    """The resolved params written beside a model folder (``<model_dir>/lorapipe_params.yaml``, flat
-    dotted keys such as ``model.name``); {} when the file is empty.
-
-    Raises FileNotFoundError naming the file when it is absent (the stage that built the folder writes it)."""
-    path = Path(model_dir) / paths.PROVENANCE_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: the stage that builds {model_dir} writes it; run that stage again")
-    return yaml.safe_load(path.read_text()) or {}
-
-
 def package_version() -> str:
-    """lorapipe's installed version ("unknown" when it runs from a source tree that is not installed)."""
-    try:
-        return importlib.metadata.version("lorapipe")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
+    """lorapipe's installed version (``lorapipe.__version__``: "unknown" from a source tree that is not
+    installed)."""
+    import lorapipe
+
+    return lorapipe.__version__
 
 
 def lineage(adapter_dir: str | Path, base_dir: str | Path) -> dict[str, str]:

@@ -193,7 +193,7 @@ def _text_rows(
 
 
 def labeled_files(labeled_dir: Path | None) -> list[Path]:
-    """The JSON/JSONL files of labeled examples; JSON Schema files beside them (for eval.json_schema) are not."""
+    """The JSON/JSONL files of labeled examples; JSON Schema files beside them are skipped, not read as rows."""
     if labeled_dir is None or not labeled_dir.is_dir():
         return []
     return sorted(

@@ -28,7 +28,8 @@ from lorapipe.llama import gguf_logits
 from lorapipe.models import load_causal_lm, load_tokenizer
 from lorapipe.params import DEFAULTS
 from lorapipe.rows import IGNORE, tokenize_row
-from lorapipe.scoring import is_json_task, perplexity, score_answers, sequence_nll
+from lorapipe.likelihood import perplexity, sequence_nll
+from lorapipe.scoring import is_json_task, score_answers
 
 
 def _val_sequences(val_path: Path, tokenizer, max_samples: int) -> list[tuple[list[int], list[int]]]:

@@ -287,8 +287,8 @@ def check_disk_space(out_dir: Path, parameters: int, outtype: str, quants: Seque
     free = shutil.disk_usage(target).free
     if free < needed:
         raise OSError(
-            f"not enough free disk for the export: about {needed / 2**30:.1f} GB is needed "
-            f"({', '.join(files)} of {parameters / 1e9:.2f} B weights) and {free / 2**30:.1f} GB is free "
+            f"not enough free disk for the export: about {needed / 2**30:.1f} GiB is needed "
+            f"({', '.join(files)} of {parameters / 1e9:.2f} B weights) and {free / 2**30:.1f} GiB is free "
             f"on {target}; free some space (e.g. `dvc gc`) or export fewer quantizations"
         )
     return needed

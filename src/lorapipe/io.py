@@ -138,6 +138,17 @@ def write_provenance(folder: str | Path, params: dict[str, Any]) -> None:
     Path(folder, paths.PROVENANCE_NAME).write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+def read_provenance(model_dir: str | Path) -> dict[str, Any]:
+    """The resolved params written beside a model folder (``<model_dir>/lorapipe_params.yaml``, flat
+    dotted keys such as ``model.name``); {} when the file is empty.
+
+    Raises FileNotFoundError naming the file when it is absent (the stage that built the folder writes it)."""
+    path = Path(model_dir) / paths.PROVENANCE_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the stage that builds {model_dir} writes it; run that stage again")
+    return yaml.safe_load(path.read_text()) or {}
+
+
 def hash_file(path: str | Path, digest: hashlib._Hash | None = None) -> hashlib._Hash:
     """The sha256 hash object of a file's bytes (``hash_file(p).hexdigest()``: 64 hex characters),
     read in blocks by ``hashlib.file_digest`` (never the whole file in memory). With `digest`, a running

@@ -1,7 +1,9 @@
 """Merge a LoRA adapter into its base model (the merge stage).
 
-from lorapipe import merge_adapter
-merge_adapter("models/base", "models/lora_output", "models/merged", dtype="float32")
+    from lorapipe import merge_adapter
+    merge_adapter("models/base", "models/lora_output", "models/merged", dtype="float32")
+
+One tensor at a time: the merged model holds one copy of the weights.
 """
 
 from __future__ import annotations

@@ -68,6 +68,9 @@ Text = Annotated[str, AfterValidator(_no_nul)]
 Name = Annotated[str, AfterValidator(_no_nul), AfterValidator(_not_blank)]  # text that must say something
 
 
+MAX_SEQ_LEN = 131_072  # tokens: the longest sequence any setting may ask for (128 Ki, the longest contexts)
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
@@ -157,7 +160,7 @@ class DatasetParams(_Section):
         ),
     )
     max_seq_len: Int = Field(
-        512, ge=16, le=131072, description=("tokens per row; longer: more context per step, more memory and time")
+        512, ge=16, le=MAX_SEQ_LEN, description=("tokens per row; longer: more context per step, more memory and time")
     )
     overlap_tokens: Int = Field(
         64, ge=0, description=("tokens shared by consecutive chunks of a document; must be < max_seq_len")

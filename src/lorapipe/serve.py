@@ -44,11 +44,12 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from lorapipe import paths, tracking
-from lorapipe.artifacts import model_gguf, read_provenance
-from lorapipe.params import ParamsError, apply_overrides, validate_params
+from lorapipe.artifacts import model_gguf
+from lorapipe.io import read_provenance
+from lorapipe.params import MAX_SEQ_LEN, ParamsError, apply_overrides, read_yaml, validate_params
 
 TOKEN_ENV = "LORAPIPE_API_TOKEN"
-MAX_TOKENS = 131_072  # the most tokens a request may ask for: the longest context params allow (dataset.max_seq_len)
+MAX_TOKENS = MAX_SEQ_LEN  # the most tokens a request may ask for: the longest context params allow
 
 
 class Backend:
@@ -144,9 +145,9 @@ class _Body(BaseModel):
 
 class QueryRequest(_Body):
     # lorapipe's own route: a field it does not know ("temperature") is a mistake to name, not to ignore
-    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
+    model_config = _Body.model_config | {"extra": "forbid"}
 
-    prompt: Annotated[str, AfterValidator(_has_text), AfterValidator(_encodable)] = Field(description="the question")
+    prompt: Annotated[Text, AfterValidator(_has_text)] = Field(description="the question")
     task: str | None = Field(
         None, description="the task of prompts.json whose system prompt is used; default: the first"
     )
@@ -179,7 +180,7 @@ class ChatRequest(_Body):
 
 
 class TrainRequest(_Body):
-    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")  # a typo must not start a run
+    model_config = _Body.model_config | {"extra": "forbid"}  # a typo must not start a run
 
     params: dict[str, Any] | None = Field(None, description='params overrides by dotted key, e.g. {"lora.rank": 8}')
 
@@ -225,6 +226,15 @@ async def request_error(request: Request, exc: RequestValidationError) -> JSONRe
 
 
 # --- shared state ---------------------------------------------------------------------------------
+
+
+def overridden_params(params_file: Path, overrides: dict[str, Any]) -> dict[str, Any]:
+    """params.yaml's mapping with dotted-key `overrides` applied, validated; raises ParamsError naming
+    each bad key (a YAML syntax error in the file too)."""
+    raw = read_yaml(params_file)
+    raw = apply_overrides(raw, overrides) if isinstance(raw, dict) else raw  # validate_params names the rest
+    validate_params(raw, f"{params_file} with the overrides {overrides}")
+    return raw
 
 
 class TrainRun:
@@ -297,9 +307,7 @@ class TrainRun:
             env=env,
         )
         params_file = worktree / paths.PARAMS
-        raw = apply_overrides(yaml.safe_load(params_file.read_text()) or {}, overrides)
-        validate_params(raw, str(params_file))
-        params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+        params_file.write_text(yaml.safe_dump(overridden_params(params_file, overrides), sort_keys=False))
 
     def _repro(self, worktree: Path, env: dict[str, str], log: list[str]) -> None:
         process = subprocess.Popen(
@@ -530,10 +538,7 @@ def train(body: TrainRequest, state: State) -> dict[str, Any]:
     params_file = state.project / paths.PARAMS
     if params_file.is_file():  # refuse bad overrides now; the run validates its worktree's params again
         try:
-            validate_params(
-                apply_overrides(yaml.safe_load(params_file.read_text()) or {}, overrides),
-                f"{paths.PARAMS} with these overrides",
-            )
+            overridden_params(params_file, overrides)
         except ParamsError as exc:
             raise HTTPException(422, str(exc)) from None
     started = state.training.start(overrides, lambda model, worktree: state.load(model, worktree))

@@ -40,7 +40,7 @@ from lorapipe.models import copy_tokenizer, load_tokenizer
 from lorapipe.params import DEFAULTS, LoraParams, QuantParams, TrainParams
 from lorapipe.plan import Fit, check_fit, preset, training_steps
 from lorapipe.rows import loss_tokens, pack_text, tokenize_row, tokenize_seq2seq, truncate
-from lorapipe.scoring import perplexity, sequence_nll
+from lorapipe.likelihood import perplexity, sequence_nll
 
 Pairs = list[tuple[list[int], list[int]]]  # (input ids, labels) per row; label -100: no loss
 
@@ -51,7 +51,7 @@ class TrainMetrics:
 
     train_loss: float  # the last logged training loss: mean NLL per loss-carrying token, nats
     val_loss: float  # mean NLL per loss-carrying token of the validation rows, saved adapter, nats
-    val_perplexity: float  # exp(val_loss), lorapipe.scoring.perplexity
+    val_perplexity: float  # exp(val_loss), lorapipe.likelihood.perplexity
     steps: int  # optimizer steps done (fewer than planned when early stopping stopped the run)
     tokens: int  # tokens that carried loss, all processes together (no padding, prompts, first tokens)
     input_tokens: int  # non-padding input tokens the trainer saw

@@ -2,7 +2,7 @@
 the best adapter for early stopping, the tests' fault points, and the out-of-memory message.
 
 Only training imports this module (it imports torch and transformers); `lorapipe.train` imports it
-inside `train_lora`, so `lorapipe check` and `--help` never load them.
+inside the functions that train, so `lorapipe check` and `--help` never load them.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from transformers import TrainerCallback
 
 from lorapipe import faults
-from lorapipe.scoring import perplexity
+from lorapipe.likelihood import perplexity
 
 OnLog = Callable[[int, dict[str, float]], None]
 

@@ -1,7 +1,9 @@
 """Clean extracted text: running headers, footers and page numbers, hyphenation, whitespace, Unicode.
 
-from lorapipe.extract.clean import clean_pages
-text = clean_pages(["Header\\nBody one-\\nline\\n1", "Header\\nBody two\\n2", ...], paged=True)
+    from lorapipe.extract.clean import clean_pages
+    text = clean_pages(["Header\\nBody one-\\nline\\n1", "Header\\nBody two\\n2", ...], paged=True)
+
+Running headers and footers are dropped only from real pages (three or more), then the text is cleaned.
 """
 
 from __future__ import annotations
@@ -11,9 +13,8 @@ import unicodedata
 from collections import Counter
 
 _PAGE_NUMBER = re.compile(r"^\s*(?:page\s+)?[\divxlc]+(?:\s*(?:/|of)\s*\d+)?\s*$", re.IGNORECASE)
-_HYPHEN_BREAK = re.compile(
-    r"(\w)-[ \t]*\n\s*([a-z])"
-)  # "exam-\nple" → "example" (lower-case only: keeps "Jean-\nPaul")
+# "exam-\nple" → "example" (lower-case only: keeps "Jean-\nPaul")
+_HYPHEN_BREAK = re.compile(r"(\w)-[ \t]*\n\s*([a-z])")
 EDGE_LINES = 2  # lines at the top and the bottom of a page that may be running headers or footers
 
 

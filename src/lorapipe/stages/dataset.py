@@ -28,7 +28,7 @@ def run(
         out_dir,
         labeled_dir=labeled_dir,
         mode=d.mode,
-        tasks=[t.model_dump() for t in d.tasks],
+        tasks=d.tasks,
         max_seq_len=d.max_seq_len,
         overlap_tokens=d.overlap_tokens,
         split_by=d.split_by,

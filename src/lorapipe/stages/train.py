@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from lorapipe import paths, tracking
-from lorapipe.artifacts import read_provenance
+from lorapipe.io import read_provenance
 from lorapipe.params import Params, section_dict
 from lorapipe.stages import main
 
