@@ -269,6 +269,6 @@ def test_too_little_disk_is_refused_before_writing(tmp_path, tiny_model_dir, mon
     (tmp_path / "prompts.json").write_text(json.dumps({"text": PROMPT}))
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
-    with pytest.raises(OSError, match=r"not enough free disk for the export: about 0.0 GB is needed \(F32, Q4_K_M"):
+    with pytest.raises(OSError, match=r"not enough free disk for the export: about 0.0 GiB is needed \(F32, Q4_K_M"):
         export_gguf(tiny_model_dir, tmp_path / "prompts.json", tmp_path / "out", outtype="f32")
     assert not (tmp_path / "out").exists()
