@@ -121,8 +121,14 @@ def import_closure(entry: Path, src: Path = SRC) -> set[Path]:
     return seen
 
 
+STAGE_PYTHON = "sh scripts/python.sh"  # dvc.yaml's interpreter: the Python that has lorapipe
+
+
 def stage_entry(cmd: str, root: Path = ROOT) -> Path:
-    """The file a dvc.yaml ``cmd`` runs: ``python -m module``, ``python file.py`` or the CLI."""
+    """The file a dvc.yaml ``cmd`` runs: ``python -m module``, ``python file.py`` or the CLI, where
+    ``sh scripts/python.sh`` (the launcher that finds the Python with lorapipe) counts as ``python``."""
+    if cmd.startswith(STAGE_PYTHON + " "):
+        cmd = "python" + cmd[len(STAGE_PYTHON) :]
     words = cmd.split()
     if words[:2] == ["python", "-m"]:
         found = module_file(words[2], root / "src")

@@ -95,10 +95,10 @@ def test_chat_answers_are_scored_for_base_fine_tuned_and_gguf(tmp_path, tiny_mod
         tmp_path / "eval_base.json",
         max_samples=3,
         prompts_path=data / "prompts.json",
-        answers_path=tmp_path / "answers_base.jsonl",
+        answers_path=tmp_path / "answers_base.json",
         max_new_tokens=6,
     )
-    base_answers = [json.loads(line) for line in (tmp_path / "answers_base.jsonl").read_text().splitlines()]
+    base_answers = json.loads((tmp_path / "answers_base.json").read_text())["answers"]
     assert len(base_answers) == 3 and all(a["task"] == "chat" for a in base_answers)
     metrics = evaluate_models(
         data / "val.jsonl",
@@ -111,7 +111,7 @@ def test_chat_answers_are_scored_for_base_fine_tuned_and_gguf(tmp_path, tiny_mod
         max_samples=3,
         num_generations=2,
         max_new_tokens=6,
-        base_answers_path=tmp_path / "answers_base.jsonl",
+        base_answers_path=tmp_path / "answers_base.json",
         json_schema=FIXTURES / "labeled" / "snips_schema.json",
         constrained=True,
     )

@@ -57,7 +57,7 @@ def test_dvc_stages_list_exactly_the_keys_they_read():
     assert set(DVC) == set(STAGE_SECTIONS)
     for stage in STAGE_SECTIONS:
         assert DVC[stage]["params"] == stage_keys(stage), stage
-        assert DVC[stage]["cmd"] == f"python -m lorapipe.stages.{stage}"
+        assert DVC[stage]["cmd"] == f"sh scripts/python.sh -m lorapipe.stages.{stage}"
 
 
 def test_every_params_key_is_read_by_a_stage_and_documented():

@@ -11,7 +11,7 @@ import ast
 from pathlib import Path
 
 import yaml
-from helpers import ROOT, SRC, import_closure, stage_entry, uncovered
+from helpers import ROOT, SRC, STAGE_PYTHON, import_closure, stage_entry, uncovered
 
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
@@ -114,7 +114,7 @@ def test_the_check_follows_lazy_package_imports_and_imports_inside_functions(tmp
 
 def test_each_stage_is_run_by_its_own_module_in_one_hop():
     for name, stage in DVC.items():
-        assert stage["cmd"] == f"python -m lorapipe.stages.{name}", name
+        assert stage["cmd"] == f"{STAGE_PYTHON} -m lorapipe.stages.{name}", name
         module = SRC / "lorapipe" / "stages" / f"{name}.py"
         lines = module.read_text().splitlines()
         assert len(lines) <= 60, f"{module.name} has {len(lines)} lines: move the work into the library"

@@ -86,7 +86,6 @@ _STAGE_FLAGS: dict[str, list[tuple[tuple[str, ...], dict]]] = {
         ),
     ],
     "dataset": [
-        _dir("input_dir", paths.EXTRACTED, "extracted text (default: data/extracted_text)", "--input-dir"),
         _dir(
             "labeled_dir", paths.RAW_LABELED, "labeled JSON/JSONL examples (default: data/raw/labeled)", "--labeled-dir"
         ),
@@ -98,8 +97,23 @@ _STAGE_FLAGS: dict[str, list[tuple[tuple[str, ...], dict]]] = {
     "merge": [
         _dir("merged_dir", paths.MERGED, "the merged model folder (written; default: models/merged)", "--merged-dir")
     ],
+    "evaluate_base": [
+        _dir(
+            "reports_dir",
+            paths.REPORTS,
+            "writes eval_base.json and answers_base.json here (default: reports)",
+            "--reports-dir",
+        )
+    ],
+    "evaluate": [
+        _dir(
+            "adapter_dir",
+            paths.ADAPTER,
+            "the adapter whose MLflow run gets the metrics (default: models/lora_output)",
+            "--adapter-dir",
+        )
+    ],
     "export": [
-        _dir("merged_dir", paths.MERGED, "the merged model folder (read; default: models/merged)", "--merged-dir"),
         _dir("output_dir", paths.GGUF, "output folder (default: models/gguf)", "--output-dir"),
         (
             ("--quant",),
@@ -123,6 +137,51 @@ _STAGE_FLAGS: dict[str, list[tuple[tuple[str, ...], dict]]] = {
 }
 
 
+# What each stage command reads that an earlier stage writes: (flags, dest, default folder, the files
+# in it the command reads). Each is checked before any work; a missing one is named with the command
+# that writes it and the flag (``models/base not found: run `dvc repro base` or pass --base-dir``).
+_DATASET_FILES = {
+    "train": (paths.TRAIN_ROWS.name, paths.VAL_ROWS.name, paths.DATASET_STATS.name),
+    "export": (paths.PROMPTS.name,),
+    "evaluate_base": (paths.VAL_ROWS.name, paths.PROMPTS.name),
+    "evaluate": (paths.VAL_ROWS.name, paths.PROMPTS.name),
+}
+_BASE = (("--base-dir",), "base_dir", paths.BASE_MODEL, ("config.json",))
+_ADAPTER = (("--adapter-dir",), "adapter_dir", paths.ADAPTER, ("adapter_config.json",))
+_MERGED = (("--merged-dir",), "merged_dir", paths.MERGED, ("config.json",))
+_INPUTS: dict[str, list[tuple[tuple[str, ...], str, Path, tuple[str, ...]]]] = {
+    "dataset": [(("--text-dir", "--input-dir"), "text_dir", paths.EXTRACTED, (paths.MANIFEST_NAME,)), _BASE],
+    "train": [(("--dataset-dir",), "dataset_dir", paths.DATASET, _DATASET_FILES["train"]), _BASE],
+    "merge": [_BASE, _ADAPTER],
+    "export": [_MERGED, (("--dataset-dir",), "dataset_dir", paths.DATASET, _DATASET_FILES["export"]), _ADAPTER, _BASE],
+    "evaluate_base": [(("--dataset-dir",), "dataset_dir", paths.DATASET, _DATASET_FILES["evaluate_base"]), _BASE],
+    "evaluate": [
+        (("--dataset-dir",), "dataset_dir", paths.DATASET, _DATASET_FILES["evaluate"]),
+        _MERGED,
+        (("--gguf-dir",), "gguf_dir", paths.GGUF, ("export.json",)),
+        (("--reports-dir",), "reports_dir", paths.REPORTS, (paths.EVAL_BASE.name,)),
+    ],
+}
+
+
+def _check_inputs(args: argparse.Namespace, stage: str) -> dict[str, Path]:
+    """The input folders of `stage` by dest; raises FileNotFoundError naming the first missing folder
+    or file, the command that writes it and the flag that points elsewhere."""
+    folders = {}
+    for flags, dest, default, files in _INPUTS.get(stage, []):
+        maker = _maker(default, files)
+        folder = paths.require(getattr(args, dest), flags[0], maker)
+        for name in files:
+            paths.require(folder / name, flags[0], maker)
+        folders[dest] = folder
+    return folders
+
+
+def _maker(default: Path, files: tuple[str, ...]) -> str:
+    """The stage that writes the input folder `default` (reports/: the stage that writes its file)."""
+    return paths.MADE_BY.get(default) or paths.MADE_BY[default / files[0]]
+
+
 def _add_stage_command(commands, stage: str) -> None:
     """``lorapipe <stage>``: a flag per params key the stage reads (help from the schema), plus its own."""
     sub = commands.add_parser(stage, help=f"run the {stage} stage")
@@ -135,6 +194,15 @@ def _add_stage_command(commands, stage: str) -> None:
         )
     for flags, options in _STAGE_FLAGS.get(stage, []):
         sub.add_argument(*flags, **options)
+    for flags, dest, default, files in _INPUTS.get(stage, []):
+        maker = _maker(default, files)
+        sub.add_argument(
+            *flags,
+            dest=dest,
+            metavar="DIR",
+            default=str(default),
+            help=f"the {maker} stage's output to read (default: {default})",
+        )
 
 
 def _add_model_commands(commands) -> None:
@@ -143,6 +211,9 @@ def _add_model_commands(commands) -> None:
     ask = commands.add_parser("ask", help="answer a question with the exported GGUF (llama.cpp)")
     ask.add_argument("question")
     ask.add_argument("--gguf", help=f"GGUF file {default_gguf}")
+    ask.add_argument(
+        "--prompts", default=str(paths.PROMPTS), help="the system prompts (default: data/dataset/prompts.json)"
+    )
     ask.add_argument("--max-tokens", type=int, default=96)
     serve = commands.add_parser("serve", help="serve the exported model over HTTP (FastAPI, 127.0.0.1)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, local only)")
@@ -164,6 +235,10 @@ def _add_plan_command(commands) -> None:
     plan = commands.add_parser("plan", help="estimate peak memory and training time before training")
     plan.add_argument("--params", default=str(paths.PARAMS), help="defaults come from this params file")
     plan.add_argument("--model", help="model name, Hub id or folder (default: model.name, or models/base if built)")
+    plan.add_argument(
+        "--dataset-dir",
+        help="the time estimate reads stats.json here (default: data/dataset when the dataset stage has run)",
+    )
     for flag in ("--max-seq-len", "--batch-size", "--lora-rank"):
         plan.add_argument(flag, type=_positive(int))
     plan.add_argument("--load-in-4bit", action="store_true", default=None)
@@ -221,15 +296,22 @@ def _positive(kind: type):
     return parse
 
 
-def _ask(args: argparse.Namespace) -> None:
+def _gguf(given: str | None) -> Path:
+    """The GGUF `--gguf` names, else the model of the export in models/gguf; raises FileNotFoundError
+    naming the missing path (and `dvc repro export`)."""
     from lorapipe.artifacts import model_gguf
+
+    if given:
+        return paths.require(given, "--gguf")
+    return model_gguf(paths.require(paths.GGUF, "--gguf"))
+
+
+def _ask(args: argparse.Namespace) -> None:
     from lorapipe.evaluate import chat
     from lorapipe.io import read_json
 
-    gguf = Path(args.gguf) if args.gguf else model_gguf(paths.GGUF)
-    if not gguf.is_file():
-        raise FileNotFoundError(f"no GGUF at {gguf} (--gguf)")
-    system_prompt = next(iter(read_json(paths.PROMPTS).values()))
+    gguf = _gguf(args.gguf)
+    system_prompt = next(iter(read_json(paths.require(args.prompts, "--prompts")).values()))
     print(
         f"Q: {args.question}\nA ({gguf.name}, llama.cpp): {chat(gguf, system_prompt, args.question, args.max_tokens)}"
     )
@@ -256,7 +338,9 @@ def _plan(args: argparse.Namespace) -> int:
         steps=p.train.max_steps,
         epochs=p.train.epochs,
         processes=p.train.num_processes,
-        dataset_stats=paths.DATASET_STATS,
+        dataset_stats=paths.require(Path(args.dataset_dir) / paths.DATASET_STATS.name, "--dataset-dir")
+        if args.dataset_dir
+        else paths.DATASET_STATS,
         preset_name=args.preset or p.train.preset,
         peak_tflops=args.peak_tflops,
     )
@@ -265,63 +349,66 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _run_stage(args: argparse.Namespace) -> None:
-    """Run one stage's module (``lorapipe.stages.<stage>``) with params.yaml plus the flags' overrides."""
+    """Run one stage's module (``lorapipe.stages.<stage>``) with params.yaml plus the flags' overrides,
+    once its inputs are found."""
     from lorapipe import faults
 
     overrides = _overrides(args, args.command)
     if getattr(args, "quant", None):
         overrides["export.quants"] = args.quant
     params = load_params(args.params, overrides)
+    folders = _check_inputs(args, args.command)
     faults.enter_stage(args.command)
-    _STAGE_RUNNERS[args.command](args, params)
+    _STAGE_RUNNERS[args.command](args, params, folders)
 
 
-def _base(args: argparse.Namespace, p: Params) -> None:
+def _base(args: argparse.Namespace, p: Params, folders: dict[str, Path]) -> None:
     from lorapipe.stages.base import run
 
     run(p)
 
 
-def _extract(args: argparse.Namespace, p: Params) -> None:
+def _extract(args: argparse.Namespace, p: Params, folders: dict[str, Path]) -> None:
     from lorapipe.stages.extract import run
 
-    run(p, [Path(d) for d in args.input_dirs or [paths.RAW_DOCS]], Path(args.output_dir))
+    inputs = [paths.require(d, "--input-dir") for d in args.input_dirs or [paths.RAW_DOCS]]
+    run(p, inputs, Path(args.output_dir))
 
 
-def _dataset(args: argparse.Namespace, p: Params) -> None:
+def _dataset(args: argparse.Namespace, p: Params, folders: dict[str, Path]) -> None:
     from lorapipe.stages.dataset import run
 
-    run(p, Path(args.input_dir), Path(args.labeled_dir), Path(args.output_dir))
+    run(p, folders["text_dir"], Path(args.labeled_dir), Path(args.output_dir), folders["base_dir"])
 
 
-def _train(args: argparse.Namespace, p: Params) -> None:
+def _train(args: argparse.Namespace, p: Params, folders: dict[str, Path]) -> None:
     from lorapipe.stages.train import run
 
-    run(p, args.task)
+    run(p, args.task, **folders)
 
 
-def _merge(args: argparse.Namespace, p: Params) -> None:
+def _merge(args: argparse.Namespace, p: Params, folders: dict[str, Path]) -> None:
     from lorapipe.stages.merge import run
 
-    run(p, Path(args.merged_dir))
+    run(p, Path(args.merged_dir), **folders)
 
 
-def _export(args: argparse.Namespace, p: Params) -> None:
+def _export(args: argparse.Namespace, p: Params, folders: dict[str, Path]) -> None:
     from lorapipe.stages.export import run
 
-    run(p, Path(args.merged_dir), Path(args.output_dir))
+    run(p, folders.pop("merged_dir"), Path(args.output_dir), **folders)
 
 
-def _evaluate_base(args: argparse.Namespace, p: Params) -> None:
+def _evaluate_base(args: argparse.Namespace, p: Params, folders: dict[str, Path]) -> None:
     from lorapipe.stages.evaluate_base import run
 
-    run(p)
+    run(p, reports_dir=Path(args.reports_dir), **folders)
 
 
-def _evaluate(args: argparse.Namespace, p: Params) -> None:
+def _evaluate(args: argparse.Namespace, p: Params, folders: dict[str, Path]) -> None:
     from lorapipe.stages.evaluate import run
 
-    run(p)
+    run(p, adapter_dir=Path(args.adapter_dir), **folders)
 
 
 # Each stage command and how its flags reach the stage module's run() (lorapipe.stages.<stage>).
@@ -349,6 +436,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "serve":
             from lorapipe.serve import serve
 
+            if args.gguf:
+                paths.require(args.gguf, "--gguf")
+            if args.transformers and Path(args.merged_dir) != paths.MERGED:
+                paths.require(args.merged_dir, "--merged-dir")
             serve(
                 args.host,
                 args.port,
@@ -359,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "chat":
             from lorapipe.serve import chat_loop
 
-            chat_loop(args.gguf, args.max_tokens)
+            chat_loop(_gguf(args.gguf), args.max_tokens)
         elif args.command == "check":
             print(yaml.safe_dump(load_params(args.params).model_dump(), sort_keys=False), end="")
         elif args.command == "install-converter":

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from lorapipe import faults
 from lorapipe.artifacts import export_ggufs, model_gguf
-from lorapipe.io import atomic_outputs, read_json, read_jsonl, write_json, write_jsonl, write_text_atomic
+from lorapipe.io import atomic_outputs, read_json, read_jsonl, write_json, write_text_atomic
 from lorapipe.llama import gguf_logits
 from lorapipe.models import load_causal_lm, load_tokenizer
 from lorapipe.params import DEFAULTS
@@ -115,8 +115,9 @@ def evaluate_base(
     """Score the base model once; experiments reuse its metrics. Writes ``{"base": {"loss", "perplexity",
     "tokens"}, "rows": n}`` (perplexity on the first `max_samples` rows of `val_path`) to `out_path`
     and returns it. With `answers_path`, also the base's greedy answers (at most `max_new_tokens`
-    tokens) to the chat validation rows as JSONL ``{"task", "answer"}``, which evaluate_models compares
-    the tuned model's to; `prompts_path` (``prompts.json``) gives each task's system prompt.
+    tokens) to the chat validation rows as JSON ``{"answers": [{"task", "answer"}, ...]}`` (an empty
+    list without chat rows; the file is never empty), which evaluate_models compares the tuned model's
+    to; `prompts_path` (``prompts.json``) gives each task's system prompt.
 
     Raises ValueError when `val_path` has no rows; both files are replaced together or not at all."""
     sequences = _val_sequences(Path(val_path), load_tokenizer(base_dir), max_samples)
@@ -127,8 +128,9 @@ def evaluate_base(
             rows = chat_rows(val_path, max_samples)
             requests = evaluation_requests(rows, read_json(prompts_path)) if rows else []
             answers = hf_answers(base_dir, [messages for messages, _ in requests], max_new_tokens)
-            write_jsonl(
-                place(answers_path), [{"task": row["task"], "answer": answer} for row, answer in zip(rows, answers)]
+            # A JSON object, never an empty file (DVC warns on every command about an empty out).
+            write_json(
+                place(answers_path), {"answers": [{"task": r["task"], "answer": a} for r, a in zip(rows, answers)]}
             )
         write_json(place(out_path), metrics)
     print(f"[evaluate_base] base perplexity {metrics['base']['perplexity']:.3f} on {len(sequences)} rows", flush=True)
@@ -289,7 +291,7 @@ def _chat_answers(
     conversations = [messages for messages, _ in requests]
     answers: dict[str, list[str]] = {}
     if base_answers_path and Path(base_answers_path).is_file():
-        answers["base"] = [a["answer"] for a in read_jsonl(base_answers_path)][: len(rows)]
+        answers["base"] = [a["answer"] for a in read_json(base_answers_path)["answers"]][: len(rows)]
     answers["fine-tuned"] = hf_answers(merged_dir, conversations, max_new_tokens)
     faults.fault_point("mid")
     answers[model.name] = answer_all(model, conversations, max_new_tokens)

@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from lorapipe import faults
+from lorapipe import faults, paths
 from lorapipe.io import atomic_dir, write_provenance
 from lorapipe.params import DEFAULTS
 
@@ -102,10 +102,24 @@ def _hub_refusal(name: str, exc: BaseException, token: str | None) -> HubAccessE
 
 
 def describe_source(name: str) -> str:
+    """``bundled``, ``local`` (a folder) or ``hub``. Raises FileNotFoundError for a name that can only be a
+    path (``/x``, ``./x``, ``~/x``, ``a/b/c``, a trailing ``/``: a Hub id is ``name`` or ``owner/name``)
+    and is not a folder, rather than asking the Hub for it."""
     if name in BUNDLED:
         return "bundled"
-    if Path(name).is_dir():
+    if Path(name).expanduser().is_dir():
         return "local"
+    if (
+        name.startswith(("/", ".", "~"))
+        or name.endswith("/")
+        or name.count("/") > 1
+        or os.sep != "/"
+        and os.sep in name
+    ):
+        raise FileNotFoundError(
+            f"model.name {name!r}: no such folder (a path is not looked up on the Hugging Face Hub, whose ids "
+            "are owner/name)"
+        )
     return "hub"
 
 
@@ -189,21 +203,26 @@ def prepare_base_model(
 
 
 def load_tokenizer(model_dir: str | Path):
+    """The tokenizer of the model folder `model_dir` (a pad token set to EOS when it has none).
+
+    Raises FileNotFoundError naming `model_dir` (and the stage that writes it) when it does not exist:
+    a local folder is never looked up on the Hugging Face Hub."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(paths.require(model_dir))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
 def load_causal_lm(model_dir: str | Path, dtype: str = "float32", trust_remote_code: bool = False):
-    """Load a causal LM from a folder lorapipe wrote (safetensors only)."""
+    """Load a causal LM from a folder lorapipe wrote (safetensors only). Raises FileNotFoundError as
+    load_tokenizer when `model_dir` does not exist."""
     import torch
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=getattr(torch, dtype), use_safetensors=True, trust_remote_code=trust_remote_code
+        paths.require(model_dir), dtype=getattr(torch, dtype), use_safetensors=True, trust_remote_code=trust_remote_code
     )
 
 

@@ -38,11 +38,56 @@ TRAIN_METRICS = REPORTS / "train.json"
 TRAIN_LOSS = REPORTS / "train_loss.tsv"
 TRAIN_PLOT = REPORTS / "train_loss.png"
 EVAL_BASE = REPORTS / "eval_base.json"
-BASE_ANSWERS = REPORTS / "answers_base.jsonl"
+BASE_ANSWERS = REPORTS / "answers_base.json"  # a JSON object: never an empty file, which DVC warns about
 EVAL = REPORTS / "eval.json"
 SAMPLES = REPORTS / "samples.md"
 
 PROVENANCE_NAME = "lorapipe_params.yaml"  # the resolved params written beside each model folder
+
+
+# The stage that writes each path a later stage or command reads: "not found" names it.
+MADE_BY = {
+    EXTRACTED: "extract",
+    DATASET: "dataset",
+    TRAIN_ROWS: "dataset",
+    VAL_ROWS: "dataset",
+    PROMPTS: "dataset",
+    DATASET_STATS: "dataset",
+    BASE_MODEL: "base",
+    ADAPTER: "train",
+    MERGED: "merge",
+    GGUF: "export",
+    EVAL_BASE: "evaluate_base",
+    BASE_ANSWERS: "evaluate_base",
+}
+
+
+def missing(path: str | Path, flag: str | None = None, made_by: str | None = None) -> FileNotFoundError:
+    """The error for an input `path` that does not exist, naming it and the fix. For one of the
+    pipeline's own paths (``MADE_BY``, relative to the working folder; a file in such a folder too):
+    the command that writes it and `flag`, the option that points elsewhere (``models/base not found:
+    run `dvc repro base` or pass --base-dir``). For another path: the flag it came from and, with
+    `made_by`, the stage whose output it must be (``x/manifest.jsonl not found (--text-dir: the extract
+    stage's output, `lorapipe extract`)``)."""
+    given = Path(path)
+    given = given.relative_to(Path.cwd()) if given.is_absolute() and given.is_relative_to(Path.cwd()) else given
+    stage = next((s for p, s in MADE_BY.items() if given == p), None)
+    stage = stage or next((s for p, s in MADE_BY.items() if p in given.parents), None)  # a file in that folder
+    if given == RAW_DOCS:  # the user's own input, which no stage writes
+        return FileNotFoundError(f"{path} not found: put your documents there" + (f" or pass {flag}" if flag else ""))
+    if stage is not None:
+        return FileNotFoundError(f"{path} not found: run `dvc repro {stage}`" + (f" or pass {flag}" if flag else ""))
+    if flag and made_by:
+        return FileNotFoundError(f"{path} not found ({flag}: the {made_by} stage's output, `lorapipe {made_by}`)")
+    return FileNotFoundError(f"{path} not found" + (f" ({flag})" if flag else ""))
+
+
+def require(path: str | Path, flag: str | None = None, made_by: str | None = None) -> Path:
+    """`path` as a Path; raises `missing(path, flag, made_by)` when it does not exist (a folder or a file that an
+    earlier stage writes is never looked up elsewhere, such as on the Hugging Face Hub)."""
+    if not Path(path).exists():
+        raise missing(path, flag, made_by)
+    return Path(path)
 
 
 def train_outputs(task: str | None = None) -> tuple[Path, Path, Path, Path]:

@@ -15,11 +15,19 @@ from lorapipe.params import Params, section_dict
 from lorapipe.stages import main
 
 
-def run(p: Params, merged_dir: Path = paths.MERGED, out_dir: Path = paths.GGUF) -> None:
+def run(
+    p: Params,
+    merged_dir: Path = paths.MERGED,
+    out_dir: Path = paths.GGUF,
+    *,
+    dataset_dir: Path = paths.DATASET,
+    adapter_dir: Path = paths.ADAPTER,
+    base_dir: Path = paths.BASE_MODEL,
+) -> None:
     e = p.export
     info = export_gguf(
         merged_dir,
-        paths.PROMPTS,
+        Path(dataset_dir) / paths.PROMPTS.name,
         out_dir,
         quants=e.quants,
         outtype=e.outtype,
@@ -27,12 +35,12 @@ def run(p: Params, merged_dir: Path = paths.MERGED, out_dir: Path = paths.GGUF) 
         llama_cpp_dir=e.llama_cpp_dir,
         lora_gguf=e.lora_gguf,
         ollama_name=e.ollama_name,
-        adapter_dir=paths.ADAPTER,
-        base_dir=paths.BASE_MODEL,
-        metadata=lineage(paths.ADAPTER, paths.BASE_MODEL),
+        adapter_dir=adapter_dir,
+        base_dir=base_dir,
+        metadata=lineage(adapter_dir, base_dir),
     )
     tracking.log_stage(
-        paths.ADAPTER / paths.RUN_INFO_NAME,
+        Path(adapter_dir) / paths.RUN_INFO_NAME,
         "export",
         section_dict(p, "export"),
         {"export": info["verification"]},

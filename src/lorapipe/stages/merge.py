@@ -14,9 +14,11 @@ from lorapipe.params import Params, section_dict
 from lorapipe.stages import main
 
 
-def run(p: Params, merged_dir: Path = paths.MERGED) -> None:
-    merge_adapter(paths.BASE_MODEL, paths.ADAPTER, merged_dir, dtype=p.merge.dtype)
-    tracking.log_stage(paths.ADAPTER / paths.RUN_INFO_NAME, "merge", section_dict(p, "merge"), {})
+def run(
+    p: Params, merged_dir: Path = paths.MERGED, *, base_dir: Path = paths.BASE_MODEL, adapter_dir: Path = paths.ADAPTER
+) -> None:
+    merge_adapter(base_dir, adapter_dir, merged_dir, dtype=p.merge.dtype)
+    tracking.log_stage(Path(adapter_dir) / paths.RUN_INFO_NAME, "merge", section_dict(p, "merge"), {})
 
 
 if __name__ == "__main__":

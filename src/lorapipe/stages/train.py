@@ -8,6 +8,7 @@ Run: ``dvc repro train`` (or ``python -m lorapipe.stages.train``; ``lorapipe tra
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 
 from lorapipe import paths, tracking
 from lorapipe.io import read_provenance
@@ -15,13 +16,15 @@ from lorapipe.params import Params, section_dict
 from lorapipe.stages import main
 
 
-def run(p: Params, task: str | None = None) -> None:
+def run(
+    p: Params, task: str | None = None, *, dataset_dir: Path = paths.DATASET, base_dir: Path = paths.BASE_MODEL
+) -> None:
     """Train the adapter of all tasks into models/lora_output, or of one `task` into
-    models/lora_<task> (its own MLflow run and reports)."""
+    models/lora_<task> (its own MLflow run and reports), on the rows in `dataset_dir` over `base_dir`."""
     adapter, metrics, loss, plot = paths.train_outputs(task)
-    resolved = section_dict(p, "train")
-    dataset_hash = tracking.files_hash(paths.TRAIN_ROWS, paths.VAL_ROWS)
-    tags = {"dataset_hash": dataset_hash, "base_model": str(read_provenance(paths.BASE_MODEL).get("model.name"))}
+    resolved, data = section_dict(p, "train"), Path(dataset_dir)
+    dataset_hash = tracking.files_hash(data / paths.TRAIN_ROWS.name, data / paths.VAL_ROWS.name)
+    tags = {"dataset_hash": dataset_hash, "base_model": str(read_provenance(base_dir).get("model.name"))}
     with tracking.training_run(resolved, {**tags, **({"task": task} if task else {})}) as run_info:
         provenance = {**resolved, "dataset_hash": dataset_hash, "task": task}
         reports = {"metrics_path": metrics, "loss_path": loss, "plot_path": plot}
@@ -30,15 +33,15 @@ def run(p: Params, task: str | None = None) -> None:
         if p.train.num_processes > 1:
             from lorapipe.distributed import train_lora_distributed
 
-            data = {"dataset_dir": paths.DATASET, "base_dir": paths.BASE_MODEL, "out_dir": adapter}
+            data = {"dataset_dir": dataset_dir, "base_dir": base_dir, "out_dir": adapter}
             launch = (p.train.num_processes, p.train.accelerate_config)
             result = train_lora_distributed(*launch, mlflow_run_id=run_info["run_id"], **data, **kwargs)
         else:
             from lorapipe.train import train_lora
 
             log = lambda step, values: tracking.log_step(run_info["run_id"], step, values)  # noqa: E731
-            result = train_lora(paths.DATASET, paths.BASE_MODEL, adapter, on_log=log, **kwargs)
-        artifacts = {"adapter": adapter, "reports": loss, "charts": plot, "dataset": paths.DATASET_STATS}
+            result = train_lora(dataset_dir, base_dir, adapter, on_log=log, **kwargs)
+        artifacts = {"adapter": adapter, "reports": loss, "charts": plot, "dataset": data / paths.DATASET_STATS.name}
         tracking.finish_training_run(run_info["run_id"], asdict(result.metrics), asdict(result.resolved), artifacts)
     print(f"[train] MLflow run {run_info['run_id']} in {run_info['tracking_uri']}", flush=True)
 
