@@ -3,9 +3,12 @@
 Run: .venv/bin/pytest tests/test_cli.py
 """
 
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 from helpers import ROOT
 from lorapipe.cli import main
 
@@ -35,47 +38,195 @@ def test_console_script_runs():
     assert result.returncode == 0 and "evaluate_base" in result.stdout
 
 
-def test_merge_and_export_flags_reach_the_stage_functions(monkeypatch):
-    from pathlib import Path
+# Every input a stage command reads that an earlier stage writes, as the pipeline lays them out.
+PIPELINE_INPUTS = (
+    "data/raw/docs/a.txt",
+    "data/extracted_text/manifest.jsonl",
+    "models/base/config.json",
+    "data/dataset/train.jsonl",
+    "data/dataset/val.jsonl",
+    "data/dataset/stats.json",
+    "data/dataset/prompts.json",
+    "models/lora_output/adapter_config.json",
+    "models/merged/config.json",
+    "models/gguf/export.json",
+    "models/gguf/tiny.Q8_0.gguf",
+    "reports/eval_base.json",
+)
 
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A folder holding params.yaml and a stand-in for every stage's output (the commands below stop
+    before reading them)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    for name in PIPELINE_INPUTS:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("{}")
+    return tmp_path
+
+
+def _files(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+def test_merge_and_export_flags_reach_the_stage_functions(project, monkeypatch):
     import lorapipe.stages.export
     import lorapipe.stages.merge
 
     calls = {}
-    monkeypatch.setattr(lorapipe.stages.merge, "run", lambda p, merged: calls.update(merge=(p.merge.dtype, merged)))
-    monkeypatch.setattr(
-        lorapipe.stages.export, "run", lambda p, merged, out: calls.update(export=(p.export, merged, out))
+    monkeypatch.setattr(lorapipe.stages.merge, "run", lambda p, merged, **dirs: calls.update(merge=(p, merged, dirs)))
+    monkeypatch.setattr(lorapipe.stages.export, "run", lambda p, *out, **dirs: calls.update(export=(p, out, dirs)))
+    for name in ("b/config.json", "a/adapter_config.json", "m/config.json", "d/prompts.json"):
+        (project / name).parent.mkdir(exist_ok=True)
+        (project / name).write_text("{}")
+    flags = ["--base-dir", "b", "--adapter-dir", "a"]
+    assert main(["merge", "--merged-dir", "m", "--merge.dtype", "float16", *flags]) == 0
+    quant_flags = ["--quant", "q8_0", "--quant", "Q4_K_M", "--outtype", "f32", "--ollama-name", "acme", "--lora-gguf"]
+    assert main(["export", "--merged-dir", "m", "--output-dir", "g", "--dataset-dir", "d", *flags, *quant_flags]) == 0
+    params, merged, dirs = calls["merge"]
+    assert (params.merge.dtype, merged, dirs) == (
+        "float16",
+        Path("m"),
+        {"base_dir": Path("b"), "adapter_dir": Path("a")},
     )
-    params = str(ROOT / "params.yaml")
-    assert main(["merge", "--params", params, "--merged-dir", "m", "--merge.dtype", "float16"]) == 0
-    assert (
-        main(
-            [
-                "export",
-                "--params",
-                params,
-                "--merged-dir",
-                "m",
-                "--output-dir",
-                "g",
-                "--quant",
-                "q8_0",
-                "--quant",
-                "Q4_K_M",
-                "--outtype",
-                "f32",
-                "--ollama-name",
-                "acme",
-                "--lora-gguf",
-            ]
-        )
-        == 0
-    )
-    assert calls["merge"] == ("float16", Path("m"))
-    export, merged, out = calls["export"]
-    assert (merged, out) == (Path("m"), Path("g"))
+    params, out, dirs = calls["export"]
+    assert out == (Path("m"), Path("g"))
+    assert dirs == {"dataset_dir": Path("d"), "adapter_dir": Path("a"), "base_dir": Path("b")}
+    export = params.export
     assert export.quants == ["Q8_0", "Q4_K_M"] and export.outtype == "f32"
     assert export.ollama_name == "acme" and export.lora_gguf is True
+
+
+def test_every_input_flag_reaches_its_stage_function(project, monkeypatch):
+    """The default folders, and each flag's folder, reach the stage module's run() by keyword."""
+    import lorapipe.stages.dataset
+    import lorapipe.stages.evaluate
+    import lorapipe.stages.evaluate_base
+    import lorapipe.stages.train
+
+    calls = {}
+    for module in (
+        lorapipe.stages.dataset,
+        lorapipe.stages.train,
+        lorapipe.stages.evaluate_base,
+        lorapipe.stages.evaluate,
+    ):
+        name = module.__name__.rsplit(".", 1)[1]
+        monkeypatch.setattr(module, "run", lambda p, *a, _name=name, **k: calls.update({_name: (a, k)}))
+    shutil.copytree(project / "data/dataset", project / "elsewhere")
+    assert main(["dataset", "--output-dir", "out"]) == 0
+    assert calls["dataset"] == (
+        (Path("data/extracted_text"), Path("data/raw/labeled"), Path("out"), Path("models/base")),
+        {},
+    )
+    assert main(["train", "--task", "chat", "--dataset-dir", "elsewhere"]) == 0
+    assert calls["train"] == (("chat",), {"dataset_dir": Path("elsewhere"), "base_dir": Path("models/base")})
+    assert main(["evaluate_base", "--reports-dir", "r"]) == 0
+    base_dirs = {"reports_dir": Path("r"), "dataset_dir": Path("data/dataset"), "base_dir": Path("models/base")}
+    assert calls["evaluate_base"] == ((), base_dirs)
+    assert main(["evaluate", "--dataset-dir", "elsewhere"]) == 0
+    assert calls["evaluate"] == ((), {
+        "adapter_dir": Path("models/lora_output"),
+        "dataset_dir": Path("elsewhere"),
+        "merged_dir": Path("models/merged"),
+        "gguf_dir": Path("models/gguf"),
+        "reports_dir": Path("reports"),
+    })  # fmt: skip
+
+
+def _base(flag: str = "--base-dir") -> str:
+    return f"models/base not found: run `dvc repro base` or pass {flag}"
+
+
+def _dataset(name: str, flag: str = "--dataset-dir") -> str:
+    return f"data/dataset/{name} not found: run `dvc repro dataset` or pass {flag}"
+
+
+# (command, the input removed, the exact message): every command that reads an earlier stage's output.
+MISSING = [
+    (["extract"], "data/raw/docs", "data/raw/docs not found: put your documents there or pass --input-dir"),
+    (["extract", "--input-dir", "data/raw/docs", "mine"], "", "mine not found (--input-dir)"),
+    (["dataset"], "models/base", _base()),
+    (
+        ["dataset"],
+        "data/extracted_text",
+        "data/extracted_text not found: run `dvc repro extract` or pass --text-dir",
+    ),
+    (
+        ["dataset"],
+        "data/extracted_text/manifest.jsonl",
+        "data/extracted_text/manifest.jsonl not found: run `dvc repro extract` or pass --text-dir",
+    ),
+    (["train"], "models/base", _base()),
+    (["train"], "data/dataset", "data/dataset not found: run `dvc repro dataset` or pass --dataset-dir"),
+    (["train", "--task", "chat"], "data/dataset/stats.json", _dataset("stats.json")),
+    (["train"], "data/dataset/val.jsonl", _dataset("val.jsonl")),
+    (["merge"], "models/base", _base()),
+    (["merge"], "models/lora_output", "models/lora_output not found: run `dvc repro train` or pass --adapter-dir"),
+    (
+        ["merge"],
+        "models/lora_output/adapter_config.json",
+        "models/lora_output/adapter_config.json not found: run `dvc repro train` or pass --adapter-dir",
+    ),
+    (["export"], "models/merged", "models/merged not found: run `dvc repro merge` or pass --merged-dir"),
+    (["export"], "data/dataset/prompts.json", _dataset("prompts.json")),
+    (["export"], "models/lora_output", "models/lora_output not found: run `dvc repro train` or pass --adapter-dir"),
+    (
+        ["export"],
+        "models/base/config.json",
+        "models/base/config.json not found: run `dvc repro base` or pass --base-dir",
+    ),
+    (["evaluate_base"], "models/base", _base()),
+    (["evaluate_base"], "data/dataset/val.jsonl", _dataset("val.jsonl")),
+    (["evaluate_base"], "data/dataset/prompts.json", _dataset("prompts.json")),
+    (["evaluate"], "data/dataset/val.jsonl", _dataset("val.jsonl")),
+    (["evaluate"], "models/merged", "models/merged not found: run `dvc repro merge` or pass --merged-dir"),
+    (["evaluate"], "models/gguf", "models/gguf not found: run `dvc repro export` or pass --gguf-dir"),
+    (
+        ["evaluate"],
+        "reports/eval_base.json",
+        "reports/eval_base.json not found: run `dvc repro evaluate_base` or pass --reports-dir",
+    ),
+    (["ask", "hi"], "models/gguf", "models/gguf not found: run `dvc repro export` or pass --gguf"),
+    (["ask", "hi", "--gguf", "x.gguf"], "", "x.gguf not found (--gguf)"),
+    (
+        ["ask", "hi", "--gguf", "models/gguf/tiny.Q8_0.gguf"],
+        "data/dataset/prompts.json",
+        "data/dataset/prompts.json not found: run `dvc repro dataset` or pass --prompts",
+    ),
+    (["chat"], "models/gguf", "models/gguf not found: run `dvc repro export` or pass --gguf"),
+    (["serve", "--gguf", "x.gguf"], "", "x.gguf not found (--gguf)"),
+    (["serve", "--transformers", "--merged-dir", "m"], "", "m not found (--merged-dir)"),
+    (["plan", "--dataset-dir", "d"], "", "d/stats.json not found (--dataset-dir)"),
+]
+
+
+@pytest.mark.parametrize(("argv", "removed", "message"), MISSING, ids=[f"{a[0]}-{r}" for a, r, _ in MISSING])
+def test_a_missing_input_is_named_with_the_command_that_makes_it(project, capsys, argv, removed, message):
+    """Exit 2 before any work, with one line naming the path, the command that writes it and the flag."""
+    if removed:
+        target = project / removed
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    before = _files(project)
+    assert main(argv) == 2
+    assert capsys.readouterr().err == f"lorapipe {argv[0]}: error: {message}\n"
+    assert _files(project) == before  # nothing written, nothing removed
+
+
+def test_a_folder_of_the_users_own_is_named_with_what_it_must_hold(project, capsys):
+    """`lorapipe dataset --input-dir X` outside a project: no Hub lookup, the missing piece named."""
+    (project / "texts").mkdir()
+    shutil.rmtree(project / "models")
+    assert main(["dataset", "--input-dir", "texts", "--output-dir", "out"]) == 2
+    expected = "texts/manifest.jsonl not found (--text-dir: the extract stage's output, `lorapipe extract`)"
+    assert capsys.readouterr().err == f"lorapipe dataset: error: {expected}\n"
+    (project / "texts" / "manifest.jsonl").write_text("")
+    assert main(["dataset", "--input-dir", "texts", "--output-dir", "out"]) == 2
+    assert capsys.readouterr().err == f"lorapipe dataset: error: {_base()}\n"
+    assert not (project / "out").exists()
 
 
 def test_unknown_quant_flag_lists_the_valid_ones(capsys):

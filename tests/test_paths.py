@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+from helpers import ROOT
+
 from lorapipe import paths
 
 
@@ -36,3 +39,49 @@ def test_train_outputs_of_all_tasks_and_of_one():
 
 def test_files_that_params_name_live_in_a_folder_of_the_raw_inputs():
     assert paths.RAW_CONFIG.parent == paths.RAW and paths.RAW_DOCS.parent == paths.RAW
+
+
+def test_a_missing_pipeline_path_names_the_command_that_writes_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cases = {
+        (paths.BASE_MODEL, "--base-dir"): "models/base not found: run `dvc repro base` or pass --base-dir",
+        (paths.EXTRACTED, None): "data/extracted_text not found: run `dvc repro extract`",
+        (
+            paths.VAL_ROWS,
+            "--dataset-dir",
+        ): "data/dataset/val.jsonl not found: run `dvc repro dataset` or pass --dataset-dir",
+        (
+            paths.ADAPTER / "adapter_config.json",
+            None,
+        ): "models/lora_output/adapter_config.json not found: run `dvc repro train`",
+        (paths.MERGED, None): "models/merged not found: run `dvc repro merge`",
+        (paths.GGUF, "--gguf"): "models/gguf not found: run `dvc repro export` or pass --gguf",
+        (paths.BASE_ANSWERS, None): "reports/answers_base.json not found: run `dvc repro evaluate_base`",
+        (tmp_path / "models" / "base", None): f"{tmp_path / 'models' / 'base'} not found: run `dvc repro base`",
+        (paths.RAW_DOCS, "--input-dir"): "data/raw/docs not found: put your documents there or pass --input-dir",
+        (Path("mine"), "--base-dir"): "mine not found (--base-dir)",
+        (Path("mine"), None): "mine not found",
+    }
+    for (path, flag), message in cases.items():
+        assert str(paths.missing(path, flag)) == message, path
+        with pytest.raises(FileNotFoundError) as caught:
+            paths.require(path, flag)
+        assert str(caught.value) == message
+    made = "mine/manifest.jsonl not found (--text-dir: the extract stage's output, `lorapipe extract`)"
+    assert str(paths.missing(Path("mine/manifest.jsonl"), "--text-dir", "extract")) == made
+
+
+def test_every_path_a_stage_reads_names_the_stage_that_writes_it():
+    """dvc.yaml's outs, each with the stage that declares it (what `missing` names)."""
+    import yaml
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    declared = {}
+    for name, stage in stages.items():
+        for kind in ("outs", "metrics", "plots"):
+            for out in stage.get(kind, []):
+                declared[Path(out if isinstance(out, str) else next(iter(out)))] = name
+    for path, stage in paths.MADE_BY.items():
+        owners = {owner for out, owner in declared.items() if out == path or path in out.parents}
+        owners |= {owner for out, owner in declared.items() if out in path.parents}
+        assert owners == {stage}, (path, owners, stage)
