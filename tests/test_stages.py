@@ -8,6 +8,7 @@ Run: .venv/bin/pytest tests/test_stages.py
 from __future__ import annotations
 
 import ast
+import json
 from pathlib import Path
 
 import yaml
@@ -133,3 +134,21 @@ def test_the_package_face_imports_no_module_eagerly():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["[]", "lorapipe.train", "lorapipe.extract"]
+
+
+def test_evaluate_base_leaves_no_out_empty_without_chat_rows(tmp_path, dataset_dir, tiny_model_dir):
+    """Documents only (no chat rows, so no answers): every file the stage declares is still non-empty,
+    since DVC warns on every command about an empty out (dvc/output.py: `'%s' is empty.`)."""
+    from lorapipe import paths
+    from lorapipe.params import load_params
+    from lorapipe.stages.evaluate_base import run
+
+    params = load_params(ROOT / "params.yaml", {"eval.max_samples": 2, "eval.max_new_tokens": 2})
+    run(params, dataset_dir=dataset_dir, base_dir=tiny_model_dir, reports_dir=tmp_path / "reports")
+    declared = [
+        next(iter(o)) if isinstance(o, dict) else o for k in ("outs", "metrics") for o in DVC["evaluate_base"][k]
+    ]
+    assert sorted(Path(o).name for o in declared) == sorted([paths.BASE_ANSWERS.name, paths.EVAL_BASE.name])
+    for name in (paths.BASE_ANSWERS.name, paths.EVAL_BASE.name):
+        assert (tmp_path / "reports" / name).stat().st_size > 0, name
+    assert json.loads((tmp_path / "reports" / paths.BASE_ANSWERS.name).read_text()) == {"answers": []}
