@@ -49,8 +49,6 @@ def _refusal(source: str | Path, data: bytes, exc: UnicodeDecodeError, encoding:
     found = f"byte 0x{data[exc.start]:02x} at line {line} (byte offset {exc.start})"
     if encoding != "utf-8":
         return f"{source}: its byte-order mark says {encoding.upper()}, but {found} is not; {SAVE_AS_UTF8}"
-    if _looks_utf16(data):
-        return f"{source} looks like UTF-16 without a byte-order mark (every other byte is 0); {SAVE_AS_UTF8}"
     return f"{source} is not UTF-8 text: {found} is not UTF-8 (Windows-1252 or Latin-1?); {SAVE_AS_UTF8}"
 
 
@@ -61,8 +59,13 @@ def _newlines(text: str) -> str:
 
 def decode_text(data: bytes, source: str | Path = "<bytes>") -> str:
     """`data` as text: by its byte-order mark (UTF-8, UTF-16, UTF-32; the mark is dropped), else as
-    UTF-8; newlines become ``\\n``. Raises TextEncodingError naming `source` when it does not decode."""
+    UTF-8; newlines become ``\\n``. Raises TextEncodingError naming `source` when it does not decode
+    (or is UTF-16 without a mark)."""
     encoding = bom_encoding(data) or "utf-8"
+    if encoding == "utf-8" and _looks_utf16(data):  # ASCII in UTF-16 is valid UTF-8, full of NULs
+        raise TextEncodingError(
+            f"{source} looks like UTF-16 without a byte-order mark (every other byte is 0); {SAVE_AS_UTF8}"
+        )
     try:
         text = data.decode(encoding)
     except UnicodeDecodeError as exc:

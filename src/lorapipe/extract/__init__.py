@@ -37,9 +37,9 @@ from lorapipe.params import DEFAULTS
 __all__ = ["extract_documents", "clean_text", "FORMATS"]
 
 EXTRACTOR_VERSION = 3  # a manual bump on top of `reader_fingerprint`, for a change it cannot see
-# Modules of this package that do not shape the raw text a cache entry holds: cleaning runs on cached
-# text at every run, workers only carry it. Every other module here (the readers, and any module
-# added later) is part of the fingerprint.
+# Modules of this package (paths relative to it) that do not shape the raw text a cache entry holds:
+# cleaning runs on cached text at every run, workers only carry it. Every other module here, in
+# subfolders too (the readers, and any module added later), is part of the fingerprint.
 NOT_READERS = frozenset({"__init__.py", "clean.py", "workers.py"})
 # The libraries that turn documents into text (formats.py); a new release may read them differently.
 CONVERTER_LIBRARIES = (
@@ -50,6 +50,7 @@ CONVERTER_LIBRARIES = (
     "docling-ibm-models",
     "docling-parse",
     "ebooklib",
+    "lxml",
     "pdfminer.six",
     "pdfplumber",
     "pypdfium2",
@@ -75,15 +76,17 @@ def convert_document(
 
 
 @functools.cache
-def reader_fingerprint() -> str:
+def reader_fingerprint(package: Path = Path(__file__).parent) -> str:
     """A hash (16 hex characters) of what decides a document's raw text: the source of this package's
     reader modules (all but `NOT_READERS`) and of `convert_document`, `lorapipe.textfiles` (the text
     decoder), `EXTRACTOR_VERSION` and the installed version of each of `CONVERTER_LIBRARIES` (absent:
-    none). Cache entries are keyed by it, so a fixed reader converts again."""
+    none). Cache entries are keyed by it, so a fixed reader converts again. `package`: the folder of
+    the reader modules (this package's; tests pass a copy)."""
     digest = hashlib.sha256(f"extractor {EXTRACTOR_VERSION}\n".encode())
-    package = Path(__file__).parent
-    for path in [*sorted(p for p in package.glob("*.py") if p.name not in NOT_READERS), Path(textfiles.__file__)]:
-        digest.update(f"{path.name}\n".encode())
+    modules = {path.relative_to(package).as_posix(): path for path in package.rglob("*.py")}
+    modules = {name: path for name, path in modules.items() if name not in NOT_READERS}
+    for name, path in sorted({**modules, "lorapipe/textfiles.py": Path(textfiles.__file__)}.items()):
+        digest.update(f"{name}\n".encode())
         hash_file(path, digest)
     digest.update(inspect.getsource(convert_document).encode())
     for name in CONVERTER_LIBRARIES:
