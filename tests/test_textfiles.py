@@ -192,3 +192,27 @@ def test_extraction_reads_text_markdown_json_and_html_with_a_mark(tmp_path, enco
     assert texts["c.json"] == f"### INTRO:\n{body}\n"
     assert texts["d.html"] == body + "\n"
     assert not any("\ufeff" in text for text in texts.values())
+
+
+def test_files_joined_with_cat_each_with_its_mark_load_every_row(tmp_path):
+    """``cat a.jsonl b.jsonl > all.jsonl`` of two files a Windows editor saved: a mark starts line 3."""
+    part = "".join(json.dumps(r) + "\n" for r in ROWS).encode("utf-8-sig")
+    path = tmp_path / "all.jsonl"
+    path.write_bytes(part + part)
+    assert read_jsonl(path) == ROWS + ROWS
+    conversations, bad = load_labeled(path)
+    assert bad == 0 and [c[0]["content"] for c in conversations] == ["play some jazz", "rain?"] * 2
+
+
+def test_a_mark_inside_a_string_is_kept(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_text(json.dumps({"query": "\ufeffodd", "data": {}}, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert read_jsonl(path) == [{"query": "\ufeffodd", "data": {}}]
+
+
+def test_a_mark_left_inside_an_extracted_text_is_dropped():
+    from lorapipe.extract.clean import clean_text
+
+    assert clean_text("First part.\n\ufeffSecond part, from another file.") == (
+        "First part.\nSecond part, from another file."
+    )

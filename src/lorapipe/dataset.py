@@ -184,7 +184,7 @@ def _text_rows(
     for entry in read_jsonl(manifest_path):
         if entry["status"] != "ok" or not _matches(entry["source"], task.sources):
             continue
-        text = (text_dir / entry["output"]).read_text(encoding="utf-8")
+        text = read_text(text_dir / entry["output"])
         for piece in chunk_text(text, tokenizer, max_seq_len, overlap_tokens):
             if len(tokenizer(piece)["input_ids"]) < min_tokens:
                 counts["dropped_short"] += 1

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from lorapipe import faults, paths
-from lorapipe.textfiles import read_text
+from lorapipe.textfiles import jsonl_lines, read_text
 
 
 @contextlib.contextmanager
@@ -127,16 +127,15 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    """The JSON values of the lines of `path`, blank lines skipped; encodings as `read_json`. Lines end
-    at ``\n`` only (``\r\n`` too), never at a U+2028 or U+0085 inside a string. Raises ValueError
-    naming ``path:line`` for a line that is not valid JSON."""
+    """The JSON values of the lines of `path`, blank lines skipped; encodings as `read_json`, lines as
+    `lorapipe.textfiles.jsonl_lines`. Raises ValueError naming ``path:line`` for a line that is not
+    valid JSON."""
     rows = []
-    for number, line in enumerate(read_text(path).split("\n"), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+    for number, line in jsonl_lines(read_text(path)):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
     return rows
 
 

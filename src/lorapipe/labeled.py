@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lorapipe.textfiles import TextEncodingError, read_text
+from lorapipe.textfiles import TextEncodingError, jsonl_lines, read_text
 
 FORMATS = ("query_data", "instruction", "messages", "conversations", "prompt_completion")
 _SIGNATURES = {  # canonical fields that identify each format, most specific first
@@ -58,7 +58,7 @@ def read_records(path: Path, on_bad_row: str = "error") -> tuple[list[tuple[int,
     """``[(line number, object), …]`` from a JSONL file or a JSON array, and the count of bad rows skipped.
 
     The file may start with a byte-order mark and be UTF-16 (`lorapipe.textfiles.read_text`); lines
-    end at ``\n`` only, so a U+2028 or U+0085 inside a string does not split a row. Raises
+    as `lorapipe.textfiles.jsonl_lines` (a U+2028 inside a string does not split a row). Raises
     TextEncodingError (a ValueError) naming a file that is not UTF-8, ValueError naming ``path:line``
     for invalid JSON."""
     text = read_text(path)
@@ -70,9 +70,7 @@ def read_records(path: Path, on_bad_row: str = "error") -> tuple[list[tuple[int,
         items = data if isinstance(data, list) else [data]
         return [(i + 1, item) for i, item in enumerate(items)], 0
     records, bad = [], 0
-    for number, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
+    for number, line in jsonl_lines(text):
         try:
             item = json.loads(line)
             if not isinstance(item, dict):

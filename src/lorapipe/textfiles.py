@@ -14,6 +14,7 @@ A module of its own, importing nothing from lorapipe, so that every other module
 from __future__ import annotations
 
 import codecs
+from collections.abc import Iterator
 from pathlib import Path
 
 # UTF-32's little-endian mark starts with UTF-16's, so it is tried first.
@@ -77,6 +78,16 @@ def read_text(path: str | Path) -> str:
     """The text of a file a user wrote (`decode_text` of its bytes). Raises FileNotFoundError (and
     other OSError) when it cannot be read and TextEncodingError naming it when it is not UTF-8."""
     return decode_text(Path(path).read_bytes(), path)
+
+
+def jsonl_lines(text: str) -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` of each non-blank line of JSONL `text`. Lines end at ``\\n`` only, never
+    at a U+2028 or U+0085 inside a string (``str.splitlines`` would split there); a byte-order mark at
+    the start of a line (files joined with ``cat``, each with its mark) is dropped."""
+    for number, line in enumerate(text.split("\n"), 1):
+        line = line.lstrip("\ufeff")
+        if line.strip():
+            yield number, line
 
 
 def plain_utf8(path: str | Path, folder: str | Path) -> Path:

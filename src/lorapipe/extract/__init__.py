@@ -41,11 +41,12 @@ EXTRACTOR_VERSION = 3  # a manual bump on top of `reader_fingerprint`, for a cha
 # cleaning runs on cached text at every run, workers only carry it. Every other module here, in
 # subfolders too (the readers, and any module added later), is part of the fingerprint.
 NOT_READERS = frozenset({"__init__.py", "clean.py", "workers.py"})
-# The libraries that turn documents into text (formats.py); a new release may read them differently.
-CONVERTER_LIBRARIES = (
+# The distributions that turn documents into text (formats.py); docling under either of its names.
+CONVERTER_DISTRIBUTIONS = (
     "beautifulsoup4",
     "charset-normalizer",
     "docling",
+    "docling-slim",
     "docling-core",
     "docling-ibm-models",
     "docling-parse",
@@ -79,9 +80,9 @@ def convert_document(
 def reader_fingerprint(package: Path = Path(__file__).parent) -> str:
     """A hash (16 hex characters) of what decides a document's raw text: the source of this package's
     reader modules (all but `NOT_READERS`) and of `convert_document`, `lorapipe.textfiles` (the text
-    decoder), `EXTRACTOR_VERSION` and the installed version of each of `CONVERTER_LIBRARIES` (absent:
-    none). Cache entries are keyed by it, so a fixed reader converts again. `package`: the folder of
-    the reader modules (this package's; tests pass a copy)."""
+    decoder), `EXTRACTOR_VERSION`, and the installed version of each of `CONVERTER_DISTRIBUTIONS`. Cache
+    entries are keyed by it, so a fixed reader or an upgraded library converts again. `package`: the
+    folder of the reader modules (this package's; tests pass a copy). Computed once per process."""
     digest = hashlib.sha256(f"extractor {EXTRACTOR_VERSION}\n".encode())
     modules = {path.relative_to(package).as_posix(): path for path in package.rglob("*.py")}
     modules = {name: path for name, path in modules.items() if name not in NOT_READERS}
@@ -89,11 +90,11 @@ def reader_fingerprint(package: Path = Path(__file__).parent) -> str:
         digest.update(f"{name}\n".encode())
         hash_file(path, digest)
     digest.update(inspect.getsource(convert_document).encode())
-    for name in CONVERTER_LIBRARIES:
+    for name in CONVERTER_DISTRIBUTIONS:
         try:
             version = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
-            version = None
+            version = "absent"
         digest.update(f"{name}=={version}\n".encode())
     return digest.hexdigest()[:16]
 

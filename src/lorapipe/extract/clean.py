@@ -105,10 +105,11 @@ def dehyphenate(text: str, counts: Counter[str] | None = None) -> str:
 
 
 def clean_text(text: str, counts: Counter[str] | None = None) -> str:
-    """Unicode NFC, line-end hyphens resolved (`dehyphenate`; soft hyphens always joined), no trailing
-    spaces, one blank line at most. Adds to `counts` how many line-end hyphens were joined
-    (``hyphens_joined``) and kept (``hyphens_kept``)."""
-    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
+    """Unicode NFC, no byte-order marks, line-end hyphens resolved (`dehyphenate`; soft hyphens always
+    joined), no trailing spaces, one blank line at most. Adds to `counts` how many line-end hyphens
+    were joined (``hyphens_joined``) and kept (``hyphens_kept``)."""
+    # U+FEFF inside a text is a byte-order mark left by joining files, not a character of it
+    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n").replace("\ufeff", "")
     soft = text.count("\u00ad\n")
     text = dehyphenate(text.replace("\u00ad\n", ""), counts)
     if counts is not None and soft:
