@@ -23,6 +23,8 @@ MANIFEST_KEYS = {
     "extractor",
     "pages",
     "chars",
+    "hyphens_joined",
+    "hyphens_kept",
     "status",
     "error",
     "output",

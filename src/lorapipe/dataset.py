@@ -33,6 +33,7 @@ from lorapipe.models import load_tokenizer
 from lorapipe.param_files import prompt_file
 from lorapipe.params import DEFAULTS, TaskParams
 from lorapipe.rows import loss_tokens, tokenize_row
+from lorapipe.textfiles import read_text
 
 _BREAK = re.compile(r"\n\n|[.!?][\s\"')\]]")
 LABELED_SUFFIXES = (".jsonl", ".json")
@@ -133,7 +134,7 @@ def _matches(path: str, patterns: list[str]) -> bool:
 def _resolve_prompt(prompt: str) -> str:
     """The prompt text: the file's content when `prompt` names a file (param_files.prompt_file), else itself."""
     file = prompt_file(prompt)
-    return file.read_text(encoding="utf-8").strip() if file else prompt
+    return read_text(file).strip() if file else prompt
 
 
 def resolve_tasks(
@@ -183,7 +184,7 @@ def _text_rows(
     for entry in read_jsonl(manifest_path):
         if entry["status"] != "ok" or not _matches(entry["source"], task.sources):
             continue
-        text = (text_dir / entry["output"]).read_text(encoding="utf-8")
+        text = read_text(text_dir / entry["output"])
         for piece in chunk_text(text, tokenizer, max_seq_len, overlap_tokens):
             if len(tokenizer(piece)["input_ids"]) < min_tokens:
                 counts["dropped_short"] += 1

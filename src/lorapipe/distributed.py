@@ -25,6 +25,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lorapipe.textfiles import plain_utf8
+
 if TYPE_CHECKING:
     from lorapipe.train import TrainResult
 
@@ -38,7 +40,9 @@ def launch_command(num_processes: int, accelerate_config: str | None, job: Path,
                 f"train.accelerate_config: {accelerate_config} does not exist "
                 "(write one with `accelerate config --config_file FILE`)"
             )
-        command += ["--config_file", str(accelerate_config), "--num_processes", str(num_processes)]
+        # accelerate reads the file itself, as UTF-8 without a byte-order mark: give it such a copy
+        config = plain_utf8(accelerate_config, job.parent)
+        command += ["--config_file", str(config), "--num_processes", str(num_processes)]
     else:
         # --multi_gpu means DDP through torch.distributed.run; without a GPU accelerate uses gloo on the CPU.
         command += [

@@ -1,5 +1,6 @@
 """Atomic writes: outputs go to a temporary sibling and are renamed into place on success,
-so a killed stage never leaves a half-written output behind."""
+so a killed stage never leaves a half-written output behind. Reads of JSON, JSONL and YAML go
+through `lorapipe.textfiles.read_text` (a byte-order mark or UTF-16 from a Windows editor is read)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Any
 import yaml
 
 from lorapipe import faults, paths
+from lorapipe.textfiles import jsonl_lines, read_text
 
 
 @contextlib.contextmanager
@@ -113,7 +115,10 @@ def write_json(path: str | Path, data: Any) -> Path:
 
 
 def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """The JSON value in `path` (UTF-8, with or without a byte-order mark, or UTF-16/32 with one).
+    Raises OSError when unreadable, TextEncodingError (a ValueError) naming a file in another encoding,
+    and json.JSONDecodeError for invalid JSON."""
+    return json.loads(read_text(path))
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
@@ -122,14 +127,15 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
+    """The JSON values of the lines of `path`, blank lines skipped; encodings as `read_json`, lines as
+    `lorapipe.textfiles.jsonl_lines`. Raises ValueError naming ``path:line`` for a line that is not
+    valid JSON."""
     rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+    for number, line in jsonl_lines(read_text(path)):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
     return rows
 
 
@@ -146,7 +152,7 @@ def read_provenance(model_dir: str | Path) -> dict[str, Any]:
     path = Path(model_dir) / paths.PROVENANCE_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: the stage that builds {model_dir} writes it; run that stage again")
-    return yaml.safe_load(path.read_text()) or {}
+    return yaml.safe_load(read_text(path)) or {}
 
 
 def hash_file(path: str | Path, digest: hashlib._Hash | None = None) -> hashlib._Hash:

@@ -16,6 +16,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from lorapipe.textfiles import TextEncodingError, jsonl_lines, read_text
+
 FORMATS = ("query_data", "instruction", "messages", "conversations", "prompt_completion")
 _SIGNATURES = {  # canonical fields that identify each format, most specific first
     "messages": ("messages",),
@@ -46,15 +48,20 @@ def is_json_schema(path: Path) -> bool:
     if path.suffix.lower() != ".json":
         return False
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        data = json.loads(read_text(path))
+    except (json.JSONDecodeError, TextEncodingError):
         return False
     return isinstance(data, dict) and "$schema" in data
 
 
 def read_records(path: Path, on_bad_row: str = "error") -> tuple[list[tuple[int, dict]], int]:
-    """``[(line number, object), …]`` from a JSONL file or a JSON array, and the count of bad rows skipped."""
-    text = path.read_text(encoding="utf-8")
+    """``[(line number, object), …]`` from a JSONL file or a JSON array, and the count of bad rows skipped.
+
+    The file may start with a byte-order mark and be UTF-16 (`lorapipe.textfiles.read_text`); lines
+    as `lorapipe.textfiles.jsonl_lines` (a U+2028 inside a string does not split a row). Raises
+    TextEncodingError (a ValueError) naming a file that is not UTF-8, ValueError naming ``path:line``
+    for invalid JSON."""
+    text = read_text(path)
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(text)
@@ -63,9 +70,7 @@ def read_records(path: Path, on_bad_row: str = "error") -> tuple[list[tuple[int,
         items = data if isinstance(data, list) else [data]
         return [(i + 1, item) for i, item in enumerate(items)], 0
     records, bad = [], 0
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
+    for number, line in jsonl_lines(text):
         try:
             item = json.loads(line)
             if not isinstance(item, dict):

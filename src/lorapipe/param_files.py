@@ -15,6 +15,7 @@ from pathlib import Path
 
 from lorapipe import paths
 from lorapipe.params import Params, ParamsError
+from lorapipe.textfiles import TextEncodingError, read_text
 
 # The folder every file a param names must lie under; dvc.yaml lists it in the deps of every stage
 # in STAGE_FILE_KEYS (tests/test_param_files.py checks that).
@@ -72,7 +73,8 @@ def named_files(params: Params, stage: str) -> list[tuple[str, str]]:
 
 def check_param_files(params: Params, stage: str, root: Path = ROOT) -> None:
     """Raise ParamsError, naming each key and path, when a file the stage's params name does not
-    exist or lies outside `root` (``data/raw/config/``, relative to the project root); returns None
+    exist, lies outside `root` (``data/raw/config/``, relative to the project root) or is not text that
+    `lorapipe.textfiles.read_text` reads (UTF-8, or UTF-16/32 with a byte-order mark); returns None
     when all are in place."""
     problems = []
     base = root.resolve()
@@ -85,5 +87,10 @@ def check_param_files(params: Params, stage: str, root: Path = ROOT) -> None:
                 f"  - {key}: {value} lies outside {root}/, so DVC would not rerun the {stage} stage when "
                 f"it changes; move it under {root}/ and name that path"
             )
+        else:
+            try:
+                read_text(path)
+            except TextEncodingError as exc:
+                problems.append(f"  - {key}: {exc}")
     if problems:
         raise ParamsError(f"{paths.PARAMS} names file(s) the {stage} stage cannot use:\n" + "\n".join(problems))

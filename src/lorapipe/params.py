@@ -34,6 +34,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 
 from lorapipe import paths
+from lorapipe.textfiles import TextEncodingError, read_text
 
 
 class ParamsError(ValueError):
@@ -556,13 +557,16 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
 
 
 def read_yaml(path: str | Path) -> Any:
-    """The YAML document in `path` ({} when empty). Raises FileNotFoundError naming a missing file and
-    ParamsError naming the file, line and column of a YAML syntax error."""
+    """The YAML document in `path` ({} when empty; UTF-8 with or without a byte-order mark, or UTF-16/32
+    with one). Raises FileNotFoundError naming a missing file and ParamsError naming the file and the
+    fix for another encoding, or the file, line and column of a YAML syntax error."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"params file not found: {path}")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return yaml.safe_load(read_text(path)) or {}
+    except TextEncodingError as exc:
+        raise ParamsError(str(exc)) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

@@ -26,6 +26,7 @@ from lorapipe.hardware import (
     resolve_precision,
 )
 from lorapipe.models import BUNDLED
+from lorapipe.textfiles import read_text
 
 FACTS = Path(__file__).with_name("model_facts")
 _BUNDLED_FACTS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
@@ -92,7 +93,7 @@ class Facts:
 def load_facts(model: str) -> Facts:
     """Facts of a bundled model, a shipped Hub model, or a local folder's config.json."""
     if Path(model, "config.json").is_file():
-        config = json.loads(Path(model, "config.json").read_text())
+        config = json.loads(read_text(Path(model, "config.json")))
         config = config.get("text_config", config)
     else:
         hub_id = _ALIASES.get(model, _BUNDLED_FACTS.get(model, model))

@@ -47,6 +47,7 @@ from lorapipe import paths, tracking
 from lorapipe.artifacts import model_gguf
 from lorapipe.io import read_provenance
 from lorapipe.params import MAX_SEQ_LEN, ParamsError, apply_overrides, read_yaml, validate_params
+from lorapipe.textfiles import read_text
 
 TOKEN_ENV = "LORAPIPE_API_TOKEN"
 MAX_TOKENS = MAX_SEQ_LEN  # the most tokens a request may ask for: the longest context params allow
@@ -375,7 +376,7 @@ class AppState:
 
     def prompts(self) -> dict[str, str]:
         path = self.root / paths.PROMPTS
-        return json.loads(path.read_text()) if path.is_file() else {}
+        return json.loads(read_text(path)) if path.is_file() else {}
 
     def run_info(self) -> dict[str, Any]:
         adapter = self.root / paths.ADAPTER
@@ -563,7 +564,7 @@ def create_app(
     `backend_factory(path, engine)` loads a model (tests pass a fake)."""
     project = Path(project).resolve()
     token = token if token is not None else os.environ.get(TOKEN_ENV) or None
-    schema = json.loads(Path(json_schema).read_text()) if json_schema else None
+    schema = json.loads(read_text(json_schema)) if json_schema else None
     state = AppState(project, engine, token, schema, backend_factory)
     state.load(Path(model_path) if model_path else state.default_model(project), project)
     app = FastAPI(title="lorapipe", description=__doc__.split("\n\n")[0])
@@ -613,7 +614,7 @@ def chat_loop(model_path: str | Path | None = None, max_tokens: int = CHAT_MAX_T
     gguf = Path(model_path) if model_path else model_gguf(paths.GGUF)
     if not gguf.is_file():
         raise FileNotFoundError(f"no GGUF at {gguf} (--gguf)")
-    known = json.loads(paths.PROMPTS.read_text()) if paths.PROMPTS.is_file() else {}
+    known = json.loads(read_text(paths.PROMPTS)) if paths.PROMPTS.is_file() else {}
     messages = [{"role": "system", "content": next(iter(known.values()))}] if known else []
     model = Backend(gguf)
     print(f"[chat] {gguf.name}; an empty line quits", flush=True)

@@ -3,9 +3,11 @@
     from lorapipe import extract_documents
     manifest = extract_documents(["data/raw/docs", "more/"], "data/extracted_text", workers=2)
 
-- Incremental: each source's raw text is cached by content (sha256 of the file, the extractor
-  version and the params that change the result) in a cache folder outside the outputs, so adding
-  one document extracts only that one, and a rerun after a crash resumes where it stopped.
+- Incremental: each source's raw text is cached by content (sha256 of the file, the readers'
+  fingerprint and the params that change the result) in a cache folder outside the outputs, so
+  adding one document extracts only that one, and a rerun after a crash resumes where it stopped.
+  The fingerprint (`reader_fingerprint`) hashes the readers' own code and the versions of the
+  libraries that convert, so a changed reader or library never serves text cached by an older one.
 - Crash-proof: documents are converted in worker processes with a time limit; a crash or time-out
   is retried with pdfplumber, and a document that still fails is recorded as ``failed``.
 - Nothing in the input folders is modified; symbolic links out of an input folder are not followed.
@@ -13,15 +15,19 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.metadata
+import inspect
 import json
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from lorapipe import faults, paths
+from lorapipe import faults, paths, textfiles
 from lorapipe.extract.clean import clean_pages, clean_text
 from lorapipe.extract.formats import FORMATS, OCR_HINT, READERS, read_pdf, resolve_pdf_backend
 from lorapipe.extract.workers import Job, run_jobs
@@ -30,7 +36,27 @@ from lorapipe.params import DEFAULTS
 
 __all__ = ["extract_documents", "clean_text", "FORMATS"]
 
-EXTRACTOR_VERSION = 2  # bump when a reader's output changes: cached texts of older versions are not used
+EXTRACTOR_VERSION = 3  # a manual bump on top of `reader_fingerprint`, for a change it cannot see
+# Modules of this package (paths relative to it) that do not shape the raw text a cache entry holds:
+# cleaning runs on cached text at every run, workers only carry it. Every other module here, in
+# subfolders too (the readers, and any module added later), is part of the fingerprint.
+NOT_READERS = frozenset({"__init__.py", "clean.py", "workers.py"})
+# The distributions that turn documents into text (formats.py); docling under either of its names.
+CONVERTER_DISTRIBUTIONS = (
+    "beautifulsoup4",
+    "charset-normalizer",
+    "docling",
+    "docling-slim",
+    "docling-core",
+    "docling-ibm-models",
+    "docling-parse",
+    "ebooklib",
+    "lxml",
+    "pdfminer.six",
+    "pdfplumber",
+    "pypdfium2",
+    "python-docx",
+)
 LOG_NAME = "extract.log"
 # Facts of one run, not of the documents: returned, printed, never written into the outputs, so the
 # outputs depend on the inputs only (byte-equal after a resumed or repeated run).
@@ -48,6 +74,29 @@ def convert_document(
     """Raw pages of one document (runs in a worker process)."""
     extracted = read_pdf(path, pdf_backend, device, ocr, artifacts_path) if kind == "pdf" else READERS[kind](path)
     return {"pages": extracted.pages, "extractor": extracted.extractor, "paged": extracted.paged}
+
+
+@functools.cache
+def reader_fingerprint(package: Path = Path(__file__).parent) -> str:
+    """A hash (16 hex characters) of what decides a document's raw text: the source of this package's
+    reader modules (all but `NOT_READERS`) and of `convert_document`, `lorapipe.textfiles` (the text
+    decoder), `EXTRACTOR_VERSION`, and the installed version of each of `CONVERTER_DISTRIBUTIONS`. Cache
+    entries are keyed by it, so a fixed reader or an upgraded library converts again. `package`: the
+    folder of the reader modules (this package's; tests pass a copy). Computed once per process."""
+    digest = hashlib.sha256(f"extractor {EXTRACTOR_VERSION}\n".encode())
+    modules = {path.relative_to(package).as_posix(): path for path in package.rglob("*.py")}
+    modules = {name: path for name, path in modules.items() if name not in NOT_READERS}
+    for name, path in sorted({**modules, "lorapipe/textfiles.py": Path(textfiles.__file__)}.items()):
+        digest.update(f"{name}\n".encode())
+        hash_file(path, digest)
+    digest.update(inspect.getsource(convert_document).encode())
+    for name in CONVERTER_DISTRIBUTIONS:
+        try:
+            version = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            version = "absent"
+        digest.update(f"{name}=={version}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 NAME_BYTES = 200  # output names stay well under the 255 bytes a file name may have
@@ -116,7 +165,7 @@ class _Cache:
     def __init__(self, folder: Path, options: dict[str, Any], read: bool):
         self.folder, self.read = folder, read
         self.suffix = hashlib.sha256(
-            json.dumps({"version": EXTRACTOR_VERSION, **options}, sort_keys=True).encode()
+            json.dumps({"readers": reader_fingerprint(), **options}, sort_keys=True).encode()
         ).hexdigest()[:16]
 
     def path(self, sha: str) -> Path:
@@ -149,6 +198,8 @@ def _scan(sources: list[tuple[Path, Path, Path]], cache: _Cache, options: dict) 
             "extractor": None,
             "pages": None,
             "chars": 0,
+            "hyphens_joined": 0,
+            "hyphens_kept": 0,
             "status": "ok",
             "error": None,
             "output": None,
@@ -200,8 +251,11 @@ class _Progress:
                 error=entry.get("note"),
                 pages=len(entry["pages"]) if entry["paged"] else None,
             )
-            row["_text"] = clean_pages(entry["pages"], entry["paged"])
-            row["chars"] = len(row["_text"])
+            counts: Counter[str] = Counter()
+            row["_text"] = clean_pages(entry["pages"], entry["paged"], counts)
+            row.update(
+                chars=len(row["_text"]), hyphens_joined=counts["hyphens_joined"], hyphens_kept=counts["hyphens_kept"]
+            )
             self.pages_done += len(entry["pages"]) if entry["paged"] else 0
             if row["chars"] < self.min_length:
                 hint = f": {OCR_HINT}" if row["format"] == "pdf" else ""
@@ -317,7 +371,8 @@ def extract_documents(
     manifest = _write_outputs(out_dir, rows, ok)
     print(
         f"[extract] {len(ok)} of {len(rows)} document(s) extracted into {out_dir} "
-        f"({sum(r['cached'] for r in rows)} from cache, {len(jobs)} converted, {progress.elapsed():.1f} s)",
+        f"({sum(r['cached'] for r in rows)} from cache, {len(jobs)} converted, {progress.elapsed():.1f} s; "
+        f"line-end hyphens: {sum(r['hyphens_joined'] for r in ok)} joined, {sum(r['hyphens_kept'] for r in ok)} kept)",
         flush=True,
     )
     return manifest

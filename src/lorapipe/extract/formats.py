@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import get_args
 
 from lorapipe.params import PdfBackend
+from lorapipe.textfiles import decode_document
 
 FORMATS = {
     ".pdf": "pdf",
@@ -43,29 +44,8 @@ class Extracted:
     paged: bool = False  # True when `pages` are real pages (running headers can be detected)
 
 
-def decode_text(data: bytes) -> str:
-    """UTF-8 when it is; otherwise the encoding charset-normalizer detects (never a crash)."""
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        from charset_normalizer import from_bytes
-
-        best = from_bytes(data).best()
-        if best is None:
-            raise ValueError("binary data, not text (no text encoding fits)") from None
-        # Short Western texts fit several single-byte code pages equally well; Windows-1252 is by
-        # far the most common of them, so it wins a tie.
-        western = from_bytes(data, cp_isolation=["cp1252"]).best()
-        if western is not None and western.chaos <= best.chaos and western.coherence >= best.coherence:
-            return str(western)
-        return str(best)
-
-
 def read_plain(path: Path) -> Extracted:
-    data = path.read_bytes()
-    if b"\x00" in data[:8192]:
-        raise ValueError("binary data, not text (it contains NUL bytes)")
-    return Extracted([decode_text(data)], "plain")
+    return Extracted([decode_document(path.read_bytes(), path)], "plain")
 
 
 def _html_to_text(markup: str | bytes) -> str:
@@ -104,7 +84,7 @@ def read_docx(path: Path) -> Extracted:
 def read_json_report(path: Path) -> Extracted:
     """A report whose sections hold an `improved` text: ``{"sections": {"INTRO": {"improved": …}}}``."""
     try:
-        data = json.loads(decode_text(path.read_bytes()))
+        data = json.loads(decode_document(path.read_bytes(), path))
     except json.JSONDecodeError as exc:
         raise ValueError(f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
     sections = data.get("sections") if isinstance(data, dict) else None

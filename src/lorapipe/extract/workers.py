@@ -1,15 +1,22 @@
 """Convert documents in worker processes, each with a time limit, so that a crash (segfault) or a
 hang in a converter costs one document, never the stage.
 
-Workers are started with `spawn` (no inherited threads or locks) and reused from one document to
-the next; a worker that crashed or ran out of time is killed and replaced.
+Each worker is a fresh Python process (no inherited threads or locks, as with `spawn`), started as
+``python -c <boot> <fd>`` with a socket to this process, and reused from one document to the next; a
+worker that crashed or ran out of time is killed and replaced. Unlike multiprocessing's `spawn` and
+`forkserver`, which run the caller's ``__main__`` script again in every worker (and die there when it
+starts workers itself: README's API example saved as a script without ``if __name__ ==
+"__main__":``), a worker imports only lorapipe and the module of the converter. POSIX only
+(``pass_fds``).
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -59,13 +66,44 @@ def _serve(connection: Connection, convert: Callable[..., Any]) -> None:
             connection.send(("error", f"{type(exc).__name__}: {detail}"))
 
 
+# What a worker runs: the parent's sys.path first (so it imports the same lorapipe and the converter's
+# module from where the parent does), then `_serve` with the converter it is sent (pickled by name).
+_BOOT = (
+    "import sys\n"
+    "from multiprocessing.connection import Connection\n"
+    "connection = Connection(int(sys.argv[1]))\n"
+    "sys.path[:] = connection.recv()\n"
+    "from lorapipe.extract.workers import _serve\n"
+    "_serve(connection, connection.recv())\n"
+)
+
+
 class _Worker:
-    def __init__(self, context, convert: Callable[..., Any]):
-        self.connection, child = context.Pipe()
-        self.process = context.Process(target=_serve, args=(child, convert), daemon=True)
-        self.process.start()
-        child.close()
+    """One converter process and the connection to it (`_BOOT`)."""
+
+    def __init__(self, convert: Callable[..., Any]):
+        ours, theirs = socket.socketpair()
+        flags = subprocess._args_from_interpreter_flags()  # -X utf8, -O and the like, as spawn passes them
+        with theirs:
+            self.process = subprocess.Popen(
+                [sys.executable, *flags, "-c", _BOOT, str(theirs.fileno())],
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+            )
+        self.connection = Connection(ours.detach())
         self.job: Job | None = None
+        try:
+            self.connection.send(sys.path)
+            self.connection.send(convert)
+        except OSError:
+            pass  # it died at once: its job's recv reports the crash
+
+    def exit_code(self, timeout: float) -> int | None:
+        """The worker's exit status (negative: the signal that ended it), None while it still runs."""
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
 
     def stop(self, kill: bool = False) -> None:
         if kill:
@@ -73,12 +111,11 @@ class _Worker:
         else:
             try:
                 self.connection.send(None)
-            except (BrokenPipeError, OSError):
+            except OSError:
                 pass
-        self.process.join(timeout=10)
-        if self.process.is_alive():
+        if self.exit_code(timeout=10) is None:
             self.process.kill()
-            self.process.join()
+            self.process.wait()
         self.connection.close()
 
 
@@ -93,9 +130,10 @@ def run_jobs(
     result, or ``error`` with a message. A crash or time-out asks `fallback(job, reason)` for the
     options of one more attempt (None: give up with that reason)."""
     faults.active()  # a malformed LORAPIPE_FAULT is refused here, not once per document in the workers
-    context = multiprocessing.get_context("spawn")
+    if not jobs:
+        return
     pending = list(reversed(jobs))
-    pool = [_Worker(context, convert) for _ in range(max(1, min(workers, len(jobs))))]
+    pool = [_Worker(convert) for _ in range(max(1, min(workers, len(jobs))))]
     try:
         while pending or any(w.job for w in pool):
             for worker in pool:
@@ -115,8 +153,7 @@ def run_jobs(
                     try:
                         status, result = worker.connection.recv()
                     except (EOFError, ConnectionResetError):
-                        worker.process.join(timeout=5)
-                        code = worker.process.exitcode
+                        code = worker.exit_code(timeout=5)
                         name = signal.Signals(-code).name if code and code < 0 else f"exit code {code}"
                         reason = f"the converter crashed ({name})"
                     else:
@@ -128,7 +165,7 @@ def run_jobs(
                 if reason is None:
                     continue
                 worker.stop(kill=True)
-                pool[i] = _Worker(context, convert)
+                pool[i] = _Worker(convert)
                 retry = fallback(job, reason)
                 if retry is None:
                     job.note = reason  # a crash or time-out, not an answer from the converter

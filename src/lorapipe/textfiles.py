@@ -1,0 +1,128 @@
+"""Read the text files users write, whatever their editor saved: UTF-8 with or without a byte-order
+mark (Windows Notepad, Excel's "CSV UTF-8"), or UTF-16 / UTF-32 with one ("Unicode" in Notepad).
+
+    from lorapipe.textfiles import read_text
+    text = read_text("data/raw/labeled/rows.jsonl")   # str without the BOM, newlines as "\\n"
+
+Every file a user hands lorapipe goes through here: labeled data, params.yaml, system-prompt files,
+JSON schemas, prompts.json, an accelerate config (`plain_utf8`), and documents (`decode_document`).
+Configuration and data files in any other encoding are refused with a message that names the file,
+the first byte that is not UTF-8 and the fix; documents, often old, are decoded by detection instead.
+A module of its own, importing nothing from lorapipe, so that every other module may use it.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Iterator
+from pathlib import Path
+
+# UTF-32's little-endian mark starts with UTF-16's, so it is tried first.
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+SAVE_AS_UTF8 = "save it as UTF-8 (in most editors: Save as… → Encoding: UTF-8) and run again"
+
+
+class TextEncodingError(ValueError):
+    """A text file that is not UTF-8 (nor UTF-16/32 with a byte-order mark); the message names the
+    file, where decoding failed and the fix."""
+
+
+def bom_encoding(data: bytes) -> str | None:
+    """The Python codec that the byte-order mark at the start of `data` names (it strips the mark),
+    or None when `data` has none."""
+    return next((encoding for bom, encoding in _BOMS if data.startswith(bom)), None)
+
+
+def _looks_utf16(data: bytes) -> bool:
+    """UTF-16 without a byte-order mark: mostly ASCII, so every other byte is NUL."""
+    head = data[:4096]
+    return len(head) >= 4 and (head[1::2].count(0) > 0.6 * len(head) / 2 or head[0::2].count(0) > 0.6 * len(head) / 2)
+
+
+def _refusal(source: str | Path, data: bytes, exc: UnicodeDecodeError, encoding: str) -> str:
+    line = data[: exc.start].count(b"\n") + 1
+    found = f"byte 0x{data[exc.start]:02x} at line {line} (byte offset {exc.start})"
+    if encoding != "utf-8":
+        return f"{source}: its byte-order mark says {encoding.upper()}, but {found} is not; {SAVE_AS_UTF8}"
+    return f"{source} is not UTF-8 text: {found} is not UTF-8 (Windows-1252 or Latin-1?); {SAVE_AS_UTF8}"
+
+
+def _newlines(text: str) -> str:
+    """``\\r\\n`` and ``\\r`` as ``\\n``, as Python's text files read them."""
+    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
+
+
+def decode_text(data: bytes, source: str | Path = "<bytes>") -> str:
+    """`data` as text: by its byte-order mark (UTF-8, UTF-16, UTF-32; the mark is dropped), else as
+    UTF-8; newlines become ``\\n``. Raises TextEncodingError naming `source` when it does not decode
+    (or is UTF-16 without a mark)."""
+    encoding = bom_encoding(data) or "utf-8"
+    if encoding == "utf-8" and _looks_utf16(data):  # ASCII in UTF-16 is valid UTF-8, full of NULs
+        raise TextEncodingError(
+            f"{source} looks like UTF-16 without a byte-order mark (every other byte is 0); {SAVE_AS_UTF8}"
+        )
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise TextEncodingError(_refusal(source, data, exc, encoding)) from None
+    return _newlines(text)
+
+
+def read_text(path: str | Path) -> str:
+    """The text of a file a user wrote (`decode_text` of its bytes). Raises FileNotFoundError (and
+    other OSError) when it cannot be read and TextEncodingError naming it when it is not UTF-8."""
+    return decode_text(Path(path).read_bytes(), path)
+
+
+def jsonl_lines(text: str) -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` of each non-blank line of JSONL `text`. Lines end at ``\\n`` only, never
+    at a U+2028 or U+0085 inside a string (``str.splitlines`` would split there); a byte-order mark at
+    the start of a line (files joined with ``cat``, each with its mark) is dropped."""
+    for number, line in enumerate(text.split("\n"), 1):
+        line = line.lstrip("\ufeff")
+        if line.strip():
+            yield number, line
+
+
+def plain_utf8(path: str | Path, folder: str | Path) -> Path:
+    """`path` itself when it is UTF-8 without a byte-order mark, else a UTF-8 copy of it written into
+    `folder` (same name), for tools that read a user's file themselves and would choke on the mark
+    (accelerate's config loader). Raises TextEncodingError as `read_text` does."""
+    path = Path(path)
+    data = path.read_bytes()
+    text = decode_text(data, path)
+    if bom_encoding(data) is None:
+        return path
+    copy = Path(folder) / path.name
+    copy.write_text(text, encoding="utf-8")
+    return copy
+
+
+def decode_document(data: bytes, source: str | Path = "<bytes>") -> str:
+    """A document's bytes as text: by its byte-order mark, else UTF-8, else the encoding that
+    charset-normalizer detects (Windows-1252 on a tie). Raises ValueError for binary data (NUL bytes
+    without a UTF-16/32 byte-order mark, or no encoding fits)."""
+    if bom_encoding(data):
+        return decode_text(data, source)
+    if b"\x00" in data[:8192]:
+        raise ValueError("binary data, not text (it contains NUL bytes; UTF-16 needs a byte-order mark)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        from charset_normalizer import from_bytes
+
+        best = from_bytes(data).best()
+        if best is None:
+            raise ValueError("binary data, not text (no text encoding fits)") from None
+        # Short Western texts fit several single-byte code pages equally well; Windows-1252 is by
+        # far the most common of them, so it wins a tie.
+        western = from_bytes(data, cp_isolation=["cp1252"]).best()
+        if western is not None and western.chaos <= best.chaos and western.coherence >= best.coherence:
+            return str(western)
+        return str(best)

@@ -1,0 +1,218 @@
+"""Every text file a user hands lorapipe reads the same whatever the editor saved it as: UTF-8 with a
+byte-order mark, UTF-16 or UTF-32 with one; other encodings are refused naming the file and the fix.
+
+Run: .venv/bin/pytest tests/test_textfiles.py
+"""
+
+import codecs
+import json
+from pathlib import Path
+
+import pytest
+
+from lorapipe import paths
+from lorapipe.io import read_json, read_jsonl, read_provenance
+from lorapipe.labeled import is_json_schema, load_labeled
+from lorapipe.params import ParamsError, load_params, read_yaml
+from lorapipe.textfiles import TextEncodingError, decode_document, decode_text, plain_utf8, read_text
+
+# What Windows editors write: Notepad's "UTF-8 with BOM", "UTF-16 LE"/"Unicode", "UTF-16 BE", UTF-32.
+BOM_ENCODINGS = ["utf-8-sig", "utf-16-le-bom", "utf-16-be-bom", "utf-32"]
+PARAMS = Path(__file__).parents[1] / "params.yaml"
+TEXT = "Café — naïve\r\nsecond line\n"
+
+
+def encode(text: str, encoding: str) -> bytes:
+    if encoding == "utf-16-le-bom":
+        return codecs.BOM_UTF16_LE + text.encode("utf-16-le")
+    if encoding == "utf-16-be-bom":
+        return codecs.BOM_UTF16_BE + text.encode("utf-16-be")
+    return text.encode(encoding)  # utf-8-sig and utf-32 write their mark themselves
+
+
+def write(path: Path, text: str, encoding: str) -> Path:
+    path.write_bytes(encode(text, encoding))
+    return path
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", *BOM_ENCODINGS])
+def test_read_text_drops_the_mark_and_keeps_the_text(tmp_path, encoding):
+    path = write(tmp_path / "f.txt", TEXT, encoding)
+    assert read_text(path) == "Café — naïve\nsecond line\n"
+
+
+def test_windows_1252_is_refused_naming_the_file_the_line_and_the_fix(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(b'{"query": "ok"}\n{"query": "caf\xe9"}\n')
+    with pytest.raises(TextEncodingError) as caught:
+        read_text(path)
+    message = str(caught.value)
+    assert str(path) in message and "byte 0xe9 at line 2" in message and "save it as UTF-8" in message
+
+
+def test_utf16_without_a_mark_is_named_as_such(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_bytes("lora:\n  rank: 8\n".encode("utf-16-le"))
+    with pytest.raises(TextEncodingError, match="UTF-16 without a byte-order mark"):
+        read_text(path)
+
+
+def test_a_mark_that_lies_is_refused():
+    with pytest.raises(TextEncodingError, match="byte-order mark says UTF-16"):
+        decode_text(codecs.BOM_UTF16_LE + b"a\x00\x00\xd8", "x.txt")  # a lone surrogate half
+
+
+def test_documents_decode_by_mark_then_utf8_then_detection():
+    assert decode_document(encode("Résumé of LoRA", "utf-16-le-bom")) == "Résumé of LoRA"
+    assert decode_document("Résumé".encode("utf-8-sig")) == "Résumé"
+    assert decode_document("Tschüß, Grüße an die Größe".encode("cp1252")) == "Tschüß, Grüße an die Größe"
+    with pytest.raises(ValueError, match="NUL bytes"):
+        decode_document(b"\x00\x01\x02binary")
+
+
+def test_plain_utf8_copies_only_a_file_that_needs_it(tmp_path):
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("num_processes: 2\n", encoding="utf-8")
+    assert plain_utf8(plain, tmp_path / "copies") == plain
+    (tmp_path / "copies").mkdir()
+    marked = write(tmp_path / "marked.json", '{"num_processes": 2}', "utf-16-le-bom")
+    copy = plain_utf8(marked, tmp_path / "copies")
+    assert copy == tmp_path / "copies" / "marked.json"
+    assert copy.read_bytes() == b'{"num_processes": 2}'
+    assert marked.read_bytes().startswith(codecs.BOM_UTF16_LE)  # the user's file is not modified
+
+
+# --- every reader ------------------------------------------------------------------------------------
+
+ROWS = [{"query": "play some jazz", "data": {"intent": "PlayMusic"}}, {"query": "rain?", "data": {"intent": "W"}}]
+
+
+@pytest.mark.parametrize("encoding", BOM_ENCODINGS)
+def test_labeled_jsonl_and_json_with_a_mark_load_every_row(tmp_path, encoding):
+    jsonl = write(tmp_path / "rows.jsonl", "".join(json.dumps(r) + "\r\n" for r in ROWS), encoding)
+    array = write(tmp_path / "rows.json", json.dumps(ROWS), encoding)
+    for path in (jsonl, array):
+        conversations, bad = load_labeled(path)
+        assert bad == 0
+        assert [c[0]["content"] for c in conversations] == ["play some jazz", "rain?"]
+        assert conversations[0][1]["content"] == '{"intent": "PlayMusic"}'
+
+
+def test_a_line_separator_inside_a_string_does_not_split_a_row(tmp_path):
+    """U+2028 and U+0085 are line breaks to str.splitlines, not to JSONL (json.dumps leaves them raw)."""
+    row = {"query": "one\u2028two\x85three", "data": {"intent": "X"}}
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
+    conversations, _ = load_labeled(path)
+    assert [c[0]["content"] for c in conversations] == ["one\u2028two\x85three"]
+    assert read_jsonl(path) == [row]
+
+
+@pytest.mark.parametrize("encoding", BOM_ENCODINGS)
+def test_a_schema_with_a_mark_is_still_known_as_a_schema(tmp_path, encoding):
+    path = write(tmp_path / "schema.json", json.dumps({"$schema": "x", "type": "object"}), encoding)
+    assert is_json_schema(path)
+    assert read_json(path) == {"$schema": "x", "type": "object"}
+
+
+@pytest.mark.parametrize("encoding", BOM_ENCODINGS)
+def test_params_yaml_with_a_mark_loads_as_the_original(tmp_path, encoding):
+    path = write(tmp_path / "params.yaml", PARAMS.read_text(encoding="utf-8"), encoding)
+    assert load_params(path) == load_params(PARAMS)
+    assert read_yaml(path) == read_yaml(PARAMS)
+
+
+def test_params_yaml_in_windows_1252_is_a_params_error_naming_the_file(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_bytes("dataset:\n  system_prompt: Réponds en JSON.\n".encode("cp1252"))
+    with pytest.raises(ParamsError, match=r"params\.yaml is not UTF-8 text: byte 0xe9 at line 2"):
+        load_params(path)
+
+
+@pytest.mark.parametrize("encoding", BOM_ENCODINGS)
+def test_jsonl_json_and_provenance_readers_take_a_mark(tmp_path, encoding):
+    write(tmp_path / "a.jsonl", "".join(json.dumps(r) + "\n" for r in ROWS), encoding)
+    assert read_jsonl(tmp_path / "a.jsonl") == ROWS
+    write(tmp_path / "prompts.json", json.dumps({"chat": "Réponds."}), encoding)
+    assert read_json(tmp_path / "prompts.json") == {"chat": "Réponds."}
+    write(tmp_path / paths.PROVENANCE_NAME, "model.name: smollm2\n", encoding)
+    assert read_provenance(tmp_path) == {"model.name": "smollm2"}
+
+
+@pytest.mark.parametrize("encoding", BOM_ENCODINGS)
+def test_a_system_prompt_file_with_a_mark_is_read_without_it(tmp_path, monkeypatch, encoding):
+    from lorapipe.dataset import _resolve_prompt
+
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "prompt.txt", "Réponds en JSON.\r\n", encoding)
+    assert _resolve_prompt("prompt.txt") == "Réponds en JSON."
+
+
+def test_a_prompt_file_that_is_not_utf8_stops_the_stage_before_any_work(tmp_path, monkeypatch):
+    from lorapipe.param_files import check_param_files
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data/raw/config").mkdir(parents=True)
+    (tmp_path / "data/raw/config/prompt.txt").write_bytes("Réponds en JSON.".encode("cp1252"))
+    params = load_params(PARAMS)
+    dataset = params.dataset.model_copy(update={"system_prompt": "data/raw/config/prompt.txt"})
+    params = params.model_copy(update={"dataset": dataset})
+    with pytest.raises(ParamsError) as caught:
+        check_param_files(params, "dataset")
+    message = str(caught.value)
+    assert "dataset.system_prompt" in message and "data/raw/config/prompt.txt is not UTF-8" in message
+
+
+def test_an_accelerate_config_with_a_mark_is_handed_over_as_plain_utf8(tmp_path):
+    from lorapipe.distributed import launch_command
+
+    config = write(tmp_path / "accelerate.json", '{"distributed_type": "MULTI_CPU"}', "utf-8-sig")
+    (tmp_path / "job").mkdir()
+    command = launch_command(2, str(config), tmp_path / "job" / "job.json", tmp_path / "job" / "result.json")
+    given = Path(command[command.index("--config_file") + 1])
+    assert given.parent == tmp_path / "job" and json.loads(given.read_bytes()) == {"distributed_type": "MULTI_CPU"}
+
+
+@pytest.mark.parametrize("encoding", BOM_ENCODINGS)
+def test_extraction_reads_text_markdown_json_and_html_with_a_mark(tmp_path, encoding):
+    from lorapipe import extract_documents
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    body = "Low-rank adaptation trains two thin matrices beside each frozen weight — très simple."
+    write(docs / "a.txt", body + "\r\n", encoding)
+    write(docs / "b.md", f"# Notes\r\n\r\n{body}\r\n", encoding)
+    write(docs / "c.json", json.dumps({"sections": {"INTRO": {"improved": body}}}), encoding)
+    write(docs / "d.html", f"<html><body><p>{body}</p></body></html>", encoding)
+    rows = {Path(r["source"]).name: r for r in extract_documents(docs, tmp_path / "out", workers=1, min_length=10)}
+    assert {name: row["status"] for name, row in rows.items()} == dict.fromkeys(rows, "ok")
+    texts = {name: (tmp_path / "out" / row["output"]).read_text(encoding="utf-8") for name, row in rows.items()}
+    assert texts["a.txt"] == body + "\n"
+    assert texts["b.md"] == f"# Notes\n\n{body}\n"
+    assert texts["c.json"] == f"### INTRO:\n{body}\n"
+    assert texts["d.html"] == body + "\n"
+    assert not any("\ufeff" in text for text in texts.values())
+
+
+def test_files_joined_with_cat_each_with_its_mark_load_every_row(tmp_path):
+    """``cat a.jsonl b.jsonl > all.jsonl`` of two files a Windows editor saved: a mark starts line 3."""
+    part = "".join(json.dumps(r) + "\n" for r in ROWS).encode("utf-8-sig")
+    path = tmp_path / "all.jsonl"
+    path.write_bytes(part + part)
+    assert read_jsonl(path) == ROWS + ROWS
+    conversations, bad = load_labeled(path)
+    assert bad == 0 and [c[0]["content"] for c in conversations] == ["play some jazz", "rain?"] * 2
+
+
+def test_a_mark_inside_a_string_is_kept(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_text(json.dumps({"query": "\ufeffodd", "data": {}}, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert read_jsonl(path) == [{"query": "\ufeffodd", "data": {}}]
+
+
+def test_a_mark_left_inside_an_extracted_text_is_dropped():
+    from lorapipe.extract.clean import clean_text
+
+    assert clean_text("First part.\n\ufeffSecond part, from another file.") == (
+        "First part.\nSecond part, from another file."
+    )
