@@ -73,6 +73,13 @@ def _rich_docx(path):
     )
     edited._p.append(parse_xml(f"<w:del {W_NS} w:id='2' w:author='a'><w:r><w:delText>gone</w:delText></w:r></w:del>"))
     edited._p.append(parse_xml(f"<w:r {W_NS}><w:t>and a run.</w:t><w:tab/><w:t>Tabbed</w:t></w:r>"))
+    edited._p.append(parse_xml(f"<w:r {W_NS}><w:rPr><w:vanish/></w:rPr><w:t>hidden text</w:t></w:r>"))
+    edited._p.append(
+        parse_xml(
+            f"<w:hyperlink {W_NS}><w:r><w:t xml:space='preserve'> with a </w:t></w:r><w:r><w:t>link</w:t></w:r>"
+            "</w:hyperlink>"
+        )
+    )
     document.element.body.insert(
         len(document.element.body) - 1,
         parse_xml(
@@ -92,7 +99,7 @@ def test_docx_keeps_tables_boxes_headers_and_notes_in_order(tmp_path):
         "Rank | 16\nAlpha | 32 low | high\n\n"
         "Both columns\nleft | right\n\n"
         "Scaling is alpha over rank.\n\nSee the box.\n\n"
-        "Kept insertion and a run.\tTabbed\n\n"
+        "Kept insertion and a run.\tTabbed with a link\n\n"
         "Inside a control.\n\n"
         "A footnote.\n\n"
         "Internal use"
@@ -312,3 +319,8 @@ def test_json_report_reads_nested_values_and_names_what_it_skips(tmp_path):
     assert extracted.note == 'sections without an "improved" text, not extracted: EMPTY'
     (row,) = extract_documents(docs, tmp_path / "out", cache_dir=tmp_path / "cache")
     assert row["status"] == "ok" and row["error"] == extracted.note
+
+
+def test_html_nested_thousands_deep_and_bytes():
+    assert html_to_text("<div>" * 3000 + "deep <b>text</b>" + "</div>" * 3000) == "deep text"
+    assert html_to_text("<p>caf\u00e9 <i>ok</i></p>".encode()) == "caf\u00e9 ok"

@@ -183,11 +183,19 @@ _CHART = "{http://schemas.openxmlformats.org/drawingml/2006/chart}chart"
 # Subtrees whose text is not the document's: deleted or moved-away text, field codes, the fallback
 # copy of a text box (its mc:Choice holds the same text), properties (w:tabs holds w:tab stops).
 _DOCX_SKIPPED = frozenset({_W + "del", _W + "moveFrom", _W + "instrText", _W + "delText", _MC_FALLBACK})
-_DOCX_CHARS = {_W + "tab": "\t", _W + "br": "\n", _W + "cr": "\n", _W + "noBreakHyphen": "-"}
+_DOCX_CHARS = {_W + "tab": "\t", _W + "ptab": "\t", _W + "br": "\n", _W + "cr": "\n", _W + "noBreakHyphen": "-"}
 
 
 def _skipped(tag) -> bool:
     return not isinstance(tag, str) or tag in _DOCX_SKIPPED or tag.endswith("Pr")
+
+
+def _hidden_run(element) -> bool:
+    """A run formatted as hidden text (w:vanish): Word neither shows nor prints it."""
+    if element.tag != _W + "r":
+        return False
+    vanish = element.find(f"{_W}rPr/{_W}vanish")
+    return vanish is not None and vanish.get(_W + "val") not in ("0", "false", "off")
 
 
 class _Docx:
@@ -210,7 +218,7 @@ class _Docx:
         `boxes` (laid out after the paragraph, as blocks of their own)."""
         for child in element:
             tag = child.tag
-            if _skipped(tag):
+            if _skipped(tag) or _hidden_run(child):
                 continue
             if tag == _W + "txbxContent":
                 boxes.append(child)

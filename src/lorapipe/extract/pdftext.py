@@ -98,17 +98,15 @@ def _repeated_text_objects(page) -> list:
     return repeats
 
 
-@contextmanager
-def without_overprinted_text(path: Path) -> Iterator[Path]:
-    """`path` itself, or (when it has repeated text objects) a temporary copy without them, removed
-    when the block ends. A PDF PDFium cannot open is passed on as it is (the reader says why)."""
+def _save_without_repeats(path: Path, copy: Path) -> bool:
+    """Write `path` without its repeated text objects to `copy`; False (nothing written) when it
+    has none or PDFium cannot read it (the reader then gets the original and says why)."""
     import pypdfium2
 
     try:
         pdf = pypdfium2.PdfDocument(str(path))
     except pypdfium2.PdfiumError:
-        yield path
-        return
+        return False
     try:
         removed = 0
         for index in range(len(pdf)):
@@ -121,18 +119,25 @@ def without_overprinted_text(path: Path) -> Iterator[Path]:
                 page.gen_content()  # rewrite the page's content stream without them
                 removed += len(repeats)
             page.close()
-        if not removed:
-            yield path
-            return
-        folder = Path(tempfile.mkdtemp(prefix="lorapipe-pdf-"))
-        try:
-            copy = folder / path.name
+        if removed:
             pdf.save(str(copy))
-            yield copy
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
+        return bool(removed)
+    except pypdfium2.PdfiumError:
+        return False
     finally:
         pdf.close()
+
+
+@contextmanager
+def without_overprinted_text(path: Path) -> Iterator[Path]:
+    """`path` itself, or (when it has repeated text objects) a temporary copy without them that is
+    removed when the block ends. The input file is never modified."""
+    folder = Path(tempfile.mkdtemp(prefix="lorapipe-pdf-"))
+    try:
+        copy = folder / path.name
+        yield copy if _save_without_repeats(path, copy) else path
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 _WORD = re.compile(r"\w+")
@@ -153,7 +158,10 @@ def repair_doubled_words(pages: list[str], page_numbers: list[int], path: Path) 
         return pages
     import pypdfium2
 
-    pdf = pypdfium2.PdfDocument(str(path))
+    try:
+        pdf = pypdfium2.PdfDocument(str(path))
+    except pypdfium2.PdfiumError:
+        return pages
     try:
         repaired = []
         for text, number in zip(pages, page_numbers, strict=True):
