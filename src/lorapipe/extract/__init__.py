@@ -73,7 +73,7 @@ def convert_document(
 ) -> dict[str, Any]:
     """Raw pages of one document (runs in a worker process)."""
     extracted = read_pdf(path, pdf_backend, device, ocr, artifacts_path) if kind == "pdf" else READERS[kind](path)
-    return {"pages": extracted.pages, "extractor": extracted.extractor, "paged": extracted.paged}
+    return dict(vars(extracted))  # pages, extractor, paged, note
 
 
 @functools.cache
@@ -291,7 +291,7 @@ def _entry(job: Job, status: str, result: Any, backend: str) -> dict:
     """The cache entry of one finished conversion job."""
     seconds = round(time.monotonic() - job.started, 3)
     if status == "ok":
-        note = f"{backend} failed ({job.note}); pdfplumber used" if job.note else None
+        note = f"{backend} failed ({job.note}); pdfplumber used" if job.note else result.get("note")
         return {"status": "ok", **result, "note": note, "seconds": seconds}
     message = f"{job.note}; pdfplumber: {result}" if job.note and job.note != result else result
     return {"status": "failed", "error": message, "seconds": seconds}

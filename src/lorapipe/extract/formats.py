@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import get_args
 
+from lorapipe.extract.markup import docx_to_text, html_to_text
+from lorapipe.extract.pdftext import repair_doubled_words, unique_chars, without_overprinted_text
 from lorapipe.params import PdfBackend
 from lorapipe.textfiles import decode_document
 
@@ -42,23 +44,15 @@ class Extracted:
     pages: list[str]
     extractor: str
     paged: bool = False  # True when `pages` are real pages (running headers can be detected)
+    note: str | None = None  # what the reader left out, and why (shown in the manifest's `error`)
 
 
 def read_plain(path: Path) -> Extracted:
     return Extracted([decode_document(path.read_bytes(), path)], "plain")
 
 
-def _html_to_text(markup: str | bytes) -> str:
-    from bs4 import BeautifulSoup
-
-    soup = BeautifulSoup(markup, "html.parser")
-    for tag in soup(["script", "style", "head", "nav"]):
-        tag.decompose()
-    return soup.get_text("\n")
-
-
 def read_html(path: Path) -> Extracted:
-    return Extracted([_html_to_text(path.read_bytes())], "beautifulsoup")
+    return Extracted([html_to_text(path.read_bytes())], "beautifulsoup")
 
 
 def read_epub(path: Path) -> Extracted:
@@ -70,19 +64,34 @@ def read_epub(path: Path) -> Extracted:
     for item_id, _linear in book.spine:  # reading order
         item = book.get_item_with_id(item_id)
         if item is not None and item.get_type() == ebooklib.ITEM_DOCUMENT:
-            chapters.append(_html_to_text(item.get_content()))
+            chapters.append(html_to_text(item.get_content()))
     return Extracted(chapters, "ebooklib")
 
 
 def read_docx(path: Path) -> Extracted:
-    import docx
+    text, notes = docx_to_text(path)
+    return Extracted([text], "python-docx", note="; ".join(notes) or None)
 
-    document = docx.Document(str(path))
-    return Extracted(["\n\n".join(p.text for p in document.paragraphs)], "python-docx")
+
+def _json_text(value: object) -> str:
+    """The text of a JSON value: a string as it is, numbers and booleans written out, the items of
+    a list and the values of an object in order, separated by blank lines; null is nothing."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        parts = [_json_text(item) for item in value]
+    elif isinstance(value, dict):
+        parts = [_json_text(item) for item in value.values()]
+    else:
+        return "" if value is None else json.dumps(value)
+    return "\n\n".join(part for part in parts if part.strip())
 
 
 def read_json_report(path: Path) -> Extracted:
-    """A report whose sections hold an `improved` text: ``{"sections": {"INTRO": {"improved": …}}}``."""
+    """A report whose sections hold an `improved` text: ``{"sections": {"INTRO": {"improved": …}}}``.
+
+    `improved` may be a string or nested lists and objects of strings (all of them are read); a
+    section without one is named in the note. Raises ValueError for JSON of another shape."""
     try:
         data = json.loads(decode_document(path.read_bytes(), path))
     except json.JSONDecodeError as exc:
@@ -90,14 +99,17 @@ def read_json_report(path: Path) -> Extracted:
     sections = data.get("sections") if isinstance(data, dict) else None
     if not isinstance(sections, dict):
         raise ValueError('expected a JSON object with "sections": {"NAME": {"improved": "…"}}')
-    parts = [
-        f"### {name}:\n{body['improved']}"
-        for name, body in sections.items()
-        if isinstance(body, dict) and isinstance(body.get("improved"), str)
-    ]
+    parts, missing = [], []
+    for name, body in sections.items():
+        text = _json_text(body.get("improved")) if isinstance(body, dict) else ""
+        if text.strip():
+            parts.append(f"### {name}:\n{text}")
+        else:
+            missing.append(str(name))
     if not parts:
         raise ValueError('no section holds an "improved" text')
-    return Extracted(["\n\n".join(parts)], "json-sections")
+    note = f'sections without an "improved" text, not extracted: {", ".join(missing)}' if missing else None
+    return Extracted(["\n\n".join(parts)], "json-sections", note=note)
 
 
 def docling_layout_available(artifacts_path: str | None = None) -> bool:
@@ -158,20 +170,31 @@ def read_pdf_docling(
     ocr: bool = False,
     artifacts_path: str | None = None,
 ) -> Extracted:
-    result = _docling_converter(backend, device, ocr, artifacts_path).convert(str(path), raises_on_error=False)
+    converter = _docling_converter(backend, device, ocr, artifacts_path)
+    with without_overprinted_text(path) as clean:  # fake bold: see lorapipe.extract.pdftext
+        result = converter.convert(str(clean), raises_on_error=False)
     if result.status.name not in ("SUCCESS", "PARTIAL_SUCCESS"):
         reasons = "; ".join(e.error_message for e in result.errors) or result.status.name
         raise ValueError(f"docling could not convert it: {reasons}")
     document = result.document
-    pages = [document.export_to_markdown(page_no=number) for number in sorted(document.pages)]
-    return Extracted(pages or [document.export_to_markdown()], backend, paged=bool(pages))
+    numbers = sorted(document.pages)
+    pages = [document.export_to_markdown(page_no=number) for number in numbers]
+    if not pages:
+        return Extracted([document.export_to_markdown()], backend)
+    return Extracted(repair_doubled_words(pages, numbers, path), backend, paged=True)
 
 
 def read_pdf_pdfplumber(path: Path) -> Extracted:
+    """Each page's text, glyphs drawn twice (fake bold) read once (`pdftext.unique_chars`)."""
     import pdfplumber
 
+    pages = []
     with pdfplumber.open(str(path)) as pdf:
-        pages = [page.extract_text() or "" for page in pdf.pages]
+        for page in pdf.pages:
+            drop = unique_chars(page.chars)
+            if drop:
+                page = page.filter(lambda obj, drop=drop: id(obj) not in drop)
+            pages.append(page.extract_text() or "")
     return Extracted(pages, "pdfplumber", paged=True)
 
 
