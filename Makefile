@@ -38,7 +38,7 @@ repro: install ## rerun what changed (dvc repro)
 # golang-go and chromium when they are missing.
 test-tools: ## install what the tests need beyond .venv (Go, Chromium; with apt, as root or through sudo)
 	@if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
-	for need in go:golang-go:tests/test_chat_templates.py chromium:chromium:tests/integration/test_mlflow_ui.py; do \
+	for need in go:golang-go:tests/test_chat_templates.py chromium:chromium:tests/integration/test_tracking_server.py; do \
 	  IFS=: read -r tool package test <<< "$$need"; command -v $$tool >/dev/null && continue; \
 	  echo "installing Debian's $$package for $$test"; \
 	  $$SUDO apt-get install -y -qq $$package >/dev/null 2>&1 || \
