@@ -6,6 +6,7 @@ Run: .venv/bin/pytest tests/test_tracking.py
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 
@@ -14,10 +15,22 @@ import pytest
 from lorapipe import tracking
 
 
+@pytest.fixture(scope="module")
+def empty_store(tmp_path_factory):
+    """An MLflow sqlite store with its tables made (seconds of migrations, done once per module)."""
+    from mlflow.tracking import MlflowClient
+
+    database = tmp_path_factory.mktemp("store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{database}").search_experiments()
+    return database
+
+
 @pytest.fixture
-def store(tmp_path, monkeypatch):
+def store(tmp_path, monkeypatch, empty_store):
+    """A fresh default store (``<workspace>/mlflow.db``) in the test's own workspace."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("LORAPIPE_HOME", str(tmp_path))
+    shutil.copy(empty_store, tmp_path / "mlflow.db")
     return tmp_path
 
 
