@@ -139,6 +139,22 @@ def test_owner_gone_only_for_this_hosts_exited_processes(store, gone_process, li
     assert not tracking.owner_gone({**gone_process, tracking.PID_TAG: "not a pid"})
 
 
+def test_an_exited_process_not_yet_reaped_is_gone(store):
+    import psutil
+
+    process = subprocess.Popen(["true"])
+    owner = {
+        tracking.HOST_TAG: socket.gethostname(),
+        tracking.PID_TAG: str(process.pid),
+        tracking.STARTED_TAG: repr(psutil.Process(process.pid).create_time()),
+    }
+    os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOWAIT)  # it has exited; not reaped, a zombie
+    try:
+        assert tracking.owner_gone(owner)
+    finally:
+        process.wait()
+
+
 def test_a_killed_training_run_is_continued_with_each_step_once(store, gone_process, monkeypatch):
     killed = tracking.start_training_run(PARAMS, TAGS)
     for step in (1, 2, 3):  # the killed trainer logged 3 steps; its last checkpoint was step 1

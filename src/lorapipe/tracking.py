@@ -117,7 +117,7 @@ def owner_tags() -> dict[str, str]:
 
 def owner_gone(tags: dict[str, str]) -> bool:
     """Whether a run's owner (`owner_tags`) was a process on this host that no longer runs: its pid
-    is free, or taken by a process started at another time. False for another host's run, a run
+    is free, a zombie, or taken by a process started at another time. False for another host's run, a run
     without owner tags, and a live owner (or one psutil may not inspect)."""
     import psutil
 
@@ -128,7 +128,9 @@ def owner_gone(tags: dict[str, str]) -> bool:
     except (KeyError, ValueError):
         return False
     try:
-        return abs(psutil.Process(pid).create_time() - started) > _START_TOLERANCE_S
+        process = psutil.Process(pid)
+        reused = abs(process.create_time() - started) > _START_TOLERANCE_S
+        return reused or process.status() == psutil.STATUS_ZOMBIE  # a zombie has exited, not yet reaped
     except psutil.NoSuchProcess:
         return True
     except psutil.Error:  # AccessDenied and the like: someone's process, alive
