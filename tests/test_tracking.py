@@ -162,6 +162,7 @@ def test_a_killed_training_run_is_continued_with_each_step_once(store, gone_proc
     _retag(killed["run_id"], gone_process)
 
     _new_process(monkeypatch)
+    monkeypatch.setenv("DVC_EXP_NAME", "rapid-moth")  # resumed by `dvc exp run`, a new experiment name
     resumed = tracking.start_training_run(PARAMS, TAGS)
     assert resumed["run_id"] == killed["run_id"]
     for step in (2, 3, 4, 5):  # the resumed trainer repeats steps 2 and 3 from the checkpoint
@@ -175,6 +176,7 @@ def test_a_killed_training_run_is_continued_with_each_step_once(store, gone_proc
     run = _client().get_run(killed["run_id"])
     assert run.info.status == "FINISHED" and run.data.tags[tracking.RESUMES_TAG] == "1"
     assert run.data.tags[tracking.PID_TAG] == str(os.getpid())
+    assert run.info.run_name == "rapid-moth" and run.data.tags["dvc_experiment"] == "rapid-moth"
     assert len(_client().search_runs([run.info.experiment_id])) == 1
 
 

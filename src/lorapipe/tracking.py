@@ -184,6 +184,8 @@ def _continue_run(client, run_id: str, tags: dict[str, str]) -> None:
 
     resumes = int(client.get_run(run_id).data.tags.get(RESUMES_TAG, "0")) + 1
     updated = {**tags, RESUMES_TAG: str(resumes)}
+    if os.environ.get("DVC_EXP_NAME"):  # the run is named after the DVC experiment that finishes it
+        updated["mlflow.runName"] = os.environ["DVC_EXP_NAME"]
     client.log_batch(run_id, tags=[RunTag(k, str(v)[:_MAX_PARAM]) for k, v in updated.items()])
     print(f"[mlflow] continuing run {run_id}: its training was killed and resumes here", flush=True)
 
