@@ -34,13 +34,16 @@ run: install ## install, run the whole pipeline on the sample corpus, then ask t
 repro: install ## rerun what changed (dvc repro)
 	dvc repro
 
-# Go renders Modelfile templates in the tests, as Ollama does; Debian's golang-go when it is missing.
-test-tools: ## install what the tests need beyond .venv (Go, with apt, as root or through sudo)
-	@command -v go >/dev/null || { echo "installing Debian's golang-go for the Modelfile template test"; \
-	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
-	  $$SUDO apt-get install -y -qq golang-go >/dev/null 2>&1 || \
-	  { $$SUDO apt-get update -qq >/dev/null 2>&1 && $$SUDO apt-get install -y -qq golang-go >/dev/null 2>&1; } || \
-	  echo "could not install golang-go: tests/test_chat_templates.py will be skipped"; }
+# Go renders Modelfile templates in the tests, as Ollama does, and Chromium renders the MLflow UI; Debian's
+# golang-go and chromium when they are missing.
+test-tools: ## install what the tests need beyond .venv (Go, Chromium; with apt, as root or through sudo)
+	@if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
+	for need in go:golang-go:tests/test_chat_templates.py chromium:chromium:tests/integration/test_tracking_server.py; do \
+	  IFS=: read -r tool package test <<< "$$need"; command -v $$tool >/dev/null && continue; \
+	  echo "installing Debian's $$package for $$test"; \
+	  $$SUDO apt-get install -y -qq $$package >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -qq >/dev/null 2>&1 && $$SUDO apt-get install -y -qq $$package >/dev/null 2>&1; } || \
+	  echo "could not install $$package: $$test will be skipped"; done
 
 # pytest exits 5 when it collects no test: that is a failure here, not a pass. The 20 slowest tests are
 # listed at the end, so that one creeping into the quick tier is seen.
@@ -61,7 +64,8 @@ bench: install ## run the benchmarks in bench/ (about 85 min; ONLY=training,pipe
 
 # The UI has no login: it listens on this machine only, unless UI_HOST names another address.
 UI_HOST ?= 127.0.0.1
-ui: install ## serve the MLflow UI on http://127.0.0.1:5000 (runs, params, loss curves, adapters); UI_HOST=... to expose it
+ui: install ## serve the MLflow UI on http://127.0.0.1:5000 and print the address of the runs (params, loss curves, adapters); UI_HOST=... to expose it
+	@echo "MLflow UI, lorapipe's runs: $$(MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/mlflow.db $(PY) -m lorapipe.tracking --runs-url http://$(UI_HOST):5000)"
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --default-artifact-root $(CURDIR)/mlartifacts --host $(UI_HOST) --port 5000
 
 lock: ## rewrite requirements.lock from the current .venv
