@@ -276,7 +276,7 @@ def test_ollama_reads_follows_the_parser():
     assert modelfile_line("PARAMETER stop", "</s>", ('"',)) == 'PARAMETER stop "</s>"'
     assert modelfile_line("SYSTEM", 'x"\ny') == 'SYSTEM """x"\ny"""'  # one quote at a line end is fine
     assert modelfile_line("SYSTEM", 'x""\ny') == 'SYSTEM """x""\ny"""'
-    with pytest.raises(ModelfileError, match="^SYSTEM 'x\"\"\"\\\\ny' cannot be written.*line 1 ends"):
+    with pytest.raises(ModelfileError, match='^SYSTEM \'x"""\\\\ny\' cannot be written.*line 1 ends'):
         modelfile_line("SYSTEM", 'x"""\ny')
 
 
