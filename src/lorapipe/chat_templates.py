@@ -396,13 +396,12 @@ def chat_segments(
     ]
     controls = _cuts(codec, text, anchors)
     bounds = sorted({0, len(text), *(p for span in spans + controls for p in span)})
-    control_starts = {start for start, _ in controls}
-    segments = [
-        Segment(text[a:b], a in control_starts, any(s <= a and b <= e for s, e in spans))
+    whole = set(controls)  # a control token cut by a loss boundary (no template does that) would be text
+    return [
+        Segment(text[a:b], (a, b) in whole, any(s <= a and b <= e for s, e in spans))
         for a, b in zip(bounds, bounds[1:])
         if b > a
     ]
-    return segments
 
 
 def encode_chat(messages: Messages, codec: ChatCodec, *, add_generation_prompt: bool = True) -> list[int]:
