@@ -1,56 +1,44 @@
 """Dataset rows → token ids and loss labels, the same way for the dataset, train and evaluate stages.
 
 - text rows ``{"text": …}``: every token carries loss;
-- chat rows ``{"messages": [...]}``: rendered with the tokenizer's own chat template; only the
-  assistant turns (their content and end-of-turn token) carry loss, everything else is -100.
+- chat rows ``{"messages": [...]}``: rendered with the tokenizer's own chat template through
+  lorapipe.chat_templates (one rule for templates without a system role); only the assistant turns
+  (their content and end-of-turn token) carry loss, everything else is -100.
+
+Contents and documents are always tokenized as literal text: only the template's own markers and
+the BOS/EOS separators lorapipe adds are control tokens.
 """
 
 from __future__ import annotations
 
+from lorapipe.chat_templates import chat_segments, hf_codec
+
 IGNORE = -100  # label of a token that carries no loss
 
 
-def _render(tokenizer, messages: list[dict], generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
-
-
-def _ids(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+def text_ids(tokenizer, text: str, *, add_special_tokens: bool = True) -> list[int]:
+    """Token ids of document text read as literal characters: text that looks like a special token
+    (``<|im_end|>`` quoted in a document) stays text. With `add_special_tokens`, the BOS/EOS the
+    tokenizer adds around a text (by id, never from the text)."""
+    return tokenizer(text, add_special_tokens=add_special_tokens, split_special_tokens=True)["input_ids"]
 
 
 def tokenize_chat(messages: list[dict], tokenizer) -> tuple[list[int], list[int]]:
     """Token ids of the rendered conversation and labels that keep only the assistant turns.
 
-    The conversation is rendered turn by turn: each turn contributes the text its message adds to
-    the rendering, so the pieces join to exactly the whole rendering.
+    The conversation goes through lorapipe.chat_templates.chat_segments, the encoder every stage
+    shares: the system prompt is folded into the first user message when the template has no system
+    role; contents are literal text, so only the template's own markers are control tokens; each
+    assistant turn's content and end-of-turn marker carry loss, everything else is IGNORE. Raises
+    ChatTemplateError (a ValueError) when the template refuses the conversation or cannot be followed.
     """
-    if not tokenizer.chat_template:
-        raise ValueError("chat rows need a tokenizer with a chat template")
+    codec = hf_codec(tokenizer)
     ids: list[int] = []
     labels: list[int] = []
-    rendered = ""
-    for i, message in enumerate(messages):
-        if message["role"] == "assistant":
-            prompt = _render(tokenizer, messages[:i], generation_prompt=True)
-            piece = _ids(tokenizer, prompt[len(rendered) :])
-            ids += piece
-            labels += [IGNORE] * len(piece)
-            rendered = prompt
-        full = _render(tokenizer, messages[: i + 1], generation_prompt=False)
-        if not full.startswith(rendered):
-            raise ValueError("the chat template does not render conversations incrementally; cannot mask the loss")
-        delta = full[len(rendered) :]
-        if message["role"] == "assistant":
-            # Loss on the answer and its end-of-turn token, not on the whitespace after it.
-            body = delta.rstrip()
-            piece, tail = _ids(tokenizer, body), _ids(tokenizer, delta[len(body) :]) if delta[len(body) :] else []
-            ids += piece + tail
-            labels += piece + [IGNORE] * len(tail)
-        else:
-            piece = _ids(tokenizer, delta)
-            ids += piece
-            labels += [IGNORE] * len(piece)
-        rendered = full
+    for segment in chat_segments(messages, codec, add_generation_prompt=False, loss=True):
+        piece = codec.encode(segment.text, segment.control)
+        ids += piece
+        labels += piece if segment.loss else [IGNORE] * len(piece)
     return ids, labels
 
 
@@ -58,7 +46,7 @@ def tokenize_row(row: dict, tokenizer) -> tuple[list[int], list[int]]:
     """(input ids, labels) of one dataset row, not truncated."""
     if "messages" in row:
         return tokenize_chat(row["messages"], tokenizer)
-    ids = tokenizer(row["text"])["input_ids"]
+    ids = text_ids(tokenizer, row["text"])
     return ids, list(ids)
 
 
@@ -83,8 +71,8 @@ def tokenize_seq2seq(row: dict, tokenizer) -> tuple[list[int], list[int]]:
         if last is None:
             raise ValueError("a chat row without an assistant turn has nothing to learn")
         source = "\n\n".join(m["content"] for m in messages[:last])
-        return tokenizer(source)["input_ids"], tokenizer(messages[last]["content"])["input_ids"]
-    ids = tokenizer(row["text"], add_special_tokens=False)["input_ids"]
+        return text_ids(tokenizer, source), text_ids(tokenizer, messages[last]["content"])
+    ids = text_ids(tokenizer, row["text"], add_special_tokens=False)
     half = max(1, len(ids) // 2)
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     return ids[:half] + eos, ids[half:] + eos
