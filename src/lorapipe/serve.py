@@ -9,11 +9,22 @@ field of the wrong type or out of range 422 naming the field):
 - ``POST /query`` (QueryRequest) → ``{"answer": ...}``, with the task's system prompt from
   ``prompts.json``; ``constrained`` decodes under a grammar built from the server's ``--json-schema``
   (as ``eval.constrained`` does).
-- ``POST /v1/chat/completions`` (ChatRequest): an OpenAI-compatible subset (messages, max_tokens,
-  temperature, stream with server-sent events). Without a system message, the first task's prompt is added.
+- ``GET /v1/models``, ``GET /v1/models/{id}``: OpenAI's model list, the one model served (its file name).
+- ``POST /v1/chat/completions`` (ChatRequest): OpenAI's chat API as far as the server can honour it
+  (ChatRequest's docstring lists what is honoured, accepted without effect, or refused), streaming
+  with server-sent events; ``usage`` counts the prompt's and the answer's real tokens (in a last
+  chunk when ``stream_options.include_usage``), ``finish_reason`` is "length" when max_tokens cut the
+  answer and "stop" otherwise; ``response_format`` json_object / json_schema decode under a llama.cpp
+  grammar. Without a system message, the first task's prompt is added. Under /v1 every error has
+  OpenAI's body ``{"error": {"message", "type", "param", "code"}}``, an invalid request is 400 naming
+  the parameter, so OpenAI clients raise it (``openai.BadRequestError``).
 - ``POST /train`` (TrainRequest): ``{"params": {"lora.rank": 8, ...}}`` runs ``dvc repro`` in a
   separate git worktree, so the served model is untouched; one run at a time (409 otherwise). When it
   succeeds the server switches to the new model.
+
+Prompts go through lorapipe's one chat encoder (``chat_templates.encode_chat``) on both engines:
+message contents are literal text, and a template without a system role gets the system prompt folded
+into the first user message.
 
 Generation runs in FastAPI's threadpool, never on the event loop, so /status answers while an answer
 is generated; each loaded model has one lock, so one llama.cpp context never runs two requests at once.
@@ -59,6 +70,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lorapipe import paths, tracking
 from lorapipe.artifacts import model_gguf
+from lorapipe.chat_templates import ChatTemplateError, encode_chat, hf_codec, llama_codec
 from lorapipe.io import read_provenance
 from lorapipe.params import MAX_SEQ_LEN, ParamsError, apply_overrides, read_yaml, validate_params
 
@@ -114,7 +126,7 @@ class Backend:
     thread-safe: the server runs it under its LoadedModel's lock."""
 
     def __init__(self, model_path: Path, engine: str = "llama.cpp", n_ctx: int = 2048):
-        self.path, self.engine, self.n_ctx = Path(model_path), engine, n_ctx
+        self.path, self.engine, self.n_ctx, self.codec = Path(model_path), engine, n_ctx, None
         if engine == "llama.cpp":
             import llama_cpp
 
@@ -128,19 +140,14 @@ class Backend:
             self.n_ctx = getattr(self.model.config, "max_position_embeddings", n_ctx)
 
     def encode(self, messages: list[dict]) -> list[int]:
-        """The prompt's token ids: `messages` rendered through the model's chat template, with the
-        generation prompt."""
-        if self.engine == "llama.cpp":
-            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-            llm = self.llm
-            token_text = llm._model.token_get_text  # noqa: SLF001 - llama_cpp has no public form of it
-            render = Jinja2ChatFormatter(
-                llm.metadata["tokenizer.chat_template"], token_text(llm.token_eos()), token_text(llm.token_bos())
-            )(messages=messages)
-            return llm.tokenize(render.prompt.encode(), add_bos=not render.added_special, special=True)
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        """The prompt's token ids: `messages` through the model's chat template with the generation
+        prompt, by lorapipe's one chat encoder (``chat_templates.encode_chat``), for both engines: a
+        template without a system role gets the system prompt folded into the first user message,
+        and contents are literal text (``<|im_end|>`` typed by a user is no end of turn). Raises
+        ChatTemplateError when the template refuses the conversation or the model has none."""
+        if self.codec is None:  # built once: llama_codec reads every token's attributes
+            self.codec = llama_codec(self.llm) if self.engine == "llama.cpp" else hf_codec(self.tokenizer)
+        return encode_chat(messages, self.codec)
 
     def generate(self, prompt: list[int], sampling: Sampling, done: Generation) -> Iterator[str]:
         """The answer's text pieces (an iterator, so callers can stream them); `done` gets its token
@@ -785,6 +792,14 @@ class AppState:
         return ([{"role": "system", "content": system}] if system else []) + messages
 
 
+def _encode(model: Backend, messages: list[dict]) -> list[int]:
+    """The prompt's token ids; APIError 422 naming the messages when the chat template refuses them."""
+    try:
+        return model.encode(messages)
+    except ChatTemplateError as exc:
+        raise APIError(422, str(exc), param="messages") from None
+
+
 def _room(model: Backend, prompt: list[int], max_tokens: int | None, default: int) -> int:
     """The tokens to generate at most: `max_tokens`, or `default` cut to what the context has left.
     APIError 413 (code context_length_exceeded) when the prompt and `max_tokens` do not fit."""
@@ -848,7 +863,7 @@ def query(body: QueryRequest, state: State) -> dict[str, Any]:
     messages = state.with_system([{"role": "user", "content": body.prompt}], body.task)
     rules = state.grammar(body.constrained)
     with loaded.session() as model:
-        prompt = model.encode(messages)
+        prompt = _encode(model, messages)
         done = Generation(len(prompt))
         sampling = Sampling(_room(model, prompt, body.max_tokens, body.max_tokens), grammar=rules)
         answer = "".join(model.generate(prompt, sampling, done)).strip()
@@ -931,7 +946,7 @@ def chat_completions(body: ChatRequest, state: State):
     messages = _chat_messages(body, state)
     rules = state.grammar(body.constrained, body.response_format)
     with loaded.session() as model:  # a refusal must come before a stream starts
-        prompt = model.encode(messages)
+        prompt = _encode(model, messages)
         limit = _room(model, prompt, body.max_tokens or body.max_completion_tokens, CHAT_MAX_TOKENS)
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     sampling = Sampling(
@@ -1030,7 +1045,9 @@ def serve(
         )
     app = create_app(model_path, engine=engine, json_schema=json_schema)
     print(
-        f"[serve] http://{host}:{port} (GET /status, POST /query, POST /v1/chat/completions, POST /train)", flush=True
+        f"[serve] http://{host}:{port} (GET /status, POST /query, GET /v1/models, POST /v1/chat/completions, "
+        "POST /train)",
+        flush=True,
     )
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
