@@ -122,6 +122,9 @@ def test_query_answers_with_the_task_system_prompt(server):
     reply = requests.post(f"{server}/query", json={"prompt": "What is LoRA?", "max_tokens": 8}, headers=AUTH)
     assert reply.status_code == 200
     assert isinstance(reply.json()["answer"], str) and reply.json()["system"] == PROMPT
+    used = reply.json()["usage"]
+    assert reply.json()["finish_reason"] == ("length" if used["completion_tokens"] == 8 else "stop")
+    assert used["total_tokens"] == used["prompt_tokens"] + used["completion_tokens"] and used["prompt_tokens"] > 5
     other = requests.post(f"{server}/query", json={"prompt": "hi", "task": "queries", "max_tokens": 4}, headers=AUTH)
     assert other.json()["system"] == "JSON only."
     unknown = requests.post(f"{server}/query", json={"prompt": "hi", "task": "nope"}, headers=AUTH)

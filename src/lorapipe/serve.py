@@ -6,9 +6,9 @@ Routes (request bodies are the pydantic models below; a body that is not a JSON 
 field of the wrong type or out of range 422 naming the field):
 - ``GET /status``: health (always open): whether a model is loaded; with the token (if one is set),
   also the model file, the adapter's MLflow run id and params, and the state of the last /train run.
-- ``POST /query`` (QueryRequest) → ``{"answer": ...}``, with the task's system prompt from
-  ``prompts.json``; ``constrained`` decodes under a grammar built from the server's ``--json-schema``
-  (as ``eval.constrained`` does).
+- ``POST /query`` (QueryRequest) → ``{"answer", "model", "system", "finish_reason", "usage"}``, with
+  the task's system prompt from ``prompts.json``; ``constrained`` decodes under a grammar built from
+  the server's ``--json-schema`` (as ``eval.constrained`` does).
 - ``GET /v1/models``, ``GET /v1/models/{id}``: OpenAI's model list, the one model served (its file name).
 - ``POST /v1/chat/completions`` (ChatRequest): OpenAI's chat API as far as the server can honour it
   (ChatRequest's docstring lists what is honoured, accepted without effect, or refused), streaming
