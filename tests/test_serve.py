@@ -358,6 +358,10 @@ def test_a_missing_model_is_reported_and_queries_get_503(tmp_path):
         assert status["error"].startswith("no model at") and status["model"] is None
         reply = requests.post(f"{url}/query", json={"prompt": "hi"})
         assert reply.status_code == 503 and "run `dvc repro` first" in reply.json()["detail"]
+        assert requests.get(f"{url}/v1/models").json() == {"object": "list", "data": []}
+        chat = requests.post(f"{url}/v1/chat/completions", json={"messages": SAY_HI})
+        assert chat.status_code == 503 and chat.json()["error"]["type"] == "server_error"
+        assert "run `dvc repro` first" in chat.json()["error"]["message"]
 
 
 def test_constrained_queries_follow_the_schema(server):
@@ -766,3 +770,17 @@ def test_a_gguf_whose_template_has_no_system_role_gets_the_prompt_folded(gemma_p
     backend = Backend(next((project / "gguf").glob("*.gguf")))
     assert backend.encode([{"role": "system", "content": PROMPT}, *SAY_HI]) == expected
     backend.close()
+
+
+def test_max_tokens_defaults_to_what_the_context_has_left(tmp_path, no_token):
+    app, backend = fake_app(tmp_path)  # its context holds 2048 tokens, one per word
+    long = [{"role": "user", "content": "word " * 2000}]
+    with in_process(app) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        client.chat.completions.create(model="fake", messages=long)
+        assert backend.sampling.max_tokens == 48  # not the default 256, which would not fit
+        client.chat.completions.create(model="fake", messages=SAY_HI)
+        assert backend.sampling.max_tokens == 256
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.chat.completions.create(model="fake", messages=long, max_tokens=100)
+        assert refused.value.code == "context_length_exceeded" and "context holds 2048" in refused.value.message
