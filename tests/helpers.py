@@ -208,3 +208,13 @@ def read_json(path: Path):
 def file_set(folder: Path) -> set[str]:
     """The names of the files directly in `folder` (for exact output-folder checks)."""
     return {p.name for p in Path(folder).iterdir() if p.is_file()}
+
+
+def model_with_template(model_dir: Path, out: Path, template: str) -> Path:
+    """A copy of a model folder whose tokenizer carries another chat template: a fixture name
+    (tests/fixtures/chat_templates/<name>.jinja, e.g. ``gemma2``, which refuses a system role) or
+    the template's text."""
+    source = FIXTURES / "chat_templates" / f"{template}.jinja"
+    shutil.copytree(model_dir, out)
+    (out / "chat_template.jinja").write_text(source.read_text() if "{" not in template else template)
+    return out

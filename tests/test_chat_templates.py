@@ -2,6 +2,10 @@
 
 Run: .venv/bin/pytest tests/test_chat_templates.py   (needs Go: `make test` installs Debian's golang-go)
 
+Also: every value of the Modelfile reads back exactly through a port of Ollama's parser, or is
+refused naming what to change; the one chat encoder (system-role rule, contents as literal text)
+on every fixture template.
+
 Real chat templates (tests/fixtures/chat_templates, sources in tests/fixtures/README.md) are set on
 the bundled tokenizer; the TEMPLATE derived from each is rendered with Go, the engine Ollama uses,
 and must equal `tokenizer.apply_chat_template` on every fixture conversation.
@@ -18,7 +22,21 @@ from pathlib import Path
 import pytest
 
 from helpers import FIXTURES
-from lorapipe.chat_templates import derive_template, fold_system, modelfile_text, strip_bos
+from lorapipe.chat_templates import (
+    ChatTemplateError,
+    ModelfileError,
+    chat_messages,
+    chat_segments,
+    derive_template,
+    encode_chat,
+    fold_system,
+    folds_system,
+    hf_codec,
+    modelfile_line,
+    modelfile_text,
+    ollama_reads,
+    strip_bos,
+)
 
 TEMPLATES = FIXTURES / "chat_templates"
 # Each family's BOS and EOS text, as its tokenizer defines them.
@@ -148,3 +166,214 @@ def test_no_chat_template_is_a_clear_error(bundled_tokenizer_dir):
     tokenizer.chat_template = None
     with pytest.raises(ValueError, match="has no chat template"):
         modelfile_text("./m.gguf", tokenizer, SYSTEM)
+
+
+# --- the Modelfile read back by Ollama's parser ----------------------------------------------------
+
+
+def _complete(value: str) -> tuple[str, bool]:
+    """parser.go's unquote: a value is complete when bare, or quoted with " or \"\"\" at both ends."""
+    for quote in ('"""', '"'):
+        if value.startswith(quote):
+            ok = len(value) >= 2 * len(quote) and value.endswith(quote)
+            return (value[len(quote) : -len(quote)] if ok else ""), ok
+    return value, True
+
+
+def _command_step(state: str, char: str, buffer: str) -> tuple[str, str]:
+    """parser.go's states before a value: nil, comment, a command's name, a parameter's name."""
+    if state == "comment":
+        return ("nil" if char in "\r\n" else "comment"), ""
+    if state == "nil":
+        if char == "#":
+            return "comment", ""
+        return ("nil", "") if char in " \t\r\n" else ("name", char)
+    if char.isalpha() or (state == "param" and (char.isdigit() or char == "_")):
+        return state, buffer + char
+    if char not in " \t":
+        raise ValueError(f"command {buffer!r} is not followed by a value")
+    if state == "name" and buffer.lower() == "parameter":
+        return "param", "parameter "
+    return "value", buffer.lower()
+
+
+def _ollama_parse(text: str) -> list[tuple[str, str]]:
+    """(command, value) of each command of a Modelfile, read the way ollama/ollama parser/parser.go's
+    ParseFile does: a state machine over the characters, a value ending at the first line break where
+    the text so far (trimmed) is complete, characters that are not printable dropped. Raises
+    ValueError where Ollama's parser fails."""
+    commands, state, buffer, name = [], "nil", "", ""
+    for char in text + "\n":
+        if state != "value":
+            state, buffer = _command_step(state, char, buffer)
+            name, buffer = (buffer, "") if state == "value" else (name, buffer)
+        elif char in "\r\n" and _complete(buffer.strip(" \t\r\n"))[1]:
+            commands.append((name, _complete(buffer.strip(" \t\r\n"))[0]))
+            state, buffer = "nil", ""
+        elif char in " \t\r\n" or char.isprintable():
+            buffer += char
+    if state not in ("nil", "comment"):
+        raise ValueError("unexpected EOF: " + buffer)
+    known = {"from", "template", "system", "license", "adapter", "message"}
+    unknown = [n for n, _ in commands if n not in known and not n.startswith("parameter ")]
+    if unknown:
+        raise ValueError(f"commands {unknown} are not Modelfile commands")
+    return commands
+
+
+ROUND_TRIP = [
+    "You answer from the documents.",
+    'Answer with JSON such as {"intent": "PlayMusic"}.',
+    'He said "hi"',  # ends with a quote, no line break after it
+    '"Quoted" at the start',
+    "Two lines\nof prompt",
+    "  spaces around  ",
+    "a tab\there",
+    'JSON like """this""" mid-line.',
+    'A quote " mid-line\nand a second line',
+    'Say "yes"  \nor "no".',  # a line may end with one quote inside \"\"\"…\"\"\"
+    "",
+]
+
+
+@pytest.mark.parametrize("prompt", ROUND_TRIP)
+def test_every_system_prompt_ollama_can_read_back_is_written_so(prompt, bundled_tokenizer_dir):
+    modelfile = modelfile_text("./model.gguf", _tokenizer(bundled_tokenizer_dir, "smollm2"), prompt)
+    commands = _ollama_parse(modelfile)
+    assert [v for n, v in commands if n == "system"] == [prompt]
+    assert [v for n, v in commands if n == "from"] == ["./model.gguf"]
+    assert [v for n, v in commands if n == "parameter stop"] == ["<|im_end|>", "<|im_start|>"]
+
+
+@pytest.mark.parametrize(
+    "prompt, reason",
+    [
+        (
+            'Answer only with JSON, for example:\n"""{"intent": "PlayMusic"}"""\nNo prose.',
+            "line 2 ends with three double quotes",
+        ),
+        ('Reply with the code block between """\nand """ only.', "line 1 ends with three double quotes"),
+        ('Say """yes"""  \nor no.', "line 1 ends with three double quotes"),
+        ("A no-break\u00a0space", r"U\+00A0 \(NO-BREAK SPACE\), which Ollama's parser drops"),
+        ("zero\u200bwidth", r"U\+200B"),
+    ],
+)
+def test_a_prompt_no_quoting_reads_back_is_refused_naming_what_to_change(prompt, reason, bundled_tokenizer_dir):
+    # Ollama's Modelfile has no escape: at a line break after \"\"\" every quoted form is complete.
+    for quote in ('"""', '"', ""):
+        assert ollama_reads(quote + prompt + quote) != prompt
+    with pytest.raises(ModelfileError, match=reason):
+        modelfile_text("./model.gguf", _tokenizer(bundled_tokenizer_dir, "smollm2"), prompt)
+
+
+def test_ollama_reads_follows_the_parser():
+    assert ollama_reads('"""a\n"""') == "a\n"
+    assert ollama_reads('"""say "hi""""') == 'say "hi"'
+    assert ollama_reads('"a" b"') == 'a" b'
+    assert ollama_reads('"""a"""\nb"""') is None  # ends at the first line break, before the rest
+    assert ollama_reads('"""never closed') is None
+    assert ollama_reads("bare\x07value") == "barevalue"  # not printable: dropped
+    assert modelfile_line("PARAMETER stop", "</s>", ('"',)) == 'PARAMETER stop "</s>"'
+    assert modelfile_line("SYSTEM", 'x"\ny') == 'SYSTEM """x"\ny"""'  # one quote at a line end is fine
+    assert modelfile_line("SYSTEM", 'x""\ny') == 'SYSTEM """x""\ny"""'
+    with pytest.raises(ModelfileError, match='^SYSTEM \'x"""\\\\ny\' cannot be written.*line 1 ends'):
+        modelfile_line("SYSTEM", 'x"""\ny')
+
+
+QUOTING_TEMPLATE = (
+    "{% for m in messages %}{{ '<|' + m['role'] + '|> \"\\n' + m['content'] + '\\u00a0\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|> \"\\n' }}{% endif %}"
+)
+
+
+def test_template_text_that_the_modelfile_cannot_hold_is_written_as_go_strings(bundled_tokenizer_dir, go_renderer):
+    """A quote before a line break (it would end TEMPLATE \"\"\"…\"\"\" there) and a no-break space (Ollama
+    drops it) in the template's own text: the TEMPLATE writes them as Go string literals, and Go renders
+    exactly what the Jinja template does."""
+    tokenizer = _tokenizer(bundled_tokenizer_dir, "smollm2")
+    tokenizer.chat_template = QUOTING_TEMPLATE
+    modelfile = modelfile_text("./model.gguf", tokenizer, SYSTEM)
+    template = dict(_ollama_parse(modelfile))["template"]
+    assert '{{ "\\"" }}' in template and '{{ "\\u00a0" }}' in template
+    messages = [{"role": "system", "content": SYSTEM}, *CONVERSATIONS[1]]
+    rendered = _go_render(go_renderer, [{"template": template, "system": SYSTEM, "messages": messages}])
+    assert rendered == [tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)]
+
+
+# --- one chat encoder: the system-role rule, contents as literal text -----------------------------
+
+FORGED = [
+    {"role": "system", "content": SYSTEM},
+    {"role": "user", "content": "What do <|im_end|> and <|im_start|>assistant mean?"},
+    {"role": "assistant", "content": "They end and start turns: <|im_end|>"},
+    {"role": "user", "content": "And <end_of_turn>, <|eot_id|>, </s>, [INST]?"},
+]
+
+
+def test_the_system_rule_is_decided_from_the_template(bundled_tokenizer_dir):
+    assert folds_system(hf_codec(_tokenizer(bundled_tokenizer_dir, "gemma2")))  # raises on a system role
+    assert not folds_system(hf_codec(_tokenizer(bundled_tokenizer_dir, "smollm2")))
+    assert not folds_system(hf_codec(_tokenizer(bundled_tokenizer_dir, "gemma3")))  # folds it itself
+    silent = _tokenizer(bundled_tokenizer_dir, "smollm2")
+    silent.chat_template = (
+        "{% for m in messages %}{% if m['role'] != 'system' %}<{{ m['role'] }}>{{ m['content'] }}\n{% endif %}"
+        "{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    assert folds_system(hf_codec(silent))  # drops a system message: folding keeps the prompt
+    assert chat_messages(FORGED[:2], hf_codec(silent)) == fold_system(FORGED[:2])
+    assert fold_system(FORGED[:2])[0]["content"] == SYSTEM + "\n\n" + FORGED[1]["content"]
+
+
+@pytest.mark.parametrize("name", [*SUPPORTED, "mistral-nemo"])
+def test_segments_are_the_rendering_with_contents_as_text(name, bundled_tokenizer_dir):
+    tokenizer = _tokenizer(bundled_tokenizer_dir, name)
+    codec = hf_codec(tokenizer)
+    messages = chat_messages(FORGED, codec)
+    segments = chat_segments(FORGED, codec, add_generation_prompt=True)
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert "".join(s.text for s in segments) == rendered
+    controls = [s.text for s in segments if s.control]
+    assert all(s.text in codec.control_tokens for s in segments if s.control)
+    # the template's own markers only: as many as in the rendering of the same chat without quotes
+    plain = [{**m, "content": re.sub(r"<[^>]*>|\[INST\]", "", m["content"])} for m in messages]
+    expected = sum(
+        rendered_plain.count(t)
+        for rendered_plain in [tokenizer.apply_chat_template(plain, tokenize=False, add_generation_prompt=True)]
+        for t in codec.control_tokens
+    )
+    assert len(controls) == expected
+    ids = encode_chat(FORGED, codec)
+    assert tokenizer.decode(ids) == rendered
+    special = {tokenizer.convert_tokens_to_ids(t) for t in codec.control_tokens}
+    assert sum(i in special for i in ids) == expected
+
+
+def test_loss_segments_are_the_answer_and_its_end_of_turn(bundled_tokenizer_dir):
+    codec = hf_codec(_tokenizer(bundled_tokenizer_dir, "gemma2"))
+    conversation = [*FORGED[:3], {"role": "user", "content": "ok"}, {"role": "assistant", "content": " Two. "}]
+    loss = [s.text for s in chat_segments(conversation, codec, add_generation_prompt=False, loss=True) if s.loss]
+    # Gemma 2 trims contents and ends a turn with <end_of_turn> (plain text for this tokenizer)
+    assert "".join(loss) == "They end and start turns: <|im_end|><end_of_turn>Two.<end_of_turn>"
+
+
+@pytest.mark.parametrize(
+    "messages, limit",
+    [
+        ([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], "Conversation roles must alternate"),
+        ([{"role": "assistant", "content": "a"}], "Conversation roles must alternate"),
+        (
+            [{"role": "system", "content": "s"}, {"role": "assistant", "content": "a"}],
+            "has no system role, so lorapipe folds the system prompt into the first user message",
+        ),
+    ],
+)
+def test_a_refused_conversation_names_the_templates_limit(messages, limit, bundled_tokenizer_dir):
+    with pytest.raises(ChatTemplateError, match=limit):
+        encode_chat(messages, hf_codec(_tokenizer(bundled_tokenizer_dir, "gemma2")))
+
+
+def test_a_template_that_rewrites_contents_is_a_clear_error(bundled_tokenizer_dir):
+    tokenizer = _tokenizer(bundled_tokenizer_dir, "smollm2")
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] | upper }}\n{% endfor %}"
+    with pytest.raises(ChatTemplateError, match="writes a message's content other than as given"):
+        encode_chat([{"role": "user", "content": "hello"}], hf_codec(tokenizer))

@@ -285,3 +285,80 @@ def test_dataset_cli(tmp_path, text_dir, tiny_model_dir, monkeypatch):
     )
     stats = read_json(tmp_path / "out" / "stats.json")
     assert stats["max_seq_len"] == 64 and stats["rows"]["train"] + stats["rows"]["val"] == 6
+
+
+# --- chat templates without a system role, prompts the Modelfile cannot hold, special-token text ---
+
+
+def test_a_template_without_a_system_role_builds_folded_rows(tmp_path, tiny_model_dir, labeled_dir, capsys):
+    from helpers import model_with_template
+    from lorapipe.chat_templates import fold_system
+    from lorapipe.rows import tokenize_row
+
+    gemma2 = model_with_template(tiny_model_dir, tmp_path / "gemma2", "gemma2")
+    # Gemma's markers are plain text to this tokenizer: longer rows than ChatML's, so max_seq_len 256
+    stats, train, val = _build(
+        tmp_path, tmp_path / "none", gemma2, labeled_dir, mode="chat", system_prompt="JSON.", max_seq_len=256
+    )
+    assert stats["rows"]["train"] + stats["rows"]["val"] == 42 and stats["dropped"] == 0
+    assert "the chat template has no system role" in capsys.readouterr().out
+    row = train[0]
+    assert row["messages"][0] == {"role": "system", "content": "JSON."}  # rows keep the task's prompt as it is
+    tokenizer = load_tokenizer(gemma2)
+    ids, _ = tokenize_row(row, tokenizer)
+    folded = tokenizer.apply_chat_template(fold_system(row["messages"]), tokenize=False)
+    assert tokenizer.decode(ids) == folded and "<start_of_turn>user\nJSON.\n\n" in folded
+
+
+def test_rows_a_template_refuses_name_file_and_row_or_are_skipped(tmp_path, tiny_model_dir):
+    from helpers import model_with_template
+
+    folder = tmp_path / "labeled"
+    folder.mkdir()
+    turns = [[{"role": "user", "content": f"Q{i}"}, {"role": "assistant", "content": f"A{i}"}] for i in range(4)]
+    turns.insert(2, [{"role": "user", "content": "Q"}, *turns[0]])  # row 3: two user turns in a row
+    (folder / "chat.jsonl").write_text("".join(json.dumps({"messages": m}) + "\n" for m in turns))
+    gemma2 = model_with_template(tiny_model_dir, tmp_path / "gemma2", "gemma2")
+    with pytest.raises(ValueError, match=r"chat.jsonl: row 3: .*roles must alternate.*on_bad_row: skip") as error:
+        _build(tmp_path, tmp_path / "none", gemma2, folder, mode="chat")
+    assert "TemplateError" in str(error.value) and not (tmp_path / "d").exists()
+    stats, train, val = _build(tmp_path, tmp_path / "none", gemma2, folder, mode="chat", on_bad_row="skip")
+    assert stats["bad_rows_skipped"] == 1 and len(train + val) == 4
+
+
+def test_a_system_prompt_the_modelfile_cannot_hold_is_refused_before_any_work(tmp_path, text_dir, tiny_model_dir):
+    prompt = 'Answer with JSON, e.g.\n"""{"intent": "PlayMusic"}"""\nNo prose.'
+    with pytest.raises(ValueError, match=r"task 'text': its system prompt .* line 2 ends with three double quotes"):
+        _build(tmp_path, text_dir, tiny_model_dir, None, system_prompt=prompt)
+    assert not (tmp_path / "d").exists()
+    stats, _, _ = _build(tmp_path, text_dir, tiny_model_dir, None, system_prompt='Say "yes"\nor "no".')
+    assert read_json(tmp_path / "d" / "prompts.json") == {"text": 'Say "yes"\nor "no".'}
+
+
+def test_special_token_text_in_documents_and_questions_stays_text(tmp_path, tiny_model_dir):
+    from lorapipe.io import write_jsonl
+    from lorapipe.rows import tokenize_row
+
+    text_dir, folder = tmp_path / "text", tmp_path / "labeled"
+    text_dir.mkdir()
+    folder.mkdir()
+    marker = "ChatML ends each turn with <|im_end|> and starts one with <|im_start|>. "
+    (text_dir / "a.txt").write_text(marker * 12)
+    (text_dir / "b.txt").write_text("Another document about adapters and their rank. " * 12)
+    write_jsonl(
+        text_dir / "manifest.jsonl",
+        [{"source": s, "status": "ok", "output": o} for s, o in (("a.md", "a.txt"), ("b.md", "b.txt"))],
+    )
+    rows = [{"prompt": f"What does <|im_end|> mean? ({i})", "completion": "It closes a turn."} for i in range(4)]
+    (folder / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    stats, train, val = _build(tmp_path, text_dir, tiny_model_dir, folder, max_seq_len=48, split_by="chunk")
+    tokenizer = load_tokenizer(tiny_model_dir)
+    special = {tokenizer.convert_tokens_to_ids(t) for t in ("<|im_start|>", "<|im_end|>", "<|endoftext|>")}
+    for row in train + val:
+        ids, _ = tokenize_row(row, tokenizer)
+        assert len(ids) <= 48
+        expected = 2 * len(row["messages"]) if "messages" in row else 0  # the template's markers only
+        assert sum(i in special for i in ids) == expected
+    assert any("<|im_end|>" in r["text"] for r in train + val if "text" in r)
+    # chunks are counted in literal tokens: one marker is 6 tokens of text, not one control token
+    assert len(tokenizer("<|im_end|>", add_special_tokens=False)["input_ids"]) > 1

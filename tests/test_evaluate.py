@@ -143,3 +143,37 @@ def test_chat_answers_are_scored_for_base_fine_tuned_and_gguf(tmp_path, tiny_mod
     assert "| expected | base | fine-tuned | tiny.F32.gguf | tiny.F32.gguf constrained |" in samples
     assert samples.count("## ") == 2
     assert "Answer only with JSON." in samples
+
+
+def test_answers_of_a_model_whose_template_has_no_system_role(tmp_path, tiny_model_dir):
+    """Gemma 2's template raises on a system message: the answer is the one to the folded prompt
+    (system prompt, a blank line, the question), the prompt training used."""
+    import torch
+
+    from helpers import model_with_template
+    from lorapipe.chat_templates import fold_system
+    from lorapipe.evaluate import hf_answers
+    from lorapipe.models import load_causal_lm, load_tokenizer
+
+    gemma2 = model_with_template(tiny_model_dir, tmp_path / "gemma2", "gemma2")
+    conversation = [{"role": "system", "content": "Answer with JSON."}, {"role": "user", "content": "play jazz"}]
+    answers = hf_answers(gemma2, [conversation], 5)
+    tokenizer, model = load_tokenizer(gemma2), load_causal_lm(gemma2).eval()
+    text = tokenizer.apply_chat_template(fold_system(conversation), tokenize=False, add_generation_prompt=True)
+    ids = torch.tensor([tokenizer(text, add_special_tokens=False, split_special_tokens=False)["input_ids"]])
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, do_sample=False)
+    assert answers == [tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()]
+
+
+def test_a_question_quoting_a_control_token_is_asked_as_text(tiny_model_dir, monkeypatch):
+    from lorapipe import evaluate
+    from lorapipe.models import load_causal_lm, load_tokenizer
+
+    tokenizer, model = load_tokenizer(tiny_model_dir), load_causal_lm(tiny_model_dir).eval()
+    seen = []
+    monkeypatch.setattr(model, "generate", lambda ids, **_: seen.append(ids[0].tolist()) or ids)
+    evaluate.generate_answer(tokenizer, model, [{"role": "user", "content": "Is <|im_end|> a word?"}], 4)
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert seen[0].count(end) == 2  # the ends of the template's default system turn and the user turn
+    prompt = "<|im_start|>user\nIs <|im_end|> a word?<|im_end|>\n<|im_start|>assistant\n"
+    assert tokenizer.decode(seen[0]).endswith(prompt)

@@ -272,3 +272,42 @@ def test_too_little_disk_is_refused_before_writing(tmp_path, tiny_model_dir, mon
     with pytest.raises(OSError, match=r"not enough free disk for the export: about 0.0 GiB is needed \(F32, Q4_K_M"):
         export_gguf(tiny_model_dir, tmp_path / "prompts.json", tmp_path / "out", outtype="f32")
     assert not (tmp_path / "out").exists()
+
+
+def test_llama_cpp_encodes_chats_as_transformers_does(exported, tiny_model_dir):
+    """serve and evaluate give the GGUF the prompt training used: the GGUF's own chat template through
+    the same encoder, contents as text (a quoted <|im_end|> is not an end of turn)."""
+    from llama_cpp import Llama
+
+    from lorapipe.chat_templates import encode_chat, hf_codec, llama_codec
+
+    gguf_dir, info = exported
+    conversations = [
+        [{"role": "system", "content": PROMPT}, {"role": "user", "content": "What is a LoRA adapter?"}],
+        [
+            {"role": "user", "content": "What does <|im_end|> mean? Or <|im_start|>system?"},
+            {"role": "assistant", "content": "It ends a turn: <|endoftext|>"},
+            {"role": "user", "content": "Thanks."},
+        ],
+    ]
+    llm = Llama(str(gguf_dir / info["model"]), n_ctx=256, verbose=False)
+    try:
+        codec = llama_codec(llm)
+        tokenizer = load_tokenizer(tiny_model_dir)
+        for messages in conversations:
+            assert encode_chat(messages, codec) == encode_chat(messages, hf_codec(tokenizer))
+        end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        assert encode_chat(conversations[1], codec).count(end) == 4  # the template's default system turn, 3 turns
+    finally:
+        llm.close()
+
+
+def test_a_prompt_the_modelfile_cannot_hold_stops_the_export_before_converting(tmp_path, tiny_model_dir, monkeypatch):
+    import lorapipe.export as export
+    from lorapipe.chat_templates import ModelfileError
+
+    monkeypatch.setattr(export, "convert_to_gguf", lambda *a, **k: pytest.fail("converted"))
+    (tmp_path / "prompts.json").write_text(json.dumps({"text": PROMPT, "json": 'Like this:\n"""{}"""\nonly.'}))
+    with pytest.raises(ModelfileError, match=r"task 'json' of prompts.json: SYSTEM .* line 2 ends .*dvc repro dataset"):
+        export_gguf(tiny_model_dir, tmp_path / "prompts.json", tmp_path / "gguf", quants=["F32"], outtype="f32")
+    assert not (tmp_path / "gguf").exists()

@@ -127,3 +127,14 @@ def test_wrong_token_is_refused_and_never_printed(tmp_path):
         assert run.returncode == 2 and "the Hub refused the token from HF_TOKEN (or .env)" in run.stderr
         assert secret not in run.stdout + run.stderr
     assert f"Bearer {secret}" in hub.seen and f"Bearer {secret}x" in hub.seen  # both tokens were sent
+
+
+def test_load_tokenizer_reads_special_token_text_as_text(tmp_path, tiny_model_dir):
+    from lorapipe.models import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert end not in tokenizer("a <|im_end|> b", add_special_tokens=False)["input_ids"]
+    assert tokenizer("<|im_end|>", split_special_tokens=False, add_special_tokens=False)["input_ids"] == [end]
+    tokenizer.save_pretrained(tmp_path / "saved")  # the default is not written into the saved tokenizer
+    assert "split_special_tokens" not in (tmp_path / "saved" / "tokenizer_config.json").read_text()

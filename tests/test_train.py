@@ -546,3 +546,42 @@ def test_pinned_losses_fp32_cpu(tmp_path, tiny_model_dir):
     losses = [loss for _, loss in result.history]
     assert [step for step, _ in result.history] == [1, 2, 3, 4, 5]
     assert losses == pytest.approx(PINNED_LOSSES, rel=1e-4), f"losses now: {losses!r}"
+
+
+def test_lm_head_of_tied_embeddings_is_refused_with_the_reason(tmp_path, dataset_dir, tiny_model_dir):
+    with pytest.raises(ValueError) as error:
+        _train(dataset_dir, tiny_model_dir, tmp_path / "a", target_modules=["q_proj", "lm_head"])
+    message = str(error.value)
+    assert "lm_head is the output layer of LlamaForCausalLM" in message
+    assert "tied to the input embeddings (tie_word_embeddings: true)" in message
+    assert "merged model and its GGUF would no longer compute what the adapter was trained to compute" in message
+    assert "Leave it out: set lora.target_modules to auto or to some of ['down_proj'" in message
+    assert "not linear layers" not in message and not (tmp_path / "a").exists()
+
+
+def test_lm_head_of_an_untied_model_is_refused_as_the_output_layer():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lorapipe.train import _target_modules
+
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        tie_word_embeddings=False,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="lm_head is the output layer .* not the output layer. Leave it out"):
+        _target_modules(LlamaForCausalLM(config), ["lm_head"])
+    with pytest.raises(ValueError, match=r"\['embed_tokens'\] are not linear layers"):
+        _target_modules(LlamaForCausalLM(config), ["embed_tokens"])
+
+
+def test_packed_text_rows_hold_control_tokens_only_between_documents(tiny_model_dir):
+    from lorapipe.models import load_tokenizer
+    from lorapipe.train import training_rows
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    texts = [{"text": f"Doc {i} quotes <|im_end|> and <|endoftext|> as text."} for i in range(3)]
+    blocks = training_rows(texts, tokenizer, 4096, packing=True)
+    special = {tokenizer.convert_tokens_to_ids(t) for t in ("<|im_start|>", "<|im_end|>", "<|endoftext|>")}
+    ids = [i for block, _ in blocks for i in block]
+    assert [i for i in ids if i in special] == [tokenizer.eos_token_id] * 3  # the separators lorapipe adds
+    assert tokenizer.decode(ids) == "".join(t["text"] + tokenizer.eos_token for t in texts)

@@ -185,7 +185,10 @@ def hf_codec(tokenizer, name: str = "the tokenizer's chat template") -> ChatCode
         return tokenizer(text, add_special_tokens=False, split_special_tokens=not control)["input_ids"]
 
     special = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
-    special.update(t for t in tokenizer.all_special_tokens if t)
+    for token in tokenizer.all_special_tokens:  # those in the vocabulary: a token text without an id is text
+        found = tokenizer.convert_tokens_to_ids(token)
+        if token and found is not None and (found != tokenizer.unk_token_id or token == tokenizer.unk_token):
+            special.add(token)
     key = tokenizer.chat_template + "\0" + repr(sorted(tokenizer.special_tokens_map.items(), key=str))
     return ChatCodec(render, encode, tuple(sorted(special)), key, name)
 
@@ -509,14 +512,13 @@ def _unwritable(value: str) -> str:
     if dropped:
         names = ", ".join(f"U+{ord(c):04X} ({unicodedata.name(c, 'control character')})" for c in dropped[:5])
         return f"it contains {names}, which Ollama's parser drops (it keeps printable characters and whitespace)"
-    quote_break = re.search(r'"[ \t]*[\r\n]', value)
-    if quote_break:
-        line = value[: quote_break.start()].count("\n") + 1
-        return (
-            f"line {line} ends with a double quote (\") before a line break, and Ollama's parser ends a quoted "
-            "value at the first such line break (the Modelfile has no escape character): reword that line so "
-            "it does not end with a quote (e.g. add a period after it), or join it with the next line"
-        )
+    for line, end in enumerate(m.start() for m in re.finditer("[\r\n]", value)):
+        if _unquote(('"""' + value[:end]).strip(" \t\r\n"))[1]:  # where a \"\"\"-quoted value would end
+            return (
+                f'line {line + 1} ends with three double quotes (""") before a line break, where Ollama\'s parser '
+                'ends a """-quoted value (the Modelfile has no escape character): reword that line so that it '
+                'does not end with """ (e.g. add a period after them), or join it with the next line'
+            )
     return "Ollama's parser reads none of its quoted forms back as it is"
 
 

@@ -27,12 +27,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lorapipe import faults, paths
+from lorapipe.chat_templates import ChatTemplateError, ModelfileError, folds_system, hf_codec, modelfile_line
 from lorapipe.io import atomic_outputs, read_jsonl, write_json, write_jsonl
 from lorapipe.labeled import is_json_schema, load_labeled
 from lorapipe.models import load_tokenizer
 from lorapipe.param_files import prompt_file
 from lorapipe.params import DEFAULTS, TaskParams
-from lorapipe.rows import loss_tokens, tokenize_row
+from lorapipe.rows import loss_tokens, text_ids, tokenize_row
 
 _BREAK = re.compile(r"\n\n|[.!?][\s\"')\]]")
 LABELED_SUFFIXES = (".jsonl", ".json")
@@ -52,12 +53,13 @@ class Task:
 
 def _special_count(tokenizer) -> int:
     """Tokens the tokenizer adds around a text (BOS/EOS), reserved inside every window."""
-    return len(tokenizer("a")["input_ids"]) - len(tokenizer("a", add_special_tokens=False)["input_ids"])
+    return len(text_ids(tokenizer, "a")) - len(text_ids(tokenizer, "a", add_special_tokens=False))
 
 
 def chunk_text(text: str, tokenizer, max_seq_len: int, overlap_tokens: int) -> list[str]:
-    """Cut `text` into pieces of at most `max_seq_len` tokens (special tokens included)."""
-    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    """Cut `text` into pieces of at most `max_seq_len` tokens (the BOS/EOS the tokenizer adds included),
+    counted as the text's literal characters (rows.text_ids): special-token-looking text is text."""
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=True)
     offsets = encoding["offset_mapping"]
     # 2 tokens of slack: a piece re-tokenized on its own can merge differently at its edges.
     window = max(1, max_seq_len - _special_count(tokenizer) - 2)
@@ -72,7 +74,7 @@ def chunk_text(text: str, tokenizer, max_seq_len: int, overlap_tokens: int) -> l
                     end = cut
                     break
         piece = text[offsets[start][0] : offsets[end - 1][1]].strip()
-        while end - start > 1 and len(tokenizer(piece)["input_ids"]) > max_seq_len:
+        while end - start > 1 and len(text_ids(tokenizer, piece)) > max_seq_len:
             end -= 1
             piece = text[offsets[start][0] : offsets[end - 1][1]].strip()
         if piece:
@@ -185,7 +187,7 @@ def _text_rows(
             continue
         text = (text_dir / entry["output"]).read_text(encoding="utf-8")
         for piece in chunk_text(text, tokenizer, max_seq_len, overlap_tokens):
-            if len(tokenizer(piece)["input_ids"]) < min_tokens:
+            if len(text_ids(tokenizer, piece)) < min_tokens:
                 counts["dropped_short"] += 1
                 continue
             rows.append({"text": piece, "source": entry["source"], "task": task.name})
@@ -203,6 +205,36 @@ def labeled_files(labeled_dir: Path | None) -> list[Path]:
     )
 
 
+def _chat_row(
+    task: Task, path: Path, number: int, messages: list[dict], tokenizer, knobs: tuple[int, str, str], counts: dict
+) -> dict | None:
+    """One labeled conversation as a row with the task's system prompt; None when dropped or skipped.
+    `knobs`: max_seq_len, on_overflow, on_bad_row."""
+    max_seq_len, on_overflow, on_bad_row = knobs
+    if any(m["role"] == "system" for m in messages):
+        counts["system_prompts_replaced"] += 1  # the task's prompt is the single source of truth
+    messages = [{"role": "system", "content": task.system_prompt}, *(m for m in messages if m["role"] != "system")]
+    row = {"messages": messages, "source": str(path), "task": task.name}
+    try:
+        ids, labels = tokenize_row(row, tokenizer)
+    except ChatTemplateError as exc:
+        if on_bad_row == "skip":
+            counts["bad_rows_skipped"] += 1
+            return None
+        raise ChatTemplateError(f"{path}: row {number}: {exc} (or set dataset.on_bad_row: skip)") from None
+    if len(ids) > max_seq_len:
+        counts["overflowed"] += 1
+        if on_overflow == "error":
+            raise ValueError(
+                f"{path}: row {number} has {len(ids)} tokens, more than dataset.max_seq_len "
+                f"({max_seq_len}); raise it or set dataset.on_overflow to drop or truncate"
+            )
+        if on_overflow == "drop" or not loss_tokens(labels[:max_seq_len]):
+            counts["dropped_overflow"] += 1  # truncating would leave no answer token to learn from
+            return None
+    return row
+
+
 def _chat_rows(
     task: Task, labeled_dir: Path | None, tokenizer, max_seq_len: int, on_overflow: str, on_bad_row: str, counts: dict
 ) -> list[dict]:
@@ -213,31 +245,38 @@ def _chat_rows(
         raise FileNotFoundError(
             f"task {task.name!r}: no labeled JSON/JSONL file in {labeled_dir} matches {task.sources}"
         )
+    hf_codec(tokenizer)  # a tokenizer without a chat template fails here, once, with what to do
     rows = []
     for path in files:
         conversations, bad = load_labeled(path, task.format, task.fields, on_bad_row)
         counts["bad_rows_skipped"] += bad
         for number, messages in enumerate(conversations, 1):
-            if any(m["role"] == "system" for m in messages):
-                counts["system_prompts_replaced"] += 1  # the task's prompt is the single source of truth
-            messages = [
-                {"role": "system", "content": task.system_prompt},
-                *(m for m in messages if m["role"] != "system"),
-            ]
-            row = {"messages": messages, "source": str(path), "task": task.name}
-            ids, labels = tokenize_row(row, tokenizer)
-            if len(ids) > max_seq_len:
-                counts["overflowed"] += 1
-                if on_overflow == "error":
-                    raise ValueError(
-                        f"{path}: row {number} has {len(ids)} tokens, more than dataset.max_seq_len "
-                        f"({max_seq_len}); raise it or set dataset.on_overflow to drop or truncate"
-                    )
-                if on_overflow == "drop" or not loss_tokens(labels[:max_seq_len]):
-                    counts["dropped_overflow"] += 1  # truncating would leave no answer token to learn from
-                    continue
-            rows.append(row)
+            row = _chat_row(task, path, number, messages, tokenizer, (max_seq_len, on_overflow, on_bad_row), counts)
+            if row is not None:
+                rows.append(row)
     return rows
+
+
+def check_prompts(tasks: list[Task], tokenizer) -> None:
+    """Refuse, before any work, a system prompt that the export's Ollama Modelfile could not hold
+    exactly (chat_templates.modelfile_line: a line ending with a quote, a character Ollama drops),
+    naming the task and what to change; and say when the chat template has no system role, so that
+    every stage folds the prompt into the first user message. Raises ValueError."""
+    for task in tasks:
+        try:
+            modelfile_line("SYSTEM", task.system_prompt)
+        except ModelfileError as exc:
+            raise ValueError(
+                f"task {task.name!r}: its system prompt (dataset.system_prompt, the task's system_prompt or the "
+                f"prompt file it names) cannot go into the Ollama Modelfile that export writes: {exc}"
+            ) from None
+    if any(t.kind == "chat" for t in tasks) and getattr(tokenizer, "chat_template", None):
+        if folds_system(hf_codec(tokenizer)):
+            print(
+                "[dataset] the chat template has no system role: every stage (rows, evaluation, serve, "
+                "Modelfile) folds the system prompt into the first user message",
+                flush=True,
+            )
 
 
 def _split(rows: list[dict], by_document: bool, val_fraction: float, rng: random.Random) -> tuple[list, list]:
@@ -368,7 +407,9 @@ def build_dataset(
     the ``dataset`` section of params.yaml plus ``common.seed`` (see `lorapipe.params.DatasetParams`
     for their meaning and units); `tasks` are TaskParams or their dicts. Returns the stats written to
     ``stats.json``. Raises FileNotFoundError when a task's data is missing and ValueError when a task
-    has fewer than 2 rows or the params contradict each other.
+    has fewer than 2 rows, the params contradict each other, a system prompt cannot go into the
+    Ollama Modelfile (check_prompts), or the chat template refuses a row (ChatTemplateError, naming
+    the file and row; skipped and counted with on_bad_row skip).
     """
     text_dir, out_dir = Path(text_dir), Path(out_dir)
     labeled_dir = Path(labeled_dir) if labeled_dir is not None else None
@@ -382,6 +423,7 @@ def build_dataset(
         labeled_format,
         fields,
     )
+    check_prompts(resolved, tokenizer)
     counts = dict.fromkeys(COUNTS, 0)
     train, val, per_task = [], [], {}
     for task in resolved:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from lorapipe import faults
 from lorapipe.artifacts import export_ggufs, model_gguf
+from lorapipe.chat_templates import encode_chat, hf_codec, llama_codec
 from lorapipe.io import atomic_outputs, read_json, read_jsonl, write_json, write_jsonl, write_text_atomic
 from lorapipe.llama import gguf_logits
 from lorapipe.models import load_causal_lm, load_tokenizer
@@ -72,11 +73,12 @@ def chat_rows(val_path: str | Path, max_samples: int) -> list[dict]:
 
 def generate_answer(tokenizer, model, messages: list[dict], max_new_tokens: int, temperature: float = 0.0) -> str:
     """A loaded transformers model's answer to a conversation, through its chat template; greedy at
-    temperature 0, sampled above."""
+    temperature 0, sampled above. The prompt is chat_templates.encode_chat's, as in training: the
+    system prompt folded into the first user message when the template has no system role, contents
+    as literal text. Raises ChatTemplateError when the template refuses the conversation."""
     import torch
 
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
+    ids = torch.tensor([encode_chat(messages, hf_codec(tokenizer))])
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
     with torch.no_grad():
         out = model.generate(
@@ -145,19 +147,27 @@ def chat(gguf_path: str | Path, system_prompt: str, question: str, max_tokens: i
 def answer_all(
     gguf_path: str | Path, requests: list[list[dict]], max_tokens: int = 64, json_schema: dict | None = None
 ) -> list[str]:
-    """Greedy answers to several conversations, loading the model once. With `json_schema`, decoding
-    follows a llama.cpp grammar built from it, so every complete answer parses and fits the schema."""
+    """Greedy answers to several conversations, loading the model once. The prompts are encoded by
+    chat_templates.encode_chat from the GGUF's own chat template (llama_codec), as the transformers
+    models' are: the same system-role rule, contents as literal text. Generation ends at the model's
+    end-of-generation tokens or its EOS text. With `json_schema`, decoding follows a llama.cpp grammar
+    built from it, so every complete answer parses and fits the schema. Raises ChatTemplateError when
+    the template refuses a conversation."""
     from llama_cpp import Llama, LlamaGrammar
 
     grammar = LlamaGrammar.from_json_schema(json.dumps(json_schema), verbose=False) if json_schema else None
     llm = Llama(str(gguf_path), n_ctx=2048, verbose=False)
-    answers = [
-        llm.create_chat_completion(messages=messages, max_tokens=max_tokens, temperature=0.0, grammar=grammar)[
-            "choices"
-        ][0]["message"]["content"].strip()
-        for messages in requests
-    ]
-    llm.close()
+    try:
+        codec = llama_codec(llm)
+        eos = llm._model.token_get_text(llm.token_eos())
+        answers = [
+            llm.create_completion(
+                encode_chat(messages, codec), max_tokens=max_tokens, temperature=0.0, grammar=grammar, stop=[eos]
+            )["choices"][0]["text"].strip()
+            for messages in requests
+        ]
+    finally:
+        llm.close()
     return answers
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from lorapipe import faults, paths
 from lorapipe.artifacts import EXPORT_INFO
-from lorapipe.chat_templates import modelfile_text
+from lorapipe.chat_templates import ModelfileError, modelfile_text
 from lorapipe.io import atomic_dir, read_json, write_json
 from lorapipe.llama import gguf_logits
 from lorapipe.models import check_model_folder, load_causal_lm, load_tokenizer
@@ -306,6 +306,22 @@ def check_architecture(model_dir: Path, llama_cpp_dir: Path) -> str:
     return architecture
 
 
+def modelfile_texts(prompts: dict[str, str], tokenizer, model_file: str) -> dict[str, str]:
+    """The Modelfile of each task of ``prompts.json`` ({task: text}), FROM ``./<model_file>``; made
+    before any conversion, so that a prompt or template the Modelfile cannot hold stops the export
+    before its slow work. Raises ValueError naming the task (ModelfileError: a value Ollama would
+    not read back exactly; or a chat template no Modelfile TEMPLATE can express)."""
+    texts = {}
+    for task, prompt in prompts.items():
+        try:
+            texts[task] = modelfile_text(f"./{model_file}", tokenizer, prompt)
+        except ModelfileError as exc:
+            raise ModelfileError(
+                f"task {task!r} of prompts.json: {exc}; change the prompt and rebuild the dataset (dvc repro dataset)"
+            ) from None
+    return texts
+
+
 def ollama_create(out_dir: Path, modelfiles: dict[str, str], name: str) -> list[list[str]]:
     """`ollama create` for each Modelfile when `ollama` is on PATH (first task: `name`, others:
     `name-<task>`); a failure is reported, not raised, since the files are written."""
@@ -433,7 +449,8 @@ def export_gguf(
 
     Returns what ``export.json`` holds (``model``, ``files``, ``verification``, …) plus ``ollama``,
     the commands run. Raises, before writing anything: ValueError (ParamsError) for a bad knob or
-    lora_gguf without adapter_dir and base_dir, or an architecture the converter lacks;
+    lora_gguf without adapter_dir and base_dir, an architecture the converter lacks, or a prompt or
+    chat template a Modelfile cannot hold (modelfile_texts);
     FileNotFoundError for an incomplete merged folder; OSError for too little disk. RuntimeError
     when the converted file disagrees with the merged model (`out_dir` is then left as it was).
     """
@@ -444,6 +461,7 @@ def export_gguf(
     converter, architecture, parameters = _preflight(merged_dir, out_dir, knobs, adapter_dir)
     prompts, tokenizer = read_json(prompts_path), load_tokenizer(merged_dir)
     modelfiles = {task: "Modelfile" if number == 0 else f"Modelfile.{task}" for number, task in enumerate(prompts)}
+    texts = modelfile_texts(prompts, tokenizer, f"{knobs.name}.{knobs.quants[0]}.gguf")
     with atomic_dir(out_dir) as tmp:
         converted = tmp / f"{knobs.name}.{knobs.outtype.upper()}.gguf"
         print(
@@ -461,7 +479,7 @@ def export_gguf(
             convert_lora_to_gguf(Path(adapter_dir), Path(base_dir), lora, converter, metadata)
             files["lora"] = lora.name
         for task, modelfile in modelfiles.items():
-            (tmp / modelfile).write_text(modelfile_text(f"./{model}", tokenizer, prompts[task]))
+            (tmp / modelfile).write_text(texts[task], encoding="utf-8")
         info = {
             "model": model,
             "files": files,

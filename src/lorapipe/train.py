@@ -39,7 +39,7 @@ from lorapipe.io import atomic_outputs, read_json, read_jsonl, write_json, write
 from lorapipe.models import copy_tokenizer, load_tokenizer
 from lorapipe.params import DEFAULTS, LoraParams, QuantParams, TrainParams
 from lorapipe.plan import Fit, check_fit, preset, training_steps
-from lorapipe.rows import loss_tokens, pack_text, tokenize_row, tokenize_seq2seq, truncate
+from lorapipe.rows import loss_tokens, pack_text, text_ids, tokenize_row, tokenize_seq2seq, truncate
 from lorapipe.likelihood import perplexity, sequence_nll
 
 Pairs = list[tuple[list[int], list[int]]]  # (input ids, labels) per row; label -100: no loss
@@ -307,10 +307,36 @@ def _load_model(
     return model, seq2seq, targets
 
 
+def _output_layer_names(model) -> set[str]:
+    """The names (last part, as lora.target_modules gives them) of the model's output layer."""
+    output = model.get_output_embeddings()
+    if output is None:
+        return set()
+    return {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if module is output}
+
+
 def _target_modules(model, wanted: str | list[str]) -> list[str]:
-    """`lora.target_modules` made concrete: ``auto`` → every linear projection; names are checked."""
+    """`lora.target_modules` made concrete: ``auto`` → every linear projection; names are checked.
+
+    Raises ValueError naming the modules: the output layer (lm_head) is refused with the reason (with
+    tied embeddings it shares its weight with the input embeddings, so the merged model would not be
+    the trained adapter); any other unknown name with the linear layers the model has."""
     available = default_target_modules(model)
     targets = available if wanted == "auto" else list(wanted)
+    head = sorted(_output_layer_names(model) & set(targets))
+    if head:
+        tied = bool(getattr(model.config, "tie_word_embeddings", False))
+        why = (
+            "it is tied to the input embeddings (tie_word_embeddings: true): both are one weight matrix, so a "
+            "LoRA update merged into it would change the input embeddings as well, and the merged model and "
+            "its GGUF would no longer compute what the adapter was trained to compute"
+            if tied
+            else "lorapipe adapts the attention and MLP projections only (what auto chooses), not the output layer"
+        )
+        raise ValueError(
+            f"lora.target_modules {head}: {head[0]} is the output layer of {type(model).__name__}, and {why}. "
+            f"Leave it out: set lora.target_modules to auto or to some of {available}"
+        )
     unknown = [t for t in targets if t not in available]
     if unknown:
         raise ValueError(
@@ -698,10 +724,12 @@ def training_rows(
     rows: list[dict], tokenizer, max_seq_len: int, packing: bool = False, seq2seq: bool = False
 ) -> list[tuple[list[int], list[int]]]:
     """The (ids, labels) the trainer sees. With `packing`, text rows are joined (EOS-separated) into
-    full `max_seq_len` blocks; chat rows are never packed, so no answer is cut or mixed with another."""
+    full `max_seq_len` blocks; chat rows are never packed, so no answer is cut or mixed with another.
+    Text is read as literal characters (rows.text_ids): the only control tokens in a text row are the
+    BOS/EOS the tokenizer adds and the EOS lorapipe puts between packed documents."""
     if not packing or seq2seq:
         return tokenize_rows(rows, tokenizer, max_seq_len, seq2seq)
-    text = [tokenizer(row["text"])["input_ids"] for row in rows if "messages" not in row]
+    text = [text_ids(tokenizer, row["text"]) for row in rows if "messages" not in row]
     chat = tokenize_rows([row for row in rows if "messages" in row], tokenizer, max_seq_len)
     return pack_text(text, tokenizer.eos_token_id, max_seq_len) + chat
 
