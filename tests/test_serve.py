@@ -17,9 +17,12 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
+import openai
 import pytest
 import requests
+from pydantic import BaseModel
 
 from helpers import ROOT
 from lorapipe.export import export_gguf
@@ -119,6 +122,9 @@ def test_query_answers_with_the_task_system_prompt(server):
     reply = requests.post(f"{server}/query", json={"prompt": "What is LoRA?", "max_tokens": 8}, headers=AUTH)
     assert reply.status_code == 200
     assert isinstance(reply.json()["answer"], str) and reply.json()["system"] == PROMPT
+    used = reply.json()["usage"]
+    assert reply.json()["finish_reason"] == ("length" if used["completion_tokens"] == 8 else "stop")
+    assert used["total_tokens"] == used["prompt_tokens"] + used["completion_tokens"] and used["prompt_tokens"] > 5
     other = requests.post(f"{server}/query", json={"prompt": "hi", "task": "queries", "max_tokens": 4}, headers=AUTH)
     assert other.json()["system"] == "JSON only."
     unknown = requests.post(f"{server}/query", json={"prompt": "hi", "task": "nope"}, headers=AUTH)
@@ -132,7 +138,11 @@ def test_bad_requests_get_clear_4xx(server):
     assert long.status_code == 413 and "context holds 2048" in long.json()["detail"]
     broken = requests.post(f"{server}/query", data="{not json", headers={**AUTH, "Content-Type": "application/json"})
     assert broken.status_code == 400 and "not valid JSON" in broken.json()["detail"]
-    assert requests.post(f"{server}/v1/chat/completions", json={"messages": "hi"}, headers=AUTH).status_code == 422
+    chat = requests.post(f"{server}/v1/chat/completions", json={"messages": "hi"}, headers=AUTH)
+    assert chat.status_code == 400 and chat.json()["error"]["param"] == "messages"  # OpenAI's shape under /v1
+    too_long = {"messages": [{"role": "user", "content": "word " * 3000}]}
+    chat = requests.post(f"{server}/v1/chat/completions", json=too_long, headers=AUTH)
+    assert chat.status_code == 400 and chat.json()["error"]["code"] == "context_length_exceeded"
     assert requests.get(f"{server}/status").status_code == 200  # the server is still up
 
 
@@ -150,7 +160,190 @@ def test_openai_compatible_chat_completions_with_and_without_streaming(server):
     chunks = [json.loads(e) for e in events[:-1]]
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks).strip() == answer
-    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert chunks[-1]["choices"][0]["finish_reason"] == reply["choices"][0]["finish_reason"] == "length"
+
+
+# --- the official OpenAI client against the real server -------------------------------------------
+
+SAY_HI = [{"role": "user", "content": "Say hi"}]
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=f"{server}/v1", api_key=TOKEN, max_retries=0)
+
+
+def expected_prompt_ids(model_dir: Path, messages: list[dict]) -> list[int]:
+    """The prompt's ids as transformers renders them through the tiny model's chat template."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def test_openai_client_lists_and_retrieves_the_served_model(client, server):
+    assert [m.id for m in client.models.list()] == ["tiny.F32.gguf"]
+    card = client.models.retrieve("tiny.F32.gguf")
+    assert card.object == "model" and card.owned_by == "lorapipe" and card.created > 0
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.models.retrieve("gpt-4o")
+    assert missing.value.code == "model_not_found" and "tiny.F32.gguf" in missing.value.message
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{server}/v1", api_key="wrong", max_retries=0).models.list()
+    with pytest.raises(openai.NotFoundError) as route:
+        client.embeddings.create(model="tiny", input="hi")
+    assert route.value.code == "unknown_url" and "POST /v1/chat/completions" in route.value.message
+
+
+def test_usage_counts_real_tokens_and_max_tokens_ends_with_length(client, tiny_model_dir):
+    cut = client.chat.completions.create(model="anything", messages=SAY_HI, max_tokens=5)
+    prompt = expected_prompt_ids(tiny_model_dir, [{"role": "system", "content": PROMPT}, *SAY_HI])
+    assert cut.model == "tiny.F32.gguf" and cut.choices[0].finish_reason == "length"
+    assert (cut.usage.prompt_tokens, cut.usage.completion_tokens, cut.usage.total_tokens) == (
+        len(prompt),
+        5,
+        len(prompt) + 5,
+    )
+    # max_completion_tokens, OpenAI's newer name, is the same limit
+    newer = client.chat.completions.create(model="tiny", messages=SAY_HI, max_completion_tokens=5)
+    assert newer.choices[0].message.content == cut.choices[0].message.content and newer.usage == cut.usage
+    # streamed: the same answer and finish reason; with include_usage a last chunk carries the usage
+    chunks = list(
+        client.chat.completions.create(
+            model="tiny", messages=SAY_HI, max_tokens=5, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    with_choices = [c for c in chunks if c.choices]
+    assert "".join(c.choices[0].delta.content or "" for c in with_choices).strip() == cut.choices[0].message.content
+    assert with_choices[-1].choices[0].finish_reason == "length"
+    assert chunks[-1].choices == [] and chunks[-1].usage == cut.usage
+    assert all(c.usage is None for c in chunks[:-1])
+    plain = list(client.chat.completions.create(model="tiny", messages=SAY_HI, max_tokens=5, stream=True))
+    assert all(c.usage is None for c in plain) and plain[-1].choices[0].finish_reason == "length"
+
+
+def test_a_stop_string_ends_the_answer_before_it_on_both_paths(client):
+    sampled = {"model": "tiny", "messages": SAY_HI, "max_tokens": 12, "temperature": 1.0, "seed": 11}
+    raw = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(**sampled, stream=True))
+    again = client.chat.completions.create(**sampled)  # the same seed samples the same answer
+    assert again.choices[0].message.content == raw.strip() and again.choices[0].finish_reason == "length"
+    stop = next(raw[i : i + 2] for i in range(len(raw) // 2, len(raw)) if raw.find(raw[i : i + 2]) > 0)
+    before = raw[: raw.find(stop)]
+    reply = client.chat.completions.create(**sampled, stop=[stop, "never-there"])
+    assert reply.choices[0].finish_reason == "stop" and reply.choices[0].message.content == before.strip() != ""
+    assert 0 < reply.usage.completion_tokens < 12
+    pieces = [c.choices[0] for c in client.chat.completions.create(**sampled, stop=stop, stream=True)]
+    assert "".join(p.delta.content or "" for p in pieces) == before and pieces[-1].finish_reason == "stop"
+    assert all(stop not in (p.delta.content or "") for p in pieces)
+
+
+class Intent(BaseModel):
+    intent: Literal["PlayMusic", "GetWeather"]
+
+
+def test_response_format_json_schema_and_json_object_decode_under_a_grammar(client):
+    parsed = client.chat.completions.parse(model="tiny", messages=SAY_HI, response_format=Intent, max_tokens=40)
+    choice = parsed.choices[0]
+    assert choice.finish_reason == "stop" and parsed.usage.completion_tokens < 40  # the grammar ended it
+    assert choice.message.parsed.intent in ("PlayMusic", "GetWeather")
+    schema = {
+        "type": "object",
+        "properties": {"rank": {"type": "integer"}, "ok": {"type": "boolean"}},
+        "required": ["rank", "ok"],
+    }
+    reply = client.chat.completions.create(
+        model="tiny",
+        messages=SAY_HI,
+        max_tokens=60,
+        response_format={"type": "json_schema", "json_schema": {"name": "lora", "schema": schema}},
+    )
+    value = json.loads(reply.choices[0].message.content)
+    assert isinstance(value["rank"], int) and isinstance(value["ok"], bool)
+    anything = client.chat.completions.create(
+        model="tiny", messages=SAY_HI, max_tokens=30, response_format={"type": "json_object"}
+    )
+    content = anything.choices[0].message.content
+    assert content.startswith("{")  # an object, complete when it stopped by itself
+    if anything.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(content), dict)
+    plain = client.chat.completions.create(
+        model="tiny", messages=SAY_HI, max_tokens=5, response_format={"type": "text"}
+    )
+    assert (
+        plain.choices[0].message.content
+        == client.chat.completions.create(model="tiny", messages=SAY_HI, max_tokens=5).choices[0].message.content
+    )
+
+
+REFUSED_REQUESTS = [
+    ({"n": 2}, "n", "one choice"),
+    ({"logprobs": True}, "logprobs", "log probabilities"),
+    ({"top_logprobs": 3}, "top_logprobs", "log probabilities"),
+    ({"logit_bias": {"42": 5}}, "logit_bias", "bias"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools", "tool calling"),
+    ({"tool_choice": "required"}, "tool_choice", "tool calling"),
+    ({"modalities": ["text", "audio"]}, "modalities", "text only"),
+    ({"reasoning_effort": "high"}, "reasoning_effort", "reasoning"),
+    ({"extra_body": {"top_k": 5}}, "top_k", "unknown parameter"),
+    ({"stream_options": {"include_usage": True}}, "stream_options", "stream: true"),
+    ({"max_tokens": 4, "max_completion_tokens": 5}, "max_completion_tokens", "max_tokens"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4"),
+    ({"temperature": 2.5}, "temperature", "less than or equal to 2"),
+    ({"response_format": {"type": "json_schema"}}, "response_format", "json_schema"),
+    (
+        {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "wat"}}}},
+        "response_format.json_schema.schema",
+        "no grammar",
+    ),
+    ({"response_format": {"type": "json_object"}, "extra_body": {"constrained": True}}, "constrained", "not both"),
+    ({"messages": [{"role": "tool", "content": "42", "tool_call_id": "c1"}]}, "messages.0.role", "tool calling"),
+    (
+        {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/a.png"}}]}]},
+        "messages.0.content",
+        "text only",
+    ),
+    ({"extra_body": {"task": "nope"}}, "task", "unknown task"),
+]
+
+
+@pytest.mark.parametrize(("extra", "param", "says"), REFUSED_REQUESTS, ids=[r[1] for r in REFUSED_REQUESTS])
+def test_what_the_server_cannot_honour_is_a_400_naming_the_parameter(client, extra, param, says):
+    request = {"model": "tiny", "messages": SAY_HI, **extra}
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(**request)
+    assert refused.value.param == param and says in refused.value.message, refused.value.body
+    assert refused.value.type == "invalid_request_error"
+
+
+def test_harmless_fields_are_accepted_and_text_parts_are_read(client, tiny_model_dir):
+    reply = client.chat.completions.create(
+        model="tiny",
+        messages=[
+            {"role": "developer", "content": PROMPT},
+            {"role": "user", "content": [{"type": "text", "text": "Say"}, {"type": "text", "text": "hi"}], "name": "a"},
+        ],
+        max_tokens=3,
+        n=1,
+        logprobs=False,
+        tool_choice="none",
+        user="someone",
+        metadata={"run": "1"},
+        store=False,
+        seed=7,
+        top_p=1,
+        presence_penalty=0.5,
+        frequency_penalty=0.5,
+    )
+    prompt = expected_prompt_ids(
+        tiny_model_dir, [{"role": "system", "content": PROMPT}, {"role": "user", "content": "Say\nhi"}]
+    )
+    assert reply.usage.prompt_tokens == len(prompt) and reply.choices[0].finish_reason == "length"
+    # an answer sent back as the client got it (the message object) is a valid message
+    follow = client.chat.completions.create(
+        model="tiny", messages=[*SAY_HI, reply.choices[0].message, {"role": "user", "content": "again"}], max_tokens=2
+    )
+    assert follow.usage.completion_tokens == 2
 
 
 def test_train_outside_a_git_repository_is_refused(server):
@@ -165,6 +358,10 @@ def test_a_missing_model_is_reported_and_queries_get_503(tmp_path):
         assert status["error"].startswith("no model at") and status["model"] is None
         reply = requests.post(f"{url}/query", json={"prompt": "hi"})
         assert reply.status_code == 503 and "run `dvc repro` first" in reply.json()["detail"]
+        assert requests.get(f"{url}/v1/models").json() == {"object": "list", "data": []}
+        chat = requests.post(f"{url}/v1/chat/completions", json={"messages": SAY_HI})
+        assert chat.status_code == 503 and chat.json()["error"]["type"] == "server_error"
+        assert "run `dvc repro` first" in chat.json()["error"]["message"]
 
 
 def test_constrained_queries_follow_the_schema(server):
@@ -243,17 +440,20 @@ class FakeBackend:
         self.started = threading.Event()
         self._count = threading.Lock()
 
-    def prompt_tokens(self, messages: list[dict]) -> int:
-        return sum(len(m["content"].split()) for m in messages)
+    def encode(self, messages: list[dict]) -> list[int]:
+        self.messages = messages
+        return [1] * sum(len(m["content"].split()) for m in messages)
 
-    def complete(self, messages: list[dict], max_tokens: int, temperature: float = 0.0, grammar=None):
+    def generate(self, prompt: list[int], sampling, done):
         with self._count:
             self.running += 1
             self.calls += 1
             self.most = max(self.most, self.running)
         self.started.set()
+        self.sampling = sampling
         try:
             time.sleep(self.delay)
+            done.completion_tokens, done.finish_reason = 2, "stop"
             yield "fake answer"
         finally:
             with self._count:
@@ -375,12 +575,8 @@ def test_malformed_bodies_get_400_or_422_naming_the_field_never_500(tmp_path, no
         ("v1/chat/completions", {"messages": "hi"}, "messages"),
         ("train", {"params": "lora.rank=8"}, "params"),
         ("train", {"params": {"lora.rank": "lots"}}, "lora.rank"),
-        ("query", {"prompt": "\ud800 hi"}, "prompt"),
-        (
-            "query",
-            {"prompt": "hi", "temperature": 5},
-            "temperature",
-        ),  # /query has no such field  # a lone surrogate: no tokenizer can encode it
+        ("query", {"prompt": "\ud800 hi"}, "prompt"),  # a lone surrogate: no tokenizer can encode it
+        ("query", {"prompt": "hi", "temperature": 5}, "temperature"),  # /query has no such field
         ("v1/chat/completions", {"messages": [{"role": "user", "content": "\ud800"}]}, "messages.0.content"),
         ("train", {"parms": {"lora.rank": 8}}, "parms"),  # a typo must not start a run without overrides
         ("train", {"params": {"model.trust_remote_code": True}}, "model.trust_remote_code"),
@@ -389,8 +585,12 @@ def test_malformed_bodies_get_400_or_422_naming_the_field_never_500(tmp_path, no
     with in_process(app) as url:
         for route, payload, field in fields:
             reply = requests.post(f"{url}/{route}", json=payload, timeout=30)
-            assert reply.status_code == 422, (route, payload, reply.text)
-            assert field in reply.json()["detail"], (route, payload, reply.text)
+            if route.startswith("v1/"):  # OpenAI's shape: 400, the field as `param`
+                assert reply.status_code == 400, (route, payload, reply.text)
+                assert reply.json()["error"]["param"] == field, (route, payload, reply.text)
+            else:
+                assert reply.status_code == 422, (route, payload, reply.text)
+                assert field in reply.json()["detail"], (route, payload, reply.text)
         for route in ("query", "v1/chat/completions", "train"):
             for raw in (b"{not json", b"\xff\xfe{", b"[1, 2]", b'"hi"', b"null", b""):
                 reply = requests.post(
@@ -446,3 +646,141 @@ def test_the_training_state_is_read_as_a_copy_under_its_lock(tmp_path):
     finally:
         stop.set()
         thread.join()
+
+
+def test_the_transformers_engine_refuses_what_only_llama_cpp_can_do(tmp_path, no_token):
+    model = tmp_path / "merged"
+    model.mkdir()
+    app = create_app(model, engine="transformers", project=tmp_path, token=None, backend_factory=FakeBackend)
+    schema = {"name": "x", "schema": {"type": "object"}}
+    with in_process(app) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        for extra, param in (
+            ({"response_format": {"type": "json_object"}}, "response_format"),
+            ({"response_format": {"type": "json_schema", "json_schema": schema}}, "response_format"),
+            ({"extra_body": {"constrained": True}}, "constrained"),
+            ({"presence_penalty": 0.5}, "presence_penalty"),
+            ({"frequency_penalty": -1}, "frequency_penalty"),
+        ):
+            with pytest.raises(openai.BadRequestError) as refused:
+                client.chat.completions.create(model="merged", messages=SAY_HI, **extra)
+            assert refused.value.param == param and "llama.cpp" in refused.value.message
+        reply = client.chat.completions.create(
+            model="merged", messages=SAY_HI, response_format={"type": "text"}, presence_penalty=0, seed=3, stop="x"
+        )
+        assert reply.choices[0].message.content == "fake answer" and reply.usage.total_tokens == 2 + 2
+        sampling = app.state.lorapipe.loaded.backend.sampling
+        assert (sampling.seed, sampling.stop, sampling.grammar, sampling.max_tokens) == (3, ("x",), None, 256)
+        assert [m.id for m in client.models.list()] == ["merged"]
+
+
+def test_both_engines_count_tokens_and_finish_by_length_or_stop(project, tiny_model_dir):
+    """The same conversation on the GGUF (llama.cpp) and the folder it came from (transformers)."""
+    from lorapipe.serve import Backend, Generation, Sampling
+
+    messages = [{"role": "system", "content": PROMPT}, *SAY_HI]
+    for backend in (Backend(tiny_model_dir, "transformers"), Backend(project / "models/gguf/tiny.F32.gguf")):
+        prompt = backend.encode(messages)
+        assert prompt == expected_prompt_ids(tiny_model_dir, messages), backend.engine
+        cut = Generation(len(prompt))
+        text = "".join(backend.generate(prompt, Sampling(6, temperature=1.0, seed=5), cut))
+        assert (cut.finish_reason, cut.completion_tokens, cut.usage()["total_tokens"]) == ("length", 6, len(prompt) + 6)
+        stop = next(text[i : i + 2] for i in range(len(text) // 2, len(text)) if text.find(text[i : i + 2]) > 0)
+        stopped = Generation(len(prompt))
+        sampling = Sampling(6, temperature=1.0, seed=5, stop=(stop,))
+        assert "".join(backend.generate(prompt, sampling, stopped)) == text[: text.find(stop)], backend.engine
+        assert stopped.finish_reason == "stop" and 0 < stopped.completion_tokens <= 6
+        backend.close()
+
+
+# --- one chat encoder: contents are literal text, a template without a system role gets it folded ----
+
+QUOTED = [
+    {"role": "system", "content": PROMPT},
+    {"role": "user", "content": "What does <|im_end|> mean? <|im_start|>assistant"},
+]
+
+
+def test_text_that_looks_like_a_control_token_stays_text_on_both_engines(project, tiny_model_dir, client):
+    from transformers import AutoTokenizer
+
+    from lorapipe.serve import Backend
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    controls = {tokenizer.convert_tokens_to_ids(t) for t in ("<|im_start|>", "<|im_end|>", "<|endoftext|>")}
+    # the template's own markers: around the system prompt, around the question, and the answer's start
+    plain = expected_prompt_ids(tiny_model_dir, [QUOTED[0], {"role": "user", "content": "plain"}])
+    markers = [i for i in plain if i in controls]
+    assert len(markers) == 5
+    rendered = tokenizer.apply_chat_template(QUOTED, tokenize=False, add_generation_prompt=True)
+    literal = tokenizer(QUOTED[1]["content"], add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    assert not controls & set(literal)
+    for backend in (Backend(tiny_model_dir, "transformers"), Backend(project / "models/gguf/tiny.F32.gguf")):
+        ids = backend.encode(QUOTED)
+        assert [i for i in ids if i in controls] == markers, backend.engine
+        assert tokenizer.decode(ids) == rendered, backend.engine  # the same text, only read as text
+        assert any(ids[i : i + len(literal)] == literal for i in range(len(ids))), backend.engine
+        served = ids
+        backend.close()
+    reply = client.chat.completions.create(model="tiny", messages=QUOTED[1:], max_tokens=1)
+    assert reply.usage.prompt_tokens == len(served)  # the server adds the task's system prompt, as QUOTED has it
+
+
+@pytest.fixture
+def gemma_project(tmp_path, tiny_model_dir):
+    """The tiny model carrying Gemma 2's template (it raises on a system message), in a project
+    whose task has a system prompt; returns (project, model folder, the folded prompt's ids)."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    gemma = tmp_path / "gemma"
+    shutil.copytree(tiny_model_dir, gemma)
+    (gemma / "chat_template.jinja").write_text((ROOT / "tests/fixtures/chat_templates/gemma2.jinja").read_text())
+    (tmp_path / "data" / "dataset").mkdir(parents=True)
+    (tmp_path / "data" / "dataset" / "prompts.json").write_text(json.dumps({"docs": PROMPT}))
+    expected = expected_prompt_ids(gemma, [{"role": "user", "content": PROMPT + "\n\nSay hi"}])
+    assert "<start_of_turn>user\n" + PROMPT in AutoTokenizer.from_pretrained(gemma).decode(expected)
+    return tmp_path, gemma, expected
+
+
+def test_a_template_without_a_system_role_gets_the_prompt_folded(gemma_project, no_token):
+    """The task's system prompt joins the first user message, and the server answers."""
+    from lorapipe.serve import Backend
+
+    project, gemma, expected = gemma_project
+    backend = Backend(gemma, "transformers")
+    assert backend.encode([{"role": "system", "content": PROMPT}, *SAY_HI]) == expected
+    with in_process(create_app(gemma, engine="transformers", project=project, token=None)) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        reply = client.chat.completions.create(model="gemma", messages=SAY_HI, max_tokens=2)
+        assert reply.usage.prompt_tokens == len(expected) and reply.usage.completion_tokens <= 2
+        with pytest.raises(openai.BadRequestError) as refused:  # Gemma's other limit: roles alternate
+            client.chat.completions.create(model="gemma", messages=[*SAY_HI, *SAY_HI], max_tokens=2)
+        assert refused.value.param == "messages" and "alternate" in refused.value.message
+
+
+@pytest.mark.integration
+def test_a_gguf_whose_template_has_no_system_role_gets_the_prompt_folded(gemma_project):
+    """The same through llama.cpp: the GGUF carries the template (an export, so integration)."""
+    from lorapipe.serve import Backend
+
+    project, gemma, expected = gemma_project
+    export_gguf(gemma, project / "data/dataset/prompts.json", project / "gguf", quants=["F32"], outtype="f32")
+    backend = Backend(next((project / "gguf").glob("*.gguf")))
+    assert backend.encode([{"role": "system", "content": PROMPT}, *SAY_HI]) == expected
+    backend.close()
+
+
+def test_max_tokens_defaults_to_what_the_context_has_left(tmp_path, no_token):
+    app, backend = fake_app(tmp_path)  # its context holds 2048 tokens, one per word
+    long = [{"role": "user", "content": "word " * 2000}]
+    with in_process(app) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        client.chat.completions.create(model="fake", messages=long)
+        assert backend.sampling.max_tokens == 48  # not the default 256, which would not fit
+        client.chat.completions.create(model="fake", messages=SAY_HI)
+        assert backend.sampling.max_tokens == 256
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.chat.completions.create(model="fake", messages=long, max_tokens=100)
+        assert refused.value.code == "context_length_exceeded" and "context holds 2048" in refused.value.message

@@ -6,14 +6,25 @@ Routes (request bodies are the pydantic models below; a body that is not a JSON 
 field of the wrong type or out of range 422 naming the field):
 - ``GET /status``: health (always open): whether a model is loaded; with the token (if one is set),
   also the model file, the adapter's MLflow run id and params, and the state of the last /train run.
-- ``POST /query`` (QueryRequest) → ``{"answer": ...}``, with the task's system prompt from
-  ``prompts.json``; ``constrained`` decodes under a grammar built from the server's ``--json-schema``
-  (as ``eval.constrained`` does).
-- ``POST /v1/chat/completions`` (ChatRequest): an OpenAI-compatible subset (messages, max_tokens,
-  temperature, stream with server-sent events). Without a system message, the first task's prompt is added.
+- ``POST /query`` (QueryRequest) → ``{"answer", "model", "system", "finish_reason", "usage"}``, with
+  the task's system prompt from ``prompts.json``; ``constrained`` decodes under a grammar built from
+  the server's ``--json-schema`` (as ``eval.constrained`` does).
+- ``GET /v1/models``, ``GET /v1/models/{id}``: OpenAI's model list, the one model served (its file name).
+- ``POST /v1/chat/completions`` (ChatRequest): OpenAI's chat API as far as the server can honour it
+  (ChatRequest's docstring lists what is honoured, accepted without effect, or refused), streaming
+  with server-sent events; ``usage`` counts the prompt's and the answer's real tokens (in a last
+  chunk when ``stream_options.include_usage``), ``finish_reason`` is "length" when max_tokens cut the
+  answer and "stop" otherwise; ``response_format`` json_object / json_schema decode under a llama.cpp
+  grammar. Without a system message, the first task's prompt is added. Under /v1 every error has
+  OpenAI's body ``{"error": {"message", "type", "param", "code"}}``, an invalid request is 400 naming
+  the parameter, so OpenAI clients raise it (``openai.BadRequestError``).
 - ``POST /train`` (TrainRequest): ``{"params": {"lora.rank": 8, ...}}`` runs ``dvc repro`` in a
   separate git worktree, so the served model is untouched; one run at a time (409 otherwise). When it
   succeeds the server switches to the new model.
+
+Prompts go through lorapipe's one chat encoder (``chat_templates.encode_chat``) on both engines:
+message contents are literal text, and a template without a system role gets the system prompt folded
+into the first user message.
 
 Generation runs in FastAPI's threadpool, never on the event loop, so /status answers while an answer
 is generated; each loaded model has one lock, so one llama.cpp context never runs two requests at once.
@@ -25,6 +36,7 @@ names another address, and refuses to do that without the token.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import json
 import os
@@ -34,17 +46,31 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request  # FastAPI reads the annotations by name
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lorapipe import paths, tracking
 from lorapipe.artifacts import model_gguf
+from lorapipe.chat_templates import ChatTemplateError, encode_chat, hf_codec, llama_codec
 from lorapipe.io import read_provenance
 from lorapipe.params import MAX_SEQ_LEN, ParamsError, apply_overrides, read_yaml, validate_params
 from lorapipe.textfiles import read_text
@@ -53,41 +79,153 @@ TOKEN_ENV = "LORAPIPE_API_TOKEN"
 MAX_TOKENS = MAX_SEQ_LEN  # the most tokens a request may ask for: the longest context params allow
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """How one answer is decoded. Greedy at temperature 0; above it, sampled from the temperature-scaled
+    distribution cut to its top_p mass (no top-k or min-p cut, as OpenAI defines the two knobs)."""
+
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()  # the answer ends before the first of these; it is not part of it
+    presence_penalty: float = 0.0  # llama.cpp engine only
+    frequency_penalty: float = 0.0  # llama.cpp engine only
+    grammar: Any = None  # a llama_cpp.LlamaGrammar (llama.cpp engine only)
+
+
+@dataclass
+class Generation:
+    """What one answer cost and why it ended, filled in while its pieces are generated."""
+
+    prompt_tokens: int
+    completion_tokens: int = 0  # tokens the model generated, the end-of-turn token not counted
+    finish_reason: str | None = None  # "length" when max_tokens cut it, else "stop" (an end token or a stop string)
+
+    def usage(self) -> dict[str, int]:
+        """OpenAI's usage object."""
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+
+
+def _first_stop(text: str, stops: tuple[str, ...]) -> int:
+    """Where the first stop string starts in `text`, or -1."""
+    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(found, default=-1)
+
+
+def _held_back(text: str, stops: tuple[str, ...]) -> int:
+    """How many characters at the end of `text` could be the start of a stop string (not sent yet)."""
+    return max((k for s in stops for k in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:k])), default=0)
+
+
 class Backend:
     """The model being served: a GGUF under llama.cpp, or a merged folder under transformers. Not
     thread-safe: the server runs it under its LoadedModel's lock."""
 
     def __init__(self, model_path: Path, engine: str = "llama.cpp", n_ctx: int = 2048):
-        self.path, self.engine, self.n_ctx = Path(model_path), engine, n_ctx
+        self.path, self.engine, self.n_ctx, self.codec = Path(model_path), engine, n_ctx, None
         if engine == "llama.cpp":
-            from llama_cpp import Llama
+            import llama_cpp
 
-            self.llm = Llama(str(self.path), n_ctx=n_ctx, verbose=False)
+            self.llm = llama_cpp.Llama(str(self.path), n_ctx=n_ctx, verbose=False)
+            vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+            self.is_end = lambda token: bool(llama_cpp.llama_vocab_is_eog(vocab, token))
         else:
             from lorapipe.models import load_causal_lm, load_tokenizer
 
             self.tokenizer, self.model = load_tokenizer(self.path), load_causal_lm(self.path).eval()
             self.n_ctx = getattr(self.model.config, "max_position_embeddings", n_ctx)
 
-    def prompt_tokens(self, messages: list[dict]) -> int:
-        text = "\n".join(m["content"] for m in messages)
-        if self.engine == "llama.cpp":
-            return len(self.llm.tokenize(text.encode(), add_bos=True, special=False))
-        return len(self.tokenizer(text)["input_ids"])
+    def encode(self, messages: list[dict]) -> list[int]:
+        """The prompt's token ids: `messages` through the model's chat template with the generation
+        prompt, by lorapipe's one chat encoder (``chat_templates.encode_chat``), for both engines: a
+        template without a system role gets the system prompt folded into the first user message,
+        and contents are literal text (``<|im_end|>`` typed by a user is no end of turn). Raises
+        ChatTemplateError when the template refuses the conversation or the model has none."""
+        if self.codec is None:  # built once: llama_codec reads every token's attributes
+            self.codec = llama_codec(self.llm) if self.engine == "llama.cpp" else hf_codec(self.tokenizer)
+        return encode_chat(messages, self.codec)
 
-    def complete(self, messages: list[dict], max_tokens: int, temperature: float = 0.0, grammar=None):
-        """Generated text pieces (an iterator), so callers can stream them."""
-        if self.engine == "llama.cpp":
-            for chunk in self.llm.create_chat_completion(
-                messages=messages, max_tokens=max_tokens, temperature=temperature, grammar=grammar, stream=True
-            ):
-                piece = chunk["choices"][0]["delta"].get("content")
-                if piece:
-                    yield piece
-            return
-        from lorapipe.evaluate import generate_answer
+    def generate(self, prompt: list[int], sampling: Sampling, done: Generation) -> Iterator[str]:
+        """The answer's text pieces (an iterator, so callers can stream them); `done` gets its token
+        count and finish reason as it goes. A stop string is never sent, not even in part."""
+        pieces = self._llama(prompt, sampling, done) if self.engine == "llama.cpp" else self._hf(prompt, sampling, done)
+        yield from pieces
 
-        yield generate_answer(self.tokenizer, self.model, messages, max_tokens, temperature)
+    def _llama(self, prompt: list[int], sampling: Sampling, done: Generation) -> Iterator[str]:
+        llm, stops = self.llm, sampling.stop
+        llm.set_seed(sampling.seed % 2**32 if sampling.seed is not None else secrets.randbits(32))
+        decoder = codecs.getincrementaldecoder("utf-8")("ignore")  # a character split across tokens waits
+        text, sent, done.finish_reason = "", 0, "length"
+        tokens = llm.generate(
+            prompt,
+            temp=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=0,
+            min_p=0.0,
+            repeat_penalty=1.0,
+            presence_penalty=sampling.presence_penalty,
+            frequency_penalty=sampling.frequency_penalty,
+            grammar=sampling.grammar,
+        )
+        for token in tokens:
+            if self.is_end(token):
+                done.finish_reason = "stop"
+                break
+            done.completion_tokens += 1
+            text += decoder.decode(llm.detokenize([token]))
+            cut = _first_stop(text, stops)
+            if cut >= 0:
+                text, done.finish_reason = text[:cut], "stop"
+                break
+            if done.completion_tokens >= sampling.max_tokens:
+                break
+            ready = len(text) - _held_back(text, stops)
+            if ready > sent:
+                yield text[sent:ready]
+                sent = ready
+        if len(text) > sent:
+            yield text[sent:]
+
+    def _hf(self, prompt: list[int], sampling: Sampling, done: Generation) -> Iterator[str]:
+        import torch
+
+        tokenizer = self.tokenizer
+        options: dict[str, Any] = {"do_sample": False}
+        if sampling.temperature > 0:
+            options = {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0}
+            if sampling.seed is not None:
+                torch.manual_seed(sampling.seed)
+        if sampling.stop:
+            options |= {"stop_strings": list(sampling.stop), "tokenizer": tokenizer}
+        ids = torch.tensor([prompt])
+        with torch.no_grad():
+            out = self.model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=sampling.max_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+                **options,
+            )
+        new = out[0, len(prompt) :].tolist()
+        ends = self.model.generation_config.eos_token_id
+        ends = {ends} if isinstance(ends, int) else set(ends or [tokenizer.eos_token_id])
+        ended = bool(new) and new[-1] in ends
+        new = new[:-1] if ended else new
+        text = tokenizer.decode(new, skip_special_tokens=True)
+        cut = _first_stop(text, sampling.stop)
+        done.completion_tokens = len(new)
+        done.finish_reason = "length" if cut < 0 and not ended and len(new) >= sampling.max_tokens else "stop"
+        yield text[:cut] if cut >= 0 else text
+
+    def complete(self, messages: list[dict], max_tokens: int, temperature: float = 0.0, grammar=None) -> Iterator[str]:
+        """The answer to `messages` as text pieces (greedy at temperature 0)."""
+        prompt = self.encode(messages)
+        yield from self.generate(prompt, Sampling(max_tokens, temperature, grammar=grammar), Generation(len(prompt)))
 
     def close(self) -> None:
         if self.engine == "llama.cpp":
@@ -156,21 +294,166 @@ class QueryRequest(_Body):
     constrained: bool = Field(False, description="decode under the grammar of the server's --json-schema")
 
 
+def _unsupported(message: str) -> PydanticCustomError:
+    return PydanticCustomError("unsupported_parameter", message)
+
+
+def _text_parts(value: Any) -> Any:
+    """Message content as OpenAI clients send it: a string, or a list of text parts (joined by a newline)."""
+    if not isinstance(value, list):
+        return value
+    texts = []
+    for number, part in enumerate(value):
+        kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+        if kind != "text" or not isinstance(part.get("text"), str):
+            raise _unsupported(f"part {number} is {kind!r}: the served model reads text only (parts of type 'text')")
+        texts.append(part["text"])
+    return "\n".join(texts)
+
+
 class Message(_Body):
-    role: Literal["system", "user", "assistant"]
-    content: Text
+    # a message as clients send it back: `name`, `refusal` and `annotations` have no place in a chat
+    # template and change nothing; tool calls and audio would, and are refused
+    model_config = _Body.model_config | {"extra": "forbid"}
+
+    role: Literal["system", "developer", "user", "assistant"]  # developer: OpenAI's newer name for system
+    content: Annotated[Text, BeforeValidator(_text_parts)]
+    name: str | None = Field(None, description="accepted and not used: chat templates have no place for it")
+    refusal: str | None = None
+    annotations: list[Any] | None = None
+    tool_calls: list[Any] | None = None
+    function_call: Any = None
+    audio: Any = None
+
+    @field_validator("role", mode="before")
+    @classmethod
+    def _no_tools(cls, role: Any) -> Any:
+        if role in ("tool", "function"):
+            raise _unsupported(f"{role} messages carry tool results, and lorapipe's server has no tool calling")
+        return role
+
+    @field_validator("tool_calls", "function_call", "audio")
+    @classmethod
+    def _nothing_it_cannot_read(cls, value: Any, info: ValidationInfo) -> Any:
+        if value:
+            raise _unsupported(
+                f"lorapipe's server has no tool calling or audio; send the message without {info.field_name}"
+            )
+        return value
+
+
+class StreamOptions(_Body):
+    model_config = _Body.model_config | {"extra": "forbid"}
+
+    include_usage: bool | None = Field(None, description="end the stream with a chunk carrying `usage`")
+    include_obfuscation: bool | None = Field(None, description="accepted and not used (it pads chunks)")
+
+
+class JSONSchemaFormat(_Body):
+    model_config = _Body.model_config | {"extra": "forbid", "populate_by_name": True}
+
+    name: str
+    description: str | None = None
+    json_schema: dict[str, Any] = Field(alias="schema", description="the JSON Schema the answer must follow")
+    strict: bool | None = Field(None, description="the answer always follows the schema, strict or not")
+
+
+class ResponseFormat(_Body):
+    model_config = _Body.model_config | {"extra": "forbid"}
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError('json_schema is given with "type": "json_schema", and only then')
+        return self
+
+
+# OpenAI's chat parameters the server cannot honour: when a request sets one to anything but its
+# neutral value, it is refused (400 naming it) rather than silently ignored.
+REFUSED: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "n": (lambda v: v in (None, 1), "the server returns one choice per request; send n: 1 (or several requests)"),
+    "logprobs": (lambda v: not v, "the server does not return log probabilities"),
+    "top_logprobs": (lambda v: v is None, "the server does not return log probabilities"),
+    "logit_bias": (lambda v: not v, "the server does not bias tokens"),
+    "tools": (lambda v: not v, "the server has no tool calling"),
+    "functions": (lambda v: not v, "the server has no function calling"),
+    "tool_choice": (lambda v: v in (None, "none"), "the server has no tool calling"),
+    "function_call": (lambda v: v in (None, "none"), "the server has no function calling"),
+    "modalities": (lambda v: v in (None, ["text"]), "the model answers with text only"),
+    "audio": (lambda v: v is None, "the model answers with text only"),
+    "reasoning_effort": (lambda v: v is None, "the served model has no reasoning effort to set"),
+    "verbosity": (lambda v: v is None, "the served model has no verbosity to set"),
+    "web_search_options": (lambda v: v is None, "the server cannot search the web"),
+    "moderation": (lambda v: v is None, "the server does not moderate"),
+}
 
 
 class ChatRequest(_Body):
+    """OpenAI's chat completion request. Honoured: messages, max_tokens (or max_completion_tokens),
+    temperature, top_p, seed, stop, presence/frequency_penalty (llama.cpp engine), stream and
+    stream_options.include_usage, response_format (llama.cpp engine), n = 1. Accepted and not used,
+    since they do not change the answer: model (the server has one), user, safety_identifier,
+    metadata, store, service_tier, prediction, prompt_cache_*, parallel_tool_calls. REFUSED lists the
+    rest; any other field is refused as unknown (400 naming it)."""
+
+    model_config = _Body.model_config | {"extra": "forbid"}
+
     messages: list[Message] = Field(min_length=1)
-    model: str | None = Field(None, description="echoed back; default: the served file's name")
+    model: str | None = Field(None, description="accepted whatever it names: the server has one model")
     max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS, description="tokens to generate at most; default 256")
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS, description="the same as max_tokens")
     temperature: float | None = Field(None, ge=0, le=2, description="0 (the default): greedy")
-    stream: bool = Field(False, description="send the answer as server-sent events")
+    top_p: float | None = Field(None, gt=0, le=1, description="sample from this top probability mass; default 1")
+    seed: int | None = Field(None, description="the same seed and request give the same answer")
+    stop: str | list[str] | None = Field(None, description="up to 4 strings that end the answer (not included)")
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    stream: bool | None = Field(False, description="send the answer as server-sent events")
+    stream_options: StreamOptions | None = None
+    response_format: ResponseFormat | None = Field(
+        None, description="json_object or json_schema: decode under a grammar"
+    )
     task: str | None = Field(
         None, description="the task whose system prompt is added when no system message is given; default: the first"
     )
     constrained: bool = Field(False, description="decode under the grammar of the server's --json-schema")
+    # accepted and not used: they change nothing in the answer
+    user: str | None = None
+    safety_identifier: str | None = None
+    metadata: dict[str, Any] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+    prediction: Any = None
+    prompt_cache_key: str | None = None
+    prompt_cache_options: Any = None
+    prompt_cache_retention: str | None = None
+    parallel_tool_calls: bool | None = None
+    # refused unless neutral (REFUSED)
+    n: int | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    logit_bias: dict[str, Any] | None = None
+    tools: list[Any] | None = None
+    functions: list[Any] | None = None
+    tool_choice: Any = None
+    function_call: Any = None
+    modalities: list[Any] | None = None
+    audio: Any = None
+    reasoning_effort: Any = None
+    verbosity: Any = None
+    web_search_options: Any = None
+    moderation: Any = None
+
+    @field_validator(*REFUSED)
+    @classmethod
+    def _refused(cls, value: Any, info: ValidationInfo) -> Any:
+        accepted, why = REFUSED[info.field_name]
+        if not accepted(value):
+            raise _unsupported(f"{why}; leave {info.field_name} out")
+        return value
 
     @field_validator("messages")
     @classmethod
@@ -178,6 +461,36 @@ class ChatRequest(_Body):
         if not any(m.role == "user" and m.content.strip() for m in messages):
             raise ValueError("the prompt is empty: give a user message with text")
         return messages
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        stops = [stop] if isinstance(stop, str) else stop or []
+        if len(stops) > 4 or not all(stops):
+            raise ValueError("give at most 4 stop strings, none of them empty")
+        return stop
+
+    # fields are validated in the order they are declared: info.data holds the ones above
+    @field_validator("max_completion_tokens")
+    @classmethod
+    def _one_limit(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if None not in (value, info.data.get("max_tokens")) and value != info.data["max_tokens"]:
+            raise ValueError("differs from max_tokens: give one of them")
+        return value
+
+    @field_validator("stream_options")
+    @classmethod
+    def _only_streaming(cls, value: StreamOptions | None, info: ValidationInfo) -> StreamOptions | None:
+        if value is not None and not info.data.get("stream"):
+            raise ValueError("is only allowed with stream: true")
+        return value
+
+    @field_validator("constrained")
+    @classmethod
+    def _one_grammar(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("response_format") is not None:
+            raise ValueError("give response_format or constrained, not both")
+        return value
 
 
 class TrainRequest(_Body):
@@ -196,34 +509,83 @@ class TrainRequest(_Body):
         return params
 
 
+class APIError(HTTPException):
+    """An HTTP error that names the request parameter at fault and a code, as OpenAI's errors do."""
+
+    def __init__(self, status_code: int, detail: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(status_code, detail)
+        self.param, self.code = param, code
+
+
+def _openai_route(request: Request) -> bool:
+    return request.url.path == "/v1" or request.url.path.startswith("/v1/")
+
+
+def openai_error(
+    status: int, message: str, *, param: str | None = None, code: str | None = None, headers=None
+) -> JSONResponse:
+    """OpenAI's error body ``{"error": {"message", "type", "param", "code"}}``, which its clients raise
+    as exceptions (a 400 as ``openai.BadRequestError`` with ``.param`` and ``.code``). An invalid
+    request is a 400 there, where lorapipe's own routes answer 413 or 422."""
+    status = 400 if status in (413, 422) else status
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """FastAPI's ``{"detail": ...}`` on lorapipe's routes; OpenAI's error body under /v1, an unknown
+    route there included."""
+    if not _openai_route(request):
+        return await http_exception_handler(request, exc)
+    message, code = str(exc.detail), getattr(exc, "code", None)
+    if exc.status_code in (404, 405) and message in ("Not Found", "Method Not Allowed"):
+        message = (
+            f"no route {request.method} {request.url.path}: lorapipe serves GET /v1/models, "
+            "GET /v1/models/{id} and POST /v1/chat/completions"
+        )
+        code = "unknown_url"
+    elif exc.status_code == 401:
+        code = "invalid_api_key"
+    return openai_error(exc.status_code, message, param=getattr(exc, "param", None), code=code, headers=exc.headers)
+
+
 def _field(error: dict) -> str:
     loc = error["loc"][1:] if error["loc"][:1] == ("body",) else error["loc"]
     return ".".join(str(part) for part in loc)
 
 
+def _problem(error: dict) -> dict[str, str]:
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown parameter: lorapipe's server does not know it; leave it out"
+    return {"field": _field(error), "message": message, "type": error["type"]}
+
+
 async def request_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    """400 for a body that is not a JSON object; 422 naming each bad field otherwise.
+    """400 for a body that is not a JSON object; 422 naming each bad field otherwise (under /v1,
+    400 in OpenAI's error body with the first bad field as its ``param``).
 
     A body is read as JSON only with ``Content-Type: application/json`` (FastAPI's strict content
     type): a web page can send text/plain to 127.0.0.1 without asking, but not JSON."""
-    errors = exc.errors()
+    errors, openai = exc.errors(), _openai_route(request)
+    message = None
     if any(e["type"] == "json_invalid" for e in errors):
-        return JSONResponse({"detail": "the request body is not valid JSON"}, status_code=400)
-    if any(tuple(e["loc"]) == ("body",) and e["type"] != "value_error" for e in errors):
+        message = "the request body is not valid JSON"
+    elif any(tuple(e["loc"]) == ("body",) and e["type"] != "value_error" for e in errors):
         sent_json = "json" in request.headers.get("content-type", "")
-        return JSONResponse(
-            {
-                "detail": "the request body must be a JSON object"
-                + ("" if sent_json else ", sent with Content-Type: application/json")
-            },
-            status_code=400,
+        message = "the request body must be a JSON object" + (
+            "" if sent_json else ", sent with Content-Type: application/json"
         )
-    problems = [
-        {"field": _field(e), "message": e["msg"].removeprefix("Value error, "), "type": e["type"]} for e in errors
-    ]
-    return JSONResponse(
-        {"detail": "; ".join(f"{p['field']}: {p['message']}" for p in problems), "errors": problems}, status_code=422
-    )
+    if message:
+        return openai_error(400, message) if openai else JSONResponse({"detail": message}, status_code=400)
+    problems = [_problem(e) for e in errors]
+    detail = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
+    if openai:
+        unsupported = problems[0]["type"] in ("extra_forbidden", "unsupported_parameter")
+        code = "unsupported_parameter" if unsupported else "invalid_value"
+        return openai_error(400, detail, param=problems[0]["field"], code=code)
+    return JSONResponse({"detail": detail, "errors": problems}, status_code=422)
 
 
 # --- shared state ---------------------------------------------------------------------------------
@@ -386,17 +748,39 @@ class AppState:
             params = None
         return {"adapter_run_id": tracking.read_run_id(adapter / paths.RUN_INFO_NAME), "params": params}
 
-    def grammar(self, constrained: bool):
-        """The llama.cpp grammar of the server's schema for a constrained request, else None."""
-        if not constrained:
+    def grammar(self, constrained: bool, response_format: ResponseFormat | None = None):
+        """The llama.cpp grammar a request asks for, else None: the server's ``--json-schema`` for
+        ``constrained``; any JSON object for ``response_format`` json_object; the request's own schema
+        for json_schema. Raises APIError (422) naming the parameter when the engine cannot constrain
+        decoding (transformers) or no grammar can be built."""
+        kind = response_format.type if response_format else "text"
+        if not constrained and kind == "text":
             return None
-        if self.schema is None:
-            raise HTTPException(422, "constrained decoding needs a schema: start the server with --json-schema FILE")
+        param = "constrained" if constrained else "response_format"
         if self.engine != "llama.cpp":
-            raise HTTPException(422, "constrained decoding needs the llama.cpp engine (serve a GGUF)")
+            raise APIError(
+                422,
+                f"{param} needs decoding under a grammar, which only the llama.cpp engine does: serve the "
+                "GGUF (lorapipe serve without --transformers) or leave it out",
+                param=param,
+            )
         from llama_cpp import LlamaGrammar
+        from llama_cpp.llama_grammar import JSON_GBNF
 
-        return LlamaGrammar.from_json_schema(json.dumps(self.schema), verbose=False)
+        if kind == "json_object":
+            return LlamaGrammar.from_string(JSON_GBNF, verbose=False)  # its root is an object
+        if constrained and self.schema is None:
+            raise APIError(
+                422, "constrained decoding needs a schema: start the server with --json-schema FILE", param=param
+            )
+        schema = self.schema if constrained else response_format.json_schema.json_schema
+        param = param if constrained else "response_format.json_schema.schema"
+        try:
+            return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+        except Exception as exc:  # noqa: BLE001 - llama.cpp's converter asserts on what it cannot express
+            raise APIError(
+                422, f"no grammar can be built from this JSON Schema: {exc}; simplify the schema", param=param
+            ) from None
 
     def with_system(self, messages: list[dict], task: str | None) -> list[dict]:
         """`messages` led by the task's system prompt from prompts.json, unless they start with one."""
@@ -404,19 +788,33 @@ class AppState:
             return messages
         known = self.prompts()
         if task is not None and task not in known:
-            raise HTTPException(422, f"unknown task {task!r}; known: {sorted(known)}")
+            raise APIError(422, f"unknown task {task!r}; known: {sorted(known)}", param="task")
         system = known.get(task) if task else next(iter(known.values()), None)
         return ([{"role": "system", "content": system}] if system else []) + messages
 
 
-def _check_fits(model: Backend, messages: list[dict], max_tokens: int) -> None:
-    used = model.prompt_tokens(messages)
-    if used + max_tokens > model.n_ctx:
-        raise HTTPException(
+def _encode(model: Backend, messages: list[dict]) -> list[int]:
+    """The prompt's token ids; APIError 422 naming the messages when the chat template refuses them."""
+    try:
+        return model.encode(messages)
+    except ChatTemplateError as exc:
+        raise APIError(422, str(exc), param="messages") from None
+
+
+def _room(model: Backend, prompt: list[int], max_tokens: int | None, default: int) -> int:
+    """The tokens to generate at most: `max_tokens`, or `default` cut to what the context has left.
+    APIError 413 (code context_length_exceeded) when the prompt and `max_tokens` do not fit."""
+    left = model.n_ctx - len(prompt)
+    wanted = max_tokens if max_tokens is not None else min(default, left)
+    if wanted > left or wanted < 1:
+        raise APIError(
             413,
-            f"the prompt is {used} tokens and {max_tokens} more are asked for, but the "
+            f"the prompt is {len(prompt)} tokens and {max(wanted, 1)} more are asked for, but the "
             f"model's context holds {model.n_ctx}: shorten the prompt or max_tokens",
+            param="messages",
+            code="context_length_exceeded",
         )
+    return wanted
 
 
 # --- routes ---------------------------------------------------------------------------------------
@@ -466,69 +864,113 @@ def query(body: QueryRequest, state: State) -> dict[str, Any]:
     messages = state.with_system([{"role": "user", "content": body.prompt}], body.task)
     rules = state.grammar(body.constrained)
     with loaded.session() as model:
-        _check_fits(model, messages, body.max_tokens)
-        answer = "".join(model.complete(messages, body.max_tokens, grammar=rules)).strip()
+        prompt = _encode(model, messages)
+        done = Generation(len(prompt))
+        sampling = Sampling(_room(model, prompt, body.max_tokens, body.max_tokens), grammar=rules)
+        answer = "".join(model.generate(prompt, sampling, done)).strip()
     return {
         "answer": answer,
         "model": model.path.name,
         "system": messages[0]["content"] if messages[0]["role"] == "system" else None,
+        "finish_reason": done.finish_reason,
+        "usage": done.usage(),
     }
 
 
+def _model_card(loaded: LoadedModel) -> dict[str, Any]:
+    path = loaded.backend.path
+    return {"id": path.name, "object": "model", "created": int(path.stat().st_mtime), "owned_by": "lorapipe"}
+
+
+@router.get("/v1/models", dependencies=AUTHORIZED)
+def models(state: State) -> dict[str, Any]:
+    """OpenAI's model list: the one model served (none while no model is loaded)."""
+    loaded = state.loaded
+    return {"object": "list", "data": [_model_card(loaded)] if loaded else []}
+
+
+@router.get("/v1/models/{model_id:path}", dependencies=AUTHORIZED)
+def model(model_id: str, state: State) -> dict[str, Any]:
+    loaded = state.loaded
+    if loaded is None or model_id != loaded.backend.path.name:
+        served = f"the server serves {loaded.backend.path.name!r}" if loaded else "no model is loaded"
+        raise APIError(404, f"no model {model_id!r}: {served} (GET /v1/models)", param="model", code="model_not_found")
+    return _model_card(loaded)
+
+
 def _chunk(head: dict[str, Any], delta: dict, finish: str | None = None) -> str:
-    return (
-        "data: "
-        + json.dumps(
-            {
-                **head,
-                "object": "chat.completion.chunk",
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-            }
-        )
-        + "\n\n"
-    )
+    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+    return "data: " + json.dumps({**head, "object": "chat.completion.chunk", "choices": [choice]}) + "\n\n"
 
 
 def _events(
-    loaded: LoadedModel, head: dict[str, Any], messages: list[dict], max_tokens: int, temperature: float, rules
+    loaded: LoadedModel, head: dict[str, Any], prompt: list[int], sampling: Sampling, include_usage: bool
 ) -> Iterator[str]:
-    """Server-sent events of one answer; Starlette iterates this in its threadpool."""
+    """Server-sent events of one answer; Starlette iterates this in its threadpool. With
+    `include_usage`, every chunk carries ``usage: null`` and a last chunk, with no choices, the usage."""
+    head = {**head, "usage": None} if include_usage else head
     try:
         with loaded.session() as model:
-            yield _chunk(head, {"role": "assistant"})
-            for piece in model.complete(messages, max_tokens, temperature, rules):
+            done = Generation(len(prompt))
+            yield _chunk(head, {"role": "assistant", "content": ""})
+            for piece in model.generate(prompt, sampling, done):
                 yield _chunk(head, {"content": piece})
-            yield _chunk(head, {}, "stop")
+            yield _chunk(head, {}, done.finish_reason)
+            if include_usage:
+                usage = {**head, "object": "chat.completion.chunk", "choices": [], "usage": done.usage()}
+                yield "data: " + json.dumps(usage) + "\n\n"
     except HTTPException as exc:  # the model was replaced: the status line is sent already
-        yield "data: " + json.dumps({"error": {"message": exc.detail}}) + "\n\n"
+        yield "data: " + json.dumps({"error": {"message": exc.detail, "type": "server_error"}}) + "\n\n"
     yield "data: [DONE]\n\n"
+
+
+def _chat_messages(body: ChatRequest, state: State) -> list[dict]:
+    """The request's messages as the chat template takes them (developer → system), led by the
+    task's system prompt when they have none."""
+    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.content} for m in body.messages]
+    return state.with_system(messages, body.task)
+
+
+def _engine_can(body: ChatRequest, engine: str) -> None:
+    """The transformers engine has no presence or frequency penalty: refuse them (400 naming them)."""
+    for param in ("presence_penalty", "frequency_penalty"):
+        if engine != "llama.cpp" and getattr(body, param):
+            raise APIError(
+                422, f"{param} is honoured by the llama.cpp engine only: serve the GGUF or leave it out", param=param
+            )
 
 
 @router.post("/v1/chat/completions", dependencies=AUTHORIZED)
 def chat_completions(body: ChatRequest, state: State):
     loaded = state.require_model()
-    max_tokens, temperature = body.max_tokens or CHAT_MAX_TOKENS, body.temperature or 0.0
-    messages = state.with_system([m.model_dump() for m in body.messages], body.task)
-    rules = state.grammar(body.constrained)
-    head = {
-        "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
-        "created": int(time.time()),
-        "model": body.model or loaded.backend.path.name,
-    }
+    _engine_can(body, state.engine)
+    messages = _chat_messages(body, state)
+    rules = state.grammar(body.constrained, body.response_format)
+    with loaded.session() as model:  # a refusal must come before a stream starts
+        prompt = _encode(model, messages)
+        limit = _room(model, prompt, body.max_tokens or body.max_completion_tokens, CHAT_MAX_TOKENS)
+    stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+    sampling = Sampling(
+        limit,
+        temperature=body.temperature or 0.0,
+        top_p=body.top_p or 1.0,
+        seed=body.seed,
+        stop=stop,
+        presence_penalty=body.presence_penalty or 0.0,
+        frequency_penalty=body.frequency_penalty or 0.0,
+        grammar=rules,
+    )
+    head = {"id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "created": int(time.time()), "model": model.path.name}
     if body.stream:
-        with loaded.session() as model:  # a 413 must come before the stream starts
-            _check_fits(model, messages, max_tokens)
-        return StreamingResponse(
-            _events(loaded, head, messages, max_tokens, temperature, rules), media_type="text/event-stream"
-        )
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        events = _events(loaded, head, prompt, sampling, include_usage)
+        return StreamingResponse(events, media_type="text/event-stream")
     with loaded.session() as model:
-        _check_fits(model, messages, max_tokens)
-        answer = "".join(model.complete(messages, max_tokens, temperature, rules)).strip()
-    return {
-        **head,
-        "object": "chat.completion",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
-    }
+        done = Generation(len(prompt))
+        answer = "".join(model.generate(prompt, sampling, done)).strip()
+    message = {"role": "assistant", "content": answer}
+    choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": done.finish_reason}
+    return {**head, "object": "chat.completion", "choices": [choice], "usage": done.usage()}
 
 
 @router.post("/train", dependencies=AUTHORIZED, status_code=202)
@@ -570,6 +1012,7 @@ def create_app(
     app = FastAPI(title="lorapipe", description=__doc__.split("\n\n")[0])
     app.state.lorapipe = state
     app.add_exception_handler(RequestValidationError, request_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
     app.include_router(router)
     return app
 
@@ -603,7 +1046,9 @@ def serve(
         )
     app = create_app(model_path, engine=engine, json_schema=json_schema)
     print(
-        f"[serve] http://{host}:{port} (GET /status, POST /query, POST /v1/chat/completions, POST /train)", flush=True
+        f"[serve] http://{host}:{port} (GET /status, POST /query, GET /v1/models, POST /v1/chat/completions, "
+        "POST /train)",
+        flush=True,
     )
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
