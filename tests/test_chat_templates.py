@@ -22,16 +22,18 @@ from pathlib import Path
 import pytest
 
 from helpers import FIXTURES
-from lorapipe.chat_templates import (
+from lorapipe.chat_encoder import (
     ChatTemplateError,
-    ModelfileError,
     chat_messages,
     chat_segments,
-    derive_template,
     encode_chat,
     fold_system,
     folds_system,
     hf_codec,
+)
+from lorapipe.chat_templates import (
+    ModelfileError,
+    derive_template,
     modelfile_line,
     modelfile_text,
     ollama_reads,

@@ -292,7 +292,7 @@ def test_dataset_cli(tmp_path, text_dir, tiny_model_dir, monkeypatch):
 
 def test_a_template_without_a_system_role_builds_folded_rows(tmp_path, tiny_model_dir, labeled_dir, capsys):
     from helpers import model_with_template
-    from lorapipe.chat_templates import fold_system
+    from lorapipe.chat_encoder import fold_system
     from lorapipe.rows import tokenize_row
 
     gemma2 = model_with_template(tiny_model_dir, tmp_path / "gemma2", "gemma2")

@@ -151,7 +151,7 @@ def test_answers_of_a_model_whose_template_has_no_system_role(tmp_path, tiny_mod
     import torch
 
     from helpers import model_with_template
-    from lorapipe.chat_templates import fold_system
+    from lorapipe.chat_encoder import fold_system
     from lorapipe.evaluate import hf_answers
     from lorapipe.models import load_causal_lm, load_tokenizer
 

@@ -279,7 +279,7 @@ def test_llama_cpp_encodes_chats_as_transformers_does(exported, tiny_model_dir):
     the same encoder, contents as text (a quoted <|im_end|> is not an end of turn)."""
     from llama_cpp import Llama
 
-    from lorapipe.chat_templates import encode_chat, hf_codec, llama_codec
+    from lorapipe.chat_encoder import encode_chat, hf_codec, llama_codec
 
     gguf_dir, info = exported
     conversations = [

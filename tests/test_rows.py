@@ -90,7 +90,7 @@ def test_text_rows_read_special_token_text_as_text(tiny_model_dir):
 
 def test_a_template_without_a_system_role_gets_the_prompt_in_the_first_user_turn(tmp_path, tiny_model_dir):
     from helpers import model_with_template
-    from lorapipe.chat_templates import fold_system
+    from lorapipe.chat_encoder import fold_system
 
     tokenizer = load_tokenizer(model_with_template(tiny_model_dir, tmp_path / "gemma2", "gemma2"))
     ids, labels = tokenize_chat(CONVERSATION, tokenizer)

@@ -18,14 +18,8 @@ message, plus the tokenizer's end-of-sequence token. Every string written into t
 checked against Ollama's parser (ollama/ollama parser/parser.go), which has no escape character: a
 value that would not read back exactly raises ModelfileError.
 
-The same module holds the one chat encoder every stage uses (dataset rows, loss masks, evaluation
-prompts, serve): `encode_chat` / `chat_segments` over a ChatCodec (`hf_codec` for a transformers
-tokenizer, `llama_codec` for a llama_cpp.Llama, whose GGUF carries the same Jinja template). One rule
-holds everywhere a chat is rendered: a template that refuses or drops a leading system message gets
-the system prompt folded into the first user message (`chat_messages`), and any other refusal
-(strict user/assistant alternation, unknown roles) raises ChatTemplateError naming the template's
-limit. Message contents are always tokenized as literal text: only control tokens that the template
-itself writes are encoded as control tokens, so `<|im_end|>` quoted in a question stays text.
+The system-role rule and the chat encoder every stage uses are lorapipe.chat_encoder's; this module only
+derives the Modelfile from the same template.
 """
 
 from __future__ import annotations
@@ -33,12 +27,10 @@ from __future__ import annotations
 import dataclasses
 import re
 import unicodedata
-from collections.abc import Callable
 from dataclasses import dataclass
 
-Messages = list[dict[str, str]]
-Render = Callable[[Messages, bool], str]  # (messages, add_generation_prompt) → the template's text
-Encode = Callable[[str, bool], list[int]]  # (text, control) → token ids; control False: literal text
+from lorapipe.chat_encoder import FOLD, Messages, _render, fold_system, folds_system, hf_codec
+
 
 S, U1, A1, U2, A2, U3 = (
     "SYSTEMPROBE",
@@ -48,7 +40,6 @@ S, U1, A1, U2, A2, U3 = (
     "ASSISTANTPROBETWO",
     "USERPROBETHREE",
 )
-FOLD = "\n\n"  # between a folded system prompt and the first user message
 _MARKER = re.compile(r"<\|[^|<>]+\|>|</?s>|<[a-z_]+>|\[/?INST\]")  # special-token-looking text
 _FAMILIES = (
     ("<|im_start|>", "chatml"),
@@ -131,288 +122,6 @@ class ChatTemplate:
             + "{{ .Content }}{{ $previous = .Role }}{{ end }}"
             + text(self.tail)
         )
-
-
-class ChatTemplateError(ValueError):
-    """A chat template refuses a conversation (its own raise_exception: no system role, roles that must
-    alternate, …) or writes contents in a way lorapipe cannot follow; the message names the limit."""
-
-
-@dataclass(frozen=True)
-class ChatCodec:
-    """How one model writes and tokenizes conversations: its Jinja chat template and its tokenizer.
-
-    `render(messages, add_generation_prompt)` is the template's text (raising what the template
-    raises); `encode(text, control)` the token ids of `text`, with control-token text matched as
-    control tokens when `control` is True and read as plain characters when it is False;
-    `control_tokens` the texts of the tokenizer's control (special) tokens; `key` identifies the
-    template and its special tokens (what the system-role rule is cached by); `name` is how error
-    messages call the template. Build one with `hf_codec` or `llama_codec`."""
-
-    render: Render
-    encode: Encode
-    control_tokens: tuple[str, ...]
-    key: str
-    name: str = "the chat template"
-
-
-@dataclass(frozen=True)
-class Segment:
-    """A piece of a rendered conversation: one control token the template writes (`control`), or a
-    run of text between them, encoded as literal text; `loss` marks an assistant turn's content and
-    its end-of-turn marker (chat_segments with `loss=True`)."""
-
-    text: str
-    control: bool
-    loss: bool = False
-
-
-def hf_codec(tokenizer, name: str = "the tokenizer's chat template") -> ChatCodec:
-    """The ChatCodec of a transformers tokenizer (its `chat_template` rendered by apply_chat_template;
-    contents encoded with ``split_special_tokens=True``). Raises ChatTemplateError when it has none."""
-    if not getattr(tokenizer, "chat_template", None):
-        raise ChatTemplateError(
-            "the tokenizer has no chat template, so conversations cannot be rendered: use a chat (instruct) "
-            "model, set tokenizer.chat_template, or build a text dataset (dataset.mode: text)"
-        )
-
-    def render(messages: Messages, generation_prompt: bool) -> str:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
-
-    def encode(text: str, control: bool) -> list[int]:
-        if not text:
-            return []
-        return tokenizer(text, add_special_tokens=False, split_special_tokens=not control)["input_ids"]
-
-    special = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
-    for token in tokenizer.all_special_tokens:  # those in the vocabulary: a token text without an id is text
-        found = tokenizer.convert_tokens_to_ids(token)
-        if token and found is not None and (found != tokenizer.unk_token_id or token == tokenizer.unk_token):
-            special.add(token)
-    key = tokenizer.chat_template + "\0" + repr(sorted(tokenizer.special_tokens_map.items(), key=str))
-    return ChatCodec(render, encode, tuple(sorted(special)), key, name)
-
-
-def llama_codec(llm, name: str = "the GGUF's chat template") -> ChatCodec:
-    """The ChatCodec of a loaded ``llama_cpp.Llama``: the Jinja template stored in its GGUF
-    (``tokenizer.chat_template``), rendered in transformers' Jinja environment with the model's BOS
-    and EOS texts, and ``llm.tokenize`` (``special=control``, no BOS added: the template writes it
-    where the model wants one). Raises ChatTemplateError when the GGUF has no chat template."""
-    from transformers.utils.chat_template_utils import render_jinja_template
-
-    template = llm.metadata.get("tokenizer.chat_template")
-    if not template:
-        raise ChatTemplateError(f"{name}: the GGUF carries no tokenizer.chat_template")
-    model = llm._model
-    text_of = model.token_get_text
-    special = {"bos_token": text_of(model.token_bos()), "eos_token": text_of(model.token_eos())}
-    control = 1 << 3  # llama.cpp's LLAMA_TOKEN_ATTR_CONTROL
-    controls = tuple(sorted({text_of(i) for i in range(model.n_vocab()) if model.token_get_attr(i) & control}))
-
-    def render(messages: Messages, generation_prompt: bool) -> str:
-        rendered, _ = render_jinja_template(
-            conversations=[messages], chat_template=template, add_generation_prompt=generation_prompt, **special
-        )
-        return rendered[0]
-
-    def encode(text: str, control: bool) -> list[int]:
-        return llm.tokenize(text.encode("utf-8"), add_bos=False, special=control) if text else []
-
-    return ChatCodec(render, encode, controls, template + "\0" + repr(sorted(special.items())), name)
-
-
-def _placeholder(index: int) -> str:
-    """A stand-in for message `index`'s content: private-use characters that no template writes."""
-    return f"\ue000{index}\ue001"
-
-
-_PLACEHOLDER = re.compile("\ue000(\\d+)\ue001")
-
-
-def _roles(messages: Messages) -> str:
-    return ", ".join(str(m.get("role")) for m in messages) or "(none)"
-
-
-def _render(codec: ChatCodec, messages: Messages, generation_prompt: bool) -> str:
-    """`codec.render`, with the template's refusal turned into a ChatTemplateError that says what to do."""
-    try:
-        return codec.render(messages, generation_prompt)
-    except Exception as exc:  # noqa: BLE001 - jinja2.TemplateError, or what the template's own code raises
-        raise ChatTemplateError(
-            f"{codec.name} refuses a conversation of roles [{_roles(messages)}]: {type(exc).__name__}: {exc}. "
-            "lorapipe folds a leading system message into the first user message when the template has no "
-            "system role; any other limit (e.g. user and assistant turns that must alternate, starting with "
-            "the user) must be met by the conversations themselves"
-        ) from None
-
-
-_SYSTEM_FOLDS: dict[str, bool] = {}  # ChatCodec.key → whether its template refuses or drops a system message
-
-
-def folds_system(codec: ChatCodec) -> bool:
-    """Whether `codec`'s template has no system role: it raises on a leading system message, or writes
-    none of its content. Decided once per template (a probe conversation) and cached. Raises
-    ChatTemplateError when the template cannot render even one user message."""
-    if codec.key not in _SYSTEM_FOLDS:
-        probe = [{"role": "system", "content": _placeholder(0)}, {"role": "user", "content": _placeholder(1)}]
-        try:
-            folds = _placeholder(0) not in codec.render(probe, True)
-        except Exception:  # noqa: BLE001 - a template may refuse a system message (Gemma 2 raises)
-            _render(codec, probe[1:], True)  # a template that refuses a lone user message is not about roles
-            folds = True
-        _SYSTEM_FOLDS[codec.key] = folds
-    return _SYSTEM_FOLDS[codec.key]
-
-
-def fold_system(messages: Messages) -> Messages:
-    """The system prompt moved into the first user message (for templates without a system role)."""
-    if not messages or messages[0]["role"] != "system":
-        return messages
-    rest = [dict(m) for m in messages[1:]]
-    if rest and rest[0]["role"] == "user":
-        rest[0]["content"] = messages[0]["content"] + FOLD + rest[0]["content"]
-    return rest
-
-
-def chat_messages(messages: Messages, codec: ChatCodec) -> Messages:
-    """`messages` as `codec`'s template is given them: the one rule of every stage. A leading system
-    message is folded into the first user message (system prompt, a blank line, the user's text)
-    when the template has no system role (folds_system); otherwise the messages are unchanged.
-    Raises ChatTemplateError when such a template gets a system message not followed by a user one."""
-    if not messages or messages[0].get("role") != "system" or not folds_system(codec):
-        return messages
-    if len(messages) < 2 or messages[1].get("role") != "user":
-        raise ChatTemplateError(
-            f"{codec.name} has no system role, so lorapipe folds the system prompt into the first user message, "
-            f"but this conversation [{_roles(messages)}] has no user message right after it: start it with one"
-        )
-    return fold_system(messages)
-
-
-def _variants(content: str) -> list[str]:
-    """What a template may write for a content: itself, or trimmed (Jinja's ``trim``, Python's strip)."""
-    return list(dict.fromkeys([content, content.strip(), content.rstrip(), content.lstrip()]))
-
-
-def _locate(codec: ChatCodec, messages: Messages, skeleton: str, generation_prompt: bool):
-    """The real rendering, and for each piece of `skeleton` (the rendering with placeholder contents)
-    its place in it: [(skeleton start, skeleton end, text start, text end, message index or None)]."""
-    text = _render(codec, messages, generation_prompt)
-    parts = _PLACEHOLDER.split(skeleton)  # template text, message index, template text, …
-    anchors, k, pos = [], 0, 0
-    for i in range(0, len(parts), 2):
-        piece = parts[i]
-        if not text.startswith(piece, pos):
-            break
-        anchors.append((k, k + len(piece), pos, pos + len(piece), None))
-        k, pos = k + len(piece), pos + len(piece)
-        if i + 1 == len(parts):
-            if pos == len(text):
-                return text, anchors
-            break
-        index, following = int(parts[i + 1]), parts[i + 2]
-        last = i + 3 == len(parts)
-        content = next(
-            (
-                v
-                for v in _variants(str(messages[index]["content"]))
-                if text.startswith(v + following, pos) and (not last or pos + len(v + following) == len(text))
-            ),
-            None,
-        )
-        if content is None:
-            break
-        width = len(_placeholder(index))
-        anchors.append((k, k + width, pos, pos + len(content), index))
-        k, pos = k + width, pos + len(content)
-    raise ChatTemplateError(
-        f"{codec.name} writes a message's content other than as given (it changes it, or its text depends on "
-        f"the content), so lorapipe cannot tell the template's own markers from the content in {text[:300]!r}"
-    )
-
-
-def _to_text(anchors, k: int) -> int:
-    """A position of the skeleton as a position of the real rendering (at a piece's edge for contents)."""
-    for k0, k1, t0, t1, index in anchors:
-        if k0 <= k <= k1:
-            if index is None:
-                return t0 + k - k0
-            if k in (k0, k1):
-                return t0 if k == k0 else t1
-    raise ChatTemplateError(f"an assistant turn starts or ends inside a message's content (at {k})")
-
-
-def _loss_spans(codec: ChatCodec, skeleton_messages: Messages, skeleton: str) -> list[tuple[int, int]]:
-    """Skeleton spans of the assistant turns: what each adds after the generation prompt, up to and
-    including its end-of-turn marker (trailing whitespace excluded), found by rendering the
-    conversation turn by turn."""
-    spans = []
-    for i, message in enumerate(skeleton_messages):
-        if message.get("role") != "assistant":
-            continue
-        prompt = _render(codec, skeleton_messages[:i], True)
-        full = _render(codec, skeleton_messages[: i + 1], False)
-        if not (full.startswith(prompt) and skeleton.startswith(full)):
-            raise ChatTemplateError(
-                f"{codec.name} does not render conversations incrementally (an earlier turn changes when a "
-                "later one is added), so the loss cannot be limited to the assistant turns"
-            )
-        spans.append((len(prompt), len(full.rstrip())))
-    return spans
-
-
-def _cuts(codec: ChatCodec, text: str, anchors) -> list[tuple[int, int]]:
-    """(start, end) of each control token the template itself writes: searched in the template's own
-    text only, never in contents, longest first."""
-    if not codec.control_tokens:
-        return []
-    pattern = re.compile("|".join(re.escape(t) for t in sorted(codec.control_tokens, key=len, reverse=True)))
-    return [
-        (m.start(), m.end()) for _, _, t0, t1, index in anchors if index is None for m in pattern.finditer(text, t0, t1)
-    ]
-
-
-def chat_segments(
-    messages: Messages, codec: ChatCodec, *, add_generation_prompt: bool, loss: bool = False
-) -> list[Segment]:
-    """The rendered conversation cut into Segments whose texts join to exactly the template's rendering
-    of chat_messages(`messages`) (the system rule applied).
-
-    The template is rendered twice, with the real contents and with placeholder contents; comparing
-    the two tells the template's own text from the contents (a template may trim them). Control
-    tokens are taken from the template's text only, so a content that quotes ``<|im_end|>`` stays
-    literal text. Runs between control tokens are not cut where a content starts or ends, so they
-    tokenize as the whole rendering would. With `loss`, runs are also cut where an assistant turn's
-    loss starts and ends, and those Segments carry ``loss=True``. Raises ChatTemplateError when the
-    template refuses the conversation, changes contents beyond trimming them, or (with `loss`) does
-    not render turn by turn."""
-    messages = chat_messages(messages, codec)
-    skeleton_messages = [{**m, "content": _placeholder(i)} for i, m in enumerate(messages)]
-    skeleton = _render(codec, skeleton_messages, add_generation_prompt)
-    text, anchors = _locate(codec, messages, skeleton, add_generation_prompt)
-    spans = [
-        (_to_text(anchors, a), _to_text(anchors, b))
-        for a, b in (_loss_spans(codec, skeleton_messages, skeleton) if loss else [])
-    ]
-    controls = _cuts(codec, text, anchors)
-    bounds = sorted({0, len(text), *(p for span in spans + controls for p in span)})
-    whole = set(controls)  # a control token cut by a loss boundary (no template does that) would be text
-    return [
-        Segment(text[a:b], (a, b) in whole, any(s <= a and b <= e for s, e in spans))
-        for a, b in zip(bounds, bounds[1:])
-        if b > a
-    ]
-
-
-def encode_chat(messages: Messages, codec: ChatCodec, *, add_generation_prompt: bool = True) -> list[int]:
-    """Token ids of a conversation as `codec`'s model reads it (chat_segments encoded piece by piece:
-    control tokens as control tokens, everything else as literal text). Use it for every prompt given
-    to a model: evaluation, serving, generation. Raises ChatTemplateError (see chat_segments)."""
-    return [
-        i
-        for s in chat_segments(messages, codec, add_generation_prompt=add_generation_prompt)
-        for i in codec.encode(s.text, s.control)
-    ]
 
 
 def _split(text: str, markers: list[str]) -> list[str]:

@@ -27,7 +27,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lorapipe import faults, paths
-from lorapipe.chat_templates import ChatTemplateError, ModelfileError, folds_system, hf_codec, modelfile_line
+from lorapipe.chat_encoder import ChatTemplateError, folds_system, hf_codec
+from lorapipe.chat_templates import ModelfileError, modelfile_line
 from lorapipe.io import atomic_outputs, read_jsonl, write_json, write_jsonl
 from lorapipe.labeled import is_json_schema, load_labeled
 from lorapipe.models import load_tokenizer

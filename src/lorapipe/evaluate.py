@@ -23,7 +23,7 @@ from pathlib import Path
 
 from lorapipe import faults
 from lorapipe.artifacts import export_ggufs, model_gguf
-from lorapipe.chat_templates import encode_chat, hf_codec, llama_codec
+from lorapipe.chat_encoder import encode_chat, hf_codec, llama_codec
 from lorapipe.io import atomic_outputs, read_json, read_jsonl, write_json, write_text_atomic
 from lorapipe.llama import gguf_logits
 from lorapipe.models import load_causal_lm, load_tokenizer
@@ -73,7 +73,7 @@ def chat_rows(val_path: str | Path, max_samples: int) -> list[dict]:
 
 def generate_answer(tokenizer, model, messages: list[dict], max_new_tokens: int, temperature: float = 0.0) -> str:
     """A loaded transformers model's answer to a conversation, through its chat template; greedy at
-    temperature 0, sampled above. The prompt is chat_templates.encode_chat's, as in training: the
+    temperature 0, sampled above. The prompt is chat_encoder.encode_chat's, as in training: the
     system prompt folded into the first user message when the template has no system role, contents
     as literal text. Raises ChatTemplateError when the template refuses the conversation."""
     import torch
@@ -150,7 +150,7 @@ def answer_all(
     gguf_path: str | Path, requests: list[list[dict]], max_tokens: int = 64, json_schema: dict | None = None
 ) -> list[str]:
     """Greedy answers to several conversations, loading the model once. The prompts are encoded by
-    chat_templates.encode_chat from the GGUF's own chat template (llama_codec), as the transformers
+    chat_encoder.encode_chat from the GGUF's own chat template (llama_codec), as the transformers
     models' are: the same system-role rule, contents as literal text. Generation ends at the model's
     end-of-generation tokens or its EOS text. With `json_schema`, decoding follows a llama.cpp grammar
     built from it, so every complete answer parses and fits the schema. Raises ChatTemplateError when

@@ -207,7 +207,7 @@ def load_tokenizer(model_dir: str | Path):
     encodes ``<|im_end|>`` inside a document or question as ordinary text, never as the control token
     (``split_special_tokens`` is on; a call may still pass ``split_special_tokens=False``). The
     BOS/EOS a call adds (``add_special_tokens``) are added by id, and chat prompts get their control
-    tokens from lorapipe.chat_templates.encode_chat, which encodes the template's own markers. The
+    tokens from lorapipe.chat_encoder.encode_chat, which encodes the template's own markers. The
     setting is an attribute, not an init argument, so it is not saved with the tokenizer; with it,
     ``apply_chat_template(tokenize=True)`` would read the template's markers as text too, so lorapipe
     renders chats with encode_chat only. A missing pad token is the EOS token.

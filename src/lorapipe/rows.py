@@ -2,7 +2,7 @@
 
 - text rows ``{"text": …}``: every token carries loss;
 - chat rows ``{"messages": [...]}``: rendered with the tokenizer's own chat template through
-  lorapipe.chat_templates (one rule for templates without a system role); only the assistant turns
+  lorapipe.chat_encoder (one rule for templates without a system role); only the assistant turns
   (their content and end-of-turn token) carry loss, everything else is -100.
 
 Contents and documents are always tokenized as literal text: only the template's own markers and
@@ -11,7 +11,7 @@ the BOS/EOS separators lorapipe adds are control tokens.
 
 from __future__ import annotations
 
-from lorapipe.chat_templates import chat_segments, hf_codec
+from lorapipe.chat_encoder import chat_segments, hf_codec
 
 IGNORE = -100  # label of a token that carries no loss
 
@@ -26,7 +26,7 @@ def text_ids(tokenizer, text: str, *, add_special_tokens: bool = True) -> list[i
 def tokenize_chat(messages: list[dict], tokenizer) -> tuple[list[int], list[int]]:
     """Token ids of the rendered conversation and labels that keep only the assistant turns.
 
-    The conversation goes through lorapipe.chat_templates.chat_segments, the encoder every stage
+    The conversation goes through lorapipe.chat_encoder.chat_segments, the encoder every stage
     shares: the system prompt is folded into the first user message when the template has no system
     role; contents are literal text, so only the template's own markers are control tokens; each
     assistant turn's content and end-of-turn marker carry loss, everything else is IGNORE. Raises

@@ -22,7 +22,7 @@ field of the wrong type or out of range 422 naming the field):
   separate git worktree, so the served model is untouched; one run at a time (409 otherwise). When it
   succeeds the server switches to the new model.
 
-Prompts go through lorapipe's one chat encoder (``chat_templates.encode_chat``) on both engines:
+Prompts go through lorapipe's one chat encoder (``chat_encoder.encode_chat``) on both engines:
 message contents are literal text, and a template without a system role gets the system prompt folded
 into the first user message.
 
@@ -70,7 +70,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lorapipe import paths, tracking
 from lorapipe.artifacts import model_gguf
-from lorapipe.chat_templates import ChatTemplateError, encode_chat, hf_codec, llama_codec
+from lorapipe.chat_encoder import ChatTemplateError, encode_chat, hf_codec, llama_codec
 from lorapipe.io import read_provenance
 from lorapipe.params import MAX_SEQ_LEN, ParamsError, apply_overrides, read_yaml, validate_params
 from lorapipe.textfiles import read_text
@@ -142,7 +142,7 @@ class Backend:
 
     def encode(self, messages: list[dict]) -> list[int]:
         """The prompt's token ids: `messages` through the model's chat template with the generation
-        prompt, by lorapipe's one chat encoder (``chat_templates.encode_chat``), for both engines: a
+        prompt, by lorapipe's one chat encoder (``chat_encoder.encode_chat``), for both engines: a
         template without a system role gets the system prompt folded into the first user message,
         and contents are literal text (``<|im_end|>`` typed by a user is no end of turn). Raises
         ChatTemplateError when the template refuses the conversation or the model has none."""
