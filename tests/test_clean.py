@@ -46,20 +46,62 @@ def test_the_documents_own_words_decide():
         ("A model-\nfree method: no model, free of charge.", "A model-free method", 0, 1),
         # a short first part is a prefix, not a word: joined
         ("An in-\nformation leak; in the formation.", "An information leak", 1, 0),
-        # an upper-case next word is a name or a new sentence: left as it is, not counted
-        ("Jean-\nPaul wrote it.", "Jean-\nPaul wrote it.", 0, 0),
+        # before a capital or a number the hyphen belongs to the word: kept, on one line
+        ("Jean-\nPaul wrote it.", "Jean-Paul wrote it.", 0, 1),
+        ("The COVID-\n19 pandemic.", "The COVID-19 pandemic.", 0, 1),
+        ("We used GPT-\n4 here.", "We used GPT-4 here.", 0, 1),
+        ("A non-\nEnglish text.", "A non-English text.", 0, 1),
+        # a productive prefix keeps its hyphen where the document says nothing, unless a suffix follows
+        ("The model uses self-\nattention.", "The model uses self-attention.", 0, 1),
+        ("A non-\nlinear activation.", "A non-linear activation.", 0, 1),
+        ("Low-\nrank adaptation adds a low-\nrank update.", "Low-rank adaptation adds a low-rank update.", 0, 2),
+        ("It is self-\nish, non-\nsense.", "It is selfish, nonsense.", 2, 0),
+        # a single letter keeps its hyphen
+        ("An X-\nray image and an x-\nray beam.", "An X-ray image and an x-ray beam.", 0, 2),
+        ("Send an e-\nmail to us.", "Send an e-mail to us.", 0, 1),
+        # a suspended hyphen keeps its hyphen, and the line break becomes a space
+        ("Both pre-\nand post-training matter.", "Both pre- and post-training matter.", 0, 1),
+        ("First-\nor second-order terms.", "First- or second-order terms.", 0, 1),
+        # a hyphen in a URL, a path or an address is a character of it
+        ("See https://my-\nsite.example.com/some-\npath now.", "See https://my-site.example.com/some-path now.", 0, 2),
+        ("Visit my-\nsite.example.com or mail me.my-\nname@example.org.", "my-site.example.com", 0, 2),
+        ("Mail me.my-\nname@example.org.", "me.my-name@example.org.", 0, 1),
+        # prose with a slash is no path
+        ("training/vali-\ndation data", "training/validation data", 1, 0),
+        # a non-breaking hyphen (U+2011) is always kept
+        ("a non\u2011\nbreaking one", "a non\u2011breaking one", 0, 1),
         # the HYPHEN character (U+2010) too, kept as it was
         ("The state\u2010of\u2010the\u2010\nart.", "The state\u2010of\u2010the\u2010art.", 0, 1),
-        # a soft hyphen at a line end is always a syllable break
+        # a soft hyphen at a line end is always a syllable break, spaces around the break or not
         ("Conver\u00ad\nsion.", "Conversion.", 1, 0),
-        # a break across a page (blank lines) is resolved too
-        ("The conver-\n\nsion runs.", "The conversion runs.", 1, 0),
+        ("exam\u00ad \n ple", "example", 1, 0),
+        # a blank line after a hyphen is a paragraph break: never swallowed
+        ("The end of a dash-\n\nnew paragraph here.", "The end of a dash-\n\nnew paragraph here.", 0, 0),
+        ("a paragraph-\n \t\n\nnext", "a paragraph-\n\nnext", 0, 0),
+        # dashes are not hyphens; a list item is not a broken word
+        ("He paused\u2014\nthen spoke.", "He paused\u2014\nthen spoke.", 0, 0),
+        ("- item with a trailing word-\n- next item", "- item with a trailing word-\n- next item", 0, 0),
     ],
 )
 def test_line_end_hyphens(text, expected, joined, kept):
     counts: Counter[str] = Counter()
     assert expected in clean_text(text, counts)
     assert (counts["hyphens_joined"], counts["hyphens_kept"]) == (joined, kept)
+
+
+def test_soft_hyphens_are_dropped_everywhere():
+    counts: Counter[str] = Counter()
+    text = clean_text("co\u00adoperate and exam\u00ad \nple, a para\u00ad\n\nnext", counts)
+    assert text == "cooperate and example, a para\n\nnext"
+    assert counts == {"hyphens_joined": 1, "soft_hyphens_dropped": 2}
+
+
+def test_a_word_broken_across_pages_is_joined_but_pages_stay_paragraphs():
+    counts: Counter[str] = Counter()
+    pages = ["This is an exam-", "ple of text.", "A well-known self-", "attention layer.", "End of a page.", "Next."]
+    text = clean_pages(pages, paged=True, counts=counts)
+    assert text == "This is an example of text.\n\nA well-known self-attention layer.\n\nEnd of a page.\n\nNext."
+    assert counts == {"hyphens_joined": 1, "hyphens_kept": 1}
 
 
 def test_a_chain_of_breaks_is_resolved_link_by_link():

@@ -8,8 +8,11 @@ Running headers and footers are dropped only from real pages (three or more), th
 A hyphen at the end of a line is either a syllable break (``exam-⏎ple``: joined) or part of the word
 (``well-⏎known``, ``state-of-the-⏎art``: kept, the line break dropped). The document's own vocabulary
 decides: the form, hyphenated or joined, that it uses elsewhere wins (`dehyphenate`); where it uses
-neither, a word already hyphenated, a number or an acronym keeps its hyphen, as does a pair of words
-the document uses on their own, and the rest is joined. Both outcomes are counted.
+neither, a word already hyphenated, a number, an acronym, a single letter or a productive prefix
+(``self-``, ``non-``, ``low-``) keeps its hyphen, as does a hyphen before a number or a capital
+(``COVID-⏎19``), in a URL, a suspended one (``pre-⏎and post-``) and a pair of words the document uses
+on their own; the rest is joined. Both outcomes are counted. A blank line after a hyphen is a paragraph
+break and stays; soft hyphens (U+00AD) are dropped everywhere.
 """
 
 from __future__ import annotations
@@ -19,12 +22,24 @@ import unicodedata
 from collections import Counter
 
 _PAGE_NUMBER = re.compile(r"^\s*(?:page\s+)?[\divxlc]+(?:\s*(?:/|of)\s*\d+)?\s*$", re.IGNORECASE)
-_HYPHENS = "-\u2010"  # HYPHEN-MINUS and HYPHEN (U+2010)
-# A word (itself maybe hyphenated: "state-of-the") and a hyphen at a line end, the next word ahead
-# (not consumed, so that it may end in a break itself). Only a lower-case next word: keeps "Jean-\nPaul".
-_HYPHEN_BREAK = re.compile(rf"(\w+(?:[{_HYPHENS}]\w+)*)([{_HYPHENS}])[ \t]*\n\s*(?=([^\W\d_]\w*))")
-_BROKEN_WORD = re.compile(rf"\w+(?:[{_HYPHENS}]\w+)*[{_HYPHENS}][ \t]*\n\s*\w+")
+_HYPHENS = "-\u2010\u2011"  # HYPHEN-MINUS, HYPHEN (U+2010), NON-BREAKING HYPHEN (U+2011: always kept)
+# A word (itself maybe hyphenated: "state-of-the") and a hyphen at a line end, the next word ahead (not
+# consumed, so that it may end in a break itself). Only spaces around the one line break: a blank line
+# is a paragraph break, never swallowed (a word split across pages is joined by `clean_pages`).
+_HYPHEN_BREAK = re.compile(rf"(\w+(?:[{_HYPHENS}]\w+)*)([{_HYPHENS}])[ \t]*\n[ \t]*(?=(\w+))")
+_BROKEN_WORD = re.compile(rf"\w+(?:[{_HYPHENS}]\w+)*[{_HYPHENS}][ \t]*\n[ \t]*\w+")
 _WORD = re.compile(rf"\w+(?:[{_HYPHENS}]\w+)*")
+_SOFT_BREAK = re.compile(r"\u00ad[ \t]*\n[ \t]*(?=\S)")  # a soft hyphen at a line end: a syllable break
+# Productive prefixes and first words of compounds that keep their hyphen where the document says
+# nothing (self-attention, non-linear, low-rank, well-known) unless the rest is a suffix (selfish).
+_KEEP_PREFIXES = frozenset({"self", "non", "low", "high", "well", "ill", "cross", "half"})
+_SUFFIXES = frozenset(
+    "ish ishly ishness less lessly lessness ness hood ing ings ly er ers est ed ful fully ship same "
+    "land lands light lights lighted lighting way ways sense sensical chalant descript".split()
+)
+_SUSPENDED = frozenset({"and", "or", "nor", "to"})  # "pre- and post-training", "first- or second-order"
+# the token before the hyphen is a URL, a path or an address (not "training/vali-": prose with a slash)
+_URL_LEFT = re.compile(r"://|^www\.|@|\w\.\w+/|^~?/")
 EDGE_LINES = 2  # lines at the top and the bottom of a page that may be running headers or footers
 
 
@@ -73,28 +88,55 @@ def vocabulary(text: str) -> Counter[str]:
 def keeps_hyphen(left: str, right: str, words: Counter[str]) -> bool:
     """Whether ``left-⏎right`` is one hyphenated word (True) or a word split in two (False), judged by
     the document's `words` (`vocabulary`): the form it uses more often wins; where it uses neither,
-    the hyphen stays after a hyphenated word, a number or an acronym (``state-of-the-``, ``3-``,
-    ``GPT-``) and between two words of three letters or more that the document uses on their own
+    the hyphen stays after a hyphenated word, a number, an acronym or a single letter (``state-of-the-``,
+    ``3-``, ``GPT-``, ``X-⏎ray``), before a number or a capital (``COVID-⏎19``, ``non-⏎English``), after
+    a productive prefix unless a suffix follows (``self-⏎attention``, ``Low-⏎rank``, not ``self-⏎ish``)
+    and between two words of three letters or more that the document uses on their own
     (``model-⏎free``); otherwise the parts are joined (``exam-⏎ple``)."""
     hyphenated, joined = f"{left}-{right}".lower(), f"{left}{right}".lower()
     if words[hyphenated] != words[joined]:
         return words[hyphenated] > words[joined]
     if any(h in left for h in _HYPHENS) or any(c.isdigit() for c in left) or (len(left) > 1 and left.isupper()):
         return True
+    if len(left) == 1 or not right[0].islower():
+        return True
+    if left.lower() in _KEEP_PREFIXES and right.lower() not in _SUFFIXES:
+        return True
     return len(left) >= 3 and len(right) >= 3 and words[left.lower()] > 0 and words[right.lower()] > 0
+
+
+def _in_url(match: re.Match[str]) -> bool:
+    """Whether the hyphen of `match` sits in a URL, a path or an e-mail address (``https://my-⏎site``,
+    ``my-⏎site.example.com``): such a hyphen is a character of the address, always kept."""
+    text, start, end = match.string, match.start(), match.end()
+    token = re.split(r"\s", text[:start])[-1] + match.group(1)
+    after = text[end + len(match.group(3)) : end + len(match.group(3)) + 2]
+    return bool(_URL_LEFT.search(token)) or bool(re.match(r"[./@]\w", after))
+
+
+def _suspended(match: re.Match[str]) -> bool:
+    """Whether ``left-⏎and/or`` is a suspended hyphen, a hyphenated word follows the conjunction
+    (``pre-⏎and post-training``): the hyphen stays, the line break becomes a space."""
+    if match.group(3).lower() not in _SUSPENDED:
+        return False
+    rest = match.string[match.end() + len(match.group(3)) :]
+    return bool(re.match(rf"\s+\w+[{_HYPHENS}]\w", rest))
 
 
 def dehyphenate(text: str, counts: Counter[str] | None = None) -> str:
     """`text` with every line-end hyphen resolved (`keeps_hyphen`): the line break dropped, the hyphen
-    kept or dropped. Adds the numbers to `counts` (``hyphens_joined``, ``hyphens_kept``)."""
+    kept or dropped; a hyphen in a URL, a non-breaking hyphen and a suspended hyphen (``pre-⏎and
+    post-``, the break a space) are kept. A blank line after a hyphen is a paragraph break, left alone.
+    Adds the numbers to `counts` (``hyphens_joined``, ``hyphens_kept``)."""
     words = vocabulary(text)
     tally: Counter[str] = Counter()
 
     def resolve(match: re.Match[str]) -> str:
         left, hyphen, right = match.groups()
-        if not right[0].islower():
-            return match.group(0)
-        keep = keeps_hyphen(left, right, words)
+        if _suspended(match):
+            tally["hyphens_kept"] += 1
+            return left + hyphen + " "
+        keep = hyphen == "\u2011" or _in_url(match) or keeps_hyphen(left, right, words)
         tally["hyphens_kept" if keep else "hyphens_joined"] += 1
         return left + hyphen if keep else left
 
@@ -105,23 +147,33 @@ def dehyphenate(text: str, counts: Counter[str] | None = None) -> str:
 
 
 def clean_text(text: str, counts: Counter[str] | None = None) -> str:
-    """Unicode NFC, no byte-order marks, line-end hyphens resolved (`dehyphenate`; soft hyphens always
-    joined), no trailing spaces, one blank line at most. Adds to `counts` how many line-end hyphens
-    were joined (``hyphens_joined``) and kept (``hyphens_kept``)."""
+    """Unicode NFC, no byte-order marks, no soft hyphens (at a line end a syllable break: joined),
+    line-end hyphens resolved (`dehyphenate`), no trailing spaces, one blank line at most. Adds to
+    `counts` how many line-end hyphens were joined (``hyphens_joined``) and kept (``hyphens_kept``),
+    and how many soft hyphens inside lines were dropped (``soft_hyphens_dropped``, where any were)."""
     # U+FEFF inside a text is a byte-order mark left by joining files, not a character of it
     text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n").replace("\ufeff", "")
-    soft = text.count("\u00ad\n")
-    text = dehyphenate(text.replace("\u00ad\n", ""), counts)
+    text, soft = _SOFT_BREAK.subn("", text)
+    inline = text.count("\u00ad")  # invisible break points (HTML &shy;): never part of the text
+    text = dehyphenate(text.replace("\u00ad", ""), counts)
     if counts is not None and soft:
         counts["hyphens_joined"] += soft
+    if counts is not None and inline:
+        counts["soft_hyphens_dropped"] += inline
     text = re.sub(r"[ \t\f\v\u00a0]+\n", "\n", text)
     text = re.sub(r"\n{3,}", "\n\n", text)
     return text.strip()
 
 
+_PAGE_END_BREAK = re.compile(rf"\w[{_HYPHENS}\u00ad]$")  # a page ending in a word broken by a hyphen
+
+
 def clean_pages(pages: list[str], paged: bool, counts: Counter[str] | None = None) -> str:
-    """Clean every page, drop running headers and footers of real pages, and join them. Adds the
-    hyphenation counts of `clean_text` to `counts`."""
+    """Clean every page, drop running headers and footers of real pages, and join them (a blank line
+    between pages, a line break after a page that ends in a broken word, so that `dehyphenate`
+    resolves it). Adds the hyphenation counts of `clean_text` to `counts`."""
     if paged and len(pages) >= 3:
         pages = strip_running_lines(pages)
-    return clean_text("\n\n".join(page.strip() for page in pages if page.strip()), counts)
+    kept = [page.strip() for page in pages if page.strip()]
+    joined = "".join(page + ("\n" if _PAGE_END_BREAK.search(page) else "\n\n") for page in kept)
+    return clean_text(joined, counts)
