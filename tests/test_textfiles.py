@@ -216,3 +216,83 @@ def test_a_mark_left_inside_an_extracted_text_is_dropped():
     assert clean_text("First part.\n\ufeffSecond part, from another file.") == (
         "First part.\nSecond part, from another file."
     )
+
+
+UTF8_BODY = "Überblick: LoRA-Adapter, naïve café résumé — “quotes” ✓ 日本語. " * 5
+
+
+@pytest.mark.parametrize(
+    ("data", "offsets", "replaced"),
+    [
+        # a stray byte in the middle
+        (UTF8_BODY.encode() + b"\xff end", [len(UTF8_BODY.encode())], 1),
+        # a file cut in the middle of its last character
+        (UTF8_BODY.encode() + "é".encode()[:1], [len(UTF8_BODY.encode())], 1),
+        # two flaws, one of two bytes
+        (b"\xfe" + UTF8_BODY.encode() + b"\xc3\xc3 end", [0, 1 + len(UTF8_BODY.encode())], 3),
+    ],
+)
+def test_utf8_with_a_few_bad_bytes_is_read_with_them_replaced_and_noted(data, offsets, replaced):
+    from lorapipe.textfiles import decode_document_noted
+
+    text, note = decode_document_noted(data, "notes.txt")
+    assert UTF8_BODY in text and text.count("\ufffd") == replaced
+    assert note == (
+        f"{replaced} byte{'s' if replaced > 1 else ''} not UTF-8 replaced by U+FFFD at byte offset"
+        f"{'s' if len(offsets) > 1 else ''} {', '.join(map(str, offsets))} (the rest is UTF-8)"
+    )
+    assert decode_document(data) == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Größe und Maß",
+        "He said “hello” – it’s fine…",
+        "The LoRA rank sets the capacity of the adapter. " * 20 + "Café",  # one bad byte, no UTF-8 in it
+        "Die Größe der Matrix bestimmt die Kapazität des Adapters. Übung macht den Meister. " * 3,
+    ],
+)
+def test_latin1_and_windows_1252_documents_are_still_detected_not_replaced(text):
+    from lorapipe.textfiles import decode_document_noted
+
+    assert decode_document_noted(text.encode("cp1252")) == (text, None)
+
+
+def test_binary_data_stays_refused():
+    import gzip
+    import random
+
+    from lorapipe.textfiles import repair_utf8
+
+    noise = bytes(random.Random(0).randrange(1, 256) for _ in range(4000))  # no NUL, mostly not UTF-8
+    assert repair_utf8(noise) is None  # far more than a few bad bytes: not "UTF-8 with flaws"
+    assert repair_utf8(UTF8_BODY.encode()) is None  # nothing to repair
+    with pytest.raises(ValueError, match="binary data, not text"):
+        decode_document(gzip.compress(UTF8_BODY.encode(), mtime=0))
+
+
+def test_extraction_keeps_a_utf8_document_with_a_bad_byte_and_says_where(tmp_path):
+    from lorapipe import extract_documents
+    from lorapipe.io import read_jsonl
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    cut = UTF8_BODY.encode() + "é".encode()[:1]
+    (docs / "a.txt").write_bytes(cut)
+    (docs / "b.md").write_bytes(b"# Notes\n\n" + UTF8_BODY.encode() + b"\xff")
+    (docs / "c.json").write_bytes(b'{"sections": {"I": {"improved": "' + UTF8_BODY.encode() + b'\xff"}}}')
+    (docs / "d.html").write_bytes(b'<html><head><meta charset="utf-8"></head><p>' + UTF8_BODY.encode() + b"\xff</p>")
+    declared = '<meta charset="windows-1252"><p>Café crème, naïve: “ok”</p>'  # its declaration is followed
+    (docs / "e.html").write_bytes(declared.encode("cp1252"))
+    extract_documents(docs, tmp_path / "out", workers=1, min_length=10)
+    rows = {Path(r["source"]).name: r for r in read_jsonl(tmp_path / "out" / "manifest.jsonl")}
+    assert {name: row["status"] for name, row in rows.items()} == dict.fromkeys(rows, "ok")
+    for name, offset in [("a.txt", len(UTF8_BODY.encode())), ("b.md", 9 + len(UTF8_BODY.encode()))]:
+        assert rows[name]["error"] == f"1 byte not UTF-8 replaced by U+FFFD at byte offset {offset} (the rest is UTF-8)"
+    for name in ("c.json", "d.html"):
+        assert rows[name]["error"].startswith("1 byte not UTF-8 replaced by U+FFFD at byte offset ")
+    texts = {name: (tmp_path / "out" / row["output"]).read_text(encoding="utf-8") for name, row in rows.items()}
+    for name in ("a.txt", "b.md", "c.json", "d.html"):
+        assert UTF8_BODY.strip() in texts[name] and texts[name].count("\ufffd") == 1, name
+    assert texts["e.html"] == "Café crème, naïve: “ok”\n" and rows["e.html"]["error"] is None

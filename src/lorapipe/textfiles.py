@@ -7,13 +7,15 @@ mark (Windows Notepad, Excel's "CSV UTF-8"), or UTF-16 / UTF-32 with one ("Unico
 Every file a user hands lorapipe goes through here: labeled data, params.yaml, system-prompt files,
 JSON schemas, prompts.json, an accelerate config (`plain_utf8`), and documents (`decode_document`).
 Configuration and data files in any other encoding are refused with a message that names the file,
-the first byte that is not UTF-8 and the fix; documents, often old, are decoded by detection instead.
+the first byte that is not UTF-8 and the fix; documents, often old, are decoded by detection instead,
+and a document that is UTF-8 but for a few bytes is read with those replaced (`repair_utf8`).
 A module of its own, importing nothing from lorapipe, so that every other module may use it.
 """
 
 from __future__ import annotations
 
 import codecs
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -104,17 +106,49 @@ def plain_utf8(path: str | Path, folder: str | Path) -> Path:
     return copy
 
 
-def decode_document(data: bytes, source: str | Path = "<bytes>") -> str:
-    """A document's bytes as text: by its byte-order mark, else UTF-8, else the encoding that
-    charset-normalizer detects (Windows-1252 on a tie). Raises ValueError for binary data (NUL bytes
-    without a UTF-16/32 byte-order mark, or no encoding fits)."""
+_NOT_UTF8 = re.compile("[\udc80-\udcff]+")  # bytes that are not UTF-8, as "surrogateescape" keeps them
+MAX_REPLACED_SHARE = 0.01  # at most 1 byte in 100 (or 4: one character) replaced, else it is no UTF-8
+_LISTED_OFFSETS = 10
+
+
+def repair_utf8(data: bytes) -> tuple[str, str] | None:
+    """`data` that is UTF-8 but for a few bytes (a stray byte, a character cut at the end), decoded
+    with each such byte as U+FFFD, and a note saying how many bytes were replaced at which byte
+    offsets; None when `data` is valid UTF-8, or when it is not UTF-8 with a few flaws: more than
+    1 % of its bytes (and more than 4) are not UTF-8, or it has fewer well-formed non-ASCII characters than flaws (then
+    it is more likely Latin-1 or Windows-1252, whose accented letters are all invalid UTF-8)."""
+    text = data.decode("utf-8", "surrogateescape")
+    spans = [match.span() for match in _NOT_UTF8.finditer(text)]
+    bad = sum(end - start for start, end in spans)
+    if not spans or bad > max(4, MAX_REPLACED_SHARE * len(data)):
+        return None
+    well_formed = len(re.findall("[^\x00-\x7f\udc80-\udcff]", text))
+    if well_formed < len(spans):
+        return None
+    offsets = [len(text[:start].encode("utf-8", "surrogateescape")) for start, _ in spans[:_LISTED_OFFSETS]]
+    more = f" and {len(spans) - _LISTED_OFFSETS} more places" if len(spans) > _LISTED_OFFSETS else ""
+    note = (
+        f"{bad} byte{'s' if bad > 1 else ''} not UTF-8 replaced by U+FFFD at byte offset"
+        f"{'s' if len(spans) > 1 else ''} {', '.join(map(str, offsets))}{more} (the rest is UTF-8)"
+    )
+    return _NOT_UTF8.sub(lambda match: "\ufffd" * len(match.group()), text), note
+
+
+def decode_document_noted(data: bytes, source: str | Path = "<bytes>") -> tuple[str, str | None]:
+    """A document's bytes as text, and a note on what was replaced (else None): by its byte-order
+    mark, else UTF-8, else UTF-8 with a few bad bytes replaced (`repair_utf8`, the note says where),
+    else the encoding that charset-normalizer detects (Windows-1252 on a tie). Raises ValueError for
+    binary data (NUL bytes without a UTF-16/32 byte-order mark, or no encoding fits)."""
     if bom_encoding(data):
-        return decode_text(data, source)
+        return decode_text(data, source), None
     if b"\x00" in data[:8192]:
         raise ValueError("binary data, not text (it contains NUL bytes; UTF-16 needs a byte-order mark)")
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8"), None
     except UnicodeDecodeError:
+        repaired = repair_utf8(data)
+        if repaired is not None:
+            return repaired
         from charset_normalizer import from_bytes
 
         best = from_bytes(data).best()
@@ -124,5 +158,10 @@ def decode_document(data: bytes, source: str | Path = "<bytes>") -> str:
         # far the most common of them, so it wins a tie.
         western = from_bytes(data, cp_isolation=["cp1252"]).best()
         if western is not None and western.chaos <= best.chaos and western.coherence >= best.coherence:
-            return str(western)
-        return str(best)
+            return str(western), None
+        return str(best), None
+
+
+def decode_document(data: bytes, source: str | Path = "<bytes>") -> str:
+    """The text of `decode_document_noted`, without its note. Raises ValueError for binary data."""
+    return decode_document_noted(data, source)[0]

@@ -11,6 +11,7 @@ import functools
 import importlib.util
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import get_args
@@ -18,7 +19,7 @@ from typing import get_args
 from lorapipe.extract.markup import docx_to_text, html_to_text
 from lorapipe.extract.pdftext import repair_doubled_words, unique_chars, without_overprinted_text
 from lorapipe.params import PdfBackend
-from lorapipe.textfiles import decode_document
+from lorapipe.textfiles import decode_document_noted, repair_utf8
 
 FORMATS = {
     ".pdf": "pdf",
@@ -48,11 +49,27 @@ class Extracted:
 
 
 def read_plain(path: Path) -> Extracted:
-    return Extracted([decode_document(path.read_bytes(), path)], "plain")
+    text, note = decode_document_noted(path.read_bytes(), path)
+    return Extracted([text], "plain", note=note)
+
+
+_DECLARED_CHARSET = re.compile(rb"""(?:charset|encoding)\s*=\s*["']?\s*([\w.:-]+)""", re.IGNORECASE)
+
+
+def _markup(data: bytes) -> tuple[str | bytes, str | None]:
+    """HTML or XHTML `data` for `html_to_text`, and a note: UTF-8 with a few bad bytes (declared
+    UTF-8 or nothing) is decoded with those replaced (`repair_utf8`) rather than guessed to be
+    Windows-1252 as a whole; any other markup is left to BeautifulSoup's detection."""
+    declared = _DECLARED_CHARSET.search(data[:4096])
+    if declared and declared.group(1).lower().replace(b"_", b"-") not in (b"utf-8", b"utf8"):
+        return data, None
+    repaired = repair_utf8(data)
+    return (data, None) if repaired is None else repaired
 
 
 def read_html(path: Path) -> Extracted:
-    return Extracted([html_to_text(path.read_bytes())], "beautifulsoup")
+    markup, note = _markup(path.read_bytes())
+    return Extracted([html_to_text(markup)], "beautifulsoup", note=note)
 
 
 def read_epub(path: Path) -> Extracted:
@@ -60,12 +77,14 @@ def read_epub(path: Path) -> Extracted:
     from ebooklib import epub
 
     book = epub.read_epub(str(path), options={"ignore_ncx": True})
-    chapters = []
+    chapters, notes = [], []
     for item_id, _linear in book.spine:  # reading order
         item = book.get_item_with_id(item_id)
         if item is not None and item.get_type() == ebooklib.ITEM_DOCUMENT:
-            chapters.append(html_to_text(item.get_content()))
-    return Extracted(chapters, "ebooklib")
+            markup, note = _markup(item.get_content())
+            chapters.append(html_to_text(markup))
+            notes += [f"{item.get_name()}: {note}"] if note else []
+    return Extracted(chapters, "ebooklib", note="; ".join(notes) or None)
 
 
 def read_docx(path: Path) -> Extracted:
@@ -93,7 +112,8 @@ def read_json_report(path: Path) -> Extracted:
     `improved` may be a string or nested lists and objects of strings (all of them are read); a
     section without one is named in the note. Raises ValueError for JSON of another shape."""
     try:
-        data = json.loads(decode_document(path.read_bytes(), path))
+        text, decoded = decode_document_noted(path.read_bytes(), path)
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
     sections = data.get("sections") if isinstance(data, dict) else None
@@ -109,6 +129,7 @@ def read_json_report(path: Path) -> Extracted:
     if not parts:
         raise ValueError('no section holds an "improved" text')
     note = f'sections without an "improved" text, not extracted: {", ".join(missing)}' if missing else None
+    note = "; ".join(part for part in (decoded, note) if part) or None
     return Extracted(["\n\n".join(parts)], "json-sections", note=note)
 
 
