@@ -5,9 +5,13 @@ Run: .venv/bin/pytest tests/test_workers.py
 """
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 from lorapipe.extract.workers import Job, run_jobs
 
@@ -65,3 +69,79 @@ def test_readme_api_example_runs_as_a_plain_script(tmp_path):
     out = tmp_path / "data" / "extracted_text"
     assert sorted(p.name for p in out.glob("*.txt")) == ["books__c.md.txt", "papers__a.md.txt", "papers__b.txt.txt"]
     assert (out / "papers__b.txt.txt").read_text() == "b.txt: low-rank adaptation trains two thin matrices.\n"
+
+
+def _worker_of(parent: int, deadline_s: float = 60.0) -> int:
+    """The pid of `parent`'s converter worker, once it hangs in its document (else once it exists)."""
+    import psutil
+
+    start = time.monotonic()
+    while time.monotonic() - start < deadline_s:
+        children = psutil.Process(parent).children()
+        if children:
+            worker = children[0]
+            try:  # the fault's sleep; where wchan is unreadable, the worker's existence is enough
+                wchan = Path(f"/proc/{worker.pid}/wchan").read_text()
+            except OSError:
+                wchan = "nanosleep"
+            if "sleep" in wchan or time.monotonic() - start > 20:
+                return worker.pid
+        time.sleep(0.2)
+    raise AssertionError(f"no worker started under pid {parent}")
+
+
+def _gone(pid: int, deadline_s: float = 30.0) -> bool:
+    """Whether `pid` ends within `deadline_s` (a zombie that nobody reaps counts as ended)."""
+    import psutil
+
+    start = time.monotonic()
+    while time.monotonic() - start < deadline_s:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's; elsewhere a 1 s watchdog")
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
+def test_a_hung_worker_dies_with_its_killed_parent(tmp_path, signum):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text("A document whose conversion hangs for an hour.", encoding="utf-8")
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(SRC),
+        "LORAPIPE_CACHE_DIR": str(tmp_path / "cache"),
+        "LORAPIPE_FAULT": "extract:hang:a.txt",
+    }
+    script = "from lorapipe import extract_documents; extract_documents(['in'], 'out', workers=1, timeout_s=600)"
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        worker = _worker_of(parent.pid)
+        parent.send_signal(signum)
+        assert parent.wait(timeout=30) == -signum  # it dies of the signal, as without lorapipe's handler
+        assert _gone(worker), f"worker {worker} outlived its parent killed by {signal.Signals(signum).name}"
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+def test_workers_started_after_their_parent_died_exit_at_once(tmp_path):
+    """The race PR_SET_PDEATHSIG leaves open: a parent that died before its worker asked."""
+    from lorapipe.extract.workers import _BOOT
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    result = subprocess.run([sys.executable, "-c", _BOOT, "0", str(dead.pid)], timeout=60, check=False)
+    assert result.returncode == 1
+
+
+def test_the_signal_handlers_are_put_back_after_the_jobs(tmp_path):
+    (tmp_path / "a.txt").write_text("a text", encoding="utf-8")
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    list(run_jobs([Job(0, tmp_path / "a.txt", {"suffix": "!"})], shout, 1, 60, _no_fallback))
+    assert {signum: signal.getsignal(signum) for signum in before} == before

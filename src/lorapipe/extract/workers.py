@@ -8,6 +8,11 @@ worker that crashed or ran out of time is killed and replaced. Unlike multiproce
 starts workers itself: README's API example saved as a script without ``if __name__ ==
 "__main__":``), a worker imports only lorapipe and the module of the converter. POSIX only
 (``pass_fds``).
+
+Workers die with this process, however it ends: on Linux each asks the kernel for SIGKILL when its
+parent dies (``PR_SET_PDEATHSIG``), and elsewhere a thread in it watches its parent pid; a SIGTERM or
+SIGHUP to this process (dvc, ``timeout``, a closed terminal) kills the live workers before it dies
+(`run_jobs`). A worker that waits for its next document also exits when the socket closes.
 """
 
 from __future__ import annotations
@@ -66,10 +71,24 @@ def _serve(connection: Connection, convert: Callable[..., Any]) -> None:
             connection.send(("error", f"{type(exc).__name__}: {detail}"))
 
 
-# What a worker runs: the parent's sys.path first (so it imports the same lorapipe and the converter's
-# module from where the parent does), then `_serve` with the converter it is sent (pickled by name).
+# What a worker runs: first it ties its life to its parent's (argv[2], the parent's pid): PR_SET_PDEATHSIG
+# (option 1) on Linux, then the parent pid checked once (it may have died before) and by a watchdog
+# thread every second (other systems; a converter that blocks in C code cannot read the socket's EOF).
+# Then the parent's sys.path (so it imports the same lorapipe and the converter's module from where the
+# parent does), then `_serve` with the converter it is sent (pickled by name).
 _BOOT = (
-    "import sys\n"
+    "import os, signal, sys, threading, time\n"
+    "parent = int(sys.argv[2])\n"
+    "if sys.platform.startswith('linux'):\n"
+    "    import ctypes\n"
+    "    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)\n"
+    "def watch():\n"
+    "    while os.getppid() == parent:\n"
+    "        time.sleep(1.0)\n"
+    "    os._exit(1)\n"
+    "if os.getppid() != parent:\n"
+    "    os._exit(1)\n"
+    "threading.Thread(target=watch, name='lorapipe-parent-watch', daemon=True).start()\n"
     "from multiprocessing.connection import Connection\n"
     "connection = Connection(int(sys.argv[1]))\n"
     "sys.path[:] = connection.recv()\n"
@@ -86,10 +105,11 @@ class _Worker:
         flags = subprocess._args_from_interpreter_flags()  # -X utf8, -O and the like, as spawn passes them
         with theirs:
             self.process = subprocess.Popen(
-                [sys.executable, *flags, "-c", _BOOT, str(theirs.fileno())],
+                [sys.executable, *flags, "-c", _BOOT, str(theirs.fileno()), str(os.getpid())],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
             )
+        _LIVE.add(self.process)
         self.connection = Connection(ours.detach())
         self.job: Job | None = None
         try:
@@ -116,7 +136,35 @@ class _Worker:
         if self.exit_code(timeout=10) is None:
             self.process.kill()
             self.process.wait()
+        _LIVE.discard(self.process)
         self.connection.close()
+
+
+_LIVE: set[subprocess.Popen] = set()  # every worker process started and not yet stopped
+_DEADLY = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+def _kill_workers_and_die(signum: int, _frame: object) -> None:
+    """A SIGTERM or SIGHUP handler: kill every live worker, then die of the signal as without it."""
+    for process in list(_LIVE):
+        process.kill()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def _kill_workers_on_signals() -> dict[int, Any]:
+    """Install `_kill_workers_and_die` for SIGTERM and SIGHUP where they still have their default
+    action (a caller's own handler is left alone) and this is the main thread (only it may install
+    handlers); returns the handlers replaced, for `signal.signal` to put back."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    replaced = {}
+    for signum in _DEADLY:
+        if signal.getsignal(signum) == signal.SIG_DFL:
+            replaced[signum] = signal.signal(signum, _kill_workers_and_die)
+    return replaced
 
 
 def run_jobs(
@@ -128,11 +176,13 @@ def run_jobs(
 ) -> Iterator[tuple[Job, str, Any]]:
     """Yield ``(job, status, result)`` as documents finish: status ``ok`` with the converter's
     result, or ``error`` with a message. A crash or time-out asks `fallback(job, reason)` for the
-    options of one more attempt (None: give up with that reason)."""
+    options of one more attempt (None: give up with that reason). While it runs, a SIGTERM or SIGHUP
+    that would end this process kills the workers first (`_kill_workers_on_signals`)."""
     faults.active()  # a malformed LORAPIPE_FAULT is refused here, not once per document in the workers
     if not jobs:
         return
     pending = list(reversed(jobs))
+    replaced = _kill_workers_on_signals()
     pool = [_Worker(convert) for _ in range(max(1, min(workers, len(jobs))))]
     try:
         while pending or any(w.job for w in pool):
@@ -175,3 +225,5 @@ def run_jobs(
     finally:
         for worker in pool:
             worker.stop(kill=worker.job is not None)
+        for signum, handler in replaced.items():
+            signal.signal(signum, handler)
