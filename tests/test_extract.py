@@ -382,7 +382,7 @@ def test_running_headers_footers_and_page_numbers_are_removed():
 def test_single_page_text_keeps_its_lines():
     from lorapipe.extract.clean import clean_pages
 
-    assert clean_pages(["Title\n\nJean-\nPaul wrote it.\n3"], paged=False) == "Title\n\nJean-\nPaul wrote it.\n3"
+    assert clean_pages(["Title\n\nJean-\nPaul wrote it.\n3"], paged=False) == "Title\n\nJean-Paul wrote it.\n3"
 
 
 # --- bad input ------------------------------------------------------------------------------------

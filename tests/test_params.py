@@ -4,6 +4,7 @@ and the CLI's --help are the schema's; bad params fail before any work.
 Run: .venv/bin/pytest tests/test_params.py
 """
 
+import re
 from typing import get_args
 
 import pytest
@@ -21,6 +22,7 @@ from lorapipe.params import (
     Params,
     apply_overrides,
     load_params,
+    read_yaml,
     section_keys,
     stage_keys,
     validate_params,
@@ -288,3 +290,22 @@ def test_apply_overrides():
     assert raw == {"lora": {"rank": 16, "alpha": 32}, "train": None}  # the input is left as it was
     with pytest.raises(ParamsError, match="section.key"):
         apply_overrides(raw, {"rank": 8})
+
+
+def test_dvc_and_lorapipe_agree_on_a_params_yaml_a_windows_editor_saved(tmp_path):
+    """UTF-8 with a byte-order mark: both read it alike. UTF-16: DVC cannot (``is not valid utf-8``),
+    so lorapipe refuses it too, naming the file and the fix, rather than run stages dvc repro cannot."""
+    from dvc.utils.serialize import load_yaml
+
+    text = (ROOT / "params.yaml").read_text(encoding="utf-8")
+    bom = tmp_path / "bom" / "params.yaml"
+    bom.parent.mkdir()
+    bom.write_bytes(text.encode("utf-8-sig"))
+    assert dict(load_yaml(bom)) == read_yaml(bom) == RAW
+    utf16 = tmp_path / "utf16" / "params.yaml"
+    utf16.parent.mkdir()
+    utf16.write_bytes(text.encode("utf-16"))
+    with pytest.raises(Exception, match="is not valid utf-8"):
+        load_yaml(utf16)
+    with pytest.raises(ParamsError, match=rf"^{re.escape(str(utf16))} is saved as UTF-16, .* save it as UTF-8"):
+        read_yaml(utf16)

@@ -115,11 +115,23 @@ def test_a_schema_with_a_mark_is_still_known_as_a_schema(tmp_path, encoding):
     assert read_json(path) == {"$schema": "x", "type": "object"}
 
 
-@pytest.mark.parametrize("encoding", BOM_ENCODINGS)
-def test_params_yaml_with_a_mark_loads_as_the_original(tmp_path, encoding):
-    path = write(tmp_path / "params.yaml", PARAMS.read_text(encoding="utf-8"), encoding)
+def test_params_yaml_with_a_utf8_mark_loads_as_the_original(tmp_path):
+    path = write(tmp_path / "params.yaml", PARAMS.read_text(encoding="utf-8"), "utf-8-sig")
     assert load_params(path) == load_params(PARAMS)
     assert read_yaml(path) == read_yaml(PARAMS)
+
+
+@pytest.mark.parametrize(
+    ("encoding", "name"), [("utf-16-le-bom", "UTF-16"), ("utf-16-be-bom", "UTF-16"), ("utf-32", "UTF-32")]
+)
+def test_params_yaml_in_utf16_or_utf32_is_refused_as_dvc_cannot_read_it(tmp_path, encoding, name):
+    path = write(tmp_path / "params.yaml", PARAMS.read_text(encoding="utf-8"), encoding)
+    for read in (load_params, read_yaml):
+        with pytest.raises(ParamsError) as caught:
+            read(path)
+        message = str(caught.value)
+        assert message.startswith(f"{path} is saved as {name}, but DVC reads params files as UTF-8 only")
+        assert "save it as UTF-8" in message
 
 
 def test_params_yaml_in_windows_1252_is_a_params_error_naming_the_file(tmp_path):

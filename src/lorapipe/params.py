@@ -34,7 +34,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 
 from lorapipe import paths
-from lorapipe.textfiles import TextEncodingError, read_text
+from lorapipe.textfiles import SAVE_AS_UTF8, TextEncodingError, bom_encoding, read_text
 
 
 class ParamsError(ValueError):
@@ -557,12 +557,20 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
 
 
 def read_yaml(path: str | Path) -> Any:
-    """The YAML document in `path` ({} when empty; UTF-8 with or without a byte-order mark, or UTF-16/32
-    with one). Raises FileNotFoundError naming a missing file and ParamsError naming the file and the
-    fix for another encoding, or the file, line and column of a YAML syntax error."""
+    """The YAML document in `path` ({} when empty; UTF-8 with or without a byte-order mark). Raises
+    FileNotFoundError naming a missing file and ParamsError naming the file and the fix for another
+    encoding (UTF-16/32 too: DVC, which reads params files itself, takes UTF-8 only), or the file,
+    line and column of a YAML syntax error."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"params file not found: {path}")
+    with path.open("rb") as file:
+        encoding = bom_encoding(file.read(4))
+    if encoding in ("utf-16", "utf-32"):
+        raise ParamsError(
+            f"{path} is saved as {encoding.upper()}, but DVC reads params files as UTF-8 only "
+            f"(dvc repro stops with 'is not valid utf-8'); {SAVE_AS_UTF8}"
+        )
     try:
         return yaml.safe_load(read_text(path)) or {}
     except TextEncodingError as exc:
