@@ -56,6 +56,13 @@ def test_the_documents_own_words_decide():
         ("A non-\nlinear activation.", "A non-linear activation.", 0, 1),
         ("Low-\nrank adaptation adds a low-\nrank update.", "Low-rank adaptation adds a low-rank update.", 0, 2),
         ("It is self-\nish, non-\nsense.", "It is selfish, nonsense.", 2, 0),
+        (
+            "multi-\nhead, multi-\nple, semi-\nsupervised, semi-\nnar",
+            "multi-head, multiple, semi-supervised, seminar",
+            2,
+            2,
+        ),
+        ("zero-\nshot and few-\nshot fine-\ntuning", "zero-shot and few-shot fine-tuning", 0, 3),
         # a single letter keeps its hyphen
         ("An X-\nray image and an x-\nray beam.", "An X-ray image and an x-ray beam.", 0, 2),
         ("Send an e-\nmail to us.", "Send an e-mail to us.", 0, 1),

@@ -32,10 +32,12 @@ _WORD = re.compile(rf"\w+(?:[{_HYPHENS}]\w+)*")
 _SOFT_BREAK = re.compile(r"\u00ad[ \t]*\n[ \t]*(?=\S)")  # a soft hyphen at a line end: a syllable break
 # Productive prefixes and first words of compounds that keep their hyphen where the document says
 # nothing (self-attention, non-linear, low-rank, well-known) unless the rest is a suffix (selfish).
-_KEEP_PREFIXES = frozenset({"self", "non", "low", "high", "well", "ill", "cross", "half"})
-_SUFFIXES = frozenset(
+_KEEP_PREFIXES = frozenset("self non low high well ill cross half multi semi pseudo quasi zero few fine".split())
+_SUFFIXES = frozenset(  # what follows those prefixes in one-word spellings: selfish, multiple, seminar
     "ish ishly ishness less lessly lessness ness hood ing ings ly er ers est ed ful fully ship same "
-    "land lands light lights lighted lighting way ways sense sensical chalant descript".split()
+    "land lands light lights lighted lighting way ways sense sensical chalant descript "
+    "ple ples ply plied plies plier pliers plying plication plications plicative plex tude tudes farious "
+    "nar nars nary naries nal nym nyms nymous".split()
 )
 _SUSPENDED = frozenset({"and", "or", "nor", "to"})  # "pre- and post-training", "first- or second-order"
 # the token before the hyphen is a URL, a path or an address (not "training/vali-": prose with a slash)
