@@ -287,6 +287,17 @@ def _pdfplumber_instead(job: Job, reason: str) -> dict | None:
     return None
 
 
+def _cacheable(job: Job, status: str, result: Any) -> bool:
+    """Whether a finished job's entry may be cached under its key (which names the converter asked
+    for): only the primary converter's own answer. A fallback's text (pdfplumber after docling
+    crashed, timed out or raised) is not cached, nor a failure after a crash or time-out: either
+    may not happen again (a one-off slowdown, a larger extract.timeout_s), so the next run tries
+    the primary converter again instead of serving the fallback's text for good."""
+    if job.note is not None:  # a retry after a crash or time-out
+        return False
+    return not (status == "ok" and result.get("fallback"))
+
+
 def _entry(job: Job, status: str, result: Any, backend: str) -> dict:
     """The cache entry of one finished conversion job."""
     seconds = round(time.monotonic() - job.started, 3)
@@ -353,9 +364,8 @@ def extract_documents(
             progress.finish(row, row["_entry"])
     for job, status, result in run_jobs(jobs, convert_document, workers, timeout_s, _pdfplumber_instead):
         entry = _entry(job, status, result, options["pdf_backend"])
-        if status == "ok" or job.note is None:
-            # Written per document, so a killed stage resumes here. A failure after a crash or time-out
-            # is not cached: it may not happen again, and the next run retries it.
+        if _cacheable(job, status, result):
+            # Written per document, so a killed stage resumes here.
             cache.put(rows[job.index]["sha256"], entry)
         progress.finish(rows[job.index], entry)
     progress.close()
