@@ -154,7 +154,7 @@ def test_docx_table_text_reaches_the_manifest_and_output(tmp_path):
         (
             "<ul><li>one <i>item</i></li><li>two</li></ul><ol start='3'><li>three</li><li>four<ul><li>inner</li>"
             "</ul></li></ol>",
-            "- one item\n- two\n\n3. three\n4. four\n- inner",
+            "- one item\n- two\n\n3. three\n4. four\n   - inner",
         ),
         ("<dl><dt>Rank</dt><dd>The <em>inner</em> dimension.</dd></dl>", "Rank\nThe inner dimension."),
         ("<pre>  def f():\n      return 1</pre><p>a&nbsp;b   c</p>", "  def f():\n      return 1\n\na\u00a0b c"),
@@ -166,6 +166,44 @@ def test_docx_table_text_reaches_the_manifest_and_output(tmp_path):
     ],
 )
 def test_html_inline_flows_and_blocks_separate(markup, text):
+    assert html_to_text(markup) == text
+
+
+@pytest.mark.parametrize(
+    ("markup", "text"),
+    [
+        # a list item whose text is in a block keeps its marker; nested lists are indented
+        ("<ul><li><p>First item</p></li><li><p>Second item</p></li></ul>", "- First item\n- Second item"),
+        (
+            "<ol><li><h3>Install</h3><p>Run pip.</p></li><li><div>Train</div></li></ol>",
+            "1. Install\nRun pip.\n2. Train",
+        ),
+        ("<ul><li><table><tr><td>a</td><td>b</td></tr></table></li><li></li><li>c</li></ul>", "- a | b\n-\n- c"),
+        ("<ul><li>a<ul><li>b<ol><li>c<li>d</ol></ul><li>e</ul>", "- a\n  - b\n    1. c\n    2. d\n- e"),
+        # HTML's implied end tags
+        ("<table><tr><td>Rank<td>16<tr><td>Alpha<td>32</table>", "Rank | 16\nAlpha | 32"),
+        ("<table><tbody><tr><td>Rank<td>16</tr><tr><td>Alpha<td>32</tr></tbody></table>", "Rank | 16\nAlpha | 32"),
+        ("<p>one<p>two", "one\n\ntwo"),
+        ("<ul><li><p>First<li><p>Second</ul>", "- First\n- Second"),
+        ("<dl><dt>Rank<dd>inner size<dt>Alpha<dd>scale</dl>", "Rank\ninner size\nAlpha\nscale"),
+        ("<select><option>A<option>B</select>", "A\nB"),
+        # prefixed XHTML, CDATA, image text, hidden by style, a pre's first newline
+        (
+            '<?xml version="1.0"?><html xmlns:h="http://www.w3.org/1999/xhtml"><h:body><h:p>One</h:p>'
+            "<h:p>Two <h:b>bold</h:b></h:p><h:ul><h:li>item</h:li></h:ul></h:body></html>",
+            "One\n\nTwo bold\n\n- item",
+        ),
+        ('<html xmlns="http://www.w3.org/1999/xhtml"><body><p><![CDATA[x < y & z]]></p></body></html>', "x < y & z"),
+        ('<p>See <img src="d.png" alt="diagram of LoRA"> here<img src="x.png"></p>', "See diagram of LoRA here"),
+        (
+            '<p>Visible <span style="display:none">SECRET</span> text<span style="color: red; DISPLAY: None">'
+            'S2</span><b style="visibility:hidden">S3</b><i style="display:inline">!</i></p>',
+            "Visible text!",
+        ),
+        ("<p>x</p><pre>\ncode line\n</pre><p>y</p>", "x\n\ncode line\n\ny"),
+    ],
+)
+def test_html_lists_implied_end_tags_and_hidden_text(markup, text):
     assert html_to_text(markup) == text
 
 

@@ -6,10 +6,15 @@
 
 - Inline elements (``b``, ``a``, ``em``, ``span``, ``code``, …) flow within their line; block elements
   (``p``, ``div``, ``li``, ``h1``–``h6``, ``tr``, ``dt``/``dd``, …) and ``br`` start a new one, as a
-  browser lays them out. Whitespace collapses as in HTML, except inside ``pre``.
+  browser lays them out. Whitespace collapses as in HTML, except inside ``pre``. Parsed by lxml's
+  HTML parser, which applies HTML's implied end tags (``<tr><td>a<td>b<tr>…``, ``<p>one<p>two``,
+  ``<li>``, ``<dt>``/``<dd>``, ``<option>``); prefixed XHTML (``<h:p>``) is read by local name.
 - Tables: one line per row, non-empty cells joined by `` | `` (nested tables flow into their cell).
-  Lists: ``- item`` (``ul``) or ``1. item`` (``ol``). Nothing with visible text is dropped except
-  ``script``, ``style``, ``head``, ``nav``, ``template``, ``noscript`` and elements marked ``hidden``.
+  Lists: ``- item`` (``ul``) or ``1. item`` (``ol``), also when the item's text is in a block
+  (``<li><p>…``); nested lists indented under their item. An image reads as its ``alt`` text.
+  Nothing with visible text is dropped except ``script``, ``style``, ``head``, ``nav``,
+  ``template``, ``noscript`` and elements marked ``hidden``, ``aria-hidden`` or
+  ``style="display: none"`` (or ``visibility: hidden``).
 - DOCX: every paragraph and table cell in document order, the same table layout, including nested
   tables, content controls, text boxes (once, not their fallback copy), SmartArt text, imported
   HTML or plain-text chunks, tracked insertions (not deletions), headers and footers (each distinct
@@ -32,6 +37,7 @@ _PARAGRAPH_TAGS = frozenset(
 )
 _LINE_TAGS = frozenset({"li", "dt", "dd", "tr", "option"})
 _CELL_TAGS = frozenset({"td", "th"})
+_PRE_TAGS = frozenset({"pre", "textarea", "listing", "plaintext"})  # whitespace kept as it is
 
 
 class _Lines:
@@ -44,8 +50,13 @@ class _Lines:
         self.pending = 0  # newlines requested before the next text
         self.cell_depth = 0  # inside a table cell, breaks become spaces: the row stays one line
         self.cell_sep = False  # a `` | `` goes before the next text of this row
+        self.glued = False  # a list marker was written: the item's first block stays on its line
+        self.pre_start = False  # a ``pre`` just opened: a newline that starts it is not shown
 
     def text(self, chunk: str, pre: bool = False) -> None:
+        if pre and self.pre_start and chunk.startswith(("\r\n", "\n")):
+            chunk = chunk[2:] if chunk.startswith("\r\n") else chunk[1:]
+        self.pre_start = False
         if not pre:
             chunk = _HTML_SPACE.sub(" ", chunk)
             if self.pending or not self.line or self.line[-1].endswith(" "):
@@ -64,9 +75,18 @@ class _Lines:
             self.cell_sep = False
             chunk = chunk.lstrip(" ")
         self.line.append(chunk)
+        self.glued = False
+
+    def marker(self, text: str) -> None:
+        """A list item's marker: its text follows on the same line, even when it is in a block."""
+        self.text(text, pre=True)
+        self.glued = True
 
     def brk(self, newlines: int) -> None:
-        """Start a new line (1) or paragraph (2) before the next text; a space inside a table cell."""
+        """Start a new line (1) or paragraph (2) before the next text; a space inside a table cell;
+        nothing right after a list marker (``<li><p>First</p>`` reads ``- First``)."""
+        if self.glued:
+            return
         if self.cell_depth:
             if self.line and not self.line[-1].endswith(" "):
                 self.line.append(" ")
@@ -81,7 +101,7 @@ class _Lines:
             self.pending += 1
 
     def _end_line(self) -> None:
-        self.parts.append("".join(self.line).rstrip(" ") + "\n")
+        self.parts.append("".join(self.line).rstrip(" \n") + "\n")  # a pre's last newline too
         self.line = []
 
     def result(self) -> str:
@@ -90,56 +110,100 @@ class _Lines:
         return "".join(self.parts).strip("\n")
 
 
+_NOT_SHOWN_STYLE = re.compile(
+    r"(?:^|;)\s*(?:display\s*:\s*none|visibility\s*:\s*hidden)\s*(?:!important\s*)?(?:;|$)", re.I
+)
+
+
+def _name(tag) -> str:
+    """The element's local name, lower case: ``h:p`` (prefixed XHTML) is a ``p``."""
+    return (tag.name or "").rsplit(":", 1)[-1].lower()
+
+
 def _hidden(tag) -> bool:
-    return tag.name in _SKIPPED_TAGS or tag.has_attr("hidden") or tag.get("aria-hidden") == "true"
+    """Not shown: skipped elements, ``hidden``, ``aria-hidden``, ``style="display: none"`` (or
+    ``visibility: hidden``)."""
+    if _name(tag) in _SKIPPED_TAGS or tag.has_attr("hidden") or tag.get("aria-hidden") == "true":
+        return True
+    return bool(_NOT_SHOWN_STYLE.search(str(tag.get("style") or "")))
+
+
+def _ancestor(tag, names: tuple[str, ...]):
+    """The nearest ancestor of `tag` whose local name is one of `names`, or None."""
+    parent = tag.parent
+    while parent is not None and _name(parent) not in names:
+        parent = parent.parent
+    return parent
 
 
 def _list_marker(tag) -> str:
-    """``- `` for an item of ``ul``, ``3. `` for the third item of ``ol`` (its ``start`` respected)."""
-    parent = tag.find_parent(["ol", "ul", "menu"])
-    if parent is None or parent.name != "ol":
-        return "- "
-    start = str(parent.get("start", "1"))
-    number = int(start) if start.lstrip("-").isdigit() else 1
-    return f"{number + len(tag.find_previous_siblings('li'))}. "
+    """``- `` for an item of ``ul``, ``3. `` for the third item of ``ol`` (its ``start`` respected),
+    indented under the items it is nested in."""
+    parent = _ancestor(tag, ("ol", "ul", "menu"))
+    marker = "- "
+    if parent is not None and _name(parent) == "ol":
+        start = str(parent.get("start", "1"))
+        number = int(start) if start.lstrip("-").isdigit() else 1
+        before = sum(1 for sibling in tag.find_previous_siblings() if _name(sibling) == "li")
+        marker = f"{number + before}. "
+    outer = _ancestor(tag, ("li",))
+    return (" " * len(_list_marker(outer)) if outer is not None else "") + marker
 
 
-def _nested_list(tag) -> bool:
-    """A list inside a list item: its items continue on the next line, not after a blank one."""
-    return tag.name in ("ul", "ol", "menu", "dl") and tag.find_parent(["li", "dd"]) is not None
+def _in_list_item(tag) -> bool:
+    """A block inside a list item or definition: it continues on the next line, not after a blank one."""
+    return _ancestor(tag, ("li", "dd")) is not None
 
 
 def _open(tag, out: _Lines, pre_depth: int) -> int:
     """Lay out the start of element `tag`; return the new ``pre`` depth."""
-    name = tag.name
+    name = _name(tag)
     if name == "br":
         out.line_break()
     elif name in _PARAGRAPH_TAGS:
-        out.brk(1 if _nested_list(tag) else 2)
+        out.brk(1 if _in_list_item(tag) else 2)
     elif name in _LINE_TAGS:
         out.brk(1)
         if name == "tr" and not out.cell_depth:
             out.cell_sep = False
         if name == "li":
-            out.text(_list_marker(tag), pre=True)
+            out.marker(_list_marker(tag))
+    elif name == "img" or (name == "input" and str(tag.get("type", "")).lower() == "image"):
+        out.text(str(tag.get("alt") or ""))  # an image's text alternative, where the image stands
     elif name in _CELL_TAGS:
-        if not out.pending and "".join(out.line).strip():
+        if not out.pending and not out.glued and "".join(out.line).strip():
             out.cell_sep = True  # a later cell of this row
         out.cell_depth += 1
-    return pre_depth + (name in ("pre", "textarea", "listing", "plaintext"))
+    if name in _PRE_TAGS:
+        out.pre_start = True
+    return pre_depth + (name in _PRE_TAGS)
 
 
 def _close(tag, out: _Lines, pre_depth: int) -> int:
-    name = tag.name
+    name = _name(tag)
+    if name == "li":
+        out.glued = False  # an empty item still ends its line
     if name in ("tr", "table") and not out.cell_depth:
         out.cell_sep = False  # the row ended with empty cells
     if name in _CELL_TAGS:
         out.cell_depth -= 1
     elif name in _PARAGRAPH_TAGS:
-        out.brk(1 if _nested_list(tag) else 2)
+        out.brk(1 if _in_list_item(tag) else 2)
     elif name in _LINE_TAGS:
         out.brk(1)
-    return pre_depth - (name in ("pre", "textarea", "listing", "plaintext"))
+    return pre_depth - (name in _PRE_TAGS)
+
+
+_CDATA = re.compile(r"<!\[CDATA\[(.*?)\]\]>", re.S)
+_CDATA_BYTES = re.compile(rb"<!\[CDATA\[(.*?)\]\]>", re.S)
+
+
+def _cdata_as_text(markup: str | bytes) -> str | bytes:
+    """XHTML's CDATA sections as escaped text (an HTML parser reads them as comments)."""
+    if isinstance(markup, str):
+        return _CDATA.sub(lambda m: m.group(1).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"), markup)
+    escape = {b"&": b"&amp;", b"<": b"&lt;", b">": b"&gt;"}
+    return _CDATA_BYTES.sub(lambda m: re.sub(rb"[&<>]", lambda c: escape[c.group(0)], m.group(1)), markup)
 
 
 def html_to_text(markup: str | bytes) -> str:
@@ -148,7 +212,9 @@ def html_to_text(markup: str | bytes) -> str:
     from bs4 import BeautifulSoup, NavigableString
     from bs4.element import Comment, Declaration, Doctype, ProcessingInstruction
 
-    soup = BeautifulSoup(markup, "html.parser")
+    # lxml's HTML parser (libxml2) applies HTML's implied end tags (``<td>a<td>b<tr>``, ``<p>one<p>``,
+    # ``<li>``, ``<dt>``/``<dd>``, ``<option>``), where html.parser nests them in each other.
+    soup = BeautifulSoup(_cdata_as_text(markup), "lxml")
     out = _Lines()
     pre_depth = 0
     # An explicit stack, not recursion: generated HTML nests thousands of levels deep.
