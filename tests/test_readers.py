@@ -294,6 +294,8 @@ FAKE_BOLD_PAGES = {
     "twice, 0.8 pt apart": [_line("Training Notes", 700, 14), _line("Training Notes", 700, 14, 72.8)],
     "shadow, right and down": [_line("Training Notes", 700, 14), _line("Training Notes", 699.6, 14, 72.4)],
     "three times": [_line("Training Notes", 700, 14, 72 + d) for d in (0, 0.25, 0.5)],
+    # 1 pt at 8 pt is more than half a narrow "i" wide: the tolerance follows the font size too
+    "small, 1 pt apart": [_line("Training Notes", 700, 8), _line("Training Notes", 700, 8, 73)],
     "glyph by glyph in one string": [f"BT /F1 14 Tf 72 700 Td {_overstruck('Training Notes', 14, 0.8)} ET"],
 }
 
@@ -304,7 +306,12 @@ def _fake_bold_pdf(path):
         for draws in FAKE_BOLD_PAGES.values()
     ]
     # not fake bold: repeated letters, a word repeated on its line, and the same line further down
-    pages.append("\n".join([_line("All small cells fill well.", 740), _line("that that", 720), _line("that", 700)]))
+    pages.append(
+        "\n".join(
+            [_line("All small cells fill well.", 740), _line("that that", 720), _line("that", 700)]
+            + [_line("ill bills", 680, 8), _line("ill bills", 680, 8, 160)]  # narrow repeats, 8 pt
+        )
+    )
     _raw_pdf(path, pages)
 
 
@@ -317,11 +324,7 @@ def test_fake_bold_text_is_read_once_on_every_pdf_backend(tmp_path, backend):
     for (case, _), page in zip(FAKE_BOLD_PAGES.items(), pages, strict=False):
         lines = [line.strip() for line in page.splitlines() if line.strip()]
         assert lines == ["Low-rank adapters train two small matrices.", "Training Notes", BODY], (case, page)
-    assert [line for line in pages[-1].splitlines() if line.strip()] == [
-        "All small cells fill well.",
-        "that that",
-        "that",
-    ]
+    assert pages[-1].split() == "All small cells fill well. that that that ill bills ill bills".split()
 
 
 def test_fake_bold_cleanup_leaves_no_temporary_copy(tmp_path, monkeypatch):
