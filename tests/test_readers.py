@@ -107,6 +107,41 @@ def test_docx_keeps_tables_boxes_headers_and_notes_in_order(tmp_path):
     assert extracted.note is None
 
 
+def test_docx_symbols_ruby_and_nested_table_rows(tmp_path):
+    import docx
+    from docx.oxml import parse_xml
+
+    def run(text):
+        return f"<w:r><w:t xml:space='preserve'>{text}</w:t></w:r>"
+
+    def sym(font, char):
+        return f"<w:r><w:sym w:font='{font}' w:char='{char}'/></w:r>"
+
+    def cell(text):
+        return f"<w:tc><w:p>{run(text)}</w:p></w:tc>"
+
+    document = docx.Document()
+    body = document.element.body
+    paragraphs = [
+        run("Arrow ") + sym("Wingdings", "F0E0") + run(" check ") + sym("Wingdings", "F0FC") + run(" alpha ")
+        + sym("Symbol", "F061") + run(" x") + sym("Symbol", "F0A3") + run("y ") + sym("Webdings", "F021")
+        + run(" deg") + sym("Arial", "00B0"),
+        "<w:r><w:ruby><w:rubyPr/><w:rt><w:r><w:t>kan</w:t></w:r></w:rt><w:rubyBase><w:r><w:t>漢</w:t></w:r>"
+        "</w:rubyBase></w:ruby></w:r>" + run(" and ") + "<w:r><w:ruby><w:rubyPr/><w:rt/><w:rubyBase>" + run("字")
+        + "</w:rubyBase></w:ruby></w:r>",
+    ]  # fmt: skip
+    for xml in paragraphs:
+        body.insert(len(body) - 1, parse_xml(f"<w:p {W_NS}>{xml}</w:p>"))
+    nested = f"<w:tbl><w:tr>{cell('i1')}{cell('i2')}</w:tr><w:tr>{cell('i3')}{cell('i4')}</w:tr></w:tbl>"
+    table = f"<w:tbl {W_NS}><w:tr><w:tc>{nested}<w:p/></w:tc>{cell('outer2')}</w:tr><w:tr>{cell('next')}</w:tr></w:tbl>"
+    body.insert(len(body) - 1, parse_xml(table))
+    document.save(tmp_path / "symbols.docx")
+    assert read_docx(tmp_path / "symbols.docx").pages == [
+        "Arrow \u2192 check \u2713 alpha \u03b1 x\u2264y \uf021 deg\u00b0\n\n"
+        "\u6f22(kan) and \u5b57\n\ni1 | i2; i3 | i4 | outer2\nnext"
+    ]
+
+
 def test_docx_table_text_reaches_the_manifest_and_output(tmp_path):
     """B04: the table's cells are in the output; the manifest says ok because nothing was lost."""
     import docx
@@ -201,6 +236,15 @@ def test_html_inline_flows_and_blocks_separate(markup, text):
             "Visible text!",
         ),
         ("<p>x</p><pre>\ncode line\n</pre><p>y</p>", "x\n\ncode line\n\ny"),
+        # ruby text after its base; the rows of a nested table stay apart
+        (
+            "<p><ruby>漢<rt>kan</rt>字<rt>ji</rt></ruby>, <ruby>木<rp>(</rp><rt>ki</rt><rp>)</rp></ruby></p>",
+            "漢(kan)字(ji), 木(ki)",
+        ),
+        (
+            "<table><tr><td>outer<table><tr><td>i1<td>i2<tr><td>i3<td>i4</table><td>o2<tr><td>next</table>",
+            "outer | i1 | i2; i3 | i4 | o2\nnext",
+        ),
     ],
 )
 def test_html_lists_implied_end_tags_and_hidden_text(markup, text):

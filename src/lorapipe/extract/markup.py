@@ -9,7 +9,8 @@
   browser lays them out. Whitespace collapses as in HTML, except inside ``pre``. Parsed by lxml's
   HTML parser, which applies HTML's implied end tags (``<tr><td>a<td>b<tr>…``, ``<p>one<p>two``,
   ``<li>``, ``<dt>``/``<dd>``, ``<option>``); prefixed XHTML (``<h:p>``) is read by local name.
-- Tables: one line per row, non-empty cells joined by `` | `` (nested tables flow into their cell).
+- Tables: one line per row, non-empty cells joined by `` | `` (nested tables flow into their cell,
+  their rows separated by ``; ``). Ruby text follows its base in parentheses: ``漢(kan)``.
   Lists: ``- item`` (``ul``) or ``1. item`` (``ol``), also when the item's text is in a block
   (``<li><p>…``); nested lists indented under their item. An image reads as its ``alt`` text.
   Nothing with visible text is dropped except ``script``, ``style``, ``head``, ``nav``,
@@ -18,7 +19,8 @@
 - DOCX: every paragraph and table cell in document order, the same table layout, including nested
   tables, content controls, text boxes (once, not their fallback copy), SmartArt text, imported
   HTML or plain-text chunks, tracked insertions (not deletions), headers and footers (each distinct
-  text once), footnotes and endnotes. Comments are not document text; charts and imported chunks of
+  text once), footnotes and endnotes, symbols (w:sym: Symbol and Wingdings mapped to Unicode, other
+  fonts' characters by their code). Comments are not document text; charts and imported chunks of
   other kinds are named in the notes.
 """
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 import re
 
 CELL_SEP = " | "
+ROW_SEP = "; "  # between the rows of a table nested in a cell
 _HTML_SPACE = re.compile(r"[ \t\n\r\f]+")  # HTML's collapsible whitespace (not U+00A0)
 _SKIPPED_TAGS = frozenset({"script", "style", "head", "nav", "template", "noscript"})
 # Elements that start a new paragraph (a blank line) or a new line; every other element is inline.
@@ -49,7 +52,7 @@ class _Lines:
         self.line: list[str] = []
         self.pending = 0  # newlines requested before the next text
         self.cell_depth = 0  # inside a table cell, breaks become spaces: the row stays one line
-        self.cell_sep = False  # a `` | `` goes before the next text of this row
+        self.cell_sep = ""  # what goes before the next text of this row: `` | `` or a nested row's ``; ``
         self.glued = False  # a list marker was written: the item's first block stays on its line
         self.pre_start = False  # a ``pre`` just opened: a newline that starts it is not shown
 
@@ -71,8 +74,8 @@ class _Lines:
         if self.cell_sep and chunk.strip():
             if self.line:
                 self.line[-1] = self.line[-1].rstrip(" ")
-            self.line.append(CELL_SEP)
-            self.cell_sep = False
+            self.line.append(self.cell_sep)
+            self.cell_sep = ""
             chunk = chunk.lstrip(" ")
         self.line.append(chunk)
         self.glued = False
@@ -155,6 +158,18 @@ def _in_list_item(tag) -> bool:
     return _ancestor(tag, ("li", "dd")) is not None
 
 
+def _first_row(tag) -> bool:
+    """`tag` (a ``tr``) is the first row of its table."""
+    table = _ancestor(tag, ("table",))
+    return table is None or table.find(lambda t: _name(t) == "tr") is tag
+
+
+def _bare_ruby(tag) -> bool:
+    """`tag` (an ``rt``) is in a ``ruby`` without ``rp`` parentheses of its own."""
+    ruby = _ancestor(tag, ("ruby",))
+    return ruby is None or ruby.find(lambda t: _name(t) == "rp") is None
+
+
 def _open(tag, out: _Lines, pre_depth: int) -> int:
     """Lay out the start of element `tag`; return the new ``pre`` depth."""
     name = _name(tag)
@@ -165,15 +180,19 @@ def _open(tag, out: _Lines, pre_depth: int) -> int:
     elif name in _LINE_TAGS:
         out.brk(1)
         if name == "tr" and not out.cell_depth:
-            out.cell_sep = False
+            out.cell_sep = ""
+        elif name == "tr" and "".join(out.line).strip() and not _first_row(tag):
+            out.cell_sep = ROW_SEP  # a later row of a table nested in a cell
         if name == "li":
             out.marker(_list_marker(tag))
     elif name == "img" or (name == "input" and str(tag.get("type", "")).lower() == "image"):
         out.text(str(tag.get("alt") or ""))  # an image's text alternative, where the image stands
     elif name in _CELL_TAGS:
-        if not out.pending and not out.glued and "".join(out.line).strip():
-            out.cell_sep = True  # a later cell of this row
+        if not out.pending and not out.glued and not out.cell_sep and "".join(out.line).strip():
+            out.cell_sep = CELL_SEP  # a later cell of this row
         out.cell_depth += 1
+    elif name == "rt" and _bare_ruby(tag):
+        out.text("(")  # ruby text in parentheses after its base: 漢(kan)
     if name in _PRE_TAGS:
         out.pre_start = True
     return pre_depth + (name in _PRE_TAGS)
@@ -184,9 +203,11 @@ def _close(tag, out: _Lines, pre_depth: int) -> int:
     if name == "li":
         out.glued = False  # an empty item still ends its line
     if name in ("tr", "table") and not out.cell_depth:
-        out.cell_sep = False  # the row ended with empty cells
+        out.cell_sep = ""  # the row ended with empty cells
     if name in _CELL_TAGS:
         out.cell_depth -= 1
+    elif name == "rt" and _bare_ruby(tag):
+        out.text(")")
     elif name in _PARAGRAPH_TAGS:
         out.brk(1 if _in_list_item(tag) else 2)
     elif name in _LINE_TAGS:
@@ -252,6 +273,47 @@ _DOCX_SKIPPED = frozenset({_W + "del", _W + "moveFrom", _W + "instrText", _W + "
 _DOCX_CHARS = {_W + "tab": "\t", _W + "ptab": "\t", _W + "br": "\n", _W + "cr": "\n", _W + "noBreakHyphen": "-"}
 
 
+# Symbol fonts: their characters are written as w:sym (the font's code, F000 + byte in the private
+# use area). Adobe's Symbol encoding (Greek, mathematics, arrows) and Word's AutoCorrect symbols and
+# list bullets in Wingdings; any other character keeps its private-use code (as Word copies it).
+_SYMBOL_FONT = dict(
+    zip(
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
+        "ΑΒΧΔΕΦΓΗΙϑΚΛΜΝΟΠΘΡΣΤΥςΩΞΨΖαβχδεφγηιϕκλμνοπθρστυϖωξψζ",
+        strict=True,
+    )
+) | {
+    "\x22": "∀", "\x24": "∃", "\x27": "∋", "\x2a": "∗", "\x2d": "−", "\x40": "≅", "\x5c": "∴", "\x5e": "⊥",
+    "\xa2": "′", "\xa3": "≤", "\xa5": "∞", "\xab": "↔", "\xac": "←", "\xad": "↑", "\xae": "→", "\xaf": "↓",
+    "\xb0": "°", "\xb1": "±", "\xb2": "″", "\xb3": "≥", "\xb4": "×", "\xb5": "∝", "\xb6": "∂", "\xb7": "•",
+    "\xb8": "÷", "\xb9": "≠", "\xba": "≡", "\xbb": "≈", "\xbc": "…", "\xc4": "⊗", "\xc5": "⊕", "\xc6": "∅",
+    "\xc7": "∩", "\xc8": "∪", "\xc9": "⊃", "\xca": "⊇", "\xcc": "⊂", "\xcd": "⊆", "\xce": "∈", "\xcf": "∉",
+    "\xd1": "∇", "\xd5": "∏", "\xd6": "√", "\xd7": "⋅", "\xd8": "¬", "\xd9": "∧", "\xda": "∨", "\xdb": "⇔",
+    "\xdc": "⇐", "\xde": "⇒", "\xe5": "∑", "\xf2": "∫",
+}  # fmt: skip
+_WINGDINGS = {
+    "J": "☺", "K": "😐", "L": "☹", "l": "●", "n": "■", "q": "❑", "v": "❖", "\xa7": "▪", "\xd8": "➢",
+    "\xdf": "←", "\xe0": "→", "\xef": "⇦", "\xf0": "⇨", "\xf3": "⬄", "\xfb": "✗", "\xfc": "✓",
+    "\xfd": "☒", "\xfe": "☑",
+}  # fmt: skip
+_SYMBOL_FONTS = {"symbol": _SYMBOL_FONT, "wingdings": _WINGDINGS}
+
+
+def _symbol(sym) -> str:
+    """The character of a w:sym (`sym`): by its font's table where known, else its code point."""
+    try:
+        code = int(sym.get(_W + "char") or "", 16)
+    except ValueError:
+        return ""
+    table = _SYMBOL_FONTS.get((sym.get(_W + "font") or "").strip().lower())
+    byte = chr(code - 0xF000 if 0xF000 <= code <= 0xF0FF else code)
+    if table is not None and byte in table:
+        return table[byte]
+    if table is _SYMBOL_FONT and " " <= byte <= "~":
+        return byte  # Symbol's digits and punctuation are ASCII's
+    return chr(code) if 0 < code < 0x110000 else ""
+
+
 def _skipped(tag) -> bool:
     return not isinstance(tag, str) or tag in _DOCX_SKIPPED or tag.endswith("Pr")
 
@@ -270,6 +332,7 @@ class _Docx:
     def __init__(self, document) -> None:
         self.document = document
         self.notes: list[str] = []
+        self.cell_depth = 0  # inside a table cell, a nested table's rows are separated by ROW_SEP
 
     def _part_root(self, rid: str | None):
         from lxml import etree
@@ -292,6 +355,10 @@ class _Docx:
                 text.append(child.text or "")
             elif tag in _DOCX_CHARS:
                 text.append(_DOCX_CHARS[tag])
+            elif tag == _W + "sym":
+                text.append(_symbol(child))
+            elif tag == _W + "ruby":
+                self.ruby(child, text, boxes)
             elif tag == _DIAGRAM:  # SmartArt: its text lives in the diagram's data part
                 root = self._part_root(child.get(_R + "dm"))
                 if root is not None:
@@ -301,18 +368,32 @@ class _Docx:
             else:
                 self.inline(child, text, boxes)
 
+    def ruby(self, ruby, text: list[str], boxes: list) -> None:
+        """A w:ruby: its base, then its ruby text in parentheses (漢(kan)), as HTML's ``rp`` shows it."""
+        base, above = ruby.find(_W + "rubyBase"), ruby.find(_W + "rt")
+        self.inline(base if base is not None else [], text, boxes)
+        reading: list[str] = []
+        self.inline(above if above is not None else [], reading, boxes)
+        if "".join(reading).strip():
+            text.append(f"({''.join(reading)})")
+
     def cell_text(self, cell) -> str:
-        """A table cell's blocks on one line (a nested table's rows follow each other)."""
-        return " ".join(" ".join(block.split("\n")) for block in self.blocks(cell)).strip()
+        """A table cell's blocks on one line (a nested table's rows separated by ``; ``)."""
+        self.cell_depth += 1
+        try:
+            return " ".join(" ".join(block.split("\n")) for block in self.blocks(cell)).strip()
+        finally:
+            self.cell_depth -= 1
 
     def table(self, table) -> str:
-        """One line per row, its non-empty cells joined by `` | ``."""
+        """One line per row, its non-empty cells joined by `` | ``; rows of a table nested in a
+        cell joined by ``; `` (they stay on the line of the outer row)."""
         rows = []
         for row in _rows(table):
             line = CELL_SEP.join(text for text in map(self.cell_text, _cells(row)) if text)
             if line:
                 rows.append(line)
-        return "\n".join(rows)
+        return (ROW_SEP if self.cell_depth else "\n").join(rows)
 
     def paragraph(self, paragraph) -> list[str]:
         text: list[str] = []
