@@ -260,6 +260,31 @@ def test_a_crashing_converter_falls_back_to_pdfplumber(tmp_path, monkeypatch):
     assert pdf["status"] == "ok" and pdf["extractor"] == "pdfplumber"
     assert "crashed (SIGSEGV)" in pdf["error"]
     assert rows["lora-primer.md"]["status"] == "ok"
+    # The fallback's text is not cached under docling's key: the next run converts with docling again.
+    monkeypatch.delenv("LORAPIPE_FAULT")
+    rows = {Path(r["source"]).name: r for r in extract_documents(docs, tmp_path / "out", pdf_backend="docling-native")}
+    pdf = rows["reproducible-pipelines.pdf"]
+    assert (pdf["extractor"], pdf["cached"], pdf["error"]) == ("docling-native", False, None)
+    assert rows["lora-primer.md"]["cached"]
+
+
+def test_a_failing_docling_falls_back_without_caching_the_fallback(tmp_path, monkeypatch):
+    """docling raising (not crashing) also falls back to pdfplumber, says so, and marks the text as a
+    fallback's, which is never cached under the key of the converter that was asked for."""
+    from lorapipe.extract import _cacheable, formats
+    from lorapipe.extract.workers import Job
+
+    def broken(*args, **kwargs):
+        raise MemoryError("out of memory this once")
+
+    monkeypatch.setattr(formats, "read_pdf_docling", broken)
+    extracted = formats.read_pdf(SAMPLE_DOCS / "reproducible-pipelines.pdf", "docling-native")
+    assert extracted.extractor == "pdfplumber" and extracted.fallback
+    assert extracted.note == "docling-native failed (out of memory this once); pdfplumber used"
+    job = Job(0, Path("x.pdf"), {"kind": "pdf", "pdf_backend": "docling-native"})
+    assert not _cacheable(job, "ok", vars(extracted))
+    assert _cacheable(job, "ok", {**vars(extracted), "fallback": False})
+    assert not _cacheable(Job(0, Path("x.pdf"), {}, 1, "timed out"), "ok", {"fallback": False})
 
 
 @pytest.mark.integration  # 10-25 s: a real model, the converter, a timeout or several processes

@@ -3,11 +3,13 @@
     from lorapipe import extract_documents
     manifest = extract_documents(["data/raw/docs", "more/"], "data/extracted_text", workers=2)
 
-- Incremental: each source's raw text is cached by content (sha256 of the file, the readers'
-  fingerprint and the params that change the result) in a cache folder outside the outputs, so
-  adding one document extracts only that one, and a rerun after a crash resumes where it stopped.
-  The fingerprint (`reader_fingerprint`) hashes the readers' own code and the versions of the
-  libraries that convert, so a changed reader or library never serves text cached by an older one.
+- Incremental: each source's raw text is cached by content (sha256 of the file, the fingerprint of
+  the readers of its format and the params that change that format's result) in a cache folder
+  outside the outputs, so adding one document extracts only that one, and a rerun after a crash
+  resumes where it stopped. The fingerprint (`reader_fingerprint`) hashes the code that reads the
+  format (its syntax tree: a comment does not count) and the versions of the libraries that convert
+  it, so a changed reader or library never serves text cached by an older one, and a change to the
+  HTML reader leaves the (expensive) PDF conversions cached.
 - Crash-proof: documents are converted in worker processes with a time limit; a crash or time-out
   is retried with pdfplumber, and a document that still fails is recorded as ``failed``.
 - Nothing in the input folders is modified; symbolic links out of an input folder are not followed.
@@ -15,6 +17,7 @@
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 import importlib.metadata
@@ -38,25 +41,25 @@ __all__ = ["extract_documents", "clean_text", "FORMATS"]
 
 EXTRACTOR_VERSION = 3  # a manual bump on top of `reader_fingerprint`, for a change it cannot see
 # Modules of this package (paths relative to it) that do not shape the raw text a cache entry holds:
-# cleaning runs on cached text at every run, workers only carry it. Every other module here, in
-# subfolders too (the readers, and any module added later), is part of the fingerprint.
+# cleaning runs on cached text at every run, workers only carry it.
 NOT_READERS = frozenset({"__init__.py", "clean.py", "workers.py"})
-# The distributions that turn documents into text (formats.py); docling under either of its names.
-CONVERTER_DISTRIBUTIONS = (
-    "beautifulsoup4",
-    "charset-normalizer",
-    "docling",
-    "docling-slim",
-    "docling-core",
-    "docling-ibm-models",
-    "docling-parse",
-    "ebooklib",
-    "lxml",
-    "pdfminer.six",
-    "pdfplumber",
-    "pypdfium2",
-    "python-docx",
-)
+# The shared module of readers: per format, only the definitions its reader reaches count, and the
+# lorapipe modules they import from (markup.py for HTML, pdftext.py for PDFs, …), with theirs.
+READERS_MODULE = "formats.py"
+# The distributions that turn each format into text (formats.py); docling under either of its names.
+_DOCLING = ("docling", "docling-slim", "docling-core", "docling-ibm-models", "docling-parse")
+_HTML = ("beautifulsoup4", "lxml")
+CONVERTER_DISTRIBUTIONS = {
+    "pdf": (*_DOCLING, "pdfminer.six", "pdfplumber", "pypdfium2"),
+    "html": _HTML,
+    "epub": (*_HTML, "ebooklib"),
+    "docx": (*_HTML, "python-docx"),
+    "markdown": ("charset-normalizer",),
+    "text": ("charset-normalizer",),
+    "json": ("charset-normalizer",),
+}
+# The options (of `convert_document`) that change each format's text; PDF: only for these backends.
+PDF_OPTIONS = {"docling": ("device", "ocr", "artifacts_path")}
 LOG_NAME = "extract.log"
 # Facts of one run, not of the documents: returned, printed, never written into the outputs, so the
 # outputs depend on the inputs only (byte-equal after a resumed or repeated run).
@@ -76,27 +79,121 @@ def convert_document(
     return dict(vars(extracted))  # pages, extractor, paged, note
 
 
+def _code(tree: ast.AST) -> str:
+    """What a syntax tree does: its dump without docstrings (comments are not in it)."""
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr):
+            if isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
+def _reached(tree: ast.Module, root: str) -> list[ast.stmt]:
+    """The top-level definitions of module `tree` that `root` (a name defined there) uses, itself
+    and transitively, in the module's order."""
+    defined: dict[str, ast.stmt] = {}
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            defined[node.name] = node
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                defined.update((name.id, node) for name in ast.walk(target) if isinstance(name, ast.Name))
+    seen, todo = {root}, [root]
+    while todo:
+        node = defined.get(todo.pop())
+        for name in ast.walk(node) if node is not None else ():
+            if isinstance(name, ast.Name) and name.id in defined and name.id not in seen:
+                seen.add(name.id)
+                todo.append(name.id)
+    return [node for node in tree.body if any(defined.get(name) is node for name in seen)]
+
+
+def _reader_name(kind: str) -> str:
+    return "read_pdf" if kind == "pdf" else READERS[kind].__name__
+
+
+def _lorapipe_imports(tree: ast.Module, names: set[str] | None = None) -> set[str]:
+    """The lorapipe modules (dotted) that `tree` imports from at its top level; with `names`, only
+    those it imports one of `names` from."""
+    return {
+        node.module
+        for node in tree.body
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "lorapipe"
+        if names is None or any((alias.asname or alias.name) in names for alias in node.names)
+    }
+
+
+def _module_file(module: str, package: Path) -> Path:
+    """The file of lorapipe module `module`; those of this package are looked up in `package`."""
+    here = __name__.split(".")
+    parts = module.split(".")
+    root, parts = (package, parts[len(here) :]) if parts[: len(here)] == here else (_SRC, parts)
+    path = root.joinpath(*parts)
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
+_SRC = Path(textfiles.__file__).parents[1]
+
+
+def _reader_modules(kind: str, package: Path, readers: ast.Module, reached: list[ast.stmt]) -> dict[str, Path]:
+    """The modules that read format `kind` besides `READERS_MODULE`: those its `reached`
+    definitions import from, with what they import from lorapipe in turn; and every module of
+    `package` (but `NOT_READERS`) that `READERS_MODULE` does not import (one added later)."""
+    used = {node.id for stmt in reached for node in ast.walk(stmt) if isinstance(node, ast.Name)}
+    todo = sorted(_lorapipe_imports(readers, used))
+    found: dict[str, Path] = {}
+    while todo:
+        module = todo.pop()
+        path = _module_file(module, package)
+        if module in found or not path.is_file() or path.name == "__init__.py":
+            continue
+        found[module] = path
+        todo += sorted(_lorapipe_imports(ast.parse(path.read_bytes())))
+    imported = {_module_file(m, package) for m in _lorapipe_imports(readers)}
+    for path in package.rglob("*.py"):
+        name = path.relative_to(package).as_posix()
+        if name not in NOT_READERS | {READERS_MODULE} and path not in imported:
+            found[name] = path
+    return found
+
+
 @functools.cache
-def reader_fingerprint(package: Path = Path(__file__).parent) -> str:
-    """A hash (16 hex characters) of what decides a document's raw text: the source of this package's
-    reader modules (all but `NOT_READERS`) and of `convert_document`, `lorapipe.textfiles` (the text
-    decoder), `EXTRACTOR_VERSION`, and the installed version of each of `CONVERTER_DISTRIBUTIONS`. Cache
-    entries are keyed by it, so a fixed reader or an upgraded library converts again. `package`: the
-    folder of the reader modules (this package's; tests pass a copy). Computed once per process."""
-    digest = hashlib.sha256(f"extractor {EXTRACTOR_VERSION}\n".encode())
-    modules = {path.relative_to(package).as_posix(): path for path in package.rglob("*.py")}
-    modules = {name: path for name, path in modules.items() if name not in NOT_READERS}
-    for name, path in sorted({**modules, "lorapipe/textfiles.py": Path(textfiles.__file__)}.items()):
-        digest.update(f"{name}\n".encode())
-        hash_file(path, digest)
-    digest.update(inspect.getsource(convert_document).encode())
-    for name in CONVERTER_DISTRIBUTIONS:
+def reader_fingerprint(kind: str, package: Path = Path(__file__).parent) -> str:
+    """A hash (16 hex characters) of what decides the raw text of a document of format `kind` (a
+    value of `FORMATS`): the syntax tree (not comments or docstrings) of its reader in
+    `READERS_MODULE` and the definitions there that the reader uses, of the modules they import from
+    (`_reader_modules`) and of `convert_document`;
+    `EXTRACTOR_VERSION`, the Python version (the standard library decodes and parses too) and the
+    installed version of each of its `CONVERTER_DISTRIBUTIONS`. Cache entries are keyed by it, so a
+    fixed reader or an upgraded library converts that format again, and only that format.
+    `package`: the folder of the reader modules (this package's; tests pass a copy). Computed once
+    per process and format. Raises KeyError for an unknown `kind`."""
+    digest = hashlib.sha256(f"extractor {EXTRACTOR_VERSION} {kind} python {sys.version_info[:2]}\n".encode())
+    readers = ast.parse((package / READERS_MODULE).read_bytes())
+    reached = _reached(readers, _reader_name(kind))
+    for name, path in sorted(_reader_modules(kind, package, readers, reached).items()):
+        digest.update(f"{name}\n{_code(ast.parse(path.read_bytes()))}\n".encode())
+    for node in reached:
+        digest.update(f"{READERS_MODULE}\n{_code(node)}\n".encode())
+    digest.update(_code(ast.parse(inspect.getsource(convert_document))).encode())
+    for name in CONVERTER_DISTRIBUTIONS[kind]:
         try:
             version = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             version = "absent"
         digest.update(f"{name}=={version}\n".encode())
     return digest.hexdigest()[:16]
+
+
+def format_options(kind: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The conversion `options` (those of `convert_document`) that change the text of format
+    `kind`: none but for PDFs, whose backend always counts and device, OCR and the model folder
+    only for the layout backend (``docling``)."""
+    if kind != "pdf":
+        return {}
+    backend = options["pdf_backend"]
+    return {"pdf_backend": backend, **{name: options[name] for name in PDF_OPTIONS.get(backend, ())}}
 
 
 NAME_BYTES = 200  # output names stay well under the 255 bytes a file name may have
@@ -160,19 +257,22 @@ def _precheck(path: Path, root: Path) -> str | None:
 
 
 class _Cache:
-    """Raw conversion results keyed by file content and everything that changes the result."""
+    """Raw conversion results keyed by file content and everything that changes the result of its
+    format (`reader_fingerprint`, `format_options`)."""
 
     def __init__(self, folder: Path, options: dict[str, Any], read: bool):
-        self.folder, self.read = folder, read
-        self.suffix = hashlib.sha256(
-            json.dumps({"readers": reader_fingerprint(), **options}, sort_keys=True).encode()
-        ).hexdigest()[:16]
+        self.folder, self.read, self.options = folder, read, options
 
-    def path(self, sha: str) -> Path:
-        return self.folder / sha[:2] / f"{sha}-{self.suffix}.json"
+    @functools.cache  # noqa: B019 - one cache per stage run, a handful of formats
+    def suffix(self, kind: str) -> str:
+        key = {"format": kind, "readers": reader_fingerprint(kind), **format_options(kind, self.options)}
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
-    def get(self, sha: str) -> dict | None:
-        path = self.path(sha)
+    def path(self, sha: str, kind: str) -> Path:
+        return self.folder / sha[:2] / f"{sha}-{self.suffix(kind)}.json"
+
+    def get(self, sha: str, kind: str) -> dict | None:
+        path = self.path(sha, kind)
         if not self.read or not path.is_file():
             return None
         try:
@@ -180,8 +280,8 @@ class _Cache:
         except (OSError, json.JSONDecodeError):
             return None  # a damaged entry is converted again
 
-    def put(self, sha: str, entry: dict) -> None:
-        write_json(self.path(sha), entry)
+    def put(self, sha: str, kind: str, entry: dict) -> None:
+        write_json(self.path(sha, kind), entry)
 
 
 def _scan(sources: list[tuple[Path, Path, Path]], cache: _Cache, options: dict) -> tuple[list[dict], list[Job]]:
@@ -213,7 +313,7 @@ def _scan(sources: list[tuple[Path, Path, Path]], cache: _Cache, options: dict) 
             row.update(status="skipped", error=reason)
             continue
         row.update(sha256=hash_file(path).hexdigest(), bytes=path.stat().st_size)
-        entry = cache.get(row["sha256"])
+        entry = cache.get(row["sha256"], row["format"])
         if entry is not None:
             row["cached"] = True
             row["_entry"] = entry
@@ -287,6 +387,17 @@ def _pdfplumber_instead(job: Job, reason: str) -> dict | None:
     return None
 
 
+def _cacheable(job: Job, status: str, result: Any) -> bool:
+    """Whether a finished job's entry may be cached under its key (which names the converter asked
+    for): only the primary converter's own answer. A fallback's text (pdfplumber after docling
+    crashed, timed out or raised) is not cached, nor a failure after a crash or time-out: either
+    may not happen again (a one-off slowdown, a larger extract.timeout_s), so the next run tries
+    the primary converter again instead of serving the fallback's text for good."""
+    if job.note is not None:  # a retry after a crash or time-out
+        return False
+    return not (status == "ok" and result.get("fallback"))
+
+
 def _entry(job: Job, status: str, result: Any, backend: str) -> dict:
     """The cache entry of one finished conversion job."""
     seconds = round(time.monotonic() - job.started, 3)
@@ -353,10 +464,9 @@ def extract_documents(
             progress.finish(row, row["_entry"])
     for job, status, result in run_jobs(jobs, convert_document, workers, timeout_s, _pdfplumber_instead):
         entry = _entry(job, status, result, options["pdf_backend"])
-        if status == "ok" or job.note is None:
-            # Written per document, so a killed stage resumes here. A failure after a crash or time-out
-            # is not cached: it may not happen again, and the next run retries it.
-            cache.put(rows[job.index]["sha256"], entry)
+        if _cacheable(job, status, result):
+            # Written per document, so a killed stage resumes here.
+            cache.put(rows[job.index]["sha256"], rows[job.index]["format"], entry)
         progress.finish(rows[job.index], entry)
     progress.close()
 

@@ -46,6 +46,7 @@ class Extracted:
     extractor: str
     paged: bool = False  # True when `pages` are real pages (running headers can be detected)
     note: str | None = None  # what the reader left out, and why (shown in the manifest's `error`)
+    fallback: bool = False  # True when a fallback reader produced it (the chosen one failed): not cached
 
 
 def read_plain(path: Path) -> Extracted:
@@ -254,9 +255,12 @@ def read_pdf(
         return read_pdf_docling(path, backend, device, ocr, artifacts_path)
     except Exception as docling_error:  # noqa: BLE001 - any docling failure falls back
         try:
-            return read_pdf_pdfplumber(path)
+            extracted = read_pdf_pdfplumber(path)
         except Exception as plumber_error:  # noqa: BLE001
             raise ValueError(f"docling: {docling_error}; pdfplumber: {plumber_error}") from None
+        extracted.note = f"{backend} failed ({docling_error}); pdfplumber used"
+        extracted.fallback = True
+        return extracted
 
 
 READERS = {

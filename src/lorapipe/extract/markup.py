@@ -6,14 +6,21 @@
 
 - Inline elements (``b``, ``a``, ``em``, ``span``, ``code``, …) flow within their line; block elements
   (``p``, ``div``, ``li``, ``h1``–``h6``, ``tr``, ``dt``/``dd``, …) and ``br`` start a new one, as a
-  browser lays them out. Whitespace collapses as in HTML, except inside ``pre``.
-- Tables: one line per row, non-empty cells joined by `` | `` (nested tables flow into their cell).
-  Lists: ``- item`` (``ul``) or ``1. item`` (``ol``). Nothing with visible text is dropped except
-  ``script``, ``style``, ``head``, ``nav``, ``template``, ``noscript`` and elements marked ``hidden``.
+  browser lays them out. Whitespace collapses as in HTML, except inside ``pre``. Parsed by lxml's
+  HTML parser, which applies HTML's implied end tags (``<tr><td>a<td>b<tr>…``, ``<p>one<p>two``,
+  ``<li>``, ``<dt>``/``<dd>``, ``<option>``); prefixed XHTML (``<h:p>``) is read by local name.
+- Tables: one line per row, non-empty cells joined by `` | `` (nested tables flow into their cell,
+  their rows separated by ``; ``). Ruby text follows its base in parentheses: ``漢(kan)``.
+  Lists: ``- item`` (``ul``) or ``1. item`` (``ol``), also when the item's text is in a block
+  (``<li><p>…``); nested lists indented under their item. An image reads as its ``alt`` text.
+  Nothing with visible text is dropped except ``script``, ``style``, ``head``, ``nav``,
+  ``template``, ``noscript`` and elements marked ``hidden``, ``aria-hidden`` or
+  ``style="display: none"`` (or ``visibility: hidden``).
 - DOCX: every paragraph and table cell in document order, the same table layout, including nested
   tables, content controls, text boxes (once, not their fallback copy), SmartArt text, imported
   HTML or plain-text chunks, tracked insertions (not deletions), headers and footers (each distinct
-  text once), footnotes and endnotes. Comments are not document text; charts and imported chunks of
+  text once), footnotes and endnotes, symbols (w:sym: Symbol and Wingdings mapped to Unicode, other
+  fonts' characters by their code). Comments are not document text; charts and imported chunks of
   other kinds are named in the notes.
 """
 
@@ -22,6 +29,7 @@ from __future__ import annotations
 import re
 
 CELL_SEP = " | "
+ROW_SEP = "; "  # between the rows of a table nested in a cell
 _HTML_SPACE = re.compile(r"[ \t\n\r\f]+")  # HTML's collapsible whitespace (not U+00A0)
 _SKIPPED_TAGS = frozenset({"script", "style", "head", "nav", "template", "noscript"})
 # Elements that start a new paragraph (a blank line) or a new line; every other element is inline.
@@ -32,6 +40,7 @@ _PARAGRAPH_TAGS = frozenset(
 )
 _LINE_TAGS = frozenset({"li", "dt", "dd", "tr", "option"})
 _CELL_TAGS = frozenset({"td", "th"})
+_PRE_TAGS = frozenset({"pre", "textarea", "listing", "plaintext"})  # whitespace kept as it is
 
 
 class _Lines:
@@ -43,9 +52,14 @@ class _Lines:
         self.line: list[str] = []
         self.pending = 0  # newlines requested before the next text
         self.cell_depth = 0  # inside a table cell, breaks become spaces: the row stays one line
-        self.cell_sep = False  # a `` | `` goes before the next text of this row
+        self.cell_sep = ""  # what goes before the next text of this row: `` | `` or a nested row's ``; ``
+        self.glued = False  # a list marker was written: the item's first block stays on its line
+        self.pre_start = False  # a ``pre`` just opened: a newline that starts it is not shown
 
     def text(self, chunk: str, pre: bool = False) -> None:
+        if pre and self.pre_start and chunk.startswith(("\r\n", "\n")):
+            chunk = chunk[2:] if chunk.startswith("\r\n") else chunk[1:]
+        self.pre_start = False
         if not pre:
             chunk = _HTML_SPACE.sub(" ", chunk)
             if self.pending or not self.line or self.line[-1].endswith(" "):
@@ -60,13 +74,22 @@ class _Lines:
         if self.cell_sep and chunk.strip():
             if self.line:
                 self.line[-1] = self.line[-1].rstrip(" ")
-            self.line.append(CELL_SEP)
-            self.cell_sep = False
+            self.line.append(self.cell_sep)
+            self.cell_sep = ""
             chunk = chunk.lstrip(" ")
         self.line.append(chunk)
+        self.glued = False
+
+    def marker(self, text: str) -> None:
+        """A list item's marker: its text follows on the same line, even when it is in a block."""
+        self.text(text, pre=True)
+        self.glued = True
 
     def brk(self, newlines: int) -> None:
-        """Start a new line (1) or paragraph (2) before the next text; a space inside a table cell."""
+        """Start a new line (1) or paragraph (2) before the next text; a space inside a table cell;
+        nothing right after a list marker (``<li><p>First</p>`` reads ``- First``)."""
+        if self.glued:
+            return
         if self.cell_depth:
             if self.line and not self.line[-1].endswith(" "):
                 self.line.append(" ")
@@ -81,7 +104,7 @@ class _Lines:
             self.pending += 1
 
     def _end_line(self) -> None:
-        self.parts.append("".join(self.line).rstrip(" ") + "\n")
+        self.parts.append("".join(self.line).rstrip(" \n") + "\n")  # a pre's last newline too
         self.line = []
 
     def result(self) -> str:
@@ -90,56 +113,118 @@ class _Lines:
         return "".join(self.parts).strip("\n")
 
 
+_NOT_SHOWN_STYLE = re.compile(
+    r"(?:^|;)\s*(?:display\s*:\s*none|visibility\s*:\s*hidden)\s*(?:!important\s*)?(?:;|$)", re.I
+)
+
+
+def _name(tag) -> str:
+    """The element's local name, lower case: ``h:p`` (prefixed XHTML) is a ``p``."""
+    return (tag.name or "").rsplit(":", 1)[-1].lower()
+
+
 def _hidden(tag) -> bool:
-    return tag.name in _SKIPPED_TAGS or tag.has_attr("hidden") or tag.get("aria-hidden") == "true"
+    """Not shown: skipped elements, ``hidden``, ``aria-hidden``, ``style="display: none"`` (or
+    ``visibility: hidden``)."""
+    if _name(tag) in _SKIPPED_TAGS or tag.has_attr("hidden") or tag.get("aria-hidden") == "true":
+        return True
+    return bool(_NOT_SHOWN_STYLE.search(str(tag.get("style") or "")))
+
+
+def _ancestor(tag, names: tuple[str, ...]):
+    """The nearest ancestor of `tag` whose local name is one of `names`, or None."""
+    parent = tag.parent
+    while parent is not None and _name(parent) not in names:
+        parent = parent.parent
+    return parent
 
 
 def _list_marker(tag) -> str:
-    """``- `` for an item of ``ul``, ``3. `` for the third item of ``ol`` (its ``start`` respected)."""
-    parent = tag.find_parent(["ol", "ul", "menu"])
-    if parent is None or parent.name != "ol":
-        return "- "
-    start = str(parent.get("start", "1"))
-    number = int(start) if start.lstrip("-").isdigit() else 1
-    return f"{number + len(tag.find_previous_siblings('li'))}. "
+    """``- `` for an item of ``ul``, ``3. `` for the third item of ``ol`` (its ``start`` respected),
+    indented under the items it is nested in."""
+    parent = _ancestor(tag, ("ol", "ul", "menu"))
+    marker = "- "
+    if parent is not None and _name(parent) == "ol":
+        start = str(parent.get("start", "1"))
+        number = int(start) if start.lstrip("-").isdigit() else 1
+        before = sum(1 for sibling in tag.find_previous_siblings() if _name(sibling) == "li")
+        marker = f"{number + before}. "
+    outer = _ancestor(tag, ("li",))
+    return (" " * len(_list_marker(outer)) if outer is not None else "") + marker
 
 
-def _nested_list(tag) -> bool:
-    """A list inside a list item: its items continue on the next line, not after a blank one."""
-    return tag.name in ("ul", "ol", "menu", "dl") and tag.find_parent(["li", "dd"]) is not None
+def _in_list_item(tag) -> bool:
+    """A block inside a list item or definition: it continues on the next line, not after a blank one."""
+    return _ancestor(tag, ("li", "dd")) is not None
+
+
+def _first_row(tag) -> bool:
+    """`tag` (a ``tr``) is the first row of its table."""
+    table = _ancestor(tag, ("table",))
+    return table is None or table.find(lambda t: _name(t) == "tr") is tag
+
+
+def _bare_ruby(tag) -> bool:
+    """`tag` (an ``rt``) is in a ``ruby`` without ``rp`` parentheses of its own."""
+    ruby = _ancestor(tag, ("ruby",))
+    return ruby is None or ruby.find(lambda t: _name(t) == "rp") is None
 
 
 def _open(tag, out: _Lines, pre_depth: int) -> int:
     """Lay out the start of element `tag`; return the new ``pre`` depth."""
-    name = tag.name
+    name = _name(tag)
     if name == "br":
         out.line_break()
     elif name in _PARAGRAPH_TAGS:
-        out.brk(1 if _nested_list(tag) else 2)
+        out.brk(1 if _in_list_item(tag) else 2)
     elif name in _LINE_TAGS:
         out.brk(1)
         if name == "tr" and not out.cell_depth:
-            out.cell_sep = False
+            out.cell_sep = ""
+        elif name == "tr" and "".join(out.line).strip() and not _first_row(tag):
+            out.cell_sep = ROW_SEP  # a later row of a table nested in a cell
         if name == "li":
-            out.text(_list_marker(tag), pre=True)
+            out.marker(_list_marker(tag))
+    elif name == "img" or (name == "input" and str(tag.get("type", "")).lower() == "image"):
+        out.text(str(tag.get("alt") or ""))  # an image's text alternative, where the image stands
     elif name in _CELL_TAGS:
-        if not out.pending and "".join(out.line).strip():
-            out.cell_sep = True  # a later cell of this row
+        if not out.pending and not out.glued and not out.cell_sep and "".join(out.line).strip():
+            out.cell_sep = CELL_SEP  # a later cell of this row
         out.cell_depth += 1
-    return pre_depth + (name in ("pre", "textarea", "listing", "plaintext"))
+    elif name == "rt" and _bare_ruby(tag):
+        out.text("(")  # ruby text in parentheses after its base: 漢(kan)
+    if name in _PRE_TAGS:
+        out.pre_start = True
+    return pre_depth + (name in _PRE_TAGS)
 
 
 def _close(tag, out: _Lines, pre_depth: int) -> int:
-    name = tag.name
+    name = _name(tag)
+    if name == "li":
+        out.glued = False  # an empty item still ends its line
     if name in ("tr", "table") and not out.cell_depth:
-        out.cell_sep = False  # the row ended with empty cells
+        out.cell_sep = ""  # the row ended with empty cells
     if name in _CELL_TAGS:
         out.cell_depth -= 1
+    elif name == "rt" and _bare_ruby(tag):
+        out.text(")")
     elif name in _PARAGRAPH_TAGS:
-        out.brk(1 if _nested_list(tag) else 2)
+        out.brk(1 if _in_list_item(tag) else 2)
     elif name in _LINE_TAGS:
         out.brk(1)
-    return pre_depth - (name in ("pre", "textarea", "listing", "plaintext"))
+    return pre_depth - (name in _PRE_TAGS)
+
+
+_CDATA = re.compile(r"<!\[CDATA\[(.*?)\]\]>", re.S)
+_CDATA_BYTES = re.compile(rb"<!\[CDATA\[(.*?)\]\]>", re.S)
+
+
+def _cdata_as_text(markup: str | bytes) -> str | bytes:
+    """XHTML's CDATA sections as escaped text (an HTML parser reads them as comments)."""
+    if isinstance(markup, str):
+        return _CDATA.sub(lambda m: m.group(1).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"), markup)
+    escape = {b"&": b"&amp;", b"<": b"&lt;", b">": b"&gt;"}
+    return _CDATA_BYTES.sub(lambda m: re.sub(rb"[&<>]", lambda c: escape[c.group(0)], m.group(1)), markup)
 
 
 def html_to_text(markup: str | bytes) -> str:
@@ -148,7 +233,9 @@ def html_to_text(markup: str | bytes) -> str:
     from bs4 import BeautifulSoup, NavigableString
     from bs4.element import Comment, Declaration, Doctype, ProcessingInstruction
 
-    soup = BeautifulSoup(markup, "html.parser")
+    # lxml's HTML parser (libxml2) applies HTML's implied end tags (``<td>a<td>b<tr>``, ``<p>one<p>``,
+    # ``<li>``, ``<dt>``/``<dd>``, ``<option>``), where html.parser nests them in each other.
+    soup = BeautifulSoup(_cdata_as_text(markup), "lxml")
     out = _Lines()
     pre_depth = 0
     # An explicit stack, not recursion: generated HTML nests thousands of levels deep.
@@ -186,6 +273,47 @@ _DOCX_SKIPPED = frozenset({_W + "del", _W + "moveFrom", _W + "instrText", _W + "
 _DOCX_CHARS = {_W + "tab": "\t", _W + "ptab": "\t", _W + "br": "\n", _W + "cr": "\n", _W + "noBreakHyphen": "-"}
 
 
+# Symbol fonts: their characters are written as w:sym (the font's code, F000 + byte in the private
+# use area). Adobe's Symbol encoding (Greek, mathematics, arrows) and Word's AutoCorrect symbols and
+# list bullets in Wingdings; any other character keeps its private-use code (as Word copies it).
+_SYMBOL_FONT = dict(
+    zip(
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
+        "ΑΒΧΔΕΦΓΗΙϑΚΛΜΝΟΠΘΡΣΤΥςΩΞΨΖαβχδεφγηιϕκλμνοπθρστυϖωξψζ",
+        strict=True,
+    )
+) | {
+    "\x22": "∀", "\x24": "∃", "\x27": "∋", "\x2a": "∗", "\x2d": "−", "\x40": "≅", "\x5c": "∴", "\x5e": "⊥",
+    "\xa2": "′", "\xa3": "≤", "\xa5": "∞", "\xab": "↔", "\xac": "←", "\xad": "↑", "\xae": "→", "\xaf": "↓",
+    "\xb0": "°", "\xb1": "±", "\xb2": "″", "\xb3": "≥", "\xb4": "×", "\xb5": "∝", "\xb6": "∂", "\xb7": "•",
+    "\xb8": "÷", "\xb9": "≠", "\xba": "≡", "\xbb": "≈", "\xbc": "…", "\xc4": "⊗", "\xc5": "⊕", "\xc6": "∅",
+    "\xc7": "∩", "\xc8": "∪", "\xc9": "⊃", "\xca": "⊇", "\xcc": "⊂", "\xcd": "⊆", "\xce": "∈", "\xcf": "∉",
+    "\xd1": "∇", "\xd5": "∏", "\xd6": "√", "\xd7": "⋅", "\xd8": "¬", "\xd9": "∧", "\xda": "∨", "\xdb": "⇔",
+    "\xdc": "⇐", "\xde": "⇒", "\xe5": "∑", "\xf2": "∫",
+}  # fmt: skip
+_WINGDINGS = {
+    "J": "☺", "K": "😐", "L": "☹", "l": "●", "n": "■", "q": "❑", "v": "❖", "\xa7": "▪", "\xd8": "➢",
+    "\xdf": "←", "\xe0": "→", "\xef": "⇦", "\xf0": "⇨", "\xf3": "⬄", "\xfb": "✗", "\xfc": "✓",
+    "\xfd": "☒", "\xfe": "☑",
+}  # fmt: skip
+_SYMBOL_FONTS = {"symbol": _SYMBOL_FONT, "wingdings": _WINGDINGS}
+
+
+def _symbol(sym) -> str:
+    """The character of a w:sym (`sym`): by its font's table where known, else its code point."""
+    try:
+        code = int(sym.get(_W + "char") or "", 16)
+    except ValueError:
+        return ""
+    table = _SYMBOL_FONTS.get((sym.get(_W + "font") or "").strip().lower())
+    byte = chr(code - 0xF000 if 0xF000 <= code <= 0xF0FF else code)
+    if table is not None and byte in table:
+        return table[byte]
+    if table is _SYMBOL_FONT and " " <= byte <= "~":
+        return byte  # Symbol's digits and punctuation are ASCII's
+    return chr(code) if 0 < code < 0x110000 else ""
+
+
 def _skipped(tag) -> bool:
     return not isinstance(tag, str) or tag in _DOCX_SKIPPED or tag.endswith("Pr")
 
@@ -204,6 +332,7 @@ class _Docx:
     def __init__(self, document) -> None:
         self.document = document
         self.notes: list[str] = []
+        self.cell_depth = 0  # inside a table cell, a nested table's rows are separated by ROW_SEP
 
     def _part_root(self, rid: str | None):
         from lxml import etree
@@ -226,6 +355,10 @@ class _Docx:
                 text.append(child.text or "")
             elif tag in _DOCX_CHARS:
                 text.append(_DOCX_CHARS[tag])
+            elif tag == _W + "sym":
+                text.append(_symbol(child))
+            elif tag == _W + "ruby":
+                self.ruby(child, text, boxes)
             elif tag == _DIAGRAM:  # SmartArt: its text lives in the diagram's data part
                 root = self._part_root(child.get(_R + "dm"))
                 if root is not None:
@@ -235,18 +368,32 @@ class _Docx:
             else:
                 self.inline(child, text, boxes)
 
+    def ruby(self, ruby, text: list[str], boxes: list) -> None:
+        """A w:ruby: its base, then its ruby text in parentheses (漢(kan)), as HTML's ``rp`` shows it."""
+        base, above = ruby.find(_W + "rubyBase"), ruby.find(_W + "rt")
+        self.inline(base if base is not None else [], text, boxes)
+        reading: list[str] = []
+        self.inline(above if above is not None else [], reading, boxes)
+        if "".join(reading).strip():
+            text.append(f"({''.join(reading)})")
+
     def cell_text(self, cell) -> str:
-        """A table cell's blocks on one line (a nested table's rows follow each other)."""
-        return " ".join(" ".join(block.split("\n")) for block in self.blocks(cell)).strip()
+        """A table cell's blocks on one line (a nested table's rows separated by ``; ``)."""
+        self.cell_depth += 1
+        try:
+            return " ".join(" ".join(block.split("\n")) for block in self.blocks(cell)).strip()
+        finally:
+            self.cell_depth -= 1
 
     def table(self, table) -> str:
-        """One line per row, its non-empty cells joined by `` | ``."""
+        """One line per row, its non-empty cells joined by `` | ``; rows of a table nested in a
+        cell joined by ``; `` (they stay on the line of the outer row)."""
         rows = []
         for row in _rows(table):
             line = CELL_SEP.join(text for text in map(self.cell_text, _cells(row)) if text)
             if line:
                 rows.append(line)
-        return "\n".join(rows)
+        return (ROW_SEP if self.cell_depth else "\n").join(rows)
 
     def paragraph(self, paragraph) -> list[str]:
         text: list[str] = []

@@ -27,12 +27,23 @@ from contextlib import contextmanager
 from pathlib import Path
 
 ACROSS = 0.5  # of a character's width: a repeat closer than this is the same glyph drawn again
+SIZE_ACROSS = 0.18  # of the font size: the least such distance (a narrow "i" offset by 1 pt at 8 pt)
+ADJACENT = 0.9  # of a character's width: never as far as the next glyph ("ll", narrowest glyphs 0.2 em)
 UP = 0.25  # of the glyph's (or text object's) height
+
+
+def near_across(width: float, size: float) -> float:
+    """How far across (points) a repeat of a glyph `width` points wide, in a font of `size` points,
+    may lie and still be a second impression: ``ACROSS`` of its width but at least ``SIZE_ACROSS``
+    of the size (fake bold's offset does not shrink with a narrow glyph), and never ``ADJACENT`` of
+    the width, where the same letter written twice ("ll") sits."""
+    width = max(width, 1e-3)
+    return min(max(ACROSS * width, SIZE_ACROSS * size), ADJACENT * width)
 
 
 def unique_chars(chars: list[dict]) -> set[int]:
     """``id()`` of the pdfplumber `chars` that repeat an earlier char (same text, font and size)
-    within ``ACROSS`` of its width and ``UP`` of its size: the chars to drop."""
+    within `near_across` and ``UP`` of its size: the chars to drop."""
     seen: dict[tuple, list[dict]] = {}
     drop: set[int] = set()
     for char in chars:
@@ -41,7 +52,7 @@ def unique_chars(chars: list[dict]) -> set[int]:
         size = max(float(char.get("size") or 0), 1e-3)
         row = int(char["doctop"] // size)
         key = (char["text"], char.get("fontname"), round(size, 1), char.get("upright"))
-        near_x = ACROSS * max(float(char["width"]), 1e-3)
+        near_x = near_across(float(char["width"]), size)
         near = (
             other
             for r in (row - 1, row, row + 1)
@@ -55,11 +66,12 @@ def unique_chars(chars: list[dict]) -> set[int]:
     return drop
 
 
-def _overprints(box: tuple, kept: tuple) -> bool:
-    """Text object `box` ``(left, bottom, right, top)`` lies on `kept` ``(l, b, r, t, text)``."""
+def _overprints(box: tuple, kept: tuple, size: float) -> bool:
+    """Text object `box` ``(left, bottom, right, top)`` lies on `kept` ``(l, b, r, t, text)`` (font
+    `size` points)."""
     left, bottom, right, top = box
     k_left, k_bottom, k_right, k_top, k_text = kept
-    near_x = ACROSS * (k_right - k_left) / max(len(k_text), 1)
+    near_x = near_across((k_right - k_left) / max(len(k_text), 1), size)
     near_y = UP * max(k_top - k_bottom, 1e-3)
     return (
         abs(left - k_left) <= near_x
@@ -88,7 +100,7 @@ def _repeated_text_objects(page) -> list:
             index = kept if text else by_row
             keys = [(size, r, text) if text else (size, r) for r in (row - 1, row, row + 1)]
             pool = [k for key in keys for k in index.get(key, ())]
-            if any(_overprints(box, k) for k in pool):
+            if any(_overprints(box, k, size) for k in pool):
                 repeats.append(obj)
             elif text.strip():
                 kept.setdefault((size, row, text), []).append((*box, text))
