@@ -140,18 +140,44 @@ def _render(codec: ChatCodec, messages: Messages, generation_prompt: bool) -> st
 
 _SYSTEM_FOLDS: dict[str, bool] = {}  # ChatCodec.key → whether its template refuses or drops a system message
 
+# The conversation shapes lorapipe renders (role sequence, add_generation_prompt): a prompt for a
+# first or a later answer, and a training row of one or two turns rendered whole or turn by turn.
+_PROBE_SHAPES = (
+    (("user",), True),
+    (("user",), False),
+    (("user", "assistant"), False),
+    (("user", "assistant", "user"), True),
+    (("user", "assistant", "user", "assistant"), False),
+)
+
+
+def _probe(roles: tuple[str, ...], system: bool) -> Messages:
+    messages = [{"role": role, "content": _placeholder(i + 1)} for i, role in enumerate(roles)]
+    return [{"role": "system", "content": _placeholder(0)}, *messages] if system else messages
+
 
 def folds_system(codec: ChatCodec) -> bool:
-    """Whether `codec`'s template has no system role: it raises on a leading system message, or writes
-    none of its content. Decided once per template (a probe conversation) and cached. Raises
-    ChatTemplateError when the template cannot render even one user message."""
+    """Whether `codec`'s template has no system role: in any conversation shape lorapipe renders (a
+    prompt after one or more turns, a training row of one or more turns, _PROBE_SHAPES) it raises on a
+    leading system message, or writes none of its content (Mistral-Nemo writes it into the last user
+    message only, so a whole training row renders without it), while the same shape without a system
+    message renders. A shape the template refuses even without a system message says nothing about
+    the system role. Decided once per template and cached. Raises ChatTemplateError when the template
+    cannot render even one user message."""
     if codec.key not in _SYSTEM_FOLDS:
-        probe = [{"role": "system", "content": _placeholder(0)}, {"role": "user", "content": _placeholder(1)}]
-        try:
-            folds = _placeholder(0) not in codec.render(probe, True)
-        except Exception:  # noqa: BLE001 - a template may refuse a system message (Gemma 2 raises)
-            _render(codec, probe[1:], True)  # a template that refuses a lone user message is not about roles
-            folds = True
+        _render(codec, _probe(("user",), False), True)  # a template that refuses a lone user message is not about roles
+        folds = False
+        for roles, generation_prompt in _PROBE_SHAPES:
+            try:
+                folds = _placeholder(0) not in codec.render(_probe(roles, True), generation_prompt)
+            except Exception:  # noqa: BLE001 - a template may refuse a system message (Gemma 2 raises)
+                try:
+                    codec.render(_probe(roles, False), generation_prompt)
+                    folds = True
+                except Exception:  # noqa: BLE001, S112 - a shape the template refuses anyway (e.g. alternation)
+                    continue
+            if folds:
+                break
         _SYSTEM_FOLDS[codec.key] = folds
     return _SYSTEM_FOLDS[codec.key]
 
