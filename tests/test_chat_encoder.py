@@ -101,6 +101,17 @@ def test_literal_ids_match_no_added_token_and_equal_plain_text_elsewhere(deepsee
     ]
 
 
+def test_added_whitespace_tokens_are_no_markers_and_stay_matched(bundled_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(bundled_tokenizer_dir)
+    tokenizer.add_tokens(["    "], special_tokens=False)  # as code models add runs of spaces
+    run = tokenizer.convert_tokens_to_ids("    ")
+    text = "def f():\n    return 1"
+    assert run in tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert literal_ids(tokenizer, text) == tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 def test_documents_quoting_a_non_special_marker_are_chunked_as_text(deepseek_like):
     from lorapipe.dataset import chunk_text
 

@@ -66,8 +66,9 @@ def _literal_backend(tokenizer):
     ones (DeepSeek-R1-Distill's ``<｜User｜>``, Qwen's ``<tool_call>``) are marked special in the copy, and
     it skips special ones (``encode_special_tokens``), so every text goes through the normalizer,
     pre-tokenizer and model as characters. (``split_special_tokens=True`` alone skips only the special
-    ones: tokenizers matches the others in any text.) Cached on the tokenizer, rebuilt when its added
-    tokens change; None for a tokenizer without a Rust backend."""
+    ones: tokenizers matches the others in any text.) Added tokens made of whitespace only (runs of
+    spaces that code models add) are no markers and stay matched, as the model reads any text. Cached
+    on the tokenizer, rebuilt when its added tokens change; None for a tokenizer without a Rust backend."""
     import copy
 
     backend = getattr(tokenizer, "_tokenizer", None)
@@ -82,7 +83,7 @@ def _literal_backend(tokenizer):
         literal = copy.deepcopy(backend)
         literal.no_truncation()
         literal.no_padding()
-        plain = [t for t in added.values() if not t.special]
+        plain = [t for t in added.values() if not t.special and t.content.strip()]
         if plain:
             flags = ("single_word", "lstrip", "rstrip", "normalized")
             literal.add_special_tokens(
@@ -183,7 +184,9 @@ def llama_codec(llm, name: str = "the GGUF's chat template") -> ChatCodec:
     special = {"bos_token": text_of(model.token_bos()), "eos_token": text_of(model.token_eos())}
     kinds = {i: model.token_get_attr(i) for i in range(model.n_vocab())}
     controls = tuple(sorted({text_of(i) for i, a in kinds.items() if a & (_LLAMA_CONTROL | _LLAMA_USER_DEFINED)}))
-    user_defined = sorted({text_of(i) for i, a in kinds.items() if a & _LLAMA_USER_DEFINED} - {""}, key=len)
+    user_defined = sorted(
+        {t for i, a in kinds.items() if a & _LLAMA_USER_DEFINED and (t := text_of(i)).strip()}, key=len
+    )
     matched = re.compile("|".join(re.escape(t) for t in reversed(user_defined))) if user_defined else None
 
     def render(messages: Messages, generation_prompt: bool) -> str:
