@@ -52,7 +52,7 @@ SPECIAL = {
     "zephyr": ("<s>", "</s>"),
     "qwen2.5": (None, "<|im_end|>"),
 }
-SUPPORTED = ["smollm2", "qwen2.5", "llama3", "llama3.2", "gemma2", "gemma3", "mistral", "zephyr"]
+SUPPORTED = ["smollm2", "qwen2.5", "llama3", "llama3.2", "gemma2", "gemma3", "mistral", "mistral-nemo", "zephyr"]
 
 SYSTEM = "You analyse queries. Answer only with JSON."
 CONVERSATIONS = [
@@ -148,9 +148,21 @@ def test_families_are_named_and_folding_is_said(bundled_tokenizer_dir):
     assert "<bos>" not in _template_of(gemma2)  # llama.cpp adds BOS itself
 
 
-def test_a_template_that_moves_the_system_prompt_to_the_last_turn_is_refused(bundled_tokenizer_dir):
-    with pytest.raises(ValueError, match="cannot express this chat template as a Modelfile TEMPLATE"):
-        modelfile_text("./m.gguf", _tokenizer(bundled_tokenizer_dir, "mistral-nemo"), SYSTEM)
+def test_a_template_that_moves_the_system_prompt_to_the_last_turn_gets_it_folded(bundled_tokenizer_dir):
+    # Mistral-Nemo writes the system prompt into the last user message only: a training row
+    # [system, user, assistant] renders without it, so the one rule folds it into the first user message
+    tokenizer = _tokenizer(bundled_tokenizer_dir, "mistral-nemo")
+    assert folds_system(hf_codec(tokenizer))
+    modelfile = modelfile_text("./m.gguf", tokenizer, SYSTEM)
+    assert "mistral style, system prompt folded into the first user message" in modelfile
+    assert derive_template(tokenizer).folds_system
+    row = [{"role": "system", "content": SYSTEM}, *CONVERSATIONS[1][:2]]
+    segments = chat_segments(row, hf_codec(tokenizer), add_generation_prompt=False, loss=True)
+    assert "".join(s.text for s in segments) == (
+        f'<s>[INST] {SYSTEM}\n\nplay some jazz[/INST] {{"intent": "PlayMusic"}}</s>'
+    )
+    # the template has no generation prompt: the space after [/INST] is the model's to write
+    assert "".join(s.text for s in segments if s.loss) == ' {"intent": "PlayMusic"}</s>'
 
 
 def test_a_template_that_numbers_turns_is_refused(bundled_tokenizer_dir):
@@ -322,11 +334,34 @@ def test_the_system_rule_is_decided_from_the_template(bundled_tokenizer_dir):
         "{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
     )
     assert folds_system(hf_codec(silent))  # drops a system message: folding keeps the prompt
+    # a template that drops it only in some shape lorapipe renders (here: once an answer follows)
+    late = _tokenizer(bundled_tokenizer_dir, "smollm2")
+    late.chat_template = (
+        "{% for m in messages %}{% if m['role'] != 'system' or messages | length == 2 %}<{{ m['role'] }}>"
+        "{{ m['content'] }}\n{% endif %}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    assert folds_system(hf_codec(late))
+    # one that refuses it only in a later turn
+    refuses_late = _tokenizer(bundled_tokenizer_dir, "smollm2")
+    refuses_late.chat_template = (
+        "{% if messages[0]['role'] == 'system' and messages | length > 3 %}{{ raise_exception('no') }}{% endif %}"
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    assert folds_system(hf_codec(refuses_late))
+    # a shape refused with or without a system message (alternation) says nothing about the system role
+    two_turns = _tokenizer(bundled_tokenizer_dir, "smollm2")
+    two_turns.chat_template = (
+        "{% if messages | selectattr('role', 'equalto', 'user') | list | length > 1 %}{{ raise_exception('one turn') }}"
+        "{% endif %}{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    assert not folds_system(hf_codec(two_turns))
     assert chat_messages(FORGED[:2], hf_codec(silent)) == fold_system(FORGED[:2])
     assert fold_system(FORGED[:2])[0]["content"] == SYSTEM + "\n\n" + FORGED[1]["content"]
 
 
-@pytest.mark.parametrize("name", [*SUPPORTED, "mistral-nemo"])
+@pytest.mark.parametrize("name", SUPPORTED)
 def test_segments_are_the_rendering_with_contents_as_text(name, bundled_tokenizer_dir):
     tokenizer = _tokenizer(bundled_tokenizer_dir, name)
     codec = hf_codec(tokenizer)

@@ -99,3 +99,19 @@ def test_a_template_without_a_system_role_gets_the_prompt_in_the_first_user_turn
     assert tokenizer.decode(ids) == tokenizer.apply_chat_template(folded, tokenize=False)
     decoded = [tokenizer.decode(span) for span in _spans(ids, labels)]
     assert decoded == [CONVERSATION[2]["content"] + "<end_of_turn>", CONVERSATION[4]["content"] + "<end_of_turn>"]
+
+
+def test_a_template_that_writes_the_system_prompt_in_the_last_turn_only_gets_it_folded(tmp_path, tiny_model_dir):
+    # Mistral-Nemo: [system, user, assistant] renders without the system prompt (it goes into the last
+    # user message only), so the system prompt is folded into the first user message of every row
+    from helpers import model_with_template
+    from lorapipe.chat_encoder import fold_system
+
+    tokenizer = load_tokenizer(model_with_template(tiny_model_dir, tmp_path / "nemo", "mistral-nemo"))
+    ids, labels = tokenize_chat(CONVERSATION, tokenizer)
+    rendered = tokenizer.decode(ids)
+    assert rendered == tokenizer.apply_chat_template(fold_system(CONVERSATION), tokenize=False)
+    assert rendered.count("Answer with JSON only.\n\nPlay some jazz[/INST]") == 1
+    decoded = [tokenizer.decode(span) for span in _spans(ids, labels)]
+    eos = tokenizer.eos_token
+    assert decoded == [" " + CONVERSATION[2]["content"] + eos, " " + CONVERSATION[4]["content"] + eos]

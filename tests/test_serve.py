@@ -159,7 +159,8 @@ def test_openai_compatible_chat_completions_with_and_without_streaming(server):
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)
-    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks).strip() == answer
+    # the same answer, streamed or not: both without leading and trailing whitespace (serve._stripped)
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == answer
     assert chunks[-1]["choices"][0]["finish_reason"] == reply["choices"][0]["finish_reason"] == "length"
 
 
@@ -267,6 +268,14 @@ def test_response_format_json_schema_and_json_object_decode_under_a_grammar(clie
     assert content.startswith("{")  # an object, complete when it stopped by itself
     if anything.choices[0].finish_reason == "stop":
         assert isinstance(json.loads(content), dict)
+    # json_schema without a schema (optional in OpenAI's API): any JSON object, as json_object
+    schemaless = client.chat.completions.create(
+        model="tiny",
+        messages=SAY_HI,
+        max_tokens=30,
+        response_format={"type": "json_schema", "json_schema": {"name": "anything"}},
+    )
+    assert schemaless.choices[0].message.content == content
     plain = client.chat.completions.create(
         model="tiny", messages=SAY_HI, max_tokens=5, response_format={"type": "text"}
     )
@@ -784,3 +793,24 @@ def test_max_tokens_defaults_to_what_the_context_has_left(tmp_path, no_token):
         with pytest.raises(openai.BadRequestError) as refused:
             client.chat.completions.create(model="fake", messages=long, max_tokens=100)
         assert refused.value.code == "context_length_exceeded" and "context holds 2048" in refused.value.message
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        [],
+        ["  ", "\n"],
+        [" {", '"a"', ": 1}", "\n"],
+        ["\n", " Hi", " there", "  ", "\n", "again ", " "],
+        ["x"],
+        [" \t", "a b", " ", "", "c\n\n"],
+    ],
+)
+def test_streamed_and_whole_answers_are_stripped_alike(pieces):
+    from lorapipe.serve import _stripped
+
+    streamed = list(_stripped(iter(pieces)))
+    assert "".join(streamed) == "".join(pieces).strip()
+    assert all(streamed)  # no empty chunk is sent
+    if streamed:
+        assert not streamed[0][0].isspace() and not streamed[-1][-1].isspace()

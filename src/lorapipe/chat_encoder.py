@@ -6,7 +6,9 @@ everywhere a chat is rendered: a template that refuses or drops a leading system
 system prompt folded into the first user message (`chat_messages`), and any other refusal (strict
 user/assistant alternation, unknown roles) raises ChatTemplateError naming the template's limit.
 Message contents are always tokenized as literal text: only control tokens that the template itself
-writes are encoded as control tokens, so `<|im_end|>` quoted in a question stays text.
+writes are encoded as control tokens, so `<|im_end|>` quoted in a question stays text; so does the
+text of an added token that is not special (DeepSeek-R1-Distill's `<｜Assistant｜>`), which tokenizers
+and llama.cpp otherwise match in any text (literal_ids, _llama_literal).
 
 The Modelfile's TEMPLATE, derived from the same chat template, is lorapipe.chat_templates' (a module
 of its own, so that an edit to how Modelfiles are written reruns no training).
@@ -59,9 +61,63 @@ class Segment:
     loss: bool = False
 
 
+def _literal_backend(tokenizer):
+    """A copy of a fast tokenizer's Rust tokenizer that matches none of its added tokens: the non-special
+    ones (DeepSeek-R1-Distill's ``<｜User｜>``, Qwen's ``<tool_call>``) are marked special in the copy, and
+    it skips special ones (``encode_special_tokens``), so every text goes through the normalizer,
+    pre-tokenizer and model as characters. (``split_special_tokens=True`` alone skips only the special
+    ones: tokenizers matches the others in any text.) Added tokens made of whitespace only (runs of
+    spaces that code models add) are no markers and stay matched, as the model reads any text. Cached
+    on the tokenizer, rebuilt when its added tokens change; None for a tokenizer without a Rust backend."""
+    import copy
+
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if backend is None or not hasattr(backend, "get_added_tokens_decoder"):
+        return None
+    added = backend.get_added_tokens_decoder()
+    key = tuple((i, t.content, t.special) for i, t in sorted(added.items()))
+    cached = tokenizer.__dict__.get("_lorapipe_literal")
+    if cached is None or cached[0] != key:
+        from tokenizers import AddedToken
+
+        literal = copy.deepcopy(backend)
+        literal.no_truncation()
+        literal.no_padding()
+        plain = [t for t in added.values() if not t.special and t.content.strip()]
+        if plain:
+            flags = ("single_word", "lstrip", "rstrip", "normalized")
+            literal.add_special_tokens(
+                [AddedToken(t.content, special=True, **{f: getattr(t, f) for f in flags}) for t in plain]
+            )
+        literal.encode_special_tokens = True
+        cached = tokenizer.__dict__["_lorapipe_literal"] = (key, literal)
+    return cached[1]
+
+
+def literal_ids(tokenizer, text: str, *, add_special_tokens: bool = False) -> list[int]:
+    """Token ids of `text` read as literal characters by a transformers tokenizer: no added token, special
+    (``<|im_end|>``) or not (``<｜Assistant｜>``, an added token with ``special: false``), is matched in
+    it. With `add_special_tokens`, the BOS/EOS the tokenizer adds around a text (by id)."""
+    literal = _literal_backend(tokenizer)
+    if literal is None:  # a Python tokenizer: split_special_tokens skips every added token
+        return tokenizer(text, add_special_tokens=add_special_tokens, split_special_tokens=True)["input_ids"]
+    return literal.encode(text, add_special_tokens=add_special_tokens).ids
+
+
+def literal_offsets(tokenizer, text: str) -> list[tuple[int, int]]:
+    """(start, end) character offsets of literal_ids(tokenizer, text) (no BOS/EOS), for a fast tokenizer;
+    raises NotImplementedError, as transformers does, for a tokenizer without a Rust backend."""
+    literal = _literal_backend(tokenizer)
+    if literal is None:
+        raise NotImplementedError("character offsets need a fast (Rust) tokenizer")
+    return literal.encode(text, add_special_tokens=False).offsets
+
+
 def hf_codec(tokenizer, name: str = "the tokenizer's chat template") -> ChatCodec:
     """The ChatCodec of a transformers tokenizer (its `chat_template` rendered by apply_chat_template;
-    contents encoded with ``split_special_tokens=True``). Raises ChatTemplateError when it has none."""
+    contents encoded by literal_ids, matching no added token). Its control tokens are every added
+    token, special or not (a template's markers may be added tokens with ``special: false``), and the
+    special tokens in the vocabulary. Raises ChatTemplateError when it has no chat template."""
     if not getattr(tokenizer, "chat_template", None):
         raise ChatTemplateError(
             "the tokenizer has no chat template, so conversations cannot be rendered: use a chat (instruct) "
@@ -74,9 +130,11 @@ def hf_codec(tokenizer, name: str = "the tokenizer's chat template") -> ChatCode
     def encode(text: str, control: bool) -> list[int]:
         if not text:
             return []
-        return tokenizer(text, add_special_tokens=False, split_special_tokens=not control)["input_ids"]
+        if not control:
+            return literal_ids(tokenizer, text)
+        return tokenizer(text, add_special_tokens=False, split_special_tokens=False)["input_ids"]
 
-    special = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+    special = {t.content for t in tokenizer.added_tokens_decoder.values() if t.content}
     for token in tokenizer.all_special_tokens:  # those in the vocabulary: a token text without an id is text
         found = tokenizer.convert_tokens_to_ids(token)
         if token and found is not None and (found != tokenizer.unk_token_id or token == tokenizer.unk_token):
@@ -85,11 +143,37 @@ def hf_codec(tokenizer, name: str = "the tokenizer's chat template") -> ChatCode
     return ChatCodec(render, encode, tuple(sorted(special)), key, name)
 
 
+_LLAMA_CONTROL, _LLAMA_USER_DEFINED = 1 << 3, 1 << 4  # llama.cpp's LLAMA_TOKEN_ATTR_CONTROL, _USER_DEFINED
+
+
+def _llama_literal(tokenize: Callable[[str], list[int]], text: str, matched: re.Pattern | None) -> list[int]:
+    """Token ids of `text` as characters under llama.cpp, whose tokenizer matches user-defined tokens
+    (a GGUF's non-special added tokens) even with ``special=False``: the text is cut where such a
+    token's text occurs, and each occurrence is tokenized in two parts (at the cut that gives the
+    fewest tokens), so that no part holds the whole token text."""
+    if matched is None or not text:
+        return tokenize(text) if text else []
+    ids, pos = [], 0
+    for found in matched.finditer(text):
+        ids += tokenize(text[pos : found.start()]) if found.start() > pos else []
+        word = found.group()
+        cuts = [
+            _llama_literal(tokenize, word[:k], matched) + _llama_literal(tokenize, word[k:], matched)
+            for k in range(1, len(word))
+        ]
+        ids += min(cuts, key=len) if cuts else tokenize(word)
+        pos = found.end()
+    return ids + (tokenize(text[pos:]) if pos < len(text) else [])
+
+
 def llama_codec(llm, name: str = "the GGUF's chat template") -> ChatCodec:
     """The ChatCodec of a loaded ``llama_cpp.Llama``: the Jinja template stored in its GGUF
     (``tokenizer.chat_template``), rendered in transformers' Jinja environment with the model's BOS
-    and EOS texts, and ``llm.tokenize`` (``special=control``, no BOS added: the template writes it
-    where the model wants one). Raises ChatTemplateError when the GGUF has no chat template."""
+    and EOS texts, and ``llm.tokenize`` (no BOS added: the template writes it where the model wants
+    one). Control tokens are the vocabulary's control and user-defined tokens (non-special added
+    tokens, which llama.cpp matches in any text); contents are encoded with ``special=False`` and
+    user-defined token texts cut apart (_llama_literal), so no content becomes one of them. Raises
+    ChatTemplateError when the GGUF has no chat template."""
     from transformers.utils.chat_template_utils import render_jinja_template
 
     template = llm.metadata.get("tokenizer.chat_template")
@@ -98,8 +182,12 @@ def llama_codec(llm, name: str = "the GGUF's chat template") -> ChatCodec:
     model = llm._model
     text_of = model.token_get_text
     special = {"bos_token": text_of(model.token_bos()), "eos_token": text_of(model.token_eos())}
-    control = 1 << 3  # llama.cpp's LLAMA_TOKEN_ATTR_CONTROL
-    controls = tuple(sorted({text_of(i) for i in range(model.n_vocab()) if model.token_get_attr(i) & control}))
+    kinds = {i: model.token_get_attr(i) for i in range(model.n_vocab())}
+    controls = tuple(sorted({text_of(i) for i, a in kinds.items() if a & (_LLAMA_CONTROL | _LLAMA_USER_DEFINED)}))
+    user_defined = sorted(
+        {t for i, a in kinds.items() if a & _LLAMA_USER_DEFINED and (t := text_of(i)).strip()}, key=len
+    )
+    matched = re.compile("|".join(re.escape(t) for t in reversed(user_defined))) if user_defined else None
 
     def render(messages: Messages, generation_prompt: bool) -> str:
         rendered, _ = render_jinja_template(
@@ -107,8 +195,13 @@ def llama_codec(llm, name: str = "the GGUF's chat template") -> ChatCodec:
         )
         return rendered[0]
 
+    def tokenize(text: str, control: bool = False) -> list[int]:
+        return llm.tokenize(text.encode("utf-8"), add_bos=False, special=control)
+
     def encode(text: str, control: bool) -> list[int]:
-        return llm.tokenize(text.encode("utf-8"), add_bos=False, special=control) if text else []
+        if not text:
+            return []
+        return tokenize(text, True) if control else _llama_literal(tokenize, text, matched)
 
     return ChatCodec(render, encode, controls, template + "\0" + repr(sorted(special.items())), name)
 
@@ -140,18 +233,44 @@ def _render(codec: ChatCodec, messages: Messages, generation_prompt: bool) -> st
 
 _SYSTEM_FOLDS: dict[str, bool] = {}  # ChatCodec.key → whether its template refuses or drops a system message
 
+# The conversation shapes lorapipe renders (role sequence, add_generation_prompt): a prompt for a
+# first or a later answer, and a training row of one or two turns rendered whole or turn by turn.
+_PROBE_SHAPES = (
+    (("user",), True),
+    (("user",), False),
+    (("user", "assistant"), False),
+    (("user", "assistant", "user"), True),
+    (("user", "assistant", "user", "assistant"), False),
+)
+
+
+def _probe(roles: tuple[str, ...], system: bool) -> Messages:
+    messages = [{"role": role, "content": _placeholder(i + 1)} for i, role in enumerate(roles)]
+    return [{"role": "system", "content": _placeholder(0)}, *messages] if system else messages
+
 
 def folds_system(codec: ChatCodec) -> bool:
-    """Whether `codec`'s template has no system role: it raises on a leading system message, or writes
-    none of its content. Decided once per template (a probe conversation) and cached. Raises
-    ChatTemplateError when the template cannot render even one user message."""
+    """Whether `codec`'s template has no system role: in any conversation shape lorapipe renders (a
+    prompt after one or more turns, a training row of one or more turns, _PROBE_SHAPES) it raises on a
+    leading system message, or writes none of its content (Mistral-Nemo writes it into the last user
+    message only, so a whole training row renders without it), while the same shape without a system
+    message renders. A shape the template refuses even without a system message says nothing about
+    the system role. Decided once per template and cached. Raises ChatTemplateError when the template
+    cannot render even one user message."""
     if codec.key not in _SYSTEM_FOLDS:
-        probe = [{"role": "system", "content": _placeholder(0)}, {"role": "user", "content": _placeholder(1)}]
-        try:
-            folds = _placeholder(0) not in codec.render(probe, True)
-        except Exception:  # noqa: BLE001 - a template may refuse a system message (Gemma 2 raises)
-            _render(codec, probe[1:], True)  # a template that refuses a lone user message is not about roles
-            folds = True
+        _render(codec, _probe(("user",), False), True)  # a template that refuses a lone user message is not about roles
+        folds = False
+        for roles, generation_prompt in _PROBE_SHAPES:
+            try:
+                folds = _placeholder(0) not in codec.render(_probe(roles, True), generation_prompt)
+            except Exception:  # noqa: BLE001 - a template may refuse a system message (Gemma 2 raises)
+                try:
+                    codec.render(_probe(roles, False), generation_prompt)
+                    folds = True
+                except Exception:  # noqa: BLE001, S112 - a shape the template refuses anyway (e.g. alternation)
+                    continue
+            if folds:
+                break
         _SYSTEM_FOLDS[codec.key] = folds
     return _SYSTEM_FOLDS[codec.key]
 

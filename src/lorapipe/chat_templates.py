@@ -9,9 +9,11 @@ around each message, so no table of models or styles is needed.
 
 The derivation is checked before it is used: a longer probe conversation rendered from the pieces
 must equal the tokenizer's own rendering. A template whose text depends on more than the previous
-and the next message (turn numbers, the system prompt moved to the last turn) fails that check and
-raises, instead of writing a wrong Modelfile. Templates that reject a system message (Gemma 2) get
-the system prompt folded into the first user message, as their model cards advise.
+and the next message (turn numbers) fails that check and raises, instead of writing a wrong
+Modelfile. Templates that reject or drop a system message in any conversation shape lorapipe renders
+(Gemma 2 rejects it; Mistral-Nemo writes it into the last user message only, so a finished
+conversation has none) get the system prompt folded into the first user message, as every stage
+does (lorapipe.chat_encoder.folds_system).
 
 Stops are the end-of-turn markers: the special tokens written between an answer and the next user
 message, plus the tokenizer's end-of-sequence token. Every string written into the Modelfile is

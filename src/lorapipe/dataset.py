@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lorapipe import faults, paths
-from lorapipe.chat_encoder import ChatTemplateError, folds_system, hf_codec
+from lorapipe.chat_encoder import ChatTemplateError, folds_system, hf_codec, literal_offsets
 from lorapipe.chat_templates import ModelfileError, modelfile_line
 from lorapipe.io import atomic_outputs, read_jsonl, write_json, write_jsonl
 from lorapipe.labeled import is_json_schema, load_labeled
@@ -61,8 +61,7 @@ def _special_count(tokenizer) -> int:
 def chunk_text(text: str, tokenizer, max_seq_len: int, overlap_tokens: int) -> list[str]:
     """Cut `text` into pieces of at most `max_seq_len` tokens (the BOS/EOS the tokenizer adds included),
     counted as the text's literal characters (rows.text_ids): special-token-looking text is text."""
-    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=True)
-    offsets = encoding["offset_mapping"]
+    offsets = literal_offsets(tokenizer, text)
     # 2 tokens of slack: a piece re-tokenized on its own can merge differently at its edges.
     window = max(1, max_seq_len - _special_count(tokenizer) - 2)
     chunks, start = [], 0

@@ -11,16 +11,17 @@ the BOS/EOS separators lorapipe adds are control tokens.
 
 from __future__ import annotations
 
-from lorapipe.chat_encoder import chat_segments, hf_codec
+from lorapipe.chat_encoder import chat_segments, hf_codec, literal_ids
 
 IGNORE = -100  # label of a token that carries no loss
 
 
 def text_ids(tokenizer, text: str, *, add_special_tokens: bool = True) -> list[int]:
-    """Token ids of document text read as literal characters: text that looks like a special token
-    (``<|im_end|>`` quoted in a document) stays text. With `add_special_tokens`, the BOS/EOS the
-    tokenizer adds around a text (by id, never from the text)."""
-    return tokenizer(text, add_special_tokens=add_special_tokens, split_special_tokens=True)["input_ids"]
+    """Token ids of document text read as literal characters (chat_encoder.literal_ids): text that looks
+    like a special token (``<|im_end|>`` quoted in a document) or a non-special added token
+    (``<｜Assistant｜>``) stays text. With `add_special_tokens`, the BOS/EOS the tokenizer adds around
+    a text (by id, never from the text)."""
+    return literal_ids(tokenizer, text, add_special_tokens=add_special_tokens)
 
 
 def tokenize_chat(messages: list[dict], tokenizer) -> tuple[list[int], list[int]]:

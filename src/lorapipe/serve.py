@@ -15,7 +15,8 @@ field of the wrong type or out of range 422 naming the field):
   with server-sent events; ``usage`` counts the prompt's and the answer's real tokens (in a last
   chunk when ``stream_options.include_usage``), ``finish_reason`` is "length" when max_tokens cut the
   answer and "stop" otherwise; ``response_format`` json_object / json_schema decode under a llama.cpp
-  grammar. Without a system message, the first task's prompt is added. Under /v1 every error has
+  grammar (json_schema without a ``schema``, which OpenAI makes optional: any JSON object). Without
+  a system message, the first task's prompt is added. Under /v1 every error has
   OpenAI's body ``{"error": {"message", "type", "param", "code"}}``, an invalid request is 400 naming
   the parameter, so OpenAI clients raise it (``openai.BadRequestError``).
 - ``POST /train`` (TrainRequest): ``{"params": {"lora.rank": 8, ...}}`` runs ``dvc repro`` in a
@@ -25,6 +26,10 @@ field of the wrong type or out of range 422 naming the field):
 Prompts go through lorapipe's one chat encoder (``chat_encoder.encode_chat``) on both engines:
 message contents are literal text, and a template without a system role gets the system prompt folded
 into the first user message.
+
+Answers, of /query and of /v1/chat/completions streamed or not, are the generated text without its
+leading and trailing whitespace (``_stripped``: a stream holds whitespace back until text follows
+it), so a streamed answer joins to exactly the non-streamed one.
 
 Generation runs in FastAPI's threadpool, never on the event loop, so /status answers while an answer
 is generated; each loaded model has one lock, so one llama.cpp context never runs two requests at once.
@@ -45,7 +50,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -354,7 +359,9 @@ class JSONSchemaFormat(_Body):
 
     name: str
     description: str | None = None
-    json_schema: dict[str, Any] = Field(alias="schema", description="the JSON Schema the answer must follow")
+    json_schema: dict[str, Any] | None = Field(
+        None, alias="schema", description="the JSON Schema the answer must follow; none: any JSON object"
+    )
     strict: bool | None = Field(None, description="the answer always follows the schema, strict or not")
 
 
@@ -394,7 +401,9 @@ REFUSED: dict[str, tuple[Callable[[Any], bool], str]] = {
 class ChatRequest(_Body):
     """OpenAI's chat completion request. Honoured: messages, max_tokens (or max_completion_tokens),
     temperature, top_p, seed, stop, presence/frequency_penalty (llama.cpp engine), stream and
-    stream_options.include_usage, response_format (llama.cpp engine), n = 1. Accepted and not used,
+    stream_options.include_usage, response_format (llama.cpp engine; json_schema without a schema is
+    any JSON object, as json_object), n = 1. Answers are stripped of leading and trailing whitespace,
+    streamed or not. Accepted and not used,
     since they do not change the answer: model (the server has one), user, safety_identifier,
     metadata, store, service_tier, prediction, prompt_cache_*, parallel_tool_calls. REFUSED lists the
     rest; any other field is refused as unknown (400 naming it)."""
@@ -750,8 +759,9 @@ class AppState:
 
     def grammar(self, constrained: bool, response_format: ResponseFormat | None = None):
         """The llama.cpp grammar a request asks for, else None: the server's ``--json-schema`` for
-        ``constrained``; any JSON object for ``response_format`` json_object; the request's own schema
-        for json_schema. Raises APIError (422) naming the parameter when the engine cannot constrain
+        ``constrained``; any JSON object for ``response_format`` json_object and for json_schema
+        without a ``schema`` (optional in OpenAI's API); the request's own schema for json_schema.
+        Raises APIError (422) naming the parameter when the engine cannot constrain
         decoding (transformers) or no grammar can be built."""
         kind = response_format.type if response_format else "text"
         if not constrained and kind == "text":
@@ -767,7 +777,7 @@ class AppState:
         from llama_cpp import LlamaGrammar
         from llama_cpp.llama_grammar import JSON_GBNF
 
-        if kind == "json_object":
+        if not constrained and (kind == "json_object" or response_format.json_schema.json_schema is None):
             return LlamaGrammar.from_string(JSON_GBNF, verbose=False)  # its root is an object
         if constrained and self.schema is None:
             raise APIError(
@@ -867,7 +877,7 @@ def query(body: QueryRequest, state: State) -> dict[str, Any]:
         prompt = _encode(model, messages)
         done = Generation(len(prompt))
         sampling = Sampling(_room(model, prompt, body.max_tokens, body.max_tokens), grammar=rules)
-        answer = "".join(model.generate(prompt, sampling, done)).strip()
+        answer = "".join(_stripped(model.generate(prompt, sampling, done)))
     return {
         "answer": answer,
         "model": model.path.name,
@@ -898,6 +908,25 @@ def model(model_id: str, state: State) -> dict[str, Any]:
     return _model_card(loaded)
 
 
+def _stripped(pieces: Iterable[str]) -> Iterator[str]:
+    """The pieces of an answer without its leading and trailing whitespace: joined, exactly
+    ``"".join(pieces).strip()``, the same for a streamed and a whole answer. Leading whitespace is
+    dropped; whitespace after text is held back until more text follows it, so a stream never sends
+    what the end strips. No piece is empty."""
+    started, pending = False, ""
+    for piece in pieces:
+        if not started:
+            piece = piece.lstrip()
+            started = bool(piece)
+        text = piece.rstrip()
+        if text:
+            yield pending + text
+            pending = piece[len(text) :]
+        else:
+            pending += piece
+    # what is still pending is trailing whitespace: dropped
+
+
 def _chunk(head: dict[str, Any], delta: dict, finish: str | None = None) -> str:
     choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
     return "data: " + json.dumps({**head, "object": "chat.completion.chunk", "choices": [choice]}) + "\n\n"
@@ -913,7 +942,7 @@ def _events(
         with loaded.session() as model:
             done = Generation(len(prompt))
             yield _chunk(head, {"role": "assistant", "content": ""})
-            for piece in model.generate(prompt, sampling, done):
+            for piece in _stripped(model.generate(prompt, sampling, done)):
                 yield _chunk(head, {"content": piece})
             yield _chunk(head, {}, done.finish_reason)
             if include_usage:
@@ -967,7 +996,7 @@ def chat_completions(body: ChatRequest, state: State):
         return StreamingResponse(events, media_type="text/event-stream")
     with loaded.session() as model:
         done = Generation(len(prompt))
-        answer = "".join(model.generate(prompt, sampling, done)).strip()
+        answer = "".join(_stripped(model.generate(prompt, sampling, done)))
     message = {"role": "assistant", "content": answer}
     choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": done.finish_reason}
     return {**head, "object": "chat.completion", "choices": [choice], "usage": done.usage()}
