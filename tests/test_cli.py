@@ -138,11 +138,11 @@ def test_every_input_flag_reaches_its_stage_function(project, monkeypatch):
 
 
 def _base(flag: str = "--base-dir") -> str:
-    return f"models/base not found: run `dvc repro base` or pass {flag}"
+    return f"models/base not found: run `dvc repro base` (or `lorapipe base`) or pass {flag}"
 
 
 def _dataset(name: str, flag: str = "--dataset-dir") -> str:
-    return f"data/dataset/{name} not found: run `dvc repro dataset` or pass {flag}"
+    return f"data/dataset/{name} not found: run `dvc repro dataset` (or `lorapipe dataset`) or pass {flag}"
 
 
 # (command, the input removed, the exact message): every command that reads an earlier stage's output.
@@ -153,51 +153,79 @@ MISSING = [
     (
         ["dataset"],
         "data/extracted_text",
-        "data/extracted_text not found: run `dvc repro extract` or pass --text-dir",
+        "data/extracted_text not found: run `dvc repro extract` (or `lorapipe extract`) or pass --text-dir",
     ),
     (
         ["dataset"],
         "data/extracted_text/manifest.jsonl",
-        "data/extracted_text/manifest.jsonl not found: run `dvc repro extract` or pass --text-dir",
+        "data/extracted_text/manifest.jsonl not found: run `dvc repro extract` (or `lorapipe extract`) or pass --text-dir",  # noqa: E501
     ),
     (["train"], "models/base", _base()),
-    (["train"], "data/dataset", "data/dataset not found: run `dvc repro dataset` or pass --dataset-dir"),
+    (
+        ["train"],
+        "data/dataset",
+        "data/dataset not found: run `dvc repro dataset` (or `lorapipe dataset`) or pass --dataset-dir",
+    ),  # noqa: E501
     (["train", "--task", "chat"], "data/dataset/stats.json", _dataset("stats.json")),
     (["train"], "data/dataset/val.jsonl", _dataset("val.jsonl")),
     (["merge"], "models/base", _base()),
-    (["merge"], "models/lora_output", "models/lora_output not found: run `dvc repro train` or pass --adapter-dir"),
+    (
+        ["merge"],
+        "models/lora_output",
+        "models/lora_output not found: run `dvc repro train` (or `lorapipe train`) or pass --adapter-dir",
+    ),  # noqa: E501
     (
         ["merge"],
         "models/lora_output/adapter_config.json",
-        "models/lora_output/adapter_config.json not found: run `dvc repro train` or pass --adapter-dir",
+        "models/lora_output/adapter_config.json not found: run `dvc repro train` (or `lorapipe train`) or pass --adapter-dir",  # noqa: E501
     ),
-    (["export"], "models/merged", "models/merged not found: run `dvc repro merge` or pass --merged-dir"),
+    (
+        ["export"],
+        "models/merged",
+        "models/merged not found: run `dvc repro merge` (or `lorapipe merge`) or pass --merged-dir",
+    ),  # noqa: E501
     (["export"], "data/dataset/prompts.json", _dataset("prompts.json")),
-    (["export"], "models/lora_output", "models/lora_output not found: run `dvc repro train` or pass --adapter-dir"),
+    (
+        ["export"],
+        "models/lora_output",
+        "models/lora_output not found: run `dvc repro train` (or `lorapipe train`) or pass --adapter-dir",
+    ),  # noqa: E501
     (
         ["export"],
         "models/base/config.json",
-        "models/base/config.json not found: run `dvc repro base` or pass --base-dir",
+        "models/base/config.json not found: run `dvc repro base` (or `lorapipe base`) or pass --base-dir",
     ),
     (["evaluate_base"], "models/base", _base()),
     (["evaluate_base"], "data/dataset/val.jsonl", _dataset("val.jsonl")),
     (["evaluate_base"], "data/dataset/prompts.json", _dataset("prompts.json")),
     (["evaluate"], "data/dataset/val.jsonl", _dataset("val.jsonl")),
-    (["evaluate"], "models/merged", "models/merged not found: run `dvc repro merge` or pass --merged-dir"),
-    (["evaluate"], "models/gguf", "models/gguf not found: run `dvc repro export` or pass --gguf-dir"),
+    (
+        ["evaluate"],
+        "models/merged",
+        "models/merged not found: run `dvc repro merge` (or `lorapipe merge`) or pass --merged-dir",
+    ),  # noqa: E501
+    (
+        ["evaluate"],
+        "models/gguf",
+        "models/gguf not found: run `dvc repro export` (or `lorapipe export`) or pass --gguf-dir",
+    ),  # noqa: E501
     (
         ["evaluate"],
         "reports/eval_base.json",
-        "reports/eval_base.json not found: run `dvc repro evaluate_base` or pass --reports-dir",
+        "reports/eval_base.json not found: run `dvc repro evaluate_base` (or `lorapipe evaluate_base`) or pass --reports-dir",  # noqa: E501
     ),
-    (["ask", "hi"], "models/gguf", "models/gguf not found: run `dvc repro export` or pass --gguf"),
+    (
+        ["ask", "hi"],
+        "models/gguf",
+        "models/gguf not found: run `dvc repro export` (or `lorapipe export`) or pass --gguf",
+    ),  # noqa: E501
     (["ask", "hi", "--gguf", "x.gguf"], "", "x.gguf not found (--gguf)"),
     (
         ["ask", "hi", "--gguf", "models/gguf/tiny.Q8_0.gguf"],
         "data/dataset/prompts.json",
-        "data/dataset/prompts.json not found: run `dvc repro dataset` or pass --prompts",
+        "data/dataset/prompts.json not found: run `dvc repro dataset` (or `lorapipe dataset`) or pass --prompts",
     ),
-    (["chat"], "models/gguf", "models/gguf not found: run `dvc repro export` or pass --gguf"),
+    (["chat"], "models/gguf", "models/gguf not found: run `dvc repro export` (or `lorapipe export`) or pass --gguf"),
     (["serve", "--gguf", "x.gguf"], "", "x.gguf not found (--gguf)"),
     (["serve", "--transformers", "--merged-dir", "m"], "", "m not found (--merged-dir)"),
     (["plan", "--dataset-dir", "d"], "", "d/stats.json not found (--dataset-dir)"),
@@ -233,3 +261,33 @@ def test_unknown_quant_flag_lists_the_valid_ones(capsys):
     assert main(["export", "--params", str(ROOT / "params.yaml"), "--quant", "Q9_X"]) == 2
     err = capsys.readouterr().err
     assert "unknown quantization ['Q9_X']" in err and "Q4_K_M" in err
+
+
+def test_text_params_are_taken_as_typed_and_others_as_yaml():
+    from argparse import Namespace
+
+    from lorapipe.cli import _overrides
+
+    typed = Namespace(
+        **{
+            "dataset.system_prompt": "Analyse the query. Answer only with JSON: intent and slots.",
+            "dataset.max_seq_len": "256",
+            "dataset.val_fraction": "0.2",
+        }
+    )
+    assert _overrides(typed, "dataset") == {
+        "dataset.system_prompt": "Analyse the query. Answer only with JSON: intent and slots.",  # not a mapping
+        "dataset.max_seq_len": 256,
+        "dataset.val_fraction": 0.2,
+    }
+    assert _overrides(Namespace(**{"dataset.system_prompt": "yes"}), "dataset") == {"dataset.system_prompt": "yes"}
+
+
+def test_outside_a_project_a_command_runs_with_the_defaults_and_says_so(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no params.yaml here
+    assert main(["dataset", "--text-dir", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert "no params.yaml here: using the defaults" in err
+    assert f"{tmp_path / 'nowhere'} not found (--text-dir" in err  # the input is named, not params.yaml
+    assert main(["dataset", "--params", "mine.yaml"]) == 2  # a --params file that is missing is still an error
+    assert "params file not found: mine.yaml" in capsys.readouterr().err

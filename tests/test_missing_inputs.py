@@ -11,7 +11,7 @@ import pytest
 
 from lorapipe import paths
 
-BASE = "models/base not found: run `dvc repro base`"
+BASE = "models/base not found: run `dvc repro base` (or `lorapipe base`)"
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def test_model_loaders_name_the_missing_folder(empty, loader):
     assert str(caught.value) == BASE
     with pytest.raises(FileNotFoundError) as caught:
         load(empty / "models" / "merged")  # absolute, inside the working folder: still the pipeline's path
-    assert str(caught.value) == f"{empty / 'models' / 'merged'} not found: run `dvc repro merge`"
+    assert str(caught.value) == f"{empty / 'models' / 'merged'} not found: run `dvc repro merge` (or `lorapipe merge`)"
     with pytest.raises(FileNotFoundError) as caught:
         load("owner/model")  # a folder argument, even when it reads like a Hub id
     assert str(caught.value) == "owner/model not found"

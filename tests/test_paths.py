@@ -44,20 +44,29 @@ def test_files_that_params_name_live_in_a_folder_of_the_raw_inputs():
 def test_a_missing_pipeline_path_names_the_command_that_writes_it(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cases = {
-        (paths.BASE_MODEL, "--base-dir"): "models/base not found: run `dvc repro base` or pass --base-dir",
-        (paths.EXTRACTED, None): "data/extracted_text not found: run `dvc repro extract`",
+        (
+            paths.BASE_MODEL,
+            "--base-dir",
+        ): "models/base not found: run `dvc repro base` (or `lorapipe base`) or pass --base-dir",  # noqa: E501
+        (paths.EXTRACTED, None): "data/extracted_text not found: run `dvc repro extract` (or `lorapipe extract`)",
         (
             paths.VAL_ROWS,
             "--dataset-dir",
-        ): "data/dataset/val.jsonl not found: run `dvc repro dataset` or pass --dataset-dir",
+        ): "data/dataset/val.jsonl not found: run `dvc repro dataset` (or `lorapipe dataset`) or pass --dataset-dir",
         (
             paths.ADAPTER / "adapter_config.json",
             None,
-        ): "models/lora_output/adapter_config.json not found: run `dvc repro train`",
-        (paths.MERGED, None): "models/merged not found: run `dvc repro merge`",
-        (paths.GGUF, "--gguf"): "models/gguf not found: run `dvc repro export` or pass --gguf",
-        (paths.BASE_ANSWERS, None): "reports/answers_base.json not found: run `dvc repro evaluate_base`",
-        (tmp_path / "models" / "base", None): f"{tmp_path / 'models' / 'base'} not found: run `dvc repro base`",
+        ): "models/lora_output/adapter_config.json not found: run `dvc repro train` (or `lorapipe train`)",
+        (paths.MERGED, None): "models/merged not found: run `dvc repro merge` (or `lorapipe merge`)",
+        (paths.GGUF, "--gguf"): "models/gguf not found: run `dvc repro export` (or `lorapipe export`) or pass --gguf",
+        (
+            paths.BASE_ANSWERS,
+            None,
+        ): "reports/answers_base.json not found: run `dvc repro evaluate_base` (or `lorapipe evaluate_base`)",  # noqa: E501
+        (
+            tmp_path / "models" / "base",
+            None,
+        ): f"{tmp_path / 'models' / 'base'} not found: run `dvc repro base` (or `lorapipe base`)",  # noqa: E501
         (paths.RAW_DOCS, "--input-dir"): "data/raw/docs not found: put your documents there or pass --input-dir",
         (Path("mine"), "--base-dir"): "mine not found (--base-dir)",
         (Path("mine"), None): "mine not found",

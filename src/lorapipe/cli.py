@@ -10,13 +10,16 @@
     lorapipe check                        # validate params.yaml
 
 Each stage command takes exactly the params keys that stage reads (``--<section>.<key>``), the
-same keys `dvc.yaml` lists for it; values are read as YAML (``--export.quants "[Q8_0, F16]"``).
+same keys `dvc.yaml` lists for it; values are read as YAML (``--export.quants "[Q8_0, F16]"``), text params
+as typed (``--dataset.system_prompt "Answer: JSON."``).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import types
+import typing
 from pathlib import Path
 from typing import get_args
 
@@ -31,8 +34,10 @@ from lorapipe.params import (
     Preset,
     choices,
     flag_help,
+    apply_overrides,
     load_params,
     stage_keys,
+    validate_params,
 )
 
 
@@ -271,16 +276,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_text(key: str) -> bool:
+    """Whether the param `key` (``section.name``) takes text only (``str`` or ``str | None``): its flag's
+    value is then the text as typed, not YAML (``--dataset.system_prompt "Answer: JSON"`` stays text)."""
+    section, _, name = key.partition(".")
+    field = Params.model_fields[section].annotation.model_fields[name]
+    union = typing.get_origin(field.annotation) in (typing.Union, types.UnionType)
+    kinds = set(typing.get_args(field.annotation)) if union else {field.annotation}
+    return kinds - {type(None)} == {str}
+
+
 def _overrides(args: argparse.Namespace, stage: str) -> dict:
-    """The ``--section.key`` flags given, each value read as YAML (``--export.quants "[Q8_0, F16]"``)."""
+    """The ``--section.key`` flags given: text params as typed (``null`` or ``~`` is None where None is
+    allowed), every other value read as YAML (``--export.quants "[Q8_0, F16]"``, ``--lora.rank 8``)."""
     out = {}
     for key in stage_keys(stage):
-        if (value := getattr(args, key, None)) is not None:
-            try:
-                out[key] = yaml.safe_load(value)
-            except yaml.YAMLError as exc:
-                raise ParamsError(f"--{key} {value!r} is not a YAML value ({exc.__class__.__name__})") from None
+        if (value := getattr(args, key, None)) is None:
+            continue
+        if _is_text(key) and value not in ("null", "~"):
+            out[key] = value
+            continue
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ParamsError(f"--{key} {value!r} is not a YAML value ({exc.__class__.__name__})") from None
     return out
+
+
+def _load_params(args: argparse.Namespace, overrides: dict | None = None) -> Params:
+    """params.yaml (or ``--params``) with `overrides`. Outside a project (no params.yaml here and no
+    ``--params`` given) the schema's defaults, said once on stderr; a ``--params`` file that is missing
+    raises FileNotFoundError naming it."""
+    if args.params == str(paths.PARAMS) and not paths.PARAMS.exists():
+        print(f"[lorapipe] no {paths.PARAMS} here: using the defaults (pass --params FILE for yours)", file=sys.stderr)
+        return validate_params(apply_overrides({}, overrides or {}), "the defaults")
+    return load_params(args.params, overrides)
 
 
 def _positive(kind: type):
@@ -320,7 +350,7 @@ def _ask(args: argparse.Namespace) -> None:
 def _plan(args: argparse.Namespace) -> int:
     from lorapipe.plan import plan_report
 
-    p = load_params(args.params)
+    p = _load_params(args)
     model = args.model or (str(paths.BASE_MODEL) if (paths.BASE_MODEL / "config.json").is_file() else p.model.name)
     four_bit = (
         args.load_in_4bit if args.load_in_4bit else (None if p.quant.load_in_4bit == "auto" else p.quant.load_in_4bit)
@@ -356,7 +386,7 @@ def _run_stage(args: argparse.Namespace) -> None:
     overrides = _overrides(args, args.command)
     if getattr(args, "quant", None):
         overrides["export.quants"] = args.quant
-    params = load_params(args.params, overrides)
+    params = _load_params(args, overrides)
     folders = _check_inputs(args, args.command)
     faults.enter_stage(args.command)
     _STAGE_RUNNERS[args.command](args, params, folders)

@@ -66,7 +66,7 @@ def missing(path: str | Path, flag: str | None = None, made_by: str | None = Non
     """The error for an input `path` that does not exist, naming it and the fix. For one of the
     pipeline's own paths (``MADE_BY``, relative to the working folder; a file in such a folder too):
     the command that writes it and `flag`, the option that points elsewhere (``models/base not found:
-    run `dvc repro base` or pass --base-dir``). For another path: the flag it came from and, with
+    run `dvc repro base` (or `lorapipe base`) or pass --base-dir``). For another path: the flag it came from and, with
     `made_by`, the stage whose output it must be (``x/manifest.jsonl not found (--text-dir: the extract
     stage's output, `lorapipe extract`)``)."""
     given = Path(path)
@@ -76,7 +76,9 @@ def missing(path: str | Path, flag: str | None = None, made_by: str | None = Non
     if given == RAW_DOCS:  # the user's own input, which no stage writes
         return FileNotFoundError(f"{path} not found: put your documents there" + (f" or pass {flag}" if flag else ""))
     if stage is not None:
-        return FileNotFoundError(f"{path} not found: run `dvc repro {stage}`" + (f" or pass {flag}" if flag else ""))
+        return FileNotFoundError(
+            f"{path} not found: run `dvc repro {stage}` (or `lorapipe {stage}`)" + (f" or pass {flag}" if flag else "")
+        )
     if flag and made_by:
         return FileNotFoundError(f"{path} not found ({flag}: the {made_by} stage's output, `lorapipe {made_by}`)")
     return FileNotFoundError(f"{path} not found" + (f" ({flag})" if flag else ""))
