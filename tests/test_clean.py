@@ -85,6 +85,15 @@ def test_the_documents_own_words_decide():
         # a blank line after a hyphen is a paragraph break: never swallowed
         ("The end of a dash-\n\nnew paragraph here.", "The end of a dash-\n\nnew paragraph here.", 0, 0),
         ("a paragraph-\n \t\n\nnext", "a paragraph-\n\nnext", 0, 0),
+        # ... unless a word split in two continues in lower case after it: a paragraph that a PDF converter
+        # cut between two columns or blocks ("Ef-", blank line, "fects")
+        (
+            "trained only on PubTabNet. Ef-\n\nfects of reducing the layers",
+            "trained only on PubTabNet. Effects of reducing the layers",
+            1,
+            0,
+        ),
+        ("A sentence that ends-\n\nThe next paragraph.", "A sentence that ends-\n\nThe next paragraph.", 0, 0),
         # dashes are not hyphens; a list item is not a broken word
         ("He paused\u2014\nthen spoke.", "He paused\u2014\nthen spoke.", 0, 0),
         ("- item with a trailing word-\n- next item", "- item with a trailing word-\n- next item", 0, 0),

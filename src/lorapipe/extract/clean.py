@@ -23,10 +23,10 @@ from collections import Counter
 
 _PAGE_NUMBER = re.compile(r"^\s*(?:page\s+)?[\divxlc]+(?:\s*(?:/|of)\s*\d+)?\s*$", re.IGNORECASE)
 _HYPHENS = "-\u2010\u2011"  # HYPHEN-MINUS, HYPHEN (U+2010), NON-BREAKING HYPHEN (U+2011: always kept)
-# A word (itself maybe hyphenated: "state-of-the") and a hyphen at a line end, the next word ahead (not
-# consumed, so that it may end in a break itself). Only spaces around the one line break: a blank line
-# is a paragraph break, never swallowed (a word split across pages is joined by `clean_pages`).
-_HYPHEN_BREAK = re.compile(rf"(\w+(?:[{_HYPHENS}]\w+)*)([{_HYPHENS}])[ \t]*\n[ \t]*(?=(\w+))")
+# A word (itself maybe hyphenated: "state-of-the") and a hyphen at a line end, the break (one line
+# break, or a blank line: PDF converters put a paragraph continued in the next column or block after a
+# blank line) and the next word ahead (not consumed, so that it may end in a break itself).
+_HYPHEN_BREAK = re.compile(rf"(\w+(?:[{_HYPHENS}]\w+)*)([{_HYPHENS}])([ \t]*\n[ \t]*(?:\n[ \t]*)?)(?=(\w+))")
 _BROKEN_WORD = re.compile(rf"\w+(?:[{_HYPHENS}]\w+)*[{_HYPHENS}][ \t]*\n[ \t]*\w+")
 _WORD = re.compile(rf"\w+(?:[{_HYPHENS}]\w+)*")
 _SOFT_BREAK = re.compile(r"\u00ad[ \t]*\n[ \t]*(?=\S)")  # a soft hyphen at a line end: a syllable break
@@ -112,29 +112,33 @@ def _in_url(match: re.Match[str]) -> bool:
     ``my-⏎site.example.com``): such a hyphen is a character of the address, always kept."""
     text, start, end = match.string, match.start(), match.end()
     token = re.split(r"\s", text[:start])[-1] + match.group(1)
-    after = text[end + len(match.group(3)) : end + len(match.group(3)) + 2]
+    after = text[end + len(match.group(4)) : end + len(match.group(4)) + 2]
     return bool(_URL_LEFT.search(token)) or bool(re.match(r"[./@]\w", after))
 
 
 def _suspended(match: re.Match[str]) -> bool:
     """Whether ``left-⏎and/or`` is a suspended hyphen, a hyphenated word follows the conjunction
     (``pre-⏎and post-training``): the hyphen stays, the line break becomes a space."""
-    if match.group(3).lower() not in _SUSPENDED:
+    if match.group(4).lower() not in _SUSPENDED:
         return False
-    rest = match.string[match.end() + len(match.group(3)) :]
+    rest = match.string[match.end() + len(match.group(4)) :]
     return bool(re.match(rf"\s+\w+[{_HYPHENS}]\w", rest))
 
 
 def dehyphenate(text: str, counts: Counter[str] | None = None) -> str:
     """`text` with every line-end hyphen resolved (`keeps_hyphen`): the line break dropped, the hyphen
     kept or dropped; a hyphen in a URL, a non-breaking hyphen and a suspended hyphen (``pre-⏎and
-    post-``, the break a space) are kept. A blank line after a hyphen is a paragraph break, left alone.
+    post-``, the break a space) are kept. Across a blank line only a word split in two is joined, and
+    only when the next block starts in lower case (``Ef-⏎⏎fects``: a paragraph a PDF converter cut
+    between columns); otherwise the blank line is a paragraph break, left alone (not counted).
     Adds the numbers to `counts` (``hyphens_joined``, ``hyphens_kept``)."""
     words = vocabulary(text)
     tally: Counter[str] = Counter()
 
     def resolve(match: re.Match[str]) -> str:
-        left, hyphen, right = match.groups()
+        left, hyphen, gap, right = match.groups()
+        if gap.count("\n") > 1 and (not right[0].islower() or hyphen == "\u2011" or keeps_hyphen(left, right, words)):
+            return match.group(0)  # a paragraph break after a hyphen or a dash
         if _suspended(match):
             tally["hyphens_kept"] += 1
             return left + hyphen + " "
