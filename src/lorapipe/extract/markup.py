@@ -389,8 +389,8 @@ class _Docx:
         """One line per row, its non-empty cells joined by `` | ``; rows of a table nested in a
         cell joined by ``; `` (they stay on the line of the outer row)."""
         rows = []
-        for row in _rows(table):
-            line = CELL_SEP.join(text for text in map(self.cell_text, _cells(row)) if text)
+        for row in _parts(table, "tr"):
+            line = CELL_SEP.join(text for text in map(self.cell_text, _parts(row, "tc")) if text)
             if line:
                 rows.append(line)
         return (ROW_SEP if self.cell_depth else "\n").join(rows)
@@ -450,26 +450,16 @@ class _Docx:
         return blocks
 
 
-def _rows(table) -> list:
-    """The rows of `table` (not of tables nested in its cells), also those in content controls."""
-    rows = []
-    for child in table:
-        if child.tag == _W + "tr":
-            rows.append(child)
+def _parts(node, tag: str) -> list:
+    """The children of `node` named `tag` (``w:tr`` of a table, ``w:tc`` of a row), also those wrapped in
+    content controls or custom XML; not those of tables nested deeper."""
+    found = []
+    for child in node:
+        if child.tag == _W + tag:
+            found.append(child)
         elif child.tag in (_W + "sdt", _W + "sdtContent", _W + "customXml"):
-            rows += _rows(child)
-    return rows
-
-
-def _cells(row) -> list:
-    """The cells of one row, also those wrapped in content controls or custom XML."""
-    cells = []
-    for child in row:
-        if child.tag == _W + "tc":
-            cells.append(child)
-        elif child.tag in (_W + "sdt", _W + "sdtContent", _W + "customXml"):
-            cells += _cells(child)
-    return cells
+            found += _parts(child, tag)
+    return found
 
 
 def docx_to_text(path) -> tuple[str, list[str]]:
