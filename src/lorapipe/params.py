@@ -34,7 +34,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 
 from lorapipe import paths
-from lorapipe.textfiles import SAVE_AS_UTF8, TextEncodingError, bom_encoding, read_text
+from lorapipe.textfiles import SAVE_AS_UTF8, TextEncodingError, bom_encoding, decode_text
 
 
 class ParamsError(ValueError):
@@ -564,15 +564,15 @@ def read_yaml(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"params file not found: {path}")
-    with path.open("rb") as file:
-        encoding = bom_encoding(file.read(4))
+    data = path.read_bytes()
+    encoding = bom_encoding(data)
     if encoding in ("utf-16", "utf-32"):
         raise ParamsError(
             f"{path} is saved as {encoding.upper()}, but DVC reads params files as UTF-8 only "
             f"(dvc repro stops with 'is not valid utf-8'); {SAVE_AS_UTF8}"
         )
     try:
-        return yaml.safe_load(read_text(path)) or {}
+        return yaml.safe_load(decode_text(data, path)) or {}
     except TextEncodingError as exc:
         raise ParamsError(str(exc)) from None
     except yaml.YAMLError as exc:
