@@ -63,9 +63,9 @@ def test_a_mark_that_lies_is_refused():
 
 
 def test_documents_decode_by_mark_then_utf8_then_detection():
-    assert decode_document(encode("Résumé of LoRA", "utf-16-le-bom")) == "Résumé of LoRA"
-    assert decode_document("Résumé".encode("utf-8-sig")) == "Résumé"
-    assert decode_document("Tschüß, Grüße an die Größe".encode("cp1252")) == "Tschüß, Grüße an die Größe"
+    assert decode_document(encode("Résumé of LoRA", "utf-16-le-bom"))[0] == "Résumé of LoRA"
+    assert decode_document("Résumé".encode("utf-8-sig"))[0] == "Résumé"
+    assert decode_document("Tschüß, Grüße an die Größe".encode("cp1252"))[0] == "Tschüß, Grüße an die Größe"
     with pytest.raises(ValueError, match="NUL bytes"):
         decode_document(b"\x00\x01\x02binary")
 
@@ -245,15 +245,14 @@ UTF8_BODY = "Überblick: LoRA-Adapter, naïve café résumé — “quotes” �
     ],
 )
 def test_utf8_with_a_few_bad_bytes_is_read_with_them_replaced_and_noted(data, offsets, replaced):
-    from lorapipe.textfiles import decode_document_noted
 
-    text, note = decode_document_noted(data, "notes.txt")
+    text, note = decode_document(data, "notes.txt")
     assert UTF8_BODY in text and text.count("\ufffd") == replaced
     assert note == (
         f"{replaced} byte{'s' if replaced > 1 else ''} not UTF-8 replaced by U+FFFD at byte offset"
         f"{'s' if len(offsets) > 1 else ''} {', '.join(map(str, offsets))} (the rest is UTF-8)"
     )
-    assert decode_document(data) == text
+    assert decode_document(data)[0] == text
 
 
 @pytest.mark.parametrize(
@@ -266,9 +265,8 @@ def test_utf8_with_a_few_bad_bytes_is_read_with_them_replaced_and_noted(data, of
     ],
 )
 def test_latin1_and_windows_1252_documents_are_still_detected_not_replaced(text):
-    from lorapipe.textfiles import decode_document_noted
 
-    assert decode_document_noted(text.encode("cp1252")) == (text, None)
+    assert decode_document(text.encode("cp1252")) == (text, None)
 
 
 def test_binary_data_stays_refused():

@@ -134,7 +134,7 @@ def repair_utf8(data: bytes) -> tuple[str, str] | None:
     return _NOT_UTF8.sub(lambda match: "\ufffd" * len(match.group()), text), note
 
 
-def decode_document_noted(data: bytes, source: str | Path = "<bytes>") -> tuple[str, str | None]:
+def decode_document(data: bytes, source: str | Path = "<bytes>") -> tuple[str, str | None]:
     """A document's bytes as text, and a note on what was replaced (else None): by its byte-order
     mark, else UTF-8, else UTF-8 with a few bad bytes replaced (`repair_utf8`, the note says where),
     else the encoding that charset-normalizer detects (Windows-1252 on a tie). Raises ValueError for
@@ -160,8 +160,3 @@ def decode_document_noted(data: bytes, source: str | Path = "<bytes>") -> tuple[
         if western is not None and western.chaos <= best.chaos and western.coherence >= best.coherence:
             return str(western), None
         return str(best), None
-
-
-def decode_document(data: bytes, source: str | Path = "<bytes>") -> str:
-    """The text of `decode_document_noted`, without its note. Raises ValueError for binary data."""
-    return decode_document_noted(data, source)[0]

@@ -19,7 +19,7 @@ from typing import get_args
 from lorapipe.extract.markup import docx_to_text, html_to_text
 from lorapipe.extract.pdftext import repair_doubled_words, unique_chars, without_overprinted_text
 from lorapipe.params import PdfBackend
-from lorapipe.textfiles import decode_document_noted, repair_utf8
+from lorapipe.textfiles import decode_document, repair_utf8
 
 FORMATS = {
     ".pdf": "pdf",
@@ -50,7 +50,7 @@ class Extracted:
 
 
 def read_plain(path: Path) -> Extracted:
-    text, note = decode_document_noted(path.read_bytes(), path)
+    text, note = decode_document(path.read_bytes(), path)
     return Extracted([text], "plain", note=note)
 
 
@@ -113,7 +113,7 @@ def read_json_report(path: Path) -> Extracted:
     `improved` may be a string or nested lists and objects of strings (all of them are read); a
     section without one is named in the note. Raises ValueError for JSON of another shape."""
     try:
-        text, decoded = decode_document_noted(path.read_bytes(), path)
+        text, decoded = decode_document(path.read_bytes(), path)
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
