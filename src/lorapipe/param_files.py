@@ -24,7 +24,8 @@ _PROMPT_SUFFIXES = (".txt", ".md", ".prompt", ".jinja")
 
 # The keys of each stage that may name a file ("prompt": a text or a file path).
 STAGE_FILE_KEYS: dict[str, tuple[str, ...]] = {
-    "dataset": ("dataset.system_prompt", "dataset.tasks[].system_prompt"),
+    "synth": ("synth.prompt",),
+    "dataset": ("dataset.system_prompt", "dataset.tasks[].system_prompt", "synth.system_prompt"),
     "train": ("train.accelerate_config",),
     "evaluate": ("eval.json_schema",),
 }
@@ -66,7 +67,7 @@ def named_files(params: Params, stage: str) -> list[tuple[str, str]]:
             continue
         section, _, name = key.partition(".")
         value = getattr(getattr(params, section), name)
-        if value and (not key.endswith("system_prompt") or looks_like_path(value)):
+        if value and (not key.endswith("prompt") or looks_like_path(value)):
             found.append((key, value))
     return found
 

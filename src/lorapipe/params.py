@@ -229,6 +229,126 @@ class DatasetParams(_Section):
         return self
 
 
+class SynthParams(_Section):
+    questions_per_passage: Int = Field(
+        2,
+        ge=0,
+        le=20,
+        description=(
+            "question–answer pairs the teacher writes per passage (at most); 0: no teacher is asked (the passages "
+            "and the retrieval index are still written)"
+        ),
+    )
+    passage_tokens: Int = Field(
+        256,
+        ge=32,
+        le=MAX_SEQ_LEN,
+        description=(
+            "tokens per passage (the base tokenizer; dataset.chunk_text): what the teacher reads for one "
+            "request, and the unit that retrieval returns"
+        ),
+    )
+    overlap_tokens: Int = Field(
+        32, ge=0, description="tokens shared by consecutive passages of a document; must be < passage_tokens"
+    )
+    teacher: Name = Field(
+        "base",
+        description=(
+            "base: llama.cpp on the base model (the bundled GGUF, or models/base converted once and cached by "
+            "its content); or the path of a GGUF file (not tracked by DVC: its content hash keys the cache). "
+            "Ignored when synth.base_url is set"
+        ),
+    )
+    base_url: Name | None = Field(
+        None,
+        description=(
+            "an OpenAI-compatible endpoint (Ollama http://127.0.0.1:11434/v1, llama.cpp's server, vLLM) that "
+            "writes the pairs with synth.model; null: the local teacher"
+        ),
+    )
+    model: Name | None = Field(None, description="the model name at synth.base_url; required with it")
+    api_key_env: Name | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description=(
+            "the environment variable that holds the endpoint's API key (never printed or written); null: no key"
+        ),
+    )
+    max_new_tokens: Int = Field(
+        160, ge=16, le=8192, description="tokens the teacher may write per passage (all its pairs together)"
+    )
+    temperature: Float = Field(
+        0.0, ge=0, le=2, description="teacher sampling temperature; 0: greedy (with common.seed: byte-identical reruns)"
+    )
+    concurrency: Int = Field(
+        1, ge=1, le=64, description="parallel requests to an endpoint; the local llama.cpp teacher runs one at a time"
+    )
+    timeout_s: Float = Field(120, gt=0, description="seconds one teacher request may take before it is retried")
+    prompt: Name | None = Field(
+        None,
+        description=(
+            "the teacher's instructions, text or a file under data/raw/config/; null: the built-in prompt "
+            "(questions answerable from the passage alone, in its language)"
+        ),
+    )
+    max_question_chars: Int = Field(
+        200, ge=16, le=4096, description="characters; the schema's maxLength for a question, and a filter"
+    )
+    max_answer_chars: Int = Field(
+        300, ge=8, le=8192, description="characters; the schema's maxLength for an answer, and a filter"
+    )
+    min_grounding: Float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description=(
+            "an answer is kept when at least this share of its content words (not stopwords) appears in its "
+            "passage; 0: keep every answer"
+        ),
+    )
+    dedup_threshold: Float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description=(
+            "questions at least this similar (Jaccard of word 3-grams, MinHash, as dataset.dedup_threshold) are "
+            "near duplicates; 1: exact duplicates only"
+        ),
+    )
+    eval_fraction: Float = Field(
+        0.2,
+        ge=0,
+        lt=1,
+        description=(
+            "share of each document's pairs held out as knowledge-evaluation questions (seeded by "
+            "common.seed); never trained"
+        ),
+    )
+    resume: Bool = Field(
+        True, description="reuse pairs cached by earlier runs (by passage, teacher, prompt and params); false: ask again"
+    )
+    task: Name = Field(
+        "qa",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$",
+        description="the dataset task the kept training pairs become (a chat task), and its key in prompts.json",
+    )
+    system_prompt: Name = Field(
+        "Answer the question from what you know about the documents.",
+        description="the system prompt of that task (text, or a file under data/raw/config/), in training and evaluation",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SynthParams":
+        if self.overlap_tokens >= self.passage_tokens:
+            raise ValueError(
+                f"synth.overlap_tokens ({self.overlap_tokens}) must be smaller than synth.passage_tokens "
+                f"({self.passage_tokens})"
+            )
+        if self.base_url and not self.model:
+            raise ValueError("synth.base_url needs synth.model: the name of the model at that endpoint")
+        return self
+
+
 class LoraParams(_Section):
     rank: Int = Field(16, ge=1, le=4096, description="adapter rank; higher: more capacity, more memory")
     alpha: Float = Field(32, gt=0, description="scaling numerator; the update is scaled by alpha / rank")
@@ -455,6 +575,21 @@ class EvalParams(_Section):
             "a JSON Schema file under data/raw/config/ that JSON answers are checked against; null: no schema check"
         ),
     )
+    knowledge_questions: Int = Field(
+        10,
+        ge=0,
+        description=(
+            "at most this many held-out questions per question set (the synth stage's, data/raw/eval_qa.jsonl) "
+            "answered by each system in the knowledge evaluation; 0: none"
+        ),
+    )
+    knowledge_max_new_tokens: Int = Field(32, ge=1, description="tokens per answer in the knowledge evaluation")
+    retrieval_top_k: Int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="passages (BM25 over data/synth/passages.jsonl) put in the prompt of the retrieval systems and of serve --retrieval",
+    )
     constrained: Bool = Field(
         False,
         description=(
@@ -475,6 +610,7 @@ class Params(_Section):
     common: Common = Common()
     model: ModelParams = ModelParams()
     extract: ExtractParams = ExtractParams()
+    synth: SynthParams = SynthParams()
     dataset: DatasetParams = DatasetParams()
     lora: LoraParams = LoraParams()
     train: TrainParams = TrainParams()
@@ -493,11 +629,18 @@ DEFAULTS = Params()  # every default, for library signatures: ``min_length: int 
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "base": ("model",),
     "extract": ("extract",),
-    "dataset": ("common", "dataset"),
+    "synth": ("common.seed", "model.name", "synth"),
+    "dataset": ("common", "dataset", "synth.task", "synth.system_prompt"),
     "train": ("common", "lora", "train", "quant"),
     "merge": ("merge",),
     "export": ("export",),
-    "evaluate_base": ("eval.max_samples", "eval.max_new_tokens"),
+    "evaluate_base": (
+        "eval.max_samples",
+        "eval.max_new_tokens",
+        "eval.knowledge_questions",
+        "eval.knowledge_max_new_tokens",
+        "eval.retrieval_top_k",
+    ),
     "evaluate": ("eval",),
 }
 

@@ -21,6 +21,13 @@ RAW_CONFIG = RAW / "config"  # files that params name: system prompt files, JSON
 EXTRACTED = Path("data/extracted_text")
 MANIFEST_NAME = "manifest.jsonl"
 
+SYNTH = Path("data/synth")  # the synth stage's one out: passages, pairs, stats and the retrieval index
+PASSAGES = SYNTH / "passages.jsonl"
+PAIRS = SYNTH / "pairs.jsonl"
+SYNTH_STATS = SYNTH / "stats.json"
+RETRIEVAL_INDEX = SYNTH / "index"
+EVAL_QA = RAW / "eval_qa.jsonl"  # the user's own knowledge questions
+
 DATASET = Path("data/dataset")
 TRAIN_ROWS = DATASET / "train.jsonl"
 VAL_ROWS = DATASET / "val.jsonl"
@@ -41,6 +48,9 @@ EVAL_BASE = REPORTS / "eval_base.json"
 BASE_ANSWERS = REPORTS / "answers_base.json"  # a JSON object: never an empty file, which DVC warns about
 EVAL = REPORTS / "eval.json"
 SAMPLES = REPORTS / "samples.md"
+KNOWLEDGE_BASE = REPORTS / "knowledge_base.json"  # the base model's knowledge answers, computed once
+KNOWLEDGE = REPORTS / "knowledge.json"
+KNOWLEDGE_MD = REPORTS / "knowledge.md"
 
 PROVENANCE_NAME = "lorapipe_params.yaml"  # the resolved params written beside each model folder
 
@@ -48,6 +58,11 @@ PROVENANCE_NAME = "lorapipe_params.yaml"  # the resolved params written beside e
 # The stage that writes each path a later stage or command reads: "not found" names it.
 MADE_BY = {
     EXTRACTED: "extract",
+    SYNTH: "synth",
+    PASSAGES: "synth",
+    PAIRS: "synth",
+    SYNTH_STATS: "synth",
+    RETRIEVAL_INDEX: "synth",
     DATASET: "dataset",
     TRAIN_ROWS: "dataset",
     VAL_ROWS: "dataset",
@@ -59,6 +74,7 @@ MADE_BY = {
     GGUF: "export",
     EVAL_BASE: "evaluate_base",
     BASE_ANSWERS: "evaluate_base",
+    KNOWLEDGE_BASE: "evaluate_base",
 }
 
 
