@@ -325,7 +325,8 @@ class SynthParams(_Section):
         ),
     )
     resume: Bool = Field(
-        True, description="reuse pairs cached by earlier runs (by passage, teacher, prompt and params); false: ask again"
+        True,
+        description="reuse pairs cached by earlier runs (by passage, teacher, prompt and params); false: ask again",
     )
     task: Name = Field(
         "qa",
@@ -334,7 +335,9 @@ class SynthParams(_Section):
     )
     system_prompt: Name = Field(
         "Answer the question from what you know about the documents.",
-        description="the system prompt of that task (text, or a file under data/raw/config/), in training and evaluation",
+        description=(
+            "the system prompt of that task (text, or a file under data/raw/config/), in training and evaluation"
+        ),
     )
 
     @model_validator(mode="after")
@@ -588,7 +591,10 @@ class EvalParams(_Section):
         2,
         ge=1,
         le=64,
-        description="passages (BM25 over data/synth/passages.jsonl) put in the prompt of the retrieval systems and of serve --retrieval",
+        description=(
+            "passages (BM25 over data/synth/passages.jsonl) put in the prompt of the retrieval systems and of "
+            "serve --retrieval"
+        ),
     )
     constrained: Bool = Field(
         False,
