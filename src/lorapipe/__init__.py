@@ -25,6 +25,7 @@ _API = {
     "extract_documents": "lorapipe.extract",
     "build_dataset": "lorapipe.dataset",
     "chunk_text": "lorapipe.dataset",
+    "synthesize": "lorapipe.synth",
     "train_lora": "lorapipe.train",
     "train_lora_distributed": "lorapipe.distributed",
     "merge_adapter": "lorapipe.merge",

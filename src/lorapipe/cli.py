@@ -90,6 +90,18 @@ _STAGE_FLAGS: dict[str, list[tuple[tuple[str, ...], dict]]] = {
             },
         ),
     ],
+    "synth": [
+        _dir("output_dir", paths.SYNTH, "output folder (default: data/synth)", "--output-dir"),
+        (
+            ("--no-resume",),
+            {
+                "dest": "synth.resume",
+                "action": "store_const",
+                "const": "false",
+                "help": "ignore cached replies and ask the teacher again (synth.resume: false)",
+            },
+        ),
+    ],
     "dataset": [
         _dir(
             "labeled_dir", paths.RAW_LABELED, "labeled JSON/JSONL examples (default: data/raw/labeled)", "--labeled-dir"
@@ -155,6 +167,7 @@ _BASE = (("--base-dir",), "base_dir", paths.BASE_MODEL, ("config.json",))
 _ADAPTER = (("--adapter-dir",), "adapter_dir", paths.ADAPTER, ("adapter_config.json",))
 _MERGED = (("--merged-dir",), "merged_dir", paths.MERGED, ("config.json",))
 _INPUTS: dict[str, list[tuple[tuple[str, ...], str, Path, tuple[str, ...]]]] = {
+    "synth": [(("--text-dir", "--input-dir"), "text_dir", paths.EXTRACTED, (paths.MANIFEST_NAME,)), _BASE],
     "dataset": [(("--text-dir", "--input-dir"), "text_dir", paths.EXTRACTED, (paths.MANIFEST_NAME,)), _BASE],
     "train": [(("--dataset-dir",), "dataset_dir", paths.DATASET, _DATASET_FILES["train"]), _BASE],
     "merge": [_BASE, _ADAPTER],
@@ -411,6 +424,12 @@ def _dataset(args: argparse.Namespace, p: Params, folders: dict[str, Path]) -> N
     run(p, folders["text_dir"], Path(args.labeled_dir), Path(args.output_dir), folders["base_dir"])
 
 
+def _synth(args: argparse.Namespace, p: Params, folders: dict[str, Path]) -> None:
+    from lorapipe.stages.synth import run
+
+    run(p, folders["text_dir"], folders["base_dir"], Path(args.output_dir))
+
+
 def _train(args: argparse.Namespace, p: Params, folders: dict[str, Path]) -> None:
     from lorapipe.stages.train import run
 
@@ -445,6 +464,7 @@ def _evaluate(args: argparse.Namespace, p: Params, folders: dict[str, Path]) -> 
 _STAGE_RUNNERS = {
     "base": _base,
     "extract": _extract,
+    "synth": _synth,
     "dataset": _dataset,
     "train": _train,
     "merge": _merge,

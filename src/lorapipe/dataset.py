@@ -87,7 +87,7 @@ def chunk_text(text: str, tokenizer, max_seq_len: int, overlap_tokens: int) -> l
 
 
 def _minhash(text: str, num_perm: int = 64, shingle: int = 5):
-    """MinHash signature of a text's word 5-grams (deterministic: CRC32 shingles, fixed permutations)."""
+    """MinHash signature of a text's word `shingle`-grams (deterministic: CRC32 shingles, fixed permutations)."""
     import numpy as np
 
     words = text.lower().split()
@@ -99,11 +99,12 @@ def _minhash(text: str, num_perm: int = 64, shingle: int = 5):
     return ((values[None, :] * a[:, None] + b[:, None]) % np.uint64(2**31 - 1)).min(axis=1)
 
 
-def deduplicate(keys: list[str], threshold: float) -> tuple[list[int], int, int]:
+def deduplicate(keys: list[str], threshold: float, shingle: int = 5) -> tuple[list[int], int, int]:
     """Indices of the rows to keep, and the counts of exact and near duplicates dropped.
 
-    Near duplicates: estimated Jaccard similarity of word 5-grams at least `threshold`, found with
-    locality-sensitive hashing (16 bands of 4), so the cost grows with the rows, not their pairs.
+    Near duplicates: estimated Jaccard similarity of word `shingle`-grams (5: document chunks; 3: short
+    texts such as questions) at least `threshold`, found with locality-sensitive hashing (16 bands of
+    4), so the cost grows with the rows, not their pairs.
     """
     keep, exact, near = [], 0, 0
     seen: set[str] = set()
@@ -116,7 +117,7 @@ def deduplicate(keys: list[str], threshold: float) -> tuple[list[int], int, int]
             continue
         seen.add(digest)
         if threshold < 1:
-            signature = _minhash(key)
+            signature = _minhash(key, shingle=shingle)
             bands = [(band, signature[band * 4 : band * 4 + 4].tobytes()) for band in range(16)]
             candidates = {j for band in bands for j in buckets.get(band, [])}
             if any((signatures[j] == signature).mean() >= threshold for j in candidates):
