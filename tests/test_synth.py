@@ -259,6 +259,15 @@ def test_a_changed_passage_and_an_added_document_ask_only_their_passages(docs, b
     assert stats["documents"]["docs/d0.md"]["cached"] == 3
 
 
+def test_the_same_passage_in_two_documents_is_asked_once(tmp_path, bundled_tokenizer_dir):
+    docs = write_docs(tmp_path / "text", {"a/copy.md": document(0), "b/copy.md": document(0)})
+    teacher = FakeTeacher()
+    stats = run(docs, bundled_tokenizer_dir, tmp_path / "out", teacher)
+    assert len(teacher.asked) == 3 and stats["asked"] == 6
+    assert stats["documents"]["a/copy.md"]["kept"] == 6
+    assert stats["documents"]["b/copy.md"]["removed"]["duplicate"] == 6  # the same questions: held once
+
+
 def test_the_seed_counts_only_when_sampling():
     messages = [{"role": "user", "content": "x"}]
     greedy = {"schema": {}, "max_tokens": 8, "temperature": 0.0}

@@ -28,7 +28,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from lorapipe import faults, paths
 from lorapipe.dataset import chunk_text, deduplicate
@@ -170,29 +170,56 @@ class _Cache:
         return entry
 
 
-def _ask(teacher, jobs: list[tuple[int, str, list[dict]]], cache: _Cache, request: dict, bar) -> dict[int, dict]:
-    """Ask the teacher about each job (passage index, cache key, messages), `teacher.concurrency` at
-    a time; each reply is cached as it arrives. Returns the entries by passage index; a request that
-    fails (other than TeacherUnavailable) is reported and left out, to be asked again next run.
-    TeacherUnavailable is raised once the requests in flight have ended, with ``answered`` (how many
-    replies this run cached) set on it."""
+class _Job(NamedTuple):
+    """One request: the passages (indices) that share its messages, its cache key and the messages."""
+
+    indices: list[int]
+    key: str
+    messages: list[dict]
+
+
+class _Progress:
+    """The bar over passages (cached ones counted from the start) with pairs so far; reports failures."""
+
+    def __init__(self, total: int, cached: int):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, initial=cached, desc="[synth]", unit="passage", mininterval=1.0)
+        self.pairs = 0
+
+    def done(self, job: _Job, entry: dict | None, error: Exception | None = None) -> None:
+        if error is not None:
+            self.bar.write(
+                f"[synth] the request about {len(job.indices)} passage(s) (passage {job.indices[0]} first) failed "
+                f"({error}); skipped, asked again next run",
+                file=sys.stderr,
+            )
+        self.pairs += len(entry["pairs"]) * len(job.indices) if entry else 0
+        self.bar.set_postfix_str(f"{self.pairs} pairs", refresh=False)
+        self.bar.update(len(job.indices))
+
+
+def _ask(teacher, jobs: list[_Job], cache: _Cache, request: dict, progress: _Progress) -> dict[int, dict]:
+    """Ask the teacher each job, `teacher.concurrency` at a time; each reply is cached as it arrives.
+    Returns the entries by passage index; a request that fails (other than TeacherUnavailable) is
+    reported and left out, to be asked again next run. TeacherUnavailable is raised once the requests
+    in flight have ended, with ``answered`` (the passages this run answered) set on it."""
     entries: dict[int, dict] = {}
     answered: list[int] = []  # appended by the workers as each reply is cached
-    half = max(1, len(jobs) // 2)
 
-    def one(job: tuple[int, str, list[dict]]) -> dict:
-        entry = cache.put(job[1], teacher.generate(messages=job[2], **request))
-        answered.append(job[0])
+    def one(job: _Job) -> dict:
+        entry = cache.put(job.key, teacher.generate(messages=job.messages, **request))
+        answered.extend(job.indices)
         return entry
 
     try:
         with ThreadPoolExecutor(max(1, min(teacher.concurrency, len(jobs))), thread_name_prefix="synth") as pool:
-            futures = {pool.submit(one, job): job[0] for job in jobs}
+            futures = {pool.submit(one, job): job for job in jobs}
             try:
                 for done, future in enumerate(as_completed(futures), 1):
-                    _collect(future, futures[future], entries, bar)
-                    if done == half:
-                        faults.fault_point("mid")  # half the passages answered (and cached), the others not
+                    _collect(future, futures[future], entries, progress)
+                    if done == max(1, len(jobs) // 2):
+                        faults.fault_point("mid")  # half the requests answered (and cached), the others not
             except BaseException:
                 for future in futures:
                     future.cancel()  # those not started; the pool waits for those in flight
@@ -203,40 +230,38 @@ def _ask(teacher, jobs: list[tuple[int, str, list[dict]]], cache: _Cache, reques
     return entries
 
 
-def _collect(future, index: int, entries: dict[int, dict], bar) -> None:
-    """Take one finished request's entry (a failed one is reported, not taken) and move the bar."""
+def _collect(future, job: _Job, entries: dict[int, dict], progress: _Progress) -> None:
+    """Take one finished request's entry for its passages (a failed one is reported, not taken)."""
     try:
-        entries[index] = future.result()
+        entry = future.result()
     except TeacherUnavailable:
         raise
     except Exception as exc:  # one request: a reply the backend refused, a passage too long, …
-        bar.write(
-            f"[synth] the request about passage {index} failed ({exc}); skipped, asked again next run", file=sys.stderr
-        )
-    bar.update(1)
-    bar.set_postfix_str(f"{sum(len(e['pairs']) for e in entries.values())} pairs", refresh=False)
+        progress.done(job, None, exc)
+        return
+    entries.update(dict.fromkeys(job.indices, entry))
+    progress.done(job, entry)
 
 
 def _answers(passages: list[dict], teacher, cache: _Cache, system: str, n: int, request: dict) -> tuple[list, dict]:
     """The cache entry of each passage (None: its request failed) and how each was had: ``{"status":
-    {index: "cached" | "asked" | "failed"}, "seconds": time spent asking}``. Raises TeacherUnavailable
-    saying how far it got and how to resume."""
-    from tqdm import tqdm
-
-    jobs, entries = [], {}
+    {index: "cached" | "asked" | "failed"}, "seconds": time spent asking}``. Passages with the same
+    text are asked once. Raises TeacherUnavailable saying how far it got and how to resume."""
+    jobs: dict[str, _Job] = {}
+    entries: dict[int, dict] = {}
     for index, passage in enumerate(passages):
         messages = _messages(system, passage["text"], n)
         key = cache_key(messages, teacher.identity, request)
         entry = cache.get(key)
-        if entry is None:
-            jobs.append((index, key, messages))
-        else:
+        if entry is not None:
             entries[index] = entry
+        else:
+            jobs.setdefault(key, _Job([], key, messages)).indices.append(index)
     cached = set(entries)
     started = time.monotonic()
-    bar = tqdm(total=len(passages), initial=len(cached), desc="[synth]", unit="passage", mininterval=1.0)
+    progress = _Progress(len(passages), len(cached))
     try:
-        entries.update(_ask(teacher, jobs, cache, request, bar))
+        entries.update(_ask(teacher, list(jobs.values()), cache, request, progress))
     except TeacherUnavailable as exc:
         done = len(cached) + getattr(exc, "answered", 0)
         raise TeacherUnavailable(
@@ -244,7 +269,7 @@ def _answers(passages: list[dict], teacher, cache: _Cache, system: str, n: int, 
             "what it wrote is cached: rerun `dvc repro synth` (or `lorapipe synth`) to resume"
         ) from exc
     finally:
-        bar.close()
+        progress.bar.close()
     seconds = time.monotonic() - started
     status = {i: "cached" if i in cached else "asked" if i in entries else "failed" for i in range(len(passages))}
     return [entries.get(i) for i in range(len(passages))], {"status": status, "seconds": seconds}
