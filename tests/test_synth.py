@@ -526,3 +526,28 @@ def test_lorapipe_synth_no_resume_asks_again(docs, tiny_model_dir, tmp_path, mon
         assert main(["synth", *flags, *extra]) == 0
     assert [len(t.asked) for t in teachers] == [9, 0, 9]
     assert len(read_jsonl(tmp_path / "data" / "synth" / "pairs.jsonl")) == 18
+
+
+def test_killed_at_the_mid_fault_point_it_resumes(docs, bundled_tokenizer_dir, tmp_path):
+    """SIGKILL with half the requests answered (LORAPIPE_FAULT=synth:mid): those are cached, no output
+    is written, and the rerun asks only the others."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "from test_synth import FakeTeacher, run; from lorapipe import faults;"
+        "faults.enter_stage('synth'); run(sys.argv[2], sys.argv[3], sys.argv[4], FakeTeacher())"
+    )
+    env = {**os.environ, "LORAPIPE_FAULT": "synth:mid", "PYTHONPATH": os.pathsep.join(sys.path)}
+    args = [sys.executable, "-c", script, str(Path(__file__).parent), str(docs), str(bundled_tokenizer_dir)]
+    killed = subprocess.run([*args, str(tmp_path / "out")], env=env, capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert "[fault] synth:mid" in killed.stdout
+    assert not (tmp_path / "out").exists()
+    assert len(list((tmp_path / "lorapipe-cache" / "synth").glob("*.json"))) == 4  # 9 // 2 answered
+
+    again = FakeTeacher()
+    stats = run(docs, bundled_tokenizer_dir, tmp_path / "out", again)
+    assert stats["cached"] == 4 and len(again.asked) == stats["asked"] == 5 and stats["kept"] == 18

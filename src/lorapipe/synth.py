@@ -26,7 +26,8 @@ import random
 import re
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -148,7 +149,8 @@ def cache_key(messages: list[dict], identity: str, request: dict) -> str:
 
 
 class _Cache:
-    """One JSON file per passage's reply: ``{"pairs", "problem", "text", "finish_reason"}``."""
+    """One JSON file per request's reply, named by its `cache_key`: ``{"pairs", "problem", "text",
+    "finish_reason"}`` (parse_pairs' result and the raw reply it was parsed from)."""
 
     def __init__(self, folder: Path, read: bool):
         self.folder, self.read = folder, read
@@ -161,7 +163,12 @@ class _Cache:
             entry = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None  # a damaged entry: asked again
-        return entry if isinstance(entry, dict) and isinstance(entry.get("pairs"), list) else None
+        if not isinstance(entry, dict) or not isinstance(entry.get("pairs"), list):
+            return None
+        if isinstance(entry.get("text"), str) and isinstance(entry.get("finish_reason"), str):
+            # parsed again, so that a change to parse_pairs applies to the cached replies without asking
+            entry["pairs"], entry["problem"] = parse_pairs(Reply(entry["text"], entry["finish_reason"]))
+        return entry
 
     def put(self, key: str, reply: Reply) -> dict:
         pairs, problem = parse_pairs(reply)
@@ -199,6 +206,31 @@ class _Progress:
         self.bar.update(len(job.indices))
 
 
+def _completed(one, jobs: list[_Job], workers: int) -> Iterator[tuple[_Job, Future]]:
+    """Run ``one(job)`` for each job and yield (job, its finished future) as each ends: in order in
+    this thread with one worker (a local model, or an endpoint asked one at a time), else from a pool
+    of `workers` threads in completion order. Closed early (an error, a kill point), the requests not
+    started are cancelled and those in flight are waited for."""
+    if workers <= 1:
+        for job in jobs:
+            future: Future = Future()
+            try:
+                future.set_result(one(job))
+            except Exception as exc:
+                future.set_exception(exc)
+            yield job, future
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="synth") as pool:
+        futures = {pool.submit(one, job): job for job in jobs}
+        try:
+            for future in as_completed(futures):
+                yield futures[future], future
+        except BaseException:  # GeneratorExit too
+            for future in futures:
+                future.cancel()
+            raise
+
+
 def _ask(teacher, jobs: list[_Job], cache: _Cache, request: dict, progress: _Progress) -> dict[int, dict]:
     """Ask the teacher each job, `teacher.concurrency` at a time; each reply is cached as it arrives.
     Returns the entries by passage index; a request that fails (other than TeacherUnavailable) is
@@ -213,17 +245,11 @@ def _ask(teacher, jobs: list[_Job], cache: _Cache, request: dict, progress: _Pro
         return entry
 
     try:
-        with ThreadPoolExecutor(max(1, min(teacher.concurrency, len(jobs))), thread_name_prefix="synth") as pool:
-            futures = {pool.submit(one, job): job for job in jobs}
-            try:
-                for done, future in enumerate(as_completed(futures), 1):
-                    _collect(future, futures[future], entries, progress)
-                    if done == max(1, len(jobs) // 2):
-                        faults.fault_point("mid")  # half the requests answered (and cached), the others not
-            except BaseException:
-                for future in futures:
-                    future.cancel()  # those not started; the pool waits for those in flight
-                raise
+        with contextlib.closing(_completed(one, jobs, min(teacher.concurrency, len(jobs)))) as results:
+            for done, (job, future) in enumerate(results, 1):
+                _collect(future, job, entries, progress)
+                if done == max(1, len(jobs) // 2):
+                    faults.fault_point("mid")  # half the requests answered (and cached), the others not
     except TeacherUnavailable as exc:
         exc.answered = len(answered)
         raise
