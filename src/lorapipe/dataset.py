@@ -325,7 +325,7 @@ def _pair_problem(row: Any) -> str | None:
     return None
 
 
-def read_pairs(synth_dir: str | Path | None) -> tuple[Path | None, list[tuple[int, dict]]]:
+def _read_pairs(synth_dir: str | Path | None) -> tuple[Path | None, list[tuple[int, dict]]]:
     """The synth stage's pairs file in `synth_dir` and its rows with their line numbers; (None, [])
     when `synth_dir` is None or holds no ``pairs.jsonl`` (no qa task then, said in one line). Rows
     are ``{"question", "answer", "source", "passage_id", "split": "train"|"eval"}``. Raises ValueError
@@ -553,7 +553,7 @@ def build_dataset(
         labeled_format,
         fields,
     )
-    pairs_file, pairs = read_pairs(synth_dir)
+    pairs_file, pairs = _read_pairs(synth_dir)
     qa = _qa_task(resolved, mode, pairs, qa_task, qa_system_prompt)
     check_prompts(resolved + ([qa] if qa else []), tokenizer)
     counts = dict.fromkeys(COUNTS, 0)
