@@ -106,6 +106,19 @@ def test_a_malformed_question_row_names_file_and_line(tmp_path, line, message):
     assert message in str(error.value)
 
 
+def test_a_malformed_synth_pair_names_file_and_line(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(
+        '{"question": "Q", "answer": "A", "split": "eval", "source": "a.md"}\n{"question": "Q2", "split": "eval"}\n'
+    )
+    with pytest.raises(ValueError, match='pairs.jsonl:2: "answer" is missing'):
+        knowledge.read_synth_questions(path)
+    path.write_text(
+        '{"question": "Q", "answer": "A", "split": "train"}\n{"question": "Q2", "answer": "A2", "split": "eval"}\n'
+    )
+    assert knowledge.read_synth_questions(path) == [{"question": "Q2", "answer": "A2", "source": None, "key": []}]
+
+
 def _project(tmp_path, user_rows=None):
     """A synth folder (passages, index, pairs), train.jsonl of the trained documents and prompts.json."""
     synth, dataset = tmp_path / "synth", tmp_path / "dataset"
@@ -318,3 +331,79 @@ def test_evaluate_base_writes_knowledge_base_json_with_the_real_tiny_model(tmp_p
         assert len(saved["answers"][system]) == 3 and all(isinstance(a, str) for a in saved["answers"][system])
     with pytest.raises(FileNotFoundError, match="nowhere not found \\(--synth-dir\\)"):
         run(params, dataset_dir=dataset_dir, base_dir=tiny_model_dir, reports_dir=reports, synth_dir="nowhere")
+
+
+def test_the_evaluate_stage_logs_the_flat_knowledge_metrics(tmp_path, monkeypatch):
+    import lorapipe.stages.evaluate as stage
+    from lorapipe.params import Params
+
+    reports = tmp_path / "reports"
+    report = {"sets": {"user": {"questions": 1, "systems": {"base + retrieval": {"all": {"f1": 0.5, "n": 1}}}}}}
+
+    def fake_evaluate_models(*args, **kwargs):
+        assert kwargs["knowledge_base_path"] == reports / "knowledge_base.json"
+        assert kwargs["knowledge_md_path"] == reports / "knowledge.md"
+        write_json(kwargs["knowledge_path"], report)
+        return {"rows": 1}
+
+    logged = {}
+    monkeypatch.setattr(stage, "evaluate_models", fake_evaluate_models)
+    monkeypatch.setattr(stage.tracking, "log_stage", lambda *a: logged.update(metrics=a[3], artifacts=a[4]))
+    stage.run(Params(), reports_dir=reports, adapter_dir=tmp_path / "adapter")
+    assert logged["metrics"] == {"eval": {"rows": 1}, "knowledge/user/base_plus_retrieval/all/f1": 0.5}
+    assert logged["artifacts"]["knowledge"] == reports / "knowledge.md"
+
+
+@pytest.mark.integration  # about 30 s: a GGUF export and three model loads
+def test_evaluate_models_answers_with_the_merged_model_and_the_gguf(tmp_path, dataset_dir, tiny_model_dir, monkeypatch):
+    """The real answering path of evaluate: transformers (closed-book and retrieval) and llama.cpp on a
+    GGUF of the tiny model; knowledge.json and knowledge.md written with eval.json."""
+    monkeypatch.chdir(tmp_path)
+    from lorapipe.evaluate import evaluate_base, evaluate_models
+    from lorapipe.export import export_gguf
+
+    inputs = _project(tmp_path / "k", USER[:1])
+    export_gguf(tiny_model_dir, dataset_dir / "prompts.json", tmp_path / "gguf", quants=["Q8_0"], name="tiny")
+    evaluate_base(
+        dataset_dir / "val.jsonl",
+        tiny_model_dir,
+        tmp_path / "eval_base.json",
+        prompts_path=dataset_dir / "prompts.json",
+        knowledge_path=tmp_path / "knowledge_base.json",
+        synth_dir=inputs["synth_dir"],
+        eval_qa_path=inputs["eval_qa_path"],
+        train_path=inputs["train_path"],
+        max_samples=1,
+        knowledge_questions=1,
+        knowledge_max_new_tokens=2,
+    )
+    evaluate_models(
+        dataset_dir / "val.jsonl",
+        dataset_dir / "prompts.json",
+        tiny_model_dir,
+        tmp_path / "gguf",
+        tmp_path / "eval.json",
+        knowledge_base_path=tmp_path / "knowledge_base.json",
+        knowledge_path=tmp_path / "knowledge.json",
+        knowledge_md_path=tmp_path / "knowledge.md",
+        max_samples=1,
+        knowledge_max_new_tokens=2,
+    )
+    report = json.loads((tmp_path / "knowledge.json").read_text())
+    systems = report["sets"]["synth"]["systems"]
+    assert list(systems) == ["base", "base + retrieval", "fine-tuned", "fine-tuned + retrieval", "tiny.Q8_0.gguf"]
+    assert systems["base"] == systems["fine-tuned"]  # the "merged" model is the base itself, greedy
+    assert systems["base + retrieval"] == systems["fine-tuned + retrieval"]
+    assert [s["all"]["n"] for s in systems.values()] == [1] * 5 and set(report["sets"]) == {"synth", "user"}
+    assert "| tiny.Q8_0.gguf |" in (tmp_path / "knowledge.md").read_text()
+    assert (tmp_path / "eval.json").is_file()
+    with pytest.raises(FileNotFoundError, match="dvc repro evaluate_base"):
+        evaluate_models(
+            dataset_dir / "val.jsonl",
+            dataset_dir / "prompts.json",
+            tiny_model_dir,
+            tmp_path / "gguf",
+            tmp_path / "eval.json",
+            knowledge_base_path="reports/knowledge_base.json",
+            knowledge_path=tmp_path / "knowledge.json",
+        )

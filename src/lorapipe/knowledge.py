@@ -23,6 +23,7 @@ import json
 import re
 from pathlib import Path
 
+from lorapipe import paths
 from lorapipe.io import read_json, read_jsonl
 from lorapipe.params import DEFAULTS
 from lorapipe.retrieval import Index, load_index, retrieval_messages
@@ -56,6 +57,20 @@ def _keys(row: dict, where: str) -> list[str]:
     return [k.strip() for k in key]
 
 
+def _json_rows(path: str | Path):
+    """``(where, row)`` of each non-blank line of a JSONL file of question objects (where: ``file:line``);
+    raises ValueError naming ``file:line`` for a line that is not JSON or not an object."""
+    for number, line in jsonl_lines(read_text(path)):
+        where = f"{path}:{number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{where}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f'{where}: a question is a JSON object {{"question", "answer"}}, got {line.strip()[:60]}')
+        yield where, row
+
+
 def read_user_questions(path: str | Path) -> list[dict]:
     """The questions of a user's JSONL file (``data/raw/eval_qa.jsonl``): ``[{"question", "answer",
     "source" (str or None), "key" (list of str)}]`` in file order; [] when the file does not exist. A
@@ -66,14 +81,7 @@ def read_user_questions(path: str | Path) -> list[dict]:
     if not Path(path).is_file():
         return []
     questions = []
-    for number, line in jsonl_lines(read_text(path)):
-        where = f"{path}:{number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{where}: not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise ValueError(f'{where}: a question is a JSON object {{"question", "answer"}}, got {line.strip()[:60]}')
+    for where, row in _json_rows(path):
         source = row.get("source")
         if source is not None and (not isinstance(source, str) or not source.strip()):
             raise ValueError(f'{where}: "source" must be a document\'s source or file name, got {json.dumps(source)}')
@@ -90,10 +98,16 @@ def read_user_questions(path: str | Path) -> list[dict]:
 
 def read_synth_questions(pairs_path: str | Path) -> list[dict]:
     """The synth stage's held-out pairs (rows of pairs.jsonl with ``"split": "eval"``), in file order, as
-    ``{"question", "answer", "source", "key": []}``."""
+    ``{"question", "answer", "source", "key": []}``. Raises ValueError naming ``file:line`` for a row
+    that is not a JSON object with question and answer strings."""
     return [
-        {"question": row["question"], "answer": row["answer"], "source": row.get("source"), "key": []}
-        for row in read_jsonl(pairs_path)
+        {
+            "question": _text_field(row, "question", where),
+            "answer": _text_field(row, "answer", where),
+            "source": row.get("source") if isinstance(row.get("source"), str) else None,
+            "key": [],
+        }
+        for where, row in _json_rows(pairs_path)
         if row.get("split") == "eval"
     ]
 
@@ -157,14 +171,15 @@ def prepare_questions(
     "messages", "retrieval_messages", "passages"}`` with the closed-book and the retrieval conversation
     (top `retrieval_top_k` passages of ``<synth_dir>/index``; their ids in ``"passages"``). Without
     `synth_dir` there is no synth set and no retrieval. Raises ValueError for a malformed eval_qa row,
-    FileNotFoundError (naming `dvc repro synth`) for a synth folder without pairs or index."""
-    train_rows = read_jsonl(train_path)
-    prompts = read_json(prompts_path)
+    FileNotFoundError naming the missing file (and the stage that writes it: a synth folder without
+    pairs or index, `dvc repro synth`)."""
+    train_rows = read_jsonl(paths.require(train_path))
+    prompts = read_json(paths.require(prompts_path))
     system = prompts[_qa_task(prompts, train_rows)]
     trained = {row["source"] for row in train_rows if isinstance(row.get("source"), str)}
-    index = load_index(Path(synth_dir) / "index") if synth_dir else Index(passages=[])
+    index = load_index(Path(synth_dir) / paths.RETRIEVAL_INDEX.name) if synth_dir else Index(passages=[])
     known = trained | {p["source"] for p in index.passages}
-    sets = {"synth": read_synth_questions(Path(synth_dir) / "pairs.jsonl") if synth_dir else []}
+    sets = {"synth": read_synth_questions(paths.require(Path(synth_dir) / paths.PAIRS.name)) if synth_dir else []}
     sets["user"] = read_user_questions(eval_qa_path) if eval_qa_path else []
     chosen = []
     for name, questions in sets.items():
