@@ -149,7 +149,7 @@ def _project(tmp_path, user_rows=None):
 USER = [
     {"question": "What does LoRA freeze?", "answer": "the pretrained weights", "source": "lora.md", "key": "weights"},
     {"question": "Why does bread rise?", "answer": "yeast", "source": "docs/bread.md"},
-    {"question": "Why do volcanoes erupt?", "answer": "magma rises", "source": "volcano.md", "key": ["magma"]},
+    {"question": "What makes a volcano erupt?", "answer": "magma rises", "source": "volcano.md", "key": ["magma"]},
     {"question": "Who wrote this?", "answer": "nobody", "source": "elsewhere.pdf"},
     {"question": "What is 2 + 2?", "answer": "4"},
 ]
@@ -262,12 +262,15 @@ def test_knowledge_json_and_md_with_fake_answerers(tmp_path, fake_models, capsys
     assert all(" " not in name and "+" not in name for name in metrics)
 
     assert markdown.startswith("# Knowledge evaluation\n")
-    assert "## synth: 4 held-out pairs" in markdown and "## user: 3 your questions" in markdown
+    assert "## synth: 4 held-out pairs" in markdown and "## user: 3 questions of your own" in markdown
     assert "| system | all (n 4) F1 | all (n 4) ROUGE-L | all (n 4) key hit | trained (n 2) F1 |" in markdown
     assert "| fine-tuned | 0.50 | 0.50 | – | 1.00 | 1.00 | – | 0.00 | 0.00 | – |" in markdown
-    assert "### 1. What does LoRA train?" in markdown and "document: `docs/lora.md` (trained)" in markdown
+    assert (
+        "### 1. What does LoRA train?" in markdown
+        and "document: `docs/lora.md` (trained) · retrieved: `docs/lora.md#0`" in markdown
+    )
     assert "| **reference** | two small low-rank matrices |" in markdown and "| m.Q8_0.gguf | two |" in markdown
-    assert "document: `docs/volcano.md` (control) · keys: `magma`" in markdown
+    assert "document: `docs/volcano.md` (control) · keys: `magma` · retrieved: `docs/volcano.md#0`" in markdown
     out = capsys.readouterr().out
     assert (
         "[evaluate] knowledge synth, fine-tuned: trained F1 1.00 ROUGE-L 1.00 key hit – (n 2) | "

@@ -347,7 +347,7 @@ def _cell(text: str) -> str:
 
 _SET_TITLES = {
     "synth": "held-out pairs of the synth stage (data/synth/pairs.jsonl)",
-    "user": "your questions (data/raw/eval_qa.jsonl)",
+    "user": "questions of your own (data/raw/eval_qa.jsonl)",
 }
 
 
@@ -379,6 +379,7 @@ def knowledge_markdown(questions: list[dict], answers: dict[str, list[str]], rep
         for number, i in enumerate((i for i, q in enumerate(questions) if q["set"] == name), 1):
             q = questions[i]
             keys = " · keys: " + ", ".join(f"`{k}`" for k in q["key"]) if q["key"] else ""
+            keys += " · retrieved: " + (", ".join(f"`{p}`" for p in q["passages"]) or "none") if "passages" in q else ""
             lines += [
                 "",
                 f"### {number}. {_cell(q['question'])}",
