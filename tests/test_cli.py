@@ -52,6 +52,9 @@ PIPELINE_INPUTS = (
     "models/gguf/export.json",
     "models/gguf/tiny.Q8_0.gguf",
     "reports/eval_base.json",
+    "data/synth/pairs.jsonl",
+    "data/synth/index/passages.jsonl",
+    "reports/knowledge_base.json",
 )
 
 
@@ -126,6 +129,7 @@ def test_every_input_flag_reaches_its_stage_function(project, monkeypatch):
     assert calls["train"] == (("chat",), {"dataset_dir": Path("elsewhere"), "base_dir": Path("models/base")})
     assert main(["evaluate_base", "--reports-dir", "r"]) == 0
     base_dirs = {"reports_dir": Path("r"), "dataset_dir": Path("data/dataset"), "base_dir": Path("models/base")}
+    base_dirs |= {"synth_dir": Path("data/synth"), "eval_qa": Path("data/raw/eval_qa.jsonl")}
     assert calls["evaluate_base"] == ((), base_dirs)
     assert main(["evaluate", "--dataset-dir", "elsewhere"]) == 0
     assert calls["evaluate"] == ((), {
@@ -198,6 +202,13 @@ MISSING = [
     (["evaluate_base"], "models/base", _base()),
     (["evaluate_base"], "data/dataset/val.jsonl", _dataset("val.jsonl")),
     (["evaluate_base"], "data/dataset/prompts.json", _dataset("prompts.json")),
+    (["evaluate_base"], "data/dataset/train.jsonl", _dataset("train.jsonl")),
+    (
+        ["evaluate_base"],
+        "data/synth/index",
+        "data/synth/index not found: run `dvc repro synth` (or `lorapipe synth`) or pass --synth-dir",
+    ),
+    (["evaluate_base", "--eval-qa", "q.jsonl"], "", "q.jsonl not found (--eval-qa)"),
     (["evaluate"], "data/dataset/val.jsonl", _dataset("val.jsonl")),
     (
         ["evaluate"],
@@ -213,6 +224,11 @@ MISSING = [
         ["evaluate"],
         "reports/eval_base.json",
         "reports/eval_base.json not found: run `dvc repro evaluate_base` (or `lorapipe evaluate_base`) or pass --reports-dir",  # noqa: E501
+    ),
+    (
+        ["evaluate"],
+        "reports/knowledge_base.json",
+        "reports/knowledge_base.json not found: run `dvc repro evaluate_base` (or `lorapipe evaluate_base`) or pass --reports-dir",  # noqa: E501
     ),
     (
         ["ask", "hi"],

@@ -115,9 +115,19 @@ _STAGE_FLAGS: dict[str, list[tuple[tuple[str, ...], dict]]] = {
         _dir(
             "reports_dir",
             paths.REPORTS,
-            "writes eval_base.json and answers_base.json here (default: reports)",
+            "writes eval_base.json, answers_base.json and knowledge_base.json here (default: reports)",
             "--reports-dir",
-        )
+        ),
+        (
+            ("--eval-qa",),
+            {
+                "dest": "eval_qa",
+                "metavar": "FILE",
+                "default": str(paths.EVAL_QA),
+                "help": "your knowledge questions, JSONL {question, answer, source?, key?} "
+                f"(default: {paths.EVAL_QA}, skipped when absent)",
+            },
+        ),
     ],
     "evaluate": [
         _dir(
@@ -157,7 +167,7 @@ _STAGE_FLAGS: dict[str, list[tuple[tuple[str, ...], dict]]] = {
 _DATASET_FILES = {
     "train": (paths.TRAIN_ROWS.name, paths.VAL_ROWS.name, paths.DATASET_STATS.name),
     "export": (paths.PROMPTS.name,),
-    "evaluate_base": (paths.VAL_ROWS.name, paths.PROMPTS.name),
+    "evaluate_base": (paths.VAL_ROWS.name, paths.PROMPTS.name, paths.TRAIN_ROWS.name),
     "evaluate": (paths.VAL_ROWS.name, paths.PROMPTS.name),
 }
 _BASE = (("--base-dir",), "base_dir", paths.BASE_MODEL, ("config.json",))
@@ -168,12 +178,16 @@ _INPUTS: dict[str, list[tuple[tuple[str, ...], str, Path, tuple[str, ...]]]] = {
     "train": [(("--dataset-dir",), "dataset_dir", paths.DATASET, _DATASET_FILES["train"]), _BASE],
     "merge": [_BASE, _ADAPTER],
     "export": [_MERGED, (("--dataset-dir",), "dataset_dir", paths.DATASET, _DATASET_FILES["export"]), _ADAPTER, _BASE],
-    "evaluate_base": [(("--dataset-dir",), "dataset_dir", paths.DATASET, _DATASET_FILES["evaluate_base"]), _BASE],
+    "evaluate_base": [
+        (("--dataset-dir",), "dataset_dir", paths.DATASET, _DATASET_FILES["evaluate_base"]),
+        _BASE,
+        (("--synth-dir",), "synth_dir", paths.SYNTH, (paths.PAIRS.name, paths.RETRIEVAL_INDEX.name)),
+    ],
     "evaluate": [
         (("--dataset-dir",), "dataset_dir", paths.DATASET, _DATASET_FILES["evaluate"]),
         _MERGED,
         (("--gguf-dir",), "gguf_dir", paths.GGUF, ("export.json",)),
-        (("--reports-dir",), "reports_dir", paths.REPORTS, (paths.EVAL_BASE.name,)),
+        (("--reports-dir",), "reports_dir", paths.REPORTS, (paths.EVAL_BASE.name, paths.KNOWLEDGE_BASE.name)),
     ],
 }
 
@@ -500,7 +514,10 @@ def _export(args: argparse.Namespace, p: Params, folders: dict[str, Path]) -> No
 def _evaluate_base(args: argparse.Namespace, p: Params, folders: dict[str, Path]) -> None:
     from lorapipe.stages.evaluate_base import run
 
-    run(p, reports_dir=Path(args.reports_dir), **folders)
+    eval_qa = Path(args.eval_qa)
+    if eval_qa != paths.EVAL_QA:  # the default may be absent (no questions of your own); one you name may not
+        paths.require(eval_qa, "--eval-qa")
+    run(p, reports_dir=Path(args.reports_dir), eval_qa=eval_qa, **folders)
 
 
 def _evaluate(args: argparse.Namespace, p: Params, folders: dict[str, Path]) -> None:
