@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -351,11 +352,18 @@ class EndpointTeacher:
         """`text` without the key, should a server ever echo it."""
         return text.replace(self._key, "***") if self._key else text
 
+    def _reason(self, exc: Exception) -> str:
+        """What went wrong with a connection: the underlying error's text (the client's own is "Connection
+        error."), without the key."""
+        cause = exc.__cause__ or exc.__context__
+        return self._clean(f"{exc} {cause}" if cause and str(cause) else str(exc))
+
     def _refused(self, exc) -> TeacherError:
         """The TeacherError for an HTTP status error that is not a refused response_format."""
         from openai import AuthenticationError, InternalServerError, PermissionDeniedError, RateLimitError
 
-        detail = self._clean(f"HTTP {exc.status_code}: {exc.message}")
+        message = re.sub(r"^Error code: \d+ - ", "", exc.message)  # the client's prefix; the status is said here
+        detail = self._clean(f"HTTP {exc.status_code}: {message}")
         if isinstance(exc, InternalServerError | RateLimitError):
             return TeacherUnavailable(f"the teacher at {self.base_url} went away ({detail}, after retries)")
         if isinstance(exc, AuthenticationError | PermissionDeniedError):
@@ -376,7 +384,7 @@ class EndpointTeacher:
             served = [m.id for m in self._client.models.list()]
         except openai.APIConnectionError as exc:
             raise TeacherError(
-                f"the teacher endpoint {self.base_url} cannot be reached ({self._clean(str(exc))}): start the "
+                f"the teacher endpoint {self.base_url} cannot be reached ({self._reason(exc)}): start the "
                 "server or fix synth.base_url"
             ) from None
         except openai.NotFoundError:
@@ -423,7 +431,7 @@ class EndpointTeacher:
                 )
             except openai.APIConnectionError as exc:  # APITimeoutError too
                 raise TeacherUnavailable(
-                    f"the teacher at {self.base_url} went away ({self._clean(str(exc))}, after retries)"
+                    f"the teacher at {self.base_url} went away ({self._reason(exc)}, after retries)"
                 ) from None
             except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
                 if _FORMATS[mode] != "plain" and _about_format(exc):
