@@ -24,7 +24,7 @@ answers HTTP 500 (the client retries it). Server faults: `die_after=N` drops eve
 N-th answered completion (the connection closes without a response, as a crashed server's does);
 `require_key="..."` answers 401 without ``Authorization: Bearer <key>``; `reject_response_format`
 (True: json_schema; or a set of types) answers 400 about response_format. Every request is recorded
-in `requests` (method, path, headers, parsed body).
+in `requests` (method, path, headers with lowercase names, parsed body).
 """
 
 from __future__ import annotations
@@ -228,7 +228,12 @@ class _Handler(BaseHTTPRequestHandler):
     def _admit(self, body: dict | None, route: str) -> dict | None:
         """Record the request; the record when it is to be answered, None when it was dropped or refused."""
         fake = self.server.fake
-        record = {"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body}
+        record = {
+            "method": self.command,
+            "path": self.path,
+            "headers": {k.lower(): v for k, v in self.headers.items()},
+            "body": body,
+        }
         with fake._lock:
             fake.requests.append(record)
         if fake.dead:

@@ -194,7 +194,8 @@ def teacher_gguf(model_name: str, base_dir: Path) -> Path:
 class LlamaTeacher:
     """llama.cpp (llama-cpp-python) on a GGUF file, one request at a time. Prompts are encoded with the
     GGUF's own chat template (chat_encoder.encode_chat over llama_codec, as evaluate.answer_all does),
-    decoded under a grammar built from the schema, ended at the model's EOS. The context holds
+    decoded under a grammar built from the schema, ended at the model's EOS; each request is evaluated
+    from an empty cache, so a reply does not depend on the requests before it. The context holds
     `n_ctx` tokens and grows when a prompt plus its max_tokens needs more.
 
     Raises TeacherError when the file is missing; check() when it does not load or has no chat template."""
@@ -254,6 +255,10 @@ class LlamaTeacher:
             ids = encode_chat(messages, self._codec)
             if len(ids) + max_tokens > self._llm.n_ctx():
                 self._load(-(-(len(ids) + max_tokens) // 256) * 256)
+            # Forget the previous prompt: llama-cpp-python would reuse its cached prefix (the shared system
+            # prompt), and logits computed in other batches differ in the last bits, enough to change a
+            # greedy token; so each reply depends on its own request only, in any order or run.
+            self._llm.reset()
             out = self._llm.create_completion(
                 ids,
                 max_tokens=max_tokens,
