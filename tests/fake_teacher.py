@@ -20,10 +20,11 @@ grounded in the passage by construction.
 Modes (`mode=` for every passage, or a marker word anywhere in the user message for that passage):
 ``UNGROUNDED`` answers with words the passage lacks; ``DUPLICATE`` asks the same question every time;
 ``TRUNCATED`` cuts the JSON in half with finish_reason "length"; ``NOTJSON`` answers prose; ``ERROR500``
-answers HTTP 500 (the client retries it). Server faults: `die_after=N` drops every request after the
-N-th answered completion (the connection closes without a response, as a crashed server's does);
-`require_key="..."` answers 401 without ``Authorization: Bearer <key>``; `reject_response_format`
-(True: json_schema; or a set of types) answers 400 about response_format. Every request is recorded
+answers HTTP 500 (the client retries it); ``TOOLONG`` answers 400 (a prompt over the model's context).
+Server faults: `die_after=N` drops every request after the N-th answered completion (the connection
+closes without a response, as a crashed server's does); `require_key="..."` answers 401 without
+``Authorization: Bearer <key>``; `reject_response_format` (True: json_schema; or a set of types)
+answers 400 about response_format; a model not in `models` gets 404. Every request is recorded
 in `requests` (method, path, headers with lowercase names, parsed body).
 """
 
@@ -35,7 +36,7 @@ import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-MARKERS = ("UNGROUNDED", "DUPLICATE", "TRUNCATED", "NOTJSON", "ERROR500")
+MARKERS = ("UNGROUNDED", "DUPLICATE", "TRUNCATED", "NOTJSON", "ERROR500", "TOOLONG")
 UNGROUNDED_ANSWER = "Purple elephants juggle quietly on Neptune every Thursday."
 DUPLICATE_QUESTION = "What is described in this passage?"
 PROSE = "Sure! Here are some questions you could ask about this passage."
@@ -176,6 +177,8 @@ class FakeTeacher:
         mode = next((m for m in MARKERS if m in passage), self.mode)
         if mode == "ERROR500":
             return 500, _error("the model crashed", "server_error")
+        if mode == "TOOLONG":
+            return 400, _error("this model's maximum context length is 2048 tokens", "context_length_exceeded")
         text = json.dumps({"pairs": fake_pairs(passage, _schema_of(body), mode)}, ensure_ascii=False)
         finish = "stop"
         if mode == "TRUNCATED":

@@ -23,6 +23,7 @@ from lorapipe.teacher import (
     LlamaTeacher,
     Reply,
     TeacherError,
+    TeacherRequestError,
     TeacherUnavailable,
     make_teacher,
     pairs_schema,
@@ -60,6 +61,7 @@ def _synth(**update):
         '```json\n{"pairs": [{"question": " What is LoRA? ", "answer": "Low-rank adaptation."}]}\n```',
         'Here you are: [{"question": "What is LoRA?", "answer": "Low-rank adaptation.", "note": 1}] Done.',
         '{"question": "What is LoRA?", "answer": "Low-rank adaptation."}',
+        'See [1] and {2}: {"qa": [{"question": "What is LoRA?", "answer": "Low-rank adaptation."}]}',
     ],
 )
 def test_parse_pairs_reads_the_pairs_of_a_reply(text):
@@ -283,6 +285,26 @@ def test_an_endpoint_answering_500_is_unavailable():
     with FakeTeacher() as server:
         with pytest.raises(TeacherUnavailable, match="HTTP 500: the model crashed"):
             _endpoint(server).generate(_messages(PASSAGE + " ERROR500"), SCHEMA, 160, 0.0, 1)
+
+
+def test_a_refused_request_is_one_request_error_and_the_endpoint_goes_on():
+    with FakeTeacher() as server:
+        teacher = _endpoint(server)
+        with pytest.raises(TeacherRequestError) as caught:
+            teacher.generate(_messages(PASSAGE + " TOOLONG"), SCHEMA, 160, 0.0, 1)
+        assert parse_pairs(teacher.generate(_messages(), SCHEMA, 160, 0.0, 1))[1] is None
+    assert not isinstance(caught.value, TeacherUnavailable)
+    assert f"fake-teacher at {server.url} refused a request (HTTP 400: this model's maximum context" in str(
+        caught.value
+    )
+    assert "synth.passage_tokens" in str(caught.value)
+    assert len(server.completions) == 2  # no fallback of response_format for a 400 about something else
+
+
+def test_an_endpoint_that_needs_a_key_says_how_to_give_one():
+    with FakeTeacher(require_key=SECRET) as server:
+        with pytest.raises(TeacherError, match=r"HTTP 401.*set synth.api_key_env to the variable that holds"):
+            _endpoint(server).check()
 
 
 def test_an_endpoint_serves_concurrent_requests_in_any_order():

@@ -28,6 +28,7 @@ printed, logged, written or part of an identity, description or error message.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -111,39 +112,39 @@ def pairs_schema(n: int, max_question_chars: int, max_answer_chars: int) -> dict
     }
 
 
-def _json_value(text: str):
-    """The first JSON object or array in `text` (after a Markdown code fence, prose before it, or with
-    text after it, as models without a grammar write); raises ValueError when there is none."""
-    starts = [i for i in (text.find("{"), text.find("[")) if i >= 0]
-    if not starts:
-        raise ValueError("no JSON value")
-    value, _ = json.JSONDecoder().raw_decode(text, min(starts))
-    return value
+def _pairs_in(value) -> list[dict]:
+    """The pairs in a decoded JSON value: ``{"pairs": [...]}``, a bare list of pairs, or one pair object;
+    items without a string or number question and answer are skipped."""
+    if isinstance(value, dict):
+        value = value.get("pairs", [value])
+    pairs = []
+    for item in value if isinstance(value, list) else []:
+        fields = [item.get("question"), item.get("answer")] if isinstance(item, dict) else [None]
+        if all(isinstance(f, str | int | float) and not isinstance(f, bool) for f in fields):
+            pairs.append({"question": str(fields[0]).strip(), "answer": str(fields[1]).strip()})
+    return pairs
 
 
 def parse_pairs(reply: Reply) -> tuple[list[dict], str | None]:
     """The question–answer pairs in a teacher's reply: ``([{"question": str, "answer": str}, ...], None)``,
     each string stripped, in the reply's order; or ``([], "truncated")`` for a reply cut at its token
     limit (finish_reason "length", even if what was written parses), ``([], "not_json")`` for text
-    that is not JSON or holds no pair (accepted shapes: ``{"pairs": [...]}``, a bare list of pairs,
-    one pair object; items without a string or number question and answer are skipped). Never raises."""
+    that is not JSON or holds no pair. The first JSON value that holds pairs is read, wherever it starts
+    (after a Markdown code fence or prose, as models without a grammar write; inside another object):
+    ``{"pairs": [...]}``, a bare list of pairs or one pair object; items without a string or number
+    question and answer are skipped. Never raises."""
     if reply.finish_reason == "length":
         return [], "truncated"
-    try:
-        value = _json_value(reply.text)
-    except ValueError:
-        return [], "not_json"
-    if isinstance(value, dict):
-        value = value.get("pairs", [value])
-    pairs = []
-    for item in value if isinstance(value, list) else []:
-        if not isinstance(item, dict):
+    decoder = json.JSONDecoder()
+    for found in itertools.islice(re.finditer(r"[\[{]", reply.text), 64):  # 64 tries: bounded on long prose
+        try:
+            value, _ = decoder.raw_decode(reply.text, found.start())
+        except ValueError:
             continue
-        question, answer = item.get("question"), item.get("answer")
-        if isinstance(question, str | int | float) and isinstance(answer, str | int | float):
-            if not isinstance(question, bool) and not isinstance(answer, bool):
-                pairs.append({"question": str(question).strip(), "answer": str(answer).strip()})
-    return (pairs, None) if pairs else ([], "not_json")
+        pairs = _pairs_in(value)
+        if pairs:
+            return pairs, None
+    return [], "not_json"
 
 
 # --- llama.cpp ---------------------------------------------------------------------------------------
@@ -372,12 +373,19 @@ class EndpointTeacher:
         if isinstance(exc, InternalServerError | RateLimitError):
             return TeacherUnavailable(f"the teacher at {self.base_url} went away ({detail}, after retries)")
         if isinstance(exc, AuthenticationError | PermissionDeniedError):
-            where = f"the key in {self.api_key_env}" if self.api_key_env else "no key (synth.api_key_env is null)"
+            where = (
+                f"the key in {self.api_key_env}"
+                if self.api_key_env
+                else "a request without a key (synth.api_key_env is null)"
+            )
             return TeacherError(
                 f"{self.base_url} refused {where} ({detail}): set synth.api_key_env to the variable that holds a "
                 "valid key, and export it"
             )
-        return TeacherRequestError(f"{self.description} refused a request ({detail})")
+        return TeacherRequestError(
+            f"{self.description} refused a request ({detail}); if the prompt is longer than the model's context, "
+            "lower synth.passage_tokens or synth.max_new_tokens"
+        )
 
     def check(self) -> None:
         """Ask the endpoint which models it serves (GET {base_url}/models). Raises TeacherError naming the
