@@ -9,6 +9,7 @@ endpoint has, selectable per server or per passage.
         ...
         assert len(server.completions) == 4        # 3 answered, the 4th dropped
         server.passages_asked()                    # the user messages of the answered completions
+        server.revive()                            # answers again, at the same URL (a resumed run)
 
 Routes: ``GET /v1/models`` lists `models`; ``POST /v1/chat/completions`` answers ``{"pairs": [...]}``
 with as many pairs as the schema's maxItems allows (the schema of ``response_format`` json_schema, or
@@ -24,7 +25,8 @@ answers HTTP 500 (the client retries it); ``TOOLONG`` answers 400 (a prompt over
 Server faults: `die_after=N` drops every request after the N-th answered completion (the connection
 closes without a response, as a crashed server's does); `require_key="..."` answers 401 without
 ``Authorization: Bearer <key>``; `reject_response_format` (True: json_schema; or a set of types)
-answers 400 about response_format; a model not in `models` gets 404. Every request is recorded
+answers 400 about response_format; a model not in `models` gets 404; `port` a fixed port (a server
+started again at the same URL). Every request is recorded
 in `requests` (method, path, headers with lowercase names, parsed body).
 """
 
@@ -112,6 +114,7 @@ class FakeTeacher:
         die_after: int | None = None,
         require_key: str | None = None,
         reject_response_format: bool | set[str] = False,
+        port: int = 0,
     ) -> None:
         self.models = list(models)
         self.mode = mode.upper()
@@ -126,11 +129,11 @@ class FakeTeacher:
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
-        self.port = 0
+        self.port = port  # 0: a free one, chosen at start
 
     # --- lifecycle ---
     def __enter__(self) -> FakeTeacher:
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), _Handler)
         self._server.fake = self
         self.port = self._server.server_address[1]  # kept after stop(): a stopped fake's URL refuses connections
         self._server.daemon_threads = True
@@ -148,6 +151,13 @@ class FakeTeacher:
             self._server.server_close()
             self._thread.join()
             self._server = None
+
+    def revive(self, die_after: int | None = None) -> None:
+        """Answer again after `die_after` dropped requests (a restarted server at the same URL, so the
+        teacher's identity, and the synth cache, are the same): `die_after` more completions, or all."""
+        with self._lock:
+            self.dead = False
+            self.die_after = None if die_after is None else self.answered + die_after
 
     @property
     def url(self) -> str:

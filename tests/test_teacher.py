@@ -162,6 +162,14 @@ def test_endpoint_teacher_checks_and_writes_pairs_from_the_passage():
     assert body["messages"] == _messages()
 
 
+def test_a_fake_started_again_on_its_port_has_the_same_url():
+    with FakeTeacher() as first:
+        pass
+    with FakeTeacher(port=first.port) as again:
+        _endpoint(again).check()
+    assert again.url == first.url
+
+
 def test_an_ollama_model_listed_with_its_tag_is_found_by_its_bare_name():
     with FakeTeacher(["qwen2.5:latest"]) as server:
         _endpoint(server, "qwen2.5").check()
@@ -275,10 +283,12 @@ def test_an_endpoint_that_dies_mid_run_is_unavailable_after_the_retries():
         replies = [teacher.generate(_messages(f"Passage {i}. {PASSAGE}"), SCHEMA, 160, 0.0, 1) for i in range(2)]
         with pytest.raises(TeacherUnavailable) as caught:
             teacher.generate(_messages("Passage 2. " + PASSAGE), SCHEMA, 160, 0.0, 1)
+        assert len(server.completions) == 2 + 3  # the third passage: one request and the client's two retries
+        server.revive()  # the server restarted at the same URL: the same teacher goes on
+        assert parse_pairs(teacher.generate(_messages("Passage 2. " + PASSAGE), SCHEMA, 160, 0.0, 1))[1] is None
     assert all(parse_pairs(r)[1] is None for r in replies)
     assert f"the teacher at {server.url} went away" in str(caught.value)
-    assert len(server.completions) == 2 + 3  # the third passage: one request and the client's two retries
-    assert [p.split(".")[0] for p in server.passages_asked()] == ["Passage 0", "Passage 1"]
+    assert [p.split(".")[0] for p in server.passages_asked()] == ["Passage 0", "Passage 1", "Passage 2"]
 
 
 def test_an_endpoint_answering_500_is_unavailable():
