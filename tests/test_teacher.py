@@ -23,6 +23,7 @@ from lorapipe.teacher import (
     LlamaTeacher,
     Reply,
     TeacherError,
+    Teacher,
     TeacherRequestError,
     TeacherUnavailable,
     make_teacher,
@@ -347,6 +348,7 @@ def test_make_teacher_picks_the_backend(tmp_path):
     copy.write_bytes(bundled.read_bytes())
     local = make_teacher(_synth(teacher=str(copy)), model_name="smollm2-135m-instruct", base_dir=tmp_path)
     assert isinstance(local, LlamaTeacher) and local.path == copy and local.identity == base.identity
+    assert all(isinstance(t, Teacher) for t in (endpoint, base, local))
 
 
 def test_a_missing_teacher_file_is_named(tmp_path):

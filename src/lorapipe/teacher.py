@@ -2,9 +2,11 @@
 base model's by default, so synthesis runs offline) or any OpenAI-compatible endpoint (Ollama,
 llama.cpp's server, vLLM).
 
+    from pathlib import Path
     from lorapipe.params import DEFAULTS
     from lorapipe.teacher import make_teacher, pairs_schema, parse_pairs
 
+    passage = "LoRA adds small low-rank matrices to a frozen model; only they are trained."
     teacher = make_teacher(DEFAULTS.synth, model_name="smollm2-135m-instruct", base_dir=Path("models/base"))
     teacher.check()  # TeacherError (what is wrong and how to fix it) before any work
     try:
@@ -15,6 +17,10 @@ llama.cpp's server, vLLM).
     finally:
         teacher.close()
     pairs, problem = parse_pairs(reply)  # [{"question", "answer"}, ...], None | "truncated" | "not_json"
+
+Errors: TeacherError (make_teacher, check: the teacher cannot be used; the message names the URL, model,
+variable or file and the fix), TeacherUnavailable (mid-run: the endpoint went away after the client's
+retries; what was answered is kept, a rerun resumes), TeacherRequestError (one request refused, 4xx).
 
 Every reply is decoded under a JSON schema (pairs_schema): a llama.cpp grammar built from it, or an
 endpoint's ``response_format`` ``json_schema``. An endpoint that refuses that (HTTP 400 about
