@@ -188,12 +188,15 @@ def answer_all(
     try:
         codec = llama_codec(llm)
         eos = llm._model.token_get_text(llm.token_eos())
-        answers = [
-            llm.create_completion(
+        answers = []
+        for messages in requests:
+            # A fresh context per prompt: reusing the previous prompt's cached start changes the logits in
+            # the last bits, enough to flip a greedy token (an answer would depend on the one before).
+            llm.reset()
+            completion = llm.create_completion(
                 encode_chat(messages, codec), max_tokens=max_tokens, temperature=0.0, grammar=grammar, stop=[eos]
-            )["choices"][0]["text"].strip()
-            for messages in requests
-        ]
+            )
+            answers.append(completion["choices"][0]["text"].strip())
     finally:
         llm.close()
     return answers

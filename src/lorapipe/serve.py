@@ -203,6 +203,9 @@ class Backend:
         llm.set_seed(sampling.seed % 2**32 if sampling.seed is not None else secrets.randbits(32))
         decoder = codecs.getincrementaldecoder("utf-8")("ignore")  # a character split across tokens waits
         text, sent, done.finish_reason = "", 0, "length"
+        # No reuse of the previous prompt's cached start: llama.cpp's logits for reused positions differ
+        # in the last bits, enough to flip a greedy token, so an answer would depend on the request before.
+        llm.reset()
         tokens = llm.generate(
             prompt,
             temp=sampling.temperature,
