@@ -148,3 +148,15 @@ def trained_adapter(tmp_path_factory, tiny_model_dir) -> Path:
 def _private_cache(tmp_path, monkeypatch):
     """Each test gets its own lorapipe cache, so no test sees another's cached extractions."""
     monkeypatch.setenv("LORAPIPE_CACHE_DIR", str(tmp_path / "lorapipe-cache"))
+
+
+@pytest.fixture(scope="module")
+def teacher_server():
+    """A fake OpenAI-compatible teacher (tests/fake_teacher.py) for a module's pipeline runs, and the
+    ``synth`` params that point the synth stage at it (2 pairs per passage)."""
+    from fake_teacher import FakeTeacher
+
+    with FakeTeacher(models=["fake-teacher"]) as server:
+        server.synth_params = {"questions_per_passage": 2, "base_url": server.url, "model": "fake-teacher"}
+        yield server
+

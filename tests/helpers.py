@@ -193,7 +193,10 @@ def git_project(dest: Path, tiny_model_dir: Path, labeled: bool = True, **sectio
     params["dataset"].update(max_seq_len=128, overlap_tokens=16)
     params["train"].update(max_steps=4, batch_size=2, log_every=2)
     params["export"].update(quants=["Q8_0"], outtype="f32", name="tiny")
-    params["eval"].update(max_samples=4, num_generations=1, max_new_tokens=8)
+    params["eval"].update(max_samples=4, num_generations=1, max_new_tokens=8, knowledge_questions=2)
+    params["eval"].update(knowledge_max_new_tokens=8)
+    # No teacher unless a test names one (synth={"base_url": FakeTeacher's url, ...}): passages only.
+    params["synth"].update(questions_per_passage=0, passage_tokens=64, overlap_tokens=8)
     for section, values in sections.items():
         params[section].update(values)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -52,6 +52,9 @@ PIPELINE_INPUTS = (
     "models/gguf/export.json",
     "models/gguf/tiny.Q8_0.gguf",
     "reports/eval_base.json",
+    "data/synth/pairs.jsonl",
+    "data/synth/index/passages.jsonl",
+    "reports/knowledge_base.json",
 )
 
 
@@ -120,12 +123,13 @@ def test_every_input_flag_reaches_its_stage_function(project, monkeypatch):
     assert main(["dataset", "--output-dir", "out"]) == 0
     assert calls["dataset"] == (
         (Path("data/extracted_text"), Path("data/raw/labeled"), Path("out"), Path("models/base")),
-        {},
+        {"synth_dir": Path("data/synth")},
     )
     assert main(["train", "--task", "chat", "--dataset-dir", "elsewhere"]) == 0
     assert calls["train"] == (("chat",), {"dataset_dir": Path("elsewhere"), "base_dir": Path("models/base")})
     assert main(["evaluate_base", "--reports-dir", "r"]) == 0
     base_dirs = {"reports_dir": Path("r"), "dataset_dir": Path("data/dataset"), "base_dir": Path("models/base")}
+    base_dirs |= {"synth_dir": Path("data/synth"), "eval_qa": Path("data/raw/eval_qa.jsonl")}
     assert calls["evaluate_base"] == ((), base_dirs)
     assert main(["evaluate", "--dataset-dir", "elsewhere"]) == 0
     assert calls["evaluate"] == ((), {
@@ -198,6 +202,13 @@ MISSING = [
     (["evaluate_base"], "models/base", _base()),
     (["evaluate_base"], "data/dataset/val.jsonl", _dataset("val.jsonl")),
     (["evaluate_base"], "data/dataset/prompts.json", _dataset("prompts.json")),
+    (["evaluate_base"], "data/dataset/train.jsonl", _dataset("train.jsonl")),
+    (
+        ["evaluate_base"],
+        "data/synth/index",
+        "data/synth/index not found: run `dvc repro synth` (or `lorapipe synth`) or pass --synth-dir",
+    ),
+    (["evaluate_base", "--eval-qa", "q.jsonl"], "", "q.jsonl not found (--eval-qa)"),
     (["evaluate"], "data/dataset/val.jsonl", _dataset("val.jsonl")),
     (
         ["evaluate"],
@@ -215,6 +226,11 @@ MISSING = [
         "reports/eval_base.json not found: run `dvc repro evaluate_base` (or `lorapipe evaluate_base`) or pass --reports-dir",  # noqa: E501
     ),
     (
+        ["evaluate"],
+        "reports/knowledge_base.json",
+        "reports/knowledge_base.json not found: run `dvc repro evaluate_base` (or `lorapipe evaluate_base`) or pass --reports-dir",  # noqa: E501
+    ),
+    (
         ["ask", "hi"],
         "models/gguf",
         "models/gguf not found: run `dvc repro export` (or `lorapipe export`) or pass --gguf",
@@ -227,6 +243,18 @@ MISSING = [
     ),
     (["chat"], "models/gguf", "models/gguf not found: run `dvc repro export` (or `lorapipe export`) or pass --gguf"),
     (["serve", "--gguf", "x.gguf"], "", "x.gguf not found (--gguf)"),
+    (
+        ["ask", "hi", "--gguf", "models/gguf/tiny.Q8_0.gguf", "--retrieval"],
+        "",
+        "data/synth/index not found: run `dvc repro synth` (or `lorapipe synth`) or pass --index",
+    ),
+    (
+        ["serve", "--retrieval"],
+        "",
+        "data/synth/index not found: run `dvc repro synth` (or `lorapipe synth`) or pass --index",
+    ),
+    (["serve", "--retrieval", "--index", "idx"], "", "idx not found (--index)"),
+    (["serve", "--top-k", "3"], "", "--index and --top-k choose what --retrieval puts in the prompt: add --retrieval"),
     (["serve", "--transformers", "--merged-dir", "m"], "", "m not found (--merged-dir)"),
     (["plan", "--dataset-dir", "d"], "", "d/stats.json not found (--dataset-dir)"),
 ]
@@ -291,3 +319,34 @@ def test_outside_a_project_a_command_runs_with_the_defaults_and_says_so(tmp_path
     assert f"{tmp_path / 'nowhere'} not found (--text-dir" in err  # the input is named, not params.yaml
     assert main(["dataset", "--params", "mine.yaml"]) == 2  # a --params file that is missing is still an error
     assert "params file not found: mine.yaml" in capsys.readouterr().err
+
+
+def test_ask_with_retrieval_puts_the_passage_of_the_question_in_the_prompt(project, capsys, monkeypatch):
+    import lorapipe.evaluate
+    from lorapipe.retrieval import build_index, retrieval_messages
+
+    passages = [
+        {"id": "docs/lora.md#0", "source": "docs/lora.md", "passage": 0, "text": "LoRA trains thin matrices."},
+        {"id": "docs/tower.md#3", "source": "docs/tower.md", "passage": 3, "text": "The tower was finished in 1889."},
+        {"id": "docs/bread.md#0", "source": "docs/bread.md", "passage": 0, "text": "Sourdough rises with wild yeast."},
+    ]
+    build_index(passages, project / "data" / "synth" / "index")
+    (project / "data" / "dataset" / "prompts.json").write_text('{"text": "Text.", "qa": "Answer briefly."}')
+    asked = []
+    monkeypatch.setattr(
+        lorapipe.evaluate, "answer_all", lambda gguf, requests, max_tokens: asked.append((gguf, requests)) or ["1889"]
+    )
+    question = "When was the tower finished?"
+    assert main(["ask", question, "--gguf", "models/gguf/tiny.Q8_0.gguf", "--retrieval", "--top-k", "2"]) == 0
+    (gguf, [messages]) = asked[0]
+    assert gguf == Path("models/gguf/tiny.Q8_0.gguf")
+    assert messages[0] == {"role": "system", "content": "Answer briefly."}  # synth.task's prompt, as evaluated
+    assert messages[1]["content"].startswith(
+        "Answer the question using these passages.\n\n[1] (docs/tower.md) The tower"
+    )
+    assert "wild yeast" not in messages[1]["content"]  # shares no word with the question: not retrieved
+    found = retrieval_messages("Answer briefly.", question, [{**passages[1], "score": 0.0}])
+    assert messages[1]["content"] == found[1]["content"]
+    out = capsys.readouterr().out
+    assert "A (tiny.Q8_0.gguf, llama.cpp, with the top 2 of 3 passages of data/synth/index): 1889" in out
+    assert "[1] docs/tower.md#3 (BM25 " in out

@@ -814,3 +814,103 @@ def test_streamed_and_whole_answers_are_stripped_alike(pieces):
     assert all(streamed)  # no empty chunk is sent
     if streamed:
         assert not streamed[0][0].isspace() and not streamed[-1][-1].isspace()
+
+
+# --- serve --retrieval: every request's prompt holds the passages the index finds -----------------
+
+PASSAGES = [
+    {
+        "id": "docs/lora.md#0",
+        "source": "docs/lora.md",
+        "passage": 0,
+        "text": "Low-rank adaptation trains two thin matrices beside each frozen weight matrix.",
+    },
+    {
+        "id": "docs/tower.md#0",
+        "source": "docs/tower.md",
+        "passage": 0,
+        "text": "The Eiffel tower stands in Paris; its construction was finished in 1889.",
+    },
+    {
+        "id": "docs/bread.md#0",
+        "source": "docs/bread.md",
+        "passage": 0,
+        "text": "Sourdough bread rises with wild yeast and lactic acid bacteria.",
+    },
+]
+
+
+def retrieval_project(tmp_path: Path, top_k: int = 1):
+    """A project with prompts.json (text first, qa second) and a BM25 index over PASSAGES; the Retrieval."""
+    from lorapipe.retrieval import build_index, load_index
+    from lorapipe.serve import Retrieval
+
+    (tmp_path / "data" / "dataset").mkdir(parents=True)
+    (tmp_path / "data" / "dataset" / "prompts.json").write_text(json.dumps({"text": "Text.", "qa": "Answer briefly."}))
+    build_index(PASSAGES, tmp_path / "index")
+    return Retrieval(load_index(tmp_path / "index"), top_k, "qa", tmp_path / "index")
+
+
+def test_serve_with_retrieval_puts_the_passage_of_the_question_in_the_prompt(tmp_path, no_token):
+    from lorapipe.retrieval import retrieval_messages
+
+    retrieval = retrieval_project(tmp_path)
+    model = tmp_path / "fake.gguf"
+    model.write_bytes(b"")
+    made = []
+    app = create_app(
+        model,
+        project=tmp_path,
+        token=None,
+        backend_factory=lambda path, engine: made.append(FakeBackend(path, engine)) or made[-1],
+        retrieval=retrieval,
+    )
+    backend = made[0]
+    question = "When was the construction of the Eiffel tower finished?"
+    with in_process(app) as url:
+        status = requests.get(f"{url}/status", timeout=30).json()
+        assert status["retrieval"] == {"index": str(tmp_path / "index"), "passages": 3, "top_k": 1}
+        reply = requests.post(f"{url}/query", json={"prompt": question}, timeout=30).json()
+        tower = {**PASSAGES[1], "score": reply["passages"][0]["score"]}
+        assert backend.messages == retrieval_messages("Answer briefly.", question, [tower])  # synth.task's prompt
+        assert "[1] (docs/tower.md) The Eiffel tower stands in Paris" in backend.messages[1]["content"]
+        assert reply["system"] == "Answer briefly." and [p["id"] for p in reply["passages"]] == ["docs/tower.md#0"]
+        requests.post(f"{url}/query", json={"prompt": "What does low-rank adaptation train?", "task": "text"})
+        assert backend.messages[0]["content"] == "Text." and "(docs/lora.md) Low-rank" in backend.messages[1]["content"]
+        assert "Eiffel" not in backend.messages[1]["content"]
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        history = [
+            {"role": "system", "content": "Be terse."},
+            {"role": "user", "content": "Hello"},
+            {"role": "assistant", "content": "Hi."},
+            {"role": "user", "content": "What makes sourdough bread rise?"},
+        ]
+        assert client.chat.completions.create(model="fake.gguf", messages=history).choices[0].message.content
+        bread = backend.messages
+        assert bread[0] == {"role": "system", "content": "Be terse."} and len(bread) == 2  # the request's own prompt
+        assert bread[1]["content"].endswith("Question: What makes sourdough bread rise?")
+        assert "(docs/bread.md) Sourdough" in bread[1]["content"] and "Hello" not in bread[1]["content"]
+
+
+def test_serve_without_retrieval_keeps_the_request_as_it_is(tmp_path, no_token):
+    retrieval_project(tmp_path)
+    app, backend = fake_app(tmp_path)
+    with in_process(app) as url:
+        assert requests.get(f"{url}/status", timeout=30).json()["retrieval"] is None
+        reply = requests.post(f"{url}/query", json={"prompt": "When was the Eiffel tower finished?"}).json()
+    assert "passages" not in reply and reply["system"] == "Text."  # the first task's prompt, as before
+    assert backend.messages[1] == {"role": "user", "content": "When was the Eiffel tower finished?"}
+
+
+def test_serve_says_at_start_that_retrieval_is_on(tmp_path, monkeypatch, capsys, no_token):
+    import uvicorn
+
+    from lorapipe.serve import serve
+
+    retrieval = retrieval_project(tmp_path, top_k=2)
+    monkeypatch.chdir(tmp_path)  # no model here: the server starts and reports "no model"
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: None)
+    serve(retrieval=retrieval)
+    assert f"[serve] retrieval on: every prompt gets the top 2 of 3 passages of {tmp_path / 'index'}" in (
+        capsys.readouterr().out
+    )

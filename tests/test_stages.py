@@ -143,12 +143,27 @@ def test_evaluate_base_leaves_no_out_empty_without_chat_rows(tmp_path, dataset_d
     from lorapipe.params import load_params
     from lorapipe.stages.evaluate_base import run
 
+    from lorapipe.retrieval import build_index
+
     params = load_params(ROOT / "params.yaml", {"eval.max_samples": 2, "eval.max_new_tokens": 2})
-    run(params, dataset_dir=dataset_dir, base_dir=tiny_model_dir, reports_dir=tmp_path / "reports")
+    build_index([], tmp_path / "synth" / "index")  # no passages, no pairs: no knowledge question
+    (tmp_path / "synth" / "pairs.jsonl").write_text("")
+    run(
+        params,
+        dataset_dir=dataset_dir,
+        base_dir=tiny_model_dir,
+        reports_dir=tmp_path / "reports",
+        synth_dir=tmp_path / "synth",
+        eval_qa=tmp_path / "absent.jsonl",
+    )
     declared = [
         next(iter(o)) if isinstance(o, dict) else o for k in ("outs", "metrics") for o in DVC["evaluate_base"][k]
     ]
-    assert sorted(Path(o).name for o in declared) == sorted([paths.BASE_ANSWERS.name, paths.EVAL_BASE.name])
-    for name in (paths.BASE_ANSWERS.name, paths.EVAL_BASE.name):
+    written = [paths.BASE_ANSWERS.name, paths.EVAL_BASE.name, paths.KNOWLEDGE_BASE.name]
+    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == sorted(written)
+    for name in written:
         assert (tmp_path / "reports" / name).stat().st_size > 0, name
     assert json.loads((tmp_path / "reports" / paths.BASE_ANSWERS.name).read_text()) == {"answers": []}
+    knowledge = json.loads((tmp_path / "reports" / paths.KNOWLEDGE_BASE.name).read_text())
+    assert knowledge["questions"] == [] and knowledge["answers"] == {}
+    assert sorted(Path(o).name for o in declared) == sorted(written)

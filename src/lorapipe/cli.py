@@ -4,6 +4,7 @@
     lorapipe train --task queries         # one task's adapter, into models/lora_queries
     lorapipe extract --input-dir a/ b/ --output-dir out/ --no-resume   # extract other folders
     lorapipe ask "What is LoRA?"          # one answer from the exported GGUF
+    lorapipe ask --retrieval "What is LoRA?"   # ... with the top passages of data/synth/index in the prompt
     lorapipe serve --port 8000            # HTTP API: /status, /query, /v1/chat/completions, /train
     lorapipe chat                         # talk to the model in the terminal
     lorapipe plan --model mistralai/Mistral-7B-Instruct-v0.2 --load-in-4bit --device-memory-gb 8
@@ -27,6 +28,7 @@ import yaml
 
 from lorapipe import paths
 from lorapipe.params import (
+    DEFAULTS,
     STAGE_SECTIONS,
     Device,
     Params,
@@ -107,6 +109,13 @@ _STAGE_FLAGS: dict[str, list[tuple[tuple[str, ...], dict]]] = {
             "labeled_dir", paths.RAW_LABELED, "labeled JSON/JSONL examples (default: data/raw/labeled)", "--labeled-dir"
         ),
         _dir("output_dir", paths.DATASET, "output folder (default: data/dataset)", "--output-dir"),
+        _dir(
+            "synth_dir",
+            paths.SYNTH,
+            "the synth stage's output: its pairs.jsonl becomes the question–answer task; none there, no such task "
+            "(default: data/synth)",
+            "--synth-dir",
+        ),
     ],
     "train": [
         (("--task",), {"metavar": "NAME", "help": "train an adapter on one task's rows only, into models/lora_NAME"})
@@ -118,9 +127,19 @@ _STAGE_FLAGS: dict[str, list[tuple[tuple[str, ...], dict]]] = {
         _dir(
             "reports_dir",
             paths.REPORTS,
-            "writes eval_base.json and answers_base.json here (default: reports)",
+            "writes eval_base.json, answers_base.json and knowledge_base.json here (default: reports)",
             "--reports-dir",
-        )
+        ),
+        (
+            ("--eval-qa",),
+            {
+                "dest": "eval_qa",
+                "metavar": "FILE",
+                "default": str(paths.EVAL_QA),
+                "help": "your knowledge questions, JSONL {question, answer, source?, key?} "
+                f"(default: {paths.EVAL_QA}, skipped when absent)",
+            },
+        ),
     ],
     "evaluate": [
         _dir(
@@ -160,7 +179,7 @@ _STAGE_FLAGS: dict[str, list[tuple[tuple[str, ...], dict]]] = {
 _DATASET_FILES = {
     "train": (paths.TRAIN_ROWS.name, paths.VAL_ROWS.name, paths.DATASET_STATS.name),
     "export": (paths.PROMPTS.name,),
-    "evaluate_base": (paths.VAL_ROWS.name, paths.PROMPTS.name),
+    "evaluate_base": (paths.VAL_ROWS.name, paths.PROMPTS.name, paths.TRAIN_ROWS.name),
     "evaluate": (paths.VAL_ROWS.name, paths.PROMPTS.name),
 }
 _BASE = (("--base-dir",), "base_dir", paths.BASE_MODEL, ("config.json",))
@@ -172,12 +191,16 @@ _INPUTS: dict[str, list[tuple[tuple[str, ...], str, Path, tuple[str, ...]]]] = {
     "train": [(("--dataset-dir",), "dataset_dir", paths.DATASET, _DATASET_FILES["train"]), _BASE],
     "merge": [_BASE, _ADAPTER],
     "export": [_MERGED, (("--dataset-dir",), "dataset_dir", paths.DATASET, _DATASET_FILES["export"]), _ADAPTER, _BASE],
-    "evaluate_base": [(("--dataset-dir",), "dataset_dir", paths.DATASET, _DATASET_FILES["evaluate_base"]), _BASE],
+    "evaluate_base": [
+        (("--dataset-dir",), "dataset_dir", paths.DATASET, _DATASET_FILES["evaluate_base"]),
+        _BASE,
+        (("--synth-dir",), "synth_dir", paths.SYNTH, (paths.PAIRS.name, paths.RETRIEVAL_INDEX.name)),
+    ],
     "evaluate": [
         (("--dataset-dir",), "dataset_dir", paths.DATASET, _DATASET_FILES["evaluate"]),
         _MERGED,
         (("--gguf-dir",), "gguf_dir", paths.GGUF, ("export.json",)),
-        (("--reports-dir",), "reports_dir", paths.REPORTS, (paths.EVAL_BASE.name,)),
+        (("--reports-dir",), "reports_dir", paths.REPORTS, (paths.EVAL_BASE.name, paths.KNOWLEDGE_BASE.name)),
     ],
 }
 
@@ -223,6 +246,25 @@ def _add_stage_command(commands, stage: str) -> None:
         )
 
 
+def _add_retrieval_flags(command) -> None:
+    """``--retrieval``, ``--index`` and ``--top-k`` of ``ask`` and ``serve``."""
+    command.add_argument(
+        "--retrieval",
+        action="store_true",
+        help="answer with the passages a BM25 index finds for the question in the prompt, as the knowledge "
+        "evaluation measured it",
+    )
+    command.add_argument(
+        "--index",
+        metavar="DIR",
+        default=str(paths.RETRIEVAL_INDEX),
+        help=f"the index for --retrieval (default: {paths.RETRIEVAL_INDEX}, the synth stage's)",
+    )
+    command.add_argument(
+        "--top-k", type=_positive(int), metavar="N", help="passages per prompt (default: eval.retrieval_top_k)"
+    )
+
+
 def _add_model_commands(commands) -> None:
     """``ask``, ``serve`` and ``chat``: the exported model at work."""
     default_gguf = "(default: the model models/gguf/export.json names)"
@@ -233,6 +275,7 @@ def _add_model_commands(commands) -> None:
         "--prompts", default=str(paths.PROMPTS), help="the system prompts (default: data/dataset/prompts.json)"
     )
     ask.add_argument("--max-tokens", type=int, default=96)
+    _add_retrieval_flags(ask)
     serve = commands.add_parser("serve", help="serve the exported model over HTTP (FastAPI, 127.0.0.1)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, local only)")
     serve.add_argument("--port", type=int, default=8000)
@@ -244,6 +287,7 @@ def _add_model_commands(commands) -> None:
     )
     serve.add_argument("--merged-dir", default=str(paths.MERGED), help="merged model folder for --transformers")
     serve.add_argument("--json-schema", help='JSON Schema for requests with "constrained": true (llama.cpp grammar)')
+    _add_retrieval_flags(serve)
     chat = commands.add_parser("chat", help="talk to the exported model in the terminal")
     chat.add_argument("--gguf", help=f"GGUF file {default_gguf}")
     chat.add_argument("--max-tokens", type=int, default=256)
@@ -349,15 +393,46 @@ def _gguf(given: str | None) -> Path:
     return model_gguf(paths.require(paths.GGUF, "--gguf"))
 
 
+def _retrieval(args: argparse.Namespace):
+    """The serve.Retrieval ``--retrieval`` asks for (the index ``--index`` names, ``--top-k`` else params'
+    eval.retrieval_top_k, the task synth.task), or None. Raises FileNotFoundError naming a missing index
+    and `dvc repro synth`; ValueError for --index or --top-k without --retrieval."""
+    if not args.retrieval:
+        if args.top_k is not None or args.index != str(paths.RETRIEVAL_INDEX):
+            raise ValueError("--index and --top-k choose what --retrieval puts in the prompt: add --retrieval")
+        return None
+    from lorapipe.retrieval import load_index
+    from lorapipe.serve import Retrieval
+
+    index = load_index(args.index)
+    p = load_params(paths.PARAMS) if paths.PARAMS.is_file() else DEFAULTS
+    return Retrieval(index, args.top_k or p.eval.retrieval_top_k, p.synth.task, Path(args.index))
+
+
 def _ask(args: argparse.Namespace) -> None:
-    from lorapipe.evaluate import chat
     from lorapipe.io import read_json
 
     gguf = _gguf(args.gguf)
-    system_prompt = next(iter(read_json(paths.require(args.prompts, "--prompts")).values()))
-    print(
-        f"Q: {args.question}\nA ({gguf.name}, llama.cpp): {chat(gguf, system_prompt, args.question, args.max_tokens)}"
+    prompts = read_json(paths.require(args.prompts, "--prompts"))
+    retrieval = _retrieval(args)
+    if retrieval is None:
+        from lorapipe.evaluate import chat
+
+        answer = chat(gguf, next(iter(prompts.values())), args.question, args.max_tokens)
+        print(f"Q: {args.question}\nA ({gguf.name}, llama.cpp): {answer}")
+        return
+    from lorapipe.evaluate import answer_all
+
+    system_prompt = prompts.get(retrieval.task) or next(iter(prompts.values()))
+    messages, passages = retrieval.apply(
+        [{"role": "system", "content": system_prompt}, {"role": "user", "content": args.question}]
     )
+    answer = answer_all(gguf, [messages], args.max_tokens)[0]
+    print(f"Q: {args.question}\nA ({gguf.name}, llama.cpp, with {retrieval.describe()}): {answer}")
+    for number, passage in enumerate(passages, 1):
+        print(f"[{number}] {passage.get('id') or passage.get('source')} (BM25 {passage['score']:.2f})")
+    if not passages:
+        print(f"(no passage of {retrieval.folder} shares a word with the question: answered without one)")
 
 
 def _plan(args: argparse.Namespace) -> int:
@@ -421,7 +496,14 @@ def _extract(args: argparse.Namespace, p: Params, folders: dict[str, Path]) -> N
 def _dataset(args: argparse.Namespace, p: Params, folders: dict[str, Path]) -> None:
     from lorapipe.stages.dataset import run
 
-    run(p, folders["text_dir"], Path(args.labeled_dir), Path(args.output_dir), folders["base_dir"])
+    run(
+        p,
+        folders["text_dir"],
+        Path(args.labeled_dir),
+        Path(args.output_dir),
+        folders["base_dir"],
+        synth_dir=Path(args.synth_dir),
+    )
 
 
 def _synth(args: argparse.Namespace, p: Params, folders: dict[str, Path]) -> None:
@@ -451,7 +533,10 @@ def _export(args: argparse.Namespace, p: Params, folders: dict[str, Path]) -> No
 def _evaluate_base(args: argparse.Namespace, p: Params, folders: dict[str, Path]) -> None:
     from lorapipe.stages.evaluate_base import run
 
-    run(p, reports_dir=Path(args.reports_dir), **folders)
+    eval_qa = Path(args.eval_qa)
+    if eval_qa != paths.EVAL_QA:  # the default may be absent (no questions of your own); one you name may not
+        paths.require(eval_qa, "--eval-qa")
+    run(p, reports_dir=Path(args.reports_dir), eval_qa=eval_qa, **folders)
 
 
 def _evaluate(args: argparse.Namespace, p: Params, folders: dict[str, Path]) -> None:
@@ -496,6 +581,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.merged_dir if args.transformers else args.gguf,
                 "transformers" if args.transformers else "llama.cpp",
                 args.json_schema,
+                _retrieval(args),
             )
         elif args.command == "chat":
             from lorapipe.serve import chat_loop

@@ -12,12 +12,18 @@ Text is cut into windows of `max_seq_len` tokens of the base tokenizer that over
 `overlap_tokens`; a window ends at a paragraph or sentence break in its last quarter where there is
 one. Exact and near duplicates (MinHash over word 5-grams) are removed before the split, which is
 deterministic by `seed`: by document (no validation chunk comes from a training document) or by chunk.
+
+The synth stage's question–answer pairs (``data/synth/pairs.jsonl``) become one more chat task
+(``synth.task``, "qa", with ``synth.system_prompt``), held out by construction: a pair marked
+``"split": "eval"`` (a knowledge-evaluation question) is in neither file, and every pair of a
+document the text task put in validation goes to ``val.jsonl``, never to ``train.jsonl``.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import hashlib
+import json
 import random
 import re
 import zlib
@@ -35,7 +41,7 @@ from lorapipe.models import load_tokenizer
 from lorapipe.param_files import prompt_file
 from lorapipe.params import DEFAULTS, TaskParams
 from lorapipe.rows import loss_tokens, text_ids, tokenize_row
-from lorapipe.textfiles import read_text
+from lorapipe.textfiles import jsonl_lines, read_text
 
 _BREAK = re.compile(r"\n\n|[.!?][\s\"')\]]")
 LABELED_SUFFIXES = (".jsonl", ".json")
@@ -301,6 +307,114 @@ def _split(rows: list[dict], by_document: bool, val_fraction: float, rng: random
     return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
 
 
+# --- the synth stage's question–answer pairs: one more chat task, held out by construction ---------
+
+_SPLITS = ("train", "eval")  # pairs.jsonl's marks: "eval" pairs are knowledge-evaluation questions
+
+
+def _pair_problem(row: Any) -> str | None:
+    """What is wrong with one row of pairs.jsonl, or None."""
+    if not isinstance(row, dict):
+        return "not a JSON object"
+    for key in ("question", "answer", "source"):
+        if not isinstance(row.get(key), str) or not row[key].strip():
+            return f"{key!r} must be a non-empty string"
+    if row.get("split") not in _SPLITS:
+        return f"'split' must be one of {list(_SPLITS)}, got {row.get('split')!r}"
+    if not isinstance(row.get("passage_id", ""), str):
+        return "'passage_id' must be a string"
+    return None
+
+
+def _read_pairs(synth_dir: str | Path | None) -> tuple[Path | None, list[tuple[int, dict]]]:
+    """The synth stage's pairs file in `synth_dir` and its rows with their line numbers; (None, [])
+    when `synth_dir` is None or holds no ``pairs.jsonl`` (no qa task then, said in one line). Rows
+    are ``{"question", "answer", "source", "passage_id", "split": "train"|"eval"}``. Raises ValueError
+    naming ``file:line`` and the field for a malformed row."""
+    if synth_dir is None:
+        return None, []
+    file = Path(synth_dir) / paths.PAIRS.name
+    if not file.is_file():
+        print(f"[dataset] no {file}: no question–answer task (the synth stage writes it: `dvc repro synth`)")
+        return None, []
+    pairs = []
+    for number, line in jsonl_lines(read_text(file)):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{file}:{number}: not valid JSON ({exc.msg}); rerun `dvc repro synth`") from None
+        if problem := _pair_problem(row):
+            raise ValueError(f"{file}:{number}: {problem}; the synth stage writes this file: rerun `dvc repro synth`")
+        pairs.append((number, row))
+    return file, pairs
+
+
+def _qa_task(resolved: list[Task], mode: str, pairs: list, name: str, system_prompt: str) -> Task | None:
+    """The chat task the pairs become, or None: no pairs, dataset.mode text, or a task of that name
+    exists (each said in one line)."""
+    if not pairs:
+        return None
+    if mode == "text":
+        print(
+            f"[dataset] dataset.mode is text: the {len(pairs)} question–answer pairs of the synth stage are not "
+            f"trained (mode auto trains them as task {name!r})",
+            flush=True,
+        )
+        return None
+    if any(t.name == name for t in resolved):
+        print(
+            f"[dataset] dataset.tasks has a task named {name!r} already: the synth stage's question–answer pairs "
+            "are not trained (set synth.task to another name)",
+            flush=True,
+        )
+        return None
+    return Task(name, "chat", _resolve_prompt(system_prompt))
+
+
+def _qa_rows(task: Task, file: Path, pairs: list[tuple[int, dict]], tokenizer, knobs: tuple, counts: dict) -> list:
+    """The conversations of the pairs marked "train" (rows ``{"messages", "source", "task",
+    "passage_id", "split"}``); those marked "eval" are counted in ``synth_pairs_held_out``, never rows."""
+    try:
+        hf_codec(tokenizer)
+    except ChatTemplateError as exc:
+        raise ChatTemplateError(
+            f"task {task.name!r} (the synth stage's question–answer pairs in {file}): {exc}; "
+            "or set synth.questions_per_passage: 0"
+        ) from None
+    rows = []
+    for number, pair in pairs:
+        if pair["split"] == "eval":
+            counts["synth_pairs_held_out"] += 1  # a knowledge-evaluation question: neither trained nor validated
+            continue
+        messages = [{"role": "user", "content": pair["question"]}, {"role": "assistant", "content": pair["answer"]}]
+        row = _chat_row(task, file, number, messages, tokenizer, knobs, counts)
+        if row is not None:
+            rows.append({**row, "source": pair["source"], "passage_id": pair.get("passage_id"), "split": "train"})
+    if counts["synth_pairs_held_out"]:
+        print(
+            f"[dataset] {counts['synth_pairs_held_out']} question–answer pairs held out: the knowledge "
+            "evaluation's questions, in neither split",
+            flush=True,
+        )
+    return rows
+
+
+def _qa_split(
+    rows: list[dict], validation_documents: set[str] | None, by_document: bool, val_fraction: float, rng
+) -> tuple[list, list]:
+    """Train and validation rows of the qa task. `validation_documents` (the text task's, when it is
+    split by document): their pairs are validation rows, every other pair trains. Else split like a
+    chat task, by document when `by_document` and there are two or more, else row by row."""
+    if validation_documents is not None:
+        return (
+            [r for r in rows if r["source"] not in validation_documents],
+            [r for r in rows if r["source"] in validation_documents],
+        )
+    if len(rows) < 2:
+        return rows, []
+    return _split(rows, by_document and len({r["source"] for r in rows}) > 1, val_fraction, rng)
+
+
 def _percentiles(values: list[int]) -> dict[str, int]:
     if not values:
         return {"p50": 0, "p90": 0, "p99": 0, "max": 0}
@@ -327,14 +441,22 @@ COUNTS = (
     "bad_rows_skipped",
     "system_prompts_replaced",
     "sampled_out",
+    "synth_pairs_held_out",
 )  # stats.json's counters, in this order
 
 
 def _deduplicated_sample(
-    task: Task, rows: list[dict], dedup_threshold: float, max_samples: int | None, rng: random.Random, counts: dict
+    task: Task,
+    rows: list[dict],
+    dedup_threshold: float,
+    max_samples: int | None,
+    rng: random.Random,
+    counts: dict,
+    at_least: int = 2,
 ) -> list[dict]:
     """`rows` without exact and near duplicates (exact only for chat rows), then at most `max_samples`
-    of them drawn with `rng`. Raises ValueError when fewer than 2 remain."""
+    of them drawn with `rng`. Raises ValueError when fewer than `at_least` remain (2: a train and a
+    validation split)."""
     keys = [r["text"] if "text" in r else repr(r["messages"]) for r in rows]
     keep, exact, near = deduplicate(keys, dedup_threshold if task.kind == "text" else 1.0)
     counts["deduplicated_exact"] += exact
@@ -343,7 +465,7 @@ def _deduplicated_sample(
     if max_samples and len(rows) > max_samples:
         counts["sampled_out"] += len(rows) - max_samples
         rows = [rows[i] for i in sorted(rng.sample(range(len(rows)), max_samples))]
-    if len(rows) < 2:
+    if len(rows) < at_least:
         raise ValueError(
             f"task {task.name!r} has {len(rows)} row(s): at least 2 are needed for a train and a "
             "validation split; add data or lower dataset.max_seq_len / dataset.min_tokens"
@@ -401,18 +523,25 @@ def build_dataset(
     on_bad_row: str = DEFAULTS.dataset.on_bad_row,
     labeled_format: str = DEFAULTS.dataset.labeled_format,
     fields: Mapping[str, str] = DEFAULTS.dataset.fields,
+    synth_dir: str | Path | None = None,
+    qa_task: str = DEFAULTS.synth.task,
+    qa_system_prompt: str = DEFAULTS.synth.system_prompt,
 ) -> dict:
     """Write ``train.jsonl``, ``val.jsonl``, ``prompts.json`` and ``stats.json`` into `out_dir`.
 
     `text_dir`: the extract stage's output (``manifest.jsonl`` and texts); `tokenizer_dir`: a model
     folder with the tokenizer; `labeled_dir`: JSON/JSONL labeled examples, None: none. The knobs are
     the ``dataset`` section of params.yaml plus ``common.seed`` (see `lorapipe.params.DatasetParams`
-    for their meaning and units); `tasks` are TaskParams or their dicts. Returns the stats written to
-    ``stats.json``. Raises FileNotFoundError when a task's data is missing and ValueError when a task
-    has fewer than 2 rows, the params contradict each other, a system prompt cannot go into the
-    Ollama Modelfile (check_prompts), or the chat template refuses a row (ChatTemplateError, naming
-    the file and row; skipped and counted with on_bad_row skip).
-    """
+    for their meaning and units); `tasks` are TaskParams or their dicts. `synth_dir`: the synth stage's
+    output (``data/synth``; None or no ``pairs.jsonl`` there: no qa task): its pairs become the chat
+    task `qa_task` with `qa_system_prompt` (text, or a file; ``synth.task``, ``synth.system_prompt``),
+    except in mode text or when a task of that name exists; pairs marked "eval" are in neither split,
+    pairs of a validation document (text task split by document) only in validation. Returns the
+    stats written to ``stats.json``. Raises FileNotFoundError when a task's data is missing and
+    ValueError when a task has fewer than 2 rows, the params contradict each other, a system prompt
+    cannot go into the Ollama Modelfile (check_prompts), the chat template refuses a row
+    (ChatTemplateError, naming the file and row; skipped and counted with on_bad_row skip), or a row
+    of ``pairs.jsonl`` is malformed (naming ``file:line`` and the field)."""
     text_dir, out_dir = Path(text_dir), Path(out_dir)
     labeled_dir = Path(labeled_dir) if labeled_dir is not None else None
     tokenizer = load_tokenizer(tokenizer_dir)
@@ -425,28 +554,44 @@ def build_dataset(
         labeled_format,
         fields,
     )
-    check_prompts(resolved, tokenizer)
+    pairs_file, pairs = _read_pairs(synth_dir)
+    qa = _qa_task(resolved, mode, pairs, qa_task, qa_system_prompt)
+    check_prompts(resolved + ([qa] if qa else []), tokenizer)
     counts = dict.fromkeys(COUNTS, 0)
     train, val, per_task = [], [], {}
+    knobs = (max_seq_len, on_overflow, on_bad_row)
     for task in resolved:
         if task.kind == "text":
             rows = _text_rows(task, text_dir, tokenizer, max_seq_len, overlap_tokens, min_tokens, counts)
         else:
-            rows = _chat_rows(task, labeled_dir, tokenizer, max_seq_len, on_overflow, on_bad_row, counts)
+            rows = _chat_rows(task, labeled_dir, tokenizer, *knobs, counts)
         rng = random.Random(f"{seed}:{task.name}")  # samples, then splits: one stream per task
         rows = _deduplicated_sample(task, rows, dedup_threshold, max_samples, rng, counts)
         task_train, task_val = _split(rows, task.kind == "text" and split_by == "document", val_fraction, rng)
-        train += task_train
-        val += task_val
-        per_task[task.name] = {
-            "kind": task.kind,
-            "train": _split_stats(task_train, tokenizer, max_seq_len),
-            "val": _split_stats(task_val, tokenizer, max_seq_len),
-        }
-        print(
-            f"[dataset] task {task.name} ({task.kind}): {len(task_train)} train / {len(task_val)} val rows", flush=True
-        )
+        _add_task(task, task_train, task_val, (train, val, per_task), tokenizer, max_seq_len)
+    if qa:
+        rng = random.Random(f"{seed}:{qa.name}")
+        rows = _qa_rows(qa, pairs_file, pairs, tokenizer, knobs, counts)
+        rows = _deduplicated_sample(qa, rows, 1.0, max_samples, rng, counts, at_least=0)
+        by_text = split_by == "document" and any(t.kind == "text" for t in resolved)
+        held = {r["source"] for r in val if "text" in r} if by_text else None
+        qa_train, qa_val = _qa_split(rows, held, split_by == "document", val_fraction, rng)
+        _add_task(qa, qa_train, qa_val, (train, val, per_task), tokenizer, max_seq_len)
     stats = _stats(mode, max_seq_len, len(train), len(val), per_task, counts)
     faults.fault_point("mid")
-    _write_dataset(out_dir, train, val, {task.name: task.system_prompt for task in resolved}, stats)
+    prompts = {task.name: task.system_prompt for task in resolved + ([qa] if qa else [])}
+    _write_dataset(out_dir, train, val, prompts, stats)
     return stats
+
+
+def _add_task(task: Task, task_train: list, task_val: list, into: tuple, tokenizer, max_seq_len: int) -> None:
+    """Append one task's rows to the dataset's (train, val, per-task stats) `into`, and say so."""
+    train, val, per_task = into
+    train += task_train
+    val += task_val
+    per_task[task.name] = {
+        "kind": task.kind,
+        "train": _split_stats(task_train, tokenizer, max_seq_len),
+        "val": _split_stats(task_val, tokenizer, max_seq_len),
+    }
+    print(f"[dataset] task {task.name} ({task.kind}): {len(task_train)} train / {len(task_val)} val rows", flush=True)

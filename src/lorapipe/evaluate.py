@@ -21,9 +21,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lorapipe import faults
+from lorapipe import faults, paths
 from lorapipe.artifacts import export_ggufs, model_gguf
 from lorapipe.chat_encoder import encode_chat, hf_codec, llama_codec
+from lorapipe.knowledge import base_knowledge, evaluate_knowledge
 from lorapipe.io import atomic_outputs, read_json, read_jsonl, write_json, write_text_atomic
 from lorapipe.llama import gguf_logits
 from lorapipe.models import load_causal_lm, load_tokenizer
@@ -111,21 +112,46 @@ def evaluate_base(
     *,
     prompts_path: str | Path,
     answers_path: str | Path | None = None,
+    knowledge_path: str | Path | None = None,
+    synth_dir: str | Path | None = None,
+    eval_qa_path: str | Path | None = None,
+    train_path: str | Path | None = None,
     max_samples: int = DEFAULTS.eval.max_samples,
     max_new_tokens: int = DEFAULTS.eval.max_new_tokens,
+    knowledge_questions: int = DEFAULTS.eval.knowledge_questions,
+    knowledge_max_new_tokens: int = DEFAULTS.eval.knowledge_max_new_tokens,
+    retrieval_top_k: int = DEFAULTS.eval.retrieval_top_k,
 ) -> dict:
     """Score the base model once; experiments reuse its metrics. Writes ``{"base": {"loss", "perplexity",
     "tokens"}, "rows": n}`` (perplexity on the first `max_samples` rows of `val_path`) to `out_path`
     and returns it. With `answers_path`, also the base's greedy answers (at most `max_new_tokens`
     tokens) to the chat validation rows as JSON ``{"answers": [{"task", "answer"}, ...]}`` (an empty
     list without chat rows; the file is never empty), which evaluate_models compares the tuned model's
-    to; `prompts_path` (``prompts.json``) gives each task's system prompt.
+    to; `prompts_path` (``prompts.json``) gives each task's system prompt. With `knowledge_path`, also
+    the base's knowledge answers (lorapipe.knowledge.base_knowledge: the held-out pairs of `synth_dir`
+    and the questions of `eval_qa_path`, closed-book and with retrieval; the trained documents are those
+    of `train_path`, default the ``train.jsonl`` beside `val_path`) as a JSON object.
 
-    Raises ValueError when `val_path` has no rows; both files are replaced together or not at all."""
+    Raises ValueError when `val_path` has no rows or an eval_qa row is malformed (naming file and line);
+    the files are replaced together or not at all."""
     sequences = _val_sequences(Path(val_path), load_tokenizer(base_dir), max_samples)
     metrics = {"base": hf_perplexity(base_dir, sequences), "rows": len(sequences)}
+    knowledge = None
+    if knowledge_path:
+        knowledge = base_knowledge(
+            base_dir,
+            synth_dir=synth_dir,
+            eval_qa_path=eval_qa_path,
+            train_path=train_path or Path(val_path).with_name(paths.TRAIN_ROWS.name),
+            prompts_path=prompts_path,
+            knowledge_questions=knowledge_questions,
+            knowledge_max_new_tokens=knowledge_max_new_tokens,
+            retrieval_top_k=retrieval_top_k,
+        )
     faults.fault_point("mid")
     with atomic_outputs() as place:  # the answers and the metrics are replaced together
+        if knowledge is not None:
+            write_json(place(knowledge_path), knowledge)
         if answers_path:
             rows = chat_rows(val_path, max_samples)
             requests = evaluation_requests(rows, read_json(prompts_path)) if rows else []
@@ -162,12 +188,15 @@ def answer_all(
     try:
         codec = llama_codec(llm)
         eos = llm._model.token_get_text(llm.token_eos())
-        answers = [
-            llm.create_completion(
+        answers = []
+        for messages in requests:
+            # A fresh context per prompt: reusing the previous prompt's cached start changes the logits in
+            # the last bits, enough to flip a greedy token (an answer would depend on the one before).
+            llm.reset()
+            completion = llm.create_completion(
                 encode_chat(messages, codec), max_tokens=max_tokens, temperature=0.0, grammar=grammar, stop=[eos]
-            )["choices"][0]["text"].strip()
-            for messages in requests
-        ]
+            )
+            answers.append(completion["choices"][0]["text"].strip())
     finally:
         llm.close()
     return answers
@@ -312,6 +341,14 @@ def _chat_answers(
     return answers
 
 
+def _knowledge(base_path: str | Path | None, merged_dir, gguf: Path, max_new_tokens: int) -> tuple[dict, str]:
+    """evaluate_knowledge on the questions and base answers of evaluate_base's `base_path`."""
+    if base_path is None:
+        raise ValueError("the knowledge evaluation needs evaluate_base's knowledge_base.json (knowledge_base_path)")
+    base = read_json(paths.require(base_path, "--reports-dir"))
+    return evaluate_knowledge(base, merged_dir, gguf, knowledge_max_new_tokens=max_new_tokens)
+
+
 def evaluate_models(
     val_path: str | Path,
     prompts_path: str | Path,
@@ -322,11 +359,15 @@ def evaluate_models(
     samples_path: str | Path | None = None,
     base_metrics_path: str | Path | None = None,
     base_answers_path: str | Path | None = None,
+    knowledge_base_path: str | Path | None = None,
+    knowledge_path: str | Path | None = None,
+    knowledge_md_path: str | Path | None = None,
     max_samples: int = DEFAULTS.eval.max_samples,
     num_generations: int = DEFAULTS.eval.num_generations,
     max_new_tokens: int = DEFAULTS.eval.max_new_tokens,
     json_schema: str | Path | None = DEFAULTS.eval.json_schema,
     constrained: bool = DEFAULTS.eval.constrained,
+    knowledge_max_new_tokens: int = DEFAULTS.eval.knowledge_max_new_tokens,
 ) -> dict:
     """Score the fine-tuned model against the base; write the metrics to `out_path` and return them.
 
@@ -336,11 +377,15 @@ def evaluate_models(
     rows, greedy answers (at most `max_new_tokens` tokens) of the merged model, the model's GGUF
     (artifacts.model_gguf), the base (read from `base_answers_path`) and, with `constrained`, the GGUF
     under a grammar built from `json_schema`, scored per task (``"answers"``). With `samples_path`,
-    also a Markdown page of `num_generations` prompts with the answers side by side; it and the
-    metrics are replaced together.
+    also a Markdown page of `num_generations` prompts with the answers side by side. With
+    `knowledge_path` and `knowledge_md_path`, also the knowledge evaluation of the questions in
+    `knowledge_base_path` (evaluate_base's, with the base's answers): the merged model closed-book and
+    with retrieval, the model GGUF closed-book (lorapipe.knowledge.evaluate_knowledge; at most
+    `knowledge_max_new_tokens` tokens each). Every output is replaced together.
 
-    Raises FileNotFoundError when `gguf_dir` holds no export (naming `dvc repro export`), ValueError
-    when `val_path` has no rows or `constrained` is set without `json_schema`."""
+    Raises FileNotFoundError when `gguf_dir` holds no export (naming `dvc repro export`) or
+    `knowledge_base_path` is missing (naming `dvc repro evaluate_base`), ValueError when `val_path`
+    has no rows or `constrained` is set without `json_schema`."""
     model, ggufs = model_gguf(gguf_dir), export_ggufs(gguf_dir)
     schema = read_json(json_schema) if json_schema else None
     if constrained and schema is None:
@@ -367,7 +412,12 @@ def evaluate_models(
         faults.fault_point("mid")
         continuation = answer_all(model, [m for m, _ in text_requests], max_new_tokens) if text else []
         samples = samples_markdown(text, text_requests, {model.name: continuation}, num_generations)
-    with atomic_outputs() as place:  # the samples and the metrics are replaced together
+    knowledge = _knowledge(knowledge_base_path, merged_dir, model, knowledge_max_new_tokens) if knowledge_path else None
+    with atomic_outputs() as place:  # every output is replaced together
+        if knowledge is not None:
+            write_json(place(knowledge_path), knowledge[0])
+            if knowledge_md_path:
+                write_text_atomic(place(knowledge_md_path), knowledge[1])
         if samples_path:
             write_text_atomic(place(samples_path), samples)
         write_json(place(out_path), metrics)

@@ -8,12 +8,16 @@
 - JSON answers (tasks whose expected answers are JSON objects, such as ``{"query", "data"}`` rows):
   the share that parses as JSON, the share valid against a JSON Schema when one is given, intent
   accuracy, and precision, recall and F1 per slot and over all slots. A slot counts as right when
-  its name and value (whitespace collapsed, case kept) both match.
+  its name and value (whitespace collapsed, case kept) both match;
+- knowledge answers (the knowledge evaluation): token F1 and ROUGE-L on SQuAD-normalized words
+  (``answer_tokens``), and whether every key string of the question appears in the answer.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import unicodedata
 from collections import Counter
 from typing import Any
 
@@ -127,3 +131,53 @@ def score_answers(answers: list[str], expected: list[str], schema: dict | None =
     if is_json_task(expected):
         scores["json"] = score_json(answers, expected, schema)
     return scores
+
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def answer_tokens(text: str) -> list[str]:
+    """SQuAD's answer normalization, as words: lowercase, punctuation removed (any Unicode punctuation,
+    so ``low-rank`` is ``lowrank``), the English articles a/an/the dropped, split on whitespace."""
+    lowered = "".join(c for c in text.lower() if not unicodedata.category(c).startswith("P"))
+    return _ARTICLES.sub(" ", lowered).split()
+
+
+def token_f1(answer: str, reference: str) -> float:
+    """SQuAD's token F1 of `answer` against `reference` on ``answer_tokens`` (0.0 to 1.0): harmonic mean of
+    the shares of shared words (with multiplicity) in each; 1.0 when both have no words, 0.0 when one has."""
+    a, b = answer_tokens(answer), answer_tokens(reference)
+    if not a or not b:
+        return float(a == b)
+    common = sum((Counter(a) & Counter(b)).values())
+    if not common:
+        return 0.0
+    precision, recall = common / len(a), common / len(b)
+    return 2 * precision * recall / (precision + recall)
+
+
+def answer_rouge_l(answer: str, reference: str) -> float:
+    """`rouge_l` on the ``answer_tokens`` words of both (case, punctuation and articles ignored)."""
+    return rouge_l(" ".join(answer_tokens(answer)), " ".join(answer_tokens(reference)))
+
+
+def key_hit(answer: str, keys: list[str]) -> bool:
+    """Whether every key string appears in `answer`, case-insensitive, whitespace runs collapsed on both
+    sides (``"low-rank"`` in ``"two LOW-RANK matrices"``). No keys: True."""
+    text = normalize(answer).casefold()
+    return all(normalize(key).casefold() in text for key in keys)
+
+
+def score_knowledge(answers: list[str], references: list[str], keys: list[list[str]]) -> dict[str, Any]:
+    """Mean token F1 and ROUGE-L of `answers` against `references` and the key hit rate: the share of the
+    questions with keys (``keys[i]`` non-empty) whose every key is in the answer. ``{"f1", "rouge_l",
+    "key_hit", "n", "keyed"}``, rounded to 4 places; a mean over nothing (no answers, no keyed
+    question) is None."""
+    n, keyed = len(answers), [i for i, k in enumerate(keys) if k]
+    return {
+        "f1": round(sum(map(token_f1, answers, references)) / n, 4) if n else None,
+        "rouge_l": round(sum(map(answer_rouge_l, answers, references)) / n, 4) if n else None,
+        "key_hit": round(sum(key_hit(answers[i], keys[i]) for i in keyed) / len(keyed), 4) if keyed else None,
+        "n": n,
+        "keyed": len(keyed),
+    }

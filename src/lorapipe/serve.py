@@ -34,6 +34,12 @@ it), so a streamed answer joins to exactly the non-streamed one.
 Generation runs in FastAPI's threadpool, never on the event loop, so /status answers while an answer
 is generated; each loaded model has one lock, so one llama.cpp context never runs two requests at once.
 
+``lorapipe serve --retrieval``: every request's messages (of /query and /v1/chat/completions) are
+rebuilt by ``retrieval.retrieval_messages`` from its system prompt, its last user message and the
+top-k passages the BM25 index (``data/synth/index``, the synth stage's) finds for that message: the
+prompt the knowledge evaluation measured. A request without a system message gets the system prompt
+of the task ``synth.task`` (``Retrieval.task``) when prompts.json has it; /status says retrieval is on.
+
 ``LORAPIPE_API_TOKEN`` set: every route but the health part of /status needs
 ``Authorization: Bearer <token>`` (401 otherwise). The server listens on 127.0.0.1 unless ``--host``
 names another address, and refuses to do that without the token.
@@ -78,6 +84,7 @@ from lorapipe.artifacts import model_gguf
 from lorapipe.chat_encoder import ChatTemplateError, encode_chat, hf_codec, llama_codec
 from lorapipe.io import read_provenance
 from lorapipe.params import MAX_SEQ_LEN, ParamsError, apply_overrides, read_yaml, validate_params
+from lorapipe.retrieval import Index, retrieval_messages
 from lorapipe.textfiles import read_text
 
 TOKEN_ENV = "LORAPIPE_API_TOKEN"
@@ -127,6 +134,36 @@ def _held_back(text: str, stops: tuple[str, ...]) -> int:
     return max((k for s in stops for k in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:k])), default=0)
 
 
+@dataclass(frozen=True)
+class Retrieval:
+    """Answers with retrieved passages in the prompt (``--retrieval``): the `top_k` passages `index`
+    (loaded from `folder`) finds for the question. `task`: the prompts.json task whose system prompt
+    a request without one gets (``synth.task``, the one the knowledge evaluation uses), else the first."""
+
+    index: Index
+    top_k: int
+    task: str | None = None
+    folder: Path = paths.RETRIEVAL_INDEX
+
+    def apply(self, messages: list[dict]) -> tuple[list[dict], list[dict]]:
+        """`messages` rebuilt as ``retrieval_messages(their system prompt, their last user message, the
+        passages found for it)`` (no system message when they have none), and those passages (rows of
+        passages.jsonl with ``score``, best first)."""
+        system = messages[0]["content"] if messages and messages[0]["role"] == "system" else None
+        question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        passages = self.index.search(question, self.top_k)
+        rebuilt = retrieval_messages(system or "", question, passages)
+        return (rebuilt if system is not None else rebuilt[1:]), passages
+
+    def describe(self) -> str:
+        """One line for the user: ``the top 2 of 57 passages of data/synth/index``."""
+        return f"the top {self.top_k} of {len(self.index.passages)} passages of {self.folder}"
+
+    def status(self) -> dict[str, Any]:
+        """What /status reports: ``{"index", "passages", "top_k"}``."""
+        return {"index": str(self.folder), "passages": len(self.index.passages), "top_k": self.top_k}
+
+
 class Backend:
     """The model being served: a GGUF under llama.cpp, or a merged folder under transformers. Not
     thread-safe: the server runs it under its LoadedModel's lock."""
@@ -166,6 +203,9 @@ class Backend:
         llm.set_seed(sampling.seed % 2**32 if sampling.seed is not None else secrets.randbits(32))
         decoder = codecs.getincrementaldecoder("utf-8")("ignore")  # a character split across tokens waits
         text, sent, done.finish_reason = "", 0, "length"
+        # No reuse of the previous prompt's cached start: llama.cpp's logits for reused positions differ
+        # in the last bits, enough to flip a greedy token, so an answer would depend on the request before.
+        llm.reset()
         tokens = llm.generate(
             prompt,
             temp=sampling.temperature,
@@ -705,9 +745,10 @@ class AppState:
         token: str | None,
         schema: dict | None,
         backend_factory: Callable[[Path, str], Backend],
+        retrieval: Retrieval | None = None,
     ):
         self.project, self.root, self.engine, self.token, self.schema = project, project, engine, token, schema
-        self.backend_factory = backend_factory
+        self.backend_factory, self.retrieval = backend_factory, retrieval
         self.training = TrainRun(project)
         self.loaded: LoadedModel | None = None
         self.error: str | None = None
@@ -799,8 +840,17 @@ class AppState:
         known = self.prompts()
         if task is not None and task not in known:
             raise APIError(422, f"unknown task {task!r}; known: {sorted(known)}", param="task")
+        if task is None and self.retrieval and self.retrieval.task in known:
+            task = self.retrieval.task  # the prompt the knowledge evaluation measured with retrieval
         system = known.get(task) if task else next(iter(known.values()), None)
         return ([{"role": "system", "content": system}] if system else []) + messages
+
+    def request_messages(self, messages: list[dict], task: str | None) -> tuple[list[dict], list[dict]]:
+        """The messages a request's are answered with: led by the task's system prompt (with_system),
+        then, with retrieval on, rebuilt around the passages found for the last user message (which
+        are returned too; [] without retrieval)."""
+        messages = self.with_system(messages, task)
+        return self.retrieval.apply(messages) if self.retrieval else (messages, [])
 
 
 def _encode(model: Backend, messages: list[dict]) -> list[int]:
@@ -863,6 +913,7 @@ async def status(request: Request, state: State) -> dict[str, Any]:
         "error": state.error,
         "model": str(loaded.backend.path) if loaded else None,
         "engine": state.engine,
+        "retrieval": state.retrieval.status() if state.retrieval else None,
         **state.run_info(),
         "train": state.training.snapshot(),
     }
@@ -871,20 +922,23 @@ async def status(request: Request, state: State) -> dict[str, Any]:
 @router.post("/query", dependencies=AUTHORIZED)
 def query(body: QueryRequest, state: State) -> dict[str, Any]:
     loaded = state.require_model()
-    messages = state.with_system([{"role": "user", "content": body.prompt}], body.task)
+    messages, passages = state.request_messages([{"role": "user", "content": body.prompt}], body.task)
     rules = state.grammar(body.constrained)
     with loaded.session() as model:
         prompt = _encode(model, messages)
         done = Generation(len(prompt))
         sampling = Sampling(_room(model, prompt, body.max_tokens, body.max_tokens), grammar=rules)
         answer = "".join(_stripped(model.generate(prompt, sampling, done)))
-    return {
+    reply = {
         "answer": answer,
         "model": model.path.name,
         "system": messages[0]["content"] if messages[0]["role"] == "system" else None,
         "finish_reason": done.finish_reason,
         "usage": done.usage(),
     }
+    if state.retrieval:
+        reply["passages"] = [{"id": p.get("id"), "source": p.get("source"), "score": p["score"]} for p in passages]
+    return reply
 
 
 def _model_card(loaded: LoadedModel) -> dict[str, Any]:
@@ -955,9 +1009,9 @@ def _events(
 
 def _chat_messages(body: ChatRequest, state: State) -> list[dict]:
     """The request's messages as the chat template takes them (developer → system), led by the
-    task's system prompt when they have none."""
+    task's system prompt when they have none; with retrieval, rebuilt around the passages found."""
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.content} for m in body.messages]
-    return state.with_system(messages, body.task)
+    return state.request_messages(messages, body.task)[0]
 
 
 def _engine_can(body: ChatRequest, engine: str) -> None:
@@ -1027,16 +1081,18 @@ def create_app(
     token: str | None = None,
     json_schema: str | Path | None = None,
     backend_factory: Callable[[Path, str], Backend] = Backend,
+    retrieval: Retrieval | None = None,
 ) -> FastAPI:
     """The FastAPI application. `model_path` defaults to the GGUF ``models/gguf/export.json`` names
     (or models/merged with the transformers engine); without one the server still starts, reports
     "no model" and answers 503. `token` defaults to LORAPIPE_API_TOKEN. With `json_schema` (a file),
     requests may ask for ``"constrained": true``: decoding under a llama.cpp grammar built from it.
-    `backend_factory(path, engine)` loads a model (tests pass a fake)."""
+    `backend_factory(path, engine)` loads a model (tests pass a fake). `retrieval`: answer with the
+    passages it finds in the prompt (``lorapipe serve --retrieval``); None: closed book."""
     project = Path(project).resolve()
     token = token if token is not None else os.environ.get(TOKEN_ENV) or None
     schema = json.loads(read_text(json_schema)) if json_schema else None
-    state = AppState(project, engine, token, schema, backend_factory)
+    state = AppState(project, engine, token, schema, backend_factory, retrieval)
     state.load(Path(model_path) if model_path else state.default_model(project), project)
     app = FastAPI(title="lorapipe", description=__doc__.split("\n\n")[0])
     app.state.lorapipe = state
@@ -1062,9 +1118,11 @@ def serve(
     model_path: str | Path | None = None,
     engine: str = "llama.cpp",
     json_schema: str | Path | None = None,
+    retrieval: Retrieval | None = None,
 ) -> None:
     """Run the API with uvicorn until interrupted. Only this machine can reach it unless `host` says
-    otherwise, and then only with LORAPIPE_API_TOKEN set (every route but /status's health needs it)."""
+    otherwise, and then only with LORAPIPE_API_TOKEN set (every route but /status's health needs it).
+    `retrieval`: every answer gets the passages it finds in its prompt (see the module docstring)."""
     import uvicorn
 
     if not is_local(host) and not os.environ.get(TOKEN_ENV):
@@ -1073,7 +1131,9 @@ def serve(
             f"the model and start training runs. Set {TOKEN_ENV} to a secret, or keep the default "
             "--host 127.0.0.1"
         )
-    app = create_app(model_path, engine=engine, json_schema=json_schema)
+    app = create_app(model_path, engine=engine, json_schema=json_schema, retrieval=retrieval)
+    if retrieval:
+        print(f"[serve] retrieval on: every prompt gets {retrieval.describe()}", flush=True)
     print(
         f"[serve] http://{host}:{port} (GET /status, POST /query, GET /v1/models, POST /v1/chat/completions, "
         "POST /train)",

@@ -62,11 +62,16 @@ def _check_dvc_cache(repo: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory, tiny_model_dir):
+def pipeline(tmp_path_factory, tiny_model_dir, teacher_server):
     """The pipeline run once without faults (the reference); save_steps 1 so a killed training run
-    has checkpoints to resume from."""
+    has checkpoints to resume from; the synth stage asks the fake teacher."""
     work = tmp_path_factory.mktemp("faults")
-    repo, env = git_project(work / "project", tiny_model_dir, train={"save_steps": 1, "log_every": 1})
+    repo, env = git_project(
+        work / "project",
+        tiny_model_dir,
+        train={"save_steps": 1, "log_every": 1},
+        synth=teacher_server.synth_params,
+    )
     env["LORAPIPE_CACHE_DIR"] = str(work / "cache")
     run_ok(["dvc", "repro"], repo, env)
     return repo, env, _snapshot(repo)

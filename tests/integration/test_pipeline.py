@@ -5,6 +5,7 @@ Run: .venv/bin/pytest tests/integration/test_pipeline.py -s   (about ten minutes
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import subprocess
@@ -31,8 +32,10 @@ def _skipped(output: str) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, tiny_model_dir):
-    repo, env = git_project(tmp_path_factory.mktemp("e2e") / "project", tiny_model_dir)
+def project(tmp_path_factory, tiny_model_dir, teacher_server):
+    repo, env = git_project(
+        tmp_path_factory.mktemp("e2e") / "project", tiny_model_dir, synth=teacher_server.synth_params
+    )
     env["HF_TOKEN"] = FAKE_HF_TOKEN  # every run in this module has a Hub token it must never write down
     env["LORAPIPE_CACHE_DIR"] = str(repo.parent / "lorapipe-cache")
     first = run_ok(["dvc", "repro"], repo, env)
@@ -48,7 +51,14 @@ def test_repro_runs_every_stage_and_writes_every_out(project):
     for name in ("train.jsonl", "val.jsonl", "prompts.json", "stats.json"):
         assert (repo / "data/dataset" / name).stat().st_size > 0
     stats = read_json(repo / "data/dataset/stats.json")
-    assert stats["max_seq_len"] == 128 and set(stats["tasks"]) == {"text", "chat"}
+    assert stats["max_seq_len"] == 128 and set(stats["tasks"]) == {"text", "chat", "qa"}
+    synth = read_json(repo / "data/synth/stats.json")
+    assert synth["kept"] > 0 and synth["eval"] > 0 and synth["kept"] == synth["train"] + synth["eval"]
+    pairs = [json.loads(line) for line in (repo / "data/synth/pairs.jsonl").read_text().splitlines()]
+    held_out = {p["question"] for p in pairs if p["split"] == "eval"}
+    trained = [json.loads(line) for line in (repo / "data/dataset/train.jsonl").read_text().splitlines()]
+    asked = {m["content"] for row in trained for m in row.get("messages", []) if m["role"] == "user"}
+    assert held_out and not held_out & asked  # no knowledge question is ever trained
     adapter = {p.name for p in (repo / "models/lora_output").iterdir()}
     assert adapter == ADAPTER_FILES
     assert read_json(repo / "reports/train.json")["steps"] == 4
@@ -71,6 +81,12 @@ def test_repro_runs_every_stage_and_writes_every_out(project):
     assert set(evaluation["answers"]) == {"base", "fine-tuned", "tiny.Q8_0.gguf"}
     assert "json" in evaluation["answers"]["fine-tuned"]["chat"]  # the snips answers are JSON
     assert (repo / "reports/train_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    knowledge = read_json(repo / "reports/knowledge.json")
+    systems = {"base", "base + retrieval", "fine-tuned", "fine-tuned + retrieval", "tiny.Q8_0.gguf"}
+    for name in ("synth", "user"):  # the held-out pairs, and the project's data/raw/eval_qa.jsonl
+        assert knowledge["sets"][name]["questions"] == 2
+        assert set(knowledge["sets"][name]["systems"]) == systems
+    assert "| base + retrieval |" in (repo / "reports/knowledge.md").read_text()
     # Outputs are git-ignored and tracked by DVC instead.
     status = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True).stdout
     assert "models/" not in status and "data/dataset" not in status and "mlflow.db" not in status

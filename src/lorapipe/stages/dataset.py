@@ -1,5 +1,7 @@
-"""DVC stage ``dataset``: training and validation rows from the extracted text and the labeled
-examples, tokenized with ``models/base``'s tokenizer, into ``data/dataset`` (``dataset.*``, ``common.seed``).
+"""DVC stage ``dataset``: training and validation rows from the extracted text, the labeled examples
+and the synth stage's question–answer pairs (``data/synth/pairs.jsonl``, the task ``synth.task``),
+tokenized with ``models/base``'s tokenizer, into ``data/dataset`` (``dataset.*``, ``common.seed``,
+``synth.task``, ``synth.system_prompt``).
 
 Run: ``dvc repro dataset`` (or ``python -m lorapipe.stages.dataset``; ``lorapipe dataset --output-dir D``).
 """
@@ -20,6 +22,8 @@ def run(
     labeled_dir: Path = paths.RAW_LABELED,
     out_dir: Path = paths.DATASET,
     base_dir: Path = paths.BASE_MODEL,
+    *,
+    synth_dir: Path = paths.SYNTH,
 ) -> None:
     d = p.dataset
     build_dataset(
@@ -42,6 +46,9 @@ def run(
         on_bad_row=d.on_bad_row,
         labeled_format=d.labeled_format,
         fields=d.fields,
+        synth_dir=synth_dir,
+        qa_task=p.synth.task,
+        qa_system_prompt=p.synth.system_prompt,
     )
 
 

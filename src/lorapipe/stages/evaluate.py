@@ -1,5 +1,6 @@
-"""DVC stage ``evaluate``: the fine-tuned model and its GGUF scored against the base model on the
-validation rows (``eval.*``): ``reports/eval.json`` and ``reports/samples.md``; logged to MLflow.
+"""DVC stage ``evaluate``: the fine-tuned model and its GGUF scored against the base model (``eval.*``)
+on the validation rows (``reports/eval.json``, ``reports/samples.md``) and on evaluate_base's knowledge
+questions (``reports/knowledge.json``, ``reports/knowledge.md``); logged to MLflow.
 
 Run: ``dvc repro evaluate`` (or ``python -m lorapipe.stages.evaluate``).
 """
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from lorapipe import paths, tracking
 from lorapipe.evaluate import evaluate_models
+from lorapipe.knowledge import knowledge_metrics
 from lorapipe.params import Params, section_dict
 from lorapipe.stages import main
 
@@ -23,8 +25,7 @@ def run(
     reports_dir: Path = paths.REPORTS,
     adapter_dir: Path = paths.ADAPTER,
 ) -> None:
-    """evaluate_base's results are read from `reports_dir`, and eval.json and samples.md written there;
-    the metrics go into the MLflow run of the adapter in `adapter_dir`."""
+    """evaluate_base's results are read from `reports_dir`, the reports written there; metrics: `adapter_dir`'s run."""
     data, reports = Path(dataset_dir), Path(reports_dir)
     e = p.eval
     metrics = evaluate_models(
@@ -36,18 +37,22 @@ def run(
         samples_path=reports / paths.SAMPLES.name,
         base_metrics_path=reports / paths.EVAL_BASE.name,
         base_answers_path=reports / paths.BASE_ANSWERS.name,
+        knowledge_base_path=reports / paths.KNOWLEDGE_BASE.name,
+        knowledge_path=reports / paths.KNOWLEDGE.name,
+        knowledge_md_path=reports / paths.KNOWLEDGE_MD.name,
         max_samples=e.max_samples,
         num_generations=e.num_generations,
         max_new_tokens=e.max_new_tokens,
         json_schema=e.json_schema,
         constrained=e.constrained,
+        knowledge_max_new_tokens=e.knowledge_max_new_tokens,
     )
     tracking.log_stage(
         Path(adapter_dir) / paths.RUN_INFO_NAME,
         "evaluate",
         section_dict(p, "evaluate"),
-        {"eval": metrics},
-        {"reports": reports / paths.SAMPLES.name},
+        {"eval": metrics, **knowledge_metrics(reports / paths.KNOWLEDGE.name)},
+        {"reports": reports / paths.SAMPLES.name, "knowledge": reports / paths.KNOWLEDGE_MD.name},
     )
 
 

@@ -1,5 +1,7 @@
 """DVC stage ``evaluate_base``: the base model's perplexity and answers on the validation rows
-(``eval.max_samples``, ``eval.max_new_tokens``), so that experiments do not recompute them.
+(``eval.max_samples``, ``eval.max_new_tokens``) and its closed-book and retrieval answers to the
+knowledge questions (``eval.knowledge_*``, ``eval.retrieval_top_k``), so that experiments do not
+recompute them.
 
 Run: ``dvc repro evaluate_base`` (or ``python -m lorapipe.stages.evaluate_base``).
 """
@@ -20,16 +22,29 @@ def run(
     dataset_dir: Path = paths.DATASET,
     base_dir: Path = paths.BASE_MODEL,
     reports_dir: Path = paths.REPORTS,
+    synth_dir: Path = paths.SYNTH,
+    eval_qa: Path = paths.EVAL_QA,
 ) -> None:
-    """The base's scores into `reports_dir` (``eval_base.json``, ``answers_base.json``)."""
+    """The base's scores into `reports_dir` (``eval_base.json``, ``answers_base.json``, and its knowledge
+    answers ``knowledge_base.json`` to the held-out pairs of `synth_dir` and the questions of `eval_qa`,
+    a file that may be absent)."""
+    data, reports = Path(dataset_dir), Path(reports_dir)
+    e = p.eval
     evaluate_base(
-        Path(dataset_dir) / paths.VAL_ROWS.name,
+        data / paths.VAL_ROWS.name,
         base_dir,
-        Path(reports_dir) / paths.EVAL_BASE.name,
-        prompts_path=Path(dataset_dir) / paths.PROMPTS.name,
-        answers_path=Path(reports_dir) / paths.BASE_ANSWERS.name,
-        max_samples=p.eval.max_samples,
-        max_new_tokens=p.eval.max_new_tokens,
+        reports / paths.EVAL_BASE.name,
+        prompts_path=data / paths.PROMPTS.name,
+        answers_path=reports / paths.BASE_ANSWERS.name,
+        knowledge_path=reports / paths.KNOWLEDGE_BASE.name,
+        synth_dir=paths.require(synth_dir, "--synth-dir"),
+        eval_qa_path=eval_qa,
+        train_path=data / paths.TRAIN_ROWS.name,
+        max_samples=e.max_samples,
+        max_new_tokens=e.max_new_tokens,
+        knowledge_questions=e.knowledge_questions,
+        knowledge_max_new_tokens=e.knowledge_max_new_tokens,
+        retrieval_top_k=e.retrieval_top_k,
     )
 
 
