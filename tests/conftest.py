@@ -159,4 +159,3 @@ def teacher_server():
     with FakeTeacher(models=["fake-teacher"]) as server:
         server.synth_params = {"questions_per_passage": 2, "base_url": server.url, "model": "fake-teacher"}
         yield server
-

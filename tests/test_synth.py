@@ -20,7 +20,7 @@ from lorapipe.dataset import chunk_text
 from lorapipe.io import read_jsonl, write_jsonl
 from lorapipe.models import load_tokenizer
 from lorapipe.synth import RUN_FIELDS, TEACHER_PROMPT, cache_key, grounding, passages_of, synthesize
-from lorapipe.teacher import Reply, TeacherError, TeacherUnavailable
+from lorapipe.teacher import Reply, TeacherError, TeacherRequestError, TeacherUnavailable
 
 COLORS = ("red", "green", "blue", "yellow", "white", "black", "orange", "purple")
 FACT = re.compile(r"Item (\d+) weighs (\d+) kilograms")
@@ -292,7 +292,7 @@ def test_a_teacher_gone_half_way_keeps_what_it_wrote(docs, bundled_tokenizer_dir
     with pytest.raises(TeacherUnavailable) as caught:
         run(docs, base, out, gone)
     message = str(caught.value)
-    assert "the teacher (the fake teacher) went away after 4 of 9 passages (connection refused)" in message
+    assert "after 4 of 9 passages, the teacher (the fake teacher) went away (connection refused)" in message
     assert "what it wrote is cached: rerun `dvc repro synth`" in message
     assert not out.exists() and not list(tmp_path.glob(".out.tmp-*"))  # outputs not replaced, no leftover
 
@@ -303,21 +303,36 @@ def test_a_teacher_gone_half_way_keeps_what_it_wrote(docs, bundled_tokenizer_dir
         assert (out / name).read_bytes() == (tmp_path / "clean" / name).read_bytes()
 
 
-def test_a_failed_request_is_counted_and_asked_again_next_run(docs, bundled_tokenizer_dir, tmp_path, capsys):
+@pytest.mark.parametrize("error", [TeacherRequestError("400: prompt too long"), RuntimeError("400 Bad Request")])
+def test_a_failed_request_is_counted_and_asked_again_next_run(docs, bundled_tokenizer_dir, tmp_path, capsys, error):
     def refuse_item_102(content, n):
         if "Item 102 " in content:
-            raise RuntimeError("400 Bad Request")
+            raise error
         return Reply(json.dumps({"pairs": fact_pairs(content, n)}), "stop")
 
     stats = run(docs, bundled_tokenizer_dir, tmp_path / "out", FakeTeacher(replies=refuse_item_102))
     assert stats["failed_requests"] == 1 == stats["documents"]["docs/d0.md"]["failed_requests"]
     assert stats["kept"] == 16
     err = capsys.readouterr().err
-    assert "failed (400 Bad Request); skipped, asked again next run" in err
+    assert f"failed ({error}); skipped, asked again next run" in err
     assert "1 request(s) failed" in err and "dvc repro --force synth" in err
     again = FakeTeacher()
     stats = run(docs, bundled_tokenizer_dir, tmp_path / "out", again)
     assert len(again.asked) == 1 and stats["failed_requests"] == 0 and stats["kept"] == 18
+
+
+def test_a_teacher_no_longer_usable_stops_the_run(docs, bundled_tokenizer_dir, tmp_path):
+    def key_refused(content, n):
+        if "Item 2" in content:
+            raise TeacherError("the endpoint refused the key in $TEACHER_KEY (401)")
+        return Reply(json.dumps({"pairs": fact_pairs(content, n)}), "stop")
+
+    with pytest.raises(TeacherError, match="refused the key"):
+        run(docs, bundled_tokenizer_dir, tmp_path / "out", FakeTeacher(replies=key_refused))
+    assert not (tmp_path / "out").exists()
+    again = FakeTeacher()
+    run(docs, bundled_tokenizer_dir, tmp_path / "out", again)
+    assert len(again.asked) == 6  # d0's three passages were cached
 
 
 def test_every_request_failing_is_an_error(docs, bundled_tokenizer_dir, tmp_path):
@@ -419,9 +434,9 @@ def test_a_document_with_two_pairs_holds_one_out_and_one_with_one_pair_none(tmp_
 
 
 def test_zero_questions_asks_nothing_and_writes_the_passages(docs, bundled_tokenizer_dir, tmp_path, monkeypatch):
-    import lorapipe.teacher
+    import lorapipe.synth
 
-    monkeypatch.setattr(lorapipe.teacher, "make_teacher", lambda *a, **k: pytest.fail("no teacher is made"))
+    monkeypatch.setattr(lorapipe.synth, "make_teacher", lambda *a, **k: pytest.fail("no teacher is made"))
     teacher = FakeTeacher()
     for given in (teacher, None):
         stats = run(docs, bundled_tokenizer_dir, tmp_path / "out", given, questions_per_passage=0)
@@ -452,6 +467,23 @@ def test_zero_kept_names_the_filter_and_the_knob(
     assert "[synth] no question-answer pair was kept from 9 passage(s)" in err
     assert f"the {filter_} filter removed the most" in err and fix in err
     assert "Training goes on with the text alone." in err
+
+
+def test_without_a_teacher_one_is_made_checked_and_closed(docs, bundled_tokenizer_dir, tmp_path, monkeypatch):
+    import lorapipe.synth
+
+    made, teachers = [], []
+    monkeypatch.setattr(
+        lorapipe.synth,
+        "make_teacher",
+        lambda s, **k: made.append((s, k)) or teachers.append(FakeTeacher()) or teachers[-1],
+    )
+    run(docs, bundled_tokenizer_dir, tmp_path / "out", None, max_new_tokens=200, model_name="m")
+    run(docs, bundled_tokenizer_dir, tmp_path / "out", "teacher.gguf", resume=False)
+    (params, options), (gguf_params, _) = made
+    assert params.teacher == "base" and params.max_new_tokens == 200 and params.passage_tokens == 40
+    assert options == {"model_name": "m", "base_dir": bundled_tokenizer_dir} and gguf_params.teacher == "teacher.gguf"
+    assert all(t.checked and t.closed and len(t.asked) == 9 for t in teachers)
 
 
 # --- the stage module and the command ------------------------------------------------------------------
@@ -495,7 +527,7 @@ def test_the_stage_turns_a_teacher_gone_into_a_message(docs, bundled_tokenizer_d
     import lorapipe.stages.synth as stage
 
     monkeypatch.setattr(stage, "make_teacher", lambda s, **k: FakeTeacher(fail_after=2))
-    with pytest.raises(SystemExit, match=r"went away after 2 of 9 passages.*rerun `dvc repro synth`"):
+    with pytest.raises(SystemExit, match=r"after 2 of 9 passages, the teacher .* went away .*rerun `dvc repro synth`"):
         stage.run(stage_params(), docs, bundled_tokenizer_dir, tmp_path / "out")
 
 
@@ -551,3 +583,70 @@ def test_killed_at_the_mid_fault_point_it_resumes(docs, bundled_tokenizer_dir, t
     again = FakeTeacher()
     stats = run(docs, bundled_tokenizer_dir, tmp_path / "out", again)
     assert stats["cached"] == 4 and len(again.asked) == stats["asked"] == 5 and stats["kept"] == 18
+
+
+# --- the endpoint teacher against the fake OpenAI-compatible server -------------------------------------
+
+
+NAMES = (
+    "alpha bravo charlie delta echo foxtrot golf hotel india juliett kilo lima mike november oscar papa quebec".split()
+)
+NAMES.append("romeo")
+
+
+def prose(d: int) -> str:
+    """A paragraph of six facts with different subjects (the fake endpoint asks about each sentence's
+    first content word and answers with the sentence)."""
+    return " ".join(f"The {NAMES[6 * d + i]} crate weighs {i + 2} kilograms." for i in range(6))
+
+
+def endpoint_params(url: str, **synth):
+    return stage_params(base_url=url, model="fake-teacher", eval_fraction=0.2, **synth)
+
+
+def test_the_stage_with_an_endpoint_resumes_after_it_went_away(bundled_tokenizer_dir, tmp_path):
+    import lorapipe.stages.synth as stage
+    from fake_teacher import FakeTeacher as FakeEndpoint
+
+    docs = write_docs(tmp_path / "text", {f"docs/p{d}.md": prose(d) for d in range(3)})
+    out = tmp_path / "out"
+    with FakeEndpoint(die_after=4) as server:
+        with pytest.raises(SystemExit) as caught:
+            stage.run(endpoint_params(server.url), docs, bundled_tokenizer_dir, out)
+        assert str(caught.value).startswith(f"[synth] error: after 4 of 6 passages, the teacher at {server.url} went")
+        assert str(caught.value).endswith(
+            "what it wrote is cached: rerun `dvc repro synth` (or `lorapipe synth`) to resume"
+        )
+        assert not out.exists() and len(server.passages_asked()) == 4
+        server.revive()
+        stage.run(endpoint_params(server.url, concurrency=4), docs, bundled_tokenizer_dir, out)
+        assert len(server.passages_asked()) == 6  # the 2 others only
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["teacher"] == f"endpoint:{server.url}|fake-teacher" and stats["cached"] == 4
+    pairs = read_jsonl(out / "pairs.jsonl")
+    assert len(pairs) == stats["kept"] == 12 and stats["eval"] == 3
+    texts = {p["id"]: p["text"] for p in read_jsonl(out / "passages.jsonl")}
+    assert all(p["answer"] in texts[p["passage_id"]] for p in pairs)  # the fake answers with a sentence
+
+
+def test_an_endpoint_refusing_one_passage_is_counted(tmp_path, bundled_tokenizer_dir):
+    import lorapipe.stages.synth as stage
+    from fake_teacher import FakeTeacher as FakeEndpoint
+
+    docs = write_docs(tmp_path / "text", {"docs/a.md": prose(0), "docs/b.md": prose(1) + "\n\nTOOLONG is a marker."})
+    with FakeEndpoint() as server:
+        stage.run(endpoint_params(server.url), docs, bundled_tokenizer_dir, tmp_path / "out")
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert stats["failed_requests"] == 1 == stats["documents"]["docs/b.md"]["failed_requests"]
+    assert stats["documents"]["docs/a.md"]["kept"] == 4
+
+
+def test_an_unreachable_endpoint_is_named_before_any_work(docs, bundled_tokenizer_dir, tmp_path, monkeypatch):
+    import lorapipe.stages.synth as stage
+    from fake_teacher import FakeTeacher as FakeEndpoint
+
+    with FakeEndpoint() as server:
+        url = server.url
+    monkeypatch.setattr(stage, "synthesize", lambda *a, **k: pytest.fail("no work before the check"))
+    with pytest.raises(SystemExit, match=re.escape(url)):
+        stage.run(endpoint_params(url), docs, bundled_tokenizer_dir, tmp_path / "out")

@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from lorapipe import faults, paths
 from lorapipe.dataset import chunk_text, deduplicate
@@ -38,11 +38,17 @@ from lorapipe.models import load_tokenizer
 from lorapipe.param_files import prompt_file
 from lorapipe.params import DEFAULTS, SynthParams
 from lorapipe.retrieval import build_index
-from lorapipe.teacher import Reply, TeacherError, TeacherUnavailable, pairs_schema, parse_pairs
+from lorapipe.teacher import (
+    Reply,
+    Teacher,
+    TeacherError,
+    TeacherRequestError,
+    TeacherUnavailable,
+    make_teacher,
+    pairs_schema,
+    parse_pairs,
+)
 from lorapipe.textfiles import read_text
-
-if TYPE_CHECKING:
-    from lorapipe.teacher import Teacher
 
 TEACHER_PROMPT = (
     "You write quiz questions about one passage of a document. Write up to as many question-answer pairs "
@@ -135,7 +141,7 @@ def _system_prompt(prompt: str | None) -> str:
 
 def _messages(system: str, passage: str, n: int) -> list[dict]:
     ask = f"Write up to {n} question-answer pair{'s' if n != 1 else ''} about this passage, as JSON."
-    return [{"role": "system", "content": system}, {"role": "user", "content": f"Passage:\n{passage}\n\n{ask}"}]
+    return [{"role": "system", "content": system}, {"role": "user", "content": f"Passage:\n\n{passage}\n\n{ask}"}]
 
 
 def cache_key(messages: list[dict], identity: str, request: dict) -> str:
@@ -233,9 +239,10 @@ def _completed(one, jobs: list[_Job], workers: int) -> Iterator[tuple[_Job, Futu
 
 def _ask(teacher, jobs: list[_Job], cache: _Cache, request: dict, progress: _Progress) -> dict[int, dict]:
     """Ask the teacher each job, `teacher.concurrency` at a time; each reply is cached as it arrives.
-    Returns the entries by passage index; a request that fails (other than TeacherUnavailable) is
-    reported and left out, to be asked again next run. TeacherUnavailable is raised once the requests
-    in flight have ended, with ``answered`` (the passages this run answered) set on it."""
+    Returns the entries by passage index; a request that fails on its own (TeacherRequestError, or an
+    error that is no TeacherError) is reported and left out, to be asked again next run. A TeacherError
+    (TeacherUnavailable: the teacher went away) is raised once the requests in flight have ended,
+    a TeacherUnavailable with ``answered`` (the passages this run answered) set on it."""
     entries: dict[int, dict] = {}
     answered: list[int] = []  # appended by the workers as each reply is cached
 
@@ -260,9 +267,12 @@ def _collect(future, job: _Job, entries: dict[int, dict], progress: _Progress) -
     """Take one finished request's entry for its passages (a failed one is reported, not taken)."""
     try:
         entry = future.result()
-    except TeacherUnavailable:
+    except TeacherRequestError as exc:  # the endpoint refused this request (a prompt over its context, …)
+        progress.done(job, None, exc)
+        return
+    except TeacherError:  # gone (TeacherUnavailable), or no longer usable (a key refused): stop here
         raise
-    except Exception as exc:  # one request: a reply the backend refused, a passage too long, …
+    except Exception as exc:  # any other failure of one request
         progress.done(job, None, exc)
         return
     entries.update(dict.fromkeys(job.indices, entry))
@@ -290,9 +300,10 @@ def _answers(passages: list[dict], teacher, cache: _Cache, system: str, n: int, 
         entries.update(_ask(teacher, list(jobs.values()), cache, request, progress))
     except TeacherUnavailable as exc:
         done = len(cached) + getattr(exc, "answered", 0)
+        reason = str(exc) if "teacher" in str(exc) else f"the teacher ({teacher.description}) went away ({exc})"
         raise TeacherUnavailable(
-            f"the teacher ({teacher.description}) went away after {done} of {len(passages)} passages ({exc}); "
-            "what it wrote is cached: rerun `dvc repro synth` (or `lorapipe synth`) to resume"
+            f"after {done} of {len(passages)} passages, {reason}; what it wrote is cached: rerun `dvc repro synth` "
+            "(or `lorapipe synth`) to resume"
         ) from exc
     finally:
         progress.bar.close()
@@ -458,8 +469,6 @@ def _teacher_for(teacher: Teacher | str | None, knobs: dict, model_name: str, ba
     if teacher is not None and not isinstance(teacher, str):
         yield teacher
         return
-    from lorapipe.teacher import make_teacher
-
     params = SynthParams(**knobs, teacher=teacher or DEFAULTS.synth.teacher)
     own = make_teacher(params, model_name=model_name, base_dir=base_dir)
     try:
