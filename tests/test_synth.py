@@ -394,6 +394,15 @@ def test_each_filter_is_counted_per_document(docs, bundled_tokenizer_dir, tmp_pa
     assert [p["answer"] for p in pairs] == ["2 kilograms", "4 kilograms", "6 kilograms"]
 
 
+@pytest.mark.parametrize(("limit", "kept"), [(30, 0), (31, 9)])
+def test_an_answer_that_reaches_its_max_length_was_cut_there(docs, bundled_tokenizer_dir, tmp_path, limit, kept):
+    answer = "kilograms kilograms kilograms!"  # 30 characters: the grammar stops a field at maxLength
+    reply = Reply(json.dumps({"pairs": [{"question": "How heavy are the items?", "answer": answer}]}), "stop")
+    teacher = FakeTeacher(replies=lambda content, n: reply)
+    stats = run(docs, bundled_tokenizer_dir, tmp_path / "out", teacher, max_answer_chars=limit, dedup_threshold=1.0)
+    assert stats["removed"]["too_long"] == 9 - kept and stats["kept"] == min(kept, 1)  # one question, 8 duplicates
+
+
 def test_min_grounding_zero_keeps_ungrounded_answers(docs, bundled_tokenizer_dir, tmp_path):
     stats = run(
         docs,

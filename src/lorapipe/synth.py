@@ -71,7 +71,8 @@ _FIXES = {
     "synth.questions_per_passage",
     "too_short": "the questions had fewer than 2 words or the answers none: use a larger teacher or a clearer "
     "synth.prompt",
-    "too_long": "raise synth.max_question_chars ({max_question_chars}) or synth.max_answer_chars ({max_answer_chars})",
+    "too_long": "the questions or answers ran to synth.max_question_chars ({max_question_chars}) or "
+    "synth.max_answer_chars ({max_answer_chars}), where the schema cuts them: raise those, or use a larger teacher",
     "ungrounded": "the answers' words were not found in their passages: lower synth.min_grounding ({min_grounding})",
     "duplicate": "the questions were near duplicates of each other: raise synth.dedup_threshold ({dedup_threshold})",
 }
@@ -332,7 +333,8 @@ def _reject(question: Any, answer: Any, passage: str, limits: dict) -> str | Non
         return "not_json"
     if len(_words(question)) < 2 or not _words(answer):
         return "too_short"
-    if len(question) > limits["max_question_chars"] or len(answer) > limits["max_answer_chars"]:
+    # The schema's maxLength stops a field at the limit, so one that reaches it was cut there.
+    if len(question) >= limits["max_question_chars"] or len(answer) >= limits["max_answer_chars"]:
         return "too_long"
     if grounding(answer, passage) < limits["min_grounding"]:
         return "ungrounded"
