@@ -245,12 +245,12 @@ MISSING = [
     (["serve", "--gguf", "x.gguf"], "", "x.gguf not found (--gguf)"),
     (
         ["ask", "hi", "--gguf", "models/gguf/tiny.Q8_0.gguf", "--retrieval"],
-        "",
+        "data/synth/index",
         "data/synth/index not found: run `dvc repro synth` (or `lorapipe synth`) or pass --index",
     ),
     (
         ["serve", "--retrieval"],
-        "",
+        "data/synth/index",
         "data/synth/index not found: run `dvc repro synth` (or `lorapipe synth`) or pass --index",
     ),
     (["serve", "--retrieval", "--index", "idx"], "", "idx not found (--index)"),
@@ -322,7 +322,7 @@ def test_outside_a_project_a_command_runs_with_the_defaults_and_says_so(tmp_path
 
 
 def test_ask_with_retrieval_puts_the_passage_of_the_question_in_the_prompt(project, capsys, monkeypatch):
-    import lorapipe.evaluate
+    import lorapipe.generation
     from lorapipe.retrieval import build_index, retrieval_messages
 
     passages = [
@@ -334,7 +334,7 @@ def test_ask_with_retrieval_puts_the_passage_of_the_question_in_the_prompt(proje
     (project / "data" / "dataset" / "prompts.json").write_text('{"text": "Text.", "qa": "Answer briefly."}')
     asked = []
     monkeypatch.setattr(
-        lorapipe.evaluate, "answer_all", lambda gguf, requests, max_tokens: asked.append((gguf, requests)) or ["1889"]
+        lorapipe.generation, "answer_all", lambda gguf, requests, max_tokens: asked.append((gguf, requests)) or ["1889"]
     )
     question = "When was the tower finished?"
     assert main(["ask", question, "--gguf", "models/gguf/tiny.Q8_0.gguf", "--retrieval", "--top-k", "2"]) == 0

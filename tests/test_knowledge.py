@@ -198,7 +198,7 @@ def fake_models(monkeypatch):
     """Answerers that run no model: the base knows nothing closed-book; with passages in the prompt every
     model answers right; the fine-tuned model answers right closed-book for trained documents; the GGUF
     answers "two" to everything. Records every call."""
-    import lorapipe.evaluate
+    import lorapipe.generation
 
     calls = []
     answers = {q: a for _, q, a, _ in PAIRS} | {r["question"]: r["answer"] for r in USER}
@@ -219,8 +219,8 @@ def fake_models(monkeypatch):
         calls.append(("gguf", str(gguf_path), len(requests), max_tokens))
         return ["two" for _ in requests]
 
-    monkeypatch.setattr(lorapipe.evaluate, "hf_answers", hf_answers)
-    monkeypatch.setattr(lorapipe.evaluate, "answer_all", answer_all)
+    monkeypatch.setattr(lorapipe.generation, "hf_answers", hf_answers)
+    monkeypatch.setattr(lorapipe.generation, "answer_all", answer_all)
     return calls
 
 

@@ -33,7 +33,7 @@ _API = {
     "install_converter": "lorapipe.export",
     "evaluate_base": "lorapipe.evaluate",
     "evaluate_models": "lorapipe.evaluate",
-    "chat": "lorapipe.evaluate",
+    "chat": "lorapipe.generation",
 }
 
 __all__ = sorted(_API)

@@ -421,7 +421,7 @@ def _ask(args: argparse.Namespace) -> None:
         answer = chat(gguf, next(iter(prompts.values())), args.question, args.max_tokens)
         print(f"Q: {args.question}\nA ({gguf.name}, llama.cpp): {answer}")
         return
-    from lorapipe.evaluate import answer_all
+    from lorapipe.generation import answer_all
 
     system_prompt = prompts.get(retrieval.task) or next(iter(prompts.values()))
     messages, passages = retrieval.apply(

@@ -18,12 +18,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from lorapipe import faults, paths
 from lorapipe.artifacts import export_ggufs, model_gguf
-from lorapipe.chat_encoder import encode_chat, hf_codec, llama_codec
+from lorapipe.generation import answer_all, chat, generate_answer, hf_answers  # noqa: F401 (chat, generate_answer: this module's names too)
 from lorapipe.knowledge import base_knowledge, evaluate_knowledge
 from lorapipe.io import atomic_outputs, read_json, read_jsonl, write_json, write_text_atomic
 from lorapipe.llama import gguf_logits
@@ -70,39 +69,6 @@ def gguf_perplexity(gguf_path: str | Path, sequences: list[tuple[list[int], list
 def chat_rows(val_path: str | Path, max_samples: int) -> list[dict]:
     """The first `max_samples` validation rows that are conversations (the ones with an answer)."""
     return [row for row in read_jsonl(val_path) if "messages" in row][:max_samples]
-
-
-def generate_answer(tokenizer, model, messages: list[dict], max_new_tokens: int, temperature: float = 0.0) -> str:
-    """A loaded transformers model's answer to a conversation, through its chat template; greedy at
-    temperature 0, sampled above. The prompt is chat_encoder.encode_chat's, as in training: the
-    system prompt folded into the first user message when the template has no system role, contents
-    as literal text. Raises ChatTemplateError when the template refuses the conversation."""
-    import torch
-
-    ids = torch.tensor([encode_chat(messages, hf_codec(tokenizer))])
-    sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
-    with torch.no_grad():
-        out = model.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id,
-            **sampling,
-        )
-    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
-
-
-def hf_answers(model_dir: str | Path, requests: list[list[dict]], max_new_tokens: int) -> list[str]:
-    """Greedy answers of a Hugging Face model folder to conversations, through its chat template."""
-    if not requests:
-        return []
-    tokenizer, model = load_tokenizer(model_dir), load_causal_lm(model_dir).eval()
-    answers = []
-    for number, messages in enumerate(requests, 1):
-        answers.append(generate_answer(tokenizer, model, messages, max_new_tokens).strip())
-        if number % 8 == 0:
-            print(f"[evaluate] {number}/{len(requests)} answers from {model_dir}", flush=True)
-    return answers
 
 
 def evaluate_base(
@@ -163,43 +129,6 @@ def evaluate_base(
         write_json(place(out_path), metrics)
     print(f"[evaluate_base] base perplexity {metrics['base']['perplexity']:.3f} on {len(sequences)} rows", flush=True)
     return metrics
-
-
-def chat(gguf_path: str | Path, system_prompt: str, question: str, max_tokens: int = 64) -> str:
-    """One greedy answer from a GGUF under llama.cpp, using the chat template stored in the file."""
-    return answer_all(
-        gguf_path, [[{"role": "system", "content": system_prompt}, {"role": "user", "content": question}]], max_tokens
-    )[0]
-
-
-def answer_all(
-    gguf_path: str | Path, requests: list[list[dict]], max_tokens: int = 64, json_schema: dict | None = None
-) -> list[str]:
-    """Greedy answers to several conversations, loading the model once. The prompts are encoded by
-    chat_encoder.encode_chat from the GGUF's own chat template (llama_codec), as the transformers
-    models' are: the same system-role rule, contents as literal text. Generation ends at the model's
-    end-of-generation tokens or its EOS text. With `json_schema`, decoding follows a llama.cpp grammar
-    built from it, so every complete answer parses and fits the schema. Raises ChatTemplateError when
-    the template refuses a conversation."""
-    from llama_cpp import Llama, LlamaGrammar
-
-    grammar = LlamaGrammar.from_json_schema(json.dumps(json_schema), verbose=False) if json_schema else None
-    llm = Llama(str(gguf_path), n_ctx=2048, verbose=False)
-    try:
-        codec = llama_codec(llm)
-        eos = llm._model.token_get_text(llm.token_eos())
-        answers = []
-        for messages in requests:
-            # A fresh context per prompt: reusing the previous prompt's cached start changes the logits in
-            # the last bits, enough to flip a greedy token (an answer would depend on the one before).
-            llm.reset()
-            completion = llm.create_completion(
-                encode_chat(messages, codec), max_tokens=max_tokens, temperature=0.0, grammar=grammar, stop=[eos]
-            )
-            answers.append(completion["choices"][0]["text"].strip())
-    finally:
-        llm.close()
-    return answers
 
 
 def evaluation_requests(rows: list[dict], prompts: dict[str, str]) -> list[tuple[list[dict], str | None]]:

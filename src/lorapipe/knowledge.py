@@ -197,7 +197,7 @@ def prepare_questions(
 
 def _answers(answer, model, name: str, questions: list[dict], max_new_tokens: int) -> dict[str, list[str]]:
     """`name` and `name + retrieval` answers of one model (loaded once by `answer`, a function of
-    (model, conversations, max_new_tokens) such as evaluate.hf_answers)."""
+    (model, conversations, max_new_tokens) such as generation.hf_answers)."""
     closed = [q["messages"] for q in questions]
     opened = [q["retrieval_messages"] for q in questions if "retrieval_messages" in q]
     both = answer(model, closed + opened, max_new_tokens) if questions else []
@@ -223,7 +223,7 @@ def base_knowledge(
     "max_new_tokens": n, "retrieval_top_k": k}``, answers in question order (greedy, at most
     `knowledge_max_new_tokens` tokens, transformers). No question: empty lists, no model loaded.
     Raises as prepare_questions does."""
-    from lorapipe.evaluate import hf_answers
+    from lorapipe.generation import hf_answers
 
     questions = prepare_questions(
         synth_dir=synth_dir,
@@ -255,7 +255,7 @@ def evaluate_knowledge(
     its base answers, plus the merged model's closed-book and retrieval answers (transformers) and the
     GGUF's closed-book answers (llama.cpp), each greedy at most `knowledge_max_new_tokens` tokens. No
     question: no model is loaded, the report is ``{"sets": {}}``."""
-    from lorapipe.evaluate import answer_all, hf_answers
+    from lorapipe.generation import answer_all, hf_answers
 
     questions = base["questions"]
     if base.get("max_new_tokens") not in (None, knowledge_max_new_tokens):

@@ -632,10 +632,12 @@ DEFAULTS = Params()  # every default, for library signatures: ``min_length: int 
 # Which params each stage reads: whole sections, or single ``section.key`` entries where a stage
 # reads only part of a section. dvc.yaml lists exactly these keys for each stage
 # (tests/test_params.py checks it), and each CLI command takes exactly these keys as flags.
+_QA_KEYS = ("task", "system_prompt")
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "base": ("model",),
     "extract": ("extract",),
-    "synth": ("common.seed", "model.name", "synth"),
+    # synth.task and synth.system_prompt shape the dataset's qa task only: editing them reruns no teacher.
+    "synth": ("common.seed", "model.name", *(f"synth.{k}" for k in SynthParams.model_fields if k not in _QA_KEYS)),
     "dataset": ("common", "dataset", "synth.task", "synth.system_prompt"),
     "train": ("common", "lora", "train", "quant"),
     "merge": ("merge",),

@@ -200,7 +200,7 @@ def teacher_gguf(model_name: str, base_dir: Path) -> Path:
 
 class LlamaTeacher:
     """llama.cpp (llama-cpp-python) on a GGUF file, one request at a time. Prompts are encoded with the
-    GGUF's own chat template (chat_encoder.encode_chat over llama_codec, as evaluate.answer_all does),
+    GGUF's own chat template (chat_encoder.encode_chat over llama_codec, as generation.answer_all does),
     decoded under a grammar built from the schema, ended at the model's EOS; each request is evaluated
     from an empty cache, so a reply does not depend on the requests before it. The context holds
     `n_ctx` tokens and grows when a prompt plus its max_tokens needs more.

@@ -1,0 +1,88 @@
+"""Greedy answers from a model: a Hugging Face folder under transformers, or a GGUF under llama.cpp.
+
+    from lorapipe.generation import answer_all, hf_answers
+    hf_answers("models/merged", [[{"role": "user", "content": "What is LoRA?"}]], 32)   # ["..."]
+    answer_all("models/gguf/lorapipe.Q4_K_M.gguf", [[{"role": "user", "content": "What is LoRA?"}]], 32)
+
+Both encode prompts with lorapipe's one chat encoder (chat_encoder.encode_chat), as training does.
+Shared by the evaluate stages, the knowledge evaluation and ``lorapipe ask``; its own module so that
+the knowledge evaluation and evaluate do not import each other.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lorapipe.chat_encoder import encode_chat, hf_codec, llama_codec
+from lorapipe.models import load_causal_lm, load_tokenizer
+
+
+def generate_answer(tokenizer, model, messages: list[dict], max_new_tokens: int, temperature: float = 0.0) -> str:
+    """A loaded transformers model's answer to a conversation, through its chat template; greedy at
+    temperature 0, sampled above. The prompt is chat_encoder.encode_chat's, as in training: the
+    system prompt folded into the first user message when the template has no system role, contents
+    as literal text. Raises ChatTemplateError when the template refuses the conversation."""
+    import torch
+
+    ids = torch.tensor([encode_chat(messages, hf_codec(tokenizer))])
+    sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+    with torch.no_grad():
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            **sampling,
+        )
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+
+
+def hf_answers(model_dir: str | Path, requests: list[list[dict]], max_new_tokens: int) -> list[str]:
+    """Greedy answers of a Hugging Face model folder to conversations, through its chat template."""
+    if not requests:
+        return []
+    tokenizer, model = load_tokenizer(model_dir), load_causal_lm(model_dir).eval()
+    answers = []
+    for number, messages in enumerate(requests, 1):
+        answers.append(generate_answer(tokenizer, model, messages, max_new_tokens).strip())
+        if number % 8 == 0:
+            print(f"[evaluate] {number}/{len(requests)} answers from {model_dir}", flush=True)
+    return answers
+
+
+def chat(gguf_path: str | Path, system_prompt: str, question: str, max_tokens: int = 64) -> str:
+    """One greedy answer from a GGUF under llama.cpp, using the chat template stored in the file."""
+    return answer_all(
+        gguf_path, [[{"role": "system", "content": system_prompt}, {"role": "user", "content": question}]], max_tokens
+    )[0]
+
+
+def answer_all(
+    gguf_path: str | Path, requests: list[list[dict]], max_tokens: int = 64, json_schema: dict | None = None
+) -> list[str]:
+    """Greedy answers to several conversations, loading the model once. The prompts are encoded by
+    chat_encoder.encode_chat from the GGUF's own chat template (llama_codec), as the transformers
+    models' are: the same system-role rule, contents as literal text. Generation ends at the model's
+    end-of-generation tokens or its EOS text. With `json_schema`, decoding follows a llama.cpp grammar
+    built from it, so every complete answer parses and fits the schema. Raises ChatTemplateError when
+    the template refuses a conversation."""
+    from llama_cpp import Llama, LlamaGrammar
+
+    grammar = LlamaGrammar.from_json_schema(json.dumps(json_schema), verbose=False) if json_schema else None
+    llm = Llama(str(gguf_path), n_ctx=2048, verbose=False)
+    try:
+        codec = llama_codec(llm)
+        eos = llm._model.token_get_text(llm.token_eos())
+        answers = []
+        for messages in requests:
+            # A fresh context per prompt: reusing the previous prompt's cached start changes the logits in
+            # the last bits, enough to flip a greedy token (an answer would depend on the one before).
+            llm.reset()
+            completion = llm.create_completion(
+                encode_chat(messages, codec), max_tokens=max_tokens, temperature=0.0, grammar=grammar, stop=[eos]
+            )
+            answers.append(completion["choices"][0]["text"].strip())
+    finally:
+        llm.close()
+    return answers
