@@ -19,7 +19,15 @@ import pytest
 from lorapipe.dataset import chunk_text
 from lorapipe.io import read_jsonl, write_jsonl
 from lorapipe.models import load_tokenizer
-from lorapipe.synth import RUN_FIELDS, TEACHER_PROMPT, cache_key, grounding, passages_of, synthesize
+from lorapipe.synth import (
+    RUN_FIELDS,
+    TEACHER_PROMPT,
+    cache_key,
+    grounding,
+    passages_of,
+    synthesize,
+    without_run_fields,
+)
 from lorapipe.teacher import Reply, TeacherError, TeacherRequestError, TeacherUnavailable
 
 COLORS = ("red", "green", "blue", "yellow", "white", "black", "orange", "purple")
@@ -169,14 +177,9 @@ def test_outputs_rows_and_stats(docs, bundled_tokenizer_dir, tmp_path):
     assert order == sorted(order)
     assert stats["teacher"] == "fake:one" and set(stats["documents"]) == {f"docs/d{d}.md" for d in range(3)}
     assert stats["train"] + stats["eval"] == stats["kept"] and stats["eval"] == 6  # 2 of 6 per document
-    assert json.loads((out / "stats.json").read_text()) == stats
+    written = json.loads((out / "stats.json").read_text())
+    assert written == without_run_fields(stats) and not set(RUN_FIELDS) & set(written)  # no run facts on disk
     assert (out / "index" / "passages.jsonl").read_text() == (out / "passages.jsonl").read_text()
-
-
-def without_run_facts(stats: dict) -> dict:
-    out = {k: v for k, v in stats.items() if k not in RUN_FIELDS}
-    out["documents"] = {s: {k: v for k, v in c.items() if k not in RUN_FIELDS} for s, c in stats["documents"].items()}
-    return out
 
 
 def test_the_same_inputs_give_byte_identical_outputs(docs, bundled_tokenizer_dir, tmp_path, monkeypatch):
@@ -188,11 +191,11 @@ def test_the_same_inputs_give_byte_identical_outputs(docs, bundled_tokenizer_dir
     cached = run(docs, bundled_tokenizer_dir, tmp_path / "three", FakeTeacher(), eval_fraction=0.3)
     assert cached["asked"] == 0
     outs.append(tmp_path / "three")
-    for name in ("passages.jsonl", "pairs.jsonl", "index/passages.jsonl"):
+    assert cached["cached"] == 9
+    files = sorted(str(p.relative_to(outs[0])) for p in outs[0].rglob("*") if p.is_file())
+    assert "stats.json" in files and "index/params.index.json" in files
+    for name in files:  # asked twice, then from the cache: the same bytes, stats.json included
         assert len({(out / name).read_bytes() for out in outs}) == 1, name
-    stats = [json.loads((out / "stats.json").read_text()) for out in outs]
-    assert stats[0]["asked"] == stats[1]["asked"] == 9 and stats[2]["cached"] == 9
-    assert without_run_facts(stats[0]) == without_run_facts(stats[1]) == without_run_facts(stats[2])
 
 
 def test_four_parallel_requests_give_the_bytes_of_one(docs, bundled_tokenizer_dir, tmp_path, monkeypatch):
@@ -205,7 +208,7 @@ def test_four_parallel_requests_give_the_bytes_of_one(docs, bundled_tokenizer_di
         outs.append(tmp_path / str(concurrency))
     for name in ("passages.jsonl", "pairs.jsonl"):
         assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes()
-    stats = [without_run_facts(json.loads((out / "stats.json").read_text())) for out in outs]
+    stats = [without_run_fields(json.loads((out / "stats.json").read_text())) for out in outs]
     assert stats[0] == stats[1]
 
 
@@ -369,6 +372,16 @@ def mixed_replies(content: str, n: int) -> Reply:
         ),
         "stop",
     )
+
+
+def test_a_cut_reply_keeps_its_whole_pairs_and_counts_the_cut_one(docs, bundled_tokenizer_dir, tmp_path):
+    def cut_after_one(content: str, n: int) -> Reply:
+        whole = json.dumps({"pairs": fact_pairs(content, 2)})
+        return Reply(whole[: whole.rindex('"answer"')], "length")  # the second pair is cut in its answer
+
+    stats = run(docs, bundled_tokenizer_dir, tmp_path / "out", FakeTeacher(replies=cut_after_one))
+    assert stats["removed"]["truncated"] == stats["passages"] == 9
+    assert stats["pairs_generated"] == stats["kept"] == 9  # one whole pair from each reply
 
 
 def test_each_filter_is_counted_per_document(docs, bundled_tokenizer_dir, tmp_path):
@@ -631,7 +644,7 @@ def test_the_stage_with_an_endpoint_resumes_after_it_went_away(bundled_tokenizer
         stage.run(endpoint_params(server.url, concurrency=4), docs, bundled_tokenizer_dir, out)
         assert len(server.passages_asked()) == 6  # the 2 others only
     stats = json.loads((out / "stats.json").read_text())
-    assert stats["teacher"] == f"endpoint:{server.url}|fake-teacher" and stats["cached"] == 4
+    assert stats["teacher"] == f"endpoint:{server.url}|fake-teacher"  # the 4 answered before came from the cache
     pairs = read_jsonl(out / "pairs.jsonl")
     assert len(pairs) == stats["kept"] == 12 and stats["eval"] == 3
     texts = {p["id"]: p["text"] for p in read_jsonl(out / "passages.jsonl")}

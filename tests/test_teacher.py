@@ -86,10 +86,15 @@ def test_parse_pairs_keeps_order_skips_broken_items_and_reads_numbers():
     )
 
 
-def test_a_reply_cut_at_the_token_limit_is_truncated_even_when_it_parses():
-    whole = '{"pairs": [{"question": "Q?", "answer": "A."}]}'
-    assert parse_pairs(Reply(whole[:25], "length")) == ([], "truncated")
-    assert parse_pairs(Reply(whole, "length")) == ([], "truncated")
+def test_a_reply_cut_at_the_token_limit_is_truncated_and_keeps_only_its_whole_pairs():
+    one, two = {"question": "Q one?", "answer": "A one."}, {"question": "Q two?", "answer": "A two."}
+    whole = json.dumps({"pairs": [one, two]})
+    assert parse_pairs(Reply(whole[:25], "length")) == ([], "truncated")  # cut inside the first pair
+    cut_in_second = whole[: whole.index("A two") + 3]
+    assert parse_pairs(Reply(cut_in_second, "length")) == ([one], "truncated")
+    assert parse_pairs(Reply(whole[: whole.index("}") + 1], "length")) == ([one], "truncated")
+    assert parse_pairs(Reply(whole, "length")) == ([one, two], "truncated")  # cut right at the end: all whole
+    assert parse_pairs(Reply("Sure, here", "length")) == ([], "truncated")
 
 
 @pytest.mark.parametrize(
@@ -273,7 +278,10 @@ def test_truncated_and_prose_replies_are_counted_not_parsed():
         teacher = _endpoint(server)
         cut = teacher.generate(_messages(PASSAGE + " TRUNCATED"), SCHEMA, 160, 0.0, 1)
         prose = teacher.generate(_messages(PASSAGE + " NOTJSON"), SCHEMA, 160, 0.0, 1)
-    assert cut.finish_reason == "length" and parse_pairs(cut) == ([], "truncated")
+    pairs, problem = parse_pairs(cut)
+    assert cut.finish_reason == "length" and problem == "truncated"
+    full = fake_pairs(_messages(PASSAGE + " TRUNCATED")[-1]["content"], SCHEMA)
+    assert pairs == full[: len(pairs)] and len(pairs) < len(full)  # the pairs written whole, never the cut one
     assert parse_pairs(prose) == ([], "not_json")
 
 

@@ -60,8 +60,8 @@ TEACHER_PROMPT = (
 
 # What each filter counts: replies without pairs (not_json, truncated), or pairs (the others).
 FILTERS = ("not_json", "truncated", "too_short", "too_long", "ungrounded", "duplicate")
-# stats.json keys that describe this run, not its outputs: they differ between a run that asked the
-# teacher and one served from the cache (everything else is the same, byte for byte).
+# Stats keys that describe this run, not its outputs: they differ between a run that asked the
+# teacher and one served from the cache, so they are returned and printed but kept out of stats.json.
 RUN_FIELDS = ("asked", "cached", "seconds", "passages_per_s", "pairs_per_s")
 # A filter's removals, and what to change when it removed every pair (the zero-kept message).
 _FIXES = {
@@ -353,10 +353,9 @@ def _candidates(passages: list[dict], entries: list, status: dict, documents: di
         counts["failed_requests"] += how == "failed"
         if entry is None:
             continue
-        if entry.get("problem"):
+        if entry.get("problem"):  # the reply (not_json) or its last, cut pair (truncated) is lost
             counts["removed"][entry["problem"] if entry["problem"] in FILTERS else "not_json"] += 1
-            continue
-        for pair in entry["pairs"]:
+        for pair in entry["pairs"]:  # the complete pairs before a cut are kept
             counts["pairs_generated"] += 1
             question, answer = pair.get("question"), pair.get("answer")
             question = " ".join(question.split()) if isinstance(question, str) else question
@@ -416,13 +415,25 @@ def _stats(documents: dict, identity: str | None, seconds: float, asked_pairs: i
     }
 
 
+def without_run_fields(stats: dict) -> dict:
+    """`stats` (totals and per document) without the keys of RUN_FIELDS: what stats.json holds."""
+    kept = {k: v for k, v in stats.items() if k not in RUN_FIELDS}
+    kept["documents"] = {
+        source: {k: v for k, v in counts.items() if k not in RUN_FIELDS}
+        for source, counts in stats["documents"].items()
+    }
+    return kept
+
+
 def _write(out_dir: Path, passages: list[dict], rows: list[dict], stats: dict) -> None:
     """data/synth as a whole: passages.jsonl, index/, pairs.jsonl and stats.json."""
     with atomic_dir(out_dir) as tmp:
         write_jsonl(tmp / paths.PASSAGES.name, passages)
         build_index(passages, tmp / paths.RETRIEVAL_INDEX.name)
         write_jsonl(tmp / paths.PAIRS.name, rows)
-        write_json(tmp / paths.SYNTH_STATS.name, stats)
+        # The run's facts (asked or cached, seconds, speed) are printed and returned, not written: the
+        # same inputs give byte-identical outputs, whether the teacher was asked or the cache answered.
+        write_json(tmp / paths.SYNTH_STATS.name, without_run_fields(stats))
 
 
 def zero_kept_message(stats: dict, knobs: dict) -> str:

@@ -133,14 +133,15 @@ def _pairs_in(value) -> list[dict]:
 
 def parse_pairs(reply: Reply) -> tuple[list[dict], str | None]:
     """The question–answer pairs in a teacher's reply: ``([{"question": str, "answer": str}, ...], None)``,
-    each string stripped, in the reply's order; or ``([], "truncated")`` for a reply cut at its token
-    limit (finish_reason "length", even if what was written parses), ``([], "not_json")`` for text
-    that is not JSON or holds no pair. The first JSON value that holds pairs is read, wherever it starts
-    (after a Markdown code fence or prose, as models without a grammar write; inside another object):
+    each string stripped, in the reply's order; ``([], "not_json")`` for text that is not JSON or holds
+    no pair. A reply cut at its token limit (finish_reason "length") gives ``(complete, "truncated")``:
+    the pairs written whole before the cut (``{"pairs": [{...}, {...}, {"question": "Wh`` keeps two),
+    never the cut one. The first JSON value that holds pairs is read, wherever it starts (after a
+    Markdown code fence or prose, as models without a grammar write; inside another object):
     ``{"pairs": [...]}``, a bare list of pairs or one pair object; items without a string or number
     question and answer are skipped. Never raises."""
     if reply.finish_reason == "length":
-        return [], "truncated"
+        return _complete_pairs(reply.text), "truncated"
     decoder = json.JSONDecoder()
     for found in itertools.islice(re.finditer(r"[\[{]", reply.text), 64):  # 64 tries: bounded on long prose
         try:
@@ -151,6 +152,23 @@ def parse_pairs(reply: Reply) -> tuple[list[dict], str | None]:
         if pairs:
             return pairs, None
     return [], "not_json"
+
+
+def _complete_pairs(text: str) -> list[dict]:
+    """The pair objects written whole in the array of a reply that was cut: each item of the first
+    ``[`` after ``"pairs"`` (or the first ``[``) decoded one by one until one does not decode."""
+    decoder = json.JSONDecoder()
+    key = text.find('"pairs"')
+    start = text.find("[", key if key >= 0 else 0)
+    items, at = [], start + 1
+    while start >= 0 and at < len(text):
+        at = len(text) - len(text[at:].lstrip(" \t\r\n,"))
+        try:
+            value, at = decoder.raw_decode(text, at)
+        except ValueError:
+            break
+        items.append(value)
+    return _pairs_in(items) if items else []
 
 
 # --- llama.cpp ---------------------------------------------------------------------------------------
