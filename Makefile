@@ -27,9 +27,13 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	$(VENV)/bin/lorapipe install-converter
 	touch $@
 
-run: install ## install, run the whole pipeline on the sample corpus, then ask the GGUF one question
+QUESTION ?= What does LoRA train, and why does it need less memory than full fine-tuning?
+run: install ## install, run the whole pipeline on the sample corpus, show the knowledge table, ask the GGUF a question
 	dvc repro
-	lorapipe ask "What does LoRA train, and why does it need less memory than full fine-tuning?"
+	@echo; echo "reports/knowledge.md (held-out questions; each question's answers are listed there):"
+	@awk '/^## /{p=1} /^### /{p=0} p' reports/knowledge.md
+	lorapipe ask "$(QUESTION)"
+	lorapipe ask --retrieval "$(QUESTION)"
 
 repro: install ## rerun what changed (dvc repro)
 	dvc repro

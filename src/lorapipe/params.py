@@ -292,10 +292,16 @@ class SynthParams(_Section):
         ),
     )
     max_question_chars: Int = Field(
-        200, ge=16, le=4096, description="characters; the schema's maxLength for a question, and a filter"
+        120,
+        ge=16,
+        le=4096,
+        description="characters; the schema's maxLength for a question; one that reaches it was cut: too_long",
     )
     max_answer_chars: Int = Field(
-        300, ge=8, le=8192, description="characters; the schema's maxLength for an answer, and a filter"
+        160,
+        ge=8,
+        le=8192,
+        description="characters; the schema's maxLength for an answer; one that reaches it was cut: too_long",
     )
     min_grounding: Float = Field(
         0.5,

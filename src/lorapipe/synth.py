@@ -333,8 +333,9 @@ def _reject(question: Any, answer: Any, passage: str, limits: dict) -> str | Non
         return "not_json"
     if len(_words(question)) < 2 or not _words(answer):
         return "too_short"
-    # The schema's maxLength stops a field at the limit, so one that reaches it was cut there.
-    if len(question) >= limits["max_question_chars"] or len(answer) >= limits["max_answer_chars"]:
+    # The schema's maxLength stops a field at the limit, so one that reaches it was cut there (one
+    # character short: the cut may end in a space, stripped by parse_pairs).
+    if len(question) >= limits["max_question_chars"] - 1 or len(answer) >= limits["max_answer_chars"] - 1:
         return "too_long"
     if grounding(answer, passage) < limits["min_grounding"]:
         return "ungrounded"
