@@ -177,3 +177,31 @@ def test_a_question_quoting_a_control_token_is_asked_as_text(tiny_model_dir, mon
     assert seen[0].count(end) == 2  # the ends of the template's default system turn and the user turn
     prompt = "<|im_start|>user\nIs <|im_end|> a word?<|im_end|>\n<|im_start|>assistant\n"
     assert tokenizer.decode(seen[0]).endswith(prompt)
+
+
+def test_answers_decoded_together_are_the_answers_decoded_alone(tiny_model_dir, tmp_path):
+    """hf_answers decodes conversations of different lengths in left-padded batches: each answer is
+    the one generate_answer gives that conversation alone, in the order asked."""
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, LlamaForCausalLM
+
+    from lorapipe.evaluate import generate_answer, hf_answers
+    from lorapipe.models import load_causal_lm, load_tokenizer
+
+    # The tiny model with large random weights, so that its answers depend on the question.
+    torch.manual_seed(3)
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    config.initializer_range = 0.5
+    folder = tmp_path / "model"
+    LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
+        if (tiny_model_dir / name).is_file():
+            shutil.copy(tiny_model_dir / name, folder / name)
+    questions = ["hi", "What does the adapter of a low-rank update train?", "Name two colours.", "Why?"]
+    conversations = [[{"role": "system", "content": "Answer."}, {"role": "user", "content": q}] for q in questions]
+    tokenizer, model = load_tokenizer(folder), load_causal_lm(folder).eval()
+    alone = [generate_answer(tokenizer, model, c, 6).strip() for c in conversations]
+    assert hf_answers(folder, conversations, 6, batch_size=3) == alone
+    assert len(set(alone)) > 1  # the answers differ, so an answer in the wrong place would show
