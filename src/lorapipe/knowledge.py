@@ -112,13 +112,27 @@ def read_synth_questions(pairs_path: str | Path) -> list[dict]:
     ]
 
 
+def _path_parts(source: str) -> list[str]:
+    """A source's path components, written either way (``\\`` or ``/``, ``./`` and empty parts dropped)."""
+    return [part for part in source.replace("\\", "/").split("/") if part not in ("", ".")]
+
+
+def _same_tail(a: list[str], b: list[str]) -> bool:
+    """Whether one path's components end with the other's (a tail, or an absolute path of the same file)."""
+    n = min(len(a), len(b))
+    return n > 0 and a[-n:] == b[-n:]
+
+
 def _document(source: str | None, trained: set[str], known: set[str]) -> tuple[str | None, str]:
-    """(the manifest source a question's `source` names, its group). A bare file name matches the one
-    document of that name."""
+    """(the manifest source a question's `source` names, its group). A source written another way
+    (``./data/raw/docs/a.md``, ``data\\raw\\docs\\a.md``, an absolute path), or only its tail
+    (``docs/a.md``, the bare file name ``a.md``), matches the one document whose path ends with those
+    components (or that its path ends with)."""
     if source is None:
         return None, "unknown"
     if source not in known:
-        named = sorted(k for k in known if Path(k).name == source)
+        parts = _path_parts(source)
+        named = sorted(k for k in known if parts and _same_tail(parts, _path_parts(k)))
         source = named[0] if len(named) == 1 else source
     if source in trained:
         return source, "trained"

@@ -7,11 +7,13 @@
 
 Passages are rows of ``data/synth/passages.jsonl`` (``{"id", "source", "passage", "text"}``). Scoring is
 bm25s's Lucene BM25 (k1 1.5, b 0.75) over lowercase word tokens of two or more characters, English
-stopwords removed. The ranking is deterministic: equal scores keep corpus order.
+stopwords removed; text of a script written without spaces (Chinese, Japanese) as its
+overlapping character bigrams. The ranking is deterministic: equal scores keep corpus order.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,9 +28,21 @@ _PARAMS_NAME = "params.index.json"  # bm25s writes it with the index
 _INDEX_FILES = (_PARAMS_NAME, "vocab.index.json", "data.csc.index.npy", "indices.csc.index.npy", "indptr.csc.index.npy")
 
 
+# Chinese and Japanese (kana, kanji) are written without spaces between words: a run of their
+# characters is one \w+ "word" as long as a sentence, so it is cut into the overlapping character
+# bigrams that Lucene's CJK analyzer indexes (a single character is doubled to pass bm25s's 2+ rule).
+_UNSPACED = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ffff]+")
+
+
+def _bigrams(match: re.Match) -> str:
+    run = match.group()
+    return " " + (" ".join(run[i : i + 2] for i in range(len(run) - 1)) if len(run) > 1 else run * 2) + " "
+
+
 def _tokens(texts: list[str], vocabulary: bool):
     import bm25s
 
+    texts = [_UNSPACED.sub(_bigrams, text) for text in texts]
     return bm25s.tokenize(texts, lower=True, stopwords=_STOPWORDS, return_ids=vocabulary, show_progress=False)
 
 

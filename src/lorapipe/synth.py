@@ -170,11 +170,12 @@ class _Cache:
             entry = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None  # a damaged entry: asked again
-        if not isinstance(entry, dict) or not isinstance(entry.get("pairs"), list):
+        if not isinstance(entry, dict) or not isinstance(entry.get("text"), str):
+            return None  # not written by put (or damaged): asked again
+        if not isinstance(entry.get("finish_reason"), str):
             return None
-        if isinstance(entry.get("text"), str) and isinstance(entry.get("finish_reason"), str):
-            # parsed again, so that a change to parse_pairs applies to the cached replies without asking
-            entry["pairs"], entry["problem"] = parse_pairs(Reply(entry["text"], entry["finish_reason"]))
+        # parsed again, so that a change to parse_pairs applies to the cached replies without asking
+        entry["pairs"], entry["problem"] = parse_pairs(Reply(entry["text"], entry["finish_reason"]))
         return entry
 
     def put(self, key: str, reply: Reply) -> dict:

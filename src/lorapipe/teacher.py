@@ -319,6 +319,33 @@ def _api_key(api_key_env: str | None) -> str | None:
     return key
 
 
+def _password(url: str) -> str | None:
+    """The password written into a URL (``http://user:password@host/v1``), or None."""
+    from urllib.parse import unquote, urlsplit
+
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return None
+    return unquote(password) if password else None
+
+
+def _without_password(url: str) -> str:
+    """`url` with the password of its user part (``user:password@``) written ``***``: never printed or
+    stored (cache keys, stats.json, messages)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = netloc[0].split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+
+
 def _with_schema(messages: list[dict], schema: dict) -> list[dict]:
     """`messages` with the schema written into the system message, for an endpoint that cannot be given it
     as a response_format."""
@@ -365,22 +392,26 @@ class EndpointTeacher:
     ) -> None:
         from openai import OpenAI
 
-        self.base_url = base_url.rstrip("/")
+        url = base_url.rstrip("/")
+        self.base_url = _without_password(url)  # what messages, the identity and stats.json show
         self.model = model
         self.api_key_env = api_key_env
         self.identity = f"endpoint:{self.base_url}|{model}"
         self.description = f"{model} at {self.base_url}"
         self.concurrency = concurrency
         self._key = _api_key(api_key_env)
+        self._secrets = [secret for secret in (self._key, _password(url)) if secret]
         self._client = OpenAI(
-            base_url=self.base_url, api_key=self._key or "not-needed", timeout=timeout_s, max_retries=max_retries
+            base_url=url, api_key=self._key or "not-needed", timeout=timeout_s, max_retries=max_retries
         )
         self._format = 0  # index into _FORMATS: lowered once per refusal, for the rest of the run
         self._lock = threading.Lock()
 
     def _clean(self, text: str) -> str:
         """`text` without the key, should a server ever echo it."""
-        return text.replace(self._key, "***") if self._key else text
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
 
     def _reason(self, exc: Exception) -> str:
         """What went wrong with a connection: the underlying error's text (the client's own is "Connection
