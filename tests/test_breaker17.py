@@ -1,6 +1,6 @@
 """Bugs found by breaking issue 17's features (synth, knowledge, retrieval), each with its reproduction:
 a question's source written another way than the manifest's, a damaged synth cache entry, retrieval
-over Chinese/Japanese text, a password in synth.base_url.
+over Chinese/Japanese text, key strings with a dash, a password in synth.base_url.
 
 Run: .venv/bin/pytest tests/test_breaker17.py
 """
@@ -14,6 +14,7 @@ import pytest
 from lorapipe.io import read_jsonl
 from lorapipe.knowledge import _document
 from lorapipe.retrieval import build_index, load_index
+from lorapipe.scoring import key_hit
 from lorapipe.teacher import EndpointTeacher, TeacherError
 
 # --- knowledge: trained / control grouping of a user's question ---------------------------------------
@@ -100,6 +101,26 @@ def test_retrieval_finds_chinese_and_japanese_passages(tmp_path):
     assert [hit["id"] for hit in index.search("Квантование", 5)] == ["d#3"]
     assert [hit["id"] for hit in index.search("low-rank matrices", 5)] == ["d#0"]
     assert index.search("the and of it", 5) == []
+
+
+# --- scoring: key strings with a dash -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "answer, keys, hit",
+    [
+        ("two LOW-RANK matrices", ["low-rank"], True),
+        ("two low rank matrices", ["low-rank"], True),  # before: False
+        ("two low\u2013rank matrices", ["low-rank"], True),  # en dash; before: False
+        ("two low-rank matrices", ["low rank"], True),  # before: False
+        ("the Q4_K_M file", ["Q4_K_M"], True),
+        ("the q4 k m file", ["Q4_K_M"], False),
+        ("lowrank", ["low-rank"], False),
+        ("low rank", ["low-rank", "matrices"], False),
+    ],
+)
+def test_key_hit_treats_a_dash_as_a_space(answer, keys, hit):
+    assert key_hit(answer, keys) is hit
 
 
 # --- teacher: a password written into synth.base_url ----------------------------------------------------

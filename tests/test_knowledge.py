@@ -56,7 +56,7 @@ def test_scores_on_canned_answers():
     )
     assert answer_rouge_l("THE Cat, sat", "cat sat") == 1.0
     assert key_hit("It trains two LOW-RANK  matrices", ["low-rank", "two"]) and key_hit("anything", [])
-    assert not key_hit("low rank", ["low-rank"])
+    assert key_hit("low rank", ["low-rank"]) and not key_hit("lowrank", ["low-rank"])  # a dash is a space
     scores = score_knowledge(
         ["two matrices", "no idea", "wild yeast"],
         ["two low-rank matrices", "the pretrained weights", "wild yeast ferments"],

@@ -161,11 +161,19 @@ def answer_rouge_l(answer: str, reference: str) -> float:
     return rouge_l(" ".join(answer_tokens(answer)), " ".join(answer_tokens(reference)))
 
 
+def _key_text(text: str) -> str:
+    """`text` for key matching: NFKC, casefolded, every dash (hyphen, en or em dash, minus...) a space,
+    whitespace runs collapsed."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    return normalize("".join(" " if unicodedata.category(c) == "Pd" or c == "\u2212" else c for c in text))
+
+
 def key_hit(answer: str, keys: list[str]) -> bool:
     """Whether every key string appears in `answer`, case-insensitive, whitespace runs collapsed on both
-    sides (``"low-rank"`` in ``"two LOW-RANK matrices"``). No keys: True."""
-    text = normalize(answer).casefold()
-    return all(normalize(key).casefold() in text for key in keys)
+    sides, a dash the same as a space (``"low-rank"`` in ``"two LOW-RANK matrices"``, ``"low rank
+    updates"`` and ``"low–rank"``; ``"Q4_K_M"`` in ``"q4_k_m"``). No keys: True."""
+    text = _key_text(answer)
+    return all((_key_text(key) or normalize(key).casefold()) in text for key in keys)
 
 
 def score_knowledge(answers: list[str], references: list[str], keys: list[list[str]]) -> dict[str, Any]:
