@@ -155,3 +155,36 @@ def test_synth_stats_hold_no_password(tmp_path, bundled_tokenizer_dir):
     written += "".join(p.read_text(encoding="utf-8") for p in (tmp_path / "c").glob("*.json"))
     assert "S3CRET" not in written and "S3CRET" not in json.dumps(stats)
     assert list(read_jsonl(tmp_path / "out" / "pairs.jsonl"))
+
+
+# --- ask --retrieval: prompts longer than llama.cpp's default context -----------------------------------
+
+
+def test_answer_all_holds_a_prompt_longer_than_2048_tokens(monkeypatch):
+    """Before: ``lorapipe ask --retrieval --top-k 8`` (passages of 256 tokens) died with llama.cpp's
+    "Requested tokens (2907) exceed context window of 2048": answer_all's context was fixed at 2048."""
+    import llama_cpp
+
+    from lorapipe.generation import answer_all
+    from lorapipe.models import bundled_gguf
+    from lorapipe.retrieval import retrieval_messages
+
+    seen = []
+
+    class Recording(llama_cpp.Llama):
+        def create_completion(self, prompt, **kwargs):  # no decoding: only what it was asked in
+            seen.append((len(prompt), kwargs["max_tokens"], self.n_ctx()))
+            return {"choices": [{"text": " two matrices"}]}
+
+    monkeypatch.setattr(llama_cpp, "Llama", Recording)
+    passages = [{"source": f"d{i}", "text": "LoRA trains two small low-rank matrices. " * 40} for i in range(8)]
+    messages = retrieval_messages("You answer questions.", "What does LoRA train?", passages)
+    gguf = bundled_gguf("smollm2-135m-instruct")
+    assert answer_all(gguf, [messages], 8) == ["two matrices"]
+    (prompt, new, n_ctx), *_ = seen
+    assert prompt > 2048 and n_ctx >= prompt + new
+    short = [{"role": "user", "content": "What does LoRA train?"}]
+    assert answer_all(gguf, [short], 8) == ["two matrices"] and seen[-1][2] == 2048  # as before
+    too_long = retrieval_messages("s", "q", [{"source": "d", "text": "LoRA trains two matrices. " * 2000}])
+    with pytest.raises(ValueError, match="does not fit the 8192-token context.*--top-k"):
+        answer_all(gguf, [too_long], 8)

@@ -100,22 +100,35 @@ def answer_all(
     chat_encoder.encode_chat from the GGUF's own chat template (llama_codec), as the transformers
     models' are: the same system-role rule, contents as literal text. Generation ends at the model's
     end-of-generation tokens or its EOS text. With `json_schema`, decoding follows a llama.cpp grammar
-    built from it, so every complete answer parses and fits the schema. Raises ChatTemplateError when
-    the template refuses a conversation."""
+    built from it, so every complete answer parses and fits the schema. The context is 2048 tokens,
+    larger when the longest prompt plus `max_tokens` needs it (up to the model's trained context).
+    Raises ChatTemplateError when the template refuses a conversation, ValueError when a prompt
+    does not fit the model's trained context."""
     from llama_cpp import Llama, LlamaGrammar
 
     grammar = LlamaGrammar.from_json_schema(json.dumps(json_schema), verbose=False) if json_schema else None
     llm = Llama(str(gguf_path), n_ctx=2048, verbose=False)
     try:
-        codec = llama_codec(llm)
+        prompts = [encode_chat(messages, llama_codec(llm)) for messages in requests]
+        needed = max(map(len, prompts), default=0) + max_tokens
+        if needed > llm.n_ctx():  # long prompts (retrieved passages): a context that holds them
+            trained = llm._model.n_ctx_train() or needed  # 0: the GGUF does not say
+            if needed > trained:
+                raise ValueError(
+                    f"a prompt of {needed - max_tokens} tokens plus {max_tokens} new ones does not fit the "
+                    f"{trained}-token context of {gguf_path}: ask fewer passages (--top-k, eval.retrieval_top_k), "
+                    "shorter ones (synth.passage_tokens) or fewer tokens"
+                )
+            llm.close()
+            llm = Llama(str(gguf_path), n_ctx=min(trained, -(-needed // 256) * 256), verbose=False)
         eos = llm._model.token_get_text(llm.token_eos())
         answers = []
-        for messages in requests:
+        for prompt in prompts:
             # A fresh context per prompt: reusing the previous prompt's cached start changes the logits in
             # the last bits, enough to flip a greedy token (an answer would depend on the one before).
             llm.reset()
             completion = llm.create_completion(
-                encode_chat(messages, codec), max_tokens=max_tokens, temperature=0.0, grammar=grammar, stop=[eos]
+                prompt, max_tokens=max_tokens, temperature=0.0, grammar=grammar, stop=[eos]
             )
             answers.append(completion["choices"][0]["text"].strip())
     finally:
