@@ -205,3 +205,11 @@ def test_answers_decoded_together_are_the_answers_decoded_alone(tiny_model_dir, 
     alone = [generate_answer(tokenizer, model, c, 6).strip() for c in conversations]
     assert hf_answers(folder, conversations, 6, batch_size=3) == alone
     assert len(set(alone)) > 1  # the answers differ, so an answer in the wrong place would show
+
+
+def test_a_prompt_longer_than_the_context_is_refused_naming_the_knobs(tiny_model_dir):
+    from lorapipe.evaluate import hf_answers
+
+    long = [{"role": "user", "content": "word " * 1100}]  # the tiny model's context is 1024 positions
+    with pytest.raises(ValueError, match="lower eval.retrieval_top_k or synth.passage_tokens"):
+        hf_answers(tiny_model_dir, [long], 8)

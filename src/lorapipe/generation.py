@@ -57,7 +57,8 @@ def hf_answers(
     model, in 36 s against about 80 s one by one, every answer the same). The padded positions are
     masked, so a row's greedy answer is the one it gets alone up to float rounding. An answer ends at
     the first end-of-generation token. Raises ChatTemplateError when the template refuses a
-    conversation (before any generation)."""
+    conversation, and ValueError when a prompt and `max_new_tokens` exceed the model's context
+    (config ``max_position_embeddings``), both before any generation."""
     import torch
 
     if not requests:
@@ -65,6 +66,13 @@ def hf_answers(
     tokenizer, model = load_tokenizer(model_dir), load_causal_lm(model_dir).eval()
     codec = hf_codec(tokenizer)
     prompts = [encode_chat(messages, codec) for messages in requests]
+    limit, longest = getattr(model.config, "max_position_embeddings", None), max(map(len, prompts))
+    if limit and longest + max_new_tokens > limit:  # past it the answers are garbage and memory explodes
+        raise ValueError(
+            f"a prompt of {longest} tokens plus {max_new_tokens} new ones is longer than {model_dir}'s context "
+            f"({limit} tokens): lower eval.retrieval_top_k or synth.passage_tokens (the retrieval prompts), or "
+            "shorten the conversation"
+        )
     ends = _end_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(ends, default=0)
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))  # similar lengths share a batch

@@ -83,8 +83,9 @@ def test_a_stage_killed_at_a_fault_point_reruns_to_the_same_outputs(pipeline, st
 
     repo, env, reference = pipeline
     reference_adapter = load_file(repo / "models/lora_output/adapter_model.safetensors") if stage == "train" else None
-    if (stage, point) == ("extract", "mid"):  # no cached texts, so the kill lands mid-way through converting
-        subprocess.run(["rm", "-rf", env["LORAPIPE_CACHE_DIR"] + "/extract"], check=True)
+    if (stage, point) in {("extract", "mid"), ("synth", "mid")}:
+        # Nothing cached, so the kill lands mid-way through converting (asking the teacher).
+        subprocess.run(["rm", "-rf", f"{env['LORAPIPE_CACHE_DIR']}/{stage}"], check=True)
 
     killed = subprocess.run(
         ["dvc", "repro", "--force", "--single-item", stage],
