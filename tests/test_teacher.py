@@ -104,7 +104,6 @@ def test_a_reply_cut_at_the_token_limit_is_truncated_and_keeps_only_its_whole_pa
         PROSE,
         '{"pairs": [{"question": "Q?", "answer": "A',  # cut, though the backend said stop
         '{"pairs": "none"}',
-        '{"pairs": []}',
         '{"answers": ["A."]}',
         '[{"q": "Q?", "a": "A."}]',
         '{"pairs": [{"question": true, "answer": "A."}]}',
@@ -420,3 +419,8 @@ def test_a_failed_conversion_says_what_to_use_and_leaves_no_file(tmp_path, monke
     assert list((paths.cache_dir() / "teacher").iterdir()) == []
     with pytest.raises(TeacherError, match="dvc repro base"):
         teacher_gguf("my-org/my-model", tmp_path / "absent")
+
+
+def test_an_empty_list_of_pairs_is_an_answer_not_garbage():
+    assert parse_pairs(Reply('{"pairs": []}', "stop")) == ([], None)
+    assert parse_pairs(Reply('{"questions": []}', "stop")) == ([], "not_json")

@@ -870,7 +870,8 @@ def _room(model: Backend, prompt: list[int], max_tokens: int | None, default: in
         raise APIError(
             413,
             f"the prompt is {len(prompt)} tokens and {max(wanted, 1)} more are asked for, but the "
-            f"model's context holds {model.n_ctx}: shorten the prompt or max_tokens",
+            f"model's context holds {model.n_ctx}: shorten the prompt or max_tokens (a server started with "
+            "--retrieval puts its passages into the prompt too: restart it with a lower --top-k)",
             param="messages",
             code="context_length_exceeded",
         )

@@ -133,13 +133,14 @@ def _pairs_in(value) -> list[dict]:
 
 def parse_pairs(reply: Reply) -> tuple[list[dict], str | None]:
     """The question–answer pairs in a teacher's reply: ``([{"question": str, "answer": str}, ...], None)``,
-    each string stripped, in the reply's order; ``([], "not_json")`` for text that is not JSON or holds
-    no pair. A reply cut at its token limit (finish_reason "length") gives ``(complete, "truncated")``:
-    the pairs written whole before the cut (``{"pairs": [{...}, {...}, {"question": "Wh`` keeps two),
-    never the cut one. The first JSON value that holds pairs is read, wherever it starts (after a
-    Markdown code fence or prose, as models without a grammar write; inside another object):
-    ``{"pairs": [...]}``, a bare list of pairs or one pair object; items without a string or number
-    question and answer are skipped. Never raises."""
+    each string stripped, in the reply's order (``{"pairs": []}`` gives ``([], None)``: the teacher
+    found nothing to ask); ``([], "not_json")`` for text that is not JSON or holds no pair. A reply cut
+    at its token limit (finish_reason "length") gives ``(complete, "truncated")``: the pairs written
+    whole before the cut (``{"pairs": [{...}, {...}, {"question": "Wh`` keeps two), never the cut one.
+    The first JSON value that holds pairs is read, wherever it starts (after a Markdown code fence or
+    prose, as models without a grammar write; inside another object): ``{"pairs": [...]}``, a bare list
+    of pairs or one pair object; items without a string or number question and answer are skipped.
+    Never raises."""
     if reply.finish_reason == "length":
         return _complete_pairs(reply.text), "truncated"
     decoder = json.JSONDecoder()
@@ -149,7 +150,7 @@ def parse_pairs(reply: Reply) -> tuple[list[dict], str | None]:
         except ValueError:
             continue
         pairs = _pairs_in(value)
-        if pairs:
+        if pairs or (isinstance(value, dict) and value.get("pairs") == []):  # none to write is an answer too
             return pairs, None
     return [], "not_json"
 
