@@ -681,6 +681,8 @@ def _describe(error: dict) -> str:
         )
         return f"{key}: unknown key; known keys here: {known}"
     message = error["msg"].removeprefix("Value error, ")
+    if isinstance(error.get("input"), dict):  # a rule between keys of a section: its message names them
+        return f"{key}: {message}"
     return f"{key}: {message} (got {error.get('input')!r})"
 
 
@@ -747,7 +749,8 @@ def load_params(path: str | Path = paths.PARAMS, overrides: dict[str, Any] | Non
     raw = read_yaml(path)
     if isinstance(raw, dict):  # anything else is reported by validate_params
         raw = apply_overrides(raw, overrides or {})
-    return validate_params(raw, str(path))
+    given = f" with {', '.join(f'{k}={v!r}' for k, v in overrides.items())}" if overrides else ""
+    return validate_params(raw, f"{path}{given}")  # a bad value may come from an override (a CLI flag)
 
 
 def section_dict(params: Params, stage: str) -> dict[str, Any]:
