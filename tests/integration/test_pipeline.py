@@ -67,12 +67,14 @@ def test_repro_runs_every_stage_and_writes_every_out(project):
     assert sorted(p.name for p in (repo / "models/gguf").iterdir()) == [
         "Modelfile",
         "Modelfile.chat",
+        "Modelfile.qa",  # the synth stage's question-answer task
         "export.json",
         "tiny.Q8_0.gguf",
     ]
     prompts = read_json(repo / "data/dataset/prompts.json")
     assert f'SYSTEM """{prompts["text"]}"""' in (repo / "models/gguf/Modelfile").read_text()
     assert f'SYSTEM """{prompts["chat"]}"""' in (repo / "models/gguf/Modelfile.chat").read_text()
+    assert f'SYSTEM """{prompts["qa"]}"""' in (repo / "models/gguf/Modelfile.qa").read_text()
     assert read_json(repo / "reports/eval_base.json")["base"]["perplexity"] > 0
     evaluation = read_json(repo / "reports/eval.json")
     assert set(evaluation["gguf"]) == {"Q8_0"} and evaluation["merged"]["perplexity"] > 0
