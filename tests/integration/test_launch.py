@@ -51,11 +51,12 @@ def _no_dvc_warning(output: str) -> None:
 
 
 def test_repro_runs_with_the_python_that_has_lorapipe(project):
-    """`.venv/bin/dvc repro evaluate_base` (base, extract, dataset, evaluate_base), no .venv in the
-    project: the launcher uses the Python running dvc; documents only leave no output empty."""
+    """`.venv/bin/dvc repro evaluate_base` (base, extract, synth, dataset, evaluate_base), no .venv in the
+    project: the launcher uses the Python running dvc; documents only (and no teacher) leave no output empty."""
     repo, env = project
     output = run_ok([str(VENV_BIN / "dvc"), "repro", "evaluate_base"], repo, env)
-    assert set(re.findall(r"Running stage '(\w+)'", output)) == {"base", "extract", "dataset", "evaluate_base"}
+    ran = set(re.findall(r"Running stage '(\w+)'", output))
+    assert ran == {"base", "extract", "synth", "dataset", "evaluate_base"}
     assert "fake python" not in output
     _no_dvc_warning(output)
     assert json.loads((repo / "reports" / "answers_base.json").read_text()) == {"answers": []}  # no chat rows
