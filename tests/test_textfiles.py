@@ -153,11 +153,11 @@ def test_jsonl_json_and_provenance_readers_take_a_mark(tmp_path, encoding):
 
 @pytest.mark.parametrize("encoding", BOM_ENCODINGS)
 def test_a_system_prompt_file_with_a_mark_is_read_without_it(tmp_path, monkeypatch, encoding):
-    from lorapipe.dataset import _resolve_prompt
+    from lorapipe.param_files import prompt_text
 
     monkeypatch.chdir(tmp_path)
     write(tmp_path / "prompt.txt", "Réponds en JSON.\r\n", encoding)
-    assert _resolve_prompt("prompt.txt") == "Réponds en JSON."
+    assert prompt_text("prompt.txt") == "Réponds en JSON."
 
 
 def test_a_prompt_file_that_is_not_utf8_stops_the_stage_before_any_work(tmp_path, monkeypatch):

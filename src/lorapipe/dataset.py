@@ -38,7 +38,7 @@ from lorapipe.chat_templates import ModelfileError, modelfile_line
 from lorapipe.io import atomic_outputs, read_jsonl, write_json, write_jsonl
 from lorapipe.labeled import is_json_schema, load_labeled
 from lorapipe.models import load_tokenizer
-from lorapipe.param_files import prompt_file
+from lorapipe.param_files import prompt_text
 from lorapipe.params import DEFAULTS, TaskParams
 from lorapipe.rows import loss_tokens, text_ids, tokenize_row
 from lorapipe.textfiles import jsonl_lines, read_text
@@ -140,12 +140,6 @@ def _matches(path: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatch(path, p) or fnmatch.fnmatch(Path(path).name, p) for p in patterns)
 
 
-def _resolve_prompt(prompt: str) -> str:
-    """The prompt text: the file's content when `prompt` names a file (param_files.prompt_file), else itself."""
-    file = prompt_file(prompt)
-    return read_text(file).strip() if file else prompt
-
-
 def resolve_tasks(
     mode: str,
     tasks: list[dict] | None,
@@ -161,7 +155,7 @@ def resolve_tasks(
             Task(
                 t["name"],
                 t["kind"],
-                _resolve_prompt(t.get("system_prompt") or system_prompt),
+                prompt_text(t.get("system_prompt") or system_prompt),
                 list(t.get("sources") or ["*"]),
                 t.get("format") or labeled_format,
                 dict(t.get("fields") or fields or {}),
@@ -172,7 +166,7 @@ def resolve_tasks(
         if wrong:
             raise ValueError(f"dataset.mode is {mode!r} but tasks {wrong} are of another kind; use mode auto")
         return resolved
-    prompt = _resolve_prompt(system_prompt)
+    prompt = prompt_text(system_prompt)
     resolved = []
     if mode == "text" or (mode == "auto" and has_text):
         resolved.append(Task("text", "text", prompt))
@@ -368,7 +362,7 @@ def _qa_task(resolved: list[Task], mode: str, pairs: list, name: str, system_pro
             flush=True,
         )
         return None
-    return Task(name, "chat", _resolve_prompt(system_prompt))
+    return Task(name, "chat", prompt_text(system_prompt))
 
 
 def _qa_rows(task: Task, file: Path, pairs: list[tuple[int, dict]], tokenizer, knobs: tuple, counts: dict) -> list:

@@ -45,6 +45,14 @@ def prompt_file(value: str) -> Path | None:
         return None
 
 
+def prompt_text(value: str) -> str:
+    """The text a text-or-path param stands for: the named file's content (read_text, stripped) when
+    `value` names a file (`prompt_file`), else `value` itself. Raises TextEncodingError for a file that
+    is not text."""
+    file = prompt_file(value)
+    return read_text(file).strip() if file else value
+
+
 def looks_like_path(value: str) -> bool:
     """True when a text-or-path param is meant as a path: it names an existing file (`prompt_file`),
     or it is one line without spaces that names a folder or ends in a text-file suffix.

@@ -35,7 +35,7 @@ from lorapipe import faults, paths
 from lorapipe.dataset import chunk_text, deduplicate
 from lorapipe.io import atomic_dir, read_jsonl, write_json, write_jsonl
 from lorapipe.models import load_tokenizer
-from lorapipe.param_files import prompt_file
+from lorapipe.param_files import prompt_text
 from lorapipe.params import DEFAULTS, SynthParams
 from lorapipe.retrieval import build_index
 from lorapipe.teacher import (
@@ -134,10 +134,7 @@ def passages_of(text_dir: str | Path, tokenizer, passage_tokens: int, overlap_to
 
 def _system_prompt(prompt: str | None) -> str:
     """The teacher's instructions: TEACHER_PROMPT, or synth.prompt's text (or the file it names)."""
-    if prompt is None:
-        return TEACHER_PROMPT
-    file = prompt_file(prompt)
-    return read_text(file).strip() if file else prompt
+    return TEACHER_PROMPT if prompt is None else prompt_text(prompt)
 
 
 def _messages(system: str, passage: str, n: int) -> list[dict]:
