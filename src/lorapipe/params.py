@@ -387,12 +387,12 @@ class TrainParams(_Section):
         16,
         ge=-1,
         description=(
-            "optimizer steps; -1: train for `epochs`. 16 steps × 4 rows of ≤512 tokens ≈ 3 min on 2 CPU cores "
+            "optimizer steps; -1: train for `epochs`. 16 steps × 2 rows of ≤512 tokens ≈ 2 min on 2 CPU cores "
             "(bundled model)"
         ),
     )
     lr: Float = Field(3e-4, gt=0, lt=1, description="peak learning rate (AdamW, linear warm-up and decay)")
-    batch_size: Int = Field(4, ge=1, description="rows per forward pass; higher: faster per row, more memory")
+    batch_size: Int = Field(2, ge=1, description="rows per forward pass; higher: faster per row, more memory")
     grad_accum: Int = Field(
         1,
         ge=1,
