@@ -350,3 +350,28 @@ def test_ask_with_retrieval_puts_the_passage_of_the_question_in_the_prompt(proje
     out = capsys.readouterr().out
     assert "A (tiny.Q8_0.gguf, llama.cpp, with the top 2 of 3 passages of data/synth/index): 1889" in out
     assert "[1] docs/tower.md#3 (BM25 " in out
+
+
+def test_serve_decodes_under_the_schema_the_evaluation_scored(tmp_path, monkeypatch, capsys):
+    """lorapipe serve's schema: --json-schema, else params.yaml's eval.json_schema, else none;
+    --no-json-schema serves free text; a named file that is missing is refused naming it."""
+    import argparse
+
+    from lorapipe.cli import _serve_schema
+
+    monkeypatch.chdir(tmp_path)
+    flags = lambda schema=None, off=False: argparse.Namespace(json_schema=schema, no_json_schema=off)  # noqa: E731
+    assert _serve_schema(flags()) is None  # no params.yaml: no schema
+    (tmp_path / "data/raw/config").mkdir(parents=True)
+    (tmp_path / "data/raw/config/task.schema.json").write_text('{"type": "object"}')
+    (tmp_path / "params.yaml").write_text("eval:\n  json_schema: data/raw/config/task.schema.json\n")
+    assert _serve_schema(flags()) == "data/raw/config/task.schema.json"
+    assert "eval.json_schema" in capsys.readouterr().out
+    assert _serve_schema(flags(off=True)) is None
+    (tmp_path / "other.json").write_text("{}")
+    assert _serve_schema(flags("other.json")) == "other.json"
+    with pytest.raises(ValueError, match="contradict"):
+        _serve_schema(flags("other.json", off=True))
+    (tmp_path / "data/raw/config/task.schema.json").unlink()
+    with pytest.raises(FileNotFoundError, match="task.schema.json"):
+        _serve_schema(flags())

@@ -100,6 +100,8 @@ def test_chat_answers_are_scored_for_base_fine_tuned_and_gguf(tmp_path, tiny_mod
     )
     base_answers = json.loads((tmp_path / "answers_base.json").read_text())["answers"]
     assert len(base_answers) == 3 and all(a["task"] == "chat" for a in base_answers)
+    # 6 tokens hold no snips answer: every answer of the random model is cut, and says so
+    assert all(a["truncated"] for a in base_answers)
     metrics = evaluate_models(
         data / "val.jsonl",
         data / "prompts.json",
@@ -121,6 +123,9 @@ def test_chat_answers_are_scored_for_base_fine_tuned_and_gguf(tmp_path, tiny_mod
         chat = scores["chat"]
         assert chat["answers"] == 3 and 0 <= chat["rouge_l"] <= 1
         assert {"json_parse_rate", "schema_valid_rate", "intent_accuracy", "slots", "per_slot"} <= set(chat["json"])
+        parsed, cut, malformed = (chat["json"][k] for k in ("json_parse_rate", "truncated_rate", "malformed_rate"))
+        assert parsed + cut + malformed == pytest.approx(1.0, abs=1e-3)
+    assert answers["base"]["chat"]["json"]["truncated_rate"] == 1.0 and metrics["max_new_tokens"] == 6
     # under the schema's grammar even a random model starts a JSON object with the required "intent"
     import re
 
@@ -213,3 +218,24 @@ def test_a_prompt_longer_than_the_context_is_refused_naming_the_knobs(tiny_model
     long = [{"role": "user", "content": "word " * 1100}]  # the tiny model's context is 1024 positions
     with pytest.raises(ValueError, match="lower eval.retrieval_top_k or synth.passage_tokens"):
         hf_answers(tiny_model_dir, [long], 8)
+
+
+def test_auto_max_new_tokens_holds_the_longest_reference_answer(tmp_path, tiny_model_dir):
+    """eval.max_new_tokens auto: the longest last assistant turn of the train and validation rows, in
+    tokens, plus 25% (at least 8); a number is kept; text rows only: 64."""
+    from lorapipe.evaluate import AUTO_TEXT_TOKENS, answer_token_budget
+    from lorapipe.models import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    long_answer = json.dumps({"intent": "PlayMusic", "slots": {f"slot{i}": f"value number {i}" for i in range(12)}})
+    train, val = tmp_path / "train.jsonl", tmp_path / "val.jsonl"
+    chat = lambda answer: {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": answer}]}  # noqa: E731
+    train.write_text(json.dumps(chat(long_answer)) + "\n" + json.dumps({"text": "x " * 900}) + "\n")
+    val.write_text(json.dumps(chat("short")) + "\n")
+    longest = len(tokenizer(long_answer, add_special_tokens=False)["input_ids"])
+    budget, reason = answer_token_budget("auto", [train, val], tokenizer)
+    assert longest > 40 and budget == longest + -(-longest // 4) and str(longest) in reason
+    assert answer_token_budget("auto", [val], tokenizer)[0] == 1 + 8  # a 1-token answer: the minimum margin
+    assert answer_token_budget(17, [train, val], tokenizer) == (17, "eval.max_new_tokens")
+    val.write_text(json.dumps({"text": "only text"}) + "\n")
+    assert answer_token_budget("auto", [val, tmp_path / "absent.jsonl"], tokenizer)[0] == AUTO_TEXT_TOKENS

@@ -74,3 +74,15 @@ def test_score_answers_adds_json_scores_for_json_tasks_only():
     assert scores["answers"] == 4 and scores["exact_match"] == 0.25 and "json" in scores  # only the first
     prose = score_answers(["Paris is in France."], ["Paris is the capital of France."])
     assert "json" not in prose and 0 < prose["rouge_l"] < 1
+
+
+def test_an_answer_cut_at_the_token_limit_is_counted_apart_from_a_malformed_one():
+    cut = '{"intent": "PlayMusic", "slots": {"artist": "Miles'  # the limit was reached mid-answer
+    answers, gold = [GOLD[0], cut, "Sure! PlayMusic."], [GOLD[0], GOLD[0], GOLD[0]]
+    scores = score_json(answers, gold, SCHEMA, truncated=[False, True, False])
+    assert scores["json_parse_rate"] == round(1 / 3, 4)
+    assert scores["truncated_rate"] == round(1 / 3, 4) and scores["malformed_rate"] == round(1 / 3, 4)
+    # an answer that parses is neither, even when generation stopped at the limit right after it
+    assert score_json([GOLD[0]], [GOLD[0]], truncated=[True])["truncated_rate"] == 0.0
+    assert "truncated_rate" not in score_json(answers, gold)  # unknown without the flags
+    assert score_answers(answers, gold, SCHEMA, [False, True, False])["truncated"] == round(1 / 3, 4)

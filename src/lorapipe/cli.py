@@ -286,7 +286,14 @@ def _add_model_commands(commands) -> None:
         help="serve the merged model (models/merged, or --merged-dir) with transformers instead",
     )
     serve.add_argument("--merged-dir", default=str(paths.MERGED), help="merged model folder for --transformers")
-    serve.add_argument("--json-schema", help='JSON Schema for requests with "constrained": true (llama.cpp grammar)')
+    serve.add_argument(
+        "--json-schema",
+        help="JSON Schema the answers are decoded under (llama.cpp grammar) unless a request says "
+        '"constrained": false; default: params.yaml\'s eval.json_schema, the schema the evaluation scored',
+    )
+    serve.add_argument(
+        "--no-json-schema", action="store_true", help="serve without a schema, even when eval.json_schema names one"
+    )
     _add_retrieval_flags(serve)
     chat = commands.add_parser("chat", help="talk to the exported model in the terminal")
     chat.add_argument("--gguf", help=f"GGUF file {default_gguf}")
@@ -407,6 +414,22 @@ def _retrieval(args: argparse.Namespace):
     index = load_index(args.index)
     p = load_params(paths.PARAMS) if paths.PARAMS.is_file() else DEFAULTS
     return Retrieval(index, args.top_k or p.eval.retrieval_top_k, p.synth.task, Path(args.index))
+
+
+def _serve_schema(args: argparse.Namespace) -> str | None:
+    """The JSON Schema file `lorapipe serve` decodes under: --json-schema, else params.yaml's
+    eval.json_schema (the task's schema, which the evaluation scored), else none; --no-json-schema: none.
+    Raises ValueError for both flags, FileNotFoundError for a schema file that is not there."""
+    if args.no_json_schema:
+        if args.json_schema:
+            raise ValueError("--json-schema and --no-json-schema contradict each other: give one")
+        return None
+    if args.json_schema:
+        return str(paths.require(args.json_schema, "--json-schema"))
+    named = load_params(paths.PARAMS).eval.json_schema if paths.PARAMS.is_file() else None
+    if named:
+        print(f"[serve] answers are decoded under eval.json_schema {named} (--no-json-schema: free text)", flush=True)
+    return str(paths.require(named, "eval.json_schema")) if named else None
 
 
 def _ask(args: argparse.Namespace) -> None:
@@ -580,7 +603,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.port,
                 args.merged_dir if args.transformers else args.gguf,
                 "transformers" if args.transformers else "llama.cpp",
-                args.json_schema,
+                _serve_schema(args),
                 _retrieval(args),
             )
         elif args.command == "chat":

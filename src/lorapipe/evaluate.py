@@ -22,7 +22,15 @@ from pathlib import Path
 
 from lorapipe import faults, paths
 from lorapipe.artifacts import export_ggufs, model_gguf
-from lorapipe.generation import answer_all, chat, generate_answer, hf_answers  # noqa: F401 (chat, generate_answer: this module's names too)
+from lorapipe.generation import (  # noqa: F401 (chat, generate_answer, hf_answers: this module's names too)
+    Generation,
+    answer_all,
+    chat,
+    generate_answer,
+    gguf_generate,
+    hf_answers,
+    hf_generate,
+)
 from lorapipe.knowledge import base_knowledge, evaluate_knowledge
 from lorapipe.io import atomic_outputs, read_json, read_jsonl, write_json, write_text_atomic
 from lorapipe.llama import gguf_logits
@@ -66,6 +74,36 @@ def gguf_perplexity(gguf_path: str | Path, sequences: list[tuple[list[int], list
     return _summary(nll, count)
 
 
+# eval.max_new_tokens: auto. A reference answer's tokens plus this share of them (at least
+# AUTO_MARGIN_MIN tokens): room for a model that words the same answer a little longer; without chat
+# rows (continuations of text only) AUTO_TEXT_TOKENS.
+AUTO_MARGIN, AUTO_MARGIN_MIN, AUTO_TEXT_TOKENS = 0.25, 8, 64
+
+
+def answer_token_budget(max_new_tokens: int | str, row_files: list[str | Path], tokenizer) -> tuple[int, str]:
+    """The token limit of generated answers and how it was chosen: `max_new_tokens` when it is a number;
+    for ``"auto"``, the longest reference answer (the last assistant turn of each chat row of
+    `row_files`, JSONL files that may be absent: train and validation, so that every stage that answers
+    derives the same limit) in tokens of `tokenizer`, plus AUTO_MARGIN of it (at least AUTO_MARGIN_MIN
+    tokens), so no answer as long as a reference is cut by the evaluator; AUTO_TEXT_TOKENS without chat
+    rows. Returns ``(tokens, reason)``."""
+    if max_new_tokens != "auto":
+        return int(max_new_tokens), "eval.max_new_tokens"
+    longest = 0
+    for path in row_files:
+        if not Path(path).is_file():
+            continue
+        for row in read_jsonl(path):
+            answers = [m["content"] for m in row.get("messages", []) if m["role"] == "assistant"]
+            if answers:
+                longest = max(longest, len(tokenizer(answers[-1], add_special_tokens=False)["input_ids"]))
+    if not longest:
+        return AUTO_TEXT_TOKENS, "eval.max_new_tokens auto: no chat rows"
+    margin = max(AUTO_MARGIN_MIN, -(-longest * AUTO_MARGIN // 1))
+    budget = longest + int(margin)
+    return budget, f"eval.max_new_tokens auto: the longest reference answer, {longest} tokens, + {int(margin)}"
+
+
 def chat_rows(val_path: str | Path, max_samples: int) -> list[dict]:
     """The first `max_samples` validation rows that are conversations (the ones with an answer)."""
     return [row for row in read_jsonl(val_path) if "messages" in row][:max_samples]
@@ -83,7 +121,7 @@ def evaluate_base(
     eval_qa_path: str | Path | None = None,
     train_path: str | Path | None = None,
     max_samples: int = DEFAULTS.eval.max_samples,
-    max_new_tokens: int = DEFAULTS.eval.max_new_tokens,
+    max_new_tokens: int | str = DEFAULTS.eval.max_new_tokens,
     knowledge_questions: int = DEFAULTS.eval.knowledge_questions,
     knowledge_max_new_tokens: int = DEFAULTS.eval.knowledge_max_new_tokens,
     retrieval_top_k: int = DEFAULTS.eval.retrieval_top_k,
@@ -91,7 +129,8 @@ def evaluate_base(
     """Score the base model once; experiments reuse its metrics. Writes ``{"base": {"loss", "perplexity",
     "tokens"}, "rows": n}`` (perplexity on the first `max_samples` rows of `val_path`) to `out_path`
     and returns it. With `answers_path`, also the base's greedy answers (at most `max_new_tokens`
-    tokens) to the chat validation rows as JSON ``{"answers": [{"task", "answer"}, ...]}`` (an empty
+    tokens; ``"auto"``: answer_token_budget over the train and validation rows) to the chat validation
+    rows as JSON ``{"answers": [{"task", "answer", "truncated"}, ...], "max_new_tokens": n}`` (an empty
     list without chat rows; the file is never empty), which evaluate_models compares the tuned model's
     to; `prompts_path` (``prompts.json``) gives each task's system prompt. With `knowledge_path`, also
     the base's knowledge answers (lorapipe.knowledge.base_knowledge: the held-out pairs of `synth_dir`
@@ -100,15 +139,18 @@ def evaluate_base(
 
     Raises ValueError when `val_path` has no rows or an eval_qa row is malformed (naming file and line);
     the files are replaced together or not at all."""
-    sequences = _val_sequences(Path(val_path), load_tokenizer(base_dir), max_samples)
+    tokenizer = load_tokenizer(base_dir)
+    sequences = _val_sequences(Path(val_path), tokenizer, max_samples)
     metrics = {"base": hf_perplexity(base_dir, sequences), "rows": len(sequences)}
+    train_path = train_path or Path(val_path).with_name(paths.TRAIN_ROWS.name)
+    budget, reason = answer_token_budget(max_new_tokens, [train_path, val_path], tokenizer)
     knowledge = None
     if knowledge_path:
         knowledge = base_knowledge(
             base_dir,
             synth_dir=synth_dir,
             eval_qa_path=eval_qa_path,
-            train_path=train_path or Path(val_path).with_name(paths.TRAIN_ROWS.name),
+            train_path=train_path,
             prompts_path=prompts_path,
             knowledge_questions=knowledge_questions,
             knowledge_max_new_tokens=knowledge_max_new_tokens,
@@ -121,11 +163,12 @@ def evaluate_base(
         if answers_path:
             rows = chat_rows(val_path, max_samples)
             requests = evaluation_requests(rows, read_json(prompts_path)) if rows else []
-            answers = hf_answers(base_dir, [messages for messages, _ in requests], max_new_tokens)
+            if rows:
+                print(f"[evaluate_base] answers of at most {budget} tokens ({reason})", flush=True)
+            answers = hf_generate(base_dir, [messages for messages, _ in requests], budget)
             # A JSON object, never an empty file (DVC warns on every command about an empty out).
-            write_json(
-                place(answers_path), {"answers": [{"task": r["task"], "answer": a} for r, a in zip(rows, answers)]}
-            )
+            listed = [{"task": r["task"], "answer": a.text, "truncated": a.truncated} for r, a in zip(rows, answers)]
+            write_json(place(answers_path), {"answers": listed, "max_new_tokens": budget})
         write_json(place(out_path), metrics)
     print(f"[evaluate_base] base perplexity {metrics['base']['perplexity']:.3f} on {len(sequences)} rows", flush=True)
     return metrics
@@ -151,12 +194,15 @@ def _relative(value: float, reference: float) -> float:
     return round((value - reference) / reference, 6) if reference else 0.0
 
 
-def score_by_task(rows: list[dict], answers: list[str], expected: list[str], schema: dict | None) -> dict:
-    """score_answers per task (JSON scores only for JSON tasks)."""
+def score_by_task(
+    rows: list[dict], answers: list[str], expected: list[str], schema: dict | None, truncated: list[bool] | None = None
+) -> dict:
+    """score_answers per task (JSON scores only for JSON tasks); `truncated`: per answer, cut at the limit."""
     out = {}
     for task in dict.fromkeys(row["task"] for row in rows):
         chosen = [i for i, row in enumerate(rows) if row["task"] == task]
-        out[task] = score_answers([answers[i] for i in chosen], [expected[i] for i in chosen], schema)
+        cut = [truncated[i] for i in chosen] if truncated is not None else None
+        out[task] = score_answers([answers[i] for i in chosen], [expected[i] for i in chosen], schema, cut)
     return out
 
 
@@ -210,10 +256,10 @@ def _constrained_answers(
     rows: list[dict],
     conversations: list[list[dict]],
     expected: list,
-    free: list[str],
+    free: list[Generation],
     max_new_tokens: int,
     schema: dict,
-) -> list[str]:
+) -> list[Generation]:
     """`free` with the answers to JSON tasks' rows replaced by answers decoded under the schema's grammar."""
     json_tasks = {
         task
@@ -222,7 +268,7 @@ def _constrained_answers(
     }
     chosen = [i for i, row in enumerate(rows) if row["task"] in json_tasks]
     answers = list(free)
-    for i, answer in zip(chosen, answer_all(model, [conversations[i] for i in chosen], max_new_tokens, schema)):
+    for i, answer in zip(chosen, gguf_generate(model, [conversations[i] for i in chosen], max_new_tokens, schema)):
         answers[i] = answer
     return answers
 
@@ -234,6 +280,12 @@ def _print_scores(scores: dict[str, dict]) -> None:
             extra = (
                 f", JSON parse {json_scores['json_parse_rate']:.0%}, intent {json_scores['intent_accuracy']:.0%}"
                 f", slot F1 {json_scores['slots']['f1']:.2f}"
+                + (
+                    f" (not parsed: {json_scores['truncated_rate']:.0%} cut at the token limit, "
+                    f"{json_scores['malformed_rate']:.0%} malformed)"
+                    if json_scores.get("truncated_rate") or json_scores.get("malformed_rate")
+                    else ""
+                )
                 if json_scores
                 else ""
             )
@@ -253,16 +305,17 @@ def _chat_answers(
     max_new_tokens: int,
     schema: dict | None,
     constrained: bool,
-) -> dict[str, list[str]]:
+) -> dict[str, list[Generation]]:
     """Answers to the chat rows by name: the base's (read from `base_answers_path` when it exists),
     the fine-tuned (merged) model's, the model GGUF's and, with `constrained`, its answers under the grammar."""
     conversations = [messages for messages, _ in requests]
-    answers: dict[str, list[str]] = {}
+    answers: dict[str, list[Generation]] = {}
     if base_answers_path and Path(base_answers_path).is_file():
-        answers["base"] = [a["answer"] for a in read_json(base_answers_path)["answers"]][: len(rows)]
-    answers["fine-tuned"] = hf_answers(merged_dir, conversations, max_new_tokens)
+        listed = read_json(base_answers_path)["answers"][: len(rows)]
+        answers["base"] = [Generation(a["answer"], bool(a.get("truncated", False))) for a in listed]
+    answers["fine-tuned"] = hf_generate(merged_dir, conversations, max_new_tokens)
     faults.fault_point("mid")
-    answers[model.name] = answer_all(model, conversations, max_new_tokens)
+    answers[model.name] = gguf_generate(model, conversations, max_new_tokens)
     if constrained:
         answers[f"{model.name} constrained"] = _constrained_answers(
             model, rows, conversations, [e for _, e in requests], answers[model.name], max_new_tokens, schema
@@ -293,19 +346,23 @@ def evaluate_models(
     knowledge_md_path: str | Path | None = None,
     max_samples: int = DEFAULTS.eval.max_samples,
     num_generations: int = DEFAULTS.eval.num_generations,
-    max_new_tokens: int = DEFAULTS.eval.max_new_tokens,
+    max_new_tokens: int | str = DEFAULTS.eval.max_new_tokens,
     json_schema: str | Path | None = DEFAULTS.eval.json_schema,
-    constrained: bool = DEFAULTS.eval.constrained,
+    constrained: bool | str = DEFAULTS.eval.constrained,
     knowledge_max_new_tokens: int = DEFAULTS.eval.knowledge_max_new_tokens,
+    train_path: str | Path | None = None,
 ) -> dict:
     """Score the fine-tuned model against the base; write the metrics to `out_path` and return them.
 
     On the first `max_samples` rows of `val_path`: perplexity of the merged model and of every GGUF
     of the export in `gguf_dir` (``{"merged": …, "gguf": {quant: …}, "rows": n}``, each relative to
     the base's perplexity from `base_metrics_path` (evaluate_base's output) when given); for chat
-    rows, greedy answers (at most `max_new_tokens` tokens) of the merged model, the model's GGUF
+    rows, greedy answers (at most `max_new_tokens` tokens; ``"auto"``: answer_token_budget over
+    `train_path`, default the ``train.jsonl`` beside `val_path`, and `val_path`, as evaluate_base
+    derives it) of the merged model, the model's GGUF
     (artifacts.model_gguf), the base (read from `base_answers_path`) and, with `constrained`, the GGUF
-    under a grammar built from `json_schema`, scored per task (``"answers"``). With `samples_path`,
+    under a grammar built from `json_schema` (``"auto"``: whenever `json_schema` is given, as lorapipe
+    serve decodes), scored per task (``"answers"``). With `samples_path`,
     also a Markdown page of `num_generations` prompts with the answers side by side. With
     `knowledge_path` and `knowledge_md_path`, also the knowledge evaluation of the questions in
     `knowledge_base_path` (evaluate_base's, with the base's answers): the merged model closed-book and
@@ -317,6 +374,8 @@ def evaluate_models(
     has no rows or `constrained` is set without `json_schema`."""
     model, ggufs = model_gguf(gguf_dir), export_ggufs(gguf_dir)
     schema = read_json(json_schema) if json_schema else None
+    if constrained == "auto":  # as lorapipe serve: under the schema whenever there is one
+        constrained = schema is not None
     if constrained and schema is None:
         raise ValueError("eval.constrained needs eval.json_schema: the grammar is built from the schema")
     base = read_json(base_metrics_path)["base"] if base_metrics_path else None
@@ -324,22 +383,27 @@ def evaluate_models(
     metrics = {**_perplexities(sequences, Path(merged_dir), ggufs, base), "rows": len(sequences)}
     prompts = read_json(prompts_path)
     rows = chat_rows(val_path, max_samples)
+    train_path = train_path or Path(val_path).with_name(paths.TRAIN_ROWS.name)
+    budget, reason = answer_token_budget(max_new_tokens, [train_path, val_path], load_tokenizer(merged_dir))
+    metrics["max_new_tokens"] = budget
     if rows:
+        print(f"[evaluate] answers of at most {budget} tokens ({reason})", flush=True)
         requests = evaluation_requests(rows, prompts)
-        answers = _chat_answers(
-            rows, requests, Path(merged_dir), model, base_answers_path, max_new_tokens, schema, constrained
-        )
+        answers = _chat_answers(rows, requests, Path(merged_dir), model, base_answers_path, budget, schema, constrained)
         expected = [answer for _, answer in requests]
         metrics["answers"] = {
-            name: score_by_task(rows, got, expected, schema) for name, got in answers.items() if len(got) == len(rows)
+            name: score_by_task(rows, [g.text for g in got], expected, schema, [g.truncated for g in got])
+            for name, got in answers.items()
+            if len(got) == len(rows)
         }
         _print_scores(metrics["answers"])
-        samples = samples_markdown(rows, requests, answers, num_generations)
+        texts = {name: [g.text for g in got] for name, got in answers.items()}
+        samples = samples_markdown(rows, requests, texts, num_generations)
     else:
         text = read_jsonl(val_path)[:num_generations]
         text_requests = evaluation_requests(text, prompts)
         faults.fault_point("mid")
-        continuation = answer_all(model, [m for m, _ in text_requests], max_new_tokens) if text else []
+        continuation = answer_all(model, [m for m, _ in text_requests], budget) if text else []
         samples = samples_markdown(text, text_requests, {model.name: continuation}, num_generations)
     knowledge = _knowledge(knowledge_base_path, merged_dir, model, knowledge_max_new_tokens) if knowledge_path else None
     with atomic_outputs() as place:  # every output is replaced together

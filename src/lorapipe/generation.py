@@ -13,9 +13,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 from lorapipe.chat_encoder import encode_chat, hf_codec, llama_codec
 from lorapipe.models import load_causal_lm, load_tokenizer
+
+
+class Generation(NamedTuple):
+    """One generated answer: its text (stripped) and whether it was cut at the token limit (max_new_tokens
+    spent without an end-of-generation token), so a cut answer is told apart from a malformed one."""
+
+    text: str
+    truncated: bool
 
 
 def generate_answer(tokenizer, model, messages: list[dict], max_new_tokens: int, temperature: float = 0.0) -> str:
@@ -48,8 +57,16 @@ def _end_ids(model, tokenizer) -> set[int]:
 def hf_answers(
     model_dir: str | Path, requests: list[list[dict]], max_new_tokens: int, batch_size: int = 8
 ) -> list[str]:
-    """Greedy answers (at most `max_new_tokens` tokens each, stripped) of a Hugging Face model folder to
-    conversations, through its chat template (chat_encoder.encode_chat), in the order of `requests`.
+    """The texts of `hf_generate`'s answers."""
+    return [g.text for g in hf_generate(model_dir, requests, max_new_tokens, batch_size)]
+
+
+def hf_generate(
+    model_dir: str | Path, requests: list[list[dict]], max_new_tokens: int, batch_size: int = 8
+) -> list[Generation]:
+    """Greedy answers (at most `max_new_tokens` tokens each, stripped; ``truncated`` when the limit was
+    reached without an end-of-generation token) of a Hugging Face model folder to conversations,
+    through its chat template (chat_encoder.encode_chat), in the order of `requests`.
 
     Up to `batch_size` conversations of similar length are decoded together, left-padded with an
     attention mask: on a CPU a decoding step of several rows costs little more than one row's
@@ -76,7 +93,7 @@ def hf_answers(
     ends = _end_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(ends, default=0)
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))  # similar lengths share a batch
-    answers = [""] * len(prompts)
+    answers = [Generation("", False)] * len(prompts)
     for start in range(0, len(order), batch_size):
         chosen = order[start : start + batch_size]
         width = max(len(prompts[i]) for i in chosen)
@@ -88,8 +105,9 @@ def hf_answers(
             )
         for row, i in enumerate(chosen):
             tokens = out[row, width:].tolist()
-            cut = next((k for k, token in enumerate(tokens) if token in ends), len(tokens))
-            answers[i] = tokenizer.decode(tokens[:cut], skip_special_tokens=True).strip()
+            cut = next((k for k, token in enumerate(tokens) if token in ends), None)
+            text = tokenizer.decode(tokens[: len(tokens) if cut is None else cut], skip_special_tokens=True)
+            answers[i] = Generation(text.strip(), cut is None and len(tokens) >= max_new_tokens)
         print(f"[evaluate] {min(start + batch_size, len(order))}/{len(order)} answers from {model_dir}", flush=True)
     return answers
 
@@ -104,7 +122,15 @@ def chat(gguf_path: str | Path, system_prompt: str, question: str, max_tokens: i
 def answer_all(
     gguf_path: str | Path, requests: list[list[dict]], max_tokens: int = 64, json_schema: dict | None = None
 ) -> list[str]:
-    """Greedy answers to several conversations, loading the model once. The prompts are encoded by
+    """The texts of `gguf_generate`'s answers."""
+    return [g.text for g in gguf_generate(gguf_path, requests, max_tokens, json_schema)]
+
+
+def gguf_generate(
+    gguf_path: str | Path, requests: list[list[dict]], max_tokens: int = 64, json_schema: dict | None = None
+) -> list[Generation]:
+    """Greedy answers to several conversations, loading the model once (``truncated`` when llama.cpp
+    stopped at `max_tokens`: finish_reason ``length``). The prompts are encoded by
     chat_encoder.encode_chat from the GGUF's own chat template (llama_codec), as the transformers
     models' are: the same system-role rule, contents as literal text. Generation ends at the model's
     end-of-generation tokens or its EOS text. With `json_schema`, decoding follows a llama.cpp grammar
@@ -138,7 +164,8 @@ def answer_all(
             completion = llm.create_completion(
                 prompt, max_tokens=max_tokens, temperature=0.0, grammar=grammar, stop=[eos]
             )
-            answers.append(completion["choices"][0]["text"].strip())
+            choice = completion["choices"][0]
+            answers.append(Generation(choice["text"].strip(), choice.get("finish_reason") == "length"))
     finally:
         llm.close()
     return answers

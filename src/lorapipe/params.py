@@ -577,7 +577,13 @@ class EvalParams(_Section):
     num_generations: Int = Field(
         3, ge=0, description=("prompts shown with the base and fine-tuned answers side by side in reports/samples.md")
     )
-    max_new_tokens: Int = Field(64, ge=1, description="tokens per generated answer")
+    max_new_tokens: Literal["auto"] | Annotated[Int, Field(ge=1)] = Field(
+        "auto",
+        description=(
+            "tokens per generated answer; auto: the longest reference answer of the chat rows (train and "
+            "validation) + 25% (at least 8), so no answer is cut by the evaluator; 64 without chat rows"
+        ),
+    )
     json_schema: Name | None = Field(
         None,
         description=(
@@ -602,18 +608,23 @@ class EvalParams(_Section):
             "serve --retrieval"
         ),
     )
-    constrained: Bool = Field(
-        False,
+    constrained: Literal["auto"] | Bool = Field(
+        "auto",
         description=(
             "also answer JSON tasks with the model GGUF (export.json's `model`) under a llama.cpp grammar built "
-            "from eval.json_schema; "
-            "scored as `<gguf> constrained` beside the free answers"
+            "from eval.json_schema, as `lorapipe serve` answers by default; scored as `<gguf> constrained` beside "
+            "the free answers; auto: whenever eval.json_schema is set"
         ),
     )
 
+    @property
+    def constrained_on(self) -> bool:
+        """eval.constrained resolved: auto is true exactly when eval.json_schema names a schema."""
+        return bool(self.json_schema) if self.constrained == "auto" else self.constrained
+
     @model_validator(mode="after")
     def _constrained_needs_a_schema(self) -> EvalParams:
-        if self.constrained and not self.json_schema:
+        if self.constrained is True and not self.json_schema:
             raise ValueError("eval.constrained needs eval.json_schema: the grammar is built from the schema")
         return self
 

@@ -83,8 +83,13 @@ def _prf(right: int, predicted: int, expected: int) -> dict[str, float]:
     return {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4), "support": expected}
 
 
-def score_json(answers: list[str], expected: list[str], schema: dict | None = None) -> dict[str, Any]:
-    """JSON-parse rate, schema-valid rate, intent accuracy and slot precision/recall/F1."""
+def score_json(
+    answers: list[str], expected: list[str], schema: dict | None = None, truncated: list[bool] | None = None
+) -> dict[str, Any]:
+    """JSON-parse rate, schema-valid rate, intent accuracy and slot precision/recall/F1. With `truncated`
+    (per answer: cut at the token limit, generation.Generation.truncated), an answer that does not parse
+    is counted as ``truncated`` when it was cut and as ``malformed`` otherwise (shares of all answers):
+    a cut answer says the token limit was too low, a malformed one that the model wrote bad JSON."""
     validator = None
     if schema is not None:
         from jsonschema import Draft202012Validator
@@ -115,21 +120,29 @@ def score_json(answers: list[str], expected: list[str], schema: dict | None = No
         "slots": _prf(sum(right.values()), sum(predicted.values()), sum(wanted.values())),
         "per_slot": {name: _prf(right[name], predicted[name], wanted[name]) for name in sorted(wanted | predicted)},
     }
+    if truncated is not None:
+        cut = [t and p is None for p, t in zip(parsed, truncated)]
+        out["truncated_rate"] = round(sum(cut) / n, 4)
+        out["malformed_rate"] = round(sum(p is None and not c for p, c in zip(parsed, cut)) / n, 4)
     if validator is not None:
         out["schema_valid_rate"] = round(sum(p is not None and validator.is_valid(p) for p in parsed) / n, 4)
     return out
 
 
-def score_answers(answers: list[str], expected: list[str], schema: dict | None = None) -> dict[str, Any]:
-    """Exact match and ROUGE-L for any answers, plus the JSON scores when the expected answers are JSON."""
+def score_answers(
+    answers: list[str], expected: list[str], schema: dict | None = None, truncated: list[bool] | None = None
+) -> dict[str, Any]:
+    """Exact match and ROUGE-L for any answers, plus the JSON scores when the expected answers are JSON;
+    with `truncated` (per answer), also the share of answers cut at the token limit (``truncated``)."""
     n = max(len(answers), 1)
     scores: dict[str, Any] = {
         "answers": len(answers),
+        **({"truncated": round(sum(truncated) / n, 4)} if truncated is not None else {}),
         "exact_match": round(sum(exact_match(a, e) for a, e in zip(answers, expected)) / n, 4),
         "rouge_l": round(sum(rouge_l(a, e) for a, e in zip(answers, expected)) / n, 4),
     }
     if is_json_task(expected):
-        scores["json"] = score_json(answers, expected, schema)
+        scores["json"] = score_json(answers, expected, schema, truncated)
     return scores
 
 

@@ -8,7 +8,8 @@ field of the wrong type or out of range 422 naming the field):
   also the model file, the adapter's MLflow run id and params, and the state of the last /train run.
 - ``POST /query`` (QueryRequest) → ``{"answer", "model", "system", "finish_reason", "usage"}``, with
   the task's system prompt from ``prompts.json``; ``constrained`` decodes under a grammar built from
-  the server's ``--json-schema`` (as ``eval.constrained`` does).
+  the server's JSON Schema (``--json-schema``, default the project's ``eval.json_schema``), as
+  ``eval.constrained`` does; it is the default whenever the server has a schema.
 - ``GET /v1/models``, ``GET /v1/models/{id}``: OpenAI's model list, the one model served (its file name).
 - ``POST /v1/chat/completions`` (ChatRequest): OpenAI's chat API as far as the server can honour it
   (ChatRequest's docstring lists what is honoured, accepted without effect, or refused), streaming
@@ -336,7 +337,13 @@ class QueryRequest(_Body):
         None, description="the task of prompts.json whose system prompt is used; default: the first"
     )
     max_tokens: int = Field(128, ge=1, le=MAX_TOKENS, description="tokens to generate at most")
-    constrained: bool = Field(False, description="decode under the grammar of the server's --json-schema")
+    constrained: bool | None = Field(
+        None,
+        description=(
+            "decode under the grammar of the server's JSON Schema (--json-schema, default the project's "
+            "eval.json_schema); default: whenever the server has one and serves a GGUF"
+        ),
+    )
 
 
 def _unsupported(message: str) -> PydanticCustomError:
@@ -468,7 +475,13 @@ class ChatRequest(_Body):
     task: str | None = Field(
         None, description="the task whose system prompt is added when no system message is given; default: the first"
     )
-    constrained: bool = Field(False, description="decode under the grammar of the server's --json-schema")
+    constrained: bool | None = Field(
+        None,
+        description=(
+            "decode under the grammar of the server's JSON Schema; default: whenever the server has one, "
+            "serves a GGUF and the request has no response_format"
+        ),
+    )
     # accepted and not used: they change nothing in the answer
     user: str | None = None
     safety_identifier: str | None = None
@@ -536,7 +549,7 @@ class ChatRequest(_Body):
 
     @field_validator("constrained")
     @classmethod
-    def _one_grammar(cls, value: bool, info: ValidationInfo) -> bool:
+    def _one_grammar(cls, value: bool | None, info: ValidationInfo) -> bool | None:
         if value and info.data.get("response_format") is not None:
             raise ValueError("give response_format or constrained, not both")
         return value
@@ -798,12 +811,16 @@ class AppState:
             params = None
         return {"adapter_run_id": tracking.read_run_id(adapter / paths.RUN_INFO_NAME), "params": params}
 
-    def grammar(self, constrained: bool, response_format: ResponseFormat | None = None):
-        """The llama.cpp grammar a request asks for, else None: the server's ``--json-schema`` for
-        ``constrained``; any JSON object for ``response_format`` json_object and for json_schema
+    def grammar(self, constrained: bool | None, response_format: ResponseFormat | None = None):
+        """The llama.cpp grammar a request asks for, else None: the server's JSON Schema for
+        ``constrained`` (None, the default: constrained whenever the server has a schema, serves a GGUF
+        and no `response_format` is given, so served answers are decoded as the evaluation's
+        constrained ones); any JSON object for ``response_format`` json_object and for json_schema
         without a ``schema`` (optional in OpenAI's API); the request's own schema for json_schema.
         Raises APIError (422) naming the parameter when the engine cannot constrain
         decoding (transformers) or no grammar can be built."""
+        if constrained is None:
+            constrained = self.schema is not None and self.engine == "llama.cpp" and response_format is None
         kind = response_format.type if response_format else "text"
         if not constrained and kind == "text":
             return None
@@ -1087,7 +1104,8 @@ def create_app(
     """The FastAPI application. `model_path` defaults to the GGUF ``models/gguf/export.json`` names
     (or models/merged with the transformers engine); without one the server still starts, reports
     "no model" and answers 503. `token` defaults to LORAPIPE_API_TOKEN. With `json_schema` (a file),
-    requests may ask for ``"constrained": true``: decoding under a llama.cpp grammar built from it.
+    answers are decoded under a llama.cpp grammar built from it unless a request says
+    ``"constrained": false`` or gives a ``response_format`` (AppState.grammar).
     `backend_factory(path, engine)` loads a model (tests pass a fake). `retrieval`: answer with the
     passages it finds in the prompt (``lorapipe serve --retrieval``); None: closed book."""
     project = Path(project).resolve()
