@@ -86,3 +86,33 @@ def test_an_answer_cut_at_the_token_limit_is_counted_apart_from_a_malformed_one(
     assert score_json([GOLD[0]], [GOLD[0]], truncated=[True])["truncated_rate"] == 0.0
     assert "truncated_rate" not in score_json(answers, gold)  # unknown without the flags
     assert score_answers(answers, gold, SCHEMA, [False, True, False])["truncated"] == round(1 / 3, 4)
+
+
+def test_slot_errors_say_why_each_slot_is_wrong():
+    from lorapipe.scoring import slot_errors
+
+    query = "play the song Blue Train by John Coltrane on spotify"
+    gold = {
+        "intent": "PlayMusic",
+        "slots": {"music_item": "song", "track": "Blue Train", "artist": "John Coltrane", "service": "spotify"},
+    }
+    assert slot_errors(gold, gold, query) == {}  # all right: nothing to say
+    answer = {
+        "intent": "PlayMusic",
+        "slots": {
+            "music_item": "Song",  # recased
+            "track": "Blue",  # partial
+            "album": "John Coltrane",  # the artist under another name
+            "playlist": "jazz",  # extra, and not in the query
+        },
+    }  # service: missing
+    assert slot_errors(answer, gold, query) == {
+        "recased": 1,
+        "partial": 1,
+        "confused_name": 1,
+        "extra": 1,
+        "missing": 1,
+        "invented": 1,
+    }
+    assert slot_errors(None, gold) == {"missing": 4}  # not an analysis: every slot missing
+    assert score_json([json.dumps(gold), json.dumps(answer)], [json.dumps(gold)] * 2)["exact_rate"] == 0.5

@@ -109,6 +109,18 @@ def score_json(
     n = max(len(answers), 1)
     out: dict[str, Any] = {
         "json_parse_rate": round(sum(p is not None for p in parsed) / n, 4),
+        # the whole analysis right: the intent and every slot, none missing, none extra
+        "exact_rate": round(
+            sum(
+                isinstance(p, dict)
+                and isinstance(g, dict)
+                and p.get("intent") == g.get("intent")
+                and _slots(p) == _slots(g)
+                for p, g in zip(parsed, truth)
+            )
+            / n,
+            4,
+        ),
         "intent_accuracy": round(
             sum(
                 isinstance(p, dict) and isinstance(g, dict) and p.get("intent") == g.get("intent")
@@ -202,3 +214,60 @@ def score_knowledge(answers: list[str], references: list[str], keys: list[list[s
         "n": n,
         "keyed": len(keyed),
     }
+
+
+# What went wrong with a slot, in the order slot_errors tries them.
+SLOT_ERRORS = (
+    "missing",  # a slot of the reference that the answer lacks, its value named under no other slot
+    "extra",  # a slot the answer adds whose value is in no reference slot
+    "recased",  # the right slot and value but for letter case or spacing
+    "partial",  # the right slot, a value that contains or is contained in the right one
+    "wrong_value",  # the right slot, another value
+    "confused_name",  # the right value under another slot name
+)
+
+
+def slot_errors(answer: Any, reference: Any, query: str | None = None) -> Counter:
+    """Why an analysis's slots differ from the reference's (both ``{"intent", "slots"}``, parsed):
+    one count per wrong slot in the categories of SLOT_ERRORS, plus ``invented`` for every predicted
+    value that is not a substring of `query` (case-insensitive) when the query is given (a value
+    the model made up or reworded: span-extraction tasks take their values from the query). An
+    answer that is not an analysis counts every reference slot as ``missing``. Source: lorapipe's
+    own taxonomy for issue 18's error analysis; the slot F1 of score_json counts the same pairs."""
+    errors: Counter = Counter()
+    gold = list(_slots(reference).elements())
+    guess = list(_slots(answer).elements()) if isinstance(answer, dict) else []
+    for pair in list(gold):  # right pairs leave both lists
+        if pair in guess:
+            guess.remove(pair)
+            gold.remove(pair)
+
+    def fold(text: str) -> str:
+        return " ".join(text.casefold().split())
+
+    if query is not None:
+        errors["invented"] = (
+            sum(fold(value) not in fold(query) for _, value in _slots(answer).elements())
+            if isinstance(answer, dict)
+            else 0
+        )
+    for name, value in list(gold):
+        same_name = [g for g in guess if g[0] == name]
+        if same_name:
+            other = same_name[0][1]
+            kind = (
+                "recased"
+                if fold(other) == fold(value)
+                else "partial"
+                if fold(other) in fold(value) or fold(value) in fold(other)
+                else "wrong_value"
+            )
+            guess.remove(same_name[0])
+        else:
+            moved = [g for g in guess if fold(g[1]) == fold(value)]
+            kind = "confused_name" if moved else "missing"
+            if moved:
+                guess.remove(moved[0])
+        errors[kind] += 1
+    errors["extra"] += len(guess)
+    return +errors
