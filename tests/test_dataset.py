@@ -187,7 +187,7 @@ def test_labeled_system_messages_are_replaced_by_the_task_prompt(tmp_path, tiny_
 
 
 @pytest.mark.parametrize("policy", ["drop", "truncate", "error"])
-def test_overflow_policies(tmp_path, tiny_model_dir, policy):
+def test_overflow_policies(tmp_path, tiny_model_dir, policy, capsys):
     folder = tmp_path / "labeled"
     folder.mkdir()
     rows = [{"prompt": f"short question {i}", "completion": f"short answer {i}"} for i in range(4)]
@@ -204,6 +204,58 @@ def test_overflow_policies(tmp_path, tiny_model_dir, policy):
     assert len(kept) == (1 if policy == "truncate" else 0)
     assert stats["dropped_overflow"] == (1 if policy == "truncate" else 2)
     assert not any("unreachable" in r["messages"][-1]["content"] for r in train + val)
+    assert stats["overflow_longest_tokens"] > 96  # the length that would keep every row
+    said = capsys.readouterr().out
+    assert f"set dataset.max_seq_len to {stats['overflow_longest_tokens']} to train on them" in said
+
+
+SNIPS_ROWS = [
+    {"query": "play jazz", "data": {"intent": "PlayMusic", "slots": {"genre": "jazz"}}},
+    {"query": "rain in Paris?", "data": {"intent": "GetWeather", "slots": {"city": "Paris"}}},
+    {"query": "order pizza", "data": {"intent": "OrderPizza", "slots": {}}},  # not an intent of the schema
+    {"query": "rate it 5", "data": {"intent": "RateBook", "slots": {"rating_value": 5}}},  # a number, not a string
+    {"query": "find Dune", "data": {"intent": "SearchCreativeWork", "slots": {"object_name": "Dune"}}},
+]
+
+
+def test_answers_that_break_the_schema_are_named_before_training(tmp_path, tiny_model_dir, capsys):
+    """eval.json_schema is checked against every answer of a JSON task: the rows that break it are
+    named (file, row, why) and refused together, or left out and counted with on_bad_row skip."""
+    from helpers import FIXTURES
+
+    folder = tmp_path / "labeled"
+    folder.mkdir()
+    (folder / "q.jsonl").write_text("".join(json.dumps(r) + "\n" for r in SNIPS_ROWS))
+    schema = FIXTURES / "labeled" / "snips_schema.json"
+    with pytest.raises(ValueError) as refused:
+        _build(tmp_path, tmp_path / "none", tiny_model_dir, folder, json_schema=schema)
+    message = str(refused.value)
+    assert "2 of 5 answers do not satisfy eval.json_schema" in message
+    assert "q.jsonl: row 3: 'OrderPizza' is not one of" in message and "at intent" in message
+    assert "q.jsonl: row 4:" in message and "at slots/rating_value" in message
+    assert "dataset.on_bad_row: skip" in message
+    stats, train, val = _build(
+        tmp_path, tmp_path / "none", tiny_model_dir, folder, json_schema=schema, on_bad_row="skip"
+    )
+    assert stats["schema_invalid"] == 2 and len(train) + len(val) == 3
+    assert "q.jsonl: row 3" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "content,why",
+    [
+        ('{"type": "objekt"}', "is not a valid JSON Schema"),
+        ("[1, 2]", "holds a JSON list, not a JSON Schema"),
+        ("{not json", "is not JSON"),
+    ],
+)
+def test_a_schema_file_that_is_no_json_schema_is_refused_naming_it(tmp_path, tiny_model_dir, content, why):
+    folder = tmp_path / "labeled"
+    folder.mkdir()
+    (folder / "q.jsonl").write_text("".join(json.dumps(r) + "\n" for r in SNIPS_ROWS[:2]))
+    (tmp_path / "bad.schema.json").write_text(content)
+    with pytest.raises(ValueError, match=f"eval.json_schema: .*bad.schema.json {why}"):
+        _build(tmp_path, tmp_path / "none", tiny_model_dir, folder, json_schema=tmp_path / "bad.schema.json")
 
 
 def test_build_is_byte_identical_twice(tmp_path, text_dir, tiny_model_dir, labeled_dir):

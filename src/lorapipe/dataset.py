@@ -36,7 +36,7 @@ from lorapipe import faults, paths
 from lorapipe.chat_encoder import ChatTemplateError, folds_system, hf_codec, literal_offsets
 from lorapipe.chat_templates import ModelfileError, modelfile_line
 from lorapipe.io import atomic_outputs, read_jsonl, write_json, write_jsonl
-from lorapipe.labeled import is_json_schema, load_labeled
+from lorapipe.labeled import is_json_schema, load_json_schema, load_labeled, schema_errors
 from lorapipe.models import load_tokenizer
 from lorapipe.param_files import prompt_text
 from lorapipe.params import DEFAULTS, TaskParams
@@ -226,6 +226,7 @@ def _chat_row(
         raise ChatTemplateError(f"{path}: row {number}: {exc} (or set dataset.on_bad_row: skip)") from None
     if len(ids) > max_seq_len:
         counts["overflowed"] += 1
+        counts["overflow_longest_tokens"] = max(counts["overflow_longest_tokens"], len(ids))
         if on_overflow == "error":
             raise ValueError(
                 f"{path}: row {number} has {len(ids)} tokens, more than dataset.max_seq_len "
@@ -238,8 +239,14 @@ def _chat_row(
 
 
 def _chat_rows(
-    task: Task, labeled_dir: Path | None, tokenizer, max_seq_len: int, on_overflow: str, on_bad_row: str, counts: dict
+    task: Task,
+    labeled_dir: Path | None,
+    tokenizer,
+    knobs: tuple[int, str, str],
+    schema: tuple[str, dict] | None,
+    counts: dict,
 ) -> list[dict]:
+    max_seq_len, on_overflow, on_bad_row = knobs
     if labeled_dir is None:
         raise FileNotFoundError(f"task {task.name!r} is a chat task, but no folder of labeled examples was given")
     files = [p for p in labeled_files(labeled_dir) if _matches(str(p.relative_to(labeled_dir)), task.sources)]
@@ -255,8 +262,42 @@ def _chat_rows(
         for number, messages in enumerate(conversations, 1):
             row = _chat_row(task, path, number, messages, tokenizer, (max_seq_len, on_overflow, on_bad_row), counts)
             if row is not None:
-                rows.append(row)
-    return rows
+                rows.append((f"{path}: row {number}", row))
+    return _schema_valid(task, rows, schema, on_bad_row, counts)
+
+
+def _answer(row: dict) -> str:
+    return [m["content"] for m in row["messages"] if m["role"] == "assistant"][-1]
+
+
+def _schema_valid(
+    task: Task, rows: list[tuple[str, dict]], schema: tuple[str, dict] | None, on_bad_row: str, counts: dict
+) -> list[dict]:
+    """The rows of a JSON task whose answers satisfy the schema (`schema`: its file and content,
+    eval.json_schema); every other row is named (file and row, and why), then refused together
+    (on_bad_row error: ValueError) or skipped and counted (``schema_invalid``). A task is a JSON
+    task when any of its answers is a JSON object; the others pass untouched."""
+    if schema is None or not any(isinstance(_json_object(_answer(row)), dict) for _, row in rows):
+        return [row for _, row in rows]
+    file, content = schema
+    invalid = [(where, why) for where, row in rows if (why := schema_errors(_answer(row), content))]
+    if invalid:
+        listed = "\n".join(f"  {where}: {why}" for where, why in invalid[:10])
+        more = f"\n  … and {len(invalid) - 10} more" if len(invalid) > 10 else ""
+        what = f"task {task.name!r}: {len(invalid)} of {len(rows)} answers do not satisfy eval.json_schema ({file})"
+        if on_bad_row == "error":
+            raise ValueError(f"{what}:\n{listed}{more}\nfix them, or set dataset.on_bad_row: skip to leave them out")
+        print(f"[dataset] {what}, left out (dataset.on_bad_row: skip):\n{listed}{more}", flush=True)
+        counts["schema_invalid"] += len(invalid)
+    bad = {where for where, _ in invalid}
+    return [row for where, row in rows if where not in bad]
+
+
+def _json_object(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None
 
 
 def check_prompts(tasks: list[Task], tokenizer) -> None:
@@ -436,6 +477,8 @@ COUNTS = (
     "system_prompts_replaced",
     "sampled_out",
     "synth_pairs_held_out",
+    "schema_invalid",
+    "overflow_longest_tokens",
 )  # stats.json's counters, in this order
 
 
@@ -520,6 +563,7 @@ def build_dataset(
     synth_dir: str | Path | None = None,
     qa_task: str = DEFAULTS.synth.task,
     qa_system_prompt: str = DEFAULTS.synth.system_prompt,
+    json_schema: str | Path | None = DEFAULTS.eval.json_schema,
 ) -> dict:
     """Write ``train.jsonl``, ``val.jsonl``, ``prompts.json`` and ``stats.json`` into `out_dir`.
 
@@ -535,9 +579,16 @@ def build_dataset(
     ValueError when a task has fewer than 2 rows, the params contradict each other, a system prompt
     cannot go into the Ollama Modelfile (check_prompts), the chat template refuses a row
     (ChatTemplateError, naming the file and row; skipped and counted with on_bad_row skip), or a row
-    of ``pairs.jsonl`` is malformed (naming ``file:line`` and the field)."""
+    of ``pairs.jsonl`` is malformed (naming ``file:line`` and the field). With `json_schema`
+    (``eval.json_schema``, the task's JSON Schema file), the answers of JSON tasks (labeled tasks
+    whose answers are JSON objects) are checked against it before any training: the rows that do not
+    satisfy it are named with why, and refused (ValueError) or, with on_bad_row skip, left out and
+    counted (``schema_invalid``); a file that is not a JSON Schema is refused naming it (ValueError).
+    Chat rows longer than `max_seq_len` are counted (``overflowed``; ``overflow_longest_tokens``, the
+    longest) and, when dropped, named with the max_seq_len that would keep them."""
     text_dir, out_dir = Path(text_dir), Path(out_dir)
     labeled_dir = Path(labeled_dir) if labeled_dir is not None else None
+    schema = (str(json_schema), load_json_schema(json_schema)) if json_schema else None
     tokenizer = load_tokenizer(tokenizer_dir)
     resolved = resolve_tasks(
         mode,
@@ -558,7 +609,7 @@ def build_dataset(
         if task.kind == "text":
             rows = _text_rows(task, text_dir, tokenizer, max_seq_len, overlap_tokens, min_tokens, counts)
         else:
-            rows = _chat_rows(task, labeled_dir, tokenizer, *knobs, counts)
+            rows = _chat_rows(task, labeled_dir, tokenizer, knobs, schema, counts)
         rng = random.Random(f"{seed}:{task.name}")  # samples, then splits: one stream per task
         rows = _deduplicated_sample(task, rows, dedup_threshold, max_samples, rng, counts)
         task_train, task_val = _split(rows, task.kind == "text" and split_by == "document", val_fraction, rng)
@@ -571,6 +622,14 @@ def build_dataset(
         held = {r["source"] for r in val if "text" in r} if by_text else None
         qa_train, qa_val = _qa_split(rows, held, split_by == "document", val_fraction, rng)
         _add_task(qa, qa_train, qa_val, (train, val, per_task), tokenizer, max_seq_len)
+    if counts["dropped_overflow"]:
+        print(
+            f"[dataset] {counts['dropped_overflow']} chat row(s) longer than dataset.max_seq_len ({max_seq_len} "
+            f"tokens; the longest {counts['overflow_longest_tokens']}) were left out: set dataset.max_seq_len to "
+            f"{counts['overflow_longest_tokens']} to train on them (more memory per row: lorapipe plan), or "
+            "dataset.on_overflow: truncate to keep their beginning",
+            flush=True,
+        )
     stats = _stats(mode, max_seq_len, len(train), len(val), per_task, counts)
     faults.fault_point("mid")
     prompts = {task.name: task.system_prompt for task in resolved + ([qa] if qa else [])}

@@ -32,6 +32,7 @@ from lorapipe.generation import (  # noqa: F401 (chat, generate_answer, hf_answe
     hf_generate,
 )
 from lorapipe.knowledge import base_knowledge, evaluate_knowledge
+from lorapipe.labeled import load_json_schema
 from lorapipe.io import atomic_outputs, read_json, read_jsonl, write_json, write_text_atomic
 from lorapipe.llama import gguf_logits
 from lorapipe.models import load_causal_lm, load_tokenizer
@@ -373,7 +374,7 @@ def evaluate_models(
     `knowledge_base_path` is missing (naming `dvc repro evaluate_base`), ValueError when `val_path`
     has no rows or `constrained` is set without `json_schema`."""
     model, ggufs = model_gguf(gguf_dir), export_ggufs(gguf_dir)
-    schema = read_json(json_schema) if json_schema else None
+    schema = load_json_schema(json_schema) if json_schema else None
     if constrained == "auto":  # as lorapipe serve: under the schema whenever there is one
         constrained = schema is not None
     if constrained and schema is None:

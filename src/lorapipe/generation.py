@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from lorapipe.chat_encoder import encode_chat, hf_codec, llama_codec
+from lorapipe.llama import threads
 from lorapipe.models import load_causal_lm, load_tokenizer
 
 
@@ -141,7 +142,7 @@ def gguf_generate(
     from llama_cpp import Llama, LlamaGrammar
 
     grammar = LlamaGrammar.from_json_schema(json.dumps(json_schema), verbose=False) if json_schema else None
-    llm = Llama(str(gguf_path), n_ctx=2048, verbose=False)
+    llm = Llama(str(gguf_path), n_ctx=2048, n_threads=threads(), verbose=False)
     try:
         prompts = [encode_chat(messages, llama_codec(llm)) for messages in requests]
         needed = max(map(len, prompts), default=0) + max_tokens
@@ -154,7 +155,7 @@ def gguf_generate(
                     "shorter ones (synth.passage_tokens) or fewer tokens"
                 )
             llm.close()
-            llm = Llama(str(gguf_path), n_ctx=min(trained, -(-needed // 256) * 256), verbose=False)
+            llm = Llama(str(gguf_path), n_ctx=min(trained, -(-needed // 256) * 256), n_threads=threads(), verbose=False)
         eos = llm._model.token_get_text(llm.token_eos())
         answers = []
         for prompt in prompts:

@@ -54,6 +54,47 @@ def is_json_schema(path: Path) -> bool:
     return isinstance(data, dict) and "$schema" in data
 
 
+def load_json_schema(path: str | Path, key: str = "eval.json_schema") -> dict:
+    """The JSON Schema in the file `path` names (`key`: the param that named it, for the message).
+    Raises ValueError naming the file when it is not JSON or not a valid JSON Schema (checked by
+    jsonschema against the metaschema it declares, Draft 2020-12 when it declares none), and
+    FileNotFoundError when it is not there."""
+    from jsonschema import exceptions, validators
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{key}: no such file {path}")
+    try:
+        schema = json.loads(read_text(path))
+    except (json.JSONDecodeError, TextEncodingError) as exc:
+        raise ValueError(f"{key}: {path} is not JSON ({exc}); it must hold a JSON Schema") from None
+    if not isinstance(schema, dict):
+        raise ValueError(f"{key}: {path} holds a JSON {type(schema).__name__}, not a JSON Schema (an object)")
+    validator = validators.validator_for(schema, default=validators.Draft202012Validator)
+    try:
+        validator.check_schema(schema)
+    except exceptions.SchemaError as exc:
+        where = "/".join(map(str, exc.absolute_path)) or "(top level)"
+        raise ValueError(f"{key}: {path} is not a valid JSON Schema: {exc.message} at {where}") from None
+    return schema
+
+
+def schema_errors(answer: str, schema: dict) -> str | None:
+    """Why an answer (JSON text) does not satisfy `schema`, in one line, or None when it does."""
+    from jsonschema import validators
+
+    try:
+        data = json.loads(answer)
+    except json.JSONDecodeError as exc:
+        return f"not JSON ({exc})"
+    validator = validators.validator_for(schema, default=validators.Draft202012Validator)(schema)
+    error = next(iter(sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))), None)
+    if error is None:
+        return None
+    where = "/".join(map(str, error.absolute_path)) or "(top level)"
+    return f"{error.message} at {where}"
+
+
 def read_records(path: Path, on_bad_row: str = "error") -> tuple[list[tuple[int, dict]], int]:
     """``[(line number, object), …]`` from a JSONL file or a JSON array, and the count of bad rows skipped.
 

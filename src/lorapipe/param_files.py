@@ -25,7 +25,7 @@ _PROMPT_SUFFIXES = (".txt", ".md", ".prompt", ".jinja")
 # The keys of each stage that may name a file ("prompt": a text or a file path).
 STAGE_FILE_KEYS: dict[str, tuple[str, ...]] = {
     "synth": ("synth.prompt",),
-    "dataset": ("dataset.system_prompt", "dataset.tasks[].system_prompt", "synth.system_prompt"),
+    "dataset": ("dataset.system_prompt", "dataset.tasks[].system_prompt", "synth.system_prompt", "eval.json_schema"),
     "train": ("train.accelerate_config",),
     "evaluate": ("eval.json_schema",),
 }

@@ -655,7 +655,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "extract": ("extract",),
     # synth.task and synth.system_prompt shape the dataset's qa task only: editing them reruns no teacher.
     "synth": ("common.seed", "model.name", *(f"synth.{k}" for k in SynthParams.model_fields if k not in _QA_KEYS)),
-    "dataset": ("common", "dataset", "synth.task", "synth.system_prompt"),
+    "dataset": ("common", "dataset", "synth.task", "synth.system_prompt", "eval.json_schema"),
     "train": ("common", "lora", "train", "quant"),
     "merge": ("merge",),
     "export": ("export",),

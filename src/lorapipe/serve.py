@@ -86,6 +86,8 @@ from lorapipe.chat_encoder import ChatTemplateError, encode_chat, hf_codec, llam
 from lorapipe.io import read_provenance
 from lorapipe.params import MAX_SEQ_LEN, ParamsError, apply_overrides, read_yaml, validate_params
 from lorapipe.retrieval import Index, retrieval_messages
+from lorapipe.labeled import load_json_schema
+from lorapipe.llama import threads
 from lorapipe.textfiles import read_text
 
 TOKEN_ENV = "LORAPIPE_API_TOKEN"
@@ -174,7 +176,7 @@ class Backend:
         if engine == "llama.cpp":
             import llama_cpp
 
-            self.llm = llama_cpp.Llama(str(self.path), n_ctx=n_ctx, verbose=False)
+            self.llm = llama_cpp.Llama(str(self.path), n_ctx=n_ctx, n_threads=threads(), verbose=False)
             vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
             self.is_end = lambda token: bool(llama_cpp.llama_vocab_is_eog(vocab, token))
         else:
@@ -1110,7 +1112,7 @@ def create_app(
     passages it finds in the prompt (``lorapipe serve --retrieval``); None: closed book."""
     project = Path(project).resolve()
     token = token if token is not None else os.environ.get(TOKEN_ENV) or None
-    schema = json.loads(read_text(json_schema)) if json_schema else None
+    schema = load_json_schema(json_schema, "--json-schema") if json_schema else None
     state = AppState(project, engine, token, schema, backend_factory, retrieval)
     state.load(Path(model_path) if model_path else state.default_model(project), project)
     app = FastAPI(title="lorapipe", description=__doc__.split("\n\n")[0])

@@ -47,6 +47,7 @@ from lorapipe import paths
 from lorapipe.chat_encoder import ChatTemplateError, encode_chat, llama_codec
 from lorapipe.export import convert_to_gguf, converter_dir
 from lorapipe.io import atomic_outputs, hash_file
+from lorapipe.llama import threads
 from lorapipe.models import BUNDLED, bundled_gguf
 from lorapipe.params import SynthParams
 
@@ -244,7 +245,7 @@ class LlamaTeacher:
 
         self.close()
         try:
-            self._llm = Llama(str(self.path), n_ctx=n_ctx, verbose=False)
+            self._llm = Llama(str(self.path), n_ctx=n_ctx, n_threads=threads(), verbose=False)
         except (ValueError, RuntimeError, OSError) as exc:
             raise TeacherError(
                 f"llama.cpp cannot load the teacher {self.path} ({exc}): synth.teacher must be 'base' or the path "

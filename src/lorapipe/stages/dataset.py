@@ -49,6 +49,7 @@ def run(
         synth_dir=synth_dir,
         qa_task=p.synth.task,
         qa_system_prompt=p.synth.system_prompt,
+        json_schema=p.eval.json_schema,
     )
 
 
