@@ -246,7 +246,7 @@ def _chat_rows(
     schema: tuple[str, dict] | None,
     counts: dict,
 ) -> list[dict]:
-    max_seq_len, on_overflow, on_bad_row = knobs
+    on_bad_row = knobs[2]
     if labeled_dir is None:
         raise FileNotFoundError(f"task {task.name!r} is a chat task, but no folder of labeled examples was given")
     files = [p for p in labeled_files(labeled_dir) if _matches(str(p.relative_to(labeled_dir)), task.sources)]
@@ -260,7 +260,7 @@ def _chat_rows(
         conversations, bad = load_labeled(path, task.format, task.fields, on_bad_row)
         counts["bad_rows_skipped"] += bad
         for number, messages in enumerate(conversations, 1):
-            row = _chat_row(task, path, number, messages, tokenizer, (max_seq_len, on_overflow, on_bad_row), counts)
+            row = _chat_row(task, path, number, messages, tokenizer, knobs, counts)
             if row is not None:
                 rows.append((f"{path}: row {number}", row))
     return _schema_valid(task, rows, schema, on_bad_row, counts)

@@ -93,6 +93,19 @@ def _kill(repo: Path, env: dict, stage: str, point: str) -> str:
     return output
 
 
+def _assert_back_to_reference(repo: Path, env: dict, reference: dict) -> None:
+    """After the rerun: DVC up to date, its cache sound, no temporaries, every stage's outputs the same
+    files as the uninterrupted run's (byte for byte for BYTE_EQUAL)."""
+    assert "Data and pipelines are up to date" in run_ok(["dvc", "status"], repo, env)
+    _check_dvc_cache(repo)
+    assert _temporaries(repo) == []
+    after = _snapshot(repo)
+    for each in STAGES:
+        assert {k: v.keys() for k, v in after[each].items()} == {k: v.keys() for k, v in reference[each].items()}
+    for each in BYTE_EQUAL:
+        assert after[each] == reference[each], f"{each}'s outputs differ from the uninterrupted run's"
+
+
 def test_stages_killed_before_any_work_change_nothing(pipeline):
     """Every stage killed at `early` (downstream first, so each still finds its inputs): its outputs
     are absent (DVC removes them before running a stage) or exactly as they were, `dvc status` works,
@@ -107,13 +120,7 @@ def test_stages_killed_before_any_work_change_nothing(pipeline):
         assert status.returncode == 0, status.stdout + status.stderr
         _check_dvc_cache(repo)
     run_ok(["dvc", "repro"], repo, env)
-    assert "Data and pipelines are up to date" in run_ok(["dvc", "status"], repo, env)
-    assert _temporaries(repo) == []
-    after = _snapshot(repo)
-    for each in STAGES:
-        assert {k: v.keys() for k, v in after[each].items()} == {k: v.keys() for k, v in reference[each].items()}
-    for each in BYTE_EQUAL:
-        assert after[each] == reference[each], f"{each}'s outputs differ from the uninterrupted run's"
+    _assert_back_to_reference(repo, env, reference)
 
 
 @pytest.mark.parametrize("stage,point", CASES)
@@ -147,14 +154,7 @@ def test_a_stage_killed_at_a_fault_point_reruns_to_the_same_outputs(pipeline, st
         assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in rerun, rerun
         rerun += run_ok(["dvc", "repro", "--force", "--single-item", stage], repo, env)
         rerun += run_ok(["dvc", "repro"], repo, env)
-    assert "Data and pipelines are up to date" in run_ok(["dvc", "status"], repo, env)
-    _check_dvc_cache(repo)
-    assert _temporaries(repo) == []
-    after = _snapshot(repo)
-    for each in STAGES:
-        assert {k: v.keys() for k, v in after[each].items()} == {k: v.keys() for k, v in reference[each].items()}
-    for each in BYTE_EQUAL:
-        assert after[each] == reference[each], f"{each}'s outputs differ from the uninterrupted run's"
+    _assert_back_to_reference(repo, env, reference)
     if stage == "train":
         adapter = load_file(repo / "models/lora_output/adapter_model.safetensors")
         assert adapter.keys() == reference_adapter.keys()
