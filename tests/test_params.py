@@ -309,3 +309,14 @@ def test_dvc_and_lorapipe_agree_on_a_params_yaml_a_windows_editor_saved(tmp_path
         load_yaml(utf16)
     with pytest.raises(ParamsError, match=rf"^{re.escape(str(utf16))} is saved as UTF-16, .* save it as UTF-8"):
         read_yaml(utf16)
+
+
+def test_a_value_that_fits_no_arm_of_a_union_is_one_line_naming_the_key():
+    for value, says in (("lots", "a valid integer"), (0, "greater than or equal to 1")):
+        with pytest.raises(ParamsError) as error:
+            validate_params({"eval": {"max_new_tokens": value}})
+        message = str(error.value)
+        assert (
+            "1 invalid value" in message and "eval.max_new_tokens: Input should be 'auto' or Input should be" in message
+        )
+        assert says in message and "function-after" not in message and "literal[" not in message

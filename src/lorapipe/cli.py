@@ -429,7 +429,11 @@ def _serve_schema(args: argparse.Namespace) -> str | None:
     named = load_params(paths.PARAMS).eval.json_schema if paths.PARAMS.is_file() else None
     if named:
         print(f"[serve] answers are decoded under eval.json_schema {named} (--no-json-schema: free text)", flush=True)
-    return str(paths.require(named, "eval.json_schema")) if named else None
+    if named:
+        from lorapipe.labeled import load_json_schema
+
+        load_json_schema(named, "eval.json_schema")  # refused here naming the param, not --json-schema
+    return named or None
 
 
 def _ask(args: argparse.Namespace) -> None:

@@ -681,8 +681,41 @@ def stage_keys(stage: str) -> list[str]:
     return [key for entry in STAGE_SECTIONS[stage] for key in ([entry] if "." in entry else section_keys(entry))]
 
 
+def _model_of(annotation: Any) -> Any:
+    """The pydantic model inside an annotation (``X``, ``X | None``, ``list[X]``), else None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arm in get_args(annotation):
+        found = _model_of(arm)
+        if found is not None:
+            return found
+    return None
+
+
+def _key(error: dict) -> str:
+    """The dotted key of an error: field names and list indices, without pydantic's tags for the arms
+    of a union (``literal['auto']``, ``function-after[...]``, ``bool``) and what follows; an unknown
+    key (extra_forbidden) as written."""
+    loc = error["loc"]
+    if error["type"] == "extra_forbidden":
+        return ".".join(str(part) for part in loc if part != "__root__")
+    parts, model = [], Params
+    for part in loc:
+        if part == "__root__":
+            continue
+        if isinstance(part, int):
+            parts.append(str(part))
+            continue
+        fields = getattr(model, "model_fields", {}) if model is not None else {}
+        if part not in fields:
+            break
+        parts.append(part)
+        model = _model_of(fields[part].annotation)
+    return ".".join(parts)
+
+
 def _describe(error: dict) -> str:
-    key = ".".join(str(part) for part in error["loc"] if part != "__root__")
+    key = _key(error)
     if error["type"] == "extra_forbidden":
         section = str(error["loc"][0]) if len(error["loc"]) > 1 else None
         known = (
@@ -704,11 +737,23 @@ def validate_params(raw: dict[str, Any], source: str = str(paths.PARAMS)) -> Par
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        problems = "\n".join(f"  - {_describe(e)}" for e in exc.errors())
+        by_key: dict[str, list[dict]] = {}
+        for error in exc.errors():  # a value that fits no arm of a union: one error per arm, one line
+            by_key.setdefault(_key(error), []).append(error)
+        problems = "\n".join(f"  - {_describe_all(errors)}" for errors in by_key.values())
         raise ParamsError(
-            f"{source} has {exc.error_count()} invalid value(s):\n{problems}\n"
+            f"{source} has {len(by_key)} invalid value(s):\n{problems}\n"
             "Fix these keys (see the parameter reference in README.md) and run again."
         ) from None
+
+
+def _describe_all(errors: list[dict]) -> str:
+    """One line for the errors of one key: their messages joined with "or" (the arms of a union)."""
+    if len(errors) == 1:
+        return _describe(errors[0])
+    first = errors[0]
+    messages = " or ".join(dict.fromkeys(e["msg"].removeprefix("Value error, ") for e in errors))
+    return f"{_key(first)}: {messages} (got {first.get('input')!r})"
 
 
 def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

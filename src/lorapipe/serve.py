@@ -1114,6 +1114,11 @@ def create_app(
     token = token if token is not None else os.environ.get(TOKEN_ENV) or None
     schema = load_json_schema(json_schema, "--json-schema") if json_schema else None
     state = AppState(project, engine, token, schema, backend_factory, retrieval)
+    if schema is not None and engine == "llama.cpp":
+        try:  # every request decodes under it by default: a schema llama.cpp cannot follow fails now
+            state.grammar(True)
+        except APIError as exc:
+            raise ValueError(f"{json_schema}: {exc.detail}") from None
     state.load(Path(model_path) if model_path else state.default_model(project), project)
     app = FastAPI(title="lorapipe", description=__doc__.split("\n\n")[0])
     app.state.lorapipe = state
