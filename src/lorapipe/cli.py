@@ -427,13 +427,13 @@ def _serve_schema(args: argparse.Namespace) -> str | None:
     if args.json_schema:
         return str(paths.require(args.json_schema, "--json-schema"))
     named = load_params(paths.PARAMS).eval.json_schema if paths.PARAMS.is_file() else None
-    if named:
-        print(f"[serve] answers are decoded under eval.json_schema {named} (--no-json-schema: free text)", flush=True)
-    if named:
-        from lorapipe.labeled import load_json_schema
+    if not named:
+        return None
+    from lorapipe.labeled import load_json_schema
 
-        load_json_schema(named, "eval.json_schema")  # refused here naming the param, not --json-schema
-    return named or None
+    load_json_schema(named, "eval.json_schema")  # refused here naming the param, not --json-schema
+    print(f"[serve] answers are decoded under eval.json_schema {named} (--no-json-schema: free text)", flush=True)
+    return named
 
 
 def _ask(args: argparse.Namespace) -> None:

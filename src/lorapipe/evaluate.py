@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from lorapipe import faults, paths
@@ -100,9 +101,8 @@ def answer_token_budget(max_new_tokens: int | str, row_files: list[str | Path], 
                 longest = max(longest, len(tokenizer(answers[-1], add_special_tokens=False)["input_ids"]))
     if not longest:
         return AUTO_TEXT_TOKENS, "eval.max_new_tokens auto: no chat rows"
-    margin = max(AUTO_MARGIN_MIN, -(-longest * AUTO_MARGIN // 1))
-    budget = longest + int(margin)
-    return budget, f"eval.max_new_tokens auto: the longest reference answer, {longest} tokens, + {int(margin)}"
+    margin = max(AUTO_MARGIN_MIN, math.ceil(longest * AUTO_MARGIN))
+    return longest + margin, f"eval.max_new_tokens auto: the longest reference answer, {longest} tokens, + {margin}"
 
 
 def chat_rows(val_path: str | Path, max_samples: int) -> list[dict]:
@@ -380,12 +380,13 @@ def evaluate_models(
     if constrained and schema is None:
         raise ValueError("eval.constrained needs eval.json_schema: the grammar is built from the schema")
     base = read_json(base_metrics_path)["base"] if base_metrics_path else None
-    sequences = _val_sequences(Path(val_path), load_tokenizer(merged_dir), max_samples)
+    tokenizer = load_tokenizer(merged_dir)
+    sequences = _val_sequences(Path(val_path), tokenizer, max_samples)
     metrics = {**_perplexities(sequences, Path(merged_dir), ggufs, base), "rows": len(sequences)}
     prompts = read_json(prompts_path)
     rows = chat_rows(val_path, max_samples)
     train_path = train_path or Path(val_path).with_name(paths.TRAIN_ROWS.name)
-    budget, reason = answer_token_budget(max_new_tokens, [train_path, val_path], load_tokenizer(merged_dir))
+    budget, reason = answer_token_budget(max_new_tokens, [train_path, val_path], tokenizer)
     metrics["max_new_tokens"] = budget
     if rows:
         print(f"[evaluate] answers of at most {budget} tokens ({reason})", flush=True)

@@ -617,11 +617,6 @@ class EvalParams(_Section):
         ),
     )
 
-    @property
-    def constrained_on(self) -> bool:
-        """eval.constrained resolved: auto is true exactly when eval.json_schema names a schema."""
-        return bool(self.json_schema) if self.constrained == "auto" else self.constrained
-
     @model_validator(mode="after")
     def _constrained_needs_a_schema(self) -> EvalParams:
         if self.constrained is True and not self.json_schema:

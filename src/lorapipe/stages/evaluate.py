@@ -44,7 +44,7 @@ def run(
         num_generations=e.num_generations,
         max_new_tokens=e.max_new_tokens,
         json_schema=e.json_schema,
-        constrained=e.constrained_on,
+        constrained=e.constrained,
         knowledge_max_new_tokens=e.knowledge_max_new_tokens,
     )
     tracking.log_stage(
