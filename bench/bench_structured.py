@@ -3,8 +3,10 @@ answer 140 held-out queries (20 per intent, never trained) the way `lorapipe ser
 Q4_K_M GGUF under llama.cpp, decoded under the task's JSON Schema, and free for comparison), and say
 how right the slots are and why they are wrong.
 
-Run: .venv/bin/python bench/bench_structured.py [--epochs 2] [--rank 8] [--lr 3e-4] [--label NAME]
-     (about 15-30 min on 2 cores: training dominates)
+Run: .venv/bin/python bench/bench_structured.py [--epochs 2] [--rank 8] [--lr 3e-4] [--system short]
+     [--label NAME] [--keep DIR]   (about 15-30 min on 2 cores: training dominates)
+     .venv/bin/python bench/bench_structured.py --gguf DIR/task.Q4_K_M.gguf   (score a kept model only)
+     .venv/bin/python bench/bench_structured.py --table   (the runs recorded in bench/structured.jsonl)
 
 Data: bench/data/snips_queries.jsonl and snips_schema.json, a copy of the project's shared labeled
 task (700 queries of the Snips NLU benchmark, public domain, CC0). Each run appends one JSON line to
@@ -12,7 +14,10 @@ bench/structured.jsonl (--out) and prints a Markdown table row per system:
 intent accuracy, slot precision/recall/F1, exact match (intent and every slot), JSON parse and
 schema-valid shares, answers cut at the token limit, and the slot error counts of
 lorapipe.scoring.slot_errors (missing, extra, recased, partial, wrong_value, confused_name, and
-invented: values that are not a substring of the query).
+invented: values that are not a substring of the query), plus answers whose slots repeat a key.
+The fine-tuned GGUF answers three ways: under the schema (what `lorapipe serve` does by default),
+under the schema with the span constraint (eval.span_constraint: slot values limited to spans of
+the query), and free.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -28,11 +34,31 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
-SYSTEM = (
-    "Analyse the user's query. Answer only with JSON: "
-    '{"intent": one of AddToPlaylist, BookRestaurant, GetWeather, PlayMusic, RateBook, SearchCreativeWork, '
-    'SearchScreeningEvent, "slots": {slot name: the words of the query}}.'
-)
+SYSTEMS = {  # the long prompt (60 tokens) names the intents; the short one (8) leaves them to the rows
+    "long": (
+        "Analyse the user's query. Answer only with JSON: "
+        '{"intent": one of AddToPlaylist, BookRestaurant, GetWeather, PlayMusic, RateBook, SearchCreativeWork, '
+        'SearchScreeningEvent, "slots": {slot name: the words of the query}}.'
+    ),
+    "short": "Analyse the query as JSON: its intent and slots.",
+}
+SYSTEM = SYSTEMS["long"]
+
+
+def repeated_keys(text: str) -> bool:
+    """Does the JSON answer `text` give one key twice in an object (json.loads keeps only the last)?"""
+    seen = []
+
+    def pairs(items):
+        keys = [k for k, _ in items]
+        seen.append(len(keys) != len(set(keys)))
+        return dict(items)
+
+    try:
+        json.loads(text, object_pairs_hook=pairs)
+    except json.JSONDecodeError:
+        return False
+    return any(seen)
 
 
 def split(rows: list[dict], per_intent: int, seed: int) -> tuple[list[dict], list[dict]]:
@@ -59,6 +85,7 @@ def score(answers, rows: list[dict], schema: dict) -> dict:
     for answer, row in zip(answers, rows):
         errors += slot_errors(parse_json(answer.text), row["data"], row["query"])
     scores["slot_errors"] = dict(sorted(errors.items()))
+    scores["repeated_keys"] = sum(repeated_keys(a.text) for a in answers)
     return scores
 
 
@@ -74,8 +101,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--label", default="run", help="name of the row in the table")
     parser.add_argument("--base", action="store_true", help="also score the base model (the bundled GGUF)")
+    parser.add_argument("--system", choices=sorted(SYSTEMS), default="long", help="the task's system prompt")
+    parser.add_argument("--keep", help="copy the fine-tuned Q4_K_M GGUF into this folder")
+    parser.add_argument("--gguf", help="score this fine-tuned GGUF (trained with --system) instead of training one")
     parser.add_argument("--out", default=str(HERE / "structured.jsonl"))
+    parser.add_argument("--table", action="store_true", help="only print the Markdown of the runs in --out")
     args = parser.parse_args()
+    if args.table:
+        print(markdown([json.loads(line) for line in Path(args.out).read_text().splitlines() if line.strip()]))
+        return
+    stdout, sys.stdout = sys.stdout, sys.stderr  # progress on stderr; stdout gets the Markdown (bench/run.py)
 
     from lorapipe import build_dataset, export_gguf, merge_adapter, prepare_base_model
     from lorapipe.evaluate import answer_token_budget
@@ -87,10 +122,12 @@ def main() -> None:
 
     rows = [json.loads(line) for line in (DATA / "snips_queries.jsonl").read_text().splitlines() if line.strip()]
     schema = json.loads((DATA / "snips_schema.json").read_text())
+    system = SYSTEMS[args.system]
     train_rows, held = split(rows, args.per_intent, args.seed)
     train_rows = train_rows[: args.max_rows] if args.max_rows else train_rows
-    conversations = [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": r["query"]}] for r in held]
+    conversations = [[{"role": "system", "content": system}, {"role": "user", "content": r["query"]}] for r in held]
     results: dict[str, dict] = {}
+    steps, train_seconds = None, None
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "text").mkdir()
@@ -107,7 +144,7 @@ def main() -> None:
             max_seq_len=256,
             val_fraction=0.05,
             seed=args.seed,
-            system_prompt=SYSTEM,
+            system_prompt=system,
         )
         budget, reason = answer_token_budget("auto", [tmp / "data" / "train.jsonl"], load_tokenizer(base))
         print(f"[bench] {stats['rows']['train']} training queries, {len(held)} held out; {reason}", flush=True)
@@ -119,34 +156,45 @@ def main() -> None:
                 )
                 name = "base (bundled GGUF)" + (" under the schema" if constrained else ", free")
                 results[name] = {**score(got, held, schema), "answer_seconds": round(time.perf_counter() - started)}
-        started = time.perf_counter()
-        result = train_lora(
-            tmp / "data",
-            base,
-            tmp / "adapter",
-            lora=LoraParams(rank=args.rank, alpha=args.alpha or 2 * args.rank),
-            train=TrainParams(
-                epochs=args.epochs,
-                max_steps=-1,
-                lr=args.lr,
-                batch_size=args.batch_size,
-                eval_steps=0,
-                save_steps=0,
-                log_every=20,
-                resume="never",
-            ),
-            seed=args.seed,
-        )
-        train_seconds = time.perf_counter() - started
-        merged = merge_adapter(base, tmp / "adapter", tmp / "merged")
-        export_gguf(merged, tmp / "data" / "prompts.json", tmp / "gguf", quants=["Q4_K_M"], name="task")
-        gguf = tmp / "gguf" / "task.Q4_K_M.gguf"
-        for constrained in (True, False):
+        if args.gguf:
+            gguf = Path(args.gguf)
+        else:
             started = time.perf_counter()
-            got = gguf_generate(gguf, conversations, budget, schema if constrained else None)
-            name = f"{args.label} (Q4_K_M" + (", under the schema)" if constrained else ", free)")
+            result = train_lora(
+                tmp / "data",
+                base,
+                tmp / "adapter",
+                lora=LoraParams(rank=args.rank, alpha=args.alpha or 2 * args.rank),
+                train=TrainParams(
+                    epochs=args.epochs,
+                    max_steps=-1,
+                    lr=args.lr,
+                    batch_size=args.batch_size,
+                    eval_steps=0,
+                    save_steps=0,
+                    log_every=20,
+                    resume="never",
+                ),
+                seed=args.seed,
+            )
+            train_seconds, steps = round(time.perf_counter() - started), result.metrics.steps
+            merged = merge_adapter(base, tmp / "adapter", tmp / "merged")
+            export_gguf(merged, tmp / "data" / "prompts.json", tmp / "gguf", quants=["Q4_K_M"], name="task")
+            gguf = tmp / "gguf" / "task.Q4_K_M.gguf"
+            if args.keep:
+                Path(args.keep).mkdir(parents=True, exist_ok=True)
+                shutil.copy2(gguf, Path(args.keep) / gguf.name)
+        decodings = {
+            "under the schema": (schema, False),
+            "under the schema, spans": (schema, True),
+            "free": (None, False),
+        }
+        for how, (json_schema, spans) in decodings.items():
+            started = time.perf_counter()
+            got = gguf_generate(gguf, conversations, budget, json_schema, span_constraint=spans)
+            name = f"{args.label} (Q4_K_M, {how})"
             results[name] = {**score(got, held, schema), "answer_seconds": round(time.perf_counter() - started)}
-            if constrained:
+            if json_schema and not spans:
                 wrong = [(r, a.text) for r, a in zip(held, got) if parse_json(a.text) != r["data"]]
                 for row, text in wrong[:8]:
                     print(f"  wrong: {row['query']!r}\n    got      {text}\n    expected {json.dumps(row['data'])}")
@@ -157,28 +205,62 @@ def main() -> None:
         "alpha": args.alpha or 2 * args.rank,
         "lr": args.lr,
         "batch_size": args.batch_size,
+        "system": args.system,
         "train_rows": stats["rows"]["train"],
         "held_out": len(held),
-        "steps": result.metrics.steps,
-        "train_seconds": round(train_seconds),
+        "steps": steps,
+        "train_seconds": train_seconds,
+        "gguf": args.gguf,
         "max_new_tokens": budget,
     }
-    print(
-        "\n| system | intent | slot P | slot R | slot F1 | exact | parse | schema-valid | cut | slot errors |"
-        "\n|---|---|---|---|---|---|---|---|---|---|"
-    )
-    for name, s in results.items():
-        print(
-            f"| {name} | {s['intent_accuracy']:.0%} | {s['slots']['precision']:.2f} | {s['slots']['recall']:.2f} | "
-            f"{s['slots']['f1']:.2f} | {s['exact_rate']:.0%} | {s['json_parse_rate']:.0%} | "
-            f"{s['schema_valid_rate']:.0%} | {s['truncated_rate']:.0%} | "
-            + ", ".join(f"{k} {v}" for k, v in s["slot_errors"].items())
-            + " |"
-        )
-    print(f"\n{settings}")
+    record = {**settings, "results": results}
     with open(args.out, "a") as out:
-        out.write(json.dumps({**settings, "results": results}) + "\n")
-    sys.stdout.flush()
+        out.write(json.dumps(record) + "\n")
+    sys.stdout = stdout
+    print(markdown([record]))
+
+
+def markdown(records: list[dict]) -> str:
+    """The runs of `records` (lines of bench/structured.jsonl) as Markdown: one row per system with its
+    settings and training time, then slot F1 per slot name for each fine-tuned system under the schema."""
+    lines = [
+        "| run | system | train s | intent | slot P | slot R | slot F1 | exact | parse | schema-valid | cut "
+        "| repeated key | slot errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        run = r["label"]
+        for name, s in r["results"].items():
+            trained = name.startswith(r["label"])
+            lines.append(
+                f"| {run} | {name.removeprefix(r['label']).strip(' ()') or name} | "
+                f"{r['train_seconds'] if trained else '-'} | {s['intent_accuracy']:.0%} | "
+                f"{s['slots']['precision']:.2f} | {s['slots']['recall']:.2f} | {s['slots']['f1']:.2f} | "
+                f"{s['exact_rate']:.0%} | {s['json_parse_rate']:.0%} | {s['schema_valid_rate']:.0%} | "
+                f"{s['truncated_rate']:.0%} | {s.get('repeated_keys', '-')} | "
+                + ", ".join(f"{k} {v}" for k, v in s["slot_errors"].items())
+                + " |"
+            )
+    lines += [""] + [
+        f"- {r['label']}: {r['epochs']:g} epochs ({r['steps']} steps of {r['batch_size']} rows), LoRA r{r['rank']} "
+        f"alpha {r['alpha']}, lr {r['lr']:g}, {r.get('system', 'long')} system prompt; {r['train_rows']} training "
+        f"queries, {r['held_out']} held out, answers of at most {r['max_new_tokens']} tokens"
+        for r in records
+    ]
+    chosen = {
+        f"{r['label']} ({name.removeprefix(r['label']).strip(' ()')})": s["per_slot"]
+        for r in records
+        for name, s in r["results"].items()
+        if name.startswith(r["label"]) and "under the schema" in name
+    }
+    slots = sorted({slot for per in chosen.values() for slot, v in per.items() if v["support"]})
+    lines += ["", "Slot F1 per slot name (support: reference values among the held-out queries):", ""]
+    lines += ["| slot | support | " + " | ".join(chosen) + " |", "|---|---|" + "---|" * len(chosen)]
+    for slot in slots:
+        support = next(per[slot]["support"] for per in chosen.values() if slot in per)
+        cells = " | ".join(f"{per[slot]['f1']:.2f}" if slot in per else "-" for per in chosen.values())
+        lines.append(f"| {slot} | {support} | {cells} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

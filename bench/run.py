@@ -1,7 +1,7 @@
 """Run every benchmark in bench/ and write bench/BENCHMARKS.md with the machine and versions.
 
 Run: make bench   (or .venv/bin/python bench/run.py [--only training,pipeline], from the project root;
-all of them take about 90 minutes on 2 cores: training speed 50, the Snips comparison 15, the teacher 3)
+all of them take about 110 minutes on 2 cores: training speed 50, the structured task 35, the teacher 3)
 
 With --only, the named benchmarks (a word of their title) run again and the other sections of the
 existing BENCHMARKS.md are kept as they were.
@@ -25,7 +25,13 @@ BENCHES = [
     ("Extraction (issue 3)", ["bench/bench_extract.py"]),
     ("Peak training memory against `lorapipe plan` (issue 5)", ["bench/bench_memory.py"]),
     ("Merge memory against the weights' size (issue 6)", ["bench/bench_merge.py"]),
-    ("Does fine-tuning help? Base against tuned on the Snips queries (issue 7)", ["bench/bench_labeled.py"]),
+    (
+        "The structured task: slots on held-out Snips queries (issue 18)",
+        [
+            *("bench/bench_structured.py", "--system", "short", "--epochs", "4", "--rank", "16"),
+            *("--alpha", "32", "--lr", "1e-3", "--label", "the README recipe", "--base"),
+        ],
+    ),
     ("Teacher throughput and filter yield (issue 17)", ["bench/bench_synth.py"]),
 ]
 PACKAGES = [

@@ -375,3 +375,23 @@ def test_serve_decodes_under_the_schema_the_evaluation_scored(tmp_path, monkeypa
     (tmp_path / "data/raw/config/task.schema.json").unlink()
     with pytest.raises(FileNotFoundError, match="task.schema.json"):
         _serve_schema(flags())
+
+
+def test_serve_span_constraint_follows_params_unless_a_flag_says(tmp_path, monkeypatch, capsys):
+    import argparse
+
+    from lorapipe.cli import _serve_span_constraint, build_parser
+
+    monkeypatch.chdir(tmp_path)
+    assert build_parser().parse_args(["serve", "--no-span-constraint"]).span_constraint is False
+    flag = lambda value=None: argparse.Namespace(span_constraint=value)  # noqa: E731
+    assert _serve_span_constraint(flag(), "s.json") is False  # no params.yaml
+    (tmp_path / "data/raw/config").mkdir(parents=True)
+    (tmp_path / "data/raw/config/s.json").write_text('{"type": "object"}')
+    (tmp_path / "params.yaml").write_text("eval:\n  json_schema: data/raw/config/s.json\n  span_constraint: true\n")
+    assert _serve_span_constraint(flag(), "data/raw/config/s.json") is True
+    assert "spans of the query" in capsys.readouterr().out
+    assert _serve_span_constraint(flag(), None) is False  # --no-json-schema: nothing to limit
+    assert _serve_span_constraint(flag(False), "data/raw/config/s.json") is False
+    with pytest.raises(ValueError, match="--span-constraint limits"):
+        _serve_span_constraint(flag(True), None)

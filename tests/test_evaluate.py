@@ -8,7 +8,7 @@ import json
 import pytest
 
 from helpers import read_json
-from lorapipe.evaluate import evaluate_base, evaluate_models
+from lorapipe.evaluate import _SERVED_JSON, evaluate_base, evaluate_models
 from lorapipe.export import export_gguf
 
 
@@ -88,7 +88,9 @@ def test_chat_answers_are_scored_for_base_fine_tuned_and_gguf(tmp_path, tiny_mod
         seed=1,
         system_prompt="Answer only with JSON.",
     )
-    export_gguf(tiny_model_dir, data / "prompts.json", tmp_path / "gguf", quants=["F32"], outtype="f32", name="tiny")
+    export_gguf(
+        tiny_model_dir, data / "prompts.json", tmp_path / "gguf", quants=["F32", "Q8_0"], outtype="f32", name="tiny"
+    )
     evaluate_base(
         data / "val.jsonl",
         tiny_model_dir,
@@ -118,7 +120,12 @@ def test_chat_answers_are_scored_for_base_fine_tuned_and_gguf(tmp_path, tiny_mod
         constrained=True,
     )
     answers = metrics["answers"]
-    assert set(answers) == {"base", "fine-tuned", "tiny.F32.gguf", "tiny.F32.gguf constrained"}
+    assert set(answers) == {
+        "base",
+        "fine-tuned",
+        *("tiny.F32.gguf", "tiny.F32.gguf constrained"),
+        *("tiny.Q8_0.gguf", "tiny.Q8_0.gguf constrained"),  # every quantization of the export, as served
+    }
     for scores in answers.values():
         chat = scores["chat"]
         assert chat["answers"] == 3 and 0 <= chat["rouge_l"] <= 1
@@ -126,6 +133,15 @@ def test_chat_answers_are_scored_for_base_fine_tuned_and_gguf(tmp_path, tiny_mod
         parsed, cut, malformed = (chat["json"][k] for k in ("json_parse_rate", "truncated_rate", "malformed_rate"))
         assert parsed + cut + malformed == pytest.approx(1.0, abs=1e-3)
     assert answers["base"]["chat"]["json"]["truncated_rate"] == 1.0 and metrics["max_new_tokens"] == 6
+    served = metrics["served"]["chat"]  # the constrained GGUF's, under names to sort experiments by
+    constrained_json = answers["tiny.F32.gguf constrained"]["chat"]["json"]
+    assert (
+        served["slot_f1"] == constrained_json["slots"]["f1"] and served["exact_rate"] == constrained_json["exact_rate"]
+    )
+    assert set(served) == {"exact_match", "rouge_l", "slot_f1", *_SERVED_JSON}
+    assert metrics["served_by_quant"]["F32"] == metrics["served"]
+    q8 = answers["tiny.Q8_0.gguf constrained"]["chat"]["json"]["slots"]["f1"]
+    assert metrics["served_by_quant"]["Q8_0"]["chat"]["slot_f1"] == q8 and set(metrics["gguf"]) == {"F32", "Q8_0"}
     # under the schema's grammar even a random model starts a JSON object with the required "intent"
     import re
 

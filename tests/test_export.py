@@ -311,3 +311,58 @@ def test_a_prompt_the_modelfile_cannot_hold_stops_the_export_before_converting(t
     with pytest.raises(ModelfileError, match=r"task 'json' of prompts.json: SYSTEM .* line 2 ends .*dvc repro dataset"):
         export_gguf(tiny_model_dir, tmp_path / "prompts.json", tmp_path / "gguf", quants=["F32"], outtype="f32")
     assert not (tmp_path / "gguf").exists()
+
+
+# --- export.quants auto: the quantization ladder ---------------------------------------------------
+
+
+def test_choose_quant_takes_the_smallest_within_the_tolerance():
+    from lorapipe.perplexities import choose_quant
+
+    ladder = {
+        "Q8_0": {"vs_merged": 0.001, "bytes": 800},
+        "Q6_K": {"vs_merged": 0.02, "bytes": 600},
+        "Q5_K_M": {"vs_merged": 0.04, "bytes": 550},
+        "Q4_K_M": {"vs_merged": 0.09, "bytes": 500},
+    }
+    assert choose_quant(ladder, 0.05)[0] == "Q5_K_M"
+    assert choose_quant(ladder, 0.10)[0] == "Q4_K_M"
+    assert choose_quant(ladder, 0.01)[0] == "Q8_0"
+    quant, why = choose_quant({q: {**m, "vs_merged": m["vs_merged"] + 0.5} for q, m in ladder.items()}, 0.05)
+    assert quant == "Q8_0" and why.startswith("none is within 5.0%")
+
+
+def test_auto_quants_write_the_ladder_and_the_modelfile_follows_the_choice(tmp_path, tiny_model_dir, dataset_dir):
+    (tmp_path / "prompts.json").write_text(json.dumps({"text": PROMPT}))
+    info = export_gguf(
+        tiny_model_dir,
+        tmp_path / "prompts.json",
+        tmp_path / "gguf",
+        quants="auto",
+        quant_tolerance=0.05,
+        outtype="f32",
+        name="tiny",
+        val_path=dataset_dir / "val.jsonl",
+    )
+    ladder = info["ladder"]
+    assert list(ladder["quants"]) == ["Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M"] == list(info["files"])
+    quants = ladder["quants"]
+    within = [q for q, m in quants.items() if m["vs_merged"] <= 0.05]
+    expected = min(within or quants, key=lambda q: quants[q]["bytes"] if within else quants[q]["vs_merged"])
+    assert ladder["chosen"] == expected and info["model"] == info["files"][expected]
+    assert ladder["rows"] > 0 and ladder["merged_perplexity"] > 1
+    assert ladder["quants"]["Q8_0"]["bytes"] > ladder["quants"]["Q4_K_M"]["bytes"]
+    assert f"FROM ./{info['model']}" in (tmp_path / "gguf" / "Modelfile").read_text()
+    assert model_gguf(tmp_path / "gguf").name == info["model"]
+    assert json.loads((tmp_path / "gguf" / "export.json").read_text())["ladder"]["chosen"] == ladder["chosen"]
+    with pytest.raises(ValueError, match="give val_path"):
+        export_gguf(tiny_model_dir, tmp_path / "prompts.json", tmp_path / "other", quants="auto", outtype="f32")
+
+
+def test_quants_auto_is_a_param_value(tmp_path):
+    from lorapipe.params import ParamsError, validate_params
+
+    assert validate_params({"export": {"quants": "auto"}}).export.quants == "auto"
+    assert validate_params({"export": {"quants": ["auto"]}}).export.quants == "auto"  # lorapipe export --quant auto
+    with pytest.raises(ParamsError, match="export.quant_tolerance"):
+        validate_params({"export": {"quant_tolerance": -0.1}})

@@ -4,10 +4,13 @@ Run: .venv/bin/pytest tests/test_labeled.py
 """
 
 import json
+from pathlib import Path
 
 import pytest
 
 from lorapipe.labeled import canonical_json, load_labeled
+
+FIXTURES = Path(__file__).parent / "fixtures" / "labeled"
 
 
 def _write(path, rows):
@@ -67,3 +70,84 @@ def test_data_that_is_not_json_names_the_row(tmp_path):
     path.write_text('{"query": "ok", "data": {"v": 1}}\n{"query": "bad", "data": {"v": NaN}}\n')
     with pytest.raises(ValueError, match=r"x.jsonl:2: its data field is not JSON-serialisable"):
         load_labeled(path)
+
+
+# --- the span constraint (eval.span_constraint) --------------------------------------------------
+
+
+def test_query_spans_are_word_aligned_substrings():
+    from lorapipe.labeled import query_spans
+
+    spans = query_spans("Add herminia's tune, at 5 A.M.")
+    assert spans[:3] == ["Add", "Add herminia", "Add herminia'"]
+    for wanted in ("herminia", "herminia's", "5 A.M.", "tune", "A.M."):
+        assert wanted in spans
+    for cut in ("hermin", "erminia", ", at", "Add herminia's tune, at 5 A.M. "):  # inside a word, or from a mark
+        assert cut not in spans
+    assert len(spans) == len(set(spans)) and all(s in "Add herminia's tune, at 5 A.M." for s in spans)
+    assert query_spans("a " * 50, max_tokens=3) == ["a", "a a", "a a a"]  # each span once
+    assert "w0 w1 w2" in query_spans(" ".join(f"w{i}" for i in range(40)), max_tokens=3)
+    assert "w0 w1 w2 w3" not in query_spans(" ".join(f"w{i}" for i in range(40)), max_tokens=3)
+    assert query_spans("?!") == [] and query_spans("") == []
+
+
+def test_reference_slot_values_are_spans_of_their_queries():
+    """The constraint must not forbid the right answer: nearly every Snips slot value is a span."""
+    from lorapipe.labeled import query_spans
+
+    rows = [json.loads(line) for line in (FIXTURES / "snips_sample.jsonl").read_text().splitlines() if line.strip()]
+    values = [
+        (value, row["query"])
+        for row in rows
+        for slot in row["data"]["slots"].values()
+        for value in (slot if isinstance(slot, list) else [slot])
+    ]
+    held = sum(value in query_spans(query) for value, query in values)
+    assert len(values) > 20 and held / len(values) >= 0.99
+
+
+def test_span_schema_rewrites_free_strings_only():
+    from jsonschema import Draft202012Validator
+
+    from lorapipe.labeled import span_schema
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "intent": {"enum": ["PlayMusic", "GetWeather"]},
+            "slots": {
+                "type": "object",
+                "additionalProperties": {
+                    "anyOf": [{"type": "string"}, {"type": "array", "items": {"$ref": "#/$defs/v"}}]
+                },
+            },
+            "code": {"type": "string", "pattern": "^[A-Z]+$"},
+            "note": {"type": ["string", "null"], "maxLength": 4},
+            "count": {"type": "integer"},
+        },
+        "$defs": {"v": {"type": "string", "description": "a value"}},
+        "required": ["intent"],
+    }
+    original = json.dumps(schema)
+    spanned = span_schema(schema, "play jazz now")
+    assert json.dumps(schema) == original  # not modified
+    words = ["play", "play jazz", "play jazz now", "jazz", "jazz now", "now"]
+    props = spanned["properties"]
+    assert props["slots"]["additionalProperties"]["anyOf"][0] == {"enum": words}
+    assert spanned["$defs"]["v"] == {"description": "a value", "enum": words}
+    assert props["intent"] == schema["properties"]["intent"] and props["code"] == schema["properties"]["code"]
+    assert props["count"] == {"type": "integer"} and spanned["required"] == ["intent"]
+    assert props["note"]["anyOf"][0] == {"enum": ["play", "jazz", "now"]}  # maxLength 4 keeps the short ones
+    assert props["note"]["anyOf"][1] == {"maxLength": 4, "type": "null"}
+    validator = Draft202012Validator(spanned)
+    assert validator.is_valid({"intent": "PlayMusic", "slots": {"genre": "jazz", "all": ["play", "now"]}})
+    assert not validator.is_valid({"intent": "PlayMusic", "slots": {"genre": "Jazz"}})  # re-cased: not a span
+    assert not validator.is_valid({"intent": "PlayMusic", "slots": {"genre": "jaz"}})
+    assert span_schema({"type": "string"}, "?") == {"enum": [""]}  # no words: only the empty string
+
+
+def test_span_constraint_needs_a_schema(tmp_path):
+    from lorapipe.generation import gguf_generate
+
+    with pytest.raises(ValueError, match="give json_schema"):
+        gguf_generate(tmp_path / "any.gguf", [[{"role": "user", "content": "hi"}]], 4, None, span_constraint=True)

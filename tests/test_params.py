@@ -138,6 +138,11 @@ def test_unknown_section_and_wrong_types():
         validate_params({"dataset": {"max_seq_len": 64, "overlap_tokens": 64}})
     with pytest.raises(ParamsError, match=r"export.quants"):
         validate_params({"export": {"quants": ["Q9_Z"]}})
+    with pytest.raises(ParamsError, match=r"eval.span_constraint rewrites"):
+        validate_params({"eval": {"span_constraint": True}})  # no schema
+    with pytest.raises(ParamsError, match=r"eval.span_constraint rewrites"):
+        validate_params({"eval": {"span_constraint": True, "json_schema": "s.json", "constrained": False}})
+    assert validate_params({"eval": {"span_constraint": True, "json_schema": "s.json"}}).eval.span_constraint
 
 
 def test_overrides_are_validated(tmp_path):

@@ -403,6 +403,31 @@ def test_constrained_queries_follow_the_schema(server):
     assert chat.json()["choices"][0]["message"]["content"].lstrip().startswith("{")
 
 
+def test_span_constraint_keeps_slot_values_to_spans_of_the_query(server):
+    """ "span_constraint": true decodes the schema with every slot value a span of the user's message
+    (whatever the random-weight model prefers); asked without a schema it is refused naming it."""
+    from lorapipe.labeled import query_spans
+
+    query = "play some jazz by Miles Davis tonight"
+    for route, body in (
+        ("query", {"prompt": query}),
+        ("v1/chat/completions", {"messages": [*SAY_HI, {"role": "user", "content": query}]}),
+    ):
+        reply = requests.post(
+            f"{server}/{route}", json={**body, "max_tokens": 80, "span_constraint": True}, headers=AUTH
+        ).json()
+        answer = reply["answer"] if route == "query" else reply["choices"][0]["message"]["content"]
+        if (reply.get("finish_reason") or reply["choices"][0]["finish_reason"]) == "length":
+            continue  # cut short: nothing to check
+        for value in json.loads(answer)["slots"].values():
+            for one in value if isinstance(value, list) else [value]:
+                assert one in query_spans(query), (route, one)
+    refused = requests.post(
+        f"{server}/query", json={"prompt": query, "constrained": False, "span_constraint": True}, headers=AUTH
+    )
+    assert refused.status_code == 422 and "span_constraint limits" in refused.text
+
+
 def test_chat_in_the_terminal(project):
     done = subprocess.run(
         [sys.executable, "-m", "lorapipe.cli", "chat", "--max-tokens", "4"],

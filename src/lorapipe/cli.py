@@ -294,6 +294,13 @@ def _add_model_commands(commands) -> None:
     serve.add_argument(
         "--no-json-schema", action="store_true", help="serve without a schema, even when eval.json_schema names one"
     )
+    serve.add_argument(
+        "--span-constraint",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="limit the schema's free string values (slot values) to spans of each request's user message "
+        'unless a request says "span_constraint": false; default: params.yaml\'s eval.span_constraint',
+    )
     _add_retrieval_flags(serve)
     chat = commands.add_parser("chat", help="talk to the exported model in the terminal")
     chat.add_argument("--gguf", help=f"GGUF file {default_gguf}")
@@ -414,6 +421,22 @@ def _retrieval(args: argparse.Namespace):
     index = load_index(args.index)
     p = load_params(paths.PARAMS) if paths.PARAMS.is_file() else DEFAULTS
     return Retrieval(index, args.top_k or p.eval.retrieval_top_k, p.synth.task, Path(args.index))
+
+
+def _serve_span_constraint(args: argparse.Namespace, schema: str | None) -> bool:
+    """--span-constraint / --no-span-constraint, else params.yaml's eval.span_constraint when serving
+    under a schema. Raises ValueError for --span-constraint without a schema."""
+    if args.span_constraint is not None:
+        if args.span_constraint and schema is None:
+            raise ValueError(
+                "--span-constraint limits the strings of the schema's grammar: serve with a schema "
+                "(--json-schema FILE or params.yaml's eval.json_schema)"
+            )
+        return args.span_constraint
+    on = schema is not None and paths.PARAMS.is_file() and load_params(paths.PARAMS).eval.span_constraint
+    if on:
+        print("[serve] slot values are limited to spans of the query (eval.span_constraint)", flush=True)
+    return bool(on)
 
 
 def _serve_schema(args: argparse.Namespace) -> str | None:
@@ -602,13 +625,15 @@ def main(argv: list[str] | None = None) -> int:
                 paths.require(args.gguf, "--gguf")
             if args.transformers and Path(args.merged_dir) != paths.MERGED:
                 paths.require(args.merged_dir, "--merged-dir")
+            schema = _serve_schema(args)
             serve(
                 args.host,
                 args.port,
                 args.merged_dir if args.transformers else args.gguf,
                 "transformers" if args.transformers else "llama.cpp",
-                _serve_schema(args),
+                schema,
                 _retrieval(args),
+                _serve_span_constraint(args, schema),
             )
         elif args.command == "chat":
             from lorapipe.serve import chat_loop

@@ -35,45 +35,10 @@ from lorapipe.generation import (  # noqa: F401 (chat, generate_answer, hf_answe
 from lorapipe.knowledge import base_knowledge, evaluate_knowledge
 from lorapipe.labeled import load_json_schema
 from lorapipe.io import atomic_outputs, read_json, read_jsonl, write_json, write_text_atomic
-from lorapipe.llama import gguf_logits
-from lorapipe.models import load_causal_lm, load_tokenizer
+from lorapipe.models import load_tokenizer
 from lorapipe.params import DEFAULTS
-from lorapipe.rows import IGNORE, tokenize_row
-from lorapipe.likelihood import perplexity, sequence_nll
+from lorapipe.perplexities import gguf_perplexity, hf_perplexity, relative, val_sequences
 from lorapipe.scoring import is_json_task, score_answers
-
-
-def _val_sequences(val_path: Path, tokenizer, max_samples: int) -> list[tuple[list[int], list[int]]]:
-    """(ids, labels) of the first `max_samples` validation rows: text rows score every token, chat
-    rows the assistant's answers only."""
-    rows = read_jsonl(val_path)[:max_samples]
-    if not rows:
-        raise ValueError(f"{val_path} has no rows to evaluate")
-    return [tokenize_row(row, tokenizer) for row in rows]
-
-
-def _summary(nll: float, count: int) -> dict[str, float]:
-    loss = nll / max(count, 1)
-    return {"loss": round(loss, 6), "perplexity": round(perplexity(loss), 4), "tokens": count}
-
-
-def hf_perplexity(model_dir: str | Path, sequences: list[tuple[list[int], list[int]]]) -> dict[str, float]:
-    return _summary(*sequence_nll(load_causal_lm(model_dir).eval(), sequences))
-
-
-def gguf_perplexity(gguf_path: str | Path, sequences: list[tuple[list[int], list[int]]]) -> dict[str, float]:
-    import numpy as np
-
-    nll, count = 0.0, 0
-    for (_, labels), logits in zip(sequences, gguf_logits(gguf_path, [ids for ids, _ in sequences])):
-        shifted = logits[:-1].astype(np.float64)
-        shifted -= shifted.max(-1, keepdims=True)
-        logprobs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
-        targets = np.array(labels[1:])
-        scored = np.nonzero(targets != IGNORE)[0]
-        nll -= float(logprobs[scored, targets[scored]].sum())
-        count += len(scored)
-    return _summary(nll, count)
 
 
 # eval.max_new_tokens: auto. A reference answer's tokens plus this share of them (at least
@@ -141,7 +106,7 @@ def evaluate_base(
     Raises ValueError when `val_path` has no rows or an eval_qa row is malformed (naming file and line);
     the files are replaced together or not at all."""
     tokenizer = load_tokenizer(base_dir)
-    sequences = _val_sequences(Path(val_path), tokenizer, max_samples)
+    sequences = val_sequences(Path(val_path), tokenizer, max_samples)
     metrics = {"base": hf_perplexity(base_dir, sequences), "rows": len(sequences)}
     train_path = train_path or Path(val_path).with_name(paths.TRAIN_ROWS.name)
     budget, reason = answer_token_budget(max_new_tokens, [train_path, val_path], tokenizer)
@@ -191,10 +156,6 @@ def evaluation_requests(rows: list[dict], prompts: dict[str, str]) -> list[tuple
     return requests
 
 
-def _relative(value: float, reference: float) -> float:
-    return round((value - reference) / reference, 6) if reference else 0.0
-
-
 def score_by_task(
     rows: list[dict], answers: list[str], expected: list[str], schema: dict | None, truncated: list[bool] | None = None
 ) -> dict:
@@ -204,6 +165,28 @@ def score_by_task(
         chosen = [i for i, row in enumerate(rows) if row["task"] == task]
         cut = [truncated[i] for i in chosen] if truncated is not None else None
         out[task] = score_answers([answers[i] for i in chosen], [expected[i] for i in chosen], schema, cut)
+    return out
+
+
+_SERVED_JSON = ("json_parse_rate", "schema_valid_rate", "intent_accuracy", "exact_rate", "truncated_rate")
+
+
+def served_scores(answers: dict[str, dict], served: str) -> dict[str, dict[str, float]]:
+    """The scores of system `served` (what users get: the model GGUF, under the grammar when the
+    evaluation decodes as lorapipe serve does) from score_by_task's `answers`, per task under flat,
+    stable names, so that an experiment can be picked by its task metric
+    (``dvc exp show --sort-by reports/eval.json:served.<task>.slot_f1``): exact_match and rouge_l
+    (shares, 0-1), and for JSON tasks json_parse_rate, schema_valid_rate, intent_accuracy, slot_f1
+    (micro F1 over slot name and value pairs), exact_rate (intent and every slot right) and
+    truncated_rate, where scored."""
+    out = {}
+    for task, scores in answers.get(served, {}).items():
+        row = {"exact_match": scores["exact_match"], "rouge_l": scores["rouge_l"]}
+        json_scores = scores.get("json")
+        if json_scores:
+            row["slot_f1"] = json_scores["slots"]["f1"]
+            row.update({k: json_scores[k] for k in _SERVED_JSON if k in json_scores})
+        out[task] = row
     return out
 
 
@@ -240,12 +223,12 @@ def samples_markdown(rows: list[dict], requests, answers: dict[str, list[str]], 
 def _perplexities(sequences, merged_dir: Path, ggufs: dict[str, Path], base: dict | None) -> dict:
     """Perplexity of the merged model and each GGUF, relative to the base's (when given) and the merged one's."""
     merged = hf_perplexity(merged_dir, sequences)
-    relative = {"vs_base": _relative(merged["perplexity"], base["perplexity"])} if base else {}
-    metrics = {**({"base": base} if base else {}), "merged": {**merged, **relative}, "gguf": {}}
+    of_merged = {"vs_base": relative(merged["perplexity"], base["perplexity"])} if base else {}
+    metrics = {**({"base": base} if base else {}), "merged": {**merged, **of_merged}, "gguf": {}}
     for quant, path in ggufs.items():
         score = gguf_perplexity(path, sequences)
-        versus = {"vs_base": _relative(score["perplexity"], base["perplexity"])} if base else {}
-        metrics["gguf"][quant] = {**score, **versus, "vs_merged": _relative(score["perplexity"], merged["perplexity"])}
+        versus = {"vs_base": relative(score["perplexity"], base["perplexity"])} if base else {}
+        metrics["gguf"][quant] = {**score, **versus, "vs_merged": relative(score["perplexity"], merged["perplexity"])}
     line = ", ".join(f"{q} {m['perplexity']:.3f}" for q, m in metrics["gguf"].items())
     of_base = f"base {base['perplexity']:.3f}, " if base else ""
     print(f"[evaluate] perplexity: {of_base}merged {merged['perplexity']:.3f}, {line}", flush=True)
@@ -260,8 +243,10 @@ def _constrained_answers(
     free: list[Generation],
     max_new_tokens: int,
     schema: dict,
+    span_constraint: bool,
 ) -> list[Generation]:
-    """`free` with the answers to JSON tasks' rows replaced by answers decoded under the schema's grammar."""
+    """`free` with the answers to JSON tasks' rows replaced by answers decoded under the schema's grammar
+    (with `span_constraint`, each row's own: free strings limited to spans of its user message)."""
     json_tasks = {
         task
         for task in dict.fromkeys(r["task"] for r in rows)
@@ -269,7 +254,8 @@ def _constrained_answers(
     }
     chosen = [i for i, row in enumerate(rows) if row["task"] in json_tasks]
     answers = list(free)
-    for i, answer in zip(chosen, gguf_generate(model, [conversations[i] for i in chosen], max_new_tokens, schema)):
+    chosen_conversations = [conversations[i] for i in chosen]
+    for i, answer in zip(chosen, gguf_generate(model, chosen_conversations, max_new_tokens, schema, span_constraint)):
         answers[i] = answer
     return answers
 
@@ -306,9 +292,12 @@ def _chat_answers(
     max_new_tokens: int,
     schema: dict | None,
     constrained: bool,
+    span_constraint: bool = False,
+    ladder: tuple[Path, ...] = (),
 ) -> dict[str, list[Generation]]:
     """Answers to the chat rows by name: the base's (read from `base_answers_path` when it exists),
-    the fine-tuned (merged) model's, the model GGUF's and, with `constrained`, its answers under the grammar."""
+    the fine-tuned (merged) model's, the model GGUF's and, with `constrained`, its answers under the
+    grammar; the same for every other GGUF of `ladder` (the export's quantizations)."""
     conversations = [messages for messages, _ in requests]
     answers: dict[str, list[Generation]] = {}
     if base_answers_path and Path(base_answers_path).is_file():
@@ -317,10 +306,14 @@ def _chat_answers(
     answers["fine-tuned"] = hf_generate(merged_dir, conversations, max_new_tokens)
     faults.fault_point("mid")
     answers[model.name] = gguf_generate(model, conversations, max_new_tokens)
-    if constrained:
-        answers[f"{model.name} constrained"] = _constrained_answers(
-            model, rows, conversations, [e for _, e in requests], answers[model.name], max_new_tokens, schema
-        )
+    expected = [e for _, e in requests]
+    for gguf in [model, *(path for path in ladder if path != model)]:  # the ladder's other GGUFs, as served
+        if gguf != model:
+            answers[gguf.name] = gguf_generate(gguf, conversations, max_new_tokens)
+        if constrained:
+            answers[f"{gguf.name} constrained"] = _constrained_answers(
+                gguf, rows, conversations, expected, answers[gguf.name], max_new_tokens, schema, span_constraint
+            )
     return answers
 
 
@@ -350,6 +343,7 @@ def evaluate_models(
     max_new_tokens: int | str = DEFAULTS.eval.max_new_tokens,
     json_schema: str | Path | None = DEFAULTS.eval.json_schema,
     constrained: bool | str = DEFAULTS.eval.constrained,
+    span_constraint: bool = DEFAULTS.eval.span_constraint,
     knowledge_max_new_tokens: int = DEFAULTS.eval.knowledge_max_new_tokens,
     train_path: str | Path | None = None,
 ) -> dict:
@@ -363,7 +357,9 @@ def evaluate_models(
     derives it) of the merged model, the model's GGUF
     (artifacts.model_gguf), the base (read from `base_answers_path`) and, with `constrained`, the GGUF
     under a grammar built from `json_schema` (``"auto"``: whenever `json_schema` is given, as lorapipe
-    serve decodes), scored per task (``"answers"``). With `samples_path`,
+    serve decodes; with `span_constraint`, free string values limited to spans of each row's user message,
+    labeled.span_schema), scored per task (``"answers"``; the served system's also under ``"served"``,
+    served_scores; when the export holds several GGUFs, each one's under ``"served_by_quant"``). With `samples_path`,
     also a Markdown page of `num_generations` prompts with the answers side by side. With
     `knowledge_path` and `knowledge_md_path`, also the knowledge evaluation of the questions in
     `knowledge_base_path` (evaluate_base's, with the base's answers): the merged model closed-book and
@@ -372,16 +368,19 @@ def evaluate_models(
 
     Raises FileNotFoundError when `gguf_dir` holds no export (naming `dvc repro export`) or
     `knowledge_base_path` is missing (naming `dvc repro evaluate_base`), ValueError when `val_path`
-    has no rows or `constrained` is set without `json_schema`."""
+    has no rows, `constrained` is set without `json_schema`, or `span_constraint` without constrained
+    decoding."""
     model, ggufs = model_gguf(gguf_dir), export_ggufs(gguf_dir)
     schema = load_json_schema(json_schema) if json_schema else None
     if constrained == "auto":  # as lorapipe serve: under the schema whenever there is one
         constrained = schema is not None
     if constrained and schema is None:
         raise ValueError("eval.constrained needs eval.json_schema: the grammar is built from the schema")
+    if span_constraint and not constrained:
+        raise ValueError("eval.span_constraint needs constrained decoding (eval.json_schema, eval.constrained)")
     base = read_json(base_metrics_path)["base"] if base_metrics_path else None
     tokenizer = load_tokenizer(merged_dir)
-    sequences = _val_sequences(Path(val_path), tokenizer, max_samples)
+    sequences = val_sequences(Path(val_path), tokenizer, max_samples)
     metrics = {**_perplexities(sequences, Path(merged_dir), ggufs, base), "rows": len(sequences)}
     prompts = read_json(prompts_path)
     rows = chat_rows(val_path, max_samples)
@@ -391,13 +390,31 @@ def evaluate_models(
     if rows:
         print(f"[evaluate] answers of at most {budget} tokens ({reason})", flush=True)
         requests = evaluation_requests(rows, prompts)
-        answers = _chat_answers(rows, requests, Path(merged_dir), model, base_answers_path, budget, schema, constrained)
+        ladder = tuple(ggufs.values()) if len(ggufs) > 1 else ()
+        answers = _chat_answers(
+            rows,
+            requests,
+            Path(merged_dir),
+            model,
+            base_answers_path,
+            budget,
+            schema,
+            constrained,
+            span_constraint,
+            ladder,
+        )
         expected = [answer for _, answer in requests]
         metrics["answers"] = {
             name: score_by_task(rows, [g.text for g in got], expected, schema, [g.truncated for g in got])
             for name, got in answers.items()
             if len(got) == len(rows)
         }
+        suffix = " constrained" if constrained else ""
+        metrics["served"] = served_scores(metrics["answers"], model.name + suffix)
+        if len(ggufs) > 1:  # each quantization as it would be served, beside its perplexity
+            metrics["served_by_quant"] = {
+                q: served_scores(metrics["answers"], p.name + suffix) for q, p in ggufs.items()
+            }
         _print_scores(metrics["answers"])
         texts = {name: [g.text for g in got] for name, got in answers.items()}
         samples = samples_markdown(rows, requests, texts, num_generations)

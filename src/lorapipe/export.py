@@ -30,7 +30,8 @@ from lorapipe.chat_templates import ModelfileError, modelfile_text
 from lorapipe.io import atomic_dir, read_json, write_json
 from lorapipe.llama import gguf_logits
 from lorapipe.models import check_model_folder, load_causal_lm, load_tokenizer
-from lorapipe.params import DEFAULTS, QUANT_BITS, ExportParams, validate_params
+from lorapipe.params import DEFAULTS, QUANT_BITS, QUANT_LADDER, ExportParams, validate_params
+from lorapipe.perplexities import choose_quant, gguf_perplexity, hf_perplexity, relative, val_sequences
 
 _CONVERTER_FILES = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "LICENSE")
 _CONVERTER_DIRS = ("conversion/", "gguf-py/")
@@ -369,6 +370,9 @@ def _verify(
     return check
 
 
+LADDER_ROWS = 32  # validation rows the quantization ladder is scored on (export.quants auto)
+
+
 def _quantize_all(converted: Path, folder: Path, name: str, quants: list[str]) -> dict[str, str]:
     """``<name>.<QUANT>.gguf`` for each of `quants` in `folder`, from the converted file (which is kept
     only when one of `quants` is its own type); {quant: file name}, in the order of `quants`."""
@@ -394,12 +398,45 @@ def _preflight(
     architecture = check_architecture(merged_dir, converter)
     parameters = parameter_count(weights)
     adapter_bytes = sum(f.stat().st_size for f in Path(adapter_dir).glob("*.safetensors")) if knobs.lora_gguf else 0
-    check_disk_space(out_dir, parameters, knobs.outtype, knobs.quants, adapter_bytes * 2)
+    check_disk_space(out_dir, parameters, knobs.outtype, _quants(knobs), adapter_bytes * 2)
     return converter, architecture, parameters
 
 
+def _quants(knobs: ExportParams) -> list[str]:
+    """The quantizations to write: export.quants, or QUANT_LADDER for ``auto``."""
+    return list(QUANT_LADDER) if knobs.quants == "auto" else list(knobs.quants)
+
+
+def _ladder(merged_dir: Path, folder: Path, files: dict[str, str], val_path: Path, tolerance: float) -> dict:
+    """export.quants auto: the perplexity of the merged model and of each GGUF in `folder` on the first
+    LADDER_ROWS rows of `val_path`, and the one choose_quant picks: ``{"rows", "merged_perplexity",
+    "tolerance", "quants": {quant: {"perplexity", "vs_merged", "bytes"}}, "chosen", "why"}``."""
+    sequences = val_sequences(val_path, load_tokenizer(merged_dir), LADDER_ROWS)
+    merged = hf_perplexity(merged_dir, sequences)["perplexity"]
+    quants = {}
+    for quant, file in files.items():
+        score = gguf_perplexity(folder / file, sequences)["perplexity"]
+        quants[quant] = {
+            "perplexity": score,
+            "vs_merged": relative(score, merged),
+            "bytes": (folder / file).stat().st_size,
+        }
+    chosen, why = choose_quant(quants, tolerance)
+    table = ", ".join(f"{q} {m['perplexity']:.3f} ({m['vs_merged']:+.1%})" for q, m in quants.items())
+    print(f"[export] perplexity on {len(sequences)} validation rows: merged {merged:.3f}, {table}", flush=True)
+    print(f"[export] the model is {files[chosen]}: {why}", flush=True)
+    return {
+        "rows": len(sequences),
+        "merged_perplexity": merged,
+        "tolerance": tolerance,
+        "quants": quants,
+        "chosen": chosen,
+        "why": why,
+    }
+
+
 def _checked_knobs(
-    quants: Sequence[str],
+    quants: Sequence[str] | str,
     outtype: str,
     name: str,
     llama_cpp_dir: str | Path | None,
@@ -408,7 +445,7 @@ def _checked_knobs(
 ) -> ExportParams:
     """The knobs, validated by the params schema (the one list of quantization names)."""
     knobs = {
-        "quants": list(quants),
+        "quants": quants if isinstance(quants, str) else list(quants),
         "outtype": outtype,
         "name": name,
         "lora_gguf": lora_gguf,
@@ -423,7 +460,9 @@ def export_gguf(
     prompts_path: str | Path,
     out_dir: str | Path,
     *,
-    quants: Sequence[str] = tuple(DEFAULTS.export.quants),
+    quants: Sequence[str] | str = tuple(DEFAULTS.export.quants),
+    quant_tolerance: float = DEFAULTS.export.quant_tolerance,
+    val_path: str | Path | None = None,
     outtype: str = DEFAULTS.export.outtype,
     name: str = DEFAULTS.export.name,
     llama_cpp_dir: str | Path | None = DEFAULTS.export.llama_cpp_dir,
@@ -439,7 +478,11 @@ def export_gguf(
     (``Modelfile`` for the first, ``Modelfile.<task>`` for the others) and ``export.json`` into `out_dir`,
     replacing it as a whole; then ``ollama create`` where ollama is on PATH.
 
-    The first of `quants` is the model: the Modelfiles' ``FROM`` and ``export.json``'s ``model``.
+    The first of `quants` is the model: the Modelfiles' ``FROM`` and ``export.json``'s ``model``. With
+    `quants` ``"auto"``, the ladder QUANT_LADDER is written and the model is the smallest GGUF whose
+    perplexity on the first LADDER_ROWS rows of `val_path` is at most `quant_tolerance` (a share) above
+    the merged model's (perplexities.choose_quant); ``export.json``'s ``ladder`` says what was measured
+    and why.
     `metadata` (string keys, e.g. ``lorapipe.git_commit``; see artifacts.lineage) is written into
     every GGUF. With `lora_gguf`, ``<name>.lora.gguf`` holds the adapter in `adapter_dir` alone, on
     `base_dir` (for ``llama-cli --lora``). The converted file must agree with the merged model: top-1
@@ -449,19 +492,25 @@ def export_gguf(
 
     Returns what ``export.json`` holds (``model``, ``files``, ``verification``, …) plus ``ollama``,
     the commands run. Raises, before writing anything: ValueError (ParamsError) for a bad knob or
-    lora_gguf without adapter_dir and base_dir, an architecture the converter lacks, or a prompt or
+    lora_gguf without adapter_dir and base_dir, ``auto`` without val_path, an architecture the converter
+    lacks, or a prompt or
     chat template a Modelfile cannot hold (modelfile_texts);
-    FileNotFoundError for an incomplete merged folder; OSError for too little disk. RuntimeError
+    FileNotFoundError for an incomplete merged folder or a missing `val_path` with ``auto``; OSError for
+    too little disk. RuntimeError
     when the converted file disagrees with the merged model (`out_dir` is then left as it was).
     """
     knobs = _checked_knobs(quants, outtype, name, llama_cpp_dir, lora_gguf, ollama_name)
     if knobs.lora_gguf and (adapter_dir is None or base_dir is None):
         raise ValueError("lora_gguf needs adapter_dir and base_dir (the adapter and the model it was trained on)")
     merged_dir, out_dir = Path(merged_dir), Path(out_dir)
+    if knobs.quants == "auto" and val_path is None:
+        raise ValueError("export.quants auto chooses a GGUF by validation perplexity: give val_path (val.jsonl)")
+    if knobs.quants == "auto":
+        paths.require(val_path, made_by="dvc repro dataset")
     converter, architecture, parameters = _preflight(merged_dir, out_dir, knobs, adapter_dir)
     prompts, tokenizer = read_json(prompts_path), load_tokenizer(merged_dir)
     modelfiles = {task: "Modelfile" if number == 0 else f"Modelfile.{task}" for number, task in enumerate(prompts)}
-    texts = modelfile_texts(prompts, tokenizer, f"{knobs.name}.{knobs.quants[0]}.gguf")
+    modelfile_texts(prompts, tokenizer, f"{knobs.name}.{_quants(knobs)[0]}.gguf")  # refused before converting
     with atomic_dir(out_dir) as tmp:
         converted = tmp / f"{knobs.name}.{knobs.outtype.upper()}.gguf"
         print(
@@ -471,13 +520,15 @@ def export_gguf(
         convert_to_gguf(merged_dir, converted, knobs.outtype, converter, metadata)
         check = _verify(merged_dir, converted, knobs.outtype, min_top1_agreement, max_f32_logit_diff)
         faults.fault_point("mid")
-        files = _quantize_all(converted, tmp, knobs.name, knobs.quants)
-        model = files[knobs.quants[0]]  # the one GGUF that is "the model" (artifacts.model_gguf)
+        files = _quantize_all(converted, tmp, knobs.name, _quants(knobs))
+        ladder = _ladder(merged_dir, tmp, files, Path(val_path), quant_tolerance) if knobs.quants == "auto" else None
+        model = files[ladder["chosen"] if ladder else knobs.quants[0]]  # "the model" (artifacts.model_gguf)
         if knobs.lora_gguf:
             lora = tmp / f"{knobs.name}.lora.gguf"
             print(f"[export] converting the adapter {adapter_dir} to {lora.name}", flush=True)
             convert_lora_to_gguf(Path(adapter_dir), Path(base_dir), lora, converter, metadata)
             files["lora"] = lora.name
+        texts = modelfile_texts(prompts, tokenizer, model)
         for task, modelfile in modelfiles.items():
             (tmp / modelfile).write_text(texts[task], encoding="utf-8")
         info = {
@@ -487,6 +538,7 @@ def export_gguf(
             "architecture": architecture,
             "parameters": parameters,
             "verification": check,
+            **({"ladder": ladder} if ladder else {}),
             "metadata": metadata or {},
             "llama_cpp_python": _llama_cpp_version(),
         }

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from lorapipe.chat_encoder import encode_chat, hf_codec, llama_codec
+from lorapipe.labeled import span_schema
 from lorapipe.llama import threads
 from lorapipe.models import load_causal_lm, load_tokenizer
 
@@ -127,20 +128,37 @@ def answer_all(
     return [g.text for g in gguf_generate(gguf_path, requests, max_tokens, json_schema)]
 
 
+def span_grammar(json_schema: dict, messages: list[dict]):
+    """The llama.cpp grammar of labeled.span_schema(`json_schema`, the last user message's text): the
+    schema's free strings restricted to spans of what the user wrote."""
+    from llama_cpp import LlamaGrammar
+
+    text = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    return LlamaGrammar.from_json_schema(json.dumps(span_schema(json_schema, text)), verbose=False)
+
+
 def gguf_generate(
-    gguf_path: str | Path, requests: list[list[dict]], max_tokens: int = 64, json_schema: dict | None = None
+    gguf_path: str | Path,
+    requests: list[list[dict]],
+    max_tokens: int = 64,
+    json_schema: dict | None = None,
+    span_constraint: bool = False,
 ) -> list[Generation]:
     """Greedy answers to several conversations, loading the model once (``truncated`` when llama.cpp
     stopped at `max_tokens`: finish_reason ``length``). The prompts are encoded by
     chat_encoder.encode_chat from the GGUF's own chat template (llama_codec), as the transformers
     models' are: the same system-role rule, contents as literal text. Generation ends at the model's
     end-of-generation tokens or its EOS text. With `json_schema`, decoding follows a llama.cpp grammar
-    built from it, so every complete answer parses and fits the schema. The context is 2048 tokens,
+    built from it, so every complete answer parses and fits the schema; with `span_constraint` too, the
+    grammar is built per conversation from labeled.span_schema of its last user message, so every free
+    string value is a span of that message. The context is 2048 tokens,
     larger when the longest prompt plus `max_tokens` needs it (up to the model's trained context).
     Raises ChatTemplateError when the template refuses a conversation, ValueError when a prompt
     does not fit the model's trained context."""
     from llama_cpp import Llama, LlamaGrammar
 
+    if span_constraint and json_schema is None:
+        raise ValueError("the span constraint rewrites a JSON Schema's strings: give json_schema too")
     grammar = LlamaGrammar.from_json_schema(json.dumps(json_schema), verbose=False) if json_schema else None
     llm = Llama(str(gguf_path), n_ctx=2048, n_threads=threads(), verbose=False)
     try:
@@ -158,12 +176,13 @@ def gguf_generate(
             llm = Llama(str(gguf_path), n_ctx=min(trained, -(-needed // 256) * 256), n_threads=threads(), verbose=False)
         eos = llm._model.token_get_text(llm.token_eos())
         answers = []
-        for prompt in prompts:
+        for prompt, messages in zip(prompts, requests):
             # A fresh context per prompt: reusing the previous prompt's cached start changes the logits in
             # the last bits, enough to flip a greedy token (an answer would depend on the one before).
             llm.reset()
+            rules = span_grammar(json_schema, messages) if span_constraint else grammar
             completion = llm.create_completion(
-                prompt, max_tokens=max_tokens, temperature=0.0, grammar=grammar, stop=[eos]
+                prompt, max_tokens=max_tokens, temperature=0.0, grammar=rules, stop=[eos]
             )
             choice = completion["choices"][0]
             answers.append(Generation(choice["text"].strip(), choice.get("finish_reason") == "length"))

@@ -509,6 +509,8 @@ class MergeParams(_Section):
     dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description="dtype of the merged weights")
 
 
+# export.quants auto: the GGUFs written, from the largest to the smallest; the model is chosen among them.
+QUANT_LADDER = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M")
 # The names `export.quants` accepts (llama.cpp's LLAMA_FTYPE_MOSTLY_<NAME>, plus F32), each with its
 # approximate bits per weight (llama.cpp's quantize table), which the export's disk check uses.
 QUANT_BITS: dict[str, float] = {
@@ -541,10 +543,21 @@ class ExportParams(_Section):
     outtype: Literal["f32", "f16", "bf16", "q8_0"] = Field(
         "f16", description=("precision of the converted GGUF before quantization")
     )
-    quants: list[Name] = Field(
+    quants: Literal["auto"] | Annotated[list[Name], Field(min_length=1)] = Field(
         default_factory=lambda: ["Q4_K_M"],
-        min_length=1,
-        description=("one GGUF per entry (Q4_K_M, Q5_K_M, Q8_0, F16, ...); the first is the Modelfile's FROM"),
+        description=(
+            "one GGUF per entry (Q4_K_M, Q5_K_M, Q8_0, F16, ...); the first is the Modelfile's FROM; auto: the "
+            "ladder Q8_0, Q6_K, Q5_K_M, Q4_K_M, and the Modelfile's FROM is the smallest within "
+            "export.quant_tolerance of the merged model's validation perplexity"
+        ),
+    )
+    quant_tolerance: Float = Field(
+        0.05,
+        ge=0,
+        description=(
+            "with quants auto: how much higher than the merged model's the chosen GGUF's perplexity on the first "
+            "32 validation rows may be (0.05: 5%)"
+        ),
     )
     llama_cpp_dir: Name | None = Field(
         None,
@@ -561,7 +574,9 @@ class ExportParams(_Section):
 
     @field_validator("quants")
     @classmethod
-    def _known_quants(cls, value: list[str]) -> list[str]:
+    def _known_quants(cls, value: list[str] | str) -> list[str] | str:
+        if value == "auto" or value == ["auto"]:  # `lorapipe export --quant auto` gives a list
+            return "auto"
         bad = [q for q in value if q.upper() not in QUANT_BITS]
         if bad:
             raise ValueError(f"unknown quantization {bad}; choose from {sorted(QUANT_BITS)}")
@@ -617,10 +632,24 @@ class EvalParams(_Section):
         ),
     )
 
+    span_constraint: Bool = Field(
+        False,
+        description=(
+            "for extraction tasks whose values are words of the query: the constrained answers' free string values "
+            "(slot values) may only be spans of the user's message (a grammar built per query; lorapipe serve's "
+            "default too); needs constrained decoding"
+        ),
+    )
+
     @model_validator(mode="after")
     def _constrained_needs_a_schema(self) -> EvalParams:
         if self.constrained is True and not self.json_schema:
             raise ValueError("eval.constrained needs eval.json_schema: the grammar is built from the schema")
+        if self.span_constraint and (self.constrained is False or not self.json_schema):
+            raise ValueError(
+                "eval.span_constraint rewrites the strings of the schema's grammar: it needs eval.json_schema and "
+                "eval.constrained auto or true"
+            )
         return self
 
 

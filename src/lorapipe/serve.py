@@ -86,7 +86,7 @@ from lorapipe.chat_encoder import ChatTemplateError, encode_chat, hf_codec, llam
 from lorapipe.io import read_provenance
 from lorapipe.params import MAX_SEQ_LEN, ParamsError, apply_overrides, read_yaml, validate_params
 from lorapipe.retrieval import Index, retrieval_messages
-from lorapipe.labeled import load_json_schema
+from lorapipe.labeled import load_json_schema, span_schema
 from lorapipe.llama import threads
 from lorapipe.textfiles import read_text
 
@@ -346,6 +346,14 @@ class QueryRequest(_Body):
             "eval.json_schema); default: whenever the server has one and serves a GGUF"
         ),
     )
+    span_constraint: bool | None = Field(
+        None,
+        description=(
+            "free string values of the JSON answer (slot values) may only be spans of the user's message "
+            "(labeled.span_schema); default: the server's (--span-constraint, params.yaml's eval.span_constraint) "
+            "whenever the answer is decoded under the server's schema"
+        ),
+    )
 
 
 def _unsupported(message: str) -> PydanticCustomError:
@@ -482,6 +490,14 @@ class ChatRequest(_Body):
         description=(
             "decode under the grammar of the server's JSON Schema; default: whenever the server has one, "
             "serves a GGUF and the request has no response_format"
+        ),
+    )
+    span_constraint: bool | None = Field(
+        None,
+        description=(
+            "free string values of the JSON answer (slot values) may only be spans of the user's message "
+            "(labeled.span_schema); default: the server's (--span-constraint, params.yaml's eval.span_constraint) "
+            "whenever the answer is decoded under the server's schema"
         ),
     )
     # accepted and not used: they change nothing in the answer
@@ -761,8 +777,10 @@ class AppState:
         schema: dict | None,
         backend_factory: Callable[[Path, str], Backend],
         retrieval: Retrieval | None = None,
+        span_constraint: bool = False,
     ):
         self.project, self.root, self.engine, self.token, self.schema = project, project, engine, token, schema
+        self.span_constraint = span_constraint
         self.backend_factory, self.retrieval = backend_factory, retrieval
         self.training = TrainRun(project)
         self.loaded: LoadedModel | None = None
@@ -813,17 +831,35 @@ class AppState:
             params = None
         return {"adapter_run_id": tracking.read_run_id(adapter / paths.RUN_INFO_NAME), "params": params}
 
-    def grammar(self, constrained: bool | None, response_format: ResponseFormat | None = None):
+    def grammar(
+        self,
+        constrained: bool | None,
+        response_format: ResponseFormat | None = None,
+        span_constraint: bool | None = None,
+        query: str = "",
+    ):
         """The llama.cpp grammar a request asks for, else None: the server's JSON Schema for
         ``constrained`` (None, the default: constrained whenever the server has a schema, serves a GGUF
         and no `response_format` is given, so served answers are decoded as the evaluation's
         constrained ones); any JSON object for ``response_format`` json_object and for json_schema
         without a ``schema`` (optional in OpenAI's API); the request's own schema for json_schema.
+        With `span_constraint` (None: the server's setting, for answers under the server's schema), the
+        schema's free strings may only be spans of `query`, the user's message (labeled.span_schema).
         Raises APIError (422) naming the parameter when the engine cannot constrain
-        decoding (transformers) or no grammar can be built."""
+        decoding (transformers), span_constraint is asked without a schema, or no grammar can be built."""
         if constrained is None:
             constrained = self.schema is not None and self.engine == "llama.cpp" and response_format is None
         kind = response_format.type if response_format else "text"
+        has_schema = constrained or (kind == "json_schema" and response_format.json_schema.json_schema is not None)
+        if span_constraint and not has_schema:
+            raise APIError(
+                422,
+                "span_constraint limits the strings of a JSON Schema's grammar: decode under the server's schema "
+                "(constrained) or give response_format json_schema with a schema",
+                param="span_constraint",
+            )
+        if span_constraint is None:
+            span_constraint = self.span_constraint and constrained
         if not constrained and kind == "text":
             return None
         param = "constrained" if constrained else "response_format"
@@ -845,6 +881,7 @@ class AppState:
             )
         schema = self.schema if constrained else response_format.json_schema.json_schema
         param = param if constrained else "response_format.json_schema.schema"
+        schema = span_schema(schema, query) if span_constraint else schema
         try:
             return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
         except Exception as exc:  # noqa: BLE001 - llama.cpp's converter asserts on what it cannot express
@@ -943,7 +980,7 @@ async def status(request: Request, state: State) -> dict[str, Any]:
 def query(body: QueryRequest, state: State) -> dict[str, Any]:
     loaded = state.require_model()
     messages, passages = state.request_messages([{"role": "user", "content": body.prompt}], body.task)
-    rules = state.grammar(body.constrained)
+    rules = state.grammar(body.constrained, None, body.span_constraint, body.prompt)
     with loaded.session() as model:
         prompt = _encode(model, messages)
         done = Generation(len(prompt))
@@ -1048,7 +1085,8 @@ def chat_completions(body: ChatRequest, state: State):
     loaded = state.require_model()
     _engine_can(body, state.engine)
     messages = _chat_messages(body, state)
-    rules = state.grammar(body.constrained, body.response_format)
+    query = next((m.content for m in reversed(body.messages) if m.role == "user"), "")
+    rules = state.grammar(body.constrained, body.response_format, body.span_constraint, query)
     with loaded.session() as model:  # a refusal must come before a stream starts
         prompt = _encode(model, messages)
         limit = _room(model, prompt, body.max_tokens or body.max_completion_tokens, CHAT_MAX_TOKENS)
@@ -1102,18 +1140,23 @@ def create_app(
     json_schema: str | Path | None = None,
     backend_factory: Callable[[Path, str], Backend] = Backend,
     retrieval: Retrieval | None = None,
+    span_constraint: bool = False,
 ) -> FastAPI:
     """The FastAPI application. `model_path` defaults to the GGUF ``models/gguf/export.json`` names
     (or models/merged with the transformers engine); without one the server still starts, reports
     "no model" and answers 503. `token` defaults to LORAPIPE_API_TOKEN. With `json_schema` (a file),
     answers are decoded under a llama.cpp grammar built from it unless a request says
-    ``"constrained": false`` or gives a ``response_format`` (AppState.grammar).
+    ``"constrained": false`` or gives a ``response_format`` (AppState.grammar); with `span_constraint`,
+    the schema's free strings limited to spans of each request's user message unless it says
+    ``"span_constraint": false``. Raises ValueError for `span_constraint` without `json_schema`.
     `backend_factory(path, engine)` loads a model (tests pass a fake). `retrieval`: answer with the
     passages it finds in the prompt (``lorapipe serve --retrieval``); None: closed book."""
     project = Path(project).resolve()
     token = token if token is not None else os.environ.get(TOKEN_ENV) or None
     schema = load_json_schema(json_schema, "--json-schema") if json_schema else None
-    state = AppState(project, engine, token, schema, backend_factory, retrieval)
+    if span_constraint and schema is None:
+        raise ValueError("the span constraint limits the strings of the schema's grammar: give a JSON Schema too")
+    state = AppState(project, engine, token, schema, backend_factory, retrieval, span_constraint)
     if schema is not None and engine == "llama.cpp":
         try:  # every request decodes under it by default: a schema llama.cpp cannot follow fails now
             state.grammar(True)
@@ -1145,6 +1188,7 @@ def serve(
     engine: str = "llama.cpp",
     json_schema: str | Path | None = None,
     retrieval: Retrieval | None = None,
+    span_constraint: bool = False,
 ) -> None:
     """Run the API with uvicorn until interrupted. Only this machine can reach it unless `host` says
     otherwise, and then only with LORAPIPE_API_TOKEN set (every route but /status's health needs it).
@@ -1157,7 +1201,9 @@ def serve(
             f"the model and start training runs. Set {TOKEN_ENV} to a secret, or keep the default "
             "--host 127.0.0.1"
         )
-    app = create_app(model_path, engine=engine, json_schema=json_schema, retrieval=retrieval)
+    app = create_app(
+        model_path, engine=engine, json_schema=json_schema, retrieval=retrieval, span_constraint=span_constraint
+    )
     if retrieval:
         print(f"[serve] retrieval on: every prompt gets {retrieval.describe()}", flush=True)
     print(

@@ -26,8 +26,7 @@ def run(
     adapter_dir: Path = paths.ADAPTER,
 ) -> None:
     """evaluate_base's results are read from `reports_dir`, the reports written there; metrics: `adapter_dir`'s run."""
-    data, reports = Path(dataset_dir), Path(reports_dir)
-    e = p.eval
+    data, reports, e = Path(dataset_dir), Path(reports_dir), p.eval
     metrics = evaluate_models(
         data / paths.VAL_ROWS.name,
         data / paths.PROMPTS.name,
@@ -45,6 +44,7 @@ def run(
         max_new_tokens=e.max_new_tokens,
         json_schema=e.json_schema,
         constrained=e.constrained,
+        span_constraint=e.span_constraint,
         knowledge_max_new_tokens=e.knowledge_max_new_tokens,
     )
     tracking.log_stage(

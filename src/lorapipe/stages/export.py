@@ -30,6 +30,8 @@ def run(
         Path(dataset_dir) / paths.PROMPTS.name,
         out_dir,
         quants=e.quants,
+        quant_tolerance=e.quant_tolerance,
+        val_path=Path(dataset_dir) / paths.VAL_ROWS.name,
         outtype=e.outtype,
         name=e.name,
         llama_cpp_dir=e.llama_cpp_dir,
