@@ -330,6 +330,10 @@ def test_choose_quant_takes_the_smallest_within_the_tolerance():
     assert choose_quant(ladder, 0.01)[0] == "Q8_0"
     quant, why = choose_quant({q: {**m, "vs_merged": m["vs_merged"] + 0.5} for q, m in ladder.items()}, 0.05)
     assert quant == "Q8_0" and why.startswith("none is within 5.0%")
+    nan = {**ladder, "Q4_K_M": {"vs_merged": float("nan"), "bytes": 1}}  # not measured: never chosen
+    assert choose_quant(nan, 0.10)[0] == "Q5_K_M"
+    with pytest.raises(ValueError, match="no quantization"):
+        choose_quant({}, 0.05)
 
 
 def test_auto_quants_write_the_ladder_and_the_modelfile_follows_the_choice(tmp_path, tiny_model_dir, dataset_dir):
@@ -357,6 +361,12 @@ def test_auto_quants_write_the_ladder_and_the_modelfile_follows_the_choice(tmp_p
     assert json.loads((tmp_path / "gguf" / "export.json").read_text())["ladder"]["chosen"] == ladder["chosen"]
     with pytest.raises(ValueError, match="give val_path"):
         export_gguf(tiny_model_dir, tmp_path / "prompts.json", tmp_path / "other", quants="auto", outtype="f32")
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(ValueError, match="has no rows"):  # refused before converting anything
+        export_gguf(
+            tiny_model_dir, tmp_path / "prompts.json", tmp_path / "e", quants="auto", val_path=tmp_path / "empty.jsonl"
+        )
+    assert not (tmp_path / "e").exists()
 
 
 def test_quants_auto_is_a_param_value(tmp_path):
@@ -364,5 +374,10 @@ def test_quants_auto_is_a_param_value(tmp_path):
 
     assert validate_params({"export": {"quants": "auto"}}).export.quants == "auto"
     assert validate_params({"export": {"quants": ["auto"]}}).export.quants == "auto"  # lorapipe export --quant auto
+    assert validate_params({"export": {"quants": "AUTO"}}).export.quants == "auto"
+    with pytest.raises(ParamsError, match="auto stands alone"):
+        validate_params({"export": {"quants": ["auto", "Q8_0"]}})
+    with pytest.raises(ParamsError, match="export.quant_tolerance"):
+        validate_params({"export": {"quant_tolerance": 5}})  # a share: 5 would be 500%
     with pytest.raises(ParamsError, match="export.quant_tolerance"):
         validate_params({"export": {"quant_tolerance": -0.1}})

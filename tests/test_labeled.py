@@ -151,3 +151,32 @@ def test_span_constraint_needs_a_schema(tmp_path):
 
     with pytest.raises(ValueError, match="give json_schema"):
         gguf_generate(tmp_path / "any.gguf", [[{"role": "user", "content": "hi"}]], 4, None, span_constraint=True)
+
+
+def test_spans_start_at_marks_written_against_a_word_and_long_texts_are_refused():
+    from lorapipe.labeled import SPAN_MAX_TEXT, query_spans
+
+    spans = query_spans('add kenneth c "jethro" burns for $50 to #1 (500) Days')
+    for wanted in ('"jethro"', '"jethro', "jethro", "$50", "#1", "(500) Days", 'kenneth c "jethro" burns'):
+        assert wanted in spans
+    assert '"' not in spans and "$" not in spans  # a mark alone is no value
+    with pytest.raises(ValueError, match=f"at most {SPAN_MAX_TEXT} words"):
+        query_spans("word " * (SPAN_MAX_TEXT + 1))
+
+
+def test_span_schema_rewrites_properties_of_any_name_and_keeps_not_and_property_names():
+    from lorapipe.labeled import span_schema
+
+    schema = {
+        "type": "object",
+        "properties": {"enum": {"type": "string"}, "default": {"type": "string"}},
+        "$defs": {"const": {"type": "string"}},
+        "propertyNames": {"type": "string", "maxLength": 8},
+        "not": {"type": "string"},
+    }
+    spanned = span_schema(schema, "play jazz")
+    assert spanned["properties"]["enum"] == spanned["properties"]["default"] == spanned["$defs"]["const"]
+    assert spanned["$defs"]["const"] == {"enum": ["play", "play jazz", "jazz"]}
+    assert spanned["propertyNames"] == schema["propertyNames"] and spanned["not"] == schema["not"]
+    with pytest.raises(ValueError, match="must be integers"):
+        span_schema({"type": "string", "maxLength": "5"}, "play jazz")

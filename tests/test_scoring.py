@@ -116,3 +116,11 @@ def test_slot_errors_say_why_each_slot_is_wrong():
     }
     assert slot_errors(None, gold) == {"missing": 4}  # not an analysis: every slot missing
     assert score_json([json.dumps(gold), json.dumps(answer)], [json.dumps(gold)] * 2)["exact_rate"] == 0.5
+
+
+def test_exact_rate_of_a_shape_without_intent_and_slots_needs_every_field_equal():
+    from lorapipe.scoring import score_json
+
+    expected = ['{"name": "Ada", "city": "Paris"}', '{"name": "Bo", "city": "Oslo"}']
+    scores = score_json(['{"name": "WRONG", "city": "WRONG"}', '{"name": "Bo", "city": "Oslo"}'], expected)
+    assert scores["exact_rate"] == 0.5

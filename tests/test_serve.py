@@ -426,6 +426,32 @@ def test_span_constraint_keeps_slot_values_to_spans_of_the_query(server):
         f"{server}/query", json={"prompt": query, "constrained": False, "span_constraint": True}, headers=AUTH
     )
     assert refused.status_code == 422 and "span_constraint limits" in refused.text
+    long = requests.post(f"{server}/query", json={"prompt": "word " * 200, "span_constraint": True}, headers=AUTH)
+    assert long.status_code == 422 and "at most 128 words" in long.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "query", ['add kenneth c "jethro" burns', "play AC\\DC now", "play\nYesterday by the Beatles", "I love 😀"]
+)
+def test_span_grammar_writes_quotes_backslashes_line_breaks_and_emoji_as_json(project, query):
+    """Characters llama.cpp's own enum literals mis-escape (a quote ended the literal and the process
+    died; a backslash or line break reached the answer raw; an emoji was lost): with minLength the
+    whole query is the only span left, and the answer is its JSON, whatever the model prefers."""
+    from lorapipe.generation import gguf_generate
+
+    schema = {"type": "object", "properties": {"song": {"type": "string", "minLength": len(query)}}}
+    schema["required"] = ["song"]
+    (answer,) = gguf_generate(
+        project / "models/gguf/tiny.F32.gguf", [[{"role": "user", "content": query}]], 80, schema, True
+    )
+    assert not answer.truncated and json.loads(answer.text) == {"song": query}
+
+
+def test_span_constraint_needs_the_llama_cpp_engine(tmp_path):
+    from lorapipe.serve import create_app
+
+    with pytest.raises(ValueError, match="only the llama.cpp engine"):
+        create_app(tmp_path / "m", engine="transformers", json_schema=SCHEMA, span_constraint=True)
 
 
 def test_chat_in_the_terminal(project):

@@ -157,7 +157,8 @@ _STAGE_FLAGS: dict[str, list[tuple[tuple[str, ...], dict]]] = {
                 "dest": "quant",
                 "action": "append",
                 "metavar": "TYPE",
-                "help": "a quantization to write, repeatable (--quant Q4_K_M --quant Q8_0); replaces export.quants",
+                "help": "a quantization to write, repeatable (--quant Q4_K_M --quant Q8_0), or auto (the ladder, "
+                "the smallest within export.quant_tolerance is the model); replaces export.quants",
             },
         ),
         (
@@ -425,15 +426,22 @@ def _retrieval(args: argparse.Namespace):
 
 def _serve_span_constraint(args: argparse.Namespace, schema: str | None) -> bool:
     """--span-constraint / --no-span-constraint, else params.yaml's eval.span_constraint when serving
-    under a schema. Raises ValueError for --span-constraint without a schema."""
+    the GGUF under a schema. Raises ValueError for --span-constraint without a schema or with --transformers."""
+    transformers = getattr(args, "transformers", False)
     if args.span_constraint is not None:
-        if args.span_constraint and schema is None:
+        if args.span_constraint and (schema is None or transformers):
             raise ValueError(
-                "--span-constraint limits the strings of the schema's grammar: serve with a schema "
-                "(--json-schema FILE or params.yaml's eval.json_schema)"
+                "--span-constraint limits the strings of the schema's grammar, which only the llama.cpp engine "
+                "decodes under: serve the GGUF (no --transformers) with a schema (--json-schema FILE or "
+                "params.yaml's eval.json_schema)"
             )
         return args.span_constraint
-    on = schema is not None and paths.PARAMS.is_file() and load_params(paths.PARAMS).eval.span_constraint
+    on = (
+        schema is not None
+        and not transformers
+        and paths.PARAMS.is_file()
+        and load_params(paths.PARAMS).eval.span_constraint
+    )
     if on:
         print("[serve] slot values are limited to spans of the query (eval.span_constraint)", flush=True)
     return bool(on)

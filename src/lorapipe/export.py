@@ -27,7 +27,7 @@ from pathlib import Path
 from lorapipe import faults, paths
 from lorapipe.artifacts import EXPORT_INFO
 from lorapipe.chat_templates import ModelfileError, modelfile_text
-from lorapipe.io import atomic_dir, read_json, write_json
+from lorapipe.io import atomic_dir, read_json, read_jsonl, write_json
 from lorapipe.llama import gguf_logits
 from lorapipe.models import check_model_folder, load_causal_lm, load_tokenizer
 from lorapipe.params import DEFAULTS, QUANT_BITS, QUANT_LADDER, ExportParams, validate_params
@@ -505,8 +505,8 @@ def export_gguf(
     merged_dir, out_dir = Path(merged_dir), Path(out_dir)
     if knobs.quants == "auto" and val_path is None:
         raise ValueError("export.quants auto chooses a GGUF by validation perplexity: give val_path (val.jsonl)")
-    if knobs.quants == "auto":
-        paths.require(val_path, made_by="dvc repro dataset")
+    if knobs.quants == "auto" and not read_jsonl(paths.require(val_path, made_by="dvc repro dataset")):
+        raise ValueError(f"{val_path} has no rows: export.quants auto measures the ladder on validation rows")
     converter, architecture, parameters = _preflight(merged_dir, out_dir, knobs, adapter_dir)
     prompts, tokenizer = read_json(prompts_path), load_tokenizer(merged_dir)
     modelfiles = {task: "Modelfile" if number == 0 else f"Modelfile.{task}" for number, task in enumerate(prompts)}

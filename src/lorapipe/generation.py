@@ -128,13 +128,48 @@ def answer_all(
     return [g.text for g in gguf_generate(gguf_path, requests, max_tokens, json_schema)]
 
 
+def _gbnf_literal(text: str) -> str:
+    """`text` as a GBNF string literal (llama.cpp's grammar syntax: backslash, quote and line breaks
+    escaped; other characters as UTF-8)."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+    return f'"{escaped}"'
+
+
+def span_gbnf(json_schema: dict, text: str) -> str:
+    """The GBNF grammar of labeled.span_schema(`json_schema`, `text`): llama.cpp's converter
+    (llama_cpp.llama_grammar.json_schema_to_gbnf) for the schema, with each list of spans written in
+    by lorapipe as alternatives of the JSON string of each span (json.dumps, non-ASCII as is). The
+    converter's own enum literals do not escape a backslash, so a quote in the text would end a
+    literal early (llama.cpp then fails to parse the grammar and the process dies), a backslash or a
+    line break would reach the answer raw (JSON that does not parse), and characters beyond U+FFFF
+    would be lost. Raises ValueError as span_schema."""
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    lists: list[list[str]] = []
+
+    def placeholder(spans: list[str]) -> str:
+        lists.append(spans)
+        return f"LORAPIPE_SPANS_{len(lists) - 1}"
+
+    gbnf = json_schema_to_gbnf(json.dumps(span_schema(json_schema, text, placeholder=placeholder)))
+    for number, spans in enumerate(lists):
+        alternatives = " | ".join(_gbnf_literal(json.dumps(span, ensure_ascii=False)) for span in spans)
+        gbnf = gbnf.replace(_gbnf_literal(json.dumps(f"LORAPIPE_SPANS_{number}")), f"( {alternatives} )")
+    return gbnf
+
+
+def last_user_text(messages: list[dict]) -> str:
+    """The text of the last user message that has any (what the span constraint takes its spans from)."""
+    return next((m["content"] for m in reversed(messages) if m["role"] == "user" and m["content"].strip()), "")
+
+
 def span_grammar(json_schema: dict, messages: list[dict]):
-    """The llama.cpp grammar of labeled.span_schema(`json_schema`, the last user message's text): the
-    schema's free strings restricted to spans of what the user wrote."""
+    """The llama.cpp grammar (LlamaGrammar) of span_gbnf(`json_schema`, last_user_text(`messages`)):
+    the schema's free strings restricted to spans of what the user wrote. Raises ValueError as
+    span_schema."""
     from llama_cpp import LlamaGrammar
 
-    text = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
-    return LlamaGrammar.from_json_schema(json.dumps(span_schema(json_schema, text)), verbose=False)
+    return LlamaGrammar.from_string(span_gbnf(json_schema, last_user_text(messages)), verbose=False)
 
 
 def gguf_generate(
@@ -160,6 +195,8 @@ def gguf_generate(
     if span_constraint and json_schema is None:
         raise ValueError("the span constraint rewrites a JSON Schema's strings: give json_schema too")
     grammar = LlamaGrammar.from_json_schema(json.dumps(json_schema), verbose=False) if json_schema else None
+    # each conversation's span grammar, built before the model loads: a message it refuses stops nothing half-way
+    spans = [span_gbnf(json_schema, last_user_text(m)) for m in requests] if span_constraint else None
     llm = Llama(str(gguf_path), n_ctx=2048, n_threads=threads(), verbose=False)
     try:
         prompts = [encode_chat(messages, llama_codec(llm)) for messages in requests]
@@ -176,11 +213,11 @@ def gguf_generate(
             llm = Llama(str(gguf_path), n_ctx=min(trained, -(-needed // 256) * 256), n_threads=threads(), verbose=False)
         eos = llm._model.token_get_text(llm.token_eos())
         answers = []
-        for prompt, messages in zip(prompts, requests):
+        for number, prompt in enumerate(prompts):
             # A fresh context per prompt: reusing the previous prompt's cached start changes the logits in
             # the last bits, enough to flip a greedy token (an answer would depend on the one before).
             llm.reset()
-            rules = span_grammar(json_schema, messages) if span_constraint else grammar
+            rules = LlamaGrammar.from_string(spans[number], verbose=False) if spans else grammar
             completion = llm.create_completion(
                 prompt, max_tokens=max_tokens, temperature=0.0, grammar=rules, stop=[eos]
             )

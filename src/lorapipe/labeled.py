@@ -82,42 +82,62 @@ def load_json_schema(path: str | Path, key: str = "eval.json_schema") -> dict:
 
 _SPAN_TOKEN = re.compile(r"\w+|[^\w\s]")
 _NOT_FREE = ("enum", "const", "pattern", "format")  # a string these already pin down keeps its rule
-_DATA_KEYS = ("enum", "const", "default", "examples", "required")  # values that are data, not schemas
-SPAN_MAX_TOKENS = 32
+_DATA_KEYS = ("enum", "const", "default", "examples", "required")  # keywords whose values are data, not schemas
+_KEPT = ("not", "propertyNames")  # subschemas whose strings are not values: a rewrite would change their meaning
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")  # name -> schema
+SPAN_MAX_TOKENS = 32  # words and marks in one span
+SPAN_MAX_TEXT = 128  # words and marks in a text the span constraint accepts (at most 4,096 spans)
 
 
 def query_spans(text: str, max_tokens: int = SPAN_MAX_TOKENS) -> list[str]:
     """The substrings of `text` that the span constraint allows a value to be: from the start of a word
-    (a run of letters, digits or ``_``) to the end of that or a later word or punctuation mark, at most
-    `max_tokens` words and marks long; in order of appearance, each once. A text of n words and marks
-    gives at most n × `max_tokens` spans (about 57 for a Snips query, 319 at most).
+    (a run of letters, digits or ``_``), or of a mark written against a word (``$50``, ``#1``, ``(500)
+    Days``, ``"Jethro"``), to the end of that or a later word or mark, at most `max_tokens` words and
+    marks long; in order of appearance, each once. A text of n words and marks gives at most
+    n × `max_tokens` spans (about 57 for a Snips query, 319 at most).
 
     Word-aligned so that a value cannot stop inside a word: on the 700 Snips queries (bench/data) this
     holds 1,786 of the 1,787 reference slot values; the one it cannot hold is ``nearest`` of the typo
-    ``thenearest``. Possessives stay reachable ("herminia" and "herminia's"), as do "lo-fi" and "5 A.M."."""
+    ``thenearest``. Possessives stay reachable ("herminia" and "herminia's"), as do "lo-fi" and "5 A.M.".
+    Scripts written without spaces (Chinese, Japanese, Thai) give whole runs only: leave the constraint
+    off for them. Raises ValueError for a text of more than SPAN_MAX_TEXT words and marks (the grammar
+    grows with the square of the text)."""
     marks = list(_SPAN_TOKEN.finditer(text))
+    if len(marks) > SPAN_MAX_TEXT:
+        raise ValueError(
+            f"the span constraint takes messages of at most {SPAN_MAX_TEXT} words and punctuation marks; this one "
+            f"has {len(marks)}: leave the span constraint off for long inputs"
+        )
     spans: dict[str, None] = {}
     for i, first in enumerate(marks):
-        if first.group()[0].isalnum() or first.group()[0] == "_":
-            for last in marks[i : i + max_tokens]:
+        word = first.group()[0].isalnum() or first.group()[0] == "_"
+        glued = i + 1 < len(marks) and marks[i + 1].start() == first.end() and marks[i + 1].group()[0].isalnum()
+        if word or glued:  # a span that starts with a mark holds the word it is written against
+            for last in marks[i if word else i + 1 : i + max_tokens]:
                 spans[text[first.start() : last.end()]] = None
     return list(spans)
 
 
-def span_schema(schema: dict, text: str, max_tokens: int = SPAN_MAX_TOKENS) -> dict:
+def span_schema(schema: dict, text: str, max_tokens: int = SPAN_MAX_TOKENS, placeholder=None) -> dict:
     """`schema` with every free string value (``"type": "string"`` without enum, const, pattern or
     format) turned into an ``enum`` of query_spans(`text`), keeping only the spans its minLength and
     maxLength allow: the span constraint, for extraction tasks whose values are words of the query
     (a llama.cpp grammar built from the result lets a slot hold nothing else). Object keys, numbers,
-    booleans and enums are unchanged; definitions under ``$defs`` are rewritten where they are defined.
-    A free string with no span left (no words in `text`) may only be empty. `schema` is not modified."""
+    booleans and enums are unchanged, as are ``not`` and ``propertyNames``; definitions under ``$defs``
+    are rewritten where they are defined. A free string with no span left (no words in `text`) may
+    only be empty. `placeholder(spans)`, when given, returns the one enum value that stands for each
+    list of spans (generation.span_grammar writes the alternatives into the grammar itself). `schema`
+    is not modified. Raises ValueError for a minLength or maxLength that is not an integer and for a
+    text query_spans refuses."""
     spans = query_spans(text, max_tokens)
 
     def free_string(node: dict) -> dict:
         low, high = node.get("minLength", 0), node.get("maxLength")
-        allowed = [s for s in spans if len(s) >= low and (high is None or len(s) <= high)]
+        if not isinstance(low, int) or not isinstance(high, (int, type(None))):
+            raise ValueError(f"minLength and maxLength must be integers (got {low!r}, {high!r})")
+        allowed = [s for s in spans if len(s) >= low and (high is None or len(s) <= high)] or [""]
         rest = {k: v for k, v in node.items() if k not in ("type", "minLength", "maxLength")}
-        return {**rest, "enum": allowed or [""]}
+        return {**rest, "enum": [placeholder(allowed)] if placeholder else allowed}
 
     def rewrite(node):
         if isinstance(node, list):
@@ -134,7 +154,13 @@ def span_schema(schema: dict, text: str, max_tokens: int = SPAN_MAX_TOKENS) -> d
             return {"anyOf": [string, rewrite({**rest, "type": others[0] if len(others) == 1 else others})]}
         if kind == "string" and not any(k in node for k in _NOT_FREE):
             return free_string(node)
-        return {k: (v if k in _DATA_KEYS else rewrite(v)) for k, v in node.items()}
+        out = {}
+        for key, value in node.items():
+            if key in _SCHEMA_MAPS and isinstance(value, dict):
+                out[key] = {name: rewrite(sub) for name, sub in value.items()}
+            else:
+                out[key] = value if key in _DATA_KEYS or key in _KEPT else rewrite(value)
+        return out
 
     return rewrite(schema)
 

@@ -53,6 +53,10 @@ def _no_nul(value: str) -> str:
     return value
 
 
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
 def _not_blank(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be empty or blank")
@@ -67,6 +71,7 @@ Float = Annotated[float, BeforeValidator(_not_bool)]
 Bool = StrictBool
 Text = Annotated[str, AfterValidator(_no_nul)]
 Name = Annotated[str, AfterValidator(_no_nul), AfterValidator(_not_blank)]  # text that must say something
+AnyCaseAuto = Annotated[Literal["auto"], BeforeValidator(_lower)]
 
 
 MAX_SEQ_LEN = 131_072  # tokens: the longest sequence any setting may ask for (128 Ki, the longest contexts)
@@ -543,7 +548,7 @@ class ExportParams(_Section):
     outtype: Literal["f32", "f16", "bf16", "q8_0"] = Field(
         "f16", description=("precision of the converted GGUF before quantization")
     )
-    quants: Literal["auto"] | Annotated[list[Name], Field(min_length=1)] = Field(
+    quants: AnyCaseAuto | Annotated[list[Name], Field(min_length=1)] = Field(
         default_factory=lambda: ["Q4_K_M"],
         description=(
             "one GGUF per entry (Q4_K_M, Q5_K_M, Q8_0, F16, ...); the first is the Modelfile's FROM; auto: the "
@@ -554,6 +559,7 @@ class ExportParams(_Section):
     quant_tolerance: Float = Field(
         0.05,
         ge=0,
+        le=1,
         description=(
             "with quants auto: how much higher than the merged model's the chosen GGUF's perplexity on the first "
             "32 validation rows may be (0.05: 5%)"
@@ -575,8 +581,12 @@ class ExportParams(_Section):
     @field_validator("quants")
     @classmethod
     def _known_quants(cls, value: list[str] | str) -> list[str] | str:
-        if value == "auto" or value == ["auto"]:  # `lorapipe export --quant auto` gives a list
+        if isinstance(value, str):
+            return value
+        if [q.lower() for q in value] == ["auto"]:  # `lorapipe export --quant auto` gives a list
             return "auto"
+        if "auto" in (q.lower() for q in value):
+            raise ValueError("auto stands alone (the whole ladder is written); or list the quantizations")
         bad = [q for q in value if q.upper() not in QUANT_BITS]
         if bad:
             raise ValueError(f"unknown quantization {bad}; choose from {sorted(QUANT_BITS)}")

@@ -66,7 +66,11 @@ def choose_quant(ladder: dict[str, dict], tolerance: float) -> tuple[str, str]:
     """The quantization to ship from `ladder` ({quant: {"vs_merged": relative perplexity increase over
     the merged model, "bytes": file size}}): the smallest file whose perplexity is at most `tolerance`
     (a share: 0.05 = 5%) above the merged model's; when none is, the one with the lowest perplexity.
-    Returns (quant, why) — why is one line for the log and export.json."""
+    Returns (quant, why) — why is one line for the log and export.json. Raises ValueError for an
+    empty ladder or one whose perplexities are all NaN."""
+    ladder = {q: m for q, m in ladder.items() if m["vs_merged"] == m["vs_merged"]}  # NaN: not measured
+    if not ladder:
+        raise ValueError("no quantization with a measured perplexity to choose from")
     within = [q for q, m in ladder.items() if m["vs_merged"] <= tolerance]
     if within:
         chosen = min(within, key=lambda q: ladder[q]["bytes"])

@@ -83,6 +83,10 @@ def _prf(right: int, predicted: int, expected: int) -> dict[str, float]:
     return {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4), "support": expected}
 
 
+def _other_fields(data: dict) -> dict:
+    return {k: v for k, v in data.items() if k not in ("intent", "slots")}
+
+
 def score_json(
     answers: list[str], expected: list[str], schema: dict | None = None, truncated: list[bool] | None = None
 ) -> dict[str, Any]:
@@ -109,13 +113,15 @@ def score_json(
     n = max(len(answers), 1)
     out: dict[str, Any] = {
         "json_parse_rate": round(sum(p is not None for p in parsed) / n, 4),
-        # the whole analysis right: the intent and every slot, none missing, none extra
+        # the whole analysis right: the intent and every slot, none missing, none extra, and any other
+        # field of the shape equal too (a shape without intent and slots is exact only when equal)
         "exact_rate": round(
             sum(
                 isinstance(p, dict)
                 and isinstance(g, dict)
                 and p.get("intent") == g.get("intent")
                 and _slots(p) == _slots(g)
+                and _other_fields(p) == _other_fields(g)
                 for p, g in zip(parsed, truth)
             )
             / n,

@@ -83,10 +83,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lorapipe import paths, tracking
 from lorapipe.artifacts import model_gguf
 from lorapipe.chat_encoder import ChatTemplateError, encode_chat, hf_codec, llama_codec
+from lorapipe.generation import last_user_text, span_gbnf
 from lorapipe.io import read_provenance
 from lorapipe.params import MAX_SEQ_LEN, ParamsError, apply_overrides, read_yaml, validate_params
 from lorapipe.retrieval import Index, retrieval_messages
-from lorapipe.labeled import load_json_schema, span_schema
+from lorapipe.labeled import load_json_schema
 from lorapipe.llama import threads
 from lorapipe.textfiles import read_text
 
@@ -851,6 +852,13 @@ class AppState:
             constrained = self.schema is not None and self.engine == "llama.cpp" and response_format is None
         kind = response_format.type if response_format else "text"
         has_schema = constrained or (kind == "json_schema" and response_format.json_schema.json_schema is not None)
+        if span_constraint and self.engine != "llama.cpp":
+            raise APIError(
+                422,
+                "span_constraint needs decoding under a grammar, which only the llama.cpp engine does: serve the "
+                "GGUF (lorapipe serve without --transformers) or leave it out",
+                param="span_constraint",
+            )
         if span_constraint and not has_schema:
             raise APIError(
                 422,
@@ -881,9 +889,16 @@ class AppState:
             )
         schema = self.schema if constrained else response_format.json_schema.json_schema
         param = param if constrained else "response_format.json_schema.schema"
-        schema = span_schema(schema, query) if span_constraint else schema
         try:
+            if span_constraint:
+                return LlamaGrammar.from_string(span_gbnf(schema, query), verbose=False)
             return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+        except ValueError as exc:
+            if span_constraint and "span constraint" in str(exc):  # a message too long for it
+                raise APIError(422, str(exc), param="span_constraint") from None
+            raise APIError(
+                422, f"no grammar can be built from this JSON Schema: {exc}; simplify the schema", param=param
+            ) from None
         except Exception as exc:  # noqa: BLE001 - llama.cpp's converter asserts on what it cannot express
             raise APIError(
                 422, f"no grammar can be built from this JSON Schema: {exc}; simplify the schema", param=param
@@ -1085,7 +1100,7 @@ def chat_completions(body: ChatRequest, state: State):
     loaded = state.require_model()
     _engine_can(body, state.engine)
     messages = _chat_messages(body, state)
-    query = next((m.content for m in reversed(body.messages) if m.role == "user"), "")
+    query = last_user_text([{"role": m.role, "content": m.content} for m in body.messages])
     rules = state.grammar(body.constrained, body.response_format, body.span_constraint, query)
     with loaded.session() as model:  # a refusal must come before a stream starts
         prompt = _encode(model, messages)
@@ -1154,8 +1169,11 @@ def create_app(
     project = Path(project).resolve()
     token = token if token is not None else os.environ.get(TOKEN_ENV) or None
     schema = load_json_schema(json_schema, "--json-schema") if json_schema else None
-    if span_constraint and schema is None:
-        raise ValueError("the span constraint limits the strings of the schema's grammar: give a JSON Schema too")
+    if span_constraint and (schema is None or engine != "llama.cpp"):
+        raise ValueError(
+            "the span constraint limits the strings of the schema's grammar, which only the llama.cpp engine "
+            "decodes under: give a JSON Schema and serve the GGUF"
+        )
     state = AppState(project, engine, token, schema, backend_factory, retrieval, span_constraint)
     if schema is not None and engine == "llama.cpp":
         try:  # every request decodes under it by default: a schema llama.cpp cannot follow fails now

@@ -217,39 +217,6 @@ def test_foreach_stage_from_the_readme_trains_one_adapter_per_task(project):
     run_ok(["git", "checkout", "dvc.yaml"], repo, env)
 
 
-def test_training_killed_after_a_checkpoint_resumes_through_dvc_repro(project, tmp_path):
-    """SIGKILL right after the step-4 checkpoint; `dvc repro` continues from step 5, and the adapter
-    matches an uninterrupted run of the same params (forced afterwards, with no checkpoint left)."""
-    from safetensors.torch import load_file
-
-    repo, env, _ = project
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["train"].update(max_steps=6, save_steps=2, log_every=1, eval_steps=0)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-    killed = subprocess.run(
-        ["dvc", "repro", "train"],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        env={**env, "LORAPIPE_FAULT": "train:kill-after-checkpoint:4"},
-    )
-    assert killed.returncode != 0 and "[train] step 4/6" in killed.stdout + killed.stderr
-    assert "[train] step 5/6" not in killed.stdout + killed.stderr
-
-    resumed = run_ok(["dvc", "repro", "train"], repo, env)
-    assert re.search(r"resuming from \S+checkpoint-4", resumed)
-    assert "[train] step 4/6" not in resumed and "[train] step 5/6" in resumed
-    adapter = load_file(repo / "models/lora_output/adapter_model.safetensors")
-
-    uninterrupted = run_ok(["dvc", "repro", "--force", "train"], repo, env)
-    assert "resuming" not in uninterrupted and "[train] step 1/6" in uninterrupted
-    reference = load_file(repo / "models/lora_output/adapter_model.safetensors")
-    assert adapter.keys() == reference.keys()
-    assert max(float((adapter[k] - reference[k]).abs().max()) for k in adapter) <= 1e-5
-    run_ok(["git", "checkout", "params.yaml"], repo, env)
-
-
 def test_serve_trains_in_a_worktree_then_switches_to_the_new_model(project):
     """POST /train runs `dvc repro` with new params in a git worktree while the old model keeps
     answering; a second request meanwhile gets 409; on success /status shows the new model."""
@@ -283,10 +250,10 @@ def test_serve_trains_in_a_worktree_then_switches_to_the_new_model(project):
 
 
 def test_the_hub_token_is_written_nowhere(project):
-    """After every run of this module (repro, experiments, a queued sweep, a killed and resumed
-    training run, serve's worktree run): no file the runs wrote holds HF_TOKEN's value, in outputs,
-    reports, dvc.lock, DVC's cache, mlflow.db, MLflow's artifacts, the lorapipe cache or git's index.
-    (Git objects are compressed; nothing the runs produce is committed by them.)"""
+    """After every run of this module (repro, experiments, a queued sweep, serve's worktree run): no
+    file the runs wrote holds HF_TOKEN's value, in outputs, reports, dvc.lock, DVC's cache, mlflow.db,
+    MLflow's artifacts, the lorapipe cache or git's index. (Git objects are compressed; nothing the
+    runs produce is committed by them.)"""
     repo, env, first = project
     token = FAKE_HF_TOKEN.encode()
     assert FAKE_HF_TOKEN not in first
