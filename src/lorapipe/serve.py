@@ -331,6 +331,18 @@ class _Body(BaseModel):
     model_config = ConfigDict(strict=True, allow_inf_nan=False)
 
 
+SpanConstraint = Annotated[
+    bool | None,
+    Field(
+        description=(
+            "free string values of the JSON answer (slot values) may only be spans of the user's message "
+            "(labeled.span_schema); default: the server's (--span-constraint, params.yaml's eval.span_constraint) "
+            "whenever the answer is decoded under the server's schema"
+        )
+    ),
+]
+
+
 class QueryRequest(_Body):
     # lorapipe's own route: a field it does not know ("temperature") is a mistake to name, not to ignore
     model_config = _Body.model_config | {"extra": "forbid"}
@@ -347,14 +359,7 @@ class QueryRequest(_Body):
             "eval.json_schema); default: whenever the server has one and serves a GGUF"
         ),
     )
-    span_constraint: bool | None = Field(
-        None,
-        description=(
-            "free string values of the JSON answer (slot values) may only be spans of the user's message "
-            "(labeled.span_schema); default: the server's (--span-constraint, params.yaml's eval.span_constraint) "
-            "whenever the answer is decoded under the server's schema"
-        ),
-    )
+    span_constraint: SpanConstraint = None
 
 
 def _unsupported(message: str) -> PydanticCustomError:
@@ -493,14 +498,7 @@ class ChatRequest(_Body):
             "serves a GGUF and the request has no response_format"
         ),
     )
-    span_constraint: bool | None = Field(
-        None,
-        description=(
-            "free string values of the JSON answer (slot values) may only be spans of the user's message "
-            "(labeled.span_schema); default: the server's (--span-constraint, params.yaml's eval.span_constraint) "
-            "whenever the answer is decoded under the server's schema"
-        ),
-    )
+    span_constraint: SpanConstraint = None
     # accepted and not used: they change nothing in the answer
     user: str | None = None
     safety_identifier: str | None = None
