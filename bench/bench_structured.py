@@ -231,7 +231,7 @@ def markdown(records: list[dict]) -> str:
     for r in records:
         run = r["label"]
         for name, s in r["results"].items():
-            trained = name.startswith(r["label"])
+            trained = name.startswith(r["label"] + " (") and r.get("train_seconds") is not None
             lines.append(
                 f"| {run} | {name.removeprefix(r['label']).strip(' ()') or name} | "
                 f"{r['train_seconds'] if trained else '-'} | {s['intent_accuracy']:.0%} | "
@@ -242,16 +242,21 @@ def markdown(records: list[dict]) -> str:
                 + " |"
             )
     lines += [""] + [
-        f"- {r['label']}: {r['epochs']:g} epochs ({r['steps']} steps of {r['batch_size']} rows), LoRA r{r['rank']} "
-        f"alpha {r['alpha']}, lr {r['lr']:g}, {r.get('system', 'long')} system prompt; {r['train_rows']} training "
-        f"queries, {r['held_out']} held out, answers of at most {r['max_new_tokens']} tokens"
+        (
+            f"- {r['label']}: {r['epochs']:g} epochs ({r['steps']} steps of {r['batch_size']} rows), LoRA r{r['rank']} "
+            f"alpha {r['alpha']}, lr {r['lr']:g}"
+            if not r.get("gguf")
+            else f"- {r['label']}: the kept GGUF {r['gguf']}"
+        )
+        + f", {r.get('system', 'long')} system prompt; {r['train_rows']} training queries, {r['held_out']} held "
+        f"out, answers of at most {r['max_new_tokens']} tokens"
         for r in records
     ]
     chosen = {
         f"{r['label']} ({name.removeprefix(r['label']).strip(' ()')})": s["per_slot"]
         for r in records
         for name, s in r["results"].items()
-        if name.startswith(r["label"]) and "under the schema" in name
+        if name.startswith(r["label"] + " (") and "under the schema" in name
     }
     slots = sorted({slot for per in chosen.values() for slot, v in per.items() if v["support"]})
     lines += ["", "Slot F1 per slot name (support: reference values among the held-out queries):", ""]

@@ -491,13 +491,12 @@ def export_gguf(
     |Δlogit| of at most `max_f32_logit_diff` for f32.
 
     Returns what ``export.json`` holds (``model``, ``files``, ``verification``, …) plus ``ollama``,
-    the commands run. Raises, before writing anything: ValueError (ParamsError) for a bad knob or
-    lora_gguf without adapter_dir and base_dir, ``auto`` without val_path, an architecture the converter
-    lacks, or a prompt or
-    chat template a Modelfile cannot hold (modelfile_texts);
-    FileNotFoundError for an incomplete merged folder or a missing `val_path` with ``auto``; OSError for
-    too little disk. RuntimeError
-    when the converted file disagrees with the merged model (`out_dir` is then left as it was).
+    the commands run. Raises, before writing anything: ValueError (ParamsError) for a bad knob,
+    lora_gguf without adapter_dir and base_dir, ``auto`` without val_path or with one that has no rows,
+    an architecture the converter lacks, or a prompt or chat template a Modelfile cannot hold
+    (modelfile_texts); FileNotFoundError for an incomplete merged folder or a missing `val_path` with
+    ``auto``; OSError for too little disk. RuntimeError when the converted file disagrees with the
+    merged model (`out_dir` is then left as it was).
     """
     knobs = _checked_knobs(quants, outtype, name, llama_cpp_dir, lora_gguf, ollama_name)
     if knobs.lora_gguf and (adapter_dir is None or base_dir is None):

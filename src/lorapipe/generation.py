@@ -163,15 +163,6 @@ def last_user_text(messages: list[dict]) -> str:
     return next((m["content"] for m in reversed(messages) if m["role"] == "user" and m["content"].strip()), "")
 
 
-def span_grammar(json_schema: dict, messages: list[dict]):
-    """The llama.cpp grammar (LlamaGrammar) of span_gbnf(`json_schema`, last_user_text(`messages`)):
-    the schema's free strings restricted to spans of what the user wrote. Raises ValueError as
-    span_schema."""
-    from llama_cpp import LlamaGrammar
-
-    return LlamaGrammar.from_string(span_gbnf(json_schema, last_user_text(messages)), verbose=False)
-
-
 def gguf_generate(
     gguf_path: str | Path,
     requests: list[list[dict]],

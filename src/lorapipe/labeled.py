@@ -126,7 +126,7 @@ def span_schema(schema: dict, text: str, max_tokens: int = SPAN_MAX_TOKENS, plac
     booleans and enums are unchanged, as are ``not`` and ``propertyNames``; definitions under ``$defs``
     are rewritten where they are defined. A free string with no span left (no words in `text`) may
     only be empty. `placeholder(spans)`, when given, returns the one enum value that stands for each
-    list of spans (generation.span_grammar writes the alternatives into the grammar itself). `schema`
+    list of spans (generation.span_gbnf writes the alternatives into the grammar itself). `schema`
     is not modified. Raises ValueError for a minLength or maxLength that is not an integer and for a
     text query_spans refuses."""
     spans = query_spans(text, max_tokens)
