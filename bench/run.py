@@ -29,7 +29,7 @@ BENCHES = [
         "The structured task: slots on held-out Snips queries (issue 18)",
         [
             *("bench/bench_structured.py", "--system", "short", "--epochs", "4", "--rank", "16"),
-            *("--alpha", "32", "--lr", "1e-3", "--label", "the README recipe", "--base"),
+            *("--alpha", "32", "--lr", "2e-3", "--label", "the README recipe", "--base"),
         ],
     ),
     ("Teacher throughput and filter yield (issue 17)", ["bench/bench_synth.py"]),
