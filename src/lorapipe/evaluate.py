@@ -293,11 +293,11 @@ def _chat_answers(
     schema: dict | None,
     constrained: bool,
     span_constraint: bool = False,
-    ladder: tuple[Path, ...] = (),
+    other_ggufs: tuple[Path, ...] = (),
 ) -> dict[str, list[Generation]]:
     """Answers to the chat rows by name: the base's (read from `base_answers_path` when it exists),
     the fine-tuned (merged) model's, the model GGUF's and, with `constrained`, its answers under the
-    grammar; the same for every other GGUF of `ladder` (the export's quantizations)."""
+    grammar; the same for each of `other_ggufs` (the export's other quantizations)."""
     conversations = [messages for messages, _ in requests]
     answers: dict[str, list[Generation]] = {}
     if base_answers_path and Path(base_answers_path).is_file():
@@ -305,11 +305,9 @@ def _chat_answers(
         answers["base"] = [Generation(a["answer"], bool(a.get("truncated", False))) for a in listed]
     answers["fine-tuned"] = hf_generate(merged_dir, conversations, max_new_tokens)
     faults.fault_point("mid")
-    answers[model.name] = gguf_generate(model, conversations, max_new_tokens)
     expected = [e for _, e in requests]
-    for gguf in [model, *(path for path in ladder if path != model)]:  # the ladder's other GGUFs, as served
-        if gguf != model:
-            answers[gguf.name] = gguf_generate(gguf, conversations, max_new_tokens)
+    for gguf in (model, *other_ggufs):
+        answers[gguf.name] = gguf_generate(gguf, conversations, max_new_tokens)
         if constrained:
             answers[f"{gguf.name} constrained"] = _constrained_answers(
                 gguf, rows, conversations, expected, answers[gguf.name], max_new_tokens, schema, span_constraint
@@ -390,7 +388,7 @@ def evaluate_models(
     if rows:
         print(f"[evaluate] answers of at most {budget} tokens ({reason})", flush=True)
         requests = evaluation_requests(rows, prompts)
-        ladder = tuple(ggufs.values()) if len(ggufs) > 1 else ()
+        others = tuple(path for path in ggufs.values() if path != model)
         answers = _chat_answers(
             rows,
             requests,
@@ -401,7 +399,7 @@ def evaluate_models(
             schema,
             constrained,
             span_constraint,
-            ladder,
+            others,
         )
         expected = [answer for _, answer in requests]
         metrics["answers"] = {
@@ -411,7 +409,7 @@ def evaluate_models(
         }
         suffix = " constrained" if constrained else ""
         metrics["served"] = served_scores(metrics["answers"], model.name + suffix)
-        if len(ggufs) > 1:  # each quantization as it would be served, beside its perplexity
+        if others:  # each quantization as it would be served, beside its perplexity
             metrics["served_by_quant"] = {
                 q: served_scores(metrics["answers"], p.name + suffix) for q, p in ggufs.items()
             }

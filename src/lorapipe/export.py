@@ -30,7 +30,7 @@ from lorapipe.chat_templates import ModelfileError, modelfile_text
 from lorapipe.io import atomic_dir, read_json, read_jsonl, write_json
 from lorapipe.llama import gguf_logits
 from lorapipe.models import check_model_folder, load_causal_lm, load_tokenizer
-from lorapipe.params import DEFAULTS, QUANT_BITS, QUANT_LADDER, ExportParams, validate_params
+from lorapipe.params import DEFAULTS, LADDER_ROWS, QUANT_BITS, QUANT_LADDER, ExportParams, validate_params
 from lorapipe.perplexities import choose_quant, gguf_perplexity, hf_perplexity, relative, val_sequences
 
 _CONVERTER_FILES = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "LICENSE")
@@ -370,9 +370,6 @@ def _verify(
     return check
 
 
-LADDER_ROWS = 32  # validation rows the quantization ladder is scored on (export.quants auto)
-
-
 def _quantize_all(converted: Path, folder: Path, name: str, quants: list[str]) -> dict[str, str]:
     """``<name>.<QUANT>.gguf`` for each of `quants` in `folder`, from the converted file (which is kept
     only when one of `quants` is its own type); {quant: file name}, in the order of `quants`."""
@@ -407,11 +404,11 @@ def _quants(knobs: ExportParams) -> list[str]:
     return list(QUANT_LADDER) if knobs.quants == "auto" else list(knobs.quants)
 
 
-def _ladder(merged_dir: Path, folder: Path, files: dict[str, str], val_path: Path, tolerance: float) -> dict:
+def _ladder(merged_dir: Path, tokenizer, folder: Path, files: dict[str, str], val_path: Path, tolerance: float) -> dict:
     """export.quants auto: the perplexity of the merged model and of each GGUF in `folder` on the first
     LADDER_ROWS rows of `val_path`, and the one choose_quant picks: ``{"rows", "merged_perplexity",
     "tolerance", "quants": {quant: {"perplexity", "vs_merged", "bytes"}}, "chosen", "why"}``."""
-    sequences = val_sequences(val_path, load_tokenizer(merged_dir), LADDER_ROWS)
+    sequences = val_sequences(val_path, tokenizer, LADDER_ROWS)
     merged = hf_perplexity(merged_dir, sequences)["perplexity"]
     quants = {}
     for quant, file in files.items():
@@ -520,7 +517,8 @@ def export_gguf(
         check = _verify(merged_dir, converted, knobs.outtype, min_top1_agreement, max_f32_logit_diff)
         faults.fault_point("mid")
         files = _quantize_all(converted, tmp, knobs.name, _quants(knobs))
-        ladder = _ladder(merged_dir, tmp, files, Path(val_path), quant_tolerance) if knobs.quants == "auto" else None
+        auto = knobs.quants == "auto"
+        ladder = _ladder(merged_dir, tokenizer, tmp, files, Path(val_path), quant_tolerance) if auto else None
         model = files[ladder["chosen"] if ladder else knobs.quants[0]]  # "the model" (artifacts.model_gguf)
         if knobs.lora_gguf:
             lora = tmp / f"{knobs.name}.lora.gguf"

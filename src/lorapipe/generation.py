@@ -185,9 +185,11 @@ def gguf_generate(
 
     if span_constraint and json_schema is None:
         raise ValueError("the span constraint rewrites a JSON Schema's strings: give json_schema too")
-    grammar = LlamaGrammar.from_json_schema(json.dumps(json_schema), verbose=False) if json_schema else None
     # each conversation's span grammar, built before the model loads: a message it refuses stops nothing half-way
     spans = [span_gbnf(json_schema, last_user_text(m)) for m in requests] if span_constraint else None
+    grammar = (
+        LlamaGrammar.from_json_schema(json.dumps(json_schema), verbose=False) if json_schema and not spans else None
+    )
     llm = Llama(str(gguf_path), n_ctx=2048, n_threads=threads(), verbose=False)
     try:
         prompts = [encode_chat(messages, llama_codec(llm)) for messages in requests]

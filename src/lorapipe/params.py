@@ -516,6 +516,7 @@ class MergeParams(_Section):
 
 # export.quants auto: the GGUFs written, from the largest to the smallest; the model is chosen among them.
 QUANT_LADDER = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M")
+LADDER_ROWS = 32  # validation rows the ladder's perplexities are measured on
 # The names `export.quants` accepts (llama.cpp's LLAMA_FTYPE_MOSTLY_<NAME>, plus F32), each with its
 # approximate bits per weight (llama.cpp's quantize table), which the export's disk check uses.
 QUANT_BITS: dict[str, float] = {
@@ -562,7 +563,7 @@ class ExportParams(_Section):
         le=1,
         description=(
             "with quants auto: how much higher than the merged model's the chosen GGUF's perplexity on the first "
-            "32 validation rows may be (0.05: 5%)"
+            f"{LADDER_ROWS} validation rows may be (0.05: 5%)"
         ),
     )
     llama_cpp_dir: Name | None = Field(
