@@ -6,6 +6,7 @@ how right the slots are and why they are wrong.
 Run: .venv/bin/python bench/bench_structured.py [--epochs 2] [--rank 8] [--lr 3e-4] [--system short]
      [--label NAME] [--keep DIR]   (about 15-30 min on 2 cores: training dominates)
      .venv/bin/python bench/bench_structured.py --gguf DIR/task.Q4_K_M.gguf   (score a kept model only)
+     .venv/bin/python bench/bench_structured.py ... --quants auto   (the quantization ladder, each GGUF scored)
      .venv/bin/python bench/bench_structured.py --table   (the runs recorded in bench/structured.jsonl)
 
 Data: bench/data/snips_queries.jsonl and snips_schema.json, a copy of the project's shared labeled
@@ -102,11 +103,19 @@ def main() -> None:
     parser.add_argument("--label", default="run", help="name of the row in the table")
     parser.add_argument("--base", action="store_true", help="also score the base model (the bundled GGUF)")
     parser.add_argument("--system", choices=sorted(SYSTEMS), default="long", help="the task's system prompt")
-    parser.add_argument("--keep", help="copy the fine-tuned Q4_K_M GGUF into this folder")
+    parser.add_argument("--keep", help="copy the fine-tuned GGUFs into this folder")
+    parser.add_argument(
+        "--quants",
+        default="Q4_K_M",
+        help="comma-separated quantizations to export and score (the first answers three ways, the others "
+        "under the schema only), or auto: export.quants auto's ladder (its perplexity choice recorded), Q4_K_M "
+        "answering three ways",
+    )
     parser.add_argument("--gguf", help="score this fine-tuned GGUF (trained with --system) instead of training one")
     parser.add_argument("--out", default=str(HERE / "structured.jsonl"))
     parser.add_argument("--table", action="store_true", help="only print the Markdown of the runs in --out")
     args = parser.parse_args()
+    quants = [q.strip() for q in args.quants.split(",") if q.strip()]
     if args.table:
         print(markdown([json.loads(line) for line in Path(args.out).read_text().splitlines() if line.strip()]))
         return
@@ -127,7 +136,7 @@ def main() -> None:
     train_rows = train_rows[: args.max_rows] if args.max_rows else train_rows
     conversations = [[{"role": "system", "content": system}, {"role": "user", "content": r["query"]}] for r in held]
     results: dict[str, dict] = {}
-    steps, train_seconds = None, None
+    steps, train_seconds, ladder = None, None, None
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "text").mkdir()
@@ -179,22 +188,42 @@ def main() -> None:
             )
             train_seconds, steps = round(time.perf_counter() - started), result.metrics.steps
             merged = merge_adapter(base, tmp / "adapter", tmp / "merged")
-            export_gguf(merged, tmp / "data" / "prompts.json", tmp / "gguf", quants=["Q4_K_M"], name="task")
-            gguf = tmp / "gguf" / "task.Q4_K_M.gguf"
+            auto = quants == ["auto"]
+            info = export_gguf(
+                merged,
+                tmp / "data" / "prompts.json",
+                tmp / "gguf",
+                quants="auto" if auto else quants,
+                val_path=tmp / "data" / "val.jsonl",
+                name="task",
+            )
+            if auto:
+                ladder = info["ladder"]
+                quants = ["Q4_K_M", *sorted(q for q in info["files"] if q not in {"Q4_K_M", "lora"})]
+            gguf = tmp / "gguf" / f"task.{quants[0]}.gguf"
             if args.keep:
                 Path(args.keep).mkdir(parents=True, exist_ok=True)
-                shutil.copy2(gguf, Path(args.keep) / gguf.name)
+                for quant in quants:
+                    shutil.copy2(tmp / "gguf" / f"task.{quant}.gguf", Path(args.keep))
         decodings = {
             "under the schema": (schema, False),
             "under the schema, spans": (schema, True),
             "free": (None, False),
         }
-        for how, (json_schema, spans) in decodings.items():
+        # The first quantization answers three ways; a further one (the ladder) under the schema only.
+        others = [] if args.gguf else [(q, tmp / "gguf" / f"task.{q}.gguf", "under the schema") for q in quants[1:]]
+        first = [(Path(gguf).name.split(".")[-2], gguf, how) for how in decodings]
+        for quant, path, how in first + others:
+            json_schema, spans = decodings[how]
             started = time.perf_counter()
-            got = gguf_generate(gguf, conversations, budget, json_schema, span_constraint=spans)
-            name = f"{args.label} (Q4_K_M, {how})"
-            results[name] = {**score(got, held, schema), "answer_seconds": round(time.perf_counter() - started)}
-            if json_schema and not spans:
+            got = gguf_generate(path, conversations, budget, json_schema, span_constraint=spans)
+            name = f"{args.label} ({quant}, {how})"
+            results[name] = {
+                **score(got, held, schema),
+                "answer_seconds": round(time.perf_counter() - started),
+                "gguf_mb": round(Path(path).stat().st_size / 1e6, 1),
+            }
+            if json_schema and not spans and path == gguf:
                 wrong = [(r, a.text) for r, a in zip(held, got) if parse_json(a.text) != r["data"]]
                 for row, text in wrong[:8]:
                     print(f"  wrong: {row['query']!r}\n    got      {text}\n    expected {json.dumps(row['data'])}")
@@ -212,6 +241,8 @@ def main() -> None:
         "train_seconds": train_seconds,
         "gguf": args.gguf,
         "max_new_tokens": budget,
+        "quants": quants,
+        **({"ladder": ladder} if ladder else {}),
     }
     record = {**settings, "results": results}
     with open(args.out, "a") as out:
@@ -252,6 +283,18 @@ def markdown(records: list[dict]) -> str:
         f"out, answers of at most {r['max_new_tokens']} tokens"
         for r in records
     ]
+    for r in records:
+        if r.get("ladder"):
+            ladder = r["ladder"]
+            lines.append(
+                f"- {r['label']}, export.quants auto: perplexity on {ladder['rows']} validation rows, merged "
+                f"{ladder['merged_perplexity']:.3f}; "
+                + ", ".join(
+                    f"{q} {m['perplexity']:.3f} ({m['vs_merged']:+.1%}, {m['bytes'] / 1e6:.0f} MB)"
+                    for q, m in ladder["quants"].items()
+                )
+                + f"; chosen {ladder['chosen']} ({ladder['why']})"
+            )
     chosen = {
         f"{r['label']} ({name.removeprefix(r['label']).strip(' ()')})": s["per_slot"]
         for r in records

@@ -8,8 +8,9 @@ import json
 import pytest
 
 from helpers import read_json
-from lorapipe.evaluate import _SERVED_JSON, evaluate_base, evaluate_models
+from lorapipe.evaluate import evaluate_base, evaluate_models
 from lorapipe.export import export_gguf
+from lorapipe.scoring import _FLAT_JSON
 
 
 def test_base_merged_and_gguf_perplexity(tmp_path, dataset_dir, tiny_model_dir):
@@ -138,10 +139,13 @@ def test_chat_answers_are_scored_for_base_fine_tuned_and_gguf(tmp_path, tiny_mod
     assert (
         served["slot_f1"] == constrained_json["slots"]["f1"] and served["exact_rate"] == constrained_json["exact_rate"]
     )
-    assert set(served) == {"exact_match", "rouge_l", "slot_f1", *_SERVED_JSON}
+    assert set(served) == {"exact_match", "rouge_l", "slot_f1", *_FLAT_JSON}
     assert metrics["served_by_quant"]["F32"] == metrics["served"]
     q8 = answers["tiny.Q8_0.gguf constrained"]["chat"]["json"]["slots"]["f1"]
     assert metrics["served_by_quant"]["Q8_0"]["chat"]["slot_f1"] == q8 and set(metrics["gguf"]) == {"F32", "Q8_0"}
+    by_task = metrics["quant_by_task"]  # a random model scores 0 everywhere: every GGUF is within, the smallest wins
+    assert by_task["metric"] == {"chat": "slot_f1"} and set(by_task["quants"]) == {"F32", "Q8_0"}
+    assert by_task["chosen"] == "Q8_0" and by_task["tolerance"] == 0.05
     # under the schema's grammar even a random model starts a JSON object with the required "intent"
     import re
 
@@ -255,3 +259,28 @@ def test_auto_max_new_tokens_holds_the_longest_reference_answer(tmp_path, tiny_m
     assert answer_token_budget(17, [train, val], tokenizer) == (17, "eval.max_new_tokens")
     val.write_text(json.dumps({"text": "only text"}) + "\n")
     assert answer_token_budget("auto", [val, tmp_path / "absent.jsonl"], tokenizer)[0] == AUTO_TEXT_TOKENS
+
+
+def test_the_task_ladder_ships_the_smallest_gguf_within_the_tolerance_of_the_merged_model(tmp_path):
+    from lorapipe.evaluate import task_ladder
+    from lorapipe.scoring import score_answers
+
+    expected = ['{"intent": "Play", "slots": {"artist": "Miles Davis", "genre": "jazz"}}'] * 2
+    half = ['{"intent": "Play", "slots": {"artist": "Miles Davis"}}'] * 2  # slot F1 2/3
+    texts = ["the adapter is small", "the rank is low"]
+    answers = {
+        "fine-tuned": {"json": score_answers(expected, expected), "text": score_answers(texts, texts)},
+        "m.Q8_0.gguf constrained": {"json": score_answers(expected, expected), "text": score_answers(texts, texts)},
+        "m.Q4_K_M.gguf constrained": {"json": score_answers(half, expected), "text": score_answers(texts, texts)},
+        "m.Q4_K_M.gguf": {"json": score_answers(expected, expected), "text": score_answers(texts, texts)},
+    }
+    ggufs = {"Q8_0": tmp_path / "m.Q8_0.gguf", "Q4_K_M": tmp_path / "m.Q4_K_M.gguf"}
+    ggufs["Q8_0"].write_bytes(b"8" * 200)
+    ggufs["Q4_K_M"].write_bytes(b"4" * 100)
+
+    ladder = task_ladder(answers, ggufs, " constrained", 0.05)
+    assert ladder["metric"] == {"json": "slot_f1", "text": "rouge_l"} and ladder["merged"] == {"json": 1.0, "text": 1.0}
+    assert ladder["quants"]["Q4_K_M"]["vs_merged"] == pytest.approx(1 / 3, abs=1e-3)  # the worst task decides
+    assert ladder["chosen"] == "Q8_0" and "task score" in ladder["why"]
+    assert task_ladder(answers, ggufs, " constrained", 0.5)["chosen"] == "Q4_K_M"  # a third below is allowed now
+    assert task_ladder(answers, ggufs, "", 0.05) is None  # only one GGUF answered free

@@ -3,6 +3,7 @@
 Run: .venv/bin/pytest tests/test_train.py
 """
 
+import json
 from pathlib import Path
 
 import pytest
@@ -585,3 +586,100 @@ def test_packed_text_rows_hold_control_tokens_only_between_documents(tiny_model_
     ids = [i for block, _ in blocks for i in block]
     assert [i for i in ids if i in special] == [tokenizer.eos_token_id] * 3  # the separators lorapipe adds
     assert tokenizer.decode(ids) == "".join(t["text"] + tokenizer.eos_token for t in texts)
+
+
+@pytest.fixture
+def json_task_dir(tmp_path, tiny_model_dir) -> Path:
+    """A chat dataset of the labeled Snips sample (JSON answers; a few validation conversations), no text."""
+    from helpers import FIXTURES
+    from lorapipe.dataset import build_dataset
+
+    (tmp_path / "text").mkdir()
+    build_dataset(
+        tmp_path / "text",
+        tiny_model_dir,
+        tmp_path / "json_task",
+        labeled_dir=FIXTURES / "labeled",
+        mode="chat",
+        max_seq_len=128,
+        val_fraction=0.1,
+        seed=1,
+        system_prompt="Answer only with JSON.",
+    )
+    return tmp_path / "json_task"
+
+
+def test_select_metric_scores_the_answers_of_the_model_in_training(tmp_path, json_task_dir, tiny_model_dir):
+    """train.select_metric rouge_l: each evaluation, the last step's too, scores the greedy answers the
+    model in training gives to the validation conversations; the kept adapter's answers score the same."""
+    from peft import PeftModel
+
+    from lorapipe.generation import answer_token_budget, evaluation_requests, generate_batches
+    from lorapipe.io import read_jsonl
+    from lorapipe.models import load_causal_lm, load_tokenizer
+    from lorapipe.scoring import rouge_l
+
+    logged, out = [], tmp_path / "adapter"
+    _train(
+        json_task_dir,
+        tiny_model_dir,
+        out,
+        max_steps=3,
+        eval_steps=2,
+        select_metric="rouge_l",
+        on_log=lambda step, m: logged.append((step, m)),
+    )
+    scores = [(step, m["eval_rouge_l"]) for step, m in logged if "eval_rouge_l" in m]
+    assert [step for step, _ in scores] == [2, 3]
+    best = max(value for _, value in scores)
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    model = PeftModel.from_pretrained(load_causal_lm(tiny_model_dir), out).eval()
+    chat = [row for row in read_jsonl(json_task_dir / "val.jsonl") if "messages" in row]
+    requests = evaluation_requests(chat, json.loads((json_task_dir / "prompts.json").read_text()))
+    budget = answer_token_budget("auto", [json_task_dir / "train.jsonl", json_task_dir / "val.jsonl"], tokenizer)[0]
+    answers = generate_batches(model, tokenizer, [messages for messages, _ in requests], budget)
+    again = sum(rouge_l(a.text, expected) for a, (_, expected) in zip(answers, requests)) / len(requests)
+    assert again == pytest.approx(best, abs=1e-4)
+
+
+def test_select_metric_steers_early_stopping_and_the_kept_adapter(
+    tmp_path, json_task_dir, tiny_model_dir, monkeypatch, capsys
+):
+    """With slot_f1 scripted per evaluation (0.2, 0.5, 0.3, 0.1: a tiny random model scores 0), early
+    stopping (patience 2) stops two evaluations after the best, and the saved adapter is the best
+    evaluation's: its validation loss is that evaluation's eval loss, not the last one's."""
+    import lorapipe.scoring
+
+    scripted, seen = iter([0.2, 0.5, 0.3, 0.1]), []
+    real = lorapipe.scoring.flat_scores
+
+    def flat_scores(scores):
+        seen.append(scores["answers"])
+        return {**real(scores), "slot_f1": next(scripted)}
+
+    monkeypatch.setattr(lorapipe.scoring, "flat_scores", flat_scores)
+    result = _train(
+        json_task_dir,
+        tiny_model_dir,
+        tmp_path / "a",
+        max_steps=12,
+        lr=0.05,
+        eval_steps=2,
+        early_stopping_patience=2,
+        select_metric="slot_f1",
+    )
+    conversations = sum("messages" in json.loads(line) for line in (json_task_dir / "val.jsonl").open())
+    assert seen == [conversations] * 4  # every evaluation scored every validation conversation
+    evals = dict(result.eval_history)
+    assert list(evals) == [2, 4, 6, 8] and result.metrics.steps == 8
+    assert "keeping the adapter of step 4 (highest slot_f1 0.5000); stopped early at step 8" in capsys.readouterr().out
+    assert result.metrics.val_loss == pytest.approx(evals[4], rel=1e-3)
+    assert abs(evals[8] - evals[4]) > 1e-3  # the last adapter would have said otherwise
+
+
+def test_select_metric_needs_answers_it_can_score(tmp_path, dataset_dir, tiny_model_dir):
+    with pytest.raises(ValueError, match="text rows only"):
+        _train(dataset_dir, tiny_model_dir, tmp_path / "a", eval_steps=2, select_metric="rouge_l")
+    with pytest.raises(ValueError, match="eval_steps"):
+        TrainParams(select_metric="slot_f1", eval_steps=0)

@@ -48,9 +48,13 @@ def test_each_callback_has_its_own_state():
     model = _peft_model()
     a.on_evaluate(None, state, None, metrics={"eval_loss": 1.5}, model=model)
     assert b.best is None and isinstance(a.best, Best)
-    assert (a.best.loss, a.best.step) == (1.5, 3) and a.best.weights
+    assert (a.best.value, a.best.step) == (1.5, 3) and a.best.weights
     a.on_evaluate(None, SimpleNamespace(global_step=4), None, metrics={"eval_loss": 1.7}, model=model)
     assert a.best.step == 3  # a higher loss does not replace the best
+    task = BestAdapter("eval_slot_f1", greater_is_better=True)  # a task metric: higher is better
+    for step, f1 in ((2, 0.4), (4, 0.7), (6, 0.7), (8, 0.5)):
+        task.on_evaluate(None, SimpleNamespace(global_step=step), None, metrics={"eval_slot_f1": f1}, model=model)
+    assert (task.best.value, task.best.step) == (0.7, 4)  # the first of equal scores
 
 
 def _peft_model():

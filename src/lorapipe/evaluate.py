@@ -18,14 +18,18 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from lorapipe import faults, paths
 from lorapipe.artifacts import export_ggufs, model_gguf
-from lorapipe.generation import (  # noqa: F401 (chat, generate_answer, hf_answers: this module's names too)
+from lorapipe.generation import (  # noqa: F401 (chat, generate_answer, hf_answers, answer_token_budget, AUTO_*: this module's names too)
+    AUTO_MARGIN,
+    AUTO_MARGIN_MIN,
+    AUTO_TEXT_TOKENS,
     Generation,
     answer_all,
+    answer_token_budget,
+    evaluation_requests,
     chat,
     generate_answer,
     gguf_generate,
@@ -37,37 +41,8 @@ from lorapipe.labeled import load_json_schema
 from lorapipe.io import atomic_outputs, read_json, read_jsonl, write_json, write_text_atomic
 from lorapipe.models import load_tokenizer
 from lorapipe.params import DEFAULTS
-from lorapipe.perplexities import gguf_perplexity, hf_perplexity, relative, val_sequences
-from lorapipe.scoring import is_json_task, score_answers
-
-
-# eval.max_new_tokens: auto. A reference answer's tokens plus this share of them (at least
-# AUTO_MARGIN_MIN tokens): room for a model that words the same answer a little longer; without chat
-# rows (continuations of text only) AUTO_TEXT_TOKENS.
-AUTO_MARGIN, AUTO_MARGIN_MIN, AUTO_TEXT_TOKENS = 0.25, 8, 64
-
-
-def answer_token_budget(max_new_tokens: int | str, row_files: list[str | Path], tokenizer) -> tuple[int, str]:
-    """The token limit of generated answers and how it was chosen: `max_new_tokens` when it is a number;
-    for ``"auto"``, the longest reference answer (the last assistant turn of each chat row of
-    `row_files`, JSONL files that may be absent: train and validation, so that every stage that answers
-    derives the same limit) in tokens of `tokenizer`, plus AUTO_MARGIN of it (at least AUTO_MARGIN_MIN
-    tokens), so no answer as long as a reference is cut by the evaluator; AUTO_TEXT_TOKENS without chat
-    rows. Returns ``(tokens, reason)``."""
-    if max_new_tokens != "auto":
-        return int(max_new_tokens), "eval.max_new_tokens"
-    longest = 0
-    for path in row_files:
-        if not Path(path).is_file():
-            continue
-        for row in read_jsonl(path):
-            answers = [m["content"] for m in row.get("messages", []) if m["role"] == "assistant"]
-            if answers:
-                longest = max(longest, len(tokenizer(answers[-1], add_special_tokens=False)["input_ids"]))
-    if not longest:
-        return AUTO_TEXT_TOKENS, "eval.max_new_tokens auto: no chat rows"
-    margin = max(AUTO_MARGIN_MIN, math.ceil(longest * AUTO_MARGIN))
-    return longest + margin, f"eval.max_new_tokens auto: the longest reference answer, {longest} tokens, + {margin}"
+from lorapipe.perplexities import choose_quant, gguf_perplexity, hf_perplexity, relative, val_sequences
+from lorapipe.scoring import flat_scores, is_json_task, score_answers
 
 
 def chat_rows(val_path: str | Path, max_samples: int) -> list[dict]:
@@ -140,22 +115,6 @@ def evaluate_base(
     return metrics
 
 
-def evaluation_requests(rows: list[dict], prompts: dict[str, str]) -> list[tuple[list[dict], str | None]]:
-    """The conversation sent to the model for each validation row, with its task's system prompt
-    from ``prompts.json``, and the expected answer (None for text rows)."""
-    requests = []
-    for row in rows:
-        system = {"role": "system", "content": prompts[row["task"]]}
-        if "messages" in row:
-            last = max(i for i, m in enumerate(row["messages"]) if m["role"] == "assistant")
-            turns = [m for m in row["messages"][:last] if m["role"] != "system"]
-            requests.append(([system, *turns], row["messages"][last]["content"]))
-        else:
-            opening = " ".join(row["text"].split()[:30])
-            requests.append(([system, {"role": "user", "content": f"Continue this text: {opening}"}], None))
-    return requests
-
-
 def score_by_task(
     rows: list[dict], answers: list[str], expected: list[str], schema: dict | None, truncated: list[bool] | None = None
 ) -> dict:
@@ -168,26 +127,47 @@ def score_by_task(
     return out
 
 
-_SERVED_JSON = ("json_parse_rate", "schema_valid_rate", "intent_accuracy", "exact_rate", "truncated_rate")
-
-
 def served_scores(answers: dict[str, dict], served: str) -> dict[str, dict[str, float]]:
     """The scores of system `served` (what users get: the model GGUF, under the grammar when the
     evaluation decodes as lorapipe serve does) from score_by_task's `answers`, per task under flat,
-    stable names, so that an experiment can be picked by its task metric
-    (``dvc exp show --sort-by reports/eval.json:served.<task>.slot_f1``): exact_match and rouge_l
-    (shares, 0-1), and for JSON tasks json_parse_rate, schema_valid_rate, intent_accuracy, slot_f1
-    (micro F1 over slot name and value pairs), exact_rate (intent and every slot right) and
-    truncated_rate, where scored."""
-    out = {}
-    for task, scores in answers.get(served, {}).items():
-        row = {"exact_match": scores["exact_match"], "rouge_l": scores["rouge_l"]}
-        json_scores = scores.get("json")
-        if json_scores:
-            row["slot_f1"] = json_scores["slots"]["f1"]
-            row.update({k: json_scores[k] for k in _SERVED_JSON if k in json_scores})
-        out[task] = row
-    return out
+    stable names (scoring.flat_scores), so that an experiment can be picked by its task metric
+    (``dvc exp show --sort-by reports/eval.json:served.<task>.slot_f1``)."""
+    return {task: flat_scores(scores) for task, scores in answers.get(served, {}).items()}
+
+
+def task_ladder(answers: dict[str, dict], ggufs: dict[str, Path], suffix: str, tolerance: float) -> dict | None:
+    """Which GGUF to ship by the task (``reports/eval.json``'s ``quant_by_task``), from score_by_task's
+    `answers` of the fine-tuned (merged) model and of each GGUF in `ggufs` ({quant: path}) as served (its
+    name plus `suffix`: " constrained" under the grammar): per task its metric (slot_f1 for JSON tasks,
+    else rouge_l; scoring.flat_scores), a GGUF's ``vs_merged`` being its largest relative drop below the
+    merged model's score over the tasks (a share; negative: better), and the smallest GGUF at most
+    `tolerance` below (perplexities.choose_quant). ``{"metric": {task: name}, "merged": {task: score},
+    "tolerance", "quants": {quant: {"scores", "vs_merged", "bytes"}}, "chosen", "why"}``; None without
+    the merged model's answers or with fewer than two GGUFs scored."""
+    merged = {task: flat_scores(scores) for task, scores in answers.get("fine-tuned", {}).items()}
+    scored = {q: path for q, path in ggufs.items() if path.name + suffix in answers}
+    if not merged or len(scored) < 2:
+        return None
+    metric = {task: "slot_f1" if "slot_f1" in flat else "rouge_l" for task, flat in merged.items()}
+    reference = {task: merged[task][name] for task, name in metric.items()}
+    quants = {}
+    for quant, path in scored.items():
+        flat = {task: flat_scores(scores) for task, scores in answers[path.name + suffix].items()}
+        values = {task: flat[task][name] for task, name in metric.items()}
+        # a score below the merged model's, as a share of it (0 when the merged model scores 0)
+        drops = [-relative(values[task], reference[task]) for task in values]
+        quants[quant] = {"scores": values, "vs_merged": max(drops), "bytes": path.stat().st_size}
+    chosen, why = choose_quant(
+        quants, tolerance, measure="task score (" + ", ".join(sorted(set(metric.values()))) + ")"
+    )
+    return {
+        "metric": metric,
+        "merged": reference,
+        "tolerance": tolerance,
+        "quants": quants,
+        "chosen": chosen,
+        "why": why,
+    }
 
 
 def _cell(text: str) -> str:
@@ -344,6 +324,7 @@ def evaluate_models(
     span_constraint: bool = DEFAULTS.eval.span_constraint,
     knowledge_max_new_tokens: int = DEFAULTS.eval.knowledge_max_new_tokens,
     train_path: str | Path | None = None,
+    quant_tolerance: float = DEFAULTS.export.quant_tolerance,
 ) -> dict:
     """Score the fine-tuned model against the base; write the metrics to `out_path` and return them.
 
@@ -357,7 +338,9 @@ def evaluate_models(
     under a grammar built from `json_schema` (``"auto"``: whenever `json_schema` is given, as lorapipe
     serve decodes; with `span_constraint`, free string values limited to spans of each row's user message,
     labeled.span_schema), scored per task (``"answers"``; the served system's also under ``"served"``,
-    served_scores; when the export holds several GGUFs, each one's under ``"served_by_quant"``). With `samples_path`,
+    served_scores; when the export holds several GGUFs, each one's under ``"served_by_quant"``, and the
+    smallest within `quant_tolerance` of the merged model's task score under ``"quant_by_task"``:
+    task_ladder). With `samples_path`,
     also a Markdown page of `num_generations` prompts with the answers side by side. With
     `knowledge_path` and `knowledge_md_path`, also the knowledge evaluation of the questions in
     `knowledge_base_path` (evaluate_base's, with the base's answers): the merged model closed-book and
@@ -409,10 +392,18 @@ def evaluate_models(
         }
         suffix = " constrained" if constrained else ""
         metrics["served"] = served_scores(metrics["answers"], model.name + suffix)
-        if others:  # each quantization as it would be served, beside its perplexity
+        if others:  # each quantization as it would be served, beside its perplexity; which one to ship by the task
             metrics["served_by_quant"] = {
                 q: served_scores(metrics["answers"], p.name + suffix) for q, p in ggufs.items()
             }
+            ladder = task_ladder(metrics["answers"], ggufs, suffix, quant_tolerance)
+            if ladder:
+                metrics["quant_by_task"] = ladder
+                print(
+                    f"[evaluate] by the task, ship {ggufs[ladder['chosen']].name}: {ladder['why']} "
+                    f"(the export's model: {model.name})",
+                    flush=True,
+                )
         _print_scores(metrics["answers"])
         texts = {name: [g.text for g in got] for name, got in answers.items()}
         samples = samples_markdown(rows, requests, texts, num_generations)

@@ -12,13 +12,60 @@ the knowledge evaluation and evaluate do not import each other.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import NamedTuple
 
 from lorapipe.chat_encoder import encode_chat, hf_codec, llama_codec
+from lorapipe.io import read_jsonl
 from lorapipe.labeled import span_schema
 from lorapipe.llama import threads
 from lorapipe.models import load_causal_lm, load_tokenizer
+
+
+# eval.max_new_tokens: auto. A reference answer's tokens plus this share of them (at least
+# AUTO_MARGIN_MIN tokens): room for a model that words the same answer a little longer; without chat
+# rows (continuations of text only) AUTO_TEXT_TOKENS.
+AUTO_MARGIN, AUTO_MARGIN_MIN, AUTO_TEXT_TOKENS = 0.25, 8, 64
+
+
+def answer_token_budget(max_new_tokens: int | str, row_files: list[str | Path], tokenizer) -> tuple[int, str]:
+    """The token limit of generated answers and how it was chosen: `max_new_tokens` when it is a number;
+    for ``"auto"``, the longest reference answer (the last assistant turn of each chat row of
+    `row_files`, JSONL files that may be absent: train and validation, so that every stage that answers
+    derives the same limit) in tokens of `tokenizer`, plus AUTO_MARGIN of it (at least AUTO_MARGIN_MIN
+    tokens), so no answer as long as a reference is cut by the evaluator; AUTO_TEXT_TOKENS without chat
+    rows. Returns ``(tokens, reason)``."""
+    if max_new_tokens != "auto":
+        return int(max_new_tokens), "eval.max_new_tokens"
+    longest = 0
+    for path in row_files:
+        if not Path(path).is_file():
+            continue
+        for row in read_jsonl(path):
+            answers = [m["content"] for m in row.get("messages", []) if m["role"] == "assistant"]
+            if answers:
+                longest = max(longest, len(tokenizer(answers[-1], add_special_tokens=False)["input_ids"]))
+    if not longest:
+        return AUTO_TEXT_TOKENS, "eval.max_new_tokens auto: no chat rows"
+    margin = max(AUTO_MARGIN_MIN, math.ceil(longest * AUTO_MARGIN))
+    return longest + margin, f"eval.max_new_tokens auto: the longest reference answer, {longest} tokens, + {margin}"
+
+
+def evaluation_requests(rows: list[dict], prompts: dict[str, str]) -> list[tuple[list[dict], str | None]]:
+    """The conversation sent to the model for each validation row, with its task's system prompt
+    from ``prompts.json``, and the expected answer (None for text rows)."""
+    requests = []
+    for row in rows:
+        system = {"role": "system", "content": prompts[row["task"]]}
+        if "messages" in row:
+            last = max(i for i, m in enumerate(row["messages"]) if m["role"] == "assistant")
+            turns = [m for m in row["messages"][:last] if m["role"] != "system"]
+            requests.append(([system, *turns], row["messages"][last]["content"]))
+        else:
+            opening = " ".join(row["text"].split()[:30])
+            requests.append(([system, {"role": "user", "content": f"Continue this text: {opening}"}], None))
+    return requests
 
 
 class Generation(NamedTuple):
@@ -78,17 +125,27 @@ def hf_generate(
     the first end-of-generation token. Raises ChatTemplateError when the template refuses a
     conversation, and ValueError when a prompt and `max_new_tokens` exceed the model's context
     (config ``max_position_embeddings``), both before any generation."""
+    if not requests:
+        return []
+    tokenizer, model = load_tokenizer(model_dir), load_causal_lm(model_dir).eval()
+    return generate_batches(model, tokenizer, requests, max_new_tokens, batch_size, source=str(model_dir))
+
+
+def generate_batches(
+    model, tokenizer, requests: list[list[dict]], max_new_tokens: int, batch_size: int = 8, source: str = "the model"
+) -> list[Generation]:
+    """hf_generate on a loaded transformers model (in eval mode; the caller sets it), e.g. the model
+    being trained (train_callbacks.TaskMetric). `source` names it in the progress lines and errors."""
     import torch
 
     if not requests:
         return []
-    tokenizer, model = load_tokenizer(model_dir), load_causal_lm(model_dir).eval()
     codec = hf_codec(tokenizer)
     prompts = [encode_chat(messages, codec) for messages in requests]
     limit, longest = getattr(model.config, "max_position_embeddings", None), max(map(len, prompts))
     if limit and longest + max_new_tokens > limit:  # past it the answers are garbage and memory explodes
         raise ValueError(
-            f"a prompt of {longest} tokens plus {max_new_tokens} new ones is longer than {model_dir}'s context "
+            f"a prompt of {longest} tokens plus {max_new_tokens} new ones is longer than {source}'s context "
             f"({limit} tokens): lower eval.retrieval_top_k or synth.passage_tokens (the retrieval prompts), or "
             "shorten the conversation"
         )
@@ -96,21 +153,22 @@ def hf_generate(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(ends, default=0)
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))  # similar lengths share a batch
     answers = [Generation("", False)] * len(prompts)
+    device = next(model.parameters()).device
     for start in range(0, len(order), batch_size):
         chosen = order[start : start + batch_size]
         width = max(len(prompts[i]) for i in chosen)
-        ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in chosen])
-        mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in chosen])
+        ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in chosen], device=device)
+        mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in chosen], device=device)
         with torch.no_grad():
             out = model.generate(
-                ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad
+                input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad
             )
         for row, i in enumerate(chosen):
             tokens = out[row, width:].tolist()
             cut = next((k for k, token in enumerate(tokens) if token in ends), None)
             text = tokenizer.decode(tokens[: len(tokens) if cut is None else cut], skip_special_tokens=True)
             answers[i] = Generation(text.strip(), cut is None and len(tokens) >= max_new_tokens)
-        print(f"[evaluate] {min(start + batch_size, len(order))}/{len(order)} answers from {model_dir}", flush=True)
+        print(f"[evaluate] {min(start + batch_size, len(order))}/{len(order)} answers from {source}", flush=True)
     return answers
 
 

@@ -86,6 +86,12 @@ PdfBackend = Literal["auto", "docling", "docling-native", "pdfplumber"]
 Device = Literal["auto", "cpu", "cuda"]
 Preset = Literal["none", "cpu", "gpu-8gb", "gpu-24gb", "gpu-80gb"]
 Precision = Literal["auto", "fp32", "bf16"]
+# train.select_metric: eval_loss (lower is better), or a task metric of lorapipe.scoring.flat_scores
+# (higher is better) scored on answers the model in training generates for the validation rows.
+SelectMetric = Literal[
+    "eval_loss", "slot_f1", "exact_rate", "intent_accuracy", "json_parse_rate", "exact_match", "rouge_l"
+]
+JSON_METRICS = ("slot_f1", "exact_rate", "intent_accuracy", "json_parse_rate")  # need JSON answers
 LabeledFormat = Literal["auto", "query_data", "instruction", "messages", "conversations", "prompt_completion"]
 
 
@@ -418,8 +424,17 @@ class TrainParams(_Section):
         0,
         ge=0,
         description=(
-            "stop after this many evaluations without a lower eval loss, keeping the adapter with the lowest; "
+            "stop after this many evaluations without a better select_metric, keeping the adapter of the best; "
             "0: never. Needs eval_steps > 0"
+        ),
+    )
+    select_metric: SelectMetric = Field(
+        "eval_loss",
+        description=(
+            "what an evaluation compares: eval_loss (lowest is best), or a task metric scored on greedy answers "
+            "the model in training gives to the validation conversations (highest is best; slot_f1, exact_rate, "
+            "intent_accuracy, json_parse_rate for JSON answers; exact_match, rouge_l). With a task metric, or "
+            "with early stopping, the adapter of the best evaluation is kept; needs eval_steps > 0"
         ),
     )
     packing: Bool = Field(
@@ -490,6 +505,10 @@ class TrainParams(_Section):
     def _early_stopping_needs_evaluations(self) -> "TrainParams":
         if self.early_stopping_patience and not self.eval_steps:
             raise ValueError("train.early_stopping_patience needs train.eval_steps > 0 (the evaluations it compares)")
+        if self.select_metric != "eval_loss" and not self.eval_steps:
+            raise ValueError(
+                f"train.select_metric {self.select_metric} needs train.eval_steps > 0 (the evaluations it scores)"
+            )
         return self
 
     @field_validator("max_steps")
@@ -563,7 +582,8 @@ class ExportParams(_Section):
         le=1,
         description=(
             "with quants auto: how much higher than the merged model's the chosen GGUF's perplexity on the first "
-            f"{LADDER_ROWS} validation rows may be (0.05: 5%)"
+            f"{LADDER_ROWS} validation rows may be (0.05: 5%); the evaluate stage applies it to the task score too "
+            "when the export holds several GGUFs (reports/eval.json quant_by_task)"
         ),
     )
     llama_cpp_dir: Name | None = Field(
@@ -701,7 +721,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
         "eval.knowledge_max_new_tokens",
         "eval.retrieval_top_k",
     ),
-    "evaluate": ("eval",),
+    "evaluate": ("eval", "export.quant_tolerance"),
 }
 
 

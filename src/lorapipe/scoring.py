@@ -164,6 +164,24 @@ def score_answers(
     return scores
 
 
+# flat_scores' names: the task metrics an experiment is sorted by and training can select on
+# (train.select_metric, the same names in lorapipe.params.SELECT_METRICS). JSON ones only for JSON tasks.
+_FLAT_JSON = ("json_parse_rate", "schema_valid_rate", "intent_accuracy", "exact_rate", "truncated_rate")
+
+
+def flat_scores(scores: dict[str, Any]) -> dict[str, float]:
+    """score_answers' output for one task under flat, stable names (shares, 0-1): exact_match and
+    rouge_l, and for JSON tasks slot_f1 (micro F1 over slot name and value pairs), json_parse_rate,
+    intent_accuracy, exact_rate (intent and every slot right), and schema_valid_rate and truncated_rate
+    where scored."""
+    row = {"exact_match": scores["exact_match"], "rouge_l": scores["rouge_l"]}
+    json_scores = scores.get("json")
+    if json_scores:
+        row["slot_f1"] = json_scores["slots"]["f1"]
+        row.update({k: json_scores[k] for k in _FLAT_JSON if k in json_scores})
+    return row
+
+
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 

@@ -139,11 +139,15 @@ def train_lora(
     """Train a LoRA adapter on `dataset_dir`'s ``train.jsonl`` (only task `task`'s rows when given)
     and save it (safetensors) with the tokenizer into `out_dir`, replacing it whole.
 
-    Every `train.eval_steps` steps the validation rows are scored; with `train.early_stopping_patience`
-    N, training stops after N evaluations without improvement and the adapter with the lowest eval
-    loss is kept. Every `train.save_steps` steps a checkpoint goes to `checkpoint_dir` (default: the
-    cache; lorapipe.checkpoints), which `train.resume` ``auto`` continues from. Under `accelerate
-    launch` the trainer trains data-parallel and the first process writes. Written only when given:
+    Every `train.eval_steps` steps the validation rows are scored: eval loss, and with a task metric as
+    `train.select_metric` (slot_f1, exact_rate, …: scoring.flat_scores) that metric of the greedy
+    answers the model in training gives to the validation conversations (train_callbacks.TaskMetric;
+    the last step is evaluated too). With `train.early_stopping_patience` N, training stops after N
+    evaluations without improvement of `select_metric`; with early stopping or a task metric, the
+    adapter of the best evaluation is kept. Every `train.save_steps` steps a checkpoint goes to
+    `checkpoint_dir` (default: the cache; lorapipe.checkpoints), which `train.resume` ``auto``
+    continues from. Under `accelerate launch` the trainer trains data-parallel and the first process
+    writes. Written only when given:
     `metrics_path` (JSON), `loss_path` (TSV: step, loss), `plot_path` (PNG). `run_info` goes into the
     adapter's ``run.json``, `provenance` (plus the resolved settings) into ``lorapipe_params.yaml``;
     `on_log(step, metrics)` gets each logged step's and evaluation's numbers.
@@ -153,9 +157,10 @@ def train_lora(
     leave it None.
 
     Raises ValueError for data it cannot train on (no rows of `task`, a row without loss tokens,
-    unknown `lora.target_modules`, sequences beyond the model's context), FileNotFoundError for a
-    `train.resume` path that is no checkpoint, MemoryError when the estimate does not fit or
-    training runs out of memory (naming what to change)."""
+    unknown `lora.target_modules`, sequences beyond the model's context, a task `select_metric`
+    without validation conversations, a JSON one whose answers are not JSON, or on an encoder-decoder),
+    FileNotFoundError for a `train.resume` path that is no checkpoint, MemoryError when the estimate
+    does not fit or training runs out of memory (naming what to change)."""
     import torch
 
     faults.active()  # a malformed LORAPIPE_FAULT is refused before any work
@@ -168,6 +173,7 @@ def train_lora(
     fit = _check_fit(base_dir, lora, train, hardware, max_seq_len)
     model, seq2seq, targets = _load_model(base_dir, lora, quant, hardware, max_seq_len)
     data = _tokenize(dataset_dir, tokenizer, task, max_seq_len, train.packing, seq2seq)
+    selector = _task_metric(dataset_dir, tokenizer, task, train.select_metric, seq2seq, on_log)
     resolved = ResolvedSettings(
         hardware.device,
         hardware.precision,
@@ -188,13 +194,14 @@ def train_lora(
     )
     start = _resume_point(train.resume, checkpoints)
     session = _Session.start(
-        model, tokenizer, data, train, resolved, steps, checkpoints.folder, seed, on_log, trainer_args
+        model, tokenizer, data, train, resolved, steps, checkpoints.folder, seed, on_log, trainer_args, selector
     )
     if not session.trainer.is_world_process_zero():
         session.run(start, fit)
         return None
     _announce(start, resolved, lora.rank, model, data, steps, max_seq_len)
-    result = session.finish(*session.run(start, fit), data.val, resolved, train.early_stopping_patience, steps)
+    keep_best = bool(train.early_stopping_patience) or selector is not None
+    result = session.finish(*session.run(start, fit), data.val, resolved, keep_best, steps)
     _save(
         result,
         model,
@@ -407,6 +414,7 @@ def _fingerprint(
         "log_every": train.log_every,
         "eval_steps": train.eval_steps,
         "early_stopping_patience": train.early_stopping_patience,
+        "select_metric": train.select_metric,
         "packing": resolved.packing,
         "precision": resolved.precision,
         "four_bit": resolved.load_in_4bit,
@@ -452,8 +460,8 @@ def _trainer_settings(
         save_total_limit=train.save_total_limit,
         eval_strategy="steps" if train.eval_steps else "no",
         eval_steps=train.eval_steps or None,
-        metric_for_best_model="eval_loss",
-        greater_is_better=False,
+        metric_for_best_model=_metric_key(train.select_metric),
+        greater_is_better=train.select_metric != "eval_loss",
         bf16=resolved.precision == "bf16",
         use_cpu=resolved.device == "cpu",
         seed=seed,
@@ -513,11 +521,15 @@ class _Session:
         seed: int,
         on_log,
         trainer_args: dict[str, Any] | None,
+        selector=None,
     ) -> _Session:
+        """`selector`: the TaskMetric callback of a task `train.select_metric` (before BestAdapter and
+        early stopping, which read the metric it adds), or None."""
         from lorapipe.train_callbacks import BestAdapter, FaultPoints, LossTokens, Progress
 
         counter = LossTokens(model, resolved.seq2seq)
-        progress, best = Progress(steps, counter, on_log), BestAdapter()
+        progress = Progress(steps, counter, on_log)
+        best = BestAdapter(_metric_key(train.select_metric), greater_is_better=selector is not None)
         settings = {**_trainer_settings(train, resolved, steps, folder, seed), **(trainer_args or {})}
         trainer = _trainer(
             model,
@@ -525,7 +537,7 @@ class _Session:
             resolved.seq2seq,
             data.train,
             data.val,
-            [progress, best, FaultPoints()],
+            [progress, *([selector] if selector else []), best, FaultPoints()],
             train.early_stopping_patience,
             **settings,
         )
@@ -542,12 +554,13 @@ class _Session:
         return time.perf_counter() - started, output
 
     def finish(
-        self, seconds: float, output, val: Pairs, resolved: ResolvedSettings, early_stopping: int, steps: int
+        self, seconds: float, output, val: Pairs, resolved: ResolvedSettings, keep_best: bool, steps: int
     ) -> TrainResult:
-        """Keep the best adapter (early stopping), score the validation rows, and sum the run up."""
+        """Keep the best adapter (`keep_best`: early stopping or a task metric), score the validation
+        rows, and sum the run up."""
         last = self.trainer.state.global_step
-        if early_stopping and self.best.best is not None:
-            _restore(self.model, self.best.best, last, steps)
+        if keep_best and self.best.best is not None:
+            _restore(self.model, self.best.best, self.best.metric, last, steps)
         val_loss = _validation_loss(self.trainer, self.model, val, resolved)
         tokens = self.counter.value * resolved.processes  # each process counts its own batches (equal shares)
         history = self.progress.history
@@ -570,16 +583,63 @@ class _Session:
         return TrainResult(metrics, resolved, history, self.progress.evals)
 
 
-def _restore(model, best, last_step: int, steps: int) -> None:
-    """Early stopping: put the adapter weights of the lowest eval loss (train_callbacks.Best) back."""
+def _restore(model, best, metric: str, last_step: int, steps: int) -> None:
+    """Put the adapter weights of the best evaluation (train_callbacks.Best; by `metric`) back."""
     from peft import set_peft_model_state_dict
 
     set_peft_model_state_dict(model, best.weights)
     print(
-        f"[train] keeping the adapter of step {best.step} (lowest eval loss {best.loss:.4f})"
-        + (f"; stopped early at step {last_step}" if last_step < steps else ""),
+        f"[train] keeping the adapter of step {best.step} "
+        f"({'lowest eval loss' if metric == 'eval_loss' else 'highest ' + metric.removeprefix('eval_')} "
+        f"{best.value:.4f})" + (f"; stopped early at step {last_step}" if last_step < steps else ""),
         flush=True,
     )
+
+
+def _metric_key(select_metric: str) -> str:
+    """The evaluation metrics' key of `train.select_metric`: eval_loss, or eval_<task metric>."""
+    return select_metric if select_metric == "eval_loss" else f"eval_{select_metric}"
+
+
+def _task_metric(dataset_dir: Path, tokenizer, task: str | None, metric: str, seq2seq: bool, on_log):
+    """The TaskMetric callback for a task `train.select_metric` (None for eval_loss): the validation
+    conversations (of `task` when given) with their system prompts from ``prompts.json``, their answers
+    as references, and the answer token limit eval.max_new_tokens auto derives from the data
+    (generation.answer_token_budget). Raises ValueError when there are no such conversations, when a
+    JSON metric meets answers that are not JSON, and on an encoder-decoder."""
+    from lorapipe.generation import answer_token_budget, evaluation_requests
+    from lorapipe.params import JSON_METRICS
+    from lorapipe.scoring import is_json_task
+
+    if metric == "eval_loss":
+        return None
+    if seq2seq:
+        raise ValueError(f"train.select_metric {metric} scores a causal LM's answers; use eval_loss for this model")
+    rows = select_task(read_jsonl(dataset_dir / paths.VAL_ROWS.name), task, "validation")
+    chat = [row for row in rows if "messages" in row]
+    if not chat:
+        raise ValueError(
+            f"train.select_metric {metric} scores answers to the validation conversations, and "
+            f"{dataset_dir / paths.VAL_ROWS.name} has none{f' of task {task!r}' if task else ''} (text rows only): "
+            "use eval_loss, or add a chat task (dataset.tasks, data/raw/labeled)"
+        )
+    requests = evaluation_requests(chat, read_json(dataset_dir / paths.PROMPTS.name))
+    expected = [answer for _, answer in requests]
+    if metric in JSON_METRICS and not is_json_task(expected):
+        raise ValueError(
+            f"train.select_metric {metric} scores JSON answers, and the validation conversations' answers in "
+            f"{dataset_dir / paths.VAL_ROWS.name} are not all JSON: use exact_match or rouge_l"
+        )
+    budget, reason = answer_token_budget(
+        "auto", [dataset_dir / paths.TRAIN_ROWS.name, dataset_dir / paths.VAL_ROWS.name], tokenizer
+    )
+    print(
+        f"[train] select_metric {metric}: {len(requests)} validation conversations answered per evaluation ({reason})",
+        flush=True,
+    )
+    from lorapipe.train_callbacks import TaskMetric
+
+    return TaskMetric(metric, tokenizer, [messages for messages, _ in requests], expected, budget, on_log)
 
 
 def _validation_loss(trainer, model, val: Pairs, resolved: ResolvedSettings) -> float:

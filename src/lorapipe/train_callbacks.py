@@ -1,5 +1,6 @@
 """What lorapipe adds to the HF trainer's loop: the loss-token counter, progress lines and metrics,
-the best adapter for early stopping, the tests' fault points, and the out-of-memory message.
+the task metric an evaluation can select on, the best adapter, the tests' fault points, and the
+out-of-memory message.
 
 Only training imports this module (it imports torch and transformers); `lorapipe.train` imports it
 inside the functions that train, so `lorapipe check` and `--help` never load them.
@@ -108,27 +109,78 @@ class Progress(TrainerCallback):
 
 
 class Best(NamedTuple):
-    """The adapter with the lowest eval loss so far: its loss, optimizer step and weights (a copy)."""
+    """The adapter of the best evaluation so far: its metric value, optimizer step and weights (a copy)."""
 
-    loss: float
+    value: float
     step: int
     weights: dict[str, torch.Tensor]
 
 
 class BestAdapter(TrainerCallback):
-    """Keeps a copy of the adapter weights with the lowest eval loss (for early stopping), in memory:
-    LoRA weights are megabytes. `best` is None until the first evaluation."""
+    """Keeps a copy of the adapter weights of the best evaluation, in memory (LoRA weights are
+    megabytes): the lowest `metric` (``eval_loss``), or the highest with `greater_is_better` (a task
+    metric, ``eval_<name>``, that TaskMetric adds). `best` is None until the first evaluation."""
 
-    def __init__(self):
+    def __init__(self, metric: str = "eval_loss", greater_is_better: bool = False):
+        self.metric, self.greater = metric, greater_is_better
         self.best: Best | None = None
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
         from peft import get_peft_model_state_dict
 
-        loss = (metrics or {}).get("eval_loss")
-        if loss is not None and (self.best is None or loss < self.best.loss):
+        value = (metrics or {}).get(self.metric)
+        if value is None:
+            return
+        if self.best is None or (value > self.best.value if self.greater else value < self.best.value):
             weights = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
-            self.best = Best(loss, state.global_step, weights)
+            self.best = Best(value, state.global_step, weights)
+
+
+class TaskMetric(TrainerCallback):
+    """train.select_metric as a task metric: at each evaluation the model answers `requests` (validation
+    conversations) greedily, at most `max_new_tokens` tokens each (generation.generate_batches), the
+    answers are scored against `expected` (scoring.score_answers, then flat_scores' `metric`) and
+    ``eval_<metric>`` (a share, 0-1) joins the evaluation's metrics before BestAdapter and transformers'
+    EarlyStoppingCallback read them (they come after it in the callback list) and is printed and
+    reported to `on_log`. The last step is evaluated too, so the final adapter is a candidate.
+
+    Costs one greedy decoding of the validation conversations per evaluation (batches of 8)."""
+
+    def __init__(
+        self,
+        metric: str,
+        tokenizer,
+        requests: list[list[dict]],
+        expected: list[str],
+        max_new_tokens: int,
+        on_log: OnLog | None = None,
+    ):
+        self.metric, self.tokenizer, self.requests, self.expected = metric, tokenizer, requests, expected
+        self.max_new_tokens, self.report = max_new_tokens, on_log
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_evaluate = True
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+        from lorapipe.generation import generate_batches
+        from lorapipe.scoring import flat_scores, score_answers
+
+        training = model.training
+        model.eval()
+        try:
+            got = generate_batches(
+                model, self.tokenizer, self.requests, self.max_new_tokens, source=f"step {state.global_step}'s adapter"
+            )
+        finally:
+            model.train(training)
+        scores = flat_scores(score_answers([g.text for g in got], self.expected, truncated=[g.truncated for g in got]))
+        value = scores[self.metric]
+        metrics[f"eval_{self.metric}"] = value
+        if state.is_world_process_zero:
+            print(f"[train] step {state.global_step}/{state.max_steps} {self.metric} {value:.4f}", flush=True)
+            if self.report:
+                self.report(state.global_step, {f"eval_{self.metric}": value})
 
 
 class FaultPoints(TrainerCallback):

@@ -22,9 +22,12 @@ STAGES = list(STAGE_SECTIONS)
 # Outputs that must come back byte for byte; the adapter within 1e-5 (a resumed run's arithmetic
 # differs in the last bits). The others carry run facts (MLflow run id, timings) and must be whole.
 BYTE_EQUAL = {"extract", "synth", "dataset"}
-# The points where a stage has done work; `early` (the same hook in every stage, before anything is
-# read) is checked for all stages at once by test_stages_killed_before_any_work_change_nothing.
-CASES = [pytest.param(stage, point, id=f"{stage}:{point}") for stage in STAGES for point in POINTS if point != "early"]
+# `mid` (a stage's own half-way point: the resume each stage promises) is checked stage by stage. The
+# two points every stage shares, `early` (before anything is read) and `writing` (while an output is
+# written, through lorapipe's atomic writers), are checked for all stages at once: one kill per stage,
+# then one rerun of the whole pipeline (test_stages_killed_before_any_work_change_nothing,
+# test_stages_killed_while_writing_leave_whole_outputs_then_rerun_to_the_same).
+assert set(POINTS) == {"early", "mid", "writing"}, "a new fault point needs its test here"
 
 
 def _outs(repo: Path, stage: str) -> list[Path]:
@@ -93,6 +96,21 @@ def _kill(repo: Path, env: dict, stage: str, point: str) -> str:
     return output
 
 
+def _assert_whole(repo: Path, env: dict, stage: str, reference: dict) -> None:
+    """After a kill: each of the stage's outs is absent, or whole (the files an uninterrupted run writes;
+    the same bytes for BYTE_EQUAL); `dvc status` works; DVC's cache is sound."""
+    for name, files in reference[stage].items():
+        out = repo / name
+        if out.exists():
+            now = _files(out)
+            assert now.keys() == files.keys(), f"{name} is incomplete after the kill at {stage}"
+            if stage in BYTE_EQUAL:
+                assert now == files, f"{name} differs after the kill at {stage}"
+    status = subprocess.run(["dvc", "status"], cwd=repo, capture_output=True, text=True, env=env)
+    assert status.returncode == 0, status.stdout + status.stderr
+    _check_dvc_cache(repo)
+
+
 def _assert_back_to_reference(repo: Path, env: dict, reference: dict) -> None:
     """After the rerun: DVC up to date, its cache sound, no temporaries, every stage's outputs the same
     files as the uninterrupted run's (byte for byte for BYTE_EQUAL)."""
@@ -123,29 +141,50 @@ def test_stages_killed_before_any_work_change_nothing(pipeline):
     _assert_back_to_reference(repo, env, reference)
 
 
-@pytest.mark.parametrize("stage,point", CASES)
-def test_a_stage_killed_at_a_fault_point_reruns_to_the_same_outputs(pipeline, stage, point):
+def _assert_adapter_resumed(repo: Path, reference_adapter: dict, rerun: str) -> None:
+    """The rerun's adapter equals the uninterrupted run's within 1e-5 (a resumed run's arithmetic differs
+    in the last bits), and the rerun resumed from the checkpoints the killed run left."""
+    from safetensors.torch import load_file
+
+    adapter = load_file(repo / "models/lora_output/adapter_model.safetensors")
+    assert adapter.keys() == reference_adapter.keys()
+    assert max(float((adapter[k] - reference_adapter[k]).abs().max()) for k in adapter) <= 1e-5
+    assert "resuming from" in rerun
+
+
+def test_stages_killed_while_writing_leave_whole_outputs_then_rerun_to_the_same(pipeline):
+    """Every stage killed at `writing` (all its work done, an output half-written; downstream first, so
+    each still finds its inputs): each output is absent or whole, `dvc status` works, DVC's cache is
+    sound. Then every stage runs again (`dvc repro --force`: DVC's run cache would only check the
+    outputs out, and the temporaries a killed writer leaves are removed by the stage's own next run)
+    and the pipeline ends with the outputs of the uninterrupted run, no temporaries left; training
+    resumes from the checkpoints its killed run left."""
+    from safetensors.torch import load_file
+
+    repo, env, reference = pipeline
+    reference_adapter = load_file(repo / "models/lora_output/adapter_model.safetensors")
+    for stage in reversed(STAGES):
+        _kill(repo, env, stage, "writing")
+        _assert_whole(repo, env, stage, reference)
+    rerun = run_ok(["dvc", "repro", "--force"], repo, env)
+    _assert_back_to_reference(repo, env, reference)
+    _assert_adapter_resumed(repo, reference_adapter, rerun)
+
+
+@pytest.mark.parametrize("stage", STAGES, ids=lambda stage: f"{stage}:mid")
+def test_a_stage_killed_mid_way_reruns_to_the_same_outputs(pipeline, stage):
+    """The stage killed at its `mid` point: outputs absent or whole, then `dvc repro` resumes it (the
+    extraction and the teacher's cache, training's checkpoints) to the uninterrupted run's outputs."""
     from safetensors.torch import load_file
 
     repo, env, reference = pipeline
     reference_adapter = load_file(repo / "models/lora_output/adapter_model.safetensors") if stage == "train" else None
-    if (stage, point) in {("extract", "mid"), ("synth", "mid")}:
+    if stage in {"extract", "synth"}:
         # Nothing cached, so the kill lands mid-way through converting (asking the teacher).
         subprocess.run(["rm", "-rf", f"{env['LORAPIPE_CACHE_DIR']}/{stage}"], check=True)
 
-    _kill(repo, env, stage, point)
-
-    # Nothing half-written: each out is absent, or whole (the files an uninterrupted run writes).
-    for name, files in reference[stage].items():
-        out = repo / name
-        if out.exists():
-            now = _files(out)
-            assert now.keys() == files.keys(), f"{name} is incomplete after the kill"
-            if stage in BYTE_EQUAL:
-                assert now == files, f"{name} differs after the kill"
-    status = subprocess.run(["dvc", "status"], cwd=repo, capture_output=True, text=True, env=env)
-    assert status.returncode == 0, status.stdout + status.stderr
-    _check_dvc_cache(repo)
+    _kill(repo, env, stage, "mid")
+    _assert_whole(repo, env, stage, reference)
 
     rerun = run_ok(["dvc", "repro"], repo, env)
     if f"Running stage '{stage}'" not in rerun:
@@ -156,7 +195,4 @@ def test_a_stage_killed_at_a_fault_point_reruns_to_the_same_outputs(pipeline, st
         rerun += run_ok(["dvc", "repro"], repo, env)
     _assert_back_to_reference(repo, env, reference)
     if stage == "train":
-        adapter = load_file(repo / "models/lora_output/adapter_model.safetensors")
-        assert adapter.keys() == reference_adapter.keys()
-        assert max(float((adapter[k] - reference_adapter[k]).abs().max()) for k in adapter) <= 1e-5
-        assert "resuming from" in rerun  # the checkpoints the killed run left were used
+        _assert_adapter_resumed(repo, reference_adapter, rerun)

@@ -1,6 +1,5 @@
-"""DVC stage ``evaluate``: the fine-tuned model and its GGUF scored against the base model (``eval.*``)
-on the validation rows (``reports/eval.json``, ``reports/samples.md``) and on evaluate_base's knowledge
-questions (``reports/knowledge.json``, ``reports/knowledge.md``); logged to MLflow.
+"""DVC stage ``evaluate`` (``eval.*``, ``export.quant_tolerance``): the fine-tuned model and its GGUFs against the
+base on the validation rows and evaluate_base's knowledge questions (``reports/``); logged to MLflow.
 
 Run: ``dvc repro evaluate`` (or ``python -m lorapipe.stages.evaluate``).
 """
@@ -46,6 +45,7 @@ def run(
         constrained=e.constrained,
         span_constraint=e.span_constraint,
         knowledge_max_new_tokens=e.knowledge_max_new_tokens,
+        quant_tolerance=p.export.quant_tolerance,
     )
     tracking.log_stage(
         Path(adapter_dir) / paths.RUN_INFO_NAME,
