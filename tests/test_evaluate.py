@@ -145,6 +145,7 @@ def test_chat_answers_are_scored_for_base_fine_tuned_and_gguf(tmp_path, tiny_mod
     assert metrics["served_by_quant"]["Q8_0"]["chat"]["slot_f1"] == q8 and set(metrics["gguf"]) == {"F32", "Q8_0"}
     by_task = metrics["quant_by_task"]  # a random model scores 0 everywhere: every GGUF is within, the smallest wins
     assert by_task["metric"] == {"chat": "slot_f1"} and set(by_task["quants"]) == {"F32", "Q8_0"}
+    assert by_task["quants"]["Q8_0"]["drop"] == 0.0
     assert by_task["chosen"] == "Q8_0" and by_task["tolerance"] == 0.05
     # under the schema's grammar even a random model starts a JSON object with the required "intent"
     import re
@@ -261,26 +262,38 @@ def test_auto_max_new_tokens_holds_the_longest_reference_answer(tmp_path, tiny_m
     assert answer_token_budget("auto", [val, tmp_path / "absent.jsonl"], tokenizer)[0] == AUTO_TEXT_TOKENS
 
 
-def test_the_task_ladder_ships_the_smallest_gguf_within_the_tolerance_of_the_merged_model(tmp_path):
+def test_the_task_ladder_ships_the_smallest_gguf_within_the_tolerance_of_the_best_task_score(tmp_path):
     from lorapipe.evaluate import task_ladder
     from lorapipe.scoring import score_answers
 
     expected = ['{"intent": "Play", "slots": {"artist": "Miles Davis", "genre": "jazz"}}'] * 2
     half = ['{"intent": "Play", "slots": {"artist": "Miles Davis"}}'] * 2  # slot F1 2/3
+    cities, wrong_city = ['{"city": "Oslo"}', '{"city": "Rome"}'], ['{"city": "Oslo"}', '{"city": "Paris"}']
     texts = ["the adapter is small", "the rank is low"]
+
+    def system(slots, city):
+        return {
+            "json": score_answers(slots, expected),
+            "cities": score_answers(city, cities),
+            "text": score_answers(texts, texts),
+        }
+
     answers = {
-        "fine-tuned": {"json": score_answers(expected, expected), "text": score_answers(texts, texts)},
-        "m.Q8_0.gguf constrained": {"json": score_answers(expected, expected), "text": score_answers(texts, texts)},
-        "m.Q4_K_M.gguf constrained": {"json": score_answers(half, expected), "text": score_answers(texts, texts)},
-        "m.Q4_K_M.gguf": {"json": score_answers(expected, expected), "text": score_answers(texts, texts)},
+        "fine-tuned": system(half, cities),  # free decoding: the grammar-bound Q8_0 does better on slots
+        "m.Q8_0.gguf constrained": system(expected, cities),
+        "m.Q4_K_M.gguf constrained": system(half, wrong_city),
+        "m.Q4_K_M.gguf": system(expected, cities),
     }
     ggufs = {"Q8_0": tmp_path / "m.Q8_0.gguf", "Q4_K_M": tmp_path / "m.Q4_K_M.gguf"}
     ggufs["Q8_0"].write_bytes(b"8" * 200)
     ggufs["Q4_K_M"].write_bytes(b"4" * 100)
 
     ladder = task_ladder(answers, ggufs, " constrained", 0.05)
-    assert ladder["metric"] == {"json": "slot_f1", "text": "rouge_l"} and ladder["merged"] == {"json": 1.0, "text": 1.0}
-    assert ladder["quants"]["Q4_K_M"]["vs_merged"] == pytest.approx(1 / 3, abs=1e-3)  # the worst task decides
-    assert ladder["chosen"] == "Q8_0" and "task score" in ladder["why"]
-    assert task_ladder(answers, ggufs, " constrained", 0.5)["chosen"] == "Q4_K_M"  # a third below is allowed now
+    # slot F1 for the intent-and-slots shape, exact_rate for other JSON, ROUGE-L for text
+    assert ladder["metric"] == {"json": "slot_f1", "cities": "exact_rate", "text": "rouge_l"}
+    assert ladder["reference"]["json"] == {"score": 1.0, "system": "m.Q8_0.gguf constrained"}
+    assert ladder["reference"]["cities"] == {"score": 1.0, "system": "fine-tuned"}
+    assert ladder["quants"]["Q4_K_M"]["drop"] == pytest.approx(0.5, abs=1e-3)  # the worst task (cities) decides
+    assert ladder["chosen"] == "Q8_0" and "below the best task score" in ladder["why"]
+    assert task_ladder(answers, ggufs, " constrained", 0.5)["chosen"] == "Q4_K_M"  # half below is allowed now
     assert task_ladder(answers, ggufs, "", 0.05) is None  # only one GGUF answered free

@@ -683,3 +683,92 @@ def test_select_metric_needs_answers_it_can_score(tmp_path, dataset_dir, tiny_mo
         _train(dataset_dir, tiny_model_dir, tmp_path / "a", eval_steps=2, select_metric="rouge_l")
     with pytest.raises(ValueError, match="eval_steps"):
         TrainParams(select_metric="slot_f1", eval_steps=0)
+
+
+def _scripted_scores(monkeypatch, metric: str, values: list[float]) -> None:
+    """Make every evaluation's task score `metric` the next of `values` (the answers are still made)."""
+    import lorapipe.scoring
+
+    scripted, real = iter(values), lorapipe.scoring.flat_scores
+    monkeypatch.setattr(lorapipe.scoring, "flat_scores", lambda scores: {**real(scores), metric: next(scripted)})
+
+
+def test_a_resumed_run_still_keeps_the_best_adapter_of_before_the_kill(
+    tmp_path, json_task_dir, tiny_model_dir, monkeypatch, capsys
+):
+    """Killed right after the checkpoint of step 4 (scores 0.9 at step 2, 0.1 at step 4), resumed (0.3,
+    0.2): early stopping counts from the best of before the kill, and the kept adapter is step 2's,
+    read back from beside the checkpoint."""
+    from lorapipe import faults
+
+    class Killed(Exception):
+        pass
+
+    def kill(fault):
+        raise Killed(fault)
+
+    monkeypatch.setattr(faults, "kill", kill)
+    _scripted_scores(monkeypatch, "rouge_l", [0.9, 0.1, 0.3, 0.2])
+    logged = []
+    args = dict(
+        max_steps=12,
+        lr=0.05,
+        eval_steps=2,
+        save_steps=2,
+        early_stopping_patience=2,
+        select_metric="rouge_l",
+        checkpoint_dir=tmp_path / "checkpoints",
+        on_log=lambda step, m: logged.append((step, m)),
+    )
+    monkeypatch.setenv(faults.FAULT_ENV, "train:kill-after-checkpoint:4")
+    with pytest.raises(Killed):
+        _train(json_task_dir, tiny_model_dir, tmp_path / "a", **args)
+    monkeypatch.delenv(faults.FAULT_ENV)
+    result = _train(json_task_dir, tiny_model_dir, tmp_path / "a", **args)
+    out = capsys.readouterr().out
+    assert "resuming from" in out
+    assert "keeping the adapter of step 2 (highest rouge_l 0.9000); stopped early at step 8" in out
+    step2_loss = next(m["eval_loss"] for step, m in logged if step == 2 and "eval_loss" in m)
+    assert result.metrics.val_loss == pytest.approx(step2_loss, rel=1e-3)
+
+
+def test_select_metric_decodes_under_bf16_autocast(tmp_path, json_task_dir, tiny_model_dir):
+    logged = []
+    _train(
+        json_task_dir,
+        tiny_model_dir,
+        tmp_path / "a",
+        max_steps=2,
+        eval_steps=2,
+        select_metric="exact_match",
+        precision="bf16",
+        on_log=lambda step, m: logged.append((step, m)),
+    )
+    assert [step for step, m in logged if "eval_exact_match" in m] == [2]
+
+
+def test_select_metric_refuses_what_it_cannot_score_before_training(tmp_path, json_task_dir, tiny_model_dir):
+    from lorapipe.dataset import build_dataset
+    from lorapipe.models import load_tokenizer
+    from lorapipe.train import _task_metric
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    with pytest.raises(ValueError, match="context of 100 tokens"):
+        _task_metric(json_task_dir, tokenizer, None, "rouge_l", False, 100, None)
+    labeled = tmp_path / "labeled"
+    labeled.mkdir()
+    rows = [{"query": f"weather in town {i}", "data": {"city": f"town {i}"}} for i in range(12)]
+    (labeled / "cities.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "none").mkdir()
+    build_dataset(
+        tmp_path / "none",
+        tiny_model_dir,
+        tmp_path / "cities",
+        labeled_dir=labeled,
+        mode="chat",
+        val_fraction=0.25,
+        seed=1,
+    )
+    with pytest.raises(ValueError, match="use exact_rate"):
+        _task_metric(tmp_path / "cities", tokenizer, None, "slot_f1", False, None, None)
+    assert _task_metric(tmp_path / "cities", tokenizer, None, "exact_rate", False, None, None).metric == "exact_rate"

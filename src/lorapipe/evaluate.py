@@ -135,34 +135,56 @@ def served_scores(answers: dict[str, dict], served: str) -> dict[str, dict[str, 
     return {task: flat_scores(scores) for task, scores in answers.get(served, {}).items()}
 
 
+def _task_metric_name(scores: dict) -> str:
+    """The score a task's quantizations are compared by: slot_f1 for the intent-and-slots shape (its
+    references hold slots), exact_rate for other JSON answers, rouge_l for text."""
+    json_scores = scores.get("json")
+    if not json_scores:
+        return "rouge_l"
+    return "slot_f1" if json_scores["slots"]["support"] else "exact_rate"
+
+
 def task_ladder(answers: dict[str, dict], ggufs: dict[str, Path], suffix: str, tolerance: float) -> dict | None:
     """Which GGUF to ship by the task (``reports/eval.json``'s ``quant_by_task``), from score_by_task's
     `answers` of the fine-tuned (merged) model and of each GGUF in `ggufs` ({quant: path}) as served (its
-    name plus `suffix`: " constrained" under the grammar): per task its metric (slot_f1 for JSON tasks,
-    else rouge_l; scoring.flat_scores), a GGUF's ``vs_merged`` being its largest relative drop below the
-    merged model's score over the tasks (a share; negative: better), and the smallest GGUF at most
-    `tolerance` below (perplexities.choose_quant). ``{"metric": {task: name}, "merged": {task: score},
-    "tolerance", "quants": {quant: {"scores", "vs_merged", "bytes"}}, "chosen", "why"}``; None without
-    the merged model's answers or with fewer than two GGUFs scored."""
-    merged = {task: flat_scores(scores) for task, scores in answers.get("fine-tuned", {}).items()}
+    name plus `suffix`: " constrained" under the grammar). Per task one score (_task_metric_name:
+    slot_f1, exact_rate or rouge_l; scoring.flat_scores) and a reference: the best of the merged model's
+    and every GGUF's (the merged model answers free through transformers, a GGUF as served, often under
+    the schema's grammar, which can score higher: the reference is then that GGUF). A GGUF's ``drop``
+    is its largest shortfall below the reference over the tasks (a share of the reference; 0 when the
+    reference is 0), and the smallest GGUF within `tolerance` ships (perplexities.choose_quant).
+    ``{"metric": {task: name}, "reference": {task: {"score", "system"}}, "tolerance",
+    "quants": {quant: {"scores", "drop", "bytes"}}, "chosen", "why"}``; None without the merged model's
+    answers or with fewer than two GGUFs scored."""
+    merged = answers.get("fine-tuned", {})
     scored = {q: path for q, path in ggufs.items() if path.name + suffix in answers}
     if not merged or len(scored) < 2:
         return None
-    metric = {task: "slot_f1" if "slot_f1" in flat else "rouge_l" for task, flat in merged.items()}
-    reference = {task: merged[task][name] for task, name in metric.items()}
+    metric = {task: _task_metric_name(scores) for task, scores in merged.items()}
+    systems = {"fine-tuned": merged, **{path.name + suffix: answers[path.name + suffix] for path in scored.values()}}
+    values = {
+        name: {task: flat_scores(by_task[task])[metric[task]] for task in metric} for name, by_task in systems.items()
+    }
+    reference = {}
+    for task in metric:
+        best = max(systems, key=lambda name: values[name][task])  # the merged model first among equals
+        reference[task] = {"score": values[best][task], "system": best}
     quants = {}
     for quant, path in scored.items():
-        flat = {task: flat_scores(scores) for task, scores in answers[path.name + suffix].items()}
-        values = {task: flat[task][name] for task, name in metric.items()}
-        # a score below the merged model's, as a share of it (0 when the merged model scores 0)
-        drops = [-relative(values[task], reference[task]) for task in values]
-        quants[quant] = {"scores": values, "vs_merged": max(drops), "bytes": path.stat().st_size}
-    chosen, why = choose_quant(
-        quants, tolerance, measure="task score (" + ", ".join(sorted(set(metric.values()))) + ")"
+        mine = values[path.name + suffix]
+        drops = [-relative(mine[task], reference[task]["score"]) for task in metric]
+        quants[quant] = {"scores": mine, "drop": max(drops), "bytes": path.stat().st_size}
+    chosen, _ = choose_quant({q: {**m, "vs_merged": m["drop"]} for q, m in quants.items()}, tolerance, "task score")
+    within = sum(m["drop"] <= tolerance for m in quants.values())
+    shortfall = quants[chosen]["drop"]
+    why = (
+        f"the smallest of {within} at most {tolerance:.1%} below the best task score ({shortfall:.1%} below)"
+        if within
+        else f"none is within {tolerance:.1%} of the best task score; the closest ({shortfall:.1%} below)"
     )
     return {
         "metric": metric,
-        "merged": reference,
+        "reference": reference,
         "tolerance": tolerance,
         "quants": quants,
         "chosen": chosen,
@@ -339,9 +361,8 @@ def evaluate_models(
     serve decodes; with `span_constraint`, free string values limited to spans of each row's user message,
     labeled.span_schema), scored per task (``"answers"``; the served system's also under ``"served"``,
     served_scores; when the export holds several GGUFs, each one's under ``"served_by_quant"``, and the
-    smallest within `quant_tolerance` of the merged model's task score under ``"quant_by_task"``:
-    task_ladder). With `samples_path`,
-    also a Markdown page of `num_generations` prompts with the answers side by side. With
+    smallest within `quant_tolerance` of the best task score under ``"quant_by_task"``: task_ladder).
+    With `samples_path`, also a Markdown page of `num_generations` prompts with the answers side by side. With
     `knowledge_path` and `knowledge_md_path`, also the knowledge evaluation of the questions in
     `knowledge_base_path` (evaluate_base's, with the base's answers): the merged model closed-book and
     with retrieval, the model GGUF closed-book (lorapipe.knowledge.evaluate_knowledge; at most

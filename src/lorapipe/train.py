@@ -173,7 +173,8 @@ def train_lora(
     fit = _check_fit(base_dir, lora, train, hardware, max_seq_len)
     model, seq2seq, targets = _load_model(base_dir, lora, quant, hardware, max_seq_len)
     data = _tokenize(dataset_dir, tokenizer, task, max_seq_len, train.packing, seq2seq)
-    selector = _task_metric(dataset_dir, tokenizer, task, train.select_metric, seq2seq, on_log)
+    context = getattr(model.config, "max_position_embeddings", None)
+    selector = _task_metric(dataset_dir, tokenizer, task, train.select_metric, seq2seq, context, on_log)
     resolved = ResolvedSettings(
         hardware.device,
         hardware.precision,
@@ -196,6 +197,7 @@ def train_lora(
     session = _Session.start(
         model, tokenizer, data, train, resolved, steps, checkpoints.folder, seed, on_log, trainer_args, selector
     )
+    session.best.resume(start)  # the best adapter of the evaluations before a kill
     if not session.trainer.is_world_process_zero():
         session.run(start, fit)
         return None
@@ -601,15 +603,20 @@ def _metric_key(select_metric: str) -> str:
     return select_metric if select_metric == "eval_loss" else f"eval_{select_metric}"
 
 
-def _task_metric(dataset_dir: Path, tokenizer, task: str | None, metric: str, seq2seq: bool, on_log):
+def _task_metric(
+    dataset_dir: Path, tokenizer, task: str | None, metric: str, seq2seq: bool, context: int | None, on_log
+):
     """The TaskMetric callback for a task `train.select_metric` (None for eval_loss): the validation
     conversations (of `task` when given) with their system prompts from ``prompts.json``, their answers
     as references, and the answer token limit eval.max_new_tokens auto derives from the data
-    (generation.answer_token_budget). Raises ValueError when there are no such conversations, when a
-    JSON metric meets answers that are not JSON, and on an encoder-decoder."""
+    (generation.answer_token_budget). Raises ValueError, before training, when there are no such
+    conversations, when a JSON metric meets answers that are not JSON (or slot_f1/intent_accuracy meet
+    JSON without ``slots``/``intent``), when the longest prompt plus that limit exceeds the model's
+    `context` (tokens), and on an encoder-decoder."""
+    from lorapipe.chat_encoder import encode_chat, hf_codec
     from lorapipe.generation import answer_token_budget, evaluation_requests
     from lorapipe.params import JSON_METRICS
-    from lorapipe.scoring import is_json_task
+    from lorapipe.scoring import is_json_task, parse_json
 
     if metric == "eval_loss":
         return None
@@ -630,11 +637,25 @@ def _task_metric(dataset_dir: Path, tokenizer, task: str | None, metric: str, se
             f"train.select_metric {metric} scores JSON answers, and the validation conversations' answers in "
             f"{dataset_dir / paths.VAL_ROWS.name} are not all JSON: use exact_match or rouge_l"
         )
-    budget, reason = answer_token_budget(
-        "auto", [dataset_dir / paths.TRAIN_ROWS.name, dataset_dir / paths.VAL_ROWS.name], tokenizer
-    )
+    shape = {"slot_f1": "slots", "intent_accuracy": "intent"}.get(metric)
+    if shape and not all(isinstance(d, dict) and shape in d for d in map(parse_json, expected)):
+        raise ValueError(
+            f"train.select_metric {metric} reads the intent-and-slots shape, and not every validation answer in "
+            f"{dataset_dir / paths.VAL_ROWS.name} has {shape!r}: use exact_rate (every field equal) or json_parse_rate"
+        )
+    rows_files = [dataset_dir / paths.TRAIN_ROWS.name, dataset_dir / paths.VAL_ROWS.name]
+    budget, reason = answer_token_budget("auto", rows_files, tokenizer)
+    codec = hf_codec(tokenizer)
+    longest = max(len(encode_chat(messages, codec)) for messages, _ in requests)
+    if context and longest + budget > context:
+        raise ValueError(
+            f"train.select_metric {metric}: a validation prompt of {longest} tokens plus answers of up to {budget} "
+            f"({reason}) exceed the model's context of {context} tokens: use eval_loss, or shorten the prompts "
+            "(dataset.system_prompt) or the answers"
+        )
     print(
-        f"[train] select_metric {metric}: {len(requests)} validation conversations answered per evaluation ({reason})",
+        f"[train] select_metric {metric}: {len(requests)} validation conversations answered at each evaluation "
+        f"({reason})",
         flush=True,
     )
     from lorapipe.train_callbacks import TaskMetric

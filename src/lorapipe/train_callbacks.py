@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
@@ -109,21 +110,55 @@ class Progress(TrainerCallback):
 
 
 class Best(NamedTuple):
-    """The adapter of the best evaluation so far: its metric value, optimizer step and weights (a copy)."""
+    """The adapter of the best evaluation so far: its metric value, optimizer step, weights (a copy) and
+    eval loss (the tie-break between equal task scores)."""
 
     value: float
     step: int
     weights: dict[str, torch.Tensor]
+    loss: float = float("inf")
 
 
 class BestAdapter(TrainerCallback):
     """Keeps a copy of the adapter weights of the best evaluation, in memory (LoRA weights are
     megabytes): the lowest `metric` (``eval_loss``), or the highest with `greater_is_better` (a task
-    metric, ``eval_<name>``, that TaskMetric adds). `best` is None until the first evaluation."""
+    metric, ``eval_<name>``, that TaskMetric adds); of equal task scores (a metric that saturates, such
+    as a parse rate of 1.0), the lower eval loss. `best` is None until the first evaluation.
+
+    The best so far is also written beside each checkpoint (BEST_FILE, safetensors; its value, step
+    and eval loss in the metadata) and read back by `resume`, so that a run killed and resumed still
+    keeps the best adapter of the evaluations before the kill."""
+
+    BEST_FILE = "lorapipe_best_adapter.safetensors"
 
     def __init__(self, metric: str = "eval_loss", greater_is_better: bool = False):
         self.metric, self.greater = metric, greater_is_better
         self.best: Best | None = None
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if self.best is None or not state.is_world_process_zero or not folder.is_dir():
+            return
+        from safetensors.torch import save_file
+
+        weights = {k: v.detach().cpu().contiguous() for k, v in self.best.weights.items()}
+        meta = {"value": repr(self.best.value), "step": str(self.best.step), "loss": repr(self.best.loss)}
+        save_file(weights, folder / self.BEST_FILE, metadata={"metric": self.metric, **meta})
+
+    def resume(self, checkpoint: str | Path | None) -> None:
+        """Take the best adapter saved beside `checkpoint` (the folder a run resumes from), if any and of
+        the same metric."""
+        path = Path(checkpoint) / self.BEST_FILE if checkpoint else None
+        if path is None or not path.is_file():
+            return
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as saved:
+            meta = saved.metadata() or {}
+            if meta.get("metric") != self.metric:
+                return
+            weights = {k: saved.get_tensor(k) for k in saved.keys()}
+        self.best = Best(float(meta["value"]), int(meta["step"]), weights, float(meta["loss"]))
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
         from peft import get_peft_model_state_dict
@@ -131,9 +166,14 @@ class BestAdapter(TrainerCallback):
         value = (metrics or {}).get(self.metric)
         if value is None:
             return
-        if self.best is None or (value > self.best.value if self.greater else value < self.best.value):
+        loss = float((metrics or {}).get("eval_loss", float("inf")))
+        best = self.best
+        better = best is None or (
+            (value > best.value or (value == best.value and loss < best.loss)) if self.greater else value < best.value
+        )
+        if better:
             weights = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
-            self.best = Best(value, state.global_step, weights)
+            self.best = Best(value, state.global_step, weights, loss)
 
 
 class TaskMetric(TrainerCallback):
@@ -168,10 +208,17 @@ class TaskMetric(TrainerCallback):
 
         training = model.training
         model.eval()
+        # bf16 training holds the frozen weights in bfloat16 under autocast (train._load_model): decode the same way
+        bf16 = bool(getattr(args, "bf16", False))
         try:
-            got = generate_batches(
-                model, self.tokenizer, self.requests, self.max_new_tokens, source=f"step {state.global_step}'s adapter"
-            )
+            with torch.autocast(device_type=model.device.type, dtype=torch.bfloat16, enabled=bf16):
+                got = generate_batches(
+                    model,
+                    self.tokenizer,
+                    self.requests,
+                    self.max_new_tokens,
+                    source=f"step {state.global_step}'s adapter",
+                )
         finally:
             model.train(training)
         scores = flat_scores(score_answers([g.text for g in got], self.expected, truncated=[g.truncated for g in got]))
