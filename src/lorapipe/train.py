@@ -531,7 +531,8 @@ class _Session:
 
         counter = LossTokens(model, resolved.seq2seq)
         progress = Progress(steps, counter, on_log)
-        best = BestAdapter(_metric_key(train.select_metric), greater_is_better=selector is not None)
+        keep_best = bool(train.early_stopping_patience) or selector is not None
+        best = BestAdapter(_metric_key(train.select_metric), greater_is_better=selector is not None, persist=keep_best)
         settings = {**_trainer_settings(train, resolved, steps, folder, seed), **(trainer_args or {})}
         trainer = _trainer(
             model,
