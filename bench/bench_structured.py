@@ -7,6 +7,7 @@ Run: .venv/bin/python bench/bench_structured.py [--epochs 2] [--rank 8] [--lr 3e
      [--label NAME] [--keep DIR]   (about 15-30 min on 2 cores: training dominates)
      .venv/bin/python bench/bench_structured.py --gguf DIR/task.Q4_K_M.gguf   (score a kept model only)
      .venv/bin/python bench/bench_structured.py ... --quants auto   (the quantization ladder, each GGUF scored)
+     .venv/bin/python bench/bench_structured.py ... --eval-steps 133 --select-metric slot_f1   (model selection)
      .venv/bin/python bench/bench_structured.py --table   (the runs recorded in bench/structured.jsonl)
 
 Data: bench/data/snips_queries.jsonl and snips_schema.json, a copy of the project's shared labeled
@@ -97,6 +98,12 @@ def main() -> None:
     parser.add_argument("--alpha", type=int, default=None, help="default: 2 × rank")
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--eval-steps", type=int, default=0, help="train.eval_steps (0: no evaluation during training)")
+    parser.add_argument(
+        "--select-metric",
+        default="eval_loss",
+        help="train.select_metric: the evaluation metric that picks the kept adapter (needs --eval-steps)",
+    )
     parser.add_argument("--per-intent", type=int, default=20, help="held-out queries per intent")
     parser.add_argument("--max-rows", type=int, default=None, help="train on at most this many queries")
     parser.add_argument("--seed", type=int, default=42)
@@ -179,7 +186,8 @@ def main() -> None:
                     max_steps=-1,
                     lr=args.lr,
                     batch_size=args.batch_size,
-                    eval_steps=0,
+                    eval_steps=args.eval_steps,
+                    select_metric=args.select_metric,
                     save_steps=0,
                     log_every=20,
                     resume="never",
@@ -234,6 +242,8 @@ def main() -> None:
         "alpha": args.alpha or 2 * args.rank,
         "lr": args.lr,
         "batch_size": args.batch_size,
+        "eval_steps": args.eval_steps,
+        "select_metric": args.select_metric,
         "system": args.system,
         "train_rows": stats["rows"]["train"],
         "held_out": len(held),
@@ -276,6 +286,11 @@ def markdown(records: list[dict]) -> str:
         (
             f"- {r['label']}: {r['epochs']:g} epochs ({r['steps']} steps of {r['batch_size']} rows), LoRA r{r['rank']} "
             f"alpha {r['alpha']}, lr {r['lr']:g}"
+            + (
+                f", the adapter of the best {r['select_metric']} of evaluations every {r['eval_steps']} steps"
+                if r.get("select_metric", "eval_loss") != "eval_loss"
+                else ""
+            )
             if not r.get("gguf")
             else f"- {r['label']}: the kept GGUF {r['gguf']}"
         )
