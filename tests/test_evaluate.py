@@ -244,7 +244,7 @@ def test_a_prompt_longer_than_the_context_is_refused_naming_the_knobs(tiny_model
 def test_auto_max_new_tokens_holds_the_longest_reference_answer(tmp_path, tiny_model_dir):
     """eval.max_new_tokens auto: the longest last assistant turn of the train and validation rows, in
     tokens, plus 25% (at least 8); a number is kept; text rows only: 64."""
-    from lorapipe.evaluate import AUTO_TEXT_TOKENS, answer_token_budget
+    from lorapipe.generation import AUTO_TEXT_TOKENS, answer_token_budget
     from lorapipe.models import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_model_dir)

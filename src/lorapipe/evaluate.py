@@ -22,15 +22,12 @@ from pathlib import Path
 
 from lorapipe import faults, paths
 from lorapipe.artifacts import export_ggufs, model_gguf
-from lorapipe.generation import (  # noqa: F401 (chat, generate_answer, hf_answers, answer_token_budget, AUTO_*: this module's names too)
-    AUTO_MARGIN,
-    AUTO_MARGIN_MIN,
-    AUTO_TEXT_TOKENS,
+from lorapipe.generation import (  # noqa: F401 (chat, generate_answer, hf_answers: this module's names too)
     Generation,
     answer_all,
     answer_token_budget,
-    evaluation_requests,
     chat,
+    evaluation_requests,
     generate_answer,
     gguf_generate,
     hf_answers,
@@ -174,7 +171,7 @@ def task_ladder(answers: dict[str, dict], ggufs: dict[str, Path], suffix: str, t
         mine = values[path.name + suffix]
         drops = [-relative(mine[task], reference[task]["score"]) for task in metric]
         quants[quant] = {"scores": mine, "drop": max(drops), "bytes": path.stat().st_size}
-    chosen, _ = choose_quant({q: {**m, "vs_merged": m["drop"]} for q, m in quants.items()}, tolerance, "task score")
+    chosen, _ = choose_quant({q: {**m, "vs_merged": m["drop"]} for q, m in quants.items()}, tolerance)
     within = sum(m["drop"] <= tolerance for m in quants.values())
     shortfall = quants[chosen]["drop"]
     why = (

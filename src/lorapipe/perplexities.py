@@ -62,25 +62,25 @@ def relative(value: float, reference: float) -> float:
     return round((value - reference) / reference, 6) if reference else 0.0
 
 
-def choose_quant(ladder: dict[str, dict], tolerance: float, measure: str = "perplexity") -> tuple[str, str]:
+def choose_quant(ladder: dict[str, dict], tolerance: float) -> tuple[str, str]:
     """The quantization to ship from `ladder` ({quant: {"vs_merged": how much worse than the merged
     model, as a share, "bytes": file size}}): the smallest file at most `tolerance` (a share: 0.05 =
-    5%) worse than the merged model; when none is, the least worse. `measure` names what was compared
-    in the reason (the perplexity, higher is worse: relative; a task score, lower is worse: evaluate's
-    quant_by_task). Returns (quant, why) — why is one line for the log and the report. Raises
-    ValueError for an empty ladder or one whose values are all NaN."""
+    5%) worse than the merged model; when none is, the least worse. The export's ladder passes the
+    relative perplexity increase; evaluate's quant_by_task a task score's shortfall (and words its own
+    reason). Returns (quant, why) — why is one line, about perplexity, for the log and export.json.
+    Raises ValueError for an empty ladder or one whose values are all NaN."""
     ladder = {q: m for q, m in ladder.items() if m["vs_merged"] == m["vs_merged"]}  # NaN: not measured
     if not ladder:
-        raise ValueError(f"no quantization with a measured {measure} to choose from")
+        raise ValueError("no quantization with a measured perplexity to choose from")
     within = [q for q, m in ladder.items() if m["vs_merged"] <= tolerance]
     if within:
         chosen = min(within, key=lambda q: ladder[q]["bytes"])
         return chosen, (
-            f"the smallest of {len(within)} within {tolerance:.1%} of the merged model's {measure} "
+            f"the smallest of {len(within)} within {tolerance:.1%} of the merged model's perplexity "
             f"({ladder[chosen]['vs_merged']:+.1%})"
         )
     chosen = min(ladder, key=lambda q: ladder[q]["vs_merged"])
     return chosen, (
-        f"none is within {tolerance:.1%} of the merged model's {measure}; the closest "
+        f"none is within {tolerance:.1%} of the merged model's perplexity; the closest "
         f"({ladder[chosen]['vs_merged']:+.1%})"
     )

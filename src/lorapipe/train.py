@@ -202,8 +202,7 @@ def train_lora(
         session.run(start, fit)
         return None
     _announce(start, resolved, lora.rank, model, data, steps, max_seq_len)
-    keep_best = bool(train.early_stopping_patience) or selector is not None
-    result = session.finish(*session.run(start, fit), data.val, resolved, keep_best, steps)
+    result = session.finish(*session.run(start, fit), data.val, resolved, steps)
     _save(
         result,
         model,
@@ -532,7 +531,7 @@ class _Session:
         counter = LossTokens(model, resolved.seq2seq)
         progress = Progress(steps, counter, on_log)
         keep_best = bool(train.early_stopping_patience) or selector is not None
-        best = BestAdapter(_metric_key(train.select_metric), greater_is_better=selector is not None, persist=keep_best)
+        best = BestAdapter(_metric_key(train.select_metric), greater_is_better=selector is not None, keep=keep_best)
         settings = {**_trainer_settings(train, resolved, steps, folder, seed), **(trainer_args or {})}
         trainer = _trainer(
             model,
@@ -556,13 +555,11 @@ class _Session:
             output = self.trainer.train(resume_from_checkpoint=str(start) if start else None)
         return time.perf_counter() - started, output
 
-    def finish(
-        self, seconds: float, output, val: Pairs, resolved: ResolvedSettings, keep_best: bool, steps: int
-    ) -> TrainResult:
-        """Keep the best adapter (`keep_best`: early stopping or a task metric), score the validation
-        rows, and sum the run up."""
+    def finish(self, seconds: float, output, val: Pairs, resolved: ResolvedSettings, steps: int) -> TrainResult:
+        """Keep the best adapter (when BestAdapter.keep: early stopping or a task metric), score the
+        validation rows, and sum the run up."""
         last = self.trainer.state.global_step
-        if keep_best and self.best.best is not None:
+        if self.best.keep and self.best.best is not None:
             _restore(self.model, self.best.best, self.best.metric, last, steps)
         val_loss = _validation_loss(self.trainer, self.model, val, resolved)
         tokens = self.counter.value * resolved.processes  # each process counts its own batches (equal shares)
@@ -618,6 +615,7 @@ def _task_metric(
     from lorapipe.generation import answer_token_budget, evaluation_requests
     from lorapipe.params import JSON_METRICS
     from lorapipe.scoring import is_json_task, parse_json
+    from lorapipe.train_callbacks import TaskMetric
 
     if metric == "eval_loss":
         return None
@@ -659,8 +657,6 @@ def _task_metric(
         f"({reason})",
         flush=True,
     )
-    from lorapipe.train_callbacks import TaskMetric
-
     return TaskMetric(metric, tokenizer, [messages for messages, _ in requests], expected, budget, on_log)
 
 

@@ -125,19 +125,20 @@ class BestAdapter(TrainerCallback):
     metric, ``eval_<name>``, that TaskMetric adds); of equal task scores (a metric that saturates, such
     as a parse rate of 1.0), the lower eval loss. `best` is None until the first evaluation.
 
-    With `persist` (the run keeps the best adapter), the best so far is also written beside each
-    checkpoint (BEST_FILE, safetensors; its value, step and eval loss in the metadata) and read back by
-    `resume`, so that a run killed and resumed still keeps the best adapter of before the kill."""
+    With `keep` (the run keeps the best adapter: early stopping or a task metric), the best so far is
+    also written beside each checkpoint (BEST_FILE, safetensors; its value, step and eval loss in the
+    metadata) and read back by `resume`, so that a run killed and resumed still keeps the best adapter
+    of before the kill."""
 
     BEST_FILE = "lorapipe_best_adapter.safetensors"
 
-    def __init__(self, metric: str = "eval_loss", greater_is_better: bool = False, persist: bool = False):
-        self.metric, self.greater, self.persist = metric, greater_is_better, persist
+    def __init__(self, metric: str = "eval_loss", greater_is_better: bool = False, keep: bool = False):
+        self.metric, self.greater, self.keep = metric, greater_is_better, keep
         self.best: Best | None = None
 
     def on_save(self, args, state, control, **kwargs):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if not self.persist or self.best is None or not state.is_world_process_zero or not folder.is_dir():
+        if not self.keep or self.best is None or not state.is_world_process_zero or not folder.is_dir():
             return
         from safetensors.torch import save_file
 
