@@ -7,18 +7,18 @@ Run: .venv/bin/python bench/bench_gpu_plan.py   (seconds; no GPU needed)
 Memory is lorapipe.plan.estimate_memory_gib (GiB) for what the train stage runs on CUDA (nf4 with double
 quantization, LoRA r16 on every projection, gradient checkpointing, paged 8-bit AdamW), at the
 largest batch of 1, 2, 4 or 8 that fits. Tokens per second is lorapipe.plan.estimate_tokens_per_second
-(`lorapipe plan --peak-tflops`): GPU_EFFICIENCY × the card's peak bfloat16 tensor FLOP/s ÷ the model
-FLOPs per token. GPU_EFFICIENCY is an assumption (no GPU was measured for this project); the CPU one
-is measured (bench/bench_train.py).
+(`lorapipe plan --peak-tflops`): the GPU efficiency × the card's peak bfloat16 tensor FLOP/s ÷ the model
+FLOPs per token; lorapipe.plan.training_efficiency on CUDA was measured on an H200 for a 1B and an 8B
+shape (bench/gpu_check.py), the CPU one on this machine (bench/bench_train.py).
 """
 
 from __future__ import annotations
 
 from lorapipe.plan import (
-    GPU_EFFICIENCY,
     estimate_memory_gib,
     estimate_tokens_per_second,
     load_facts,
+    training_efficiency,
     training_flops_per_token,
     training_settings,
 )
@@ -66,8 +66,8 @@ PUBLISHED = [
 def main() -> None:
     facts = load_facts(MODEL)
     print(
-        f"{facts.name}, {facts.parameters / 1e9:.2f} B parameters; assumed GPU efficiency "
-        f"{GPU_EFFICIENCY:.0%} of the card's peak\n"
+        f"{facts.name}, {facts.parameters / 1e9:.2f} B parameters; GPU efficiency (measured on an H200) "
+        f"{training_efficiency('cuda', facts.hidden_size):.0%} of the card's peak\n"
     )
     print(
         "| card | seq len | batch | estimated peak GiB | fits | model GFLOP per token | expected tokens/s "
@@ -83,7 +83,7 @@ def main() -> None:
             batch = max(fitting) if fitting else 1
             estimate = estimate_memory_gib(facts, batch_size=batch, **settings)
             per_token = training_flops_per_token(facts, seq, estimate["lora_parameters"], True)
-            speed = estimate_tokens_per_second(per_token, "cuda", tflops * 1e12)
+            speed = estimate_tokens_per_second(per_token, "cuda", tflops * 1e12, facts.hidden_size)
             print(
                 f"| {card} | {seq} | {batch} | {estimate['total']:.1f} | {'yes' if fitting else 'no'} | "
                 f"{per_token / 1e9:.1f} | {speed:,.0f} | {speed * 1.56:,.0f}–{speed * 1.88:,.0f} |"

@@ -33,6 +33,11 @@ BENCHES = [
         ],
     ),
     ("Teacher throughput and filter yield (issue 17)", ["bench/bench_synth.py"]),
+    ("The GPU check, dry run on this CPU (issue 19)", ["bench/gpu_check.py", "--dry-run"]),
+    (
+        "`lorapipe plan` against the H200 rows of bench/gpu_check.jsonl (issue 19)",
+        ["bench/gpu_check.py", "--fit", "bench/gpu_check.jsonl"],
+    ),
 ]
 PACKAGES = [
     "torch",

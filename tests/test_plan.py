@@ -228,3 +228,13 @@ def test_steps_from_epochs_count_every_process_and_are_the_ones_plan_reports(tmp
         )
         report[processes] = text
     assert "for 25 steps" in report[1] and "for 13 steps" in report[2]
+
+
+def test_gpu_efficiency_follows_the_measured_sizes_and_stays_between_them():
+    from lorapipe.plan import GPU_EFFICIENCY, training_efficiency
+
+    (small, low), (large, high) = GPU_EFFICIENCY
+    assert training_efficiency("cuda", small) == low and training_efficiency("cuda", large) == high
+    assert training_efficiency("cuda", 1024) == low and training_efficiency("cuda", 8192) == high
+    assert low < training_efficiency("cuda", 3072) < high
+    assert training_efficiency("cpu", 576) == training_efficiency("cpu", 8192)

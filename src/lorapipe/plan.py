@@ -6,7 +6,9 @@ Memory is in GiB (2**30 bytes), as CUDA reports a device's memory.
 
 Peak memory = runtime + weights + adapter (weights, gradients, optimizer state) + activations kept
 for the backward pass + logits. The activation and logit coefficients were fitted to peak resident
-memory measured on this project's CPU machine (bench/MEASURED.md); they are estimates, not promises.
+memory measured on this project's CPU machine (bench/MEASURED.md), and the CUDA runtime, activation
+share and speed to peaks and speeds measured on one H200 (bench/gpu_check.py, bench/BENCHMARKS.md:
+an 8B shape in QLoRA and a 1B shape in bf16 LoRA); they are estimates, not promises.
 """
 
 from __future__ import annotations
@@ -35,9 +37,15 @@ _ALIASES = {
     "Qwen/Qwen2.5-7B": "Qwen/Qwen2.5-7B-Instruct",
 }
 
-# python, torch, transformers, TRL and its trainer (+ the CUDA context) before the model, GiB: fitted
-RUNTIME_GIB = {"cpu": 0.52, "cuda": 1.2}
+# python, torch, transformers, TRL and its trainer before the model, GiB: fitted on this CPU; on CUDA,
+# the CUDA context (0.58 GiB) + what torch's caching allocator reserves beyond its peak allocation
+# (0.31-0.44 GiB), measured on an H200 with torch 2.11 (bench/gpu_check.py, bench/BENCHMARKS.md)
+RUNTIME_GIB = {"cpu": 0.52, "cuda": 0.96}
 ACT_ELEMENTS = 9.0  # float32 elements kept per token, layer and (hidden + intermediate) width (fitted)
+# Activation memory on each device relative to ACT_ELEMENTS (fitted on the CPU): on CUDA 0.41 for a
+# Llama-3.1-8B shape in QLoRA with gradient checkpointing and 0.39 for a Llama-3.2-1B shape in bf16
+# LoRA without (bench/gpu_check.py on an H200: SDPA's fused attention kernels keep less than the CPU's)
+ACT_SHARE = {"cpu": 1.0, "cuda": 0.40}
 # Float32 logits' worth kept per token: on the CPU the model's own cross-entropy (logits, their log-
 # softmax, its gradient; fitted); on CUDA TRL's fused LM head, which keeps about one (lorapipe.train).
 LOGIT_COPIES = {"cpu": 3, "cuda": 1}
@@ -45,7 +53,12 @@ BF16_ACT_SHARE = 0.67  # activation memory under bf16 autocast relative to float
 # Achieved model FLOP/s ÷ peak_matmul_flops (a 1024² product, bf16: ~380 GFLOP/s here), LoRA training of the
 # bundled model on the CPU: 211 tokens/s × 0.60 GFLOP (bench/bench_train.py, 2026-11-22)
 CPU_EFFICIENCY = 0.33
-GPU_EFFICIENCY = 0.35
+# On CUDA, ÷ peak_matmul_flops (an 8192² bf16 product: 784 TFLOP/s on an H200), by the model's hidden
+# size: 0.117 for a Llama-3.2-1B shape (bf16 LoRA, 2048 tokens per step) and 0.19 for a Llama-3.1-8B
+# shape (QLoRA, gradient checkpointing), measured with bench/gpu_check.py on an H200 (2026-11-30).
+# Small models leave a large GPU idle between kernels; between the two, interpolated in log(hidden),
+# outside them the nearer value (an assumption: no other size was measured).
+GPU_EFFICIENCY = ((2048, 0.117), (4096, 0.19))
 
 
 @dataclass(frozen=True)
@@ -194,12 +207,12 @@ def estimate_memory_gib(
     adapter = lora * (4 + 4 + (2 if paged_8bit_optimizer else 8))  # weights, gradients, Adam moments
     tokens = max_seq_len * batch_size
     # SDPA attention keeps no attention-probability matrix, so activations grow linearly with tokens.
-    per_layer = ACT_ELEMENTS * (facts.hidden_size + facts.intermediate_size) * 4
+    per_layer = ACT_ELEMENTS * (facts.hidden_size + facts.intermediate_size) * 4 * ACT_SHARE[device]
     if precision == "bf16":
         per_layer *= BF16_ACT_SHARE
     layers_kept = facts.num_hidden_layers
     if gradient_checkpointing:  # only each layer's input is kept, plus one layer being recomputed
-        per_layer_total = facts.num_hidden_layers * facts.hidden_size * 4 + per_layer
+        per_layer_total = facts.num_hidden_layers * facts.hidden_size * 4 * ACT_SHARE[device] + per_layer
     else:
         per_layer_total = layers_kept * per_layer
     activations = tokens * per_layer_total
@@ -239,15 +252,26 @@ def training_flops_per_token(
     return forward * (2 if gradient_checkpointing else 1) + backward
 
 
-def training_efficiency(device: str) -> float:
-    """Share of the matrix-multiply peak that training reaches: CPU_EFFICIENCY was measured on the
-    bundled model (bench/bench_train.py); GPU_EFFICIENCY is an assumption for QLoRA with bitsandbytes."""
-    return GPU_EFFICIENCY if device == "cuda" else CPU_EFFICIENCY
+def training_efficiency(device: str, hidden_size: int = 4096) -> float:
+    """Share of the matrix-multiply peak (peak_matmul_flops) that training reaches, 0-1: CPU_EFFICIENCY,
+    measured on the bundled model (bench/bench_train.py); on CUDA GPU_EFFICIENCY at the model's hidden
+    size, measured on an H200 for two sizes (bench/gpu_check.py) and interpolated in log(hidden)."""
+    if device != "cuda":
+        return CPU_EFFICIENCY
+    (small, low), (large, high) = GPU_EFFICIENCY
+    if hidden_size <= small:
+        return low
+    if hidden_size >= large:
+        return high
+    return low + (high - low) * math.log(hidden_size / small) / math.log(large / small)
 
 
-def estimate_tokens_per_second(flops_per_token: float, device: str, peak_flops: float) -> float:
-    """Training speed for `flops_per_token` (training_flops_per_token) at the device's share of its peak."""
-    return training_efficiency(device) * peak_flops / flops_per_token
+def estimate_tokens_per_second(
+    flops_per_token: float, device: str, peak_flops: float, hidden_size: int = 4096
+) -> float:
+    """Training speed in tokens/s for `flops_per_token` (training_flops_per_token) at the device's share
+    of its peak FLOP/s (training_efficiency at `hidden_size`)."""
+    return training_efficiency(device, hidden_size) * peak_flops / flops_per_token
 
 
 def suggestions(facts: Facts, budget_gib: float, **kwargs) -> list[str]:
@@ -493,10 +517,10 @@ def _speed_lines(
         facts, settings["max_seq_len"], lora_parameters, settings["gradient_checkpointing"]
     )
     peak = peak or peak_matmul_flops(target.device, target.precision)
-    speed = estimate_tokens_per_second(per_token, target.device, peak)
+    speed = estimate_tokens_per_second(per_token, target.device, peak, facts.hidden_size)
     lines = [
         f"speed       about {speed:,.0f} tokens/s: {per_token / 1e9:.2f} GFLOP per token at "
-        f"{training_efficiency(target.device):.0%} of {peak / 1e12:.2f} TFLOP/s "
+        f"{training_efficiency(target.device, facts.hidden_size):.0%} of {peak / 1e12:.2f} TFLOP/s "
         + ("(given)" if peak_tflops else "(matrix-multiply peak measured here)")
     ]
     if dataset_stats and Path(dataset_stats).is_file():

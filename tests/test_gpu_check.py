@@ -1,0 +1,88 @@
+"""bench/gpu_check.py, the one-call GPU check, as far as this CPU allows: every configuration built on
+the meta device and checked against plan's counts (--dry-run), bitsandbytes' wheel trimmed to one CUDA
+library, the rows' refit, and (integration) the whole run on the CPU in small shapes (--smoke).
+
+Run: .venv/bin/pytest tests/test_gpu_check.py
+"""
+
+import importlib.util
+import json
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from helpers import ROOT
+
+SCRIPT = ROOT / "bench" / "gpu_check.py"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_dry_run_builds_every_configuration_on_the_meta_device():
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--dry-run"], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    # the script exits non-zero when a model built from the facts has other counts than plan's
+    for config in _module().CONFIGS:
+        assert f"| {config.name} | {config.model} |" in done.stdout
+    assert "| 8B QLoRA 4×512 | meta-llama/Llama-3.1-8B-Instruct | 8.03 B | 41.9 M |" in done.stdout
+    assert "would run on CUDA" in done.stdout
+
+
+def test_the_bitsandbytes_wheel_keeps_one_cuda_library_and_a_true_record(tmp_path):
+    wheel = tmp_path / "bitsandbytes-0.0.0-py3-none-manylinux_2_24_x86_64.whl"
+    names = [
+        "bitsandbytes/__init__.py",
+        "bitsandbytes/libbitsandbytes_cpu.so",
+        "bitsandbytes/libbitsandbytes_cuda128.so",
+        "bitsandbytes/libbitsandbytes_cuda130.so",
+        "bitsandbytes/libbitsandbytes_rocm64.so",
+    ]
+    with zipfile.ZipFile(wheel, "w") as z:
+        for name in names:
+            z.writestr(name, b"x" * 1000)
+        z.writestr("bitsandbytes-0.0.0.dist-info/RECORD", "".join(f"{n},sha256=abc,1000\n" for n in names))
+    _module().trim_bitsandbytes(wheel, "130")
+    with zipfile.ZipFile(wheel) as z:
+        kept = sorted(n for n in z.namelist() if not n.endswith("RECORD"))
+        record = z.read("bitsandbytes-0.0.0.dist-info/RECORD").decode()
+    assert kept == [names[0], names[1], names[3]]
+    assert [line.split(",")[0] for line in record.splitlines()] == kept
+
+
+def test_fit_reads_the_recorded_rows_and_reports_the_errors(capsys):
+    rows = [json.loads(line) for line in (ROOT / "bench" / "gpu_check.jsonl").read_text().splitlines()]
+    assert {r["device"]["name"] for r in rows} == {"NVIDIA H200"}
+    _module().fit(ROOT / "bench" / "gpu_check.jsonl")
+    out = capsys.readouterr().out
+    assert "| 8B QLoRA 4×512 | 10.44 |" in out
+    assert "pays back after" in out
+
+
+@pytest.mark.integration  # about 90 s: four processes each load a 135M model and train two steps
+def test_smoke_runs_the_whole_check_on_the_cpu(tmp_path):
+    out = tmp_path / "rows.jsonl"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--smoke", "--steps", "1", "--warmup", "1", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted((r["config"], r["system"]) for r in rows) == sorted(
+        (c.name, s) for c in _module().SMOKE for s in c.systems
+    )
+    assert all("error" not in r and r["tokens_per_s"] > 0 and r["last_loss"] > 0 for r in rows), rows
+    assert all(r["plan_tokens_per_s"] > 0 for r in rows if r["system"] == "lorapipe")
+    assert rows[0]["versions"]["transformers"] and "| 135M QLoRA 2×32 | lorapipe |" in done.stdout
