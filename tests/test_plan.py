@@ -238,3 +238,13 @@ def test_gpu_efficiency_follows_the_measured_sizes_and_stays_between_them():
     assert training_efficiency("cuda", 1024) == low and training_efficiency("cuda", 8192) == high
     assert low < training_efficiency("cuda", 3072) < high
     assert training_efficiency("cpu", 576) == training_efficiency("cpu", 8192)
+
+
+def test_compile_pays_from_the_planned_tokens_on_each_device():
+    from lorapipe.plan import COMPILE_BREAK_EVEN_TOKENS, compile_pays
+
+    for device, tokens in COMPILE_BREAK_EVEN_TOKENS.items():
+        assert compile_pays(device, tokens) and not compile_pays(device, tokens - 1)
+        assert not compile_pays(device, tokens * 100, load_in_4bit=True)  # 4-bit compiled was not measured
+    assert not compile_pays("mps", 1e12)  # a device without a measurement is never compiled
+    assert not compile_pays("cpu", 16 * 2 * 512)  # make run: 16 steps of 2 rows of ≤512 tokens

@@ -4,6 +4,7 @@ Run: .venv/bin/pytest tests/test_train.py
 """
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -477,6 +478,7 @@ def test_torch_compile_param_reaches_the_trainer(tmp_path, dataset_dir, tiny_mod
         raise Stop
 
     monkeypatch.setattr(train_module, "_trainer", trainer)
+    folders = {}
     for value in (True, False):
         with pytest.raises(Stop):
             train_lora(
@@ -486,6 +488,41 @@ def test_torch_compile_param_reaches_the_trainer(tmp_path, dataset_dir, tiny_mod
                 **sections(rank=2, max_steps=1, batch_size=2, precision="fp32", save_steps=0, torch_compile=value),
             )
         assert seen["torch_compile"] is value
+        folders[value] = seen["output_dir"]
+    assert folders[True] != folders[False]  # compiled and plain runs never share checkpoints
+
+
+def test_torch_compile_auto_is_decided_from_the_planned_tokens(tmp_path, dataset_dir, tiny_model_dir, monkeypatch):
+    import lorapipe.plan as plan_module
+    import lorapipe.train as train_module
+
+    class Stop(Exception):
+        pass
+
+    seen = {}
+
+    def trainer(*args, **settings):
+        seen.update(settings)
+        raise Stop
+
+    monkeypatch.setattr(train_module, "_trainer", trainer)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "recorded")  # so that teardown undoes what training sets
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    monkeypatch.setenv("LORAPIPE_CACHE_DIR", str(tmp_path / "cache"))
+    args = dict(rank=2, batch_size=2, precision="fp32", save_steps=0, torch_compile="auto")
+    with pytest.raises(Stop):  # make run's size: far below the break-even
+        train_lora(dataset_dir, tiny_model_dir, tmp_path / "a", **sections(max_steps=16, **args))
+    assert seen["torch_compile"] is False and "TORCHINDUCTOR_CACHE_DIR" not in os.environ
+    # 3 steps × 2 rows × the rows' mean length: above a break-even of 100 tokens, below one of 10 k
+    monkeypatch.setitem(plan_module.COMPILE_BREAK_EVEN_TOKENS, "cpu", 100)
+    with pytest.raises(Stop):
+        train_lora(dataset_dir, tiny_model_dir, tmp_path / "a", **sections(max_steps=3, **args))
+    assert seen["torch_compile"] is True
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "cache" / "inductor")
+    monkeypatch.setitem(plan_module.COMPILE_BREAK_EVEN_TOKENS, "cpu", 10_000)
+    with pytest.raises(Stop):
+        train_lora(dataset_dir, tiny_model_dir, tmp_path / "a", **sections(max_steps=3, **args))
+    assert seen["torch_compile"] is False
 
 
 @pytest.mark.integration

@@ -274,6 +274,22 @@ def estimate_tokens_per_second(
     return training_efficiency(device, hidden_size) * peak_flops / flops_per_token
 
 
+# Planned tokens per process from which torch.compile (train.torch_compile: auto) wins back its first
+# step: compiling with inductor's cache cold, against the tokens each later step saves. CPU: about 133 s
+# of compiling, 0.68 ms saved a token (bundled model, 4 × 512 tokens a step, bf16; bench/MEASURED.md,
+# issue 8); CUDA: 82-90 s, 23-19 µs saved a token (a Llama-3.2-1B shape, 4 × 512, bf16, H200;
+# bench/gpu_check.py, 1,700-2,400 steps). A larger model saves more per token for a similar compiling
+# time, so these are conservative for it; a 4-bit model was not measured compiled and is not compiled.
+COMPILE_BREAK_EVEN_TOKENS = {"cpu": 200_000, "cuda": 5_000_000}
+
+
+def compile_pays(device: str, tokens_per_process: float, load_in_4bit: bool = False) -> bool:
+    """Whether `train.torch_compile: auto` compiles: the planned training's tokens per process
+    (optimizer steps × batch_size × grad_accum × mean tokens per row, from the data, not timed) reach
+    COMPILE_BREAK_EVEN_TOKENS for the device type, and the model is not loaded in 4 bits."""
+    return not load_in_4bit and tokens_per_process >= COMPILE_BREAK_EVEN_TOKENS.get(device, math.inf)
+
+
 def suggestions(facts: Facts, budget_gib: float, **kwargs) -> list[str]:
     """Changes that would make the run fit: single changes first, else the first combination that does."""
     names = {

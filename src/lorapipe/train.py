@@ -28,7 +28,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from lorapipe.hardware import resolve_device, resolve_load_in_4bit, resolve_prec
 from lorapipe.io import atomic_outputs, read_json, read_jsonl, write_json, write_provenance, write_text_atomic
 from lorapipe.models import copy_tokenizer, load_tokenizer
 from lorapipe.params import DEFAULTS, LoraParams, QuantParams, TrainParams
-from lorapipe.plan import Fit, check_fit, preset, training_steps
+from lorapipe.plan import COMPILE_BREAK_EVEN_TOKENS, Fit, check_fit, compile_pays, preset, training_steps
 from lorapipe.rows import loss_tokens, pack_text, text_ids, tokenize_row, tokenize_seq2seq, truncate
 from lorapipe.likelihood import perplexity, sequence_nll
 
@@ -76,6 +76,7 @@ class ResolvedSettings:
     processes: int  # data-parallel processes (WORLD_SIZE)
     autofit: bool  # in effect: train.autofit, or true because a train.preset turns it on
     packing: bool  # in effect: train.packing and the data has text rows to pack (not seq2seq)
+    torch_compile: bool = False  # train.torch_compile, auto decided from the plan (lorapipe.plan.compile_pays)
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,7 @@ def train_lora(
         data.packed,
     )
     steps = _steps(len(data.train), train, resolved)
+    resolved = replace(resolved, torch_compile=_compile(train.torch_compile, data.train, resolved, steps))
     checkpoints = Checkpoints(
         _fingerprint(dataset_dir, base_dir, lora, train, quant, seed, task, resolved, steps, max_seq_len, trainer_args),
         checkpoint_dir,
@@ -285,7 +287,9 @@ def _load_model(
     )
     if hardware.load_in_4bit:
         # No forward pass may run on the 4-bit model before training: inference repacks its weights
-        # and later gradients are silently wrong (measured, see DESIGN.md).
+        # and later gradients are silently wrong (measured, see DESIGN.md). Evaluations run mid-training
+        # (train.eval_steps, a task select_metric), so the repacking is switched off for the whole run.
+        keep_4bit_weights_trainable(model)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=hardware.gradient_checkpointing)
     elif hardware.precision == "bf16":
         hold_frozen_weights_in_bf16(model)
@@ -387,6 +391,25 @@ def _steps(rows: int, train: TrainParams, resolved: ResolvedSettings) -> int:
     )
 
 
+def _compile(wanted: str | bool, rows: Pairs, resolved: ResolvedSettings, steps: int) -> bool:
+    """`train.torch_compile` made concrete: true/false as given; auto from the plan (compile_pays: steps ×
+    rows a step × mean tokens a row, per process). Compiling, inductor's cache goes to lorapipe's cache
+    folder (unless TORCHINDUCTOR_CACHE_DIR is set), so a sweep or a resumed run compiles once."""
+    if wanted == "auto":
+        mean = sum(len(ids) for ids, _ in rows) / max(len(rows), 1)
+        tokens = steps * resolved.batch_size * resolved.grad_accum * mean
+        wanted = compile_pays(resolved.device, tokens, resolved.load_in_4bit)
+        print(
+            f"[train] train.torch_compile auto: {'on' if wanted else 'off'} ({tokens / 1e3:,.0f} k planned tokens "
+            f"per process on {resolved.device}{', 4-bit' if resolved.load_in_4bit else ''}; break-even "
+            f"{COMPILE_BREAK_EVEN_TOKENS.get(resolved.device, 0) / 1e3:,.0f} k)",
+            flush=True,
+        )
+    if wanted:
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(paths.cache_dir() / "inductor"))
+    return bool(wanted)
+
+
 def _fingerprint(
     dataset_dir: Path,
     base_dir: str | Path,
@@ -426,6 +449,7 @@ def _fingerprint(
         "task": task,
         "world": resolved.processes,
         "checkpointing": resolved.gradient_checkpointing,
+        "compile": resolved.torch_compile,  # compiled and plain runs reach slightly different losses
     }
     if trainer_args:
         run_inputs["trainer_args"] = trainer_args
@@ -469,7 +493,7 @@ def _trainer_settings(
         data_seed=seed,
         optim="paged_adamw_8bit" if four_bit_on_gpu else "adamw_torch_fused",
         activation_checkpointing=checkpointing,
-        torch_compile=train.torch_compile,
+        torch_compile=resolved.torch_compile,
         activation_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
         report_to="none",
         disable_tqdm=True,
@@ -765,6 +789,22 @@ def hold_frozen_weights_in_bf16(model) -> int:
     for module in linears:
         module.to(torch.bfloat16)
     return len(linears)
+
+
+def keep_4bit_weights_trainable(model) -> int:
+    """Stop bitsandbytes repacking the model's 4-bit weights for CPU inference; returns how many layers.
+
+    On a CPU with avx512_bf16, a 4-bit layer's first forward pass in eval mode without gradients (an
+    evaluation, a generation) rewrites its weights into a layout for a fast inference kernel, and keeps
+    them so: in that layout the layer's product has no backward, so the gradients of every later
+    training step miss the frozen weights' part, silently. Only a ``state_dict`` call turns them back
+    (lossily with double quantization: the constants are quantized again). With the repacking off,
+    every pass takes the training path, evaluations a little slower. The switch is the layers'
+    ``support_avx512bf16_for_cpu`` (bitsandbytes 0.50); a version without it has nothing to switch off."""
+    layers = [m for m in model.modules() if getattr(m, "support_avx512bf16_for_cpu", None) is not None]
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    return len(layers)
 
 
 def quantization_config(load_in_4bit: bool, quant_type: str, double_quant: bool, compute_dtype: str):
