@@ -9,12 +9,14 @@ quantization, LoRA r16 on every projection, gradient checkpointing, paged 8-bit 
 largest batch of 1, 2, 4 or 8 that fits. Tokens per second is lorapipe.plan.estimate_tokens_per_second
 (`lorapipe plan --peak-tflops`): the GPU efficiency × the card's peak bfloat16 tensor FLOP/s ÷ the model
 FLOPs per token; lorapipe.plan.training_efficiency on CUDA was measured on an H200 for a 1B and an 8B
-shape (bench/gpu_check.py), the CPU one on this machine (bench/bench_train.py).
+shape (bench/gpu_check.py) as a share of what an 8192² product reaches, about 80% of the datasheet
+peak there (lorapipe.plan.DATASHEET_REACHED), so the datasheet peaks below are scaled by it.
 """
 
 from __future__ import annotations
 
 from lorapipe.plan import (
+    DATASHEET_REACHED,
     estimate_memory_gib,
     estimate_tokens_per_second,
     load_facts,
@@ -83,7 +85,7 @@ def main() -> None:
             batch = max(fitting) if fitting else 1
             estimate = estimate_memory_gib(facts, batch_size=batch, **settings)
             per_token = training_flops_per_token(facts, seq, estimate["lora_parameters"], True)
-            speed = estimate_tokens_per_second(per_token, "cuda", tflops * 1e12, facts.hidden_size)
+            speed = estimate_tokens_per_second(per_token, "cuda", tflops * 1e12 * DATASHEET_REACHED, facts.hidden_size)
             print(
                 f"| {card} | {seq} | {batch} | {estimate['total']:.1f} | {'yes' if fitting else 'no'} | "
                 f"{per_token / 1e9:.1f} | {speed:,.0f} | {speed * 1.56:,.0f}–{speed * 1.88:,.0f} |"

@@ -204,6 +204,7 @@ def run_lorapipe(work: Path, steps: int, settings: dict) -> dict:
             "lr": 3e-4,
             "warmup_steps": 2,
             "resume": "never",
+            "torch_compile": False,  # only the "+ torch.compile" row compiles, whatever auto would decide
             **{k: v for k, v in settings.items() if k in TrainParams.model_fields},
         }
     )

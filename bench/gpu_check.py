@@ -26,16 +26,18 @@ during training (GiB, 2**30 bytes), the device peak (reserved + the CUDA context
 the weights' memory after loading, the loss of the last step, and, for lorapipe rows, `lorapipe plan`'s
 estimate of the same configuration (peak GiB by part, tokens/s from the matrix-multiply peak that
 plan measures) with its error. Each row is appended to --out as soon as it is measured; a table is
-printed last. A configuration that fails (out of memory, a missing kernel) is a row with its error,
-and the check goes on; --budget-s skips what would start after the time is spent.
+printed last (this run's rows: each carries the run's id, `run`). A configuration that fails (out of
+memory, a missing kernel) is a row with its error, and the check goes on; a configuration that would
+start after --budget-s seconds is a skipped row.
 
 The GPU machines here run Python 3.12 with torch 2.11, transformers 5.17, accelerate and
 safetensors preinstalled, but not bitsandbytes, trl or datasets, and have no network. `--bring DIR`
 downloads (from PyPI, here) the exact wheels the project pins (pyproject.toml) for what the check
 imports and the machine lacks or has in another version: transformers, peft, trl, bitsandbytes,
-datasets (+ dill, multiprocess) and pydantic (+ pydantic-core, annotated-types, typing-inspection),
-for CPython 3.12 on x86-64 Linux; bitsandbytes' wheel is trimmed to its Python files, its CPU library
-and the CUDA 13.0 library (`--cuda 130`), ~43 MB → ~5 MB. On the GPU machine:
+datasets (+ dill, multiprocess), pydantic (+ pydantic-core, annotated-types, typing-inspection) and
+regex (transformers wants a newer one than the image's may be), for CPython 3.12 on x86-64 Linux;
+bitsandbytes' wheel is trimmed to its Python files, its CPU library and the CUDA 13.0 library
+(`--cuda 130`), 43 MB → 3.6 MB; 23.2 MB in all. On the GPU machine:
 
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu-wheels/*.whl
     PYTHONPATH=/tmp/site:src python3 bench/gpu_check.py --out $OUT/gpu_check.jsonl
@@ -51,6 +53,7 @@ import gc
 import hashlib
 import json
 import math
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -185,7 +188,7 @@ def scratch_folder(needed_bytes: int) -> Path:
 
     for folder in ("/dev/shm", tempfile.gettempdir()):
         if Path(folder).is_dir() and shutil.disk_usage(folder).free > needed_bytes * 1.1:
-            return Path(folder, "lorapipe-gpu-check")
+            return Path(folder)
     raise SystemExit(f"no room for a {needed_bytes / GiB:.1f} GiB checkpoint in /dev/shm or {tempfile.gettempdir()}")
 
 
@@ -310,10 +313,11 @@ def load_baseline(config: Config, base_dir: Path, device: str = "cuda"):
     return model, targets
 
 
-def lorapipe_trainer(model, config: Config, rows: list[list[int]], folder: Path, steps: int, clock, device: str):
-    """The train stage's trainer (lorapipe.train._trainer_settings + _trainer), no evaluation or saving."""
+def lorapipe_settings(config: Config, folder: Path, steps: int, device: str) -> dict:
+    """The train stage's TrainingArguments/SFTConfig settings (lorapipe.train._trainer_settings) for
+    `config`: no evaluation or saving, the learning rate of a short run, compiled as the config says."""
     from lorapipe.params import DEFAULTS
-    from lorapipe.train import ResolvedSettings, _trainer, _trainer_settings
+    from lorapipe.train import ResolvedSettings, _trainer_settings
 
     train = DEFAULTS.train.model_copy(
         update={
@@ -337,8 +341,16 @@ def lorapipe_trainer(model, config: Config, rows: list[list[int]], folder: Path,
         processes=1,
         autofit=False,
         packing=False,
+        torch_compile=config.compile,
     )
-    args = _trainer_settings(train, resolved, steps, folder, seed=0)
+    return _trainer_settings(train, resolved, steps, folder, seed=0)
+
+
+def lorapipe_trainer(model, config: Config, rows: list[list[int]], folder: Path, steps: int, clock, device: str):
+    """The train stage's trainer (lorapipe.train._trainer) with its settings (lorapipe_settings)."""
+    from lorapipe.train import _trainer
+
+    args = lorapipe_settings(config, folder, steps, device)
     pairs = [(ids, list(ids)) for ids in rows]
     return _trainer(model, word_tokenizer(), False, pairs, pairs[:1], [clock], 0, **args)
 
@@ -491,76 +503,103 @@ def measure(system: str, config: Config, model, folder: Path, steps: int, warmup
     return out
 
 
+def select(configs: list[Config], only: str | None) -> list[Config]:
+    """The configurations whose name contains one of `only`'s comma-separated words (all without it);
+    exits naming the configurations when none matches."""
+    words = [w.strip() for w in (only or "").split(",") if w.strip()]
+    chosen = [c for c in configs if not words or any(w in c.name for w in words)]
+    if not chosen:
+        raise SystemExit(f"--only {only!r} matches no configuration of {[c.name for c in configs]}")
+    return chosen
+
+
 def run(args, configs: list[Config], device: str = "cuda") -> list[dict]:
     """Measure `configs` with both systems, each loaded model in a fresh process (one process's
     memory statistics and leftovers never reach the next); rows appended to args.out as measured,
-    a table printed last."""
-    started = time.perf_counter()
+    each with this run's `run` id; the table printed last holds this run's rows only."""
+    started = time.time()
+    args.deadline = started + args.budget_s
+    args.run_id = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     facts = device_facts(device)  # measured first: the CUDA context of a process that holds nothing else
     args.context_gib = facts["context_gib"]
-    print(json.dumps({"device": facts, "versions": versions()}), flush=True)
-    wanted = [c for c in configs if not args.only or any(o in c.name for o in args.only.split(","))]
+    print(json.dumps({"run": args.run_id, "device": facts, "versions": versions()}), flush=True)
+    wanted = select(configs, args.only)
     scratch = scratch_folder(max(load_facts(c.model).parameters * 2 for c in wanted))
     for model_name in dict.fromkeys(c.model for c in wanted):
-        base = scratch / Path(model_name).name.replace("/", "__")
-        written = write_random_checkpoint(model_name, base, device)
-        print(f"{model_name}: random checkpoint written in {written:.1f} s", flush=True)
+        shape = [c for c in wanted if c.model == model_name]
+        base = Path(tempfile.mkdtemp(prefix=f"lorapipe-gpu-check-{Path(model_name).name}-", dir=scratch))
         try:
-            for group in _groups([c for c in wanted if c.model == model_name]):
-                _run_group(group, base, args, device, started)
+            written = write_random_checkpoint(model_name, base, device)
+            print(f"{model_name}: random checkpoint written in {written:.1f} s", flush=True)
+            for system, group in _groups(shape):
+                _run_group(system, group, base, args, device)
+        except Exception as exc:  # the checkpoint could not be written: rows say so, the next model runs
+            _error_rows(args, [(c, s) for c in shape for s in c.systems], f"{type(exc).__name__}: {exc}")
         finally:
-            for path in base.glob("*"):
-                path.unlink()
-            base.rmdir()
-    rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
-    print(f"\ntotal {time.perf_counter() - started:.0f} s\n")
+            shutil.rmtree(base, ignore_errors=True)
+    rows = [r for r in _rows(out) if r.get("run") == args.run_id]
+    print(f"\ntotal {time.time() - started:.0f} s\n")
     print(table(rows))
     return rows
 
 
 def _groups(configs: list[Config]) -> list[tuple[str, list[Config]]]:
     """(system, configurations) that share one loaded model: same shape and 4-bit setting; compiled
-    configurations last (the trainer compiles the model in place, so nothing plain runs after them)."""
+    configurations last in their group (the trainer compiles the model in place, so nothing plain runs
+    after them), and groups with one last of all (their first step is the longest)."""
     out = []
     for four_bit in dict.fromkeys(c.load_in_4bit for c in configs):
         shape = sorted((c for c in configs if c.load_in_4bit == four_bit), key=lambda c: c.compile)
         out += [(system, [c for c in shape if system in c.systems]) for system in SYSTEMS]
-    return [(system, group) for system, group in out if group]
+    return sorted(((s, g) for s, g in out if g), key=lambda group: any(c.compile for c in group[1]))
 
 
-def _run_group(group: tuple[str, list[Config]], base: Path, args, device: str, started: float) -> None:
+def _run_group(system: str, configs: list[Config], base: Path, args, device: str) -> None:
     """One child process loads the model and measures the group; what it could not do becomes rows."""
-    system, configs = group
-    left = args.budget_s - (time.perf_counter() - started)
+    left = args.deadline - time.time()
     error = f"skipped: --budget-s {args.budget_s}" if left <= 0 else None
     if not error:
         command = [sys.executable, str(Path(__file__).resolve()), "--child", system, "--base", str(base)]
         command += ["--names", "|".join(c.name for c in configs), "--out", str(args.out), "--device", device]
         command += ["--steps", str(args.steps), "--warmup", str(args.warmup), "--context-gib", str(args.context_gib)]
+        command += ["--run-id", args.run_id, "--deadline", str(args.deadline)]
         try:
-            done = subprocess.run(command, timeout=left + 120)
+            done = subprocess.run(command, timeout=left + 180)
             error = f"the process ended with exit status {done.returncode}" if done.returncode else None
         except subprocess.TimeoutExpired:
-            error = "the process outlived --budget-s by 120 s and was stopped"
+            error = "the process outlived --budget-s by 180 s and was stopped"
     if error:
-        measured = {(r["config"], r["system"]) for r in _rows(Path(args.out))}
-        with Path(args.out).open("a") as handle:
-            for config in configs:
-                if (config.name, system) not in measured:
-                    handle.write(json.dumps({"config": config.name, "system": system, "error": error}) + "\n")
+        _error_rows(args, [(c, system) for c in configs], error)
+
+
+def _error_rows(args, pairs: list[tuple[Config, str]], error: str) -> None:
+    """A row with `error` for each (configuration, system) of `pairs` this run has no row for yet."""
+    measured = {(r["config"], r["system"]) for r in _rows(Path(args.out)) if r.get("run") == args.run_id}
+    with Path(args.out).open("a") as handle:
+        for config, system in pairs:
+            if (config.name, system) not in measured:
+                row = {"run": args.run_id, "config": config.name, "system": system, "error": error}
+                handle.write(json.dumps(row) + "\n")
 
 
 def _rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    """The rows of a --out file; a line cut short (a killed run) is left out."""
+    rows = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        with contextlib.suppress(json.JSONDecodeError):
+            rows.append(json.loads(line))
+    return rows
 
 
 def child(system: str, configs: list[Config], base: Path, args) -> None:
-    """Load `base` once the way `system` does, then measure each configuration; rows appended to args.out."""
+    """Load `base` once the way `system` does, then measure each configuration (one that would start
+    after args.deadline is skipped); rows appended to args.out."""
     device = args.device
-    # The context is the parent's clean measure: here the parent's own context and cache are on the card too.
-    common = {"device": {**device_facts(device), "context_gib": args.context_gib}, "versions": versions()}
+    # The context is the parent's clean measure: here the parent's own context is on the card too.
+    facts = {**device_facts(device), "context_gib": args.context_gib}
+    common = {"run": args.run_id, "device": facts, "versions": versions()}
 
     def emit(row: dict) -> None:
         with Path(args.out).open("a") as handle:
@@ -583,6 +622,9 @@ def child(system: str, configs: list[Config], base: Path, args) -> None:
         row = {"config": config.name, "system": system, "load_s": load_s, "weights_gib": weights}
         if system == "lorapipe":
             row.update(plan_row(config, common["device"]["plan_peak_tflops"] * 1e12, device))
+        if time.time() > args.deadline:
+            emit({**row, "error": "skipped: --budget-s"})
+            continue
         try:
             with tempfile.TemporaryDirectory() as folder:
                 row.update(measure(system, config, model, Path(folder), args.steps, args.warmup, device))
@@ -625,8 +667,9 @@ def table(rows: list[dict]) -> str:
 
 
 def dry_run() -> list[dict]:
-    """Every configuration built on the meta device, both systems' model and LoRA, checked against plan's
-    parameter counts; each system's training arguments constructed; plan's estimate printed."""
+    """Every configuration built on the meta device with its LoRA, checked against plan's parameter
+    counts; the train stage's settings for it built (compiled where the configuration says); plan's
+    estimate printed. Exits with the difference when a check fails."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaForCausalLM
@@ -645,6 +688,9 @@ def dry_run() -> list[dict]:
         )
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         plan = plan_row(config, None)
+        settings = lorapipe_settings(config, Path("unused"), 10, "cuda")
+        if settings["torch_compile"] is not config.compile:
+            raise SystemExit(f"{config.name}: the train stage's settings say torch_compile {settings['torch_compile']}")
         if parameters != facts.parameters or trainable != plan["lora_parameters"]:
             raise SystemExit(
                 f"{config.name}: the model built has {parameters:,} parameters and {trainable:,} trainable; "
@@ -693,6 +739,11 @@ def bring(folder: Path, cuda: str) -> float:
 def trim_bitsandbytes(wheel: Path, cuda: str) -> None:
     """Rewrite the wheel without the native libraries of other CUDA/ROCm/XPU versions (its RECORD too)."""
     keep = {f"libbitsandbytes_cuda{cuda}.so", "libbitsandbytes_cpu.so"}
+    with zipfile.ZipFile(wheel) as source:
+        libraries = sorted(Path(n).name for n in source.namelist() if Path(n).name.startswith("libbitsandbytes_"))
+    if f"libbitsandbytes_cuda{cuda}.so" not in libraries:
+        versions = [n.removeprefix("libbitsandbytes_cuda").removesuffix(".so") for n in libraries if "_cuda" in n]
+        raise SystemExit(f"{wheel.name} has no CUDA {cuda} library: --cuda one of {versions} (torch.version.cuda)")
     dropped = lambda name: Path(name).name.startswith("libbitsandbytes_") and Path(name).name not in keep  # noqa: E731
     trimmed = wheel.with_suffix(".tmp")
     with zipfile.ZipFile(wheel) as source, zipfile.ZipFile(trimmed, "w", zipfile.ZIP_DEFLATED) as target:
@@ -717,15 +768,19 @@ def fit(path: Path) -> None:
     ``plan_tokens_per_s`` in the row) and under plan's coefficients now, and compile's break-even."""
     from lorapipe import plan
 
-    rows = [r for r in _rows(path) if "error" not in r and r["system"] == "lorapipe"]
+    by_name = {c.name: c for c in CONFIGS + SMOKE}
+    every = [r for r in _rows(path) if "error" not in r and r.get("system") == "lorapipe"]
+    # CUDA rows of a known configuration: CPU (--smoke) rows have no device memory, renamed ones no plan
+    rows = [r for r in every if r.get("device_peak_gib") is not None and r.get("config") in by_name]
+    if len(rows) < len(every):
+        print(f"({len(every) - len(rows)} lorapipe rows left out: measured on the CPU or of an unknown configuration)")
     if not rows:
-        raise SystemExit(f"{path}: no measured lorapipe rows")
+        raise SystemExit(f"{path}: no measured lorapipe rows on CUDA")
     print(
         "| configuration | peak GiB | plan then (error) | plan now (error) | tokens/s | plan then (error) | "
         "plan now (error) | activation share | efficiency |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
-    by_name = {c.name: c for c in CONFIGS + SMOKE}
     for r in rows:
         config = by_name[r["config"]]
         now = plan_row(config, r["device"]["plan_peak_tflops"] * 1e12)
@@ -744,10 +799,19 @@ def fit(path: Path) -> None:
     for r in rows:
         if not by_name[r["config"]].compile:
             continue
-        plain = next((p for p in rows if p["config"] == r["config"].removesuffix(" compiled")), None)
-        if plain:
-            cost = r["first_step_s"] - plain["first_step_s"]
-            saved = plain["step_s"] - r["step_s"]
+        plains = [p for p in rows if p["config"] == r["config"].removesuffix(" compiled")]
+        # the plain row of the same run where there is one (the same machine, the same moment)
+        plain = next((p for p in plains if p.get("run") == r.get("run")), plains[0] if plains else None)
+        if not plain:
+            continue
+        cost = r["first_step_s"] - plain["first_step_s"]
+        saved = plain["step_s"] - r["step_s"]
+        if saved <= 0:
+            print(
+                f"\n{r['config']}: compiled steps are not faster ({r['step_s']} s against {plain['step_s']}): "
+                "compiling does not pay"
+            )
+        else:
             print(
                 f"\n{r['config']}, {r.get('inductor_cache', 'cold')} inductor cache: "
                 f"{r['tokens_per_s'] / plain['tokens_per_s']:.2f}× the plain speed; compiling costs {cost:.0f} s "
@@ -765,7 +829,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="gpu_check.jsonl", help="rows are appended here as they are measured")
     parser.add_argument("--steps", type=int, default=8, help="measured optimizer steps per row")
     parser.add_argument("--warmup", type=int, default=2, help="steps before the measured ones")
-    parser.add_argument("--budget-s", type=float, default=240, help="start nothing new after this many seconds")
+    parser.add_argument(
+        "--budget-s", type=float, default=300, help="start no configuration after this many seconds (skipped rows)"
+    )
     parser.add_argument("--only", help="configurations whose name contains one of these (comma-separated)")
     parser.add_argument("--smoke", action="store_true", help="the whole run on the CPU, small shapes (a test)")
     parser.add_argument("--child", choices=SYSTEMS, help=argparse.SUPPRESS)  # one loaded model, in its own process
@@ -773,6 +839,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--names", help=argparse.SUPPRESS)
     parser.add_argument("--device", default="cuda", help=argparse.SUPPRESS)
     parser.add_argument("--context-gib", type=float, default=0.0, help=argparse.SUPPRESS)
+    parser.add_argument("--run-id", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--deadline", type=float, default=math.inf, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         names = args.names.split("|")

@@ -247,4 +247,6 @@ def test_compile_pays_from_the_planned_tokens_on_each_device():
         assert compile_pays(device, tokens) and not compile_pays(device, tokens - 1)
         assert not compile_pays(device, tokens * 100, load_in_4bit=True)  # 4-bit compiled was not measured
     assert not compile_pays("mps", 1e12)  # a device without a measurement is never compiled
+    assert not compile_pays("cpu", 1e9, one_length=False)  # chat rows: every new length compiles again
+    assert not compile_pays("cuda", 1e12, gradient_checkpointing=True)  # graph breaks: not measured
     assert not compile_pays("cpu", 16 * 2 * 512)  # make run: 16 steps of 2 rows of ≤512 tokens

@@ -331,7 +331,7 @@ def _add_plan_command(commands) -> None:
     plan.add_argument(
         "--peak-tflops",
         type=_positive(float),
-        help="the device's peak bf16 matrix TFLOP/s, to estimate speed for a GPU that is not here",
+        help="the card's datasheet peak dense bf16 TFLOP/s, to estimate speed for a GPU that is not here",
     )
 
 

@@ -70,8 +70,8 @@ def available_memory_gib(device: str) -> float:
 def peak_matmul_flops(device: str, precision: str) -> float:
     """FLOP/s of a square matrix multiply on `device` in the training precision (``bf16`` or
     ``fp32``), the denominator of the speed estimate: 1024² on the CPU (about 0.1 s), 8192² on CUDA
-    (0.1 s on a 30 TFLOP/s card; a 1024² product is launch-bound on a large GPU: 39 TFLOP/s against
-    800 at 8192² on an H200, bench/gpu_check.py)."""
+    (9 products: about 0.3 s on a 30 TFLOP/s card; a 1024² product is launch-bound on a large GPU:
+    39 TFLOP/s against 800 at 8192² on an H200, bench/gpu_check.py)."""
     import torch
 
     size = 8192 if device == "cuda" else 1024

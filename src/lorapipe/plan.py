@@ -59,6 +59,10 @@ CPU_EFFICIENCY = 0.33
 # Small models leave a large GPU idle between kernels; between the two, interpolated in log(hidden),
 # outside them the nearer value (an assumption: no other size was measured).
 GPU_EFFICIENCY = ((2048, 0.117), (4096, 0.19))
+# What an 8192² bf16 product reaches of a card's datasheet dense bf16 peak: 788-800 of 989 TFLOP/s on an
+# H200 (bench/gpu_check.py; the datasheet's H100/H200 SXM figure). A peak given to `lorapipe plan
+# --peak-tflops` (a datasheet figure) is scaled by it before the efficiency applies.
+DATASHEET_REACHED = 0.80
 
 
 @dataclass(frozen=True)
@@ -279,15 +283,28 @@ def estimate_tokens_per_second(
 # of compiling, 0.68 ms saved a token (bundled model, 4 × 512 tokens a step, bf16; bench/MEASURED.md,
 # issue 8); CUDA: 82-90 s, 23-19 µs saved a token (a Llama-3.2-1B shape, 4 × 512, bf16, H200;
 # bench/gpu_check.py, 1,700-2,400 steps). A larger model saves more per token for a similar compiling
-# time, so these are conservative for it; a 4-bit model was not measured compiled and is not compiled.
+# time, so these are conservative for it. Measured on rows of one length (packed text): rows of many
+# lengths compile again for new shapes (8 steps of the tiny model: 114 s compiled against 14 s plain),
+# gradient checkpointing breaks the graph (82 s to compile against 21), and a 4-bit model was not
+# measured compiled: auto compiles none of those.
 COMPILE_BREAK_EVEN_TOKENS = {"cpu": 200_000, "cuda": 5_000_000}
 
 
-def compile_pays(device: str, tokens_per_process: float, load_in_4bit: bool = False) -> bool:
+def compile_pays(
+    device: str,
+    tokens_per_process: float,
+    load_in_4bit: bool = False,
+    one_length: bool = True,
+    gradient_checkpointing: bool = False,
+) -> bool:
     """Whether `train.torch_compile: auto` compiles: the planned training's tokens per process
     (optimizer steps × batch_size × grad_accum × mean tokens per row, from the data, not timed) reach
-    COMPILE_BREAK_EVEN_TOKENS for the device type, and the model is not loaded in 4 bits."""
-    return not load_in_4bit and tokens_per_process >= COMPILE_BREAK_EVEN_TOKENS.get(device, math.inf)
+    COMPILE_BREAK_EVEN_TOKENS for the device type, the training rows have one length (`one_length`:
+    packed text, all blocks but the last full, so steps bring no new shapes), and the model is neither
+    4-bit nor checkpointed."""
+    if load_in_4bit or gradient_checkpointing or not one_length:
+        return False
+    return tokens_per_process >= COMPILE_BREAK_EVEN_TOKENS.get(device, math.inf)
 
 
 def suggestions(facts: Facts, budget_gib: float, **kwargs) -> list[str]:
@@ -526,7 +543,8 @@ def _speed_lines(
     run: dict,
 ) -> list[str]:
     """The speed line, and the time line when the dataset's stats are there."""
-    peak = peak_tflops * 1e12 if peak_tflops else None
+    # A given peak is a datasheet figure; the efficiencies are shares of what a large product reaches
+    peak = peak_tflops * 1e12 * (DATASHEET_REACHED if target.device == "cuda" else 1.0) if peak_tflops else None
     if not peak and target.device == "cuda" and not cuda_available():
         return ["time        not estimated: no CUDA device on this machine to measure (give --peak-tflops)"]
     per_token = training_flops_per_token(
@@ -537,7 +555,13 @@ def _speed_lines(
     lines = [
         f"speed       about {speed:,.0f} tokens/s: {per_token / 1e9:.2f} GFLOP per token at "
         f"{training_efficiency(target.device, facts.hidden_size):.0%} of {peak / 1e12:.2f} TFLOP/s "
-        + ("(given)" if peak_tflops else "(matrix-multiply peak measured here)")
+        + (
+            f"({DATASHEET_REACHED:.0%} of the {peak_tflops:g} given: what a large product reaches)"
+            if peak_tflops and target.device == "cuda"
+            else "(given)"
+            if peak_tflops
+            else "(matrix-multiply peak measured here)"
+        )
     ]
     if dataset_stats and Path(dataset_stats).is_file():
         stats = json.loads(Path(dataset_stats).read_text())

@@ -393,21 +393,44 @@ def _steps(rows: int, train: TrainParams, resolved: ResolvedSettings) -> int:
 
 def _compile(wanted: str | bool, rows: Pairs, resolved: ResolvedSettings, steps: int) -> bool:
     """`train.torch_compile` made concrete: true/false as given; auto from the plan (compile_pays: steps ×
-    rows a step × mean tokens a row, per process). Compiling, inductor's cache goes to lorapipe's cache
+    rows a step × mean tokens a row, per process; rows of one length; not 4-bit or checkpointed), and on
+    the CPU only where inductor finds a C++ compiler. Compiling, inductor's cache goes to lorapipe's cache
     folder (unless TORCHINDUCTOR_CACHE_DIR is set), so a sweep or a resumed run compiles once."""
     if wanted == "auto":
         mean = sum(len(ids) for ids, _ in rows) / max(len(rows), 1)
         tokens = steps * resolved.batch_size * resolved.grad_accum * mean
-        wanted = compile_pays(resolved.device, tokens, resolved.load_in_4bit)
+        longest = max((len(ids) for ids, _ in rows), default=0)
+        one_length = sum(len(ids) != longest for ids, _ in rows) <= 1  # packed text: the last block may be short
+        checkpointing, four_bit = resolved.gradient_checkpointing, resolved.load_in_4bit
+        wanted = compile_pays(resolved.device, tokens, four_bit, one_length, checkpointing)
+        why = [
+            *(["4-bit"] if four_bit else []),
+            *(["gradient checkpointing"] if checkpointing else []),
+            *([] if one_length else ["rows of several lengths"]),
+        ]
+        if wanted and resolved.device == "cpu" and not _cpp_compiler():
+            wanted, why = False, ["no C++ compiler for inductor on this machine"]
         print(
             f"[train] train.torch_compile auto: {'on' if wanted else 'off'} ({tokens / 1e3:,.0f} k planned tokens "
-            f"per process on {resolved.device}{', 4-bit' if resolved.load_in_4bit else ''}; break-even "
-            f"{COMPILE_BREAK_EVEN_TOKENS.get(resolved.device, 0) / 1e3:,.0f} k)",
+            f"per process on {resolved.device}, break-even "
+            f"{COMPILE_BREAK_EVEN_TOKENS.get(resolved.device, 0) / 1e3:,.0f} k"
+            + "".join(f"; {reason}" for reason in why)
+            + ")",
             flush=True,
         )
     if wanted:
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(paths.cache_dir() / "inductor"))
     return bool(wanted)
+
+
+def _cpp_compiler() -> str | None:
+    """The C++ compiler torch's inductor would build CPU kernels with, or None where it finds none."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        return get_cpp_compiler()
+    except Exception:  # inductor raises its own error types for a missing or broken compiler
+        return None
 
 
 def _fingerprint(
