@@ -450,7 +450,8 @@ class TrainParams(_Section):
             "compile the model with torch.compile (inductor): faster steps (CPU 1.2–1.4×, CUDA 1.5–1.8×) after a "
             "first step that holds the compiling (CPU about 2 min, CUDA 1.5; a third of that with inductor's cache "
             "warm); auto: compile when the planned tokens per process reach the measured break-even (CPU 200 k, "
-            "CUDA 5 M) and the model is not 4-bit (README.md, Speed)"
+            "CUDA 5 M), the rows have one length (packed text), and the model is neither 4-bit nor checkpointed; "
+            "on the CPU only with a C++ compiler (README.md, Speed)"
         ),
     )
     precision: Precision = Field("auto", description="auto: bf16 where the hardware flags say it is native")
