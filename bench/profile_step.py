@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 # operator name fragments → class, first match wins (aten names as the profiler reports them)
 CLASSES = [
     ("matrix multiply", ("aten::mm", "aten::addmm", "aten::bmm", "aten::_addmm", "mkldnn", "aten::linear")),
+    ("kernels fused by inductor (torch.compile)", ("cpp_fused", "triton_", "compiledfxgraph")),
     ("attention", ("scaled_dot_product", "flash_attention", "_efficient_attention")),
     ("loss (log-softmax, NLL)", ("log_softmax", "nll_loss", "cross_entropy", "_softmax_backward")),
     ("norms (RMSNorm)", ("aten::pow", "aten::mean", "aten::rsqrt", "rms_norm")),

@@ -124,23 +124,6 @@ def _assert_back_to_reference(repo: Path, env: dict, reference: dict) -> None:
         assert after[each] == reference[each], f"{each}'s outputs differ from the uninterrupted run's"
 
 
-def test_stages_killed_before_any_work_change_nothing(pipeline):
-    """Every stage killed at `early` (downstream first, so each still finds its inputs): its outputs
-    are absent (DVC removes them before running a stage) or exactly as they were, `dvc status` works,
-    DVC's cache is sound; then one `dvc repro` brings back the outputs of the uninterrupted run."""
-    repo, env, reference = pipeline
-    for stage in reversed(STAGES):
-        _kill(repo, env, stage, "early")
-        for name, files in reference[stage].items():
-            out = repo / name
-            assert not out.exists() or _files(out) == files, f"{stage}:early changed {name}"
-        status = subprocess.run(["dvc", "status"], cwd=repo, capture_output=True, text=True, env=env)
-        assert status.returncode == 0, status.stdout + status.stderr
-        _check_dvc_cache(repo)
-    run_ok(["dvc", "repro"], repo, env)
-    _assert_back_to_reference(repo, env, reference)
-
-
 def _assert_adapter_resumed(repo: Path, reference_adapter: dict, rerun: str) -> None:
     """The rerun's adapter equals the uninterrupted run's within 1e-5 (a resumed run's arithmetic differs
     in the last bits), and the rerun resumed from the checkpoints the killed run left."""
@@ -152,42 +135,40 @@ def _assert_adapter_resumed(repo: Path, reference_adapter: dict, rerun: str) -> 
     assert "resuming from" in rerun
 
 
-def test_stages_killed_while_writing_leave_whole_outputs_then_rerun_to_the_same(pipeline):
-    """Every stage killed at `writing` (all its work done, an output half-written; downstream first, so
-    each still finds its inputs): each output is absent or whole, `dvc status` works, DVC's cache is
-    sound. Then every stage runs again (`dvc repro --force`: DVC's run cache would only check the
-    outputs out, and the temporaries a killed writer leaves are removed by the stage's own next run)
-    and the pipeline ends with the outputs of the uninterrupted run, no temporaries left; training
-    resumes from the checkpoints its killed run left."""
+def _assert_unchanged(repo: Path, env: dict, stage: str, reference: dict) -> None:
+    """After a kill at `early`: the stage's outputs are absent (DVC removes them before running a stage)
+    or exactly as they were; `dvc status` works; DVC's cache is sound."""
+    for name, files in reference[stage].items():
+        out = repo / name
+        assert not out.exists() or _files(out) == files, f"{stage}:early changed {name}"
+    status = subprocess.run(["dvc", "status"], cwd=repo, capture_output=True, text=True, env=env)
+    assert status.returncode == 0, status.stdout + status.stderr
+    _check_dvc_cache(repo)
+
+
+def test_stages_killed_at_every_point_leave_whole_outputs_then_rerun_to_the_same(pipeline):
+    """Every stage, downstream first (so each still finds its inputs), killed at each of its points in
+    turn: `early` (before any work: its outputs absent or exactly as they were), `mid` (part of the
+    work done; extraction's and the teacher's caches are emptied first, so those kills land mid-way
+    through converting and asking) and `writing` (all work done, an output half-written): after each,
+    every output is absent or whole, `dvc status` works, DVC's cache is sound. Then every stage runs
+    again (`dvc repro --force`: DVC's run cache would only check the outputs out, so lorapipe's own
+    rerun is what is checked, and it removes the temporaries a killed writer left) and resumes what the
+    killed runs left (the extraction and teacher caches, training's checkpoints): the pipeline ends
+    with the outputs of the uninterrupted run, no temporaries, the adapter within 1e-5 of the
+    uninterrupted run's. One test for the 27 kills and one rerun (CI time, issue 17)."""
     from safetensors.torch import load_file
 
     repo, env, reference = pipeline
     reference_adapter = load_file(repo / "models/lora_output/adapter_model.safetensors")
-    for stage in reversed(STAGES):
-        _kill(repo, env, stage, "writing")
-        _assert_whole(repo, env, stage, reference)
-    rerun = run_ok(["dvc", "repro", "--force"], repo, env)
-    _assert_back_to_reference(repo, env, reference)
-    _assert_adapter_resumed(repo, reference_adapter, rerun)
-
-
-def test_stages_killed_mid_way_leave_whole_outputs_then_resume_to_the_same(pipeline):
-    """Every stage killed at its `mid` point (downstream first, so each still finds its inputs;
-    extraction's and the teacher's caches emptied first, so those kills land mid-way through converting
-    and asking): each output is absent or whole, `dvc status` works, DVC's cache is sound. Then every
-    stage runs again (`dvc repro --force`) and resumes what its killed run left (the extraction and the
-    teacher's caches, training's checkpoints) to the outputs of the uninterrupted run, no temporaries
-    left; the adapter equals the uninterrupted run's within 1e-5. One test for the nine stages, like
-    `writing` (CI time, issue 17)."""
-    from safetensors.torch import load_file
-
-    repo, env, reference = pipeline
-    reference_adapter = load_file(repo / "models/lora_output/adapter_model.safetensors")
-    for stage in ("extract", "synth"):  # nothing cached: the kill lands mid-way through the work
+    for stage in ("extract", "synth"):  # nothing cached: the mid kills land mid-way through the work
         subprocess.run(["rm", "-rf", f"{env['LORAPIPE_CACHE_DIR']}/{stage}"], check=True)
     for stage in reversed(STAGES):
-        _kill(repo, env, stage, "mid")
-        _assert_whole(repo, env, stage, reference)
+        _kill(repo, env, stage, "early")
+        _assert_unchanged(repo, env, stage, reference)
+        for point in ("mid", "writing"):
+            _kill(repo, env, stage, point)
+            _assert_whole(repo, env, stage, reference)
     rerun = run_ok(["dvc", "repro", "--force"], repo, env)
     _assert_back_to_reference(repo, env, reference)
     _assert_adapter_resumed(repo, reference_adapter, rerun)
