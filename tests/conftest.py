@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import TEXT
+from helpers import TEXT, small_text_dataset
 
 INTEGRATION = Path(__file__).parent / "integration"
 
@@ -109,19 +109,11 @@ def dataset_dir(tmp_path, text_dir, tiny_model_dir) -> Path:
 @pytest.fixture(scope="session")
 def trained_adapter(tmp_path_factory, tiny_model_dir) -> Path:
     """An adapter trained for a few steps at a high learning rate, so that its update is not zero."""
-    from lorapipe import build_dataset
-    from lorapipe.io import write_jsonl
     from lorapipe.params import LoraParams, TrainParams
     from lorapipe.train import train_lora
 
     work = tmp_path_factory.mktemp("trained")
-    text = work / "text"
-    text.mkdir()
-    (text / "a.txt").write_text(TEXT * 6)
-    write_jsonl(text / "manifest.jsonl", [{"source": "a.md", "status": "ok", "output": "a.txt"}])
-    build_dataset(
-        text, tiny_model_dir, work / "dataset", max_seq_len=64, overlap_tokens=8, val_fraction=0.25, split_by="chunk"
-    )
+    small_text_dataset(work, tiny_model_dir)
     train_lora(
         work / "dataset",
         tiny_model_dir,

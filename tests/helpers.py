@@ -227,3 +227,19 @@ def model_with_template(model_dir: Path, out: Path, template: str) -> Path:
     shutil.copytree(model_dir, out)
     (out / "chat_template.jinja").write_text(source.read_text() if "{" not in template else template)
     return out
+
+
+def small_text_dataset(work: Path, tiny_model_dir: Path) -> Path:
+    """`work`/dataset: 5 training and 2 validation text rows of ≤64 tokens (TEXT × 6 cut into chunks
+    with an 8-token overlap, a quarter held out by chunk), built by the dataset stage's code."""
+    from lorapipe import build_dataset
+    from lorapipe.io import write_jsonl
+
+    text = work / "text"
+    text.mkdir()
+    (text / "a.txt").write_text(TEXT * 6)
+    write_jsonl(text / "manifest.jsonl", [{"source": "a.md", "status": "ok", "output": "a.txt"}])
+    build_dataset(
+        text, tiny_model_dir, work / "dataset", max_seq_len=64, overlap_tokens=8, val_fraction=0.25, split_by="chunk"
+    )
+    return work / "dataset"

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import ADAPTER_FILES, TEXT, read_json
+from helpers import ADAPTER_FILES, read_json, small_text_dataset
 
 STEPS = 5
 LAYERS = 2 * 7  # the tiny Llama's 2 blocks × q, k, v, o, gate, up, down projections
@@ -73,21 +73,6 @@ def record_4bit_layers(monkeypatch) -> FourBitRecord:
     return record
 
 
-def small_dataset(work: Path, tiny_model_dir: Path) -> Path:
-    """5 training and 2 validation rows of ≤64 tokens (as conftest's trained_adapter builds them)."""
-    from lorapipe import build_dataset
-    from lorapipe.io import write_jsonl
-
-    text = work / "text"
-    text.mkdir()
-    (text / "a.txt").write_text(TEXT * 6)
-    write_jsonl(text / "manifest.jsonl", [{"source": "a.md", "status": "ok", "output": "a.txt"}])
-    build_dataset(
-        text, tiny_model_dir, work / "dataset", max_seq_len=64, overlap_tokens=8, val_fraction=0.25, split_by="chunk"
-    )
-    return work / "dataset"
-
-
 def train_4bit(work: Path, tiny_model_dir: Path, **train):
     """train_lora with quant.load_in_4bit true, seeded: every step trains on all 5 rows (batch 8), no
     dropout, so that the loss of each step is comparable with the first's; an evaluation every 2
@@ -98,7 +83,7 @@ def train_4bit(work: Path, tiny_model_dir: Path, **train):
     settings = dict(max_steps=STEPS, lr=2e-2, batch_size=8, log_every=1, eval_steps=2, warmup_steps=0)
     settings.update(save_steps=0, torch_compile=False)  # no checkpoints; compiling would outlast the steps
     return train_lora(
-        small_dataset(work, tiny_model_dir),
+        small_text_dataset(work, tiny_model_dir),
         tiny_model_dir,
         work / "adapter",
         lora=LoraParams(rank=8, alpha=16, dropout=0.0),

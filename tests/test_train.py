@@ -465,19 +465,27 @@ def test_trainer_args_reach_the_trainer(tmp_path, dataset_dir, tiny_model_dir):
     assert result.metrics.steps == 1
 
 
-def test_torch_compile_param_reaches_the_trainer(tmp_path, dataset_dir, tiny_model_dir, monkeypatch):
+class Stop(Exception):
+    """Raised by `stopped_trainer` in place of training."""
+
+
+@pytest.fixture
+def stopped_trainer(monkeypatch) -> dict:
+    """lorapipe.train._trainer replaced: it records the settings it gets (the dict returned) and raises Stop."""
     import lorapipe.train as train_module
 
-    class Stop(Exception):
-        pass
-
-    seen = {}
+    seen: dict = {}
 
     def trainer(*args, **settings):
         seen.update(settings)
         raise Stop
 
     monkeypatch.setattr(train_module, "_trainer", trainer)
+    return seen
+
+
+def test_torch_compile_param_reaches_the_trainer(tmp_path, dataset_dir, tiny_model_dir, monkeypatch, stopped_trainer):
+    seen = stopped_trainer
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # compiling sets it; undone after
     folders = {}
     for value in (True, False):
@@ -494,7 +502,7 @@ def test_torch_compile_param_reaches_the_trainer(tmp_path, dataset_dir, tiny_mod
 
 
 def test_torch_compile_auto_is_decided_from_the_planned_tokens(
-    tmp_path, dataset_dir, tiny_model_dir, monkeypatch, capsys
+    tmp_path, dataset_dir, tiny_model_dir, monkeypatch, capsys, stopped_trainer
 ):
     import lorapipe.plan as plan_module
     import lorapipe.train as train_module
@@ -502,17 +510,7 @@ def test_torch_compile_auto_is_decided_from_the_planned_tokens(
 
     if cuda_available():
         pytest.skip("the CPU's break-even is what this test moves; on CUDA the default is 4-bit, never compiled")
-
-    class Stop(Exception):
-        pass
-
-    seen = {}
-
-    def trainer(*args, **settings):
-        seen.update(settings)
-        raise Stop
-
-    monkeypatch.setattr(train_module, "_trainer", trainer)
+    seen = stopped_trainer
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "recorded")  # so that teardown undoes what training sets
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
     monkeypatch.setenv("LORAPIPE_CACHE_DIR", str(tmp_path / "cache"))
