@@ -188,7 +188,8 @@ def test_speed_for_a_gpu_that_is_not_here(monkeypatch):
         device_memory_gib=8,
         peak_tflops=100,
     )
-    assert "tokens/s" in text and "of 100.00 TFLOP/s (given)" in text
+    # the given peak is a datasheet figure: 80% of it is what the efficiency was measured against
+    assert "tokens/s" in text and "of 80.00 TFLOP/s (80% of the 100 given: what a large product reaches)" in text
     text, _ = plan_report(
         "mistralai/Mistral-7B-v0.1",
         max_seq_len=512,

@@ -91,6 +91,7 @@ def test_adapter_outputs(tmp_path, dataset_dir, tiny_model_dir):
         "processes": 1,
         "autofit": False,
         "packing": True,
+        "torch_compile": False,  # auto, 2 steps: far below the break-even
     }
 
 
