@@ -145,6 +145,9 @@ def test_experiment_reruns_only_what_depends_on_lora_rank(project):
     assert "lora.rank" in header and "merged.perplexity" in header
     ranks = {row[header.index("lora.rank")] for row in rows}
     assert {"4", "16"} <= ranks
+    # the metrics of the commit and of the experiment, read from git (ignored metrics show as missing)
+    shown = {row[header.index("lora.rank")]: row[header.index("merged.perplexity")] for row in rows}
+    assert float(shown["4"]) > 1 and float(shown["16"]) > 1, shown
 
     from mlflow.tracking import MlflowClient
 
