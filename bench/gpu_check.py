@@ -821,7 +821,7 @@ def fit(path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     parser.add_argument("--dry-run", action="store_true", help="build every configuration on the meta device (CPU)")
     parser.add_argument("--bring", type=Path, help="download the wheels the GPU machine lacks into this folder")
     parser.add_argument("--cuda", default="130", help="the CUDA version of bitsandbytes' library to keep (--bring)")

@@ -316,12 +316,19 @@ def _add_plan_command(commands) -> None:
         "--dataset-dir",
         help="the time estimate reads stats.json here (default: data/dataset when the dataset stage has run)",
     )
-    for flag in ("--max-seq-len", "--batch-size", "--lora-rank"):
-        plan.add_argument(flag, type=_positive(int))
-    plan.add_argument("--load-in-4bit", action="store_true", default=None)
-    plan.add_argument("--device", choices=get_args(Device), default="auto")
+    plan.add_argument("--max-seq-len", type=_positive(int), help="tokens per row (default: dataset.max_seq_len)")
+    plan.add_argument("--batch-size", type=_positive(int), help="rows per forward pass (default: train.batch_size)")
+    plan.add_argument("--lora-rank", type=_positive(int), help="the adapter's rank (default: lora.rank)")
     plan.add_argument(
-        "--device-memory-gb", type=_positive(float), help="memory budget in GiB (default: what the device has free)"
+        "--load-in-4bit", action="store_true", default=None, help="plan QLoRA (default: quant.load_in_4bit, preset)"
+    )
+    plan.add_argument(
+        "--device", choices=get_args(Device), default="auto", help="plan for this device (auto: the one here)"
+    )
+    plan.add_argument(
+        "--device-memory-gb",
+        type=_positive(float),
+        help="memory budget in GiB: a card sold as '8 GB' has 8 GiB (default: what the device has free)",
     )
     plan.add_argument(
         "--preset",
