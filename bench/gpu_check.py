@@ -216,31 +216,30 @@ def random_rows(vocab: int, seq_len: int, rows: int, seed: int = 0) -> list[list
 # ---------------------------------------------------------------- the two systems
 
 
-class StepClock:
-    """A TrainerCallback that times each optimizer step on the CUDA-synchronised wall clock."""
+def step_clock():
+    """A TrainerCallback that times each optimizer step on the CUDA-synchronised wall clock
+    (`seconds`) and keeps each logged training loss (`losses`)."""
+    from transformers import TrainerCallback
 
-    def __new__(cls):
-        from transformers import TrainerCallback
+    class StepClock(TrainerCallback):
+        def __init__(self) -> None:
+            self.seconds: list[float] = []
+            self.losses: list[float] = []
+            self._start = 0.0
 
-        class _Clock(TrainerCallback):
-            def __init__(self) -> None:
-                self.seconds: list[float] = []
-                self.losses: list[float] = []
-                self._start = 0.0
+        def on_step_begin(self, args, state, control, **kwargs):
+            _sync()
+            self._start = time.perf_counter()
 
-            def on_step_begin(self, args, state, control, **kwargs):
-                _sync()
-                self._start = time.perf_counter()
+        def on_step_end(self, args, state, control, **kwargs):
+            _sync()
+            self.seconds.append(time.perf_counter() - self._start)
 
-            def on_step_end(self, args, state, control, **kwargs):
-                _sync()
-                self.seconds.append(time.perf_counter() - self._start)
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                self.losses.append(float(logs["loss"]))
 
-            def on_log(self, args, state, control, logs=None, **kwargs):
-                if logs and "loss" in logs:
-                    self.losses.append(float(logs["loss"]))
-
-        return _Clock()
+    return StepClock()
 
 
 def _sync() -> None:
@@ -426,7 +425,8 @@ def versions() -> dict:
 
 
 def device_facts(device: str) -> dict:
-    """The card, its memory, the CUDA context's memory and two matrix-multiply peaks (TFLOP/s)."""
+    """The card, its memory, the CUDA context's memory (GiB) and the matrix-multiply peak `lorapipe plan`
+    divides by (lorapipe.hardware.peak_matmul_flops: 8192² bf16 on CUDA), TFLOP/s."""
     import torch
 
     from lorapipe.hardware import peak_matmul_flops
@@ -438,16 +438,6 @@ def device_facts(device: str) -> dict:
     torch.empty(1, device="cuda")
     free, total = torch.cuda.mem_get_info()
     context = (total - free - torch.cuda.memory_reserved()) / GiB
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ a
-    _sync()
-    started = time.perf_counter()
-    for _ in range(10):
-        a @ a
-    _sync()
-    large = 2 * 8192**3 * 10 / (time.perf_counter() - started)
-    del a
     torch.cuda.empty_cache()
     return {
         "name": properties.name,
@@ -455,7 +445,6 @@ def device_facts(device: str) -> dict:
         "capability": f"{properties.major}.{properties.minor}",
         "context_gib": round(context, 3),
         "plan_peak_tflops": plan_peak,
-        "bf16_8192_tflops": round(large / 1e12, 1),
     }
 
 
@@ -477,7 +466,7 @@ def measure(system: str, config: Config, model, folder: Path, steps: int, warmup
     import torch
 
     rows = random_rows(model.config.vocab_size, config.seq_len, (steps + warmup) * config.batch_size)
-    clock = StepClock()
+    clock = step_clock()
     build = lorapipe_trainer if system == "lorapipe" else baseline_trainer
     trainer = build(model, config, rows, folder, steps + warmup, clock, device)
     _free(device)

@@ -290,6 +290,16 @@ def estimate_tokens_per_second(
 COMPILE_BREAK_EVEN_TOKENS = {"cpu": 200_000, "cuda": 5_000_000}
 
 
+def compile_blockers(load_in_4bit: bool, one_length: bool, gradient_checkpointing: bool) -> list[str]:
+    """Why `train.torch_compile: auto` would not compile whatever the run's length (none: it may): a
+    4-bit model, gradient checkpointing, rows of several lengths (not `one_length`)."""
+    return [
+        *(["4-bit"] if load_in_4bit else []),
+        *(["gradient checkpointing"] if gradient_checkpointing else []),
+        *([] if one_length else ["rows of several lengths"]),
+    ]
+
+
 def compile_pays(
     device: str,
     tokens_per_process: float,
@@ -301,8 +311,8 @@ def compile_pays(
     (optimizer steps × batch_size × grad_accum × mean tokens per row, from the data, not timed) reach
     COMPILE_BREAK_EVEN_TOKENS for the device type, the training rows have one length (`one_length`:
     packed text, all blocks but the last full, so steps bring no new shapes), and the model is neither
-    4-bit nor checkpointed."""
-    if load_in_4bit or gradient_checkpointing or not one_length:
+    4-bit nor checkpointed (compile_blockers)."""
+    if compile_blockers(load_in_4bit, one_length, gradient_checkpointing):
         return False
     return tokens_per_process >= COMPILE_BREAK_EVEN_TOKENS.get(device, math.inf)
 

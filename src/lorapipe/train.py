@@ -38,7 +38,15 @@ from lorapipe.hardware import resolve_device, resolve_load_in_4bit, resolve_prec
 from lorapipe.io import atomic_outputs, read_json, read_jsonl, write_json, write_provenance, write_text_atomic
 from lorapipe.models import copy_tokenizer, load_tokenizer
 from lorapipe.params import DEFAULTS, LoraParams, QuantParams, TrainParams
-from lorapipe.plan import COMPILE_BREAK_EVEN_TOKENS, Fit, check_fit, compile_pays, preset, training_steps
+from lorapipe.plan import (
+    COMPILE_BREAK_EVEN_TOKENS,
+    Fit,
+    check_fit,
+    compile_blockers,
+    compile_pays,
+    preset,
+    training_steps,
+)
 from lorapipe.rows import loss_tokens, pack_text, text_ids, tokenize_row, tokenize_seq2seq, truncate
 from lorapipe.likelihood import perplexity, sequence_nll
 
@@ -403,11 +411,7 @@ def _compile(wanted: str | bool, rows: Pairs, resolved: ResolvedSettings, steps:
         one_length = sum(len(ids) != longest for ids, _ in rows) <= 1  # packed text: the last block may be short
         checkpointing, four_bit = resolved.gradient_checkpointing, resolved.load_in_4bit
         wanted = compile_pays(resolved.device, tokens, four_bit, one_length, checkpointing)
-        why = [
-            *(["4-bit"] if four_bit else []),
-            *(["gradient checkpointing"] if checkpointing else []),
-            *([] if one_length else ["rows of several lengths"]),
-        ]
+        why = compile_blockers(four_bit, one_length, checkpointing)
         if wanted and resolved.device == "cpu" and not _cpp_compiler():
             wanted, why = False, ["no C++ compiler for inductor on this machine"]
         print(
