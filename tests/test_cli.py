@@ -141,6 +141,25 @@ def test_every_input_flag_reaches_its_stage_function(project, monkeypatch):
     })  # fmt: skip
 
 
+def test_train_with_a_machine_rank_joins_a_run_across_machines(project, monkeypatch, capsys):
+    """`lorapipe train --machine-rank 1` (machine 1 of a run across machines) reaches
+    lorapipe.distributed.join_training, not the stage's `run`; without an accelerate config of several
+    machines it stops before any work."""
+    import lorapipe.distributed
+    import lorapipe.stages.train
+
+    assert main(["train", "--machine-rank", "1"]) == 2
+    assert "--machine-rank 1 joins a training run across machines, and train.accelerate_config is null" in (
+        capsys.readouterr().err
+    )
+    assert not (project / "mlflow.db").exists() and not (project / "reports" / "train.json").exists()
+    calls = {}
+    monkeypatch.setattr(lorapipe.distributed, "join_training", lambda p, *a, **k: calls.update(join=(a, k)))
+    monkeypatch.setattr(lorapipe.stages.train, "run", lambda p, *a, **k: calls.update(run=(a, k)))
+    assert main(["train", "--machine-rank", "1", "--task", "chat"]) == 0
+    assert calls == {"join": ((1, "chat"), {"dataset_dir": Path("data/dataset"), "base_dir": Path("models/base")})}
+
+
 def _base(flag: str = "--base-dir") -> str:
     return f"models/base not found: run `dvc repro base` (or `lorapipe base`) or pass {flag}"
 

@@ -2,6 +2,7 @@
 
     lorapipe train --lora.rank 8          # run one stage with params.yaml plus overrides
     lorapipe train --task queries         # one task's adapter, into models/lora_queries
+    lorapipe train --machine-rank 1       # machine 1 of a run across machines (machine 0: dvc repro)
     lorapipe extract --input-dir a/ b/ --output-dir out/ --no-resume   # extract other folders
     lorapipe ask "What is LoRA?"          # one answer from the exported GGUF
     lorapipe ask --retrieval "What is LoRA?"   # ... with the top passages of data/synth/index in the prompt
@@ -118,7 +119,18 @@ _STAGE_FLAGS: dict[str, list[tuple[tuple[str, ...], dict]]] = {
         ),
     ],
     "train": [
-        (("--task",), {"metavar": "NAME", "help": "train an adapter on one task's rows only, into models/lora_NAME"})
+        (("--task",), {"metavar": "NAME", "help": "train an adapter on one task's rows only, into models/lora_NAME"}),
+        (
+            ("--machine-rank",),
+            {
+                "type": int,
+                "default": 0,
+                "metavar": "R",
+                "help": "join a training run across machines as machine R (1 to num_machines - 1 of "
+                "train.accelerate_config), in a checkout of machine 0's commit after `dvc pull base dataset`; "
+                "machine 0 runs `dvc repro` and writes the adapter (default: 0, this machine trains and writes)",
+            },
+        ),
     ],
     "merge": [
         _dir("merged_dir", paths.MERGED, "the merged model folder (written; default: models/merged)", "--merged-dir")
@@ -578,6 +590,11 @@ def _synth(args: argparse.Namespace, p: Params, folders: dict[str, Path]) -> Non
 
 
 def _train(args: argparse.Namespace, p: Params, folders: dict[str, Path]) -> None:
+    if args.machine_rank:  # another machine of a run across machines (README: More GPUs, more machines)
+        from lorapipe.distributed import join_training
+
+        join_training(p, args.machine_rank, args.task, **folders)
+        return
     from lorapipe.stages.train import run
 
     run(p, args.task, **folders)

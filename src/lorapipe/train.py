@@ -24,6 +24,7 @@ transformers and peft are imported inside the functions that use them.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import time
@@ -156,7 +157,8 @@ def train_lora(
     adapter of the best evaluation is kept. Every `train.save_steps` steps a checkpoint goes to
     `checkpoint_dir` (default: the cache; lorapipe.checkpoints), which `train.resume` ``auto``
     continues from. Under `accelerate launch` the trainer trains data-parallel and the first process
-    writes. Written only when given:
+    writes; before the first step the processes compare their jobs (`check_same_job`:
+    settings, dataset, base model, checkpoint resumed), which matters across machines. Written only when given:
     `metrics_path` (JSON), `loss_path` (TSV: step, loss), `plot_path` (PNG). `run_info` goes into the
     adapter's ``run.json``, `provenance` (plus the resolved settings) into ``lorapipe_params.yaml``;
     `on_log(step, metrics)` gets each logged step's and evaluation's numbers.
@@ -169,7 +171,8 @@ def train_lora(
     unknown `lora.target_modules`, sequences beyond the model's context, a task `select_metric`
     without validation conversations, a JSON one whose answers are not JSON, or on an encoder-decoder),
     FileNotFoundError for a `train.resume` path that is no checkpoint, MemoryError when the estimate
-    does not fit or training runs out of memory (naming what to change)."""
+    does not fit or training runs out of memory (naming what to change), RuntimeError on every process
+    when the processes of a distributed run built different jobs (naming what differs)."""
     import torch
 
     faults.active()  # a malformed LORAPIPE_FAULT is refused before any work
@@ -199,14 +202,15 @@ def train_lora(
     )
     steps = _steps(len(data.train), train, resolved)
     resolved = replace(resolved, torch_compile=_compile(train.torch_compile, data.train, resolved, steps))
-    checkpoints = Checkpoints(
-        _fingerprint(dataset_dir, base_dir, lora, train, quant, seed, task, resolved, steps, max_seq_len, trainer_args),
-        checkpoint_dir,
-    )
+    settings = _run_settings(lora, train, quant, seed, task, resolved, steps, max_seq_len, trainer_args)
+    inputs = _input_files(dataset_dir, base_dir)
+    checkpoints = Checkpoints(fingerprint(settings, [*inputs["dataset"], *inputs["base model"]]), checkpoint_dir)
     start = _resume_point(train.resume, checkpoints)
     session = _Session.start(
         model, tokenizer, data, train, resolved, steps, checkpoints.folder, seed, on_log, trainer_args, selector
     )
+    if resolved.processes > 1:  # the trainer has started the process group: compare the processes' jobs
+        check_same_job(_job_identity(settings, inputs, start))
     session.best.resume(start)  # the best adapter of the evaluations before a kill
     if not session.trainer.is_world_process_zero():
         session.run(start, fit)
@@ -437,9 +441,7 @@ def _cpp_compiler() -> str | None:
         return None
 
 
-def _fingerprint(
-    dataset_dir: Path,
-    base_dir: str | Path,
+def _run_settings(
     lora: LoraParams,
     train: TrainParams,
     quant: QuantParams,
@@ -449,8 +451,9 @@ def _fingerprint(
     steps: int,
     max_seq_len: int,
     trainer_args: dict[str, Any] | None,
-) -> str:
-    """The checkpoint folder's key: everything that decides the run's numbers (lorapipe.checkpoints)."""
+) -> dict[str, Any]:
+    """Every setting that decides the run's numbers; with the input files (`_input_files`), the
+    checkpoint folder's key (lorapipe.checkpoints.fingerprint)."""
     run_inputs = {
         "rank": lora.rank,
         "alpha": lora.alpha,
@@ -480,13 +483,80 @@ def _fingerprint(
     }
     if trainer_args:
         run_inputs["trainer_args"] = trainer_args
-    inputs = [
-        dataset_dir / paths.TRAIN_ROWS.name,
-        dataset_dir / paths.VAL_ROWS.name,
-        *Path(base_dir).glob("*.json"),
-        *Path(base_dir).glob("*.safetensors"),
-    ]
-    return fingerprint(run_inputs, inputs)
+    return run_inputs
+
+
+def _input_files(dataset_dir: Path, base_dir: str | Path) -> dict[str, list[Path]]:
+    """The files whose content decides the run: the dataset's rows, the base model's configs and weights."""
+    return {
+        "dataset": [dataset_dir / paths.TRAIN_ROWS.name, dataset_dir / paths.VAL_ROWS.name],
+        "base model": [*Path(base_dir).glob("*.json"), *Path(base_dir).glob("*.safetensors")],
+    }
+
+
+def _job_identity(settings: dict[str, Any], inputs: dict[str, list[Path]], start: Path | None) -> dict[str, Any]:
+    """What every process of a distributed run must agree on (`check_same_job`): the
+    settings, hashes of the input files (as the checkpoint fingerprint reads them), the checkpoint resumed
+    (by name: the cache may sit at other paths on other machines), and where the process runs."""
+    import socket
+
+    return {
+        "machine": int(os.environ.get("GROUP_RANK", 0)),  # torchrun's machine (node) rank
+        "host": socket.gethostname(),
+        "settings": json.loads(json.dumps(settings, default=str)),
+        **{name: fingerprint({}, files) for name, files in inputs.items()},
+        "resume from": start.name if start else None,
+    }
+
+
+def job_differences(identities: list[dict[str, Any]]) -> list[str]:
+    """How the processes' jobs differ from process 0's, once per machine: `identities`
+    are the processes' job identities (`_job_identity`) in rank order (``{"machine": …, "host": …,
+    "settings": {…}, "dataset": hash, "base model": hash, "resume from": …}``); [] when all agree."""
+    first, lines = identities[0], []
+    for rank, other in enumerate(identities[1:], start=1):
+        where = f"machine {other['machine']} ({other['host']}, process {rank})"
+        found = [f"has another {key} than process 0" for key in ("dataset", "base model") if other[key] != first[key]]
+        mine, theirs = other["settings"], first["settings"]
+        found += [
+            f"has {key} {mine.get(key)!r} (process 0: {theirs.get(key)!r})"
+            for key in sorted({*mine, *theirs})
+            if mine.get(key) != theirs.get(key)
+        ]
+        if other["resume from"] != first["resume from"]:
+            resumes = [identity["resume from"] or "no checkpoint" for identity in (other, first)]
+            found.append(f"resumes from {resumes[0]} (process 0: {resumes[1]})")
+        if found and not any(line.startswith(f"machine {other['machine']} (") for line in lines):
+            lines.append(f"{where} {', '.join(found)}")
+    return lines
+
+
+def check_same_job(identity: dict[str, Any]) -> None:
+    """Gather every process's job identity (`_job_identity`) and raise RuntimeError, on every
+    process alike, when any differs from process 0's: machines that trained different data, base
+    models, settings or checkpoints would average gradients of different jobs. The message says how to
+    make the machines agree. Needs the process group up (the trainer starts it); a no-op without one."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    identities: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(identities, identity)
+    differences = job_differences(identities)
+    if differences:
+        resumes = any("resumes from" in line for line in differences)
+        raise RuntimeError(
+            "the processes did not build the same training job: "
+            + "; ".join(differences)
+            + ". Every machine must train the same commit, data and base model: `git checkout <commit>` and "
+            "`dvc pull base dataset` on each"
+            + (
+                "; resuming across machines needs the checkpoint cache on a filesystem every machine mounts "
+                "(LORAPIPE_CACHE_DIR), else set train.resume: never"
+                if resumes
+                else ""
+            )
+        )
 
 
 def _trainer_settings(

@@ -3,6 +3,7 @@
 one MLflow run per adapter. Under ``accelerate launch`` when ``train.num_processes`` > 1.
 
 Run: ``dvc repro train`` (or ``python -m lorapipe.stages.train``; ``lorapipe train --task NAME``).
+Across machines this is machine 0; the others run ``lorapipe train --machine-rank R`` (lorapipe.distributed).
 """
 
 from __future__ import annotations
@@ -33,9 +34,9 @@ def run(
         if p.train.num_processes > 1:
             from lorapipe.distributed import train_lora_distributed
 
-            data = {"dataset_dir": dataset_dir, "base_dir": base_dir, "out_dir": adapter}
+            folders = {"dataset_dir": dataset_dir, "base_dir": base_dir, "out_dir": adapter}
             launch = (p.train.num_processes, p.train.accelerate_config)
-            result = train_lora_distributed(*launch, mlflow_run_id=run_info["run_id"], **data, **kwargs)
+            result = train_lora_distributed(*launch, mlflow_run_id=run_info["run_id"], **folders, **kwargs)
         else:
             from lorapipe.train import train_lora
 
