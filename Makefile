@@ -10,7 +10,7 @@ TORCH_INDEX ?=
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test-tools run repro test test-all lint bench ui lock clean
+.PHONY: help install test-extras test-tools run repro test test-all lint bench ui lock clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -38,6 +38,13 @@ run: install ## install, run the whole pipeline on the sample corpus, show the k
 repro: install ## rerun what changed (dvc repro)
 	dvc repro
 
+# The tests run extraction and the synth teacher on a local Ray (tests/integration/test_ray.py): the `ray`
+# extra, pinned, installed for them only (`make run` does not need it).
+test-extras: $(VENV)/.test-extras ## install the `ray` extra the tests need (pinned)
+$(VENV)/.test-extras: $(VENV)/.installed
+	$(PIP) install --quiet -c requirements.lock -e ".[dev,ray]"
+	touch $@
+
 # Go renders Modelfile templates in the tests, as Ollama does, and Chromium renders the MLflow UI; Debian's
 # golang-go and chromium when they are missing.
 test-tools: ## install what the tests need beyond .venv (Go, Chromium; with apt, as root or through sudo)
@@ -52,10 +59,10 @@ test-tools: ## install what the tests need beyond .venv (Go, Chromium; with apt,
 # pytest exits 5 when it collects no test: that is a failure here, not a pass. The 20 slowest tests are
 # listed at the end, so that one creeping into the quick tier is seen.
 PYTEST = $(PY) -m pytest -q --durations=20
-test: install test-tools ## the quick check: unit tests, no full-pipeline runs (a few minutes)
+test: install test-extras test-tools ## the quick check: unit tests, no full-pipeline runs (a few minutes)
 	$(PYTEST) -m "not integration"; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
 
-test-all: install test-tools lint ## the full check (what CI runs): lint, then every test, full-pipeline ones too
+test-all: install test-extras test-tools lint ## the full check (what CI runs): lint, then every test, full-pipeline ones too
 	$(PYTEST); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
 
 lint: install ## ruff (lint rules and format check, pyproject.toml) and params.yaml validation

@@ -23,6 +23,7 @@ BENCHES = [
     ("Pipeline overheads (issue 8)", ["bench/bench_pipeline.py"]),
     ("The GPU story, on paper (issue 8)", ["bench/bench_gpu_plan.py"]),
     ("Extraction (issue 3)", ["bench/bench_extract.py"]),
+    ("Extraction on Ray against the local workers (issue 20)", ["bench/bench_ray.py"]),
     ("Peak training memory against `lorapipe plan` (issue 5)", ["bench/bench_memory.py"]),
     ("Merge memory against the weights' size (issue 6)", ["bench/bench_merge.py"]),
     (

@@ -86,6 +86,7 @@ PdfBackend = Literal["auto", "docling", "docling-native", "pdfplumber"]
 Device = Literal["auto", "cpu", "cuda"]
 Preset = Literal["none", "cpu", "gpu-8gb", "gpu-24gb", "gpu-80gb"]
 Precision = Literal["auto", "fp32", "bf16"]
+Executor = Literal["local", "ray"]
 # train.select_metric: eval_loss (lower is better), or a task metric of lorapipe.scoring.flat_scores
 # (higher is better) scored on answers the model in training generates for the validation rows.
 SelectMetric = Literal[
@@ -127,7 +128,23 @@ class ExtractParams(_Section):
     timeout_s: Float = Field(
         300, gt=0, description=("seconds per document before its converter process is killed and pdfplumber tried")
     )
-    workers: Int = Field(2, ge=1, le=256, description="documents converted in parallel (one process each)")
+    workers: Int = Field(
+        2,
+        ge=1,
+        le=256,
+        description="documents converted in parallel (one process each); with executor ray: the local Ray's CPUs",
+    )
+    executor: Executor = Field(
+        "local",
+        description=(
+            "local: worker processes on this machine; ray: one Ray task per document on the cluster that "
+            "extract.ray_address or RAY_ADDRESS names (else a local Ray started for the run), the same "
+            'outputs byte for byte (needs `lorapipe[ray]` on every node; "Document work on a Ray cluster" in README.md)'
+        ),
+    )
+    ray_address: Name | None = Field(
+        None, description="with executor ray: the cluster (host:port, ray://host:port, auto); null: RAY_ADDRESS"
+    )
     resume: Bool = Field(
         True, description=("reuse texts cached by earlier runs (by file content); false: extract everything again")
     )
@@ -293,6 +310,18 @@ class SynthParams(_Section):
     )
     concurrency: Int = Field(
         1, ge=1, le=64, description="parallel requests to an endpoint; the local llama.cpp teacher runs one at a time"
+    )
+    executor: Executor = Field(
+        "local",
+        description=(
+            "local: the teacher runs here (or at synth.base_url); ray: the local llama.cpp teacher runs as one "
+            "Ray actor per node of the cluster that synth.ray_address or RAY_ADDRESS names (else a local Ray), "
+            "the GGUF shipped through Ray's object store; an endpoint teacher scales through the endpoint "
+            "(synth.concurrency) instead"
+        ),
+    )
+    ray_address: Name | None = Field(
+        None, description="with executor ray: the cluster (host:port, ray://host:port, auto); null: RAY_ADDRESS"
     )
     timeout_s: Float = Field(120, gt=0, description="seconds one teacher request may take before it is retried")
     prompt: Name | None = Field(
@@ -491,7 +520,8 @@ class TrainParams(_Section):
         le=1024,
         description=(
             "> 1: train data-parallel under `accelerate launch` (DDP; one process per GPU, or CPU processes over "
-            'gloo; see "More GPUs, more machines" in README.md)'
+            "gloo); across machines, the processes of all machines together, a multiple of num_machines in "
+            'train.accelerate_config (see "More GPUs, more machines" in README.md)'
         ),
     )
     accelerate_config: Name | None = Field(

@@ -505,6 +505,8 @@ def synthesize(
     max_new_tokens: int = DEFAULTS.synth.max_new_tokens,
     temperature: float = DEFAULTS.synth.temperature,
     concurrency: int = DEFAULTS.synth.concurrency,
+    executor: str = DEFAULTS.synth.executor,
+    ray_address: str | None = DEFAULTS.synth.ray_address,
     timeout_s: float = DEFAULTS.synth.timeout_s,
     prompt: str | None = DEFAULTS.synth.prompt,
     max_question_chars: int = DEFAULTS.synth.max_question_chars,

@@ -33,6 +33,7 @@ printed, logged, written or part of an identity, description or error message.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -304,6 +305,164 @@ class LlamaTeacher:
         self._llm = self._codec = None
 
 
+class _TeacherActor:
+    """What one Ray actor of RayLlamaTeacher holds: a LlamaTeacher on the GGUF `model` (its bytes, from
+    Ray's object store) written as ``<temporary folder>/<name>`` on the actor's node."""
+
+    def __init__(self, model: bytes, name: str, n_ctx: int) -> None:
+        import tempfile
+
+        self._folder = tempfile.TemporaryDirectory(prefix="lorapipe-teacher-")
+        path = Path(self._folder.name) / name
+        path.write_bytes(model)
+        del model
+        self.teacher = LlamaTeacher(path, n_ctx=n_ctx)
+        self.teacher.check()
+
+    def identity(self) -> str:
+        return self.teacher.identity
+
+    def generate(self, messages: list[dict], schema: dict, max_tokens: int, temperature: float, seed: int) -> Reply:
+        return self.teacher.generate(messages, schema, max_tokens, temperature, seed)
+
+    def close(self) -> None:
+        self.teacher.close()
+        self._folder.cleanup()
+
+
+START_TIMEOUT_S = 900.0  # seconds for the teacher's actors to receive the GGUF and load it
+
+
+class RayLlamaTeacher:
+    """LlamaTeacher on a Ray cluster (``synth.executor: ray``): one actor per live node of the cluster
+    that `address` or RAY_ADDRESS names (else a local Ray started for the run; lorapipe.cluster), each
+    holding one of the node's CPUs for Ray and a LlamaTeacher on the GGUF that generates on all its
+    physical cores; the GGUF's bytes travel through Ray's object store (no shared filesystem).
+    `concurrency` is the number of actors; each request goes to an idle one. Its `identity` is
+    LlamaTeacher's (the GGUF's sha256), so replies are cached under the same keys and equal the
+    local teacher's on the same CPU type (greedy decoding, each request from an empty cache).
+
+    An actor that dies (its node lost) is dropped and the request goes to another; when none is left,
+    TeacherUnavailable (what was answered is cached). Raises TeacherError when the file is missing;
+    check() when Ray is missing, the cluster does not answer, the model does not load on a node, or
+    the actors do not start within `START_TIMEOUT_S` (the cluster's CPUs taken)."""
+
+    def __init__(self, gguf_path: str | Path, *, n_ctx: int = 2048, address: str | None = None) -> None:
+        self.path = Path(gguf_path)
+        if not self.path.is_file():
+            raise TeacherError(f"the teacher GGUF {self.path} does not exist")
+        self.identity = f"gguf:{hash_file(self.path).hexdigest()}"
+        self.description = f"llama.cpp on {self.path}, on Ray"
+        self.concurrency = 1
+        self._n_ctx, self._address = n_ctx, address
+        self._session = self._ray = None
+        self._idle: list = []
+        self._alive = 0
+        self._ready = threading.Condition()
+
+    def check(self) -> None:
+        """Join (or start) the cluster and start the actors, each with the model loaded. Raises TeacherError."""
+        if self._ray is not None:
+            return
+        from lorapipe.cluster import ClusterError, ray_session
+
+        session = ray_session(self._address, num_cpus=threads(), param="synth.ray_address")
+        try:
+            ray = session.__enter__()
+        except ClusterError as exc:
+            raise TeacherError(str(exc)) from None
+        self._session, self._ray = session, ray
+        try:
+            self._start_actors(ray)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start_actors(self, ray) -> None:
+        from ray.exceptions import GetTimeoutError, RayError
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        nodes = [node for node in ray.nodes() if node["Alive"] and node["Resources"].get("CPU", 0) >= 1]
+        model = ray.put(self.path.read_bytes())
+        actor = ray.remote(max_restarts=0, max_task_retries=0)(_TeacherActor)
+        actors = [
+            actor.options(
+                num_cpus=1,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
+            ).remote(model, self.path.name, self._n_ctx)
+            for node in nodes
+        ]
+        try:
+            identities = ray.get([a.identity.remote() for a in actors], timeout=START_TIMEOUT_S)
+        except GetTimeoutError:
+            raise TeacherError(
+                f"the teacher's {len(actors)} Ray actor(s) did not start within {START_TIMEOUT_S:g} s: is every "
+                "node's CPU taken by other work? (ray status)"
+            ) from None
+        except RayError as exc:
+            cause = _ray_cause(exc)
+            raise TeacherError(f"the teacher {self.path} could not start on the Ray cluster: {cause}") from None
+        if any(identity != self.identity for identity in identities):
+            raise TeacherError(f"the teacher GGUF {self.path} arrived changed on a Ray node")
+        self._idle, self._alive, self.concurrency = actors, len(actors), len(actors)
+        print(f"[synth] the teacher runs on {len(actors)} Ray actor(s), one per node", flush=True)
+
+    def _take(self):
+        with self._ready:
+            while not self._idle:
+                if self._alive == 0:
+                    raise TeacherUnavailable(f"every Ray actor of the teacher ({self.description}) died")
+                self._ready.wait()
+            return self._idle.pop()
+
+    def _give_back(self, actor, alive: bool) -> None:
+        with self._ready:
+            if alive:
+                self._idle.append(actor)
+            else:
+                self._alive -= 1
+            self._ready.notify_all()
+
+    def generate(self, messages: list[dict], schema: dict, max_tokens: int, temperature: float, seed: int) -> Reply:
+        """LlamaTeacher.generate on an idle actor; a request whose actor dies is asked again of another.
+        Raises TeacherError as LlamaTeacher does, TeacherUnavailable when no actor is left."""
+        self.check()
+        from ray.exceptions import RayActorError, RayTaskError
+
+        while True:
+            actor = self._take()
+            try:
+                reply = self._ray.get(actor.generate.remote(messages, schema, max_tokens, temperature, seed))
+            except RayActorError:
+                self._give_back(actor, alive=False)
+                continue
+            except RayTaskError as exc:
+                self._give_back(actor, alive=True)
+                cause = exc.as_instanceof_cause()
+                raise cause if isinstance(cause, TeacherError) else TeacherError(_ray_cause(exc)) from None
+            self._give_back(actor, alive=True)
+            return reply
+
+    def close(self) -> None:
+        """Stop the actors (their temporary model files removed) and leave the cluster (a local Ray stops)."""
+        if self._ray is None:
+            return
+        with contextlib.suppress(Exception):
+            self._ray.get([actor.close.remote() for actor in self._idle], timeout=30)
+        for actor in self._idle:
+            with contextlib.suppress(Exception):
+                self._ray.kill(actor)
+        self._idle, self._alive, self._ray = [], 0, None
+        session, self._session = self._session, None
+        session.__exit__(None, None, None)
+
+
+def _ray_cause(exc: Exception) -> str:
+    """The first line of what a Ray task or actor raised, without Ray's traceback."""
+    cause = getattr(exc, "cause", None) or exc
+    return f"{type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[0]}"
+
+
 # --- OpenAI-compatible endpoints ---------------------------------------------------------------------
 
 
@@ -523,12 +682,19 @@ class EndpointTeacher:
 def make_teacher(synth: SynthParams, *, model_name: str, base_dir: Path) -> Teacher:
     """The teacher that ``synth`` params name: an EndpointTeacher when synth.base_url is set (synth.model,
     synth.api_key_env, synth.timeout_s, synth.concurrency); else a LlamaTeacher on teacher_gguf(model_name,
-    base_dir) for synth.teacher "base", or on the GGUF file synth.teacher names. Not yet checked: call
-    check() before any work.
+    base_dir) for synth.teacher "base", or on the GGUF file synth.teacher names (a RayLlamaTeacher on it
+    with synth.executor ray; an endpoint is not moved onto Ray: it scales through synth.concurrency). Not
+    yet checked: call check() before any work.
 
     Raises TeacherError when synth.base_url has no synth.model, synth.api_key_env is named but unset, the
     synth.teacher file is missing, or the base model cannot be converted."""
     if synth.base_url:
+        if synth.executor == "ray":
+            print(
+                "[synth] synth.executor ray: the endpoint teacher scales through the endpoint (synth.concurrency); "
+                "Ray is not used",
+                flush=True,
+            )
         if not synth.model:
             raise TeacherError("synth.base_url needs synth.model: the name of the model at that endpoint")
         return EndpointTeacher(
@@ -539,12 +705,18 @@ def make_teacher(synth: SynthParams, *, model_name: str, base_dir: Path) -> Teac
             concurrency=synth.concurrency,
         )
     n_ctx = max(1024, synth.passage_tokens + synth.max_new_tokens + _PROMPT_ALLOWANCE)
+
+    def local(path: Path) -> Teacher:
+        if synth.executor == "ray":
+            return RayLlamaTeacher(path, n_ctx=n_ctx, address=synth.ray_address)
+        return LlamaTeacher(path, n_ctx=n_ctx)
+
     if synth.teacher == "base":
-        return LlamaTeacher(teacher_gguf(model_name, Path(base_dir)), n_ctx=n_ctx)
+        return local(teacher_gguf(model_name, Path(base_dir)))
     path = Path(synth.teacher).expanduser()
     if not path.is_file():
         raise TeacherError(
             f"synth.teacher {synth.teacher!r}: no such GGUF file ({path.absolute()}); set it to 'base' (the base "
             "model), the path of a GGUF file, or set synth.base_url and synth.model for an endpoint"
         )
-    return LlamaTeacher(path, n_ctx=n_ctx)
+    return local(path)

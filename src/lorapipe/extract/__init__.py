@@ -42,7 +42,7 @@ __all__ = ["extract_documents", "clean_text", "FORMATS"]
 EXTRACTOR_VERSION = 3  # a manual bump on top of `reader_fingerprint`, for a change it cannot see
 # Modules of this package (paths relative to it) that do not shape the raw text a cache entry holds:
 # cleaning runs on cached text at every run, workers only carry it.
-NOT_READERS = frozenset({"__init__.py", "clean.py", "workers.py"})
+NOT_READERS = frozenset({"__init__.py", "clean.py", "workers.py", "ray_jobs.py"})
 # The shared module of readers: per format, only the definitions its reader reaches count, and the
 # lorapipe modules they import from (markup.py for HTML, pdftext.py for PDFs, …), with theirs.
 READERS_MODULE = "formats.py"
@@ -387,6 +387,17 @@ def _pdfplumber_instead(job: Job, reason: str) -> dict | None:
     return None
 
 
+def _retry_on_ray(job: Job, reason: str) -> dict | None:
+    """`_pdfplumber_instead`, and on Ray one more attempt with the same converter for a document whose
+    worker died (a lost node or a killed worker is seldom the document's fault; a document that kills
+    its converter twice fails). A same-converter retry is a new first attempt: its answer is cached."""
+    retry = _pdfplumber_instead(job, reason)
+    if retry is None and job.attempt == 0 and reason.startswith("the converter crashed"):
+        print(f"[extract] {job.path}: {reason}; trying it once more", file=sys.stderr, flush=True)
+        return job.options
+    return retry
+
+
 def _cacheable(job: Job, status: str, result: Any) -> bool:
     """Whether a finished job's entry may be cached under its key (which names the converter asked
     for): only the primary converter's own answer. A fallback's text (pdfplumber after docling
@@ -437,6 +448,8 @@ def extract_documents(
     timeout_s: float = DEFAULTS.extract.timeout_s,
     workers: int = DEFAULTS.extract.workers,
     resume: bool = DEFAULTS.extract.resume,
+    executor: str = DEFAULTS.extract.executor,
+    ray_address: str | None = DEFAULTS.extract.ray_address,
     cache_dir: str | Path | None = None,
 ) -> list[dict]:
     """Extract every supported file under `input_dirs` (one folder or several, read recursively)
@@ -444,10 +457,13 @@ def extract_documents(
 
     The knobs are the ``extract`` section of params.yaml (see `lorapipe.params.ExtractParams` for
     their meaning and units). `cache_dir`: where converted texts are cached across runs; None: the
-    user cache (``<cache>/extract``).
+    user cache (``<cache>/extract``). With `executor` ``ray`` each conversion is a Ray task
+    (`lorapipe.extract.ray_jobs`) on the cluster `ray_address` or RAY_ADDRESS names, or on a local Ray
+    with `workers` CPUs; the outputs are byte-equal to the local executor's.
 
     Returns the manifest rows, with this run's `cached` and `seconds` of each (not written). Raises
-    FileNotFoundError for a missing input folder and ValueError when no document yields usable text.
+    FileNotFoundError for a missing input folder, ValueError when no document yields usable text, and
+    with Ray lorapipe.cluster.ClusterError (Ray missing, no cluster at the address) before any work.
     """
     dirs = [Path(d) for d in ([input_dirs] if isinstance(input_dirs, (str, Path)) else input_dirs)]
     sources = _sources(dirs)
@@ -462,7 +478,21 @@ def extract_documents(
             progress.skipped(row)
         elif row["cached"]:
             progress.finish(row, row["_entry"])
-    for job, status, result in run_jobs(jobs, convert_document, workers, timeout_s, _pdfplumber_instead):
+    if executor == "ray":
+        from lorapipe.extract.ray_jobs import run_jobs_ray
+
+        results = run_jobs_ray(
+            jobs,
+            convert_document,
+            timeout_s,
+            _retry_on_ray,
+            fingerprint=reader_fingerprint,
+            address=ray_address,
+            num_cpus=workers,
+        )
+    else:
+        results = run_jobs(jobs, convert_document, workers, timeout_s, _pdfplumber_instead)
+    for job, status, result in results:
         entry = _entry(job, status, result, options["pdf_backend"])
         if _cacheable(job, status, result):
             # Written per document, so a killed stage resumes here.

@@ -1,0 +1,94 @@
+"""Ray settings that need no cluster: addresses, and a cluster that is not there (named before any work).
+
+Run: .venv/bin/pytest tests/test_cluster.py (the clusters themselves: tests/integration/test_ray.py)
+"""
+
+import socket
+
+import pytest
+
+from helpers import SAMPLE_DOCS
+from lorapipe import extract_documents
+from lorapipe.cluster import ClusterError, _host_port, cluster_address
+from lorapipe.params import SynthParams
+from lorapipe.teacher import RayLlamaTeacher, TeacherError, make_teacher
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        ("10.0.0.5:6379", ("10.0.0.5", 6379)),
+        ("head", ("head", 6379)),
+        ("ray://head:10001", ("head", 10001)),
+        ("ray://head", ("head", 10001)),
+        ("auto", None),
+    ],
+)
+def test_addresses_are_read_as_ray_reads_them(address, expected):
+    assert _host_port(address) == expected
+
+
+def test_a_malformed_address_is_refused():
+    with pytest.raises(ClusterError, match="not host:port"):
+        _host_port("head:port")
+
+
+def test_the_param_wins_over_ray_address(monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.9:6379")
+    assert cluster_address("10.0.0.5:6379") == ("10.0.0.5:6379", "the param")
+    assert cluster_address(None) == ("10.0.0.9:6379", "RAY_ADDRESS")
+    monkeypatch.delenv("RAY_ADDRESS")
+    assert cluster_address(None) == (None, "local")
+
+
+def test_an_address_pointing_nowhere_is_named_before_any_work(tmp_path, monkeypatch):
+    address = f"127.0.0.1:{_closed_port()}"
+    with pytest.raises(ClusterError, match=rf"no Ray cluster answers at {address} \(from extract.ray_address"):
+        extract_documents([SAMPLE_DOCS], tmp_path / "out", executor="ray", ray_address=address)
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setenv("RAY_ADDRESS", address)
+    with pytest.raises(ClusterError, match=rf"at {address} \(from RAY_ADDRESS.*unset it to start a local Ray"):
+        extract_documents([SAMPLE_DOCS], tmp_path / "out", executor="ray")
+
+
+def test_the_extract_stage_says_so_and_exits(tmp_path, monkeypatch):
+    from lorapipe.params import Params
+    from lorapipe.stages.extract import run
+
+    p = Params.model_validate({"extract": {"executor": "ray", "ray_address": f"127.0.0.1:{_closed_port()}"}})
+    with pytest.raises(SystemExit, match=r"^\[extract\] error: no Ray cluster answers at 127\.0\.0\.1:"):
+        run(p, [SAMPLE_DOCS], tmp_path / "out")
+
+
+def test_the_synth_teacher_on_ray_names_the_address(tmp_path):
+    gguf = tmp_path / "teacher.gguf"
+    gguf.write_bytes(b"GGUF not really")
+    address = f"127.0.0.1:{_closed_port()}"
+    teacher = make_teacher(
+        SynthParams(teacher=str(gguf), executor="ray", ray_address=address), model_name="x", base_dir=tmp_path
+    )
+    assert isinstance(teacher, RayLlamaTeacher)
+    with pytest.raises(TeacherError, match=rf"no Ray cluster answers at {address} \(from synth.ray_address"):
+        teacher.check()
+    teacher.close()
+
+
+def test_without_ray_installed_the_message_says_how_to_install(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError("No module named 'ray'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    with pytest.raises(ClusterError, match=r"extract.executor is ray, but Ray is not installed: pip install"):
+        extract_documents([SAMPLE_DOCS], tmp_path / "out", executor="ray")
