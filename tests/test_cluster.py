@@ -3,15 +3,21 @@
 Run: .venv/bin/pytest tests/test_cluster.py (the clusters themselves: tests/integration/test_ray.py)
 """
 
+import http.server
+import os
+import re
 import socket
+import subprocess
+import sys
+import threading
 
 import pytest
 
 from helpers import SAMPLE_DOCS
 from lorapipe import extract_documents
-from lorapipe.cluster import ClusterError, _host_port, cluster_address
+from lorapipe.cluster import ClusterError, _host_port, check_reachable, cluster_address, scratch_folder
 from lorapipe.params import SynthParams
-from lorapipe.teacher import RayLlamaTeacher, TeacherError, make_teacher
+from lorapipe.teacher import RayLlamaTeacher, TeacherError, _ray_cause, make_teacher
 
 
 def _closed_port() -> int:
@@ -34,9 +40,49 @@ def test_addresses_are_read_as_ray_reads_them(address, expected):
     assert _host_port(address) == expected
 
 
-def test_a_malformed_address_is_refused():
-    with pytest.raises(ClusterError, match="not host:port"):
-        _host_port("head:port")
+@pytest.mark.parametrize("address", ["head:port", "head:0", "http://head:6379", "head:6379/path"])
+def test_a_malformed_address_is_refused_naming_where_it_came_from(address, monkeypatch):
+    with pytest.raises(ClusterError, match=rf"^RAY_ADDRESS '{re.escape(address)}' is not host:port"):
+        check_reachable(address, "RAY_ADDRESS", "extract.ray_address")
+
+
+def test_a_server_that_is_not_ray_is_named_at_once(tmp_path):
+    """A web server on the port (ray.init would wait on it for ever) is refused before any work."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    address = f"127.0.0.1:{server.server_address[1]}"
+    try:
+        with pytest.raises(ClusterError, match=rf"what answers at {address} \(from extract.ray_address\) is not a Ray"):
+            extract_documents([SAMPLE_DOCS], tmp_path / "out", executor="ray", ray_address=address)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_copies_left_by_killed_tasks_are_removed_by_the_next(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f"lorapipe-extract-{dead.pid}-abcd"
+    stale.mkdir()
+    (stale / "secret.pdf").write_bytes(b"%PDF")
+    mine = tmp_path / f"lorapipe-extract-{os.getpid()}-efgh"
+    mine.mkdir()
+    fresh = scratch_folder("extract")
+    assert not stale.exists() and mine.exists() and fresh.is_dir() and fresh.parent == tmp_path
+
+
+def test_what_an_actor_raised_is_read_from_rays_text():
+    class ActorDied(Exception):
+        pass
+
+    text = (
+        "The actor died because of an error raised in its creation task, \x1b[36mray::_TeacherActor.__init__()"
+        "\x1b[39m (pid=1)\n  File x\nlorapipe.teacher.TeacherError: llama.cpp cannot load the teacher a.gguf (bad)"
+    )
+    assert _ray_cause(ActorDied(text)) == "TeacherError: llama.cpp cannot load the teacher a.gguf (bad)"
 
 
 def test_the_param_wins_over_ray_address(monkeypatch):

@@ -21,8 +21,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import socket
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -62,9 +65,10 @@ def cluster_address(address: str | None) -> tuple[str | None, str]:
     return None, "local"
 
 
-def _host_port(address: str) -> tuple[str, int] | None:
+def _host_port(address: str, named: str = "the Ray address") -> tuple[str, int] | None:
     """``(host, port)`` of ``host:port``, ``host`` or ``ray://host[:port]``; None for ``auto``/``local``
-    (Ray finds the cluster on this machine itself)."""
+    (Ray finds the cluster on this machine itself). ClusterError naming `named` (where the address came
+    from) for anything else."""
     if address in ("auto", "local"):
         return None
     parts = urlsplit(address if "://" in address else f"//{address}")
@@ -72,27 +76,78 @@ def _host_port(address: str) -> tuple[str, int] | None:
         port = parts.port
     except ValueError:
         port = -1
-    if not parts.hostname or port == -1 or parts.path not in ("", "/"):
-        raise ClusterError(f"Ray address {address!r} is not host:port, ray://host:port or auto")
+    if not parts.hostname or port in (-1, 0) or parts.path not in ("", "/") or parts.scheme not in ("", "ray"):
+        raise ClusterError(f"{named} {address!r} is not host:port, ray://host:port or auto")
     return parts.hostname, port or (RAY_CLIENT_PORT if parts.scheme == "ray" else DEFAULT_PORT)
+
+
+# HTTP/2's client preface and an empty SETTINGS frame: a gRPC server (Ray's GCS, the Ray Client server)
+# answers with a SETTINGS frame of its own (RFC 9113, section 3.4); a web server or anything else does not.
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+_SETTINGS_FRAME = 0x4
+
+
+def _speaks_grpc(connection: socket.socket) -> bool:
+    """Whether the server at the other end of `connection` answers HTTP/2's preface as gRPC servers do."""
+    try:
+        connection.sendall(_HTTP2_PREFACE)
+        header = b""
+        while len(header) < 9:
+            chunk = connection.recv(9 - len(header))
+            if not chunk:
+                return False
+            header += chunk
+    except OSError:
+        return False
+    return header[3] == _SETTINGS_FRAME
 
 
 def check_reachable(address: str, origin: str, param: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
     """Raise ClusterError, naming `address` and where it came from (`origin`: "the param" for `param`, or
-    RAY_ADDRESS), when no process accepts a TCP connection at it within `timeout_s` seconds: checked
-    before any work, since ``ray.init`` would retry for a minute and then fail deep inside Ray."""
-    target = _host_port(address)
+    RAY_ADDRESS), when it is malformed, no process accepts a TCP connection at it within `timeout_s`
+    seconds, or what answers there is not a gRPC server (Ray's GCS and Ray Client are; a web server on
+    that port is not; skipped under RAY_USE_TLS): checked before any work, since ``ray.init`` would
+    retry for a minute, or forever, and then fail deep inside Ray."""
+    named = param if origin == "the param" else origin
+    target = _host_port(address, named)
     if target is None:
         return
-    named = param if origin == "the param" else origin
+    fix = (
+        f"start one with `ray start --head` on that machine, fix {named}, or unset it to start a local Ray for the run"
+    )
     try:
-        with socket.create_connection(target, timeout=timeout_s):
-            pass
+        with socket.create_connection(target, timeout=timeout_s) as connection:
+            grpc = os.environ.get("RAY_USE_TLS", "0") not in ("0", "") or _speaks_grpc(connection)
     except OSError as exc:
+        raise ClusterError(f"no Ray cluster answers at {address} (from {named}: {exc}); {fix}") from None
+    if not grpc:
         raise ClusterError(
-            f"no Ray cluster answers at {address} (from {named}: {exc}); start one with `ray start --head` on "
-            f"that machine, fix {named}, or unset it to start a local Ray for the run"
-        ) from None
+            f"what answers at {address} (from {named}) is not a Ray cluster (no gRPC server on that port; Ray's "
+            f"default port is {DEFAULT_PORT}, Ray Client's {RAY_CLIENT_PORT} with ray://); {fix}"
+        )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def scratch_folder(kind: str) -> Path:
+    """A new temporary folder ``lorapipe-<kind>-<pid>-XXXX`` on this node for a task's or an actor's
+    copy of its input (a document, a GGUF). Those of processes that are gone are removed first: a task
+    killed mid-document (a crash, a time-out's cancel, a stopped driver) cannot remove its own, and
+    copies of users' documents must not pile up on the nodes."""
+    root = Path(tempfile.gettempdir())
+    for old in root.glob(f"lorapipe-{kind}-*-*"):
+        pid = old.name.split("-")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"lorapipe-{kind}-{os.getpid()}-"))
 
 
 def _runtime_env() -> dict:

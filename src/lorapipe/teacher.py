@@ -39,6 +39,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -310,14 +311,18 @@ class _TeacherActor:
     Ray's object store) written as ``<temporary folder>/<name>`` on the actor's node."""
 
     def __init__(self, model: bytes, name: str, n_ctx: int) -> None:
-        import tempfile
+        from lorapipe.cluster import scratch_folder
 
-        self._folder = tempfile.TemporaryDirectory(prefix="lorapipe-teacher-")
-        path = Path(self._folder.name) / name
-        path.write_bytes(model)
-        del model
-        self.teacher = LlamaTeacher(path, n_ctx=n_ctx)
-        self.teacher.check()
+        self._folder = scratch_folder("teacher")  # removed by close(), or by the next actor if this one is killed
+        try:
+            path = self._folder / name
+            path.write_bytes(model)
+            del model
+            self.teacher = LlamaTeacher(path, n_ctx=n_ctx)
+            self.teacher.check()
+        except BaseException:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            raise
 
     def identity(self) -> str:
         return self.teacher.identity
@@ -327,7 +332,7 @@ class _TeacherActor:
 
     def close(self) -> None:
         self.teacher.close()
-        self._folder.cleanup()
+        shutil.rmtree(self._folder, ignore_errors=True)
 
 
 START_TIMEOUT_S = 900.0  # seconds for the teacher's actors to receive the GGUF and load it
@@ -356,6 +361,7 @@ class RayLlamaTeacher:
         self.concurrency = 1
         self._n_ctx, self._address = n_ctx, address
         self._session = self._ray = None
+        self._actors: list = []  # every actor started, for close()
         self._idle: list = []
         self._alive = 0
         self._ready = threading.Condition()
@@ -392,6 +398,7 @@ class RayLlamaTeacher:
             ).remote(model, self.path.name, self._n_ctx)
             for node in nodes
         ]
+        self._actors = actors
         try:
             identities = ray.get([a.identity.remote() for a in actors], timeout=START_TIMEOUT_S)
         except GetTimeoutError:
@@ -447,20 +454,29 @@ class RayLlamaTeacher:
         """Stop the actors (their temporary model files removed) and leave the cluster (a local Ray stops)."""
         if self._ray is None:
             return
-        with contextlib.suppress(Exception):
-            self._ray.get([actor.close.remote() for actor in self._idle], timeout=30)
-        for actor in self._idle:
+        for actor in self._actors:  # those that started remove their copy of the model; dead ones cannot
+            with contextlib.suppress(Exception):
+                self._ray.get(actor.close.remote(), timeout=30)
             with contextlib.suppress(Exception):
                 self._ray.kill(actor)
-        self._idle, self._alive, self._ray = [], 0, None
+        self._actors, self._idle, self._alive, self._ray = [], [], 0, None
         session, self._session = self._session, None
         session.__exit__(None, None, None)
 
 
 def _ray_cause(exc: Exception) -> str:
-    """The first line of what a Ray task or actor raised, without Ray's traceback."""
-    cause = getattr(exc, "cause", None) or exc
-    return f"{type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[0]}"
+    """What a Ray task or actor raised, without Ray's traceback and colours: the cause's type and first
+    line, or for an actor that died in its constructor (ActorDiedError keeps only the text) the last
+    ``SomeError: message`` line of that text."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, Exception) and not hasattr(cause, "cause"):
+        return f"{type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[0]}"
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    raised = [re.match(r"^\s*(?:\w+\.)*(\w+(?:Error|Exception)): (.*)$", line) for line in text.splitlines()]
+    found = [match for match in raised if match]
+    if found:
+        return f"{found[-1][1]}: {found[-1][2]}"
+    return f"{type(exc).__name__}: {(text.strip().splitlines() or [''])[0]}"
 
 
 # --- OpenAI-compatible endpoints ---------------------------------------------------------------------

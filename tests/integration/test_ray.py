@@ -49,12 +49,17 @@ def cluster(tmp_path_factory):
         try:
             yield f"127.0.0.1:{port}"
         finally:
-            _stop(temp)
+            _stop(temp, port)
 
 
-def _stop(temp: Path) -> None:
-    """Kill every process of the Ray whose temporary folder is `temp`, and their children."""
-    ours = [p for p in psutil.process_iter(["cmdline"]) if str(temp) in " ".join(p.info["cmdline"] or [])]
+def _stop(temp: Path, port: int) -> None:
+    """Kill every process of the Ray whose temporary folder is `temp` or whose GCS is at `port` (the Ray
+    Client server names only the latter), and their children."""
+
+    def of_this_ray(cmdline: list[str]) -> bool:
+        return any(str(temp) in arg or (arg.startswith("--address=") and arg.endswith(f":{port}")) for arg in cmdline)
+
+    ours = [p for p in psutil.process_iter(["cmdline"]) if of_this_ray(p.info["cmdline"] or [])]
     family = {q for p in ours for q in [p, *_children(p)]}
     for process in family:
         try:

@@ -12,15 +12,14 @@ and handed to the caller's fallback, as a crashed or hung worker process is loca
 
 from __future__ import annotations
 
-import tempfile
+import shutil
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 from lorapipe import faults
-from lorapipe.cluster import FingerprintMismatch, ray_session
+from lorapipe.cluster import FingerprintMismatch, ray_session, scratch_folder
 from lorapipe.extract.workers import Job, _inject_fault
 
 
@@ -41,16 +40,18 @@ def convert_bytes(
     import ray
 
     answer = {"fingerprint": fingerprint(options["kind"]), "node": ray.util.get_node_ip_address()}
-    with tempfile.TemporaryDirectory(prefix="lorapipe-extract-") as folder:
-        path = Path(folder) / name
+    folder = scratch_folder("extract")
+    path = folder / name
+    try:
         path.write_bytes(data)
-        try:
-            if attempt == 0:
-                _inject_fault(path, options)
-            return {**answer, "status": "ok", "result": convert(path, **options)}
-        except Exception as exc:  # noqa: BLE001 - reported per document, as workers._serve does
-            detail = str(exc) or traceback.format_exc(limit=1).strip().splitlines()[-1]
-            return {**answer, "status": "error", "result": f"{type(exc).__name__}: {detail}".replace(str(path), source)}
+        if attempt == 0:
+            _inject_fault(path, options)
+        return {**answer, "status": "ok", "result": convert(path, **options)}
+    except Exception as exc:  # noqa: BLE001 - reported per document, as workers._serve does
+        detail = str(exc) or traceback.format_exc(limit=1).strip().splitlines()[-1]
+        return {**answer, "status": "error", "result": f"{type(exc).__name__}: {detail}".replace(str(path), source)}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _checked(answer: dict, expected: Callable[[str], str], kind: str) -> tuple[str, Any]:
@@ -99,7 +100,9 @@ def run_jobs_ray(
         from ray.exceptions import GetTimeoutError, RayError
 
         task = ray.remote(num_cpus=1, max_retries=0, retry_exceptions=False)(convert_bytes)
-        capacity = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        # the CPUs free now (not the cluster's total): a task submitted beyond them would wait for one, and
+        # its time limit, which counts from submission, would run out while it waits
+        capacity = max(1, int(ray.available_resources().get("CPU", 1)))
         pending = list(reversed(jobs))
         running: dict[Any, Job] = {}
         try:
@@ -107,9 +110,17 @@ def run_jobs_ray(
                 while pending and len(running) < capacity:
                     job = pending.pop()
                     job.started = time.monotonic()
-                    data, name, source = job.path.read_bytes(), job.path.name, str(job.path)
-                    ref = task.remote(data, name, source, job.options, convert, fingerprint, job.attempt)
+                    try:
+                        data = job.path.read_bytes()
+                    except OSError as exc:  # unreadable here: as a local worker reports its reader's error
+                        yield job, "error", f"{type(exc).__name__}: {exc}"
+                        continue
+                    ref = task.remote(
+                        data, job.path.name, str(job.path), job.options, convert, fingerprint, job.attempt
+                    )
                     running[ref] = job
+                if not running:
+                    continue
                 deadline = min(job.started for job in running.values()) + timeout_s
                 ready, _ = ray.wait(list(running), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
                 failed: list[tuple[Job, str]] = []
