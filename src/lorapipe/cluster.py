@@ -194,10 +194,10 @@ def ray_session(address: str | None, *, num_cpus: int, param: str) -> Iterator[A
                 "; if the cluster uses token authentication (the default of `ray start` since Ray 2.5x), set "
                 "RAY_AUTH_MODE=token here with the cluster's token in RAY_AUTH_TOKEN or ~/.ray/auth_token"
             )
+        _restore("RAY_AUTH_MODE", auth_mode)
         raise ClusterError(f"could not join {where}: {exc}{hint}") from None
     finally:
-        if environ_address is not None:
-            os.environ["RAY_ADDRESS"] = environ_address
+        _restore("RAY_ADDRESS", environ_address)
     try:
         cpus = ray.cluster_resources().get("CPU", 0)
         nodes = sum(node["Alive"] for node in ray.nodes())
@@ -205,7 +205,12 @@ def ray_session(address: str | None, *, num_cpus: int, param: str) -> Iterator[A
         yield ray
     finally:
         ray.shutdown()
-        if auth_mode is None:
-            os.environ.pop("RAY_AUTH_MODE", None)
-        else:
-            os.environ["RAY_AUTH_MODE"] = auth_mode
+        _restore("RAY_AUTH_MODE", auth_mode)
+
+
+def _restore(name: str, value: str | None) -> None:
+    """Put environment variable `name` back to `value` (None: unset), as it was before Ray's init."""
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
