@@ -188,6 +188,18 @@ def test_ollama_create_runs_when_ollama_is_on_path(tmp_path, tiny_model_dir, mon
     assert len(info["ollama"]) == 2
 
 
+def test_without_ollama_every_modelfile_gets_its_create_command(tmp_path, monkeypatch, capsys):
+    from lorapipe import export
+
+    monkeypatch.setattr(export.shutil, "which", lambda name: None)
+    assert export.ollama_create(tmp_path, {"docs": "Modelfile", "queries": "Modelfile.queries"}, "tiny") == []
+    printed = capsys.readouterr().out
+    assert (
+        f"cd {tmp_path} && ollama create tiny -f Modelfile && ollama create tiny-queries -f Modelfile.queries"
+        in printed
+    )
+
+
 def test_missing_or_incomplete_merged_folder_names_what_is_missing(tmp_path, tiny_model_dir):
     import shutil
 

@@ -327,16 +327,16 @@ def ollama_create(out_dir: Path, modelfiles: dict[str, str], name: str) -> list[
     """`ollama create` for each Modelfile when `ollama` is on PATH (first task: `name`, others:
     `name-<task>`); a failure is reported, not raised, since the files are written."""
     ollama = shutil.which("ollama")
+    models = {
+        name if number == 0 else f"{name}-{task}": modelfile
+        for number, (task, modelfile) in enumerate(modelfiles.items())
+    }
     if not ollama:
-        print(
-            f"[export] ollama is not on PATH; to use the model in Ollama: cd {out_dir} && "
-            f"ollama create {name} -f Modelfile",
-            flush=True,
-        )
+        creates = " && ".join(f"ollama create {model} -f {modelfile}" for model, modelfile in models.items())
+        print(f"[export] ollama is not on PATH; to use the model in Ollama: cd {out_dir} && {creates}", flush=True)
         return []
     commands = []
-    for number, (task, modelfile) in enumerate(modelfiles.items()):
-        model = name if number == 0 else f"{name}-{task}"
+    for model, modelfile in models.items():
         command = [ollama, "create", model, "-f", modelfile]
         done = subprocess.run(command, cwd=out_dir, capture_output=True, text=True)
         print(
