@@ -8,6 +8,7 @@ import json
 import pytest
 
 from helpers import read_json
+from lorapipe.io import read_jsonl
 from lorapipe.evaluate import evaluate_base, evaluate_models
 from lorapipe.export import export_gguf
 from lorapipe.scoring import _FLAT_JSON
@@ -52,6 +53,10 @@ def test_base_merged_and_gguf_perplexity(tmp_path, dataset_dir, tiny_model_dir):
     assert base["base"]["perplexity"] > 1000  # a random model over a 49k vocabulary is near-uniform
     samples = (tmp_path / "samples.md").read_text()
     assert "**Prompt:**" in samples and "You answer from the documents." in samples
+    # a text row's expected answer is how its document goes on after the 30 words the prompt shows
+    first = read_jsonl(dataset_dir / "val.jsonl")[0]["text"].split()
+    assert "(empty)" not in samples.split("| expected")[1].splitlines()[2].split("|")[1]
+    assert " ".join(first[30:40]) in samples
     assert json.loads((tmp_path / "eval.json").read_text()) == metrics
     assert list(metrics["gguf"]) == ["Q8_0", "F32"]  # in export.quants order
     assert "`tiny.Q8_0.gguf`" in samples and "tiny.F32.gguf" not in samples

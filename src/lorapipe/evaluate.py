@@ -193,8 +193,13 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", "<br>") or "(empty)"
 
 
+CONTINUATION_WORDS = 60  # words of the document after a text row's opening shown as its expected answer
+
+
 def samples_markdown(rows: list[dict], requests, answers: dict[str, list[str]], limit: int) -> str:
-    """Prompts with each model's answer side by side, and the expected answer."""
+    """Prompts with each model's answer side by side, and the expected answer: a chat row's reference
+    answer, or for a text row (asked to continue its first 30 words) the next `CONTINUATION_WORDS`
+    words of the document, how the document itself goes on."""
     names = list(answers)
     lines = [
         "# Sample answers",
@@ -204,6 +209,11 @@ def samples_markdown(rows: list[dict], requests, answers: dict[str, list[str]], 
         "",
     ]
     for number, (row, (messages, expected)) in enumerate(zip(rows[:limit], requests[:limit])):
+        if expected is None and "text" in row:  # generation.evaluation_requests' opening: the first 30 words
+            words = row["text"].split()
+            expected = " ".join(words[30 : 30 + CONTINUATION_WORDS]) + (
+                " …" if len(words) > 30 + CONTINUATION_WORDS else ""
+            )
         lines += [
             f"## {number + 1}. {row['task']}",
             "",
