@@ -138,3 +138,8 @@ def test_without_ray_installed_the_message_says_how_to_install(tmp_path, monkeyp
     monkeypatch.setattr(builtins, "__import__", no_ray)
     with pytest.raises(ClusterError, match=r"extract.executor is ray, but Ray is not installed: pip install"):
         extract_documents([SAMPLE_DOCS], tmp_path / "out", executor="ray")
+
+
+def test_an_unknown_executor_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"executor must be 'local' or 'ray' \(extract.executor\), not 'Ray'"):
+        extract_documents([SAMPLE_DOCS], tmp_path / "out", executor="Ray")

@@ -462,9 +462,12 @@ def extract_documents(
     with `workers` CPUs; the outputs are byte-equal to the local executor's.
 
     Returns the manifest rows, with this run's `cached` and `seconds` of each (not written). Raises
-    FileNotFoundError for a missing input folder, ValueError when no document yields usable text, and
+    FileNotFoundError for a missing input folder, ValueError for an unknown `executor` or when no
+    document yields usable text, and
     with Ray lorapipe.cluster.ClusterError (Ray missing, no cluster at the address) before any work.
     """
+    if executor not in ("local", "ray"):
+        raise ValueError(f"executor must be 'local' or 'ray' (extract.executor), not {executor!r}")
     dirs = [Path(d) for d in ([input_dirs] if isinstance(input_dirs, (str, Path)) else input_dirs)]
     sources = _sources(dirs)
     backend = resolve_pdf_backend(pdf_backend, docling_artifacts_path)
