@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import json
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -31,6 +32,14 @@ BASE_FILES = {"config.json", "generation_config.json", "model.safetensors", "lor
 ADAPTER_FILES = {"adapter_config.json", "adapter_model.safetensors", "README.md", "generation_config.json",
                  "lorapipe_params.yaml", "run.json", *TOKENIZER_FILES}  # fmt: skip
 MERGED_FILES = {"config.json", "generation_config.json", "model.safetensors", "merge.json", *TOKENIZER_FILES}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (the kernel's pick): for a server a test
+    starts, or as an address where nothing answers."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 # --- what a stage's command executes: the static import closure of its entry file -----------------

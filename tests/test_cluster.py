@@ -6,24 +6,17 @@ Run: .venv/bin/pytest tests/test_cluster.py (the clusters themselves: tests/inte
 import http.server
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
 
 import pytest
 
-from helpers import SAMPLE_DOCS
+from helpers import SAMPLE_DOCS, free_port
 from lorapipe import extract_documents
 from lorapipe.cluster import ClusterError, _host_port, check_reachable, cluster_address, scratch_folder
 from lorapipe.params import SynthParams
 from lorapipe.teacher import RayLlamaTeacher, TeacherError, _ray_cause, make_teacher
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize(
@@ -94,7 +87,7 @@ def test_the_param_wins_over_ray_address(monkeypatch):
 
 
 def test_an_address_pointing_nowhere_is_named_before_any_work(tmp_path, monkeypatch):
-    address = f"127.0.0.1:{_closed_port()}"
+    address = f"127.0.0.1:{free_port()}"
     with pytest.raises(ClusterError, match=rf"no Ray cluster answers at {address} \(from extract.ray_address"):
         extract_documents([SAMPLE_DOCS], tmp_path / "out", executor="ray", ray_address=address)
     assert not (tmp_path / "out").exists()
@@ -107,7 +100,7 @@ def test_the_extract_stage_says_so_and_exits(tmp_path, monkeypatch):
     from lorapipe.params import Params
     from lorapipe.stages.extract import run
 
-    p = Params.model_validate({"extract": {"executor": "ray", "ray_address": f"127.0.0.1:{_closed_port()}"}})
+    p = Params.model_validate({"extract": {"executor": "ray", "ray_address": f"127.0.0.1:{free_port()}"}})
     with pytest.raises(SystemExit, match=r"^\[extract\] error: no Ray cluster answers at 127\.0\.0\.1:"):
         run(p, [SAMPLE_DOCS], tmp_path / "out")
 
@@ -115,7 +108,7 @@ def test_the_extract_stage_says_so_and_exits(tmp_path, monkeypatch):
 def test_the_synth_teacher_on_ray_names_the_address(tmp_path):
     gguf = tmp_path / "teacher.gguf"
     gguf.write_bytes(b"GGUF not really")
-    address = f"127.0.0.1:{_closed_port()}"
+    address = f"127.0.0.1:{free_port()}"
     teacher = make_teacher(
         SynthParams(teacher=str(gguf), executor="ray", ray_address=address), model_name="x", base_dir=tmp_path
     )

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from helpers import ROOT, read_json
+from helpers import ROOT, free_port, read_json
 from lorapipe.distributed import (
     DEFAULT_PORT,
     Machines,
@@ -95,12 +95,6 @@ def _two_machines(folder: Path, port: int, **settings) -> Path:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_each_machine_launches_with_its_own_rank(tmp_path):
     config = str(_two_machines(tmp_path, 29555))
     job, result = tmp_path / "job.json", tmp_path / "result.json"
@@ -140,7 +134,7 @@ def test_another_machine_needs_a_config_file(tmp_path):
 def test_another_machine_waits_for_the_main_process_then_names_it(tmp_path):
     with socket.create_server(("127.0.0.1", 0)) as server:
         wait_for_main_process("127.0.0.1", server.getsockname()[1], 5)  # open: returns at once
-    port = _free_port()
+    port = free_port()
     started = time.monotonic()
     with pytest.raises(ConnectionError, match=rf"main process 127\.0\.0\.1:{port} \(main_process_ip, ") as error:
         wait_for_main_process("127.0.0.1", port, 1.5, "data/raw/config/two-machines.yaml")
@@ -218,7 +212,7 @@ def _finish(processes: dict[str, subprocess.Popen], folders: dict[str, Path], ti
 
 def _two_checkouts(tmp_path: Path, dataset_dir: Path, tiny_model_dir: Path) -> dict[str, Path]:
     """Machine 0's and machine 1's checkouts of one commit, with the README's two-machine config."""
-    port, folders = _free_port(), {name: tmp_path / name for name in ("machine0", "machine1")}
+    port, folders = free_port(), {name: tmp_path / name for name in ("machine0", "machine1")}
     for folder in folders.values():
         config = _two_machines(folder, port).relative_to(folder)
         _checkout(folder, dataset_dir, tiny_model_dir, {"num_processes": 2, "accelerate_config": str(config)})

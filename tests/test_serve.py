@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -24,18 +23,12 @@ import pytest
 import requests
 from pydantic import BaseModel
 
-from helpers import ROOT
+from helpers import ROOT, free_port
 from lorapipe.export import export_gguf
 from lorapipe.serve import TrainRun, create_app
 
 TOKEN = "test-token-123"
 PROMPT = "You answer in one short sentence."
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager

@@ -8,7 +8,6 @@ Run: .venv/bin/pytest tests/integration/test_ray.py (about 3 minutes)
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from helpers import SAMPLE_DOCS
+from helpers import SAMPLE_DOCS, free_port
 from lorapipe import extract_documents
 
 pytestmark = pytest.mark.integration
@@ -27,18 +26,12 @@ pytestmark = pytest.mark.integration
 RAY = Path(sys.executable).with_name("ray")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """A Ray head with 2 CPUs on 127.0.0.1 (its own temporary folder), as a team's cluster would be
     started; its address. Stopped at the end: every process of that folder, and their children."""
     temp = Path("/tmp") / f"lpray-{os.getpid()}"  # Ray's socket paths must stay short
-    port = _free_port()
+    port = free_port()
     command = [str(RAY), "start", "--head", f"--port={port}", "--num-cpus=2", "--node-ip-address=127.0.0.1"]
     command += [f"--temp-dir={temp}", "--include-dashboard=false", "--disable-usage-stats"]
     # a cluster on loopback for one test run: no token authentication (`ray start`'s default since Ray 2.5x),

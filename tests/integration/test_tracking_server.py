@@ -10,7 +10,6 @@ import html
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,20 +19,15 @@ from pathlib import Path
 
 import pytest
 
+from helpers import free_port
 from lorapipe import tracking
 from lorapipe.params import LoraParams, TrainParams
 from lorapipe.train import train_lora
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def mlflow_server(tmp_path):
-    port = _free_port()
+    port = free_port()
     mlflow = Path(sys.executable).parent / "mlflow"
     server = subprocess.Popen(
         [
