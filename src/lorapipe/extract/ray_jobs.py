@@ -4,8 +4,8 @@ from a cluster instead of this machine's worker processes.
 Each document is one task that receives the file's bytes (no shared filesystem), writes them to a
 temporary file of the same name on its node, converts it with the same converter and returns the
 result, with the reader fingerprint of its format on that node. The driver keeps as many tasks in
-flight as the cluster has CPUs (one CPU each), so a task starts when it is submitted and its time
-limit counts from then. Ray's retries are off (``max_retries=0``): a task whose worker dies (a
+flight as the cluster has CPUs free when the run starts (one CPU each), so a task starts when it is
+submitted; its time limit counts from then. Ray's retries are off (``max_retries=0``): a task whose worker dies (a
 converter's segfault, a killed worker, a lost node) or that overruns ``extract.timeout_s`` is cancelled
 and handed to the caller's fallback, as a crashed or hung worker process is locally.
 """
@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import shutil
 import time
-import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from lorapipe import faults
 from lorapipe.cluster import FingerprintMismatch, ray_session, scratch_folder
-from lorapipe.extract.workers import Job, _inject_fault
+from lorapipe.extract.workers import Job, _inject_fault, error_text, next_attempt
 
 
 def convert_bytes(
@@ -48,8 +47,7 @@ def convert_bytes(
             _inject_fault(path, options)
         return {**answer, "status": "ok", "result": convert(path, **options)}
     except Exception as exc:  # noqa: BLE001 - reported per document, as workers._serve does
-        detail = str(exc) or traceback.format_exc(limit=1).strip().splitlines()[-1]
-        return {**answer, "status": "error", "result": f"{type(exc).__name__}: {detail}".replace(str(path), source)}
+        return {**answer, "status": "error", "result": error_text(exc).replace(str(path), source)}
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -87,8 +85,8 @@ def run_jobs_ray(
     conversion a Ray task on the cluster `address` names (`lorapipe.cluster.ray_session`: the param,
     RAY_ADDRESS, else a local Ray of `num_cpus` CPUs). `fingerprint(kind)`: the reader fingerprint of a
     format (`lorapipe.extract.reader_fingerprint`), computed by each task on its node and compared with
-    this machine's. A task that crashes or overruns `timeout_s`
-    seconds is cancelled and ``fallback(job, reason)`` gives the options of one more attempt (None: the
+    this machine's. A task that crashes or overruns `timeout_s` seconds is cancelled and
+    ``fallback(job, reason)`` gives the options of one more attempt (`workers.next_attempt`; None: the
     job fails with that reason). Leaving early (an error, a kill) cancels the tasks in flight.
 
     Raises lorapipe.cluster.ClusterError (no Ray, no cluster) before any work and FingerprintMismatch
@@ -138,14 +136,11 @@ def run_jobs_ray(
                         del running[ref]
                         failed.append((job, f"timed out after {timeout_s:g} s (extract.timeout_s)"))
                 for job, reason in failed:
-                    retry = fallback(job, reason)
+                    retry = next_attempt(job, reason, fallback)
                     if retry is None:
-                        job.note = reason
                         yield job, "error", reason
                     else:
-                        # the same converter again (a lost worker) is a fresh attempt, its answer cached
-                        note = None if retry == job.options else reason
-                        pending.append(Job(job.index, job.path, retry, job.attempt + 1, note))
+                        pending.append(retry)
         finally:
             for ref in running:
                 ray.cancel(ref, force=True)

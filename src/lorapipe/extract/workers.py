@@ -67,8 +67,26 @@ def _serve(connection: Connection, convert: Callable[..., Any]) -> None:
             _inject_fault(path, options)
             connection.send(("ok", convert(path, **options)))
         except Exception as exc:  # noqa: BLE001 - reported per document
-            detail = str(exc) or traceback.format_exc(limit=1).strip().splitlines()[-1]
-            connection.send(("error", f"{type(exc).__name__}: {detail}"))
+            connection.send(("error", error_text(exc)))
+
+
+def error_text(exc: Exception) -> str:
+    """A converter's exception as a document's error: ``Type: message`` (the traceback's last line when
+    the message is empty)."""
+    detail = str(exc) or traceback.format_exc(limit=1).strip().splitlines()[-1]
+    return f"{type(exc).__name__}: {detail}"
+
+
+def next_attempt(job: Job, reason: str, fallback: Callable[[Job, str], dict[str, Any] | None]) -> Job | None:
+    """After `job` crashed or timed out (`reason`): the job of one more attempt with the options that
+    ``fallback(job, reason)`` gives, or None, with ``job.note`` set to the reason, when it fails for good.
+    A retry with the same options (the same converter again) is a fresh attempt without a note, so its
+    answer is cached as a first attempt's; another converter's (a fallback) carries the reason."""
+    retry = fallback(job, reason)
+    if retry is None:
+        job.note = reason  # a crash or time-out, not an answer from the converter
+        return None
+    return Job(job.index, job.path, retry, job.attempt + 1, None if retry == job.options else reason)
 
 
 # What a worker runs: first it ties its life to its parent's (argv[2], the parent's pid): PR_SET_PDEATHSIG
@@ -216,12 +234,11 @@ def run_jobs(
                     continue
                 worker.stop(kill=True)
                 pool[i] = _Worker(convert)
-                retry = fallback(job, reason)
+                retry = next_attempt(job, reason, fallback)
                 if retry is None:
-                    job.note = reason  # a crash or time-out, not an answer from the converter
                     yield job, "error", reason
                 else:
-                    pending.append(Job(job.index, job.path, retry, job.attempt + 1, reason))
+                    pending.append(retry)
     finally:
         for worker in pool:
             worker.stop(kill=worker.job is not None)
