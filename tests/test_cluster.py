@@ -36,7 +36,7 @@ def test_addresses_are_read_as_ray_reads_them(address, expected):
 @pytest.mark.parametrize("address", ["head:port", "head:0", "http://head:6379", "head:6379/path"])
 def test_a_malformed_address_is_refused_naming_where_it_came_from(address, monkeypatch):
     with pytest.raises(ClusterError, match=rf"^RAY_ADDRESS '{re.escape(address)}' is not host:port"):
-        check_reachable(address, "RAY_ADDRESS", "extract.ray_address")
+        check_reachable(address, "RAY_ADDRESS")
 
 
 def test_a_server_that_is_not_ray_is_named_at_once(tmp_path):
@@ -80,10 +80,10 @@ def test_what_an_actor_raised_is_read_from_rays_text():
 
 def test_the_param_wins_over_ray_address(monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.9:6379")
-    assert cluster_address("10.0.0.5:6379") == ("10.0.0.5:6379", "the param")
-    assert cluster_address(None) == ("10.0.0.9:6379", "RAY_ADDRESS")
+    assert cluster_address("10.0.0.5:6379", "extract.ray_address") == ("10.0.0.5:6379", "extract.ray_address")
+    assert cluster_address(None, "extract.ray_address") == ("10.0.0.9:6379", "RAY_ADDRESS")
     monkeypatch.delenv("RAY_ADDRESS")
-    assert cluster_address(None) == (None, "local")
+    assert cluster_address(None, "extract.ray_address") == (None, "local")
 
 
 def test_an_address_pointing_nowhere_is_named_before_any_work(tmp_path, monkeypatch):

@@ -55,11 +55,12 @@ def import_ray(param: str) -> Any:
     return ray
 
 
-def cluster_address(address: str | None) -> tuple[str | None, str]:
-    """The cluster to use and where its name came from: `address` (a ``ray_address`` param) when set,
-    else the ``RAY_ADDRESS`` environment variable, else ``(None, "local")`` (a Ray started for the run)."""
+def cluster_address(address: str | None, param: str) -> tuple[str | None, str]:
+    """The cluster to use and where its name came from: `address`, the value of the ``ray_address``
+    param `param`, when set; else the ``RAY_ADDRESS`` environment variable; else ``(None, "local")`` (a
+    Ray started for the run)."""
     if address:
-        return address, "the param"
+        return address, param
     if os.environ.get("RAY_ADDRESS"):
         return os.environ["RAY_ADDRESS"], "RAY_ADDRESS"
     return None, "local"
@@ -102,13 +103,12 @@ def _speaks_grpc(connection: socket.socket) -> bool:
     return header[3] == _SETTINGS_FRAME
 
 
-def check_reachable(address: str, origin: str, param: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
-    """Raise ClusterError, naming `address` and where it came from (`origin`: "the param" for `param`, or
-    RAY_ADDRESS), when it is malformed, no process accepts a TCP connection at it within `timeout_s`
-    seconds, or what answers there is not a gRPC server (Ray's GCS and Ray Client are; a web server on
-    that port is not; skipped under RAY_USE_TLS): checked before any work, since ``ray.init`` would
-    retry for a minute, or forever, and then fail deep inside Ray."""
-    named = param if origin == "the param" else origin
+def check_reachable(address: str, named: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Raise ClusterError, naming `address` and where it came from (`named`: its param, or RAY_ADDRESS),
+    when it is malformed, no process accepts a TCP connection at it within `timeout_s` seconds, or what
+    answers there is not a gRPC server (Ray's GCS and Ray Client are; a web server on that port is not;
+    skipped under RAY_USE_TLS): checked before any work, since ``ray.init`` would retry for a minute, or
+    forever, and then fail deep inside Ray."""
     target = _host_port(address, named)
     if target is None:
         return
@@ -168,7 +168,7 @@ def ray_session(address: str | None, *, num_cpus: int, param: str) -> Iterator[A
     if ray.is_initialized():
         yield ray
         return
-    target, origin = cluster_address(address)
+    target, named = cluster_address(address, param)
     options: dict[str, Any] = {
         "runtime_env": _runtime_env(),
         "logging_level": logging.WARNING,
@@ -179,10 +179,10 @@ def ray_session(address: str | None, *, num_cpus: int, param: str) -> Iterator[A
         options.update(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1")
         where = f"a local Ray on 127.0.0.1 with {num_cpus} CPU(s), started for this run"
     else:
-        check_reachable(target, origin, param)
+        check_reachable(target, named)
         options.update(address=target)
         options.pop("include_dashboard")  # a setting of the head node, not of a driver that joins it
-        where = f"the Ray cluster at {target} (from {param if origin == 'the param' else origin})"
+        where = f"the Ray cluster at {target} (from {named})"
     environ_address = os.environ.pop("RAY_ADDRESS", None)  # ray.init would prefer it to `address`
     auth_mode = os.environ.get("RAY_AUTH_MODE")  # a local ray.init sets it to "token" for this process
     try:
