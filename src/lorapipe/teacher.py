@@ -353,10 +353,8 @@ class RayLlamaTeacher:
     the actors do not start within `START_TIMEOUT_S` (the cluster's CPUs taken)."""
 
     def __init__(self, gguf_path: str | Path, *, n_ctx: int = 2048, address: str | None = None) -> None:
-        self.path = Path(gguf_path)
-        if not self.path.is_file():
-            raise TeacherError(f"the teacher GGUF {self.path} does not exist")
-        self.identity = f"gguf:{hash_file(self.path).hexdigest()}"
+        local = LlamaTeacher(gguf_path, n_ctx=n_ctx)  # not loaded: the file checked and hashed as locally
+        self.path, self.identity = local.path, local.identity
         self.description = f"llama.cpp on {self.path}, on Ray"
         self.concurrency = 1
         self._n_ctx, self._address = n_ctx, address
