@@ -91,18 +91,28 @@ def score(answers, rows: list[dict], schema: dict) -> dict:
     return scores
 
 
+def _auto_or_float(value: str) -> str | float:
+    return "auto" if value.lower() == "auto" else float(value)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument("--epochs", type=_auto_or_float, default=2.0, help="or auto: train.epochs auto")
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--alpha", type=int, default=None, help="default: 2 × rank")
-    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--lr", type=_auto_or_float, default=3e-4, help="or auto: train.lr auto")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--eval-steps", type=int, default=0, help="train.eval_steps (0: no evaluation during training)")
     parser.add_argument(
         "--select-metric",
         default="eval_loss",
         help="train.select_metric: the evaluation metric that picks the kept adapter (needs --eval-steps)",
+    )
+    parser.add_argument(
+        "--span-substitution",
+        type=int,
+        default=0,
+        help="dataset.span_substitution: span-substituted copies of each training query (0: none)",
     )
     parser.add_argument("--per-intent", type=int, default=20, help="held-out queries per intent")
     parser.add_argument("--max-rows", type=int, default=None, help="train on at most this many queries")
@@ -144,6 +154,7 @@ def main() -> None:
     conversations = [[{"role": "system", "content": system}, {"role": "user", "content": r["query"]}] for r in held]
     results: dict[str, dict] = {}
     steps, train_seconds, ladder = None, None, None
+    sized = {"epochs": args.epochs, "lr": args.lr}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "text").mkdir()
@@ -161,6 +172,7 @@ def main() -> None:
             val_fraction=0.05,
             seed=args.seed,
             system_prompt=system,
+            span_substitution=args.span_substitution,
         )
         budget, reason = answer_token_budget("auto", [tmp / "data" / "train.jsonl"], load_tokenizer(base))
         print(f"[bench] {stats['rows']['train']} training queries, {len(held)} held out; {reason}", flush=True)
@@ -195,6 +207,7 @@ def main() -> None:
                 seed=args.seed,
             )
             train_seconds, steps = round(time.perf_counter() - started), result.metrics.steps
+            sized = {"epochs": result.resolved.epochs, "lr": result.resolved.lr}  # auto made concrete
             merged = merge_adapter(base, tmp / "adapter", tmp / "merged")
             auto = quants == ["auto"]
             info = export_gguf(
@@ -237,15 +250,18 @@ def main() -> None:
                     print(f"  wrong: {row['query']!r}\n    got      {text}\n    expected {json.dumps(row['data'])}")
     settings = {
         "label": args.label,
-        "epochs": args.epochs,
+        "epochs": sized["epochs"],
         "rank": args.rank,
         "alpha": args.alpha or 2 * args.rank,
-        "lr": args.lr,
+        "lr": sized["lr"],
+        "sized": [k for k in ("epochs", "lr") if getattr(args, k) == "auto"],
         "batch_size": args.batch_size,
         "eval_steps": args.eval_steps,
         "select_metric": args.select_metric,
         "system": args.system,
-        "train_rows": stats["rows"]["train"],
+        "span_substitution": args.span_substitution,
+        "train_rows": stats["rows"]["train"] - stats["span_substituted"],
+        "substituted_rows": stats["span_substituted"],
         "held_out": len(held),
         "steps": steps,
         "train_seconds": train_seconds,
@@ -286,6 +302,7 @@ def markdown(records: list[dict]) -> str:
         (
             f"- {r['label']}: {r['epochs']:g} epochs ({r['steps']} steps of {r['batch_size']} rows), LoRA r{r['rank']} "
             f"alpha {r['alpha']}, lr {r['lr']:g}"
+            + (f" ({' and '.join(r['sized'])} auto)" if r.get("sized") else "")
             + (
                 f", the adapter of the best {r['select_metric']} of evaluations every {r['eval_steps']} steps"
                 if r.get("select_metric", "eval_loss") != "eval_loss"
@@ -293,6 +310,11 @@ def markdown(records: list[dict]) -> str:
             )
             if not r.get("gguf")
             else f"- {r['label']}: the kept GGUF {r['gguf']}"
+        )
+        + (
+            f", {r['span_substitution']} span-substituted copies of each training query ({r['substituted_rows']} rows)"
+            if r.get("span_substitution")
+            else ""
         )
         + f", {r.get('system', 'long')} system prompt; {r['train_rows']} training queries, {r['held_out']} held "
         f"out, answers of at most {r['max_new_tokens']} tokens"

@@ -231,6 +231,41 @@ def test_steps_from_epochs_count_every_process_and_are_the_ones_plan_reports(tmp
     assert "for 25 steps" in report[1] and "for 13 steps" in report[2]
 
 
+def test_epochs_and_lr_auto_are_sized_from_the_data_and_plan_uses_the_same_size(tmp_path):
+    """train.epochs/lr auto: document text keeps 1 epoch at 3e-4; labeled rows alone get about 2,100
+    examples in all (1 to 10 epochs) at 2e-3 × 576 / hidden size (at most 2e-3)."""
+    from lorapipe.plan import sized_epochs, sized_lr
+
+    assert sized_epochs(531, labeled_only=True) == 3.95 and sized_epochs(2105, labeled_only=True) == 1.0
+    assert sized_epochs(20, labeled_only=True) == 10.0 and sized_epochs(50_000, labeled_only=True) == 1.0
+    assert sized_epochs(20, labeled_only=False) == 1.0 and sized_lr(576, labeled_only=False) == 3e-4
+    assert sized_lr(576, labeled_only=True) == 2e-3 and sized_lr(64, labeled_only=True) == 2e-3
+    assert sized_lr(4096, labeled_only=True) == pytest.approx(2.8125e-4) and sized_lr(None, True) == 2e-3
+    assert TrainParams().epochs == "auto" and TrainParams(lr="AUTO").lr == "auto"
+    with pytest.raises(ValueError):
+        TrainParams(epochs=0)
+    steps = {}
+    for kind in ("chat", "text"):
+        stats = tmp_path / f"{kind}.json"
+        stats.write_text(
+            json.dumps({"rows": {"train": 100}, "tokens": {"train": 4000}, "tasks": {"t": {"kind": kind}}})
+        )
+        text, _ = plan_report(
+            "smollm2-135m-instruct",
+            max_seq_len=128,
+            batch_size=4,
+            lora_rank=16,
+            device="cpu",
+            precision="fp32",
+            device_memory_gib=64,
+            epochs="auto",
+            dataset_stats=stats,
+            peak_tflops=1,
+        )
+        steps[kind] = text
+    assert "for 250 steps" in steps["chat"] and "for 25 steps" in steps["text"]  # 10 epochs of 25 steps; 1
+
+
 def test_gpu_efficiency_follows_the_measured_sizes_and_stays_between_them():
     from lorapipe.plan import GPU_EFFICIENCY, training_efficiency
 

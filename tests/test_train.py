@@ -16,7 +16,15 @@ from lorapipe.train import default_target_modules, quantization_config, train_lo
 
 # What train_lora's own defaults were before it took params sections: the tests below were written
 # against them, and pin them so that a change of the schema's defaults does not change what they test.
-_BEFORE = {"max_steps": -1, "lr": 2e-4, "log_every": 5, "eval_steps": 0, "warmup_steps": 0, "save_steps": 0}
+_BEFORE = {
+    "max_steps": -1,
+    "epochs": 1.0,
+    "lr": 2e-4,
+    "log_every": 5,
+    "eval_steps": 0,
+    "warmup_steps": 0,
+    "save_steps": 0,
+}
 
 
 def sections(**flat) -> dict:
@@ -819,3 +827,33 @@ def test_select_metric_refuses_what_it_cannot_score_before_training(tmp_path, js
     with pytest.raises(ValueError, match="use exact_rate"):
         _task_metric(tmp_path / "cities", tokenizer, None, "slot_f1", False, None, None)
     assert _task_metric(tmp_path / "cities", tokenizer, None, "exact_rate", False, None, None).metric == "exact_rate"
+
+
+def test_epochs_and_lr_auto_follow_the_data(tmp_path, dataset_dir, tiny_model_dir, capsys):
+    """train.epochs/lr auto (the defaults): labeled rows alone train about 2,100 examples (at most 10
+    epochs) at 2e-3; document text 1 epoch at 3e-4; what they came to is in the resolved settings."""
+    from lorapipe import build_dataset
+
+    folder = tmp_path / "labeled"
+    folder.mkdir()
+    cities = ["Paris", "Rome", "Oslo", "Lima", "Quito", "Tunis", "Accra", "Hanoi"]
+    rows = [{"query": f"book a table in {c}", "data": {"intent": "Book", "city": c}} for c in cities]
+    (folder / "q.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    build_dataset(
+        tmp_path / "none", tiny_model_dir, tmp_path / "chat", labeled_dir=folder, val_fraction=0.25, max_seq_len=64
+    )
+    auto = TrainParams(max_steps=-1, batch_size=2, save_steps=0, eval_steps=0, precision="fp32", resume="never")
+    labeled = train_lora(tmp_path / "chat", tiny_model_dir, tmp_path / "a", lora=LoraParams(rank=4), train=auto)
+    assert (labeled.resolved.epochs, labeled.resolved.lr) == (10.0, 2e-3)  # 6 rows; the tiny model's hidden < 576
+    assert labeled.metrics.steps == 10 * 3
+    assert "sized from the data (6 training rows, labeled rows only): epochs 10, lr 0.002" in capsys.readouterr().out
+    text = train_lora(dataset_dir, tiny_model_dir, tmp_path / "b", lora=LoraParams(rank=4), train=auto)
+    assert (text.resolved.epochs, text.resolved.lr) == (1.0, 3e-4)
+    given = train_lora(
+        tmp_path / "chat",
+        tiny_model_dir,
+        tmp_path / "c",
+        lora=LoraParams(rank=4),
+        train=auto.model_copy(update={"epochs": 2.0, "lr": 1e-3}),
+    )
+    assert (given.resolved.epochs, given.resolved.lr, given.metrics.steps) == (2.0, 1e-3, 6)

@@ -32,7 +32,7 @@ from pathlib import Path
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from lorapipe import faults, paths
+from lorapipe import augment, faults, paths
 from lorapipe.chat_encoder import ChatTemplateError, folds_system, hf_codec, literal_offsets
 from lorapipe.chat_templates import ModelfileError, modelfile_line
 from lorapipe.io import atomic_outputs, read_jsonl, write_json, write_jsonl
@@ -266,6 +266,27 @@ def _chat_rows(
     return _schema_valid(task, rows, schema, on_bad_row, counts)
 
 
+def _substituted(
+    task: Task, rows: list[dict], copies: int, seed: int, tokenizer, knobs: tuple[int, str, str], counts: dict
+) -> list[dict]:
+    """augment.span_substitution's copies of a chat task's training rows (dataset.span_substitution),
+    those longer than max_seq_len left out; counted (``span_substituted``) and said."""
+    made, why = augment.span_substitution(rows, copies, f"{seed}:{task.name}:span_substitution")
+    fits = [row for row in made if len(tokenize_row(row, tokenizer)[0]) <= knobs[0]]
+    counts["span_substituted"] += len(fits)
+    skipped = {
+        k.removeprefix("skipped_").replace("_", " "): v for k, v in why.items() if k.startswith("skipped_") and v
+    }
+    print(
+        f"[dataset] task {task.name}: {len(fits)} span-substituted copies of {why['rows']} of {len(rows)} training "
+        f"rows (dataset.span_substitution: {copies})"
+        + (f"; rows not copied: {', '.join(f'{v} {k}' for k, v in skipped.items())}" if skipped else "")
+        + (f"; {len(made) - len(fits)} longer than dataset.max_seq_len left out" if len(made) > len(fits) else ""),
+        flush=True,
+    )
+    return fits
+
+
 def _answer(row: dict) -> str:
     return [m["content"] for m in row["messages"] if m["role"] == "assistant"][-1]
 
@@ -479,6 +500,7 @@ COUNTS = (
     "synth_pairs_held_out",
     "schema_invalid",
     "overflow_longest_tokens",
+    "span_substituted",
 )  # stats.json's counters, in this order
 
 
@@ -564,6 +586,7 @@ def build_dataset(
     qa_task: str = DEFAULTS.synth.task,
     qa_system_prompt: str = DEFAULTS.synth.system_prompt,
     json_schema: str | Path | None = DEFAULTS.eval.json_schema,
+    span_substitution: int = DEFAULTS.dataset.span_substitution,
 ) -> dict:
     """Write ``train.jsonl``, ``val.jsonl``, ``prompts.json`` and ``stats.json`` into `out_dir`.
 
@@ -613,6 +636,8 @@ def build_dataset(
         rng = random.Random(f"{seed}:{task.name}")  # samples, then splits: one stream per task
         rows = _deduplicated_sample(task, rows, dedup_threshold, max_samples, rng, counts)
         task_train, task_val = _split(rows, task.kind == "text" and split_by == "document", val_fraction, rng)
+        if task.kind == "chat" and span_substitution:
+            task_train = task_train + _substituted(task, task_train, span_substitution, seed, tokenizer, knobs, counts)
         _add_task(task, task_train, task_val, (train, val, per_task), tokenizer, max_seq_len)
     if qa:
         rng = random.Random(f"{seed}:{qa.name}")

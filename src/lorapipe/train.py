@@ -46,6 +46,8 @@ from lorapipe.plan import (
     compile_blockers,
     compile_pays,
     preset,
+    sized_epochs,
+    sized_lr,
     training_steps,
 )
 from lorapipe.rows import loss_tokens, pack_text, text_ids, tokenize_row, tokenize_seq2seq, truncate
@@ -86,6 +88,8 @@ class ResolvedSettings:
     autofit: bool  # in effect: train.autofit, or true because a train.preset turns it on
     packing: bool  # in effect: train.packing and the data has text rows to pack (not seq2seq)
     torch_compile: bool = False  # train.torch_compile, auto decided from the plan (lorapipe.plan.compile_pays)
+    epochs: float = 1.0  # train.epochs, auto sized from the data (lorapipe.plan.sized_epochs)
+    lr: float = 3e-4  # train.lr, auto sized from the data and the model (lorapipe.plan.sized_lr)
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,8 @@ class _Data:
     train: Pairs
     val: Pairs
     packed: bool  # text rows were packed into full blocks
+    labeled_only: bool  # every training row is a conversation (no document text)
+    rows: int  # training rows before packing
 
 
 def train_lora(
@@ -187,6 +193,7 @@ def train_lora(
     data = _tokenize(dataset_dir, tokenizer, task, max_seq_len, train.packing, seq2seq)
     context = getattr(model.config, "max_position_embeddings", None)
     selector = _task_metric(dataset_dir, tokenizer, task, train.select_metric, seq2seq, context, on_log)
+    train = _sized(train, data, getattr(model.config, "hidden_size", None))
     resolved = ResolvedSettings(
         hardware.device,
         hardware.precision,
@@ -199,6 +206,8 @@ def train_lora(
         int(os.environ.get("WORLD_SIZE", 1)),
         hardware.autofit,
         data.packed,
+        epochs=train.epochs,
+        lr=train.lr,
     )
     steps = _steps(len(data.train), train, resolved)
     resolved = replace(resolved, torch_compile=_compile(train.torch_compile, data.train, resolved, steps))
@@ -382,7 +391,23 @@ def _tokenize(dataset_dir: Path, tokenizer, task: str | None, max_seq_len: int, 
             f"{dataset_dir} has {len(train_ids)} training and {len(val_ids)} validation rows"
             f"{f' of task {task!r}' if task else ''}: both are needed; rebuild it with the dataset stage"
         )
-    return _Data(train_ids, val_ids, packed)
+    return _Data(train_ids, val_ids, packed, all("messages" in row for row in train_rows), len(train_rows))
+
+
+def _sized(train: TrainParams, data: _Data, hidden_size: int | None) -> TrainParams:
+    """`train` with epochs and lr auto made concrete from the data (lorapipe.plan.sized_epochs, sized_lr),
+    said when either was auto."""
+    epochs = sized_epochs(data.rows, data.labeled_only) if train.epochs == "auto" else train.epochs
+    lr = sized_lr(hidden_size, data.labeled_only) if train.lr == "auto" else train.lr
+    said = [f"epochs {epochs:g}"] * (train.epochs == "auto") + [f"lr {lr:.2g}"] * (train.lr == "auto")
+    if said:
+        what = "labeled rows only" if data.labeled_only else "document text in the data"
+        print(
+            f"[train] sized from the data ({data.rows} training rows, {what}): {', '.join(said)}"
+            + (" (epochs apply with train.max_steps -1)" if train.epochs == "auto" and train.max_steps > 0 else ""),
+            flush=True,
+        )
+    return train.model_copy(update={"epochs": epochs, "lr": lr})
 
 
 def _steps(rows: int, train: TrainParams, resolved: ResolvedSettings) -> int:

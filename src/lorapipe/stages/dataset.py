@@ -46,6 +46,7 @@ def run(
         on_bad_row=d.on_bad_row,
         labeled_format=d.labeled_format,
         fields=d.fields,
+        span_substitution=d.span_substitution,
         synth_dir=synth_dir,
         qa_task=p.synth.task,
         qa_system_prompt=p.synth.system_prompt,
