@@ -134,3 +134,90 @@ def test_validation_rows_are_never_copied(tmp_path, tiny_model_dir):
         assert query not in held
         # values come from training rows only: a held-out city never leaks into a copy
         assert not {v for v in json.loads(row["messages"][2]["content"])["slots"].values()} & held_values
+
+
+def _single(query: str, data) -> dict:
+    answer = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+    return {"messages": [{"role": "user", "content": query}, {"role": "assistant", "content": answer}]}
+
+
+def test_a_copy_puts_each_new_value_once_at_word_boundaries():
+    """A new value also written elsewhere in the query (or twice in one answer) would be no span; a
+    value glued to a word (``#42`` of ``ext#42``, ``cafe`` of a decomposed ``café``) is none to swap."""
+    twice, _ = span_substitution(
+        [_single("play music by queen", {"a": "queen"}), _single("play songs by music", {"a": "music"})], 5, 0
+    )
+    assert all(
+        c["messages"][0]["content"].count("music") <= 1 or "music" not in c["messages"][1]["content"] for c in twice
+    )
+    lists, _ = span_substitution(
+        [
+            _single("play jazz and rock now", {"g": ["jazz", "rock"]}),
+            _single("play pop and blues now", {"g": ["pop", "blues"]}),
+        ],
+        20,
+        0,
+    )
+    assert lists and all(len(set(json.loads(c["messages"][1]["content"])["g"])) == 2 for c in lists)
+    for query, data in [("call ext#42 now", {"x": "#42"}), ("order cafe\u0301 please", {"x": "cafe"})]:
+        glued, counts = span_substitution([_single(query, data), _single("call 17 now", {"x": "17"})], 3, 0)
+        assert all(c["messages"][0]["content"] != "call 17 now" for c in glued)
+        assert not any(
+            c["messages"][0]["content"].startswith(query.split()[0] + " ") and "17" in c["messages"][0]["content"]
+            for c in glued
+        )
+
+
+def test_answers_that_are_not_json_are_counted_not_raised():
+    rows = [
+        _single("in Oslo", '{"city": "Oslo", "s": NaN}'),
+        _single("in Rome", {"city": "Rome"}),
+        {"messages": [{"role": "user", "content": ["x"]}, {"role": "assistant", "content": "{}"}]},
+    ]
+    copies, counts = span_substitution(rows, 2, 0)
+    assert copies == [] and counts["skipped_not_json"] == 2
+
+
+def test_copies_never_rebuild_a_validation_row_nor_break_the_schema(tmp_path, tiny_model_dir):
+    """Every combination of 3 sentence shapes and 4 cities is a row: copies of the training rows could
+    rebuild the held-out ones word for word. And copies whose answers break eval.json_schema are left
+    out: the schema allows intent I0 only Paris and Rome, which its real rows keep to (copies of shapes
+    1 and 2 take the cities only shape 2 has)."""
+    from lorapipe import build_dataset
+    from lorapipe.io import read_jsonl
+
+    folder = tmp_path / "labeled"
+    folder.mkdir()
+    shapes = ["book a table in {} tonight", "any free rooms in {} tomorrow", "weather in {} today"]
+    cities = ["Paris", "Rome", "Oslo", "Lima"]
+    rows = [
+        {"query": s.format(c), "data": {"intent": f"I{i}", "city": c}}
+        for i, s in enumerate(shapes)
+        for c in cities
+        if i or c in ("Paris", "Rome")
+    ] + [{"query": f"weather in {c} today", "data": {"intent": "I2", "city": c}} for c in ("Quito", "Accra", "Hanoi")]
+    (folder / "q.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    schema = tmp_path / "task.schema.json"
+    only = {
+        "if": {"properties": {"intent": {"const": "I0"}}},
+        "then": {"properties": {"city": {"enum": ["Paris", "Rome"]}}},
+    }
+    schema.write_text(json.dumps({"$schema": "https://json-schema.org/draft/2020-12/schema", "type": "object", **only}))
+    stats = build_dataset(
+        tmp_path / "none",
+        tiny_model_dir,
+        tmp_path / "d",
+        labeled_dir=folder,
+        val_fraction=0.3,
+        seed=5,
+        max_seq_len=128,
+        system_prompt="Analyse.",
+        span_substitution=3,
+        json_schema=schema,
+    )
+    train, val = read_jsonl(tmp_path / "d" / "train.jsonl"), read_jsonl(tmp_path / "d" / "val.jsonl")
+    held = {r["messages"][1]["content"] for r in val}
+    assert held and not held & {r["messages"][1]["content"] for r in train}
+    assert stats["span_substituted"] > 0
+    answers = [json.loads(r["messages"][2]["content"]) for r in train]
+    assert all(a["city"] in ("Paris", "Rome") for a in answers if a["intent"] == "I0")

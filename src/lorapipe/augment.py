@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import json
 import random
-import re
+import unicodedata
+from collections.abc import Iterable
 from typing import Any, Callable
 
 from lorapipe.labeled import canonical_json
@@ -32,7 +33,6 @@ _SPELLINGS: tuple[Callable[[Any], str], ...] = (  # the JSON spellings an answer
     lambda data: json.dumps(data, ensure_ascii=False, separators=(",", ":")),
     lambda data: json.dumps(data, ensure_ascii=False, indent=2),
 )
-_WORD = re.compile(r"\w")
 
 
 def _spelling(answer: str) -> tuple[Any, Callable[[Any], str]] | None:
@@ -43,7 +43,19 @@ def _spelling(answer: str) -> tuple[Any, Callable[[Any], str]] | None:
         return None
     if not isinstance(data, dict):
         return None
-    return next(((data, spell) for spell in _SPELLINGS if spell(data) == answer), None)
+    for spell in _SPELLINGS:
+        try:
+            if spell(data) == answer:
+                return data, spell
+        except ValueError:  # NaN or Infinity: not JSON, and not a spelling canonical_json writes
+            return None
+    return None
+
+
+def _wordlike(char: str) -> bool:
+    """Is `char` part of a word: a letter, digit or ``_``, or a combining mark (the accent of a
+    decomposed ``é``)?"""
+    return char.isalnum() or char == "_" or unicodedata.category(char).startswith("M")
 
 
 def _leaves(data: Any, path: tuple = ()) -> list[tuple[tuple, str]]:
@@ -58,13 +70,12 @@ def _leaves(data: Any, path: tuple = ()) -> list[tuple[tuple, str]]:
 
 
 def _occurrences(text: str, value: str) -> list[int]:
-    """Starts of `value` in `text` that begin and end at word boundaries."""
+    """Starts of `value` in `text` with no word character (or combining mark) right before or after."""
     starts, at = [], text.find(value)
     while value and at != -1:
-        before = at == 0 or not (_WORD.match(text[at - 1]) and _WORD.match(value[0]))
         end = at + len(value)
-        after = end == len(text) or not (_WORD.match(text[end]) and _WORD.match(value[-1]))
-        if before and after:
+        # nothing word-like on either side: "#42" in "ext#42" or "cafe" in a decomposed "café" is no span
+        if (at == 0 or not _wordlike(text[at - 1])) and (end == len(text) or not _wordlike(text[end])):
             starts.append(at)
         at = text.find(value, at + 1)
     return starts
@@ -104,14 +115,19 @@ def _parts(messages: list[dict]) -> tuple[int, int] | None:
     return users[0], answers[0]
 
 
-def span_substitution(rows: list[dict], copies: int, seed: str | int) -> tuple[list[dict], dict[str, int]]:
+def span_substitution(
+    rows: list[dict], copies: int, seed: str | int, avoid: Iterable[str] = ()
+) -> tuple[list[dict], dict[str, int]]:
     """Up to `copies` new rows per row of `rows` (dataset rows of one chat task: ``{"messages": […], …}``),
     each with the span values of its JSON answer swapped for values of the same key path from other
     rows of `rows`, in the user message and in the answer alike; and counts: ``rows`` copied, ``copies``
     written, ``skipped_not_json`` (not one user message and one JSON object answer spelled as lorapipe
     can write it again), ``skipped_no_span`` (no value is a span of the query with another value to
-    take its place), ``skipped_overlap`` (two span values overlap). A copy that repeats a query of
-    `rows` or another copy is not written. Deterministic for a given `seed` (a ``random.Random`` seed).
+    take its place), ``skipped_overlap`` (two span values overlap). A copy is not written when it
+    repeats a query of `rows`, of `avoid` (the validation queries: a copy must not rebuild a held-out
+    row) or of another copy, or when a value it put in is not once in its query (a value also written
+    elsewhere in the query, or twice in one answer). Deterministic for a given `seed` (a
+    ``random.Random`` seed).
     The method: slot substitution, Louvan & Magnini 2020 (PACLIC), the module's docstring."""
     rng = random.Random(seed)
     counts = dict.fromkeys(("rows", "copies", "skipped_not_json", "skipped_no_span", "skipped_overlap"), 0)
@@ -121,7 +137,8 @@ def span_substitution(rows: list[dict], copies: int, seed: str | int) -> tuple[l
     pool: dict[tuple, list[str]] = {}
     for row in rows:
         parts = _parts(row["messages"])
-        spelled = _spelling(row["messages"][parts[1]]["content"]) if parts else None
+        texts = [row["messages"][i]["content"] for i in parts] if parts else []
+        spelled = _spelling(texts[1]) if all(isinstance(t, str) for t in texts) and texts else None
         if spelled is None:
             counts["skipped_not_json"] += 1
             continue
@@ -135,7 +152,7 @@ def span_substitution(rows: list[dict], copies: int, seed: str | int) -> tuple[l
             if value not in pool[path]:
                 pool[path].append(value)
         parsed.append((row, parts, data, spell, spans))
-    seen = {row["messages"][parts[0]]["content"] for row, parts, *_ in parsed}
+    seen = {row["messages"][parts[0]]["content"] for row, parts, *_ in parsed} | set(avoid)
     new_rows = []
     for row, (user, answer), data, spell, spans in parsed:
         swappable = [s for s in spans if len(pool[s[2]]) > 1]
@@ -156,8 +173,12 @@ def span_substitution(rows: list[dict], copies: int, seed: str | int) -> tuple[l
                 end = start
             text.append(query[:end])
             copy = "".join(reversed(text))
-            if copy in seen or any(value not in copy for value in kept):
-                continue  # a repeat, or a value left as it was lost its words (it overlapped a swapped one)
+            if (
+                copy in seen
+                or any(value not in copy for value in kept)  # a value left as it was lost its words
+                or any(len(_occurrences(copy, value)) != 1 for taken in new.values() for value in taken.values())
+            ):
+                continue
             seen.add(copy)
             messages = [dict(m) for m in row["messages"]]
             messages[user]["content"] = copy

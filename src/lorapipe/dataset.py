@@ -266,25 +266,32 @@ def _chat_rows(
     return _schema_valid(task, rows, schema, on_bad_row, counts)
 
 
-def _substituted(
-    task: Task, rows: list[dict], copies: int, seed: int, tokenizer, knobs: tuple[int, str, str], counts: dict
-) -> list[dict]:
-    """augment.span_substitution's copies of a chat task's training rows (dataset.span_substitution),
-    those longer than max_seq_len left out; counted (``span_substituted``) and said."""
-    made, why = augment.span_substitution(rows, copies, f"{seed}:{task.name}:span_substitution")
-    fits = [row for row in made if len(tokenize_row(row, tokenizer)[0]) <= knobs[0]]
-    counts["span_substituted"] += len(fits)
+def _substituted(task: Task, split: tuple[list, list], copies: int, seed: int, checks: tuple) -> list[dict]:
+    """augment.span_substitution's copies of a chat task's training rows (dataset.span_substitution;
+    `split`: its training and validation rows, the validation queries never rebuilt), said with what
+    it left out: copies longer than max_seq_len, or whose answers break the task's JSON Schema
+    (`checks`: tokenizer, max_seq_len, and eval.json_schema's (file, content) or None)."""
+    rows, held = split
+    tokenizer, max_seq_len, schema = checks
+    avoid = [m["content"] for row in held for m in row["messages"] if m["role"] == "user"]
+    made, why = augment.span_substitution(rows, copies, f"{seed}:{task.name}:span_substitution", avoid)
+    fits = [row for row in made if len(tokenize_row(row, tokenizer)[0]) <= max_seq_len]
+    valid = [row for row in fits if schema is None or not schema_errors(_answer(row), schema[1])]
     skipped = {
         k.removeprefix("skipped_").replace("_", " "): v for k, v in why.items() if k.startswith("skipped_") and v
     }
+    left = {
+        "longer than dataset.max_seq_len": len(made) - len(fits),
+        "breaking eval.json_schema": len(fits) - len(valid),
+    }
     print(
-        f"[dataset] task {task.name}: {len(fits)} span-substituted copies of {why['rows']} of {len(rows)} training "
-        f"rows (dataset.span_substitution: {copies})"
+        f"[dataset] task {task.name}: {len(valid)} span-substituted copies of {len(rows)} training rows "
+        f"(dataset.span_substitution: {copies})"
         + (f"; rows not copied: {', '.join(f'{v} {k}' for k, v in skipped.items())}" if skipped else "")
-        + (f"; {len(made) - len(fits)} longer than dataset.max_seq_len left out" if len(made) > len(fits) else ""),
+        + "".join(f"; {n} copies {what} left out" for what, n in left.items() if n),
         flush=True,
     )
-    return fits
+    return valid
 
 
 def _answer(row: dict) -> str:
@@ -637,7 +644,9 @@ def build_dataset(
         rows = _deduplicated_sample(task, rows, dedup_threshold, max_samples, rng, counts)
         task_train, task_val = _split(rows, task.kind == "text" and split_by == "document", val_fraction, rng)
         if task.kind == "chat" and span_substitution:
-            task_train = task_train + _substituted(task, task_train, span_substitution, seed, tokenizer, knobs, counts)
+            made = _substituted(task, (task_train, task_val), span_substitution, seed, (tokenizer, knobs[0], schema))
+            counts["span_substituted"] += len(made)
+            task_train = task_train + made
         _add_task(task, task_train, task_val, (train, val, per_task), tokenizer, max_seq_len)
     if qa:
         rng = random.Random(f"{seed}:{qa.name}")

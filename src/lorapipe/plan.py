@@ -607,15 +607,17 @@ def _speed_lines(
     if dataset_stats and Path(dataset_stats).is_file():
         stats = json.loads(Path(dataset_stats).read_text())
         mean = stats["tokens"]["train"] / max(stats["rows"]["train"], 1)
-        if run["epochs"] == "auto":  # train.epochs auto, as the train stage will size it
+        sized = ""
+        if run["epochs"] == "auto":  # train.epochs auto, as the train stage sizes it for all tasks together
             labeled_only = all(t.get("kind") == "chat" for t in stats.get("tasks", {}).values())
             run = {**run, "epochs": sized_epochs(stats["rows"]["train"], labeled_only)}
+            sized = f", epochs auto: {run['epochs']:g} for all tasks' rows (train --task sizes one task's)"
         total_steps = training_steps(stats["rows"]["train"], **run)
         tokens = total_steps * run["batch_size"] * run["grad_accum"] * run["processes"] * mean
         # one GPU per process adds its speed; CPU processes share this machine's cores (measured whole)
         seconds = tokens / (speed * (run["processes"] if target.device == "cuda" else 1))
         lines.append(
             f"time        about {seconds / 60:.1f} min for {total_steps} steps "
-            f"(~{tokens / 1e3:.0f} k tokens, from {dataset_stats})"
+            f"(~{tokens / 1e3:.0f} k tokens, from {dataset_stats}{sized})"
         )
     return lines

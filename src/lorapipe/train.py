@@ -193,7 +193,8 @@ def train_lora(
     data = _tokenize(dataset_dir, tokenizer, task, max_seq_len, train.packing, seq2seq)
     context = getattr(model.config, "max_position_embeddings", None)
     selector = _task_metric(dataset_dir, tokenizer, task, train.select_metric, seq2seq, context, on_log)
-    train = _sized(train, data, getattr(model.config, "hidden_size", None))
+    text_config = model.config.get_text_config()  # a multimodal model's (Gemma 3): its text decoder's
+    train = _sized(train, data, getattr(text_config, "hidden_size", None))
     resolved = ResolvedSettings(
         hardware.device,
         hardware.precision,
