@@ -144,12 +144,13 @@ def _single(query: str, data) -> dict:
 def test_a_copy_puts_each_new_value_once_at_word_boundaries():
     """A new value also written elsewhere in the query (or twice in one answer) would be no span; a
     value glued to a word (``#42`` of ``ext#42``, ``cafe`` of a decomposed ``café``) is none to swap."""
-    twice, _ = span_substitution(
+    twice, counts = span_substitution(
         [_single("play music by queen", {"a": "queen"}), _single("play songs by music", {"a": "music"})], 5, 0
     )
     assert all(
         c["messages"][0]["content"].count("music") <= 1 or "music" not in c["messages"][1]["content"] for c in twice
     )
+    assert counts["not_written"] > 0  # "play music by music": drawn, dropped, counted
     lists, _ = span_substitution(
         [
             _single("play jazz and rock now", {"g": ["jazz", "rock"]}),

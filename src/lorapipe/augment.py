@@ -120,9 +120,10 @@ def span_substitution(
 ) -> tuple[list[dict], dict[str, int]]:
     """Up to `copies` new rows per row of `rows` (dataset rows of one chat task: ``{"messages": […], …}``),
     each with the span values of its JSON answer swapped for values of the same key path from other
-    rows of `rows`, in the user message and in the answer alike; and counts: ``rows`` copied, ``copies``
-    written, ``skipped_not_json`` (not one user message and one JSON object answer spelled as lorapipe
-    can write it again), ``skipped_no_span`` (no value is a span of the query with another value to
+    rows of `rows`, in the user message and in the answer alike; and counts: ``rows`` copied,
+    ``copies`` written, ``not_written`` (copies drawn but dropped, below), ``skipped_not_json`` (not
+    one user message and one JSON object answer spelled as lorapipe can write it again),
+    ``skipped_no_span`` (no value is a span of the query with another value to
     take its place), ``skipped_overlap`` (two span values overlap). A copy is not written when it
     repeats a query of `rows`, of `avoid` (the validation queries: a copy must not rebuild a held-out
     row) or of another copy, or when a value it put in is not once in its query (a value also written
@@ -130,7 +131,9 @@ def span_substitution(
     ``random.Random`` seed).
     The method: slot substitution, Louvan & Magnini 2020 (PACLIC), the module's docstring."""
     rng = random.Random(seed)
-    counts = dict.fromkeys(("rows", "copies", "skipped_not_json", "skipped_no_span", "skipped_overlap"), 0)
+    counts = dict.fromkeys(
+        ("rows", "copies", "not_written", "skipped_not_json", "skipped_no_span", "skipped_overlap"), 0
+    )
     if copies <= 0:
         return [], counts
     parsed = []  # (row, user index, answer index, data, spelling, spans)
@@ -178,6 +181,7 @@ def span_substitution(
                 or any(value not in copy for value in kept)  # a value left as it was lost its words
                 or any(len(_occurrences(copy, value)) != 1 for taken in new.values() for value in taken.values())
             ):
+                counts["not_written"] += 1
                 continue
             seen.add(copy)
             messages = [dict(m) for m in row["messages"]]

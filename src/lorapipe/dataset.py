@@ -281,12 +281,13 @@ def _substituted(task: Task, split: tuple[list, list], copies: int, seed: int, c
         k.removeprefix("skipped_").replace("_", " "): v for k, v in why.items() if k.startswith("skipped_") and v
     }
     left = {
+        "repeating a row or losing a value's words": why["not_written"],
         "longer than dataset.max_seq_len": len(made) - len(fits),
         "breaking eval.json_schema": len(fits) - len(valid),
     }
     print(
         f"[dataset] task {task.name}: {len(valid)} span-substituted copies of {len(rows)} training rows "
-        f"(dataset.span_substitution: {copies})"
+        f"(dataset.span_substitution: up to {copies} each)"
         + (f"; rows not copied: {', '.join(f'{v} {k}' for k, v in skipped.items())}" if skipped else "")
         + "".join(f"; {n} copies {what} left out" for what, n in left.items() if n),
         flush=True,

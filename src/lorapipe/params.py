@@ -243,9 +243,9 @@ class DatasetParams(_Section):
         ge=0,
         le=16,
         description=(
-            "copies of each training row of a JSON extraction task, its answer's values that are words of the "
-            "query swapped (in query and answer) for values of the same key from other training rows (slot "
-            "substitution); validation rows are never copied; 0: none (README, A structured task)"
+            "up to this many copies of each training row of a JSON extraction task, its answer's values that are "
+            "words of the query swapped (in query and answer) for values of the same key from other training rows "
+            "(slot substitution); validation rows are never copied; 0: none (README, A structured task)"
         ),
     )
 
