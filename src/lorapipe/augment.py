@@ -136,7 +136,7 @@ def span_substitution(
     )
     if copies <= 0:
         return [], counts
-    parsed = []  # (row, user index, answer index, data, spelling, spans)
+    parsed = []  # (row, (user index, answer index), data, spelling, spans)
     pool: dict[tuple, list[str]] = {}
     for row in rows:
         parts = _parts(row["messages"])
@@ -158,8 +158,7 @@ def span_substitution(
     seen = {row["messages"][parts[0]]["content"] for row, parts, *_ in parsed} | set(avoid)
     new_rows = []
     for row, (user, answer), data, spell, spans in parsed:
-        swappable = [s for s in spans if len(pool[s[2]]) > 1]
-        if not swappable:
+        if not any(len(pool[path]) > 1 for _, _, path, _ in spans):
             counts["skipped_no_span"] += 1
             continue
         query, written = row["messages"][user]["content"], 0
@@ -169,9 +168,9 @@ def span_substitution(
             new: dict[tuple, dict[str, str]] = {}
             text, end = [], len(query)
             for start, stop, path, value in reversed(spans):
-                others = [v for v in pool[path] if v != value]
-                taken = new.setdefault(path, {}).get(value) or (rng.choice(others) if others else value)
-                new[path][value] = taken
+                others = [v for v in pool[path] if v != value]  # spans never repeat a (path, value): they overlap
+                taken = rng.choice(others) if others else value
+                new.setdefault(path, {})[value] = taken
                 text += [query[stop:end], taken]
                 end = start
             text.append(query[:end])
