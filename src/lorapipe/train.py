@@ -41,6 +41,7 @@ from lorapipe.models import copy_tokenizer, load_tokenizer
 from lorapipe.params import DEFAULTS, LoraParams, QuantParams, TrainParams
 from lorapipe.plan import (
     COMPILE_BREAK_EVEN_TOKENS,
+    SIZED_LR_TEXT,
     Fit,
     check_fit,
     compile_blockers,
@@ -89,7 +90,7 @@ class ResolvedSettings:
     packing: bool  # in effect: train.packing and the data has text rows to pack (not seq2seq)
     torch_compile: bool = False  # train.torch_compile, auto decided from the plan (lorapipe.plan.compile_pays)
     epochs: float = 1.0  # train.epochs, auto sized from the data (lorapipe.plan.sized_epochs)
-    lr: float = 3e-4  # train.lr, auto sized from the data and the model (lorapipe.plan.sized_lr)
+    lr: float = SIZED_LR_TEXT  # train.lr, auto sized from the data and the model (lorapipe.plan.sized_lr)
 
 
 @dataclass(frozen=True)
