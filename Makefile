@@ -57,8 +57,11 @@ test-tools: ## install what the tests need beyond .venv (Go, Chromium; with apt,
 	  echo "could not install $$package: $$test will be skipped"; done
 
 # pytest exits 5 when it collects no test: that is a failure here, not a pass. The 20 slowest tests are
-# listed at the end, so that one creeping into the quick tier is seen.
-PYTEST = $(PY) -m pytest -q --durations=20
+# listed at the end, so that one creeping into the quick tier is seen. The tests run in TEST_WORKERS
+# processes (pytest-xdist; each test module on one worker, so a module's pipeline run is made once), each
+# worker held to its share of the CPUs (tests/conftest.py); TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
+PYTEST = $(PY) -m pytest -q --durations=20 $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadscope)
 test: install test-extras test-tools ## the quick check: unit tests, no full-pipeline runs (a few minutes)
 	$(PYTEST) -m "not integration"; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
 

@@ -6,10 +6,30 @@ Run: .venv/bin/pytest tests/   (or `make test`)
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from helpers import TEXT, small_text_dataset
+
+
+def _share_the_cpus() -> None:
+    """Under pytest-xdist (`make test` runs TEST_WORKERS workers), hold this worker and every process it
+    starts (dvc stages, servers, llama.cpp) to its own share of the CPUs: worker i of n gets every n-th CPU
+    of the affinity mask from the i-th. torch's and llama.cpp's thread pools size themselves from the mask
+    (lorapipe.llama.threads), so two workers do not each spin two threads on two cores."""
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if count < 2 or not worker.startswith("gw") or not hasattr(os, "sched_setaffinity"):
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    index = int(worker[2:])
+    share = cpus[index % len(cpus) :: count] or cpus
+    os.sched_setaffinity(0, share)
+    os.environ.setdefault("OMP_NUM_THREADS", str(len(share)))
+
+
+_share_the_cpus()  # before anything imports torch
 
 INTEGRATION = Path(__file__).parent / "integration"
 
