@@ -8,6 +8,7 @@ Run: .venv/bin/python bench/bench_structured.py [--epochs 2] [--rank 8] [--lr 3e
      .venv/bin/python bench/bench_structured.py --gguf DIR/task.Q4_K_M.gguf   (score a kept model only)
      .venv/bin/python bench/bench_structured.py ... --quants auto   (the quantization ladder, each GGUF scored)
      .venv/bin/python bench/bench_structured.py ... --eval-steps 133 --select-metric slot_f1   (model selection)
+     .venv/bin/python bench/bench_structured.py --gguf ... --answers /tmp/answers.jsonl   (every answer, to read)
      .venv/bin/python bench/bench_structured.py --table   (the runs recorded in bench/structured.jsonl)
 
 Data: bench/data/snips_queries.jsonl and snips_schema.json, a copy of the project's shared labeled
@@ -77,6 +78,25 @@ def split(rows: list[dict], per_intent: int, seed: int) -> tuple[list[dict], lis
     return train, held
 
 
+def write_answers(path: Path, system: str, rows: list[dict], answers) -> None:
+    """Append one JSON line per held-out row to `path`: the system, the query, the expected analysis, the
+    answer text, whether it was cut at the token limit, and its lorapipe.scoring.slot_errors counts."""
+    from lorapipe.scoring import parse_json, slot_errors
+
+    with open(path, "a") as out:
+        for row, answer in zip(rows, answers):
+            errors = slot_errors(parse_json(answer.text), row["data"], row["query"])
+            line = {
+                "system": system,
+                "query": row["query"],
+                "expected": row["data"],
+                "answer": answer.text,
+                "truncated": answer.truncated,
+                "slot_errors": dict(sorted(errors.items())),
+            }
+            out.write(json.dumps(line, ensure_ascii=False) + "\n")
+
+
 def score(answers, rows: list[dict], schema: dict) -> dict:
     """score_json of generation.Generation answers against the rows' analyses, with slot error counts."""
     from lorapipe.scoring import parse_json, score_json, slot_errors
@@ -129,6 +149,11 @@ def main() -> None:
         "answering three ways",
     )
     parser.add_argument("--gguf", help="score this fine-tuned GGUF (trained with --system) instead of training one")
+    parser.add_argument(
+        "--answers",
+        help="write every answer to this JSONL file, one line per system and held-out query (system, query, "
+        "expected, answer, truncated, slot errors): the wrong answers to read",
+    )
     parser.add_argument("--out", default=str(HERE / "structured.jsonl"))
     parser.add_argument("--table", action="store_true", help="only print the Markdown of the runs in --out")
     args = parser.parse_args()
@@ -244,6 +269,8 @@ def main() -> None:
                 "answer_seconds": round(time.perf_counter() - started),
                 "gguf_mb": round(Path(path).stat().st_size / 1e6, 1),
             }
+            if args.answers:
+                write_answers(Path(args.answers), name, held, got)
             if json_schema and not spans and path == gguf:
                 wrong = [(r, a.text) for r, a in zip(held, got) if parse_json(a.text) != r["data"]]
                 for row, text in wrong[:8]:
