@@ -61,7 +61,7 @@ test-tools: ## install what the tests need beyond .venv (Go, Chromium; with apt,
 # processes (pytest-xdist; each test module on one worker, so a module's pipeline run is made once), each
 # worker held to its share of the CPUs (tests/conftest.py); TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 2
-PYTEST = $(PY) -m pytest -q --durations=20 $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadscope)
+PYTEST = $(PY) -m pytest -q --durations=20 $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 test: install test-extras test-tools ## the quick check: unit tests, no full-pipeline runs (a few minutes)
 	$(PYTEST) -m "not integration"; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
 

@@ -17,14 +17,18 @@ def _share_the_cpus() -> None:
     """Under pytest-xdist (`make test` runs TEST_WORKERS workers), hold this worker and every process it
     starts (dvc stages, servers, llama.cpp) to its own share of the CPUs: worker i of n gets every n-th CPU
     of the affinity mask from the i-th. torch's and llama.cpp's thread pools size themselves from the mask
-    (lorapipe.llama.threads), so two workers do not each spin two threads on two cores."""
+    (lorapipe.llama.threads), so two workers do not each spin two threads on two cores. Shares are logical
+    CPUs: where hyperthread siblings are numbered next to each other, workers share physical cores. A
+    replacement worker (gw<n> with n ≥ the count, after a crash) keeps the whole mask."""
     count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
     if count < 2 or not worker.startswith("gw") or not hasattr(os, "sched_setaffinity"):
         return
-    cpus = sorted(os.sched_getaffinity(0))
     index = int(worker[2:])
-    share = cpus[index % len(cpus) :: count] or cpus
+    if index >= count:  # a replacement for a crashed worker (xdist numbers it on): its share is unknown
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    share = cpus[index % len(cpus) :: count]
     os.sched_setaffinity(0, share)
     os.environ.setdefault("OMP_NUM_THREADS", str(len(share)))
 
