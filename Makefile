@@ -62,7 +62,7 @@ test-tools: ## install what the tests need beyond .venv (Go, Chromium; with apt,
 # worker held to its share of the CPUs (tests/conftest.py); TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 2
 PYTEST = $(PY) -m pytest -q --durations=20 $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
-test: install test-extras test-tools ## the quick check: unit tests, no full-pipeline runs (a few minutes)
+test: install test-extras test-tools ## the quick check: unit tests, no full-pipeline runs (about 6 minutes on 2 cores)
 	$(PYTEST) -m "not integration"; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
 
 test-all: install test-extras test-tools lint ## the full check (what CI runs): lint, then every test, full-pipeline ones too
