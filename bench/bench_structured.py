@@ -78,35 +78,37 @@ def split(rows: list[dict], per_intent: int, seed: int) -> tuple[list[dict], lis
     return train, held
 
 
-def write_answers(path: Path, system: str, rows: list[dict], answers) -> None:
-    """Append one JSON line per held-out row to `path`: the system, the query, the expected analysis, the
-    answer text, whether it was cut at the token limit, and its lorapipe.scoring.slot_errors counts."""
+def answer_errors(answers, rows: list[dict]) -> list[Counter]:
+    """lorapipe.scoring.slot_errors of each generation.Generation answer against its row's analysis."""
     from lorapipe.scoring import parse_json, slot_errors
 
+    return [slot_errors(parse_json(a.text), row["data"], row["query"]) for a, row in zip(answers, rows)]
+
+
+def write_answers(path: Path, system: str, rows: list[dict], answers, errors: list[Counter]) -> None:
+    """Append one JSON line per held-out row to `path`: the system, the query, the expected analysis, the
+    answer text, whether it was cut at the token limit, and its slot errors (answer_errors)."""
     with open(path, "a") as out:
-        for row, answer in zip(rows, answers):
-            errors = slot_errors(parse_json(answer.text), row["data"], row["query"])
+        for row, answer, wrong in zip(rows, answers, errors):
             line = {
                 "system": system,
                 "query": row["query"],
                 "expected": row["data"],
                 "answer": answer.text,
                 "truncated": answer.truncated,
-                "slot_errors": dict(sorted(errors.items())),
+                "slot_errors": dict(sorted(wrong.items())),
             }
             out.write(json.dumps(line, ensure_ascii=False) + "\n")
 
 
-def score(answers, rows: list[dict], schema: dict) -> dict:
-    """score_json of generation.Generation answers against the rows' analyses, with slot error counts."""
-    from lorapipe.scoring import parse_json, score_json, slot_errors
+def score(answers, rows: list[dict], schema: dict, errors: list[Counter]) -> dict:
+    """score_json of generation.Generation answers against the rows' analyses, with the slot error counts
+    of `errors` (answer_errors of the same answers) summed."""
+    from lorapipe.scoring import score_json
 
     expected = [json.dumps(r["data"]) for r in rows]
     scores = score_json([a.text for a in answers], expected, schema, [a.truncated for a in answers])
-    errors: Counter = Counter()
-    for answer, row in zip(answers, rows):
-        errors += slot_errors(parse_json(answer.text), row["data"], row["query"])
-    scores["slot_errors"] = dict(sorted(errors.items()))
+    scores["slot_errors"] = dict(sorted(sum(errors, Counter()).items()))
     scores["repeated_keys"] = sum(repeated_keys(a.text) for a in answers)
     return scores
 
@@ -208,7 +210,10 @@ def main() -> None:
                     bundled_gguf(DEFAULTS.model.name), conversations, budget, schema if constrained else None
                 )
                 name = "base (bundled GGUF)" + (" under the schema" if constrained else ", free")
-                results[name] = {**score(got, held, schema), "answer_seconds": round(time.perf_counter() - started)}
+                results[name] = {
+                    **score(got, held, schema, answer_errors(got, held)),
+                    "answer_seconds": round(time.perf_counter() - started),
+                }
         if args.gguf:
             gguf = Path(args.gguf)
         else:
@@ -264,13 +269,14 @@ def main() -> None:
             started = time.perf_counter()
             got = gguf_generate(path, conversations, budget, json_schema, span_constraint=spans)
             name = f"{args.label} ({quant}, {how})"
+            errors = answer_errors(got, held)
             results[name] = {
-                **score(got, held, schema),
+                **score(got, held, schema, errors),
                 "answer_seconds": round(time.perf_counter() - started),
                 "gguf_mb": round(Path(path).stat().st_size / 1e6, 1),
             }
             if args.answers:
-                write_answers(Path(args.answers), name, held, got)
+                write_answers(Path(args.answers), name, held, got, errors)
             if json_schema and not spans and path == gguf:
                 wrong = [(r, a.text) for r, a in zip(held, got) if parse_json(a.text) != r["data"]]
                 for row, text in wrong[:8]:
