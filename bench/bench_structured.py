@@ -136,6 +136,19 @@ def main() -> None:
         default=0,
         help="dataset.span_substitution: span-substituted copies of each training query (0: none)",
     )
+    parser.add_argument(
+        "--rare-key-oversampling",
+        type=int,
+        default=1,
+        help="dataset.rare_key_oversampling: up to this many times the copies for rows of a rare slot name (1: none)",
+    )
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        default=-1,
+        help="train.max_steps: stop after this many optimizer steps (-1: as --epochs says); keeps the training "
+        "time of runs with more rows comparable",
+    )
     parser.add_argument("--per-intent", type=int, default=20, help="held-out queries per intent")
     parser.add_argument("--max-rows", type=int, default=None, help="train on at most this many queries")
     parser.add_argument("--seed", type=int, default=42)
@@ -159,6 +172,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(HERE / "structured.jsonl"))
     parser.add_argument("--table", action="store_true", help="only print the Markdown of the runs in --out")
     args = parser.parse_args()
+    if args.rare_key_oversampling > 1 and not args.span_substitution:
+        parser.error("--rare-key-oversampling multiplies span-substituted copies: give --span-substitution too")
     quants = [q.strip() for q in args.quants.split(",") if q.strip()]
     if args.table:
         print(markdown([json.loads(line) for line in Path(args.out).read_text().splitlines() if line.strip()]))
@@ -200,6 +215,7 @@ def main() -> None:
             seed=args.seed,
             system_prompt=system,
             span_substitution=args.span_substitution,
+            rare_key_oversampling=args.rare_key_oversampling,
         )
         budget, reason = answer_token_budget("auto", [tmp / "data" / "train.jsonl"], load_tokenizer(base))
         print(f"[bench] {stats['rows']['train']} training queries, {len(held)} held out; {reason}", flush=True)
@@ -225,7 +241,7 @@ def main() -> None:
                 lora=LoraParams(rank=args.rank, alpha=args.alpha or 2 * args.rank),
                 train=TrainParams(
                     epochs=args.epochs,
-                    max_steps=-1,
+                    max_steps=args.max_steps,
                     lr=args.lr,
                     batch_size=args.batch_size,
                     eval_steps=args.eval_steps,
@@ -238,6 +254,8 @@ def main() -> None:
             )
             train_seconds, steps = round(time.perf_counter() - started), result.metrics.steps
             sized = {"epochs": result.resolved.epochs, "lr": result.resolved.lr}  # auto made concrete
+            if args.max_steps > 0:  # the steps decide, not the epochs: the share of the rows they saw
+                sized["epochs"] = round(steps * args.batch_size / stats["rows"]["train"], 2)
             merged = merge_adapter(base, tmp / "adapter", tmp / "merged")
             auto = quants == ["auto"]
             info = export_gguf(
@@ -293,6 +311,8 @@ def main() -> None:
         "select_metric": args.select_metric,
         "system": args.system,
         "span_substitution": args.span_substitution,
+        "rare_key_oversampling": args.rare_key_oversampling,
+        "max_steps": args.max_steps,
         "train_rows": stats["rows"]["train"] - stats["span_substituted"],
         "substituted_rows": stats["span_substituted"],
         "held_out": len(held),
@@ -347,6 +367,11 @@ def markdown(records: list[dict]) -> str:
         + (
             f", {r['span_substitution']} span-substituted copies of each training query ({r['substituted_rows']} rows)"
             if r.get("span_substitution")
+            else ""
+        )
+        + (
+            f", up to ×{r['rare_key_oversampling']} copies for rows of a rare slot name"
+            if r.get("rare_key_oversampling", 1) > 1
             else ""
         )
         + f", {r.get('system', 'long')} system prompt; {r['train_rows']} training queries, {r['held_out']} held "

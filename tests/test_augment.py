@@ -6,7 +6,9 @@ Run: .venv/bin/pytest tests/test_augment.py
 
 import json
 
-from lorapipe.augment import span_substitution
+import pytest
+
+from lorapipe.augment import rare_key_factors, span_substitution
 from lorapipe.labeled import canonical_json
 
 
@@ -222,3 +224,69 @@ def test_copies_never_rebuild_a_validation_row_nor_break_the_schema(tmp_path, ti
     assert stats["span_substituted"] > 0
     answers = [json.loads(r["messages"][2]["content"]) for r in train]
     assert all(a["city"] in ("Paris", "Rome") for a in answers if a["intent"] == "I0")
+
+
+def test_rare_key_factors_follow_the_median_key_over_the_rarest_key_of_each_answer():
+    """Key paths and their rows: intent 8, slots.artist 6, slots.city 2, slots.track 1 (`slots` holds
+    an object: not a key of its own) → median 4; an answer's factor is its rarest key's round(4 / rows),
+    half up, at least 1, at most `most`."""
+    answers = [{"intent": "Play", "slots": {"artist": f"a{i}"}} for i in range(6)] + [
+        {"intent": "Book", "slots": {"city": "Oslo"}},
+        {"intent": "Book", "slots": {"city": "Rome", "track": "t"}},
+    ]
+    assert rare_key_factors(answers, 1) == [1] * 8
+    assert rare_key_factors(answers, 8) == [1] * 6 + [2, 4]  # 4/6 → 1; 4/2 → 2; 4/1 → 4
+    assert rare_key_factors(answers, 3) == [1] * 6 + [2, 3]  # capped
+    # half up: keys a 8, b 2, c 5, d 5 → median 5; the rows of b get 5 / 2 = 2.5 → 3, not the even 2
+    halves = [{"a": 1, "b": 1}, {"a": 1, "b": 1}, {"a": 1, "c": 1}, {"a": 1, "c": 1}, {"a": 1, "c": 1}]
+    halves = [*halves, {"a": 1}, {"a": 1}, {"a": 1}] + [{"c": 1, "d": 1}] * 2 + [{"d": 1}] * 3
+    assert rare_key_factors(halves, 8) == [3, 3] + [1] * 11
+    # a list is transparent and an object holds no key: a string, a list or an empty list is one key
+    same = [{"tags": ["x", "y"]}, {"tags": []}, {"tags": "z"}, {"slots": {}}, "not an object"]
+    assert rare_key_factors(same, 4) == [1, 1, 1, 1, 1]
+    with pytest.raises(ValueError, match="at least 1"):
+        rare_key_factors(answers, 0)
+
+
+def test_rows_of_a_rare_key_get_more_copies_and_the_others_the_same():
+    """Key paths and their rows: intent 10, artist 6, city 4, party 4, track 1 → median 5, so under
+    rare_factor 2 the one row with `track` draws twice the copies (min(2, round(5/1))); the copies of
+    rare_factor 1 are all there, unchanged and first (the further draws have a stream of their own:
+    the track row comes first here, and the rows after it still get the same copies)."""
+    cities = ("Paris", "Rome", "Oslo", "Lima")
+    rows = [
+        _row("play Too Much Rain by Kiko", {"intent": "Play", "slots": {"track": "Too Much Rain", "artist": "Kiko"}})
+    ]
+    rows += [
+        _row(f"book a table in {c} for {n}", {"intent": "Book", "slots": {"city": c, "party": n}})
+        for n, c in enumerate(cities, 2)
+    ]
+    rows += [
+        _row(f"play some {a}", {"intent": "Play", "slots": {"artist": a}})
+        for a in ("Rush", "Abba", "Muse", "Sia", "Yes")
+    ]
+    assert rare_key_factors([_parts(r)[1] for r in rows], 2) == [2] + [1] * 9
+    plain, plain_counts = span_substitution(rows, 2, seed=4)
+    more, counts = span_substitution(rows, 2, seed=4, rare_factor=2)
+    assert more[: len(plain)] == plain and len(more) > len(plain)
+    extra = more[len(plain) :]
+    assert counts["rare_rows"] == 1 and plain_counts["rare_rows"] == 0
+    assert len(extra) + counts["not_written"] - plain_counts["not_written"] == 2  # 2 copies × (2 - 1)
+    assert counts["copies"] == len(more) and counts["rows"] == plain_counts["rows"]
+    for copy in extra:
+        query, data = _parts(copy)
+        assert data["slots"]["track"] == "Too Much Rain" and query == f"play Too Much Rain by {data['slots']['artist']}"
+    assert len({_parts(c)[0] for c in more}) == len(more)  # no copy twice
+    with pytest.raises(ValueError, match="at least 1"):
+        span_substitution(rows, 2, seed=4, rare_factor=0)
+
+
+def test_rare_key_oversampling_without_span_substitution_is_refused_naming_the_fix(tmp_path):
+    from lorapipe import build_dataset
+    from lorapipe.params import DatasetParams
+
+    with pytest.raises(ValueError, match="dataset.span_substitution is 0"):
+        DatasetParams(rare_key_oversampling=4)
+    with pytest.raises(ValueError, match="dataset.span_substitution is 0"):
+        build_dataset(tmp_path / "t", tmp_path / "m", tmp_path / "d", rare_key_oversampling=4)
+    assert DatasetParams(rare_key_oversampling=4, span_substitution=3).rare_key_oversampling == 4

@@ -10,6 +10,13 @@ Classification", PACLIC) writes copies of a training row in which every value th
 query is swapped, in the query and in the answer alike, for a value of the same key from another
 training row: ``Add Ayaka Iida to my ejercicio playlist``.
 
+Copies can also even out how often each key is seen (random oversampling of the rare classes, as for
+any imbalanced classification; here a class is a key path of the answer): with ``rare_factor`` above 1,
+a row whose rarest key occurs in fewer rows than the median key gets up to that many times the copies
+(the median's count over its rarest key's count, rounded half up). On the Snips queries ``track`` is in
+6 of the 560 rows that are not held out and ``artist`` in 82, and a model trained on equal copies gave
+none of the 5 held-out ``track`` values its name (bench/MEASURED.md, issue 18).
+
 Only the training rows are copied (never the validation rows, which must stay real), and only rows of
 one user message and one JSON answer whose spelling lorapipe can write again exactly. A value counts as
 a span when it occurs once in the query, at word boundaries; a value that occurs twice (``my`` in ``add
@@ -19,7 +26,9 @@ my song to my playlist``) is left as it is, since the copy could not say which o
 from __future__ import annotations
 
 import json
+import math
 import random
+import statistics
 import unicodedata
 from collections.abc import Iterable
 from typing import Any, Callable
@@ -115,8 +124,46 @@ def _parts(messages: list[dict]) -> tuple[int, int] | None:
     return users[0], answers[0]
 
 
+def _key_paths(data: Any, prefix: tuple = ()) -> set[tuple]:
+    """The key paths of `data` that hold a value other than an object: ``("intent",)`` and ``("slots",
+    "track")`` for ``{"intent": …, "slots": {"track": …}}`` (``("slots",)`` holds an object, so it is
+    not a key of its own). A list is transparent: a key holding a string, a list of strings or an empty
+    list is the same key, and the keys of objects in a list are paths below the list's key. What
+    rare_factor counts rows by."""
+    if isinstance(data, dict):
+        return {
+            path
+            for key, value in data.items()
+            for path in (set() if isinstance(value, dict) else {(*prefix, key)}) | _key_paths(value, (*prefix, key))
+        }
+    if isinstance(data, list):
+        return {path for value in data for path in _key_paths(value, prefix)}
+    return set()
+
+
+def rare_key_factors(answers: list[Any], most: int) -> list[int]:
+    """How many times the copies each answer's row gets under rare_factor `most` (≥ 1): for an answer
+    whose rarest key path (_key_paths) is in `n` of `answers` (JSON objects) while the median key path
+    is in `m`, ``min(most, max(1, floor(m / n + 0.5)))`` (rounded half up); 1 for an answer with no key.
+    The median is over the distinct key paths of all answers. Raises ValueError when `most` < 1."""
+    if most < 1:
+        raise ValueError(f"rare_factor must be at least 1, got {most}")
+    paths = [_key_paths(a) for a in answers]
+    rows_with: dict[tuple, int] = {}
+    for found in paths:
+        for path in found:
+            rows_with[path] = rows_with.get(path, 0) + 1
+    if most == 1 or not rows_with:
+        return [1] * len(answers)
+    median = statistics.median(rows_with.values())
+    return [
+        min(most, max(1, math.floor(median / min(rows_with[p] for p in found) + 0.5))) if found else 1
+        for found in paths
+    ]
+
+
 def span_substitution(
-    rows: list[dict], copies: int, seed: str | int, avoid: Iterable[str] = ()
+    rows: list[dict], copies: int, seed: str | int, avoid: Iterable[str] = (), rare_factor: int = 1
 ) -> tuple[list[dict], dict[str, int]]:
     """Up to `copies` new rows per row of `rows` (dataset rows of one chat task: ``{"messages": […], …}``),
     each with the span values of its JSON answer swapped for values of the same key path from other
@@ -127,13 +174,18 @@ def span_substitution(
     take its place), ``skipped_overlap`` (two span values overlap). A copy is not written when it
     repeats a query of `rows`, of `avoid` (the validation queries: a copy must not rebuild a held-out
     row) or of another copy, or when a value it put in is not once in its query (a value also written
-    elsewhere in the query, or twice in one answer). Deterministic for a given `seed` (a
-    ``random.Random`` seed).
+    elsewhere in the query, or twice in one answer). With `rare_factor` > 1 a row draws
+    ``copies × rare_key_factors(...)`` copies in all (its rarest key path counted over the rows that
+    are JSON; count ``rare_rows``: rows that drew more): the copies of rare_factor 1, then the further
+    ones, drawn with a stream of their own, so the other rows' copies are the same as without it.
+    Deterministic for a given `seed` (a ``random.Random`` seed). Raises ValueError when `rare_factor` < 1.
     The method: slot substitution, Louvan & Magnini 2020 (PACLIC), the module's docstring."""
     rng = random.Random(seed)
     counts = dict.fromkeys(
-        ("rows", "copies", "not_written", "skipped_not_json", "skipped_no_span", "skipped_overlap"), 0
+        ("rows", "copies", "not_written", "rare_rows", "skipped_not_json", "skipped_no_span", "skipped_overlap"), 0
     )
+    if rare_factor < 1:
+        raise ValueError(f"rare_factor must be at least 1, got {rare_factor}")
     if copies <= 0:
         return [], counts
     parsed = []  # (row, (user index, answer index), data, spelling, spans)
@@ -156,15 +208,18 @@ def span_substitution(
                 pool[path].append(value)
         parsed.append((row, parts, data, spell, spans))
     seen = {row["messages"][parts[0]]["content"] for row, parts, *_ in parsed} | set(avoid)
-    new_rows = []
-    for row, (user, answer), data, spell, spans in parsed:
-        if not any(len(pool[path]) > 1 for _, _, path, _ in spans):
-            counts["skipped_no_span"] += 1
-            continue
+    factors = rare_key_factors([data for _, _, data, _, _ in parsed], rare_factor)
+    new_rows: list[dict] = []
+    copied = [item for item in parsed if any(len(pool[path]) > 1 for _, _, path, _ in item[4])]
+    counts["skipped_no_span"] = len(parsed) - len(copied)
+
+    def draw(item: tuple, times: int, rng: random.Random) -> int:
+        """Draw `times` copies of the parsed row `item` with `rng`; the number written."""
+        row, (user, answer), data, spell, spans = item
         query, written = row["messages"][user]["content"], 0
         swapped = {(path, value) for _, _, path, value in spans}
         kept = {value for path, value in _leaves(data) if (path, value) not in swapped and value in query}
-        for _ in range(copies):
+        for _ in range(times):
             new: dict[tuple, dict[str, str]] = {}
             text, end = [], len(query)
             for start, stop, path, value in reversed(spans):
@@ -188,6 +243,16 @@ def span_substitution(
             messages[answer]["content"] = spell(_replace_leaves(data, new))
             new_rows.append({**row, "messages": messages})
             written += 1
-        counts["rows"] += written > 0
         counts["copies"] += written
+        return written
+
+    written = {id(item): draw(item, copies, rng) for item in copied}
+    # the rare rows' further copies come after all rows' first ones, from a stream of their own: every
+    # row's first `copies` draws are those of rare_factor 1, whatever the factors
+    more = random.Random(f"{seed}:rare_key_oversampling")
+    for item, factor in zip(parsed, factors):
+        if factor > 1 and id(item) in written:
+            counts["rare_rows"] += 1
+            written[id(item)] += draw(item, copies * (factor - 1), more)
+    counts["rows"] = sum(n > 0 for n in written.values())
     return new_rows, counts

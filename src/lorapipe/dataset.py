@@ -39,7 +39,7 @@ from lorapipe.io import atomic_outputs, read_jsonl, write_json, write_jsonl
 from lorapipe.labeled import is_json_schema, load_json_schema, load_labeled, schema_errors
 from lorapipe.models import load_tokenizer
 from lorapipe.param_files import prompt_text
-from lorapipe.params import DEFAULTS, TaskParams
+from lorapipe.params import DEFAULTS, DatasetParams, TaskParams
 from lorapipe.rows import loss_tokens, text_ids, tokenize_row
 from lorapipe.textfiles import jsonl_lines, read_text
 
@@ -266,15 +266,17 @@ def _chat_rows(
     return _schema_valid(task, rows, schema, on_bad_row, counts)
 
 
-def _substituted(task: Task, split: tuple[list, list], copies: int, seed: int, checks: tuple) -> list[dict]:
-    """augment.span_substitution's copies of a chat task's training rows (dataset.span_substitution;
-    `split`: its training and validation rows, the validation queries never rebuilt), said with what
+def _substituted(task: Task, split: tuple[list, list], copies: tuple[int, int], seed: int, checks: tuple) -> list[dict]:
+    """augment.span_substitution's copies of a chat task's training rows (`copies`:
+    dataset.span_substitution and dataset.rare_key_oversampling; `split`: its training and validation
+    rows, the validation queries never rebuilt), said with what
     it left out: copies longer than max_seq_len, or whose answers break the task's JSON Schema
     (`checks`: tokenizer, max_seq_len, and eval.json_schema's (file, content) or None)."""
     rows, held = split
     tokenizer, max_seq_len, schema = checks
     avoid = [m["content"] for row in held for m in row["messages"] if m["role"] == "user"]
-    made, why = augment.span_substitution(rows, copies, f"{seed}:{task.name}:span_substitution", avoid)
+    (each, rare), seeded = copies, f"{seed}:{task.name}:span_substitution"
+    made, why = augment.span_substitution(rows, each, seeded, avoid, rare_factor=rare)
     fits = [row for row in made if len(tokenize_row(row, tokenizer)[0]) <= max_seq_len]
     valid = [row for row in fits if schema is None or not schema_errors(_answer(row), schema[1])]
     skipped = {
@@ -287,7 +289,12 @@ def _substituted(task: Task, split: tuple[list, list], copies: int, seed: int, c
     }
     print(
         f"[dataset] task {task.name}: {len(valid)} span-substituted copies of {len(rows)} training rows "
-        f"(dataset.span_substitution: up to {copies} each)"
+        f"(dataset.span_substitution: up to {each} each"
+        + (
+            f"; up to {each * rare} for {why['rare_rows']} rows with a rare key, dataset.rare_key_oversampling)"
+            if rare > 1
+            else ")"
+        )
         + (f"; rows not copied: {', '.join(f'{v} {k}' for k, v in skipped.items())}" if skipped else "")
         + "".join(f"; {n} copies {what} left out" for what, n in left.items() if n),
         flush=True,
@@ -595,6 +602,7 @@ def build_dataset(
     qa_system_prompt: str = DEFAULTS.synth.system_prompt,
     json_schema: str | Path | None = DEFAULTS.eval.json_schema,
     span_substitution: int = DEFAULTS.dataset.span_substitution,
+    rare_key_oversampling: int = DEFAULTS.dataset.rare_key_oversampling,
 ) -> dict:
     """Write ``train.jsonl``, ``val.jsonl``, ``prompts.json`` and ``stats.json`` into `out_dir`.
 
@@ -616,7 +624,12 @@ def build_dataset(
     satisfy it are named with why, and refused (ValueError) or, with on_bad_row skip, left out and
     counted (``schema_invalid``); a file that is not a JSON Schema is refused naming it (ValueError).
     Chat rows longer than `max_seq_len` are counted (``overflowed``; ``overflow_longest_tokens``, the
-    longest) and, when dropped, named with the max_seq_len that would keep them."""
+    longest) and, when dropped, named with the max_seq_len that would keep them.
+    `rare_key_oversampling` > 1 gives the rows of a rare answer key more span-substituted copies
+    (augment.rare_key_factors); it needs `span_substitution` > 0, and both must be within
+    DatasetParams' bounds (ValueError otherwise, naming the param and the fix)."""
+    # the bounds and the fix params.yaml gets (DatasetParams), for callers of the API too
+    DatasetParams(span_substitution=span_substitution, rare_key_oversampling=rare_key_oversampling)
     text_dir, out_dir = Path(text_dir), Path(out_dir)
     labeled_dir = Path(labeled_dir) if labeled_dir is not None else None
     schema = (str(json_schema), load_json_schema(json_schema)) if json_schema else None
@@ -645,7 +658,8 @@ def build_dataset(
         rows = _deduplicated_sample(task, rows, dedup_threshold, max_samples, rng, counts)
         task_train, task_val = _split(rows, task.kind == "text" and split_by == "document", val_fraction, rng)
         if task.kind == "chat" and span_substitution:
-            made = _substituted(task, (task_train, task_val), span_substitution, seed, (tokenizer, knobs[0], schema))
+            copies = (span_substitution, rare_key_oversampling)
+            made = _substituted(task, (task_train, task_val), copies, seed, (tokenizer, knobs[0], schema))
             counts["span_substituted"] += len(made)
             task_train = task_train + made
         _add_task(task, task_train, task_val, (train, val, per_task), tokenizer, max_seq_len)

@@ -248,6 +248,16 @@ class DatasetParams(_Section):
             "(slot substitution); validation rows are never copied; 0: none (README, A structured task)"
         ),
     )
+    rare_key_oversampling: Int = Field(
+        1,
+        ge=1,
+        le=8,
+        description=(
+            "up to this many times span_substitution's copies for a training row whose rarest answer key is in "
+            "fewer rows than the median key (the median's row count over its own, rounded): random oversampling "
+            "of rare slot names; 1: every row the same; needs span_substitution"
+        ),
+    )
 
     @field_validator("tasks")
     @classmethod
@@ -263,6 +273,11 @@ class DatasetParams(_Section):
             raise ValueError(
                 f"dataset.overlap_tokens ({self.overlap_tokens}) must be smaller than dataset.max_seq_len "
                 f"({self.max_seq_len})"
+            )
+        if self.rare_key_oversampling > 1 and not self.span_substitution:
+            raise ValueError(
+                f"dataset.rare_key_oversampling ({self.rare_key_oversampling}) multiplies span-substituted copies, "
+                "and dataset.span_substitution is 0: set dataset.span_substitution (e.g. 7) or rare_key_oversampling 1"
             )
         return self
 

@@ -47,6 +47,7 @@ def run(
         labeled_format=d.labeled_format,
         fields=d.fields,
         span_substitution=d.span_substitution,
+        rare_key_oversampling=d.rare_key_oversampling,
         synth_dir=synth_dir,
         qa_task=p.synth.task,
         qa_system_prompt=p.synth.system_prompt,
