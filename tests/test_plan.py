@@ -286,3 +286,6 @@ def test_compile_pays_from_the_planned_tokens_on_each_device():
     assert not compile_pays("cpu", 1e9, one_length=False)  # chat rows: every new length compiles again
     assert not compile_pays("cuda", 1e12, gradient_checkpointing=True)  # graph breaks: not measured
     assert not compile_pays("cpu", 16 * 2 * 512)  # make run: 16 steps of 2 rows of ≤512 tokens
+    # float32 on the CPU (no native bfloat16): compiled steps measured no faster, so never; CUDA unaffected
+    assert not compile_pays("cpu", 1e12, precision="fp32") and compile_pays("cuda", 1e12, precision="fp32")
+    assert compile_pays("cpu", 1e12, precision="bf16")

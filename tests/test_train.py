@@ -525,7 +525,8 @@ def test_torch_compile_auto_is_decided_from_the_planned_tokens(
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "recorded")  # so that teardown undoes what training sets
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
     monkeypatch.setenv("LORAPIPE_CACHE_DIR", str(tmp_path / "cache"))
-    args = dict(rank=2, batch_size=2, precision="fp32", save_steps=0, torch_compile="auto")
+    # bfloat16: the precision compiling was measured to pay in on the CPU (the trainer stops before a step)
+    args = dict(rank=2, batch_size=2, precision="bf16", save_steps=0, torch_compile="auto")
     with pytest.raises(Stop):  # make run's size: far below the break-even
         train_lora(dataset_dir, tiny_model_dir, tmp_path / "a", **sections(max_steps=16, **args))
     assert seen["torch_compile"] is False and "TORCHINDUCTOR_CACHE_DIR" not in os.environ
@@ -535,6 +536,12 @@ def test_torch_compile_auto_is_decided_from_the_planned_tokens(
         train_lora(dataset_dir, tiny_model_dir, tmp_path / "a", **sections(max_steps=3, **args))
     assert seen["torch_compile"] is True
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "cache" / "inductor")
+    capsys.readouterr()
+    with pytest.raises(Stop):  # float32 on the CPU: measured no faster compiled, so never, whatever the length
+        train_lora(
+            dataset_dir, tiny_model_dir, tmp_path / "a", **sections(max_steps=3, **{**args, "precision": "fp32"})
+        )
+    assert seen["torch_compile"] is False and "float32 on the CPU" in capsys.readouterr().out
     monkeypatch.setattr(train_module, "_cpp_compiler", lambda: None)  # a machine without g++: auto stays off
     with pytest.raises(Stop):
         train_lora(dataset_dir, tiny_model_dir, tmp_path / "a", **sections(max_steps=3, **args))

@@ -514,11 +514,11 @@ class TrainParams(_Section):
     torch_compile: Literal["auto"] | Bool = Field(
         "auto",
         description=(
-            "compile the model with torch.compile (inductor): faster steps (CPU 1.2–1.4×, CUDA 1.5–1.8×) after a "
-            "first step that holds the compiling (CPU about 2 min, CUDA 1.5; a third of that with inductor's cache "
-            "warm); auto: compile when the planned tokens per process reach the measured break-even (CPU 200 k, "
-            "CUDA 5 M), the rows have one length (packed text), and the model is neither 4-bit nor checkpointed; "
-            "on the CPU only with a C++ compiler (README.md, Speed)"
+            "compile the model with torch.compile (inductor): faster steps (CPU in bf16 1.2–1.4×, CUDA 1.5–1.8×; CPU "
+            "in fp32 none) after a first step that holds the compiling (CPU 2–3 min, CUDA 1.5; a third of that with "
+            "inductor's cache warm); auto: compile when the planned tokens per process reach the measured break-even "
+            "(CPU 200 k, CUDA 5 M), the rows have one length (packed text), the model is neither 4-bit nor "
+            "checkpointed, and not fp32 on the CPU; on the CPU only with a C++ compiler (README.md, Speed)"
         ),
     )
     precision: Precision = Field("auto", description="auto: bf16 where the hardware flags say it is native")

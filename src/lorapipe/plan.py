@@ -286,17 +286,23 @@ def estimate_tokens_per_second(
 # time, so these are conservative for it. Measured on rows of one length (packed text): rows of many
 # lengths compile again for new shapes (8 steps of the tiny model: 114 s compiled against 14 s plain),
 # gradient checkpointing breaks the graph (82 s to compile against 21), and a 4-bit model was not
-# measured compiled: auto compiles none of those.
+# measured compiled: auto compiles none of those. Nor float32 on the CPU (a CPU without native bfloat16,
+# where train.precision auto is fp32): 40 steps of 4 × 512 there ran at 121 tokens/s compiled against 126
+# plain after 165 s of compiling (cold cache; bench/MEASURED.md, issue 19), so it never paid back.
 COMPILE_BREAK_EVEN_TOKENS = {"cpu": 200_000, "cuda": 5_000_000}
 
 
-def compile_blockers(load_in_4bit: bool, one_length: bool, gradient_checkpointing: bool) -> list[str]:
+def compile_blockers(
+    load_in_4bit: bool, one_length: bool, gradient_checkpointing: bool, device: str = "cpu", precision: str = "bf16"
+) -> list[str]:
     """Why `train.torch_compile: auto` would not compile whatever the run's length (none: it may): a
-    4-bit model, gradient checkpointing, rows of several lengths (not `one_length`)."""
+    4-bit model, gradient checkpointing, rows of several lengths (not `one_length`), float32 on the CPU
+    (`device` "cpu" and `precision` "fp32": measured no faster compiled)."""
     return [
         *(["4-bit"] if load_in_4bit else []),
         *(["gradient checkpointing"] if gradient_checkpointing else []),
         *([] if one_length else ["rows of several lengths"]),
+        *(["float32 on the CPU (compiled steps measured no faster)"] if (device, precision) == ("cpu", "fp32") else []),
     ]
 
 
@@ -306,13 +312,15 @@ def compile_pays(
     load_in_4bit: bool = False,
     one_length: bool = True,
     gradient_checkpointing: bool = False,
+    precision: str = "bf16",
 ) -> bool:
     """Whether `train.torch_compile: auto` compiles: the planned training's tokens per process
     (optimizer steps × batch_size × grad_accum × mean tokens per row, from the data, not timed) reach
     COMPILE_BREAK_EVEN_TOKENS for the device type, the training rows have one length (`one_length`:
-    packed text, all blocks but the last full, so steps bring no new shapes), and the model is neither
-    4-bit nor checkpointed (compile_blockers)."""
-    if compile_blockers(load_in_4bit, one_length, gradient_checkpointing):
+    packed text, all blocks but the last full, so steps bring no new shapes), the model is neither
+    4-bit nor checkpointed, and it does not train in float32 on the CPU (`precision`, train.precision
+    resolved: compile_blockers)."""
+    if compile_blockers(load_in_4bit, one_length, gradient_checkpointing, device, precision):
         return False
     return tokens_per_process >= COMPILE_BREAK_EVEN_TOKENS.get(device, math.inf)
 

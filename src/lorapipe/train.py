@@ -432,7 +432,8 @@ def _steps(rows: int, train: TrainParams, resolved: ResolvedSettings) -> int:
 
 def _compile(wanted: str | bool, rows: Pairs, resolved: ResolvedSettings, steps: int) -> bool:
     """`train.torch_compile` made concrete: true/false as given; auto from the plan (compile_pays: steps ×
-    rows a step × mean tokens a row, per process; rows of one length; not 4-bit or checkpointed), and on
+    rows a step × mean tokens a row, per process; rows of one length; not 4-bit or checkpointed; not
+    float32 on the CPU), and on
     the CPU only where inductor finds a C++ compiler. Compiling, inductor's cache goes to lorapipe's cache
     folder (unless TORCHINDUCTOR_CACHE_DIR is set), so a sweep or a resumed run compiles once."""
     if wanted == "auto":
@@ -441,8 +442,8 @@ def _compile(wanted: str | bool, rows: Pairs, resolved: ResolvedSettings, steps:
         longest = max((len(ids) for ids, _ in rows), default=0)
         one_length = sum(len(ids) != longest for ids, _ in rows) <= 1  # packed text: the last block may be short
         checkpointing, four_bit = resolved.gradient_checkpointing, resolved.load_in_4bit
-        wanted = compile_pays(resolved.device, tokens, four_bit, one_length, checkpointing)
-        why = compile_blockers(four_bit, one_length, checkpointing)
+        wanted = compile_pays(resolved.device, tokens, four_bit, one_length, checkpointing, resolved.precision)
+        why = compile_blockers(four_bit, one_length, checkpointing, resolved.device, resolved.precision)
         if wanted and resolved.device == "cpu" and not _cpp_compiler():
             wanted, why = False, ["no C++ compiler for inductor on this machine"]
         print(
