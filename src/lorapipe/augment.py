@@ -148,12 +148,14 @@ def rare_key_factors(answers: list[Any], most: int) -> list[int]:
     The median is over the distinct key paths of all answers. Raises ValueError when `most` < 1."""
     if most < 1:
         raise ValueError(f"rare_factor must be at least 1, got {most}")
+    if most == 1:  # the default: no row draws more, so no key is counted
+        return [1] * len(answers)
     paths = [_key_paths(a) for a in answers]
     rows_with: dict[tuple, int] = {}
     for found in paths:
         for path in found:
             rows_with[path] = rows_with.get(path, 0) + 1
-    if most == 1 or not rows_with:
+    if not rows_with:
         return [1] * len(answers)
     median = statistics.median(rows_with.values())
     return [
@@ -210,7 +212,7 @@ def span_substitution(
     seen = {row["messages"][parts[0]]["content"] for row, parts, *_ in parsed} | set(avoid)
     factors = rare_key_factors([data for _, _, data, _, _ in parsed], rare_factor)
     new_rows: list[dict] = []
-    copied = [item for item in parsed if any(len(pool[path]) > 1 for _, _, path, _ in item[4])]
+    copied = [i for i, (*_, spans) in enumerate(parsed) if any(len(pool[path]) > 1 for _, _, path, _ in spans)]
     counts["skipped_no_span"] = len(parsed) - len(copied)
 
     def draw(item: tuple, times: int, rng: random.Random) -> int:
@@ -246,13 +248,13 @@ def span_substitution(
         counts["copies"] += written
         return written
 
-    written = {id(item): draw(item, copies, rng) for item in copied}
+    written = {i: draw(parsed[i], copies, rng) for i in copied}
     # the rare rows' further copies come after all rows' first ones, from a stream of their own: every
     # row's first `copies` draws are those of rare_factor 1, whatever the factors
     more = random.Random(f"{seed}:rare_key_oversampling")
-    for item, factor in zip(parsed, factors):
-        if factor > 1 and id(item) in written:
+    for i in copied:
+        if factors[i] > 1:
             counts["rare_rows"] += 1
-            written[id(item)] += draw(item, copies * (factor - 1), more)
+            written[i] += draw(parsed[i], copies * (factors[i] - 1), more)
     counts["rows"] = sum(n > 0 for n in written.values())
     return new_rows, counts
