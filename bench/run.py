@@ -1,7 +1,8 @@
 """Run every benchmark in bench/ and write bench/BENCHMARKS.md with the machine and versions.
 
 Run: make bench   (or .venv/bin/python bench/run.py [--only training,pipeline], from the project root;
-all of them take about 110 minutes on 2 cores: training speed 50, the structured task 35, the teacher 3)
+all of them take about 120 minutes on 2 cores: training speed 50, the structured task 40, batching by length
+10, the teacher 3)
 
 With --only, the named benchmarks (a word of their title) run again and the other sections of the
 existing BENCHMARKS.md are kept as they were.
@@ -29,9 +30,14 @@ BENCHES = [
     (
         "The structured task: slots on held-out Snips queries (issue 18)",
         [
-            *("bench/bench_structured.py", "--system", "short", "--epochs", "4", "--rank", "16"),
-            *("--alpha", "32", "--lr", "2e-3", "--label", "the README recipe", "--base"),
+            *("bench/bench_structured.py", "--system", "short", "--epochs", "0.6", "--rank", "16", "--alpha", "32"),
+            *("--lr", "2e-3", "--span-substitution", "7", "--val-fraction", "0.005", "--quants", "Q6_K,Q4_K_M"),
+            *("--label", "the README recipe", "--base"),
         ],
+    ),
+    (
+        "Batching labeled rows by length: `train.group_by_length` (issues 18 and 19)",
+        ["bench/bench_group_by_length.py", "--repeats", "2"],
     ),
     ("Teacher throughput and filter yield (issue 17)", ["bench/bench_synth.py"]),
     ("The GPU check, dry run on this CPU (issue 19)", ["bench/gpu_check.py", "--dry-run"]),

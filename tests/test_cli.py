@@ -18,6 +18,23 @@ def test_check_prints_resolved_params(capsys):
     assert "rank: 16" in capsys.readouterr().out
 
 
+def test_check_refuses_a_named_file_that_is_missing_or_not_a_schema(tmp_path, capsys, monkeypatch):
+    """`lorapipe check` looks at the files params name, as the stages would before any work: exit 2, the
+    params file, key and path named."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "raw" / "config").mkdir(parents=True)
+    (tmp_path / "params.yaml").write_text("eval:\n  json_schema: data/raw/config/task.schema.json\n")
+    assert main(["check"]) == 2
+    err = capsys.readouterr().err
+    assert "params.yaml" in err and "eval.json_schema: data/raw/config/task.schema.json is not a file" in err
+    (tmp_path / "data" / "raw" / "config" / "task.schema.json").write_text('{"type": "objet"}')
+    assert main(["check"]) == 2
+    assert "is not a valid JSON Schema" in capsys.readouterr().err
+    (tmp_path / "data" / "raw" / "config" / "task.schema.json").write_text('{"type": "object"}')
+    assert main(["check"]) == 0
+    assert "json_schema: data/raw/config/task.schema.json" in capsys.readouterr().out
+
+
 def test_bad_params_fail_before_any_work(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -289,6 +306,29 @@ def test_a_missing_input_is_named_with_the_command_that_makes_it(project, capsys
     assert main(argv) == 2
     assert capsys.readouterr().err == f"lorapipe {argv[0]}: error: {message}\n"
     assert _files(project) == before  # nothing written, nothing removed
+
+
+def test_a_dataset_of_labeled_rows_alone_needs_no_extracted_text(project, monkeypatch, capsys):
+    """Labeled rows and no documents: `lorapipe dataset` builds them (as the pipeline would) instead of
+    demanding the extract stage's output; with documents asked for (mode text, or --text-dir named) it
+    still names the missing extraction."""
+    import lorapipe.stages.dataset
+
+    calls = []
+    monkeypatch.setattr(lorapipe.stages.dataset, "run", lambda p, *a, **k: calls.append(a))
+    shutil.rmtree(project / "data" / "extracted_text")
+    (project / "data" / "raw" / "labeled").mkdir(parents=True, exist_ok=True)
+    (project / "data" / "raw" / "labeled" / "rows.jsonl").write_text('{"query": "hi", "data": {"a": 1}}\n')
+    assert main(["dataset"]) == 0
+    assert calls[-1][0] == Path("data/extracted_text")
+    assert "no extracted text in data/extracted_text: the labeled rows of data/raw/labeled alone" in (
+        capsys.readouterr().out
+    )
+    assert main(["dataset", "--dataset.mode", "chat"]) == 0 and len(calls) == 2
+    for argv in (["dataset", "--dataset.mode", "text"], ["dataset", "--text-dir", "texts"]):
+        assert main(argv) == 2
+        assert "not found" in capsys.readouterr().err
+    assert len(calls) == 2
 
 
 def test_a_folder_of_the_users_own_is_named_with_what_it_must_hold(project, capsys):

@@ -22,6 +22,7 @@ from lorapipe.params import ParamsError, validate_params
 def project(tmp_path, monkeypatch):
     (tmp_path / "data" / "raw" / "config").mkdir(parents=True)
     (tmp_path / "data" / "raw" / "config" / "system.txt").write_text("Answer briefly.")
+    (tmp_path / "data" / "raw" / "config" / "task.schema.json").write_text('{"type": "object"}')
     (tmp_path / "data" / "raw" / "labeled").mkdir(parents=True)
     (tmp_path / "data" / "raw" / "labeled" / "schema.json").write_text("{}")
     (tmp_path / "outside.txt").write_text("Answer at length.")
@@ -53,10 +54,38 @@ def test_files_under_data_raw_pass(project):
             "system_prompt": "data/raw/config/system.txt",
             "tasks": [{"name": "t", "kind": "chat", "system_prompt": "data/raw/config/system.txt"}],
         },
-        eval={"json_schema": "data/raw/config/system.txt"},
+        eval={"json_schema": "data/raw/config/task.schema.json"},
     )
-    for stage in STAGE_FILE_KEYS:
+    for stage in [*STAGE_FILE_KEYS, None]:
         check_param_files(params, stage)
+
+
+@pytest.mark.parametrize(
+    "content, why",
+    [("Answer briefly.", "is not JSON"), ("[1, 2]", "not a JSON Schema"), ('{"type": 5}', "not a valid JSON Schema")],
+)
+@pytest.mark.parametrize("stage", ["dataset", "evaluate", None])
+def test_a_schema_file_that_is_not_a_json_schema_is_refused_naming_it(project, content, why, stage):
+    (project / "data" / "raw" / "config" / "bad.json").write_text(content)
+    with pytest.raises(ParamsError) as error:
+        check_param_files(_params(eval={"json_schema": "data/raw/config/bad.json"}), stage)
+    message = str(error.value)
+    assert "eval.json_schema: data/raw/config/bad.json" in message and why in message
+    assert message.count("eval.json_schema") == 1  # once, though two stages read the key
+
+
+def test_every_stage_at_once_names_each_key_once(project):
+    params = _params(
+        dataset={"system_prompt": "outside.txt"},
+        eval={"json_schema": "data/raw/missing.json"},
+        train={"accelerate_config": "data/raw/config/nope.yaml"},
+    )
+    with pytest.raises(ParamsError) as error:
+        check_param_files(params, None)
+    message = str(error.value)
+    assert "the pipeline cannot use" in message
+    for key in ("dataset.system_prompt", "eval.json_schema", "train.accelerate_config"):
+        assert message.count(f"  - {key}:") == 1, message
 
 
 @pytest.mark.parametrize(

@@ -266,6 +266,39 @@ def test_epochs_and_lr_auto_are_sized_from_the_data_and_plan_uses_the_same_size(
     assert "for 250 steps" in steps["chat"] and "for 25 steps" in steps["text"]  # 10 epochs of 25 steps; 1
 
 
+def test_plan_task_times_one_tasks_rows_as_train_task_trains(tmp_path):
+    """`lorapipe plan --task NAME`: the time of `lorapipe train --task NAME`, from that task's rows and
+    tokens in stats.json, epochs auto sized from them alone; an unknown task is refused naming the tasks."""
+    stats = tmp_path / "stats.json"
+    tasks = {
+        "docs": {"kind": "text", "train": {"rows": 900, "tokens": 400_000}},
+        "queries": {"kind": "chat", "train": {"rows": 100, "tokens": 4_000}},
+    }
+    stats.write_text(json.dumps({"rows": {"train": 1000}, "tokens": {"train": 404_000}, "tasks": tasks}))
+
+    def plan(task):
+        return plan_report(
+            "smollm2-135m-instruct",
+            max_seq_len=512,
+            batch_size=4,
+            lora_rank=16,
+            device="cpu",
+            precision="fp32",
+            device_memory_gib=64,
+            epochs="auto",
+            dataset_stats=stats,
+            peak_tflops=1,
+            task=task,
+        )[0]
+
+    every, queries, docs = plan(None), plan("queries"), plan("docs")
+    assert "for 250 steps" in every and "epochs auto: 1 for the rows of all tasks" in every  # text in the data: 1 epoch
+    assert "for 250 steps" in queries and "epochs auto: 10 for the rows of task queries" in queries  # 2,100 / 100 → 10
+    assert "for 225 steps" in docs and "(~400 k tokens" in docs  # 900 rows of 400 tokens at 1 epoch
+    with pytest.raises(ValueError, match=r"--task 'nope': .*stats.json holds the tasks docs, queries"):
+        plan("nope")
+
+
 def test_gpu_efficiency_follows_the_measured_sizes_and_stays_between_them():
     from lorapipe.plan import GPU_EFFICIENCY, training_efficiency
 

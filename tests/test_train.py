@@ -100,6 +100,7 @@ def test_adapter_outputs(tmp_path, dataset_dir, tiny_model_dir):
         "autofit": False,
         "packing": True,
         "torch_compile": False,  # auto, 2 steps: far below the break-even
+        "group_by_length": False,  # auto, packed text: blocks of one length
         "epochs": 1.0,  # train.epochs as given (max_steps 4 decides the steps)
         "lr": 1e-2,  # train.lr as given
     }
@@ -460,6 +461,93 @@ def test_speed_counts_only_tokens_that_carry_loss(tmp_path, tiny_model_dir):
     assert result.metrics.tokens == 3 * per_step < result.metrics.input_tokens
     assert result.resolved.packing is False  # chat rows only: nothing to pack, although train.packing is true
     assert logged == [per_step, 2 * per_step, 3 * per_step]
+
+
+def _chat_rows_of_many_lengths(folder: Path, copies: int = 1) -> Path:
+    """`copies` × 8 chat rows of 8 lengths, as a dataset folder."""
+    from lorapipe.io import write_json, write_jsonl
+
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": "play " + "some more " * (3 * i + 1)},
+                {"role": "assistant", "content": '{"intent": "PlayMusic"}'},
+            ],
+            "source": "s",
+        }
+        for i in (5, 0, 7, 2, 6, 1, 4, 3) * copies
+    ]
+    write_jsonl(folder / "train.jsonl", rows)
+    write_jsonl(folder / "val.jsonl", rows[:2])
+    write_json(folder / "stats.json", {"max_seq_len": 128})
+    return folder
+
+
+def test_group_by_length_batches_rows_of_similar_length(tmp_path, tiny_model_dir, monkeypatch):
+    """train.group_by_length auto, with chat rows of several lengths at batch 2: transformers'
+    LengthGroupedSampler orders them (groups of len(rows) / 8 batches here, each sorted by length), so an
+    epoch computes far fewer padding tokens than in the random order, which `false` keeps. Recorded in
+    the resolved settings."""
+    import lorapipe.train as train_module
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    data = _chat_rows_of_many_lengths(tmp_path / "data", copies=5)  # 40 rows: groups of 5 batches
+    made = train_module._sft_trainer_class
+
+    def recording(shapes):
+        class Recording(made()):
+            def training_step(self, model, inputs, *args, **kwargs):
+                shapes.append((tuple(inputs["input_ids"].shape), int(inputs["attention_mask"].sum())))
+                return super().training_step(model, inputs, *args, **kwargs)
+
+            def _get_train_sampler(self, *args, **kwargs):
+                sampler = super()._get_train_sampler(*args, **kwargs)
+                samplers.append(type(sampler))
+                return sampler
+
+        return lambda: Recording
+
+    padding, folders, samplers = {}, {}, []
+    for value in ("auto", False):
+        shapes: list = []
+        monkeypatch.setattr(train_module, "_sft_trainer_class", recording(shapes))
+        result = train_lora(
+            data,
+            tiny_model_dir,
+            tmp_path / f"a{value}",
+            **sections(rank=2, max_steps=20, batch_size=2, precision="fp32", save_steps=0, group_by_length=value),
+        )  # one epoch
+        assert result.resolved.group_by_length is (value == "auto")
+        assert len(shapes) == 20
+        padding[value] = sum(rows * length - real for (rows, length), real in shapes)
+        folders[value] = yaml.safe_load((tmp_path / f"a{value}" / "lorapipe_params.yaml").read_text())
+    assert samplers[0] is LengthGroupedSampler and samplers[-1] is not LengthGroupedSampler
+    assert padding["auto"] < padding[False] / 2, padding
+    assert folders["auto"]["resolved"]["group_by_length"] is True
+
+
+def test_group_by_length_auto_leaves_one_row_batches_and_packed_text(
+    tmp_path, dataset_dir, tiny_model_dir, stopped_trainer
+):
+    """Nothing to save: a batch of one row has no padding, packed text blocks have one length."""
+    seen = stopped_trainer
+    data = _chat_rows_of_many_lengths(tmp_path / "data")
+    cases = [(data, 1, "auto", "random"), (dataset_dir, 2, "auto", "random"), (data, 2, True, "group_by_length")]
+    cases += [(dataset_dir, 2, True, "group_by_length"), (data, 2, "auto", "group_by_length")]
+    folders = set()
+    for folder, batch, value, strategy in cases:
+        with pytest.raises(Stop):
+            train_lora(
+                folder,
+                tiny_model_dir,
+                tmp_path / "a",
+                **sections(
+                    rank=2, max_steps=1, batch_size=batch, precision="fp32", save_steps=0, group_by_length=value
+                ),
+            )
+        assert seen["train_sampling_strategy"] == strategy, (folder, batch, value)
+        folders.add(seen["output_dir"])
+    assert len(folders) == 4  # another order of the rows, other checkpoints; auto that came to true shares true's
 
 
 def test_trainer_args_reach_the_trainer(tmp_path, dataset_dir, tiny_model_dir):

@@ -9,7 +9,7 @@
     lorapipe serve --port 8000            # HTTP API: /status, /query, /v1/chat/completions, /train
     lorapipe chat                         # talk to the model in the terminal
     lorapipe plan --model mistralai/Mistral-7B-Instruct-v0.2 --load-in-4bit --device-memory-gb 8
-    lorapipe check                        # validate params.yaml
+    lorapipe check                        # validate params.yaml and the files it names
 
 Each stage command takes exactly the params keys that stage reads (``--<section>.<key>``), the
 same keys `dvc.yaml` lists for it; values are read as YAML (``--export.quants "[Q8_0, F16]"``), text params
@@ -218,11 +218,15 @@ _INPUTS: dict[str, list[tuple[tuple[str, ...], str, Path, tuple[str, ...]]]] = {
 }
 
 
-def _check_inputs(args: argparse.Namespace, stage: str) -> dict[str, Path]:
+def _check_inputs(args: argparse.Namespace, stage: str, unread: frozenset[str] = frozenset()) -> dict[str, Path]:
     """The input folders of `stage` by dest; raises FileNotFoundError naming the first missing folder
-    or file, the command that writes it and the flag that points elsewhere."""
+    or file, the command that writes it and the flag that points elsewhere. A dest in `unread` (an input
+    this run does not read) is passed on as given, unchecked."""
     folders = {}
     for flags, dest, default, files in _INPUTS.get(stage, []):
+        if dest in unread:
+            folders[dest] = Path(getattr(args, dest))
+            continue
         maker = _maker(default, files)
         folder = paths.require(getattr(args, dest), flags[0], maker)
         for name in files:
@@ -328,6 +332,10 @@ def _add_plan_command(commands) -> None:
         "--dataset-dir",
         help="the time estimate reads stats.json here (default: data/dataset when the dataset stage has run)",
     )
+    plan.add_argument(
+        "--task",
+        help="plan the time of `lorapipe train --task NAME`: that task's training rows alone (default: all tasks)",
+    )
     plan.add_argument("--max-seq-len", type=_positive(int), help="tokens per row (default: dataset.max_seq_len)")
     plan.add_argument("--batch-size", type=_positive(int), help="rows per forward pass (default: train.batch_size)")
     plan.add_argument("--lora-rank", type=_positive(int), help="the adapter's rank (default: lora.rank)")
@@ -361,7 +369,11 @@ def build_parser() -> argparse.ArgumentParser:
         _add_stage_command(commands, stage)
     _add_model_commands(commands)
     _add_plan_command(commands)
-    check = commands.add_parser("check", help="validate params.yaml and print the resolved values")
+    check = commands.add_parser(
+        "check",
+        help="validate params.yaml and the files it names (under data/raw/config/; eval.json_schema must be a "
+        "JSON Schema) and print the resolved values",
+    )
     check.add_argument("--params", default=str(paths.PARAMS))
     commands.add_parser("install-converter", help="unpack llama.cpp's converter into the user cache")
     return parser
@@ -538,6 +550,7 @@ def _plan(args: argparse.Namespace) -> int:
         else paths.DATASET_STATS,
         preset_name=args.preset or p.train.preset,
         peak_tflops=args.peak_tflops,
+        task=args.task,
     )
     print(text)
     return 0 if fits else 1
@@ -552,9 +565,37 @@ def _run_stage(args: argparse.Namespace) -> None:
     if getattr(args, "quant", None):
         overrides["export.quants"] = args.quant
     params = _load_params(args, overrides)
-    folders = _check_inputs(args, args.command)
+    unread = (
+        frozenset({"text_dir"}) if args.command == "dataset" and not _dataset_reads_text(args, params) else frozenset()
+    )
+    folders = _check_inputs(args, args.command, unread)
     faults.enter_stage(args.command)
     _STAGE_RUNNERS[args.command](args, params, folders)
+
+
+def _dataset_reads_text(args: argparse.Namespace, p: Params) -> bool:
+    """Does `lorapipe dataset` read the extract stage's output? Not with ``dataset.mode: chat``, nor with
+    ``auto`` (and no text task in ``dataset.tasks``) when --labeled-dir holds labeled rows, --text-dir is
+    the default and no extraction is there: build_dataset then builds the labeled rows alone, as it
+    would in the pipeline without documents (said on stdout)."""
+    from lorapipe.dataset import labeled_files
+
+    d = p.dataset
+    if d.mode == "text" or any(t.kind == "text" for t in d.tasks):
+        return True
+    if d.mode == "chat":
+        return False
+    text_dir = Path(args.text_dir)
+    if text_dir != paths.EXTRACTED or (text_dir / paths.MANIFEST_NAME).is_file():
+        return True
+    if not labeled_files(Path(args.labeled_dir)):
+        return True
+    print(
+        f"[dataset] no extracted text in {text_dir}: the labeled rows of {args.labeled_dir} alone "
+        "(run `lorapipe extract` first to add the documents)",
+        flush=True,
+    )
+    return False
 
 
 def _base(args: argparse.Namespace, p: Params, folders: dict[str, Path]) -> None:
@@ -672,7 +713,11 @@ def main(argv: list[str] | None = None) -> int:
 
             chat_loop(_gguf(args.gguf), args.max_tokens)
         elif args.command == "check":
-            print(yaml.safe_dump(load_params(args.params).model_dump(), sort_keys=False), end="")
+            from lorapipe.param_files import check_param_files
+
+            params = load_params(args.params)
+            check_param_files(params, None, source=Path(args.params))
+            print(yaml.safe_dump(params.model_dump(), sort_keys=False), end="")
         elif args.command == "install-converter":
             from lorapipe.export import install_converter
 

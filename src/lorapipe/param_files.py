@@ -62,10 +62,11 @@ def looks_like_path(value: str) -> bool:
     return "\n" not in value and " " not in value.strip() and ("/" in value or value.lower().endswith(_PROMPT_SUFFIXES))
 
 
-def named_files(params: Params, stage: str) -> list[tuple[str, str]]:
-    """(dotted key, path) of every file the params of `stage` name."""
+def named_files(params: Params, stage: str | None) -> list[tuple[str, str]]:
+    """(dotted key, path) of every file the params of `stage` name (None: of every stage, each key once)."""
     found = []
-    for key in STAGE_FILE_KEYS.get(stage, ()):
+    keys = STAGE_FILE_KEYS.get(stage, ()) if stage else dict.fromkeys(k for v in STAGE_FILE_KEYS.values() for k in v)
+    for key in keys:
         if key == "dataset.tasks[].system_prompt":
             found += [
                 (f"dataset.tasks[{i}].system_prompt", t.system_prompt)
@@ -80,11 +81,15 @@ def named_files(params: Params, stage: str) -> list[tuple[str, str]]:
     return found
 
 
-def check_param_files(params: Params, stage: str, root: Path = ROOT) -> None:
-    """Raise ParamsError, naming each key and path, when a file the stage's params name does not
-    exist, lies outside `root` (``data/raw/config/``, relative to the project root) or is not text that
-    `lorapipe.textfiles.read_text` reads (UTF-8, or UTF-16/32 with a byte-order mark); returns None
+def check_param_files(params: Params, stage: str | None, root: Path = ROOT, source: Path = paths.PARAMS) -> None:
+    """Raise ParamsError, naming each key and path, when a file the stage's params name (`stage` None:
+    any stage's, as `lorapipe check` asks) does not exist, lies outside `root` (``data/raw/config/``,
+    relative to the project root), is not text that `lorapipe.textfiles.read_text` reads (UTF-8, or
+    UTF-16/32 with a byte-order mark), or, for ``eval.json_schema``, is not a valid JSON Schema
+    (`lorapipe.labeled.load_json_schema`); `source` is the params file the message names. Returns None
     when all are in place."""
+    from lorapipe.labeled import load_json_schema
+
     problems = []
     base = root.resolve()
     for key, value in named_files(params, stage):
@@ -101,5 +106,12 @@ def check_param_files(params: Params, stage: str, root: Path = ROOT) -> None:
                 read_text(path)
             except TextEncodingError as exc:
                 problems.append(f"  - {key}: {exc}")
+                continue
+            if key == "eval.json_schema":
+                try:
+                    load_json_schema(path, key)
+                except ValueError as exc:  # its message names the key and the file
+                    problems.append(f"  - {exc}")
     if problems:
-        raise ParamsError(f"{paths.PARAMS} names file(s) the {stage} stage cannot use:\n" + "\n".join(problems))
+        who = f"the {stage} stage" if stage else "the pipeline"
+        raise ParamsError(f"{source} names file(s) {who} cannot use:\n" + "\n".join(problems))

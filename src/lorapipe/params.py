@@ -511,6 +511,15 @@ class TrainParams(_Section):
             "padding (~1.4× faster on the sample corpus); chat rows are never packed"
         ),
     )
+    group_by_length: Literal["auto"] | Bool = Field(
+        "auto",
+        description=(
+            "batch rows of similar length together (transformers' LengthGroupedSampler: random groups of up to 50 "
+            "batches, each sorted by length), so steps compute fewer padding tokens (the Snips rows at batch 4: "
+            "17% more tokens computed without it); auto: when the rows have several lengths (chat rows, text not "
+            "packed) and a batch holds more than one row"
+        ),
+    )
     torch_compile: Literal["auto"] | Bool = Field(
         "auto",
         description=(

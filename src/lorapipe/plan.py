@@ -531,13 +531,16 @@ def plan_report(
     dataset_stats: str | Path | None = None,
     preset_name: str | None = None,
     peak_tflops: float | None = None,
+    task: str | None = None,
 ) -> tuple[str, bool]:
     """The text `lorapipe plan` prints, and whether the run fits in `device_memory_gib` GiB (default:
     what the device has free). A GPU preset plans for CUDA with the preset's memory budget unless the
     device and budget are given. Speed is estimated from the device's matrix-multiply peak, measured
     here, or `peak_tflops` for a device that is not here; the time, from `dataset_stats` (the dataset
-    stage's stats.json) with `steps` (-1: `epochs`) on `processes` data-parallel processes.
-    Raises ValueError for an unknown model or preset, or CUDA planned here without a budget."""
+    stage's stats.json) with `steps` (-1: `epochs`) on `processes` data-parallel processes, over all
+    tasks' training rows, or over `task`'s alone as `lorapipe train --task` trains (epochs auto sized
+    from its rows). Raises ValueError for an unknown model or preset, CUDA planned here without a
+    budget, or a `task` the dataset's stats.json does not hold (naming the tasks it has)."""
     target = _target(device, precision, load_in_4bit, device_memory_gib, preset_name)
     facts = load_facts(model)
     settings = training_settings(
@@ -578,7 +581,7 @@ def plan_report(
         "max_steps": steps,
         "processes": processes,
     }
-    lines += _speed_lines(facts, target, settings, estimate["lora_parameters"], peak_tflops, dataset_stats, run)
+    lines += _speed_lines(facts, target, settings, estimate["lora_parameters"], peak_tflops, dataset_stats, run, task)
     return "\n".join(lines), fits
 
 
@@ -590,8 +593,10 @@ def _speed_lines(
     peak_tflops: float | None,
     dataset_stats: str | Path | None,
     run: dict,
+    task: str | None = None,
 ) -> list[str]:
-    """The speed line, and the time line when the dataset's stats are there."""
+    """The speed line, and the time line when the dataset's stats are there (over `task`'s rows alone
+    when given)."""
     # A given peak is a datasheet figure; the efficiencies are shares of what a large product reaches
     peak = peak_tflops * 1e12 * (DATASHEET_REACHED if target.device == "cuda" else 1.0) if peak_tflops else None
     if not peak and target.device == "cuda" and not cuda_available():
@@ -614,13 +619,18 @@ def _speed_lines(
     ]
     if dataset_stats and Path(dataset_stats).is_file():
         stats = json.loads(Path(dataset_stats).read_text())
-        mean = stats["tokens"]["train"] / max(stats["rows"]["train"], 1)
-        sized = ""
-        if run["epochs"] == "auto":  # train.epochs auto, as the train stage sizes it for all tasks together
-            labeled_only = all(t.get("kind") == "chat" for t in stats.get("tasks", {}).values())
-            run = {**run, "epochs": sized_epochs(stats["rows"]["train"], labeled_only)}
-            sized = f", epochs auto: {run['epochs']:g} for all tasks' rows (train --task sizes one task's)"
-        total_steps = training_steps(stats["rows"]["train"], **run)
+        tasks = stats.get("tasks", {})
+        if task is not None and task not in tasks:
+            raise ValueError(f"--task {task!r}: {dataset_stats} holds the tasks {', '.join(sorted(tasks)) or '(none)'}")
+        rows = tasks[task]["train"]["rows"] if task else stats["rows"]["train"]
+        mean = (tasks[task]["train"]["tokens"] if task else stats["tokens"]["train"]) / max(rows, 1)
+        whose = f"the rows of task {task}" if task else "the rows of all tasks"
+        sized = f", {whose}"
+        if run["epochs"] == "auto":  # train.epochs auto, as the train stage sizes it
+            labeled_only = all(t.get("kind") == "chat" for n, t in tasks.items() if task in (None, n))
+            run = {**run, "epochs": sized_epochs(rows, labeled_only)}
+            sized = f", epochs auto: {run['epochs']:g} for {whose}"
+        total_steps = training_steps(rows, **run)
         tokens = total_steps * run["batch_size"] * run["grad_accum"] * run["processes"] * mean
         # one GPU per process adds its speed; CPU processes share this machine's cores (measured whole)
         seconds = tokens / (speed * (run["processes"] if target.device == "cuda" else 1))

@@ -89,6 +89,7 @@ class ResolvedSettings:
     autofit: bool  # in effect: train.autofit, or true because a train.preset turns it on
     packing: bool  # in effect: train.packing and the data has text rows to pack (not seq2seq)
     torch_compile: bool = False  # train.torch_compile, auto decided from the plan (lorapipe.plan.compile_pays)
+    group_by_length: bool = False  # train.group_by_length, auto: rows of several lengths, batches of several rows
     epochs: float = 1.0  # train.epochs, auto sized from the data (lorapipe.plan.sized_epochs)
     lr: float = SIZED_LR_TEXT  # train.lr, auto sized from the data and the model (lorapipe.plan.sized_lr)
 
@@ -212,7 +213,11 @@ def train_lora(
         lr=train.lr,
     )
     steps = _steps(len(data.train), train, resolved)
-    resolved = replace(resolved, torch_compile=_compile(train.torch_compile, data.train, resolved, steps))
+    resolved = replace(
+        resolved,
+        torch_compile=_compile(train.torch_compile, data.train, resolved, steps),
+        group_by_length=_group_by_length(train.group_by_length, data.train, resolved),
+    )
     settings = _run_settings(lora, train, quant, seed, task, resolved, steps, max_seq_len, trainer_args)
     inputs = _input_files(dataset_dir, base_dir)
     checkpoints = Checkpoints(fingerprint(settings, [*inputs["dataset"], *inputs["base model"]]), checkpoint_dir)
@@ -430,6 +435,16 @@ def _steps(rows: int, train: TrainParams, resolved: ResolvedSettings) -> int:
     )
 
 
+def _group_by_length(wanted: str | bool, rows: Pairs, resolved: ResolvedSettings) -> bool:
+    """`train.group_by_length` made concrete: true/false as given; auto: on when a batch holds more than
+    one row and the rows have more than one length (packed text: all blocks but the last are full, so
+    there is no padding to save)."""
+    if wanted != "auto":
+        return bool(wanted)
+    lengths = {len(ids) for ids, _ in rows}
+    return resolved.batch_size > 1 and len(lengths) > (2 if resolved.packing else 1)
+
+
 def _compile(wanted: str | bool, rows: Pairs, resolved: ResolvedSettings, steps: int) -> bool:
     """`train.torch_compile` made concrete: true/false as given; auto from the plan (compile_pays: steps ×
     rows a step × mean tokens a row, per process; rows of one length; not 4-bit or checkpointed; not
@@ -508,6 +523,7 @@ def _run_settings(
         "world": resolved.processes,
         "checkpointing": resolved.gradient_checkpointing,
         "compile": resolved.torch_compile,  # compiled and plain runs reach slightly different losses
+        "group_by_length": resolved.group_by_length,  # another order of the rows
     }
     if trainer_args:
         run_inputs["trainer_args"] = trainer_args
@@ -616,6 +632,7 @@ def _trainer_settings(
         use_cpu=resolved.device == "cpu",
         seed=seed,
         data_seed=seed,
+        train_sampling_strategy="group_by_length" if resolved.group_by_length else "random",
         optim="paged_adamw_8bit" if four_bit_on_gpu else "adamw_torch_fused",
         activation_checkpointing=checkpointing,
         torch_compile=resolved.torch_compile,
@@ -643,7 +660,8 @@ def _announce(
         f"{'QLoRA 4-bit' if resolved.load_in_4bit else 'LoRA'} r={rank} on {resolved.target_modules}; "
         f"{trainable / 1e6:.2f} M of {total / 1e6:.1f} M parameters trainable; {len(data.train)} "
         f"{'rows and packed blocks' if data.packed else 'rows'}, {steps} steps × {resolved.batch_size} × "
-        f"{resolved.grad_accum} at ≤{max_seq_len} tokens",
+        f"{resolved.grad_accum} at ≤{max_seq_len} tokens"
+        + (", batched by length (train.group_by_length)" if resolved.group_by_length else ""),
         flush=True,
     )
 
