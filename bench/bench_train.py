@@ -63,9 +63,9 @@ CONFIGS: dict[str, tuple[str, dict, dict, str]] = {
     "+ lora dropout 0.05": ("lorapipe", {"dropout": 0.05}, {}, "lora.dropout 0.05 (its default before)"),
     "without packing": (
         "lorapipe",
-        {"packing": False},
+        {"packing": False, "group_by_length": False},
         {},
-        "rows padded to the longest of their batch instead of packed into 512-token blocks",
+        "rows padded to the longest of their batch instead of packed into 512-token blocks, in random order",
     ),
     "foreach AdamW": (
         "lorapipe",
@@ -93,9 +93,10 @@ CONFIGS: dict[str, tuple[str, dict, dict, str]] = {
     ),
     "without packing, length bucketing": (
         "lorapipe",
-        {"packing": False, "trainer_args": {"train_sampling_strategy": "group_by_length"}},
+        {"packing": False, "group_by_length": True},
         {},
-        "padded rows, batched by similar length (the Trainer's train_sampling_strategy group_by_length)",
+        "padded rows, batched by similar length (train.group_by_length; few rows here: see "
+        "bench_group_by_length.py for a measure on labeled rows)",
     ),
     "1 thread": ("lorapipe", {}, {"OMP_NUM_THREADS": "1"}, "one intra-op thread instead of one per core"),
 }

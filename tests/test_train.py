@@ -173,45 +173,87 @@ def test_same_seed_same_losses(tmp_path, dataset_dir, tiny_model_dir):
         assert s1 == s2 and abs(l1 - l2) <= 1e-6
 
 
-@pytest.mark.integration  # 10-25 s: a real model, the converter, a timeout or several processes
-def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, dataset_dir, tiny_model_dir):
-    """Kill training right after its step-3 checkpoint, rerun, and compare with a run never killed."""
+def _killed_and_resumed(tmp_path, data, tiny_model_dir, kill_at: int, **kwargs):
+    """A run never killed, and one killed (SIGKILL) right after its checkpoint of step `kill_at` and rerun;
+    asserts they log the same losses and save the same adapter."""
     import os
     import signal
     import subprocess
     import sys
 
-    reference = _train(dataset_dir, tiny_model_dir, tmp_path / "reference", save_steps=3, resume="never")
+    reference = _train(data, tiny_model_dir, tmp_path / "reference", resume="never", **kwargs)
     cache = tmp_path / "checkpoints"
     code = (
         "import sys; sys.path.insert(0, {tests!r}); from test_train import _train; from pathlib import Path; "
-        "_train(Path({d!r}), Path({m!r}), Path({o!r}), save_steps=3, checkpoint_dir=Path({c!r}))"
+        "_train(Path({d!r}), Path({m!r}), Path({o!r}), checkpoint_dir=Path({c!r}), **{kw!r})"
     ).format(
         tests=str(Path(__file__).parent),
-        d=str(dataset_dir),
+        d=str(data),
         m=str(tiny_model_dir),
         o=str(tmp_path / "out"),
         c=str(cache),
+        kw=kwargs,
     )
     killed = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,
-        env={**os.environ, "LORAPIPE_FAULT": "train:kill-after-checkpoint:3"},
+        env={**os.environ, "LORAPIPE_FAULT": f"train:kill-after-checkpoint:{kill_at}"},
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert not (tmp_path / "out").exists()
     (run_folder,) = cache.iterdir()
-    assert [p.name for p in run_folder.glob("checkpoint-*")] == ["checkpoint-3"]
+    assert f"checkpoint-{kill_at}" in [p.name for p in run_folder.glob("checkpoint-*")]
 
-    resumed = _train(dataset_dir, tiny_model_dir, tmp_path / "out", save_steps=3, checkpoint_dir=cache)
-    assert resumed.history[:3] == reference.history[:3]
+    resumed = _train(data, tiny_model_dir, tmp_path / "out", checkpoint_dir=cache, **kwargs)
+    assert resumed.history[:kill_at] == reference.history[:kill_at]
+    assert len(resumed.history) == len(reference.history)
     for (s1, l1), (s2, l2) in zip(reference.history, resumed.history):
-        assert s1 == s2 and abs(l1 - l2) <= 1e-6
+        assert s1 == s2 and abs(l1 - l2) <= 1e-6, (s1, l1, l2)
     a, b = _adapter(tmp_path / "reference"), _adapter(tmp_path / "out")
     assert a.keys() == b.keys()
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-5
     assert not run_folder.exists()  # checkpoints are removed once the adapter is saved
+
+
+@pytest.mark.integration  # 10-25 s: a real model, the converter, a timeout or several processes
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, dataset_dir, tiny_model_dir):
+    """Kill training right after its step-3 checkpoint, rerun, and compare with a run never killed."""
+    _killed_and_resumed(tmp_path, dataset_dir, tiny_model_dir, 3, save_steps=3)
+
+
+@pytest.mark.integration  # two runs and a killed one, in a subprocess
+def test_a_run_batched_by_length_resumed_in_its_second_epoch_matches_one_never_stopped(tmp_path, tiny_model_dir):
+    """train.group_by_length draws each epoch's order from the seed and the epoch, not from the global
+    random state: killed after step 10 (the second epoch of 8 steps) and resumed, the run skips the
+    batches it had trained and sees the rows an uninterrupted run sees."""
+    data = _chat_rows_of_many_lengths(tmp_path / "data", copies=2)  # 16 rows: 8 steps of 2 per epoch
+    _killed_and_resumed(
+        tmp_path, data, tiny_model_dir, 10, max_steps=16, save_steps=5, group_by_length=True, rank=2, alpha=4
+    )
+
+
+def test_the_length_grouped_order_is_fixed_by_seed_and_epoch():
+    """lorapipe.train.length_grouped_sampler: the same (seed, epoch) gives the same order whatever the
+    global random state, another epoch another order; within a group the rows run longest first."""
+    import torch
+
+    from lorapipe.train import length_grouped_sampler
+
+    lengths = [(i * 37) % 101 + 1 for i in range(200)]
+
+    def order(seed: int, epoch: int) -> list[int]:
+        sampler = length_grouped_sampler(lengths, batch_rows=2, seed=seed)
+        sampler.set_epoch(epoch)
+        torch.manual_seed(epoch * 1000 + 1)  # the global state must not matter
+        return list(sampler)
+
+    assert sorted(order(7, 0)) == list(range(200))
+    assert order(7, 0) == order(7, 0) and order(7, 1) == order(7, 1)
+    assert order(7, 0) != order(7, 1) and order(7, 0) != order(8, 0)
+    first = order(7, 1)
+    group = first[50:100]  # 200 rows at batch 2: groups of 50 (transformers swaps the longest row to the front)
+    assert [lengths[i] for i in group] == sorted((lengths[i] for i in group), reverse=True)
 
 
 def test_checkpoints_of_other_params_are_ignored(tmp_path, dataset_dir, tiny_model_dir, capsys):
@@ -521,7 +563,7 @@ def test_group_by_length_batches_rows_of_similar_length(tmp_path, tiny_model_dir
         assert len(shapes) == 20
         padding[value] = sum(rows * length - real for (rows, length), real in shapes)
         folders[value] = yaml.safe_load((tmp_path / f"a{value}" / "lorapipe_params.yaml").read_text())
-    assert samplers[0] is LengthGroupedSampler and samplers[-1] is not LengthGroupedSampler
+    assert issubclass(samplers[0], LengthGroupedSampler) and not issubclass(samplers[-1], LengthGroupedSampler)
     assert padding["auto"] < padding[False] / 2, padding
     assert folders["auto"]["resolved"]["group_by_length"] is True
 
@@ -532,20 +574,21 @@ def test_group_by_length_auto_leaves_one_row_batches_and_packed_text(
     """Nothing to save: a batch of one row has no padding, packed text blocks have one length."""
     seen = stopped_trainer
     data = _chat_rows_of_many_lengths(tmp_path / "data")
-    cases = [(data, 1, "auto", "random"), (dataset_dir, 2, "auto", "random"), (data, 2, True, "group_by_length")]
-    cases += [(dataset_dir, 2, True, "group_by_length"), (data, 2, "auto", "group_by_length")]
+    cases = [(data, 1, "auto", False), (dataset_dir, 2, "auto", False), (data, 2, True, True)]
+    cases += [(dataset_dir, 2, True, True), (data, 2, "auto", True)]
     folders = set()
-    for folder, batch, value, strategy in cases:
+    for folder, batch, value, grouped in cases:
         with pytest.raises(Stop):
             train_lora(
                 folder,
                 tiny_model_dir,
                 tmp_path / "a",
                 **sections(
-                    rank=2, max_steps=1, batch_size=batch, precision="fp32", save_steps=0, group_by_length=value
+                    rank=2, max_steps=1, batch_size=batch, precision="fp32", save_steps=0, group_by_length=value, seed=7
                 ),
             )
-        assert seen["train_sampling_strategy"] == strategy, (folder, batch, value)
+        assert seen["group_seed"] == (7 if grouped else None), (folder, batch, value)
+        assert seen.get("train_sampling_strategy", "random") == "random"  # evaluation keeps the rows' order
         folders.add(seen["output_dir"])
     assert len(folders) == 4  # another order of the rows, other checkpoints; auto that came to true shares true's
 

@@ -374,7 +374,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="validate params.yaml and the files it names (under data/raw/config/; eval.json_schema must be a "
         "JSON Schema) and print the resolved values",
     )
-    check.add_argument("--params", default=str(paths.PARAMS))
+    check.add_argument(
+        "--params",
+        default=str(paths.PARAMS),
+        help="the params file (default: params.yaml); the files it names are read relative to the folder "
+        "you run in, as the pipeline reads them from the project root",
+    )
     commands.add_parser("install-converter", help="unpack llama.cpp's converter into the user cache")
     return parser
 
@@ -576,8 +581,9 @@ def _run_stage(args: argparse.Namespace) -> None:
 def _dataset_reads_text(args: argparse.Namespace, p: Params) -> bool:
     """Does `lorapipe dataset` read the extract stage's output? Not with ``dataset.mode: chat``, nor with
     ``auto`` (and no text task in ``dataset.tasks``) when --labeled-dir holds labeled rows, --text-dir is
-    the default and no extraction is there: build_dataset then builds the labeled rows alone, as it
-    would in the pipeline without documents (said on stdout)."""
+    the default, no extraction is there and data/raw/docs holds no document to extract: build_dataset
+    then builds the labeled rows alone, as it would in the pipeline without documents (said on
+    stdout)."""
     from lorapipe.dataset import labeled_files
 
     d = p.dataset
@@ -586,16 +592,23 @@ def _dataset_reads_text(args: argparse.Namespace, p: Params) -> bool:
     if d.mode == "chat":
         return False
     text_dir = Path(args.text_dir)
-    if text_dir != paths.EXTRACTED or (text_dir / paths.MANIFEST_NAME).is_file():
+    if text_dir.resolve() != paths.EXTRACTED.resolve() or (text_dir / paths.MANIFEST_NAME).is_file():
         return True
-    if not labeled_files(Path(args.labeled_dir)):
-        return True
+    if not labeled_files(Path(args.labeled_dir)) or _documents_waiting(paths.RAW_DOCS):
+        return True  # documents not yet extracted: the missing-input error says to run extract
     print(
         f"[dataset] no extracted text in {text_dir}: the labeled rows of {args.labeled_dir} alone "
         "(run `lorapipe extract` first to add the documents)",
         flush=True,
     )
     return False
+
+
+def _documents_waiting(folder: Path) -> bool:
+    """Does `folder` (read recursively) hold a file of a format the extract stage reads?"""
+    from lorapipe.extract.formats import FORMATS
+
+    return folder.is_dir() and any(f.suffix.lower() in FORMATS for f in folder.rglob("*") if f.is_file())
 
 
 def _base(args: argparse.Namespace, p: Params, folders: dict[str, Path]) -> None:

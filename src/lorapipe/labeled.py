@@ -71,6 +71,9 @@ def load_json_schema(path: str | Path, key: str = "eval.json_schema") -> dict:
         raise ValueError(f"{key}: {path} is not JSON ({exc}); it must hold a JSON Schema") from None
     if not isinstance(schema, dict):
         raise ValueError(f"{key}: {path} holds a JSON {type(schema).__name__}, not a JSON Schema (an object)")
+    declared = schema.get("$schema")
+    if declared is not None and not isinstance(declared, str):
+        raise ValueError(f"{key}: {path} is not a valid JSON Schema: its $schema is {declared!r}, not a URI")
     validator = validators.validator_for(schema, default=validators.Draft202012Validator)
     try:
         validator.check_schema(schema)

@@ -97,9 +97,10 @@ def check_param_files(params: Params, stage: str | None, root: Path = ROOT, sour
         if path is None:
             problems.append(f"  - {key}: {value} is not a file; put the file under {root}/ and name that path")
         elif not path.resolve().is_relative_to(base):
+            rerun = f"the {stage} stage" if stage else "the stages that read it"
             problems.append(
-                f"  - {key}: {value} lies outside {root}/, so DVC would not rerun the {stage} stage when "
-                f"it changes; move it under {root}/ and name that path"
+                f"  - {key}: {value} lies outside {root}/, so DVC would not rerun {rerun} when it changes; "
+                f"move it under {root}/ and name that path"
             )
         else:
             try:

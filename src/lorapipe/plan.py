@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lorapipe import paths
 from lorapipe.hardware import (
     GiB,
     available_memory_gib,
@@ -540,7 +541,7 @@ def plan_report(
     stage's stats.json) with `steps` (-1: `epochs`) on `processes` data-parallel processes, over all
     tasks' training rows, or over `task`'s alone as `lorapipe train --task` trains (epochs auto sized
     from its rows). Raises ValueError for an unknown model or preset, CUDA planned here without a
-    budget, or a `task` the dataset's stats.json does not hold (naming the tasks it has)."""
+    budget, a `task` without the dataset's stats.json, or one it does not hold (naming the tasks it has)."""
     target = _target(device, precision, load_in_4bit, device_memory_gib, preset_name)
     facts = load_facts(model)
     settings = training_settings(
@@ -598,6 +599,11 @@ def _speed_lines(
     """The speed line, and the time line when the dataset's stats are there (over `task`'s rows alone
     when given)."""
     # A given peak is a datasheet figure; the efficiencies are shares of what a large product reaches
+    if task is not None and not (dataset_stats and Path(dataset_stats).is_file()):
+        raise ValueError(
+            f"--task {task!r} needs a built dataset: no stats.json at {dataset_stats or paths.DATASET_STATS} "
+            "(run `dvc repro dataset`, or give --dataset-dir)"
+        )
     peak = peak_tflops * 1e12 * (DATASHEET_REACHED if target.device == "cuda" else 1.0) if peak_tflops else None
     if not peak and target.device == "cuda" and not cuda_available():
         return ["time        not estimated: no CUDA device on this machine to measure (give --peak-tflops)"]
@@ -619,7 +625,11 @@ def _speed_lines(
     ]
     if dataset_stats and Path(dataset_stats).is_file():
         stats = json.loads(Path(dataset_stats).read_text())
-        tasks = stats.get("tasks", {})
+        tasks = stats.get("tasks")
+        if task is not None and tasks is None:
+            raise ValueError(
+                f"--task {task!r}: {dataset_stats} predates per-task counts; rebuild it (`dvc repro dataset`)"
+            )
         if task is not None and task not in tasks:
             raise ValueError(f"--task {task!r}: {dataset_stats} holds the tasks {', '.join(sorted(tasks)) or '(none)'}")
         rows = tasks[task]["train"]["rows"] if task else stats["rows"]["train"]

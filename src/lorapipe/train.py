@@ -523,8 +523,9 @@ def _run_settings(
         "world": resolved.processes,
         "checkpointing": resolved.gradient_checkpointing,
         "compile": resolved.torch_compile,  # compiled and plain runs reach slightly different losses
-        "group_by_length": resolved.group_by_length,  # another order of the rows
     }
+    if resolved.group_by_length:  # another order of the rows (only then: checkpoints of before stay valid)
+        run_inputs["group_by_length"] = True
     if trainer_args:
         run_inputs["trainer_args"] = trainer_args
     return run_inputs
@@ -632,7 +633,6 @@ def _trainer_settings(
         use_cpu=resolved.device == "cpu",
         seed=seed,
         data_seed=seed,
-        train_sampling_strategy="group_by_length" if resolved.group_by_length else "random",
         optim="paged_adamw_8bit" if four_bit_on_gpu else "adamw_torch_fused",
         activation_checkpointing=checkpointing,
         torch_compile=resolved.torch_compile,
@@ -708,6 +708,7 @@ class _Session:
             data.val,
             [progress, *([selector] if selector else []), best, FaultPoints()],
             train.early_stopping_patience,
+            group_seed=seed if resolved.group_by_length else None,
             **settings,
         )
         return cls(trainer, model, counter, progress, best)
@@ -1012,8 +1013,20 @@ def _dataset(pairs: list[tuple[list[int], list[int]]]):
     return Dataset.from_dict({"input_ids": [ids for ids, _ in pairs], "labels": [labels for _, labels in pairs]})
 
 
-def _trainer(model, tokenizer, seq2seq: bool, train_ids, val_ids, callbacks, early_stopping_patience: int, **args):
-    """TRL's SFTTrainer on rows tokenized with their labels; transformers' Trainer for encoder-decoders."""
+def _trainer(
+    model,
+    tokenizer,
+    seq2seq: bool,
+    train_ids,
+    val_ids,
+    callbacks,
+    early_stopping_patience: int,
+    group_seed: int | None = None,
+    **args,
+):
+    """TRL's SFTTrainer on rows tokenized with their labels; transformers' Trainer for encoder-decoders.
+    With `group_seed`, training batches rows of similar length (length_grouped_sampler); evaluation
+    keeps the rows' order."""
     import datasets
     from transformers import EarlyStoppingCallback
     from transformers.trainer_callback import PrinterCallback
@@ -1024,7 +1037,7 @@ def _trainer(model, tokenizer, seq2seq: bool, train_ids, val_ids, callbacks, ear
     if seq2seq:
         from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
-        trainer = Trainer(
+        trainer = _length_grouping(Trainer)(
             model=model,
             args=TrainingArguments(**args),
             train_dataset=_dataset(train_ids),
@@ -1046,11 +1059,51 @@ def _trainer(model, tokenizer, seq2seq: bool, train_ids, val_ids, callbacks, ear
             callbacks=callbacks,
         )
     trainer.remove_callback(PrinterCallback)
+    trainer.lorapipe_group_seed = group_seed
     return trainer
 
 
+def length_grouped_sampler(lengths: list[int], batch_rows: int, seed: int):
+    """transformers' LengthGroupedSampler over rows of `lengths` tokens, in an order fixed by (`seed`,
+    epoch): the rows in random groups of up to 50 × `batch_rows` (fewer for small datasets), each group
+    sorted by length, the longest row first. transformers draws its order from the process's global
+    random state, which a resumed run (it skips the first batches of the epoch it resumes in) and the
+    processes of a distributed run do not share; here each epoch's order comes from a generator seeded
+    with `seed` + epoch (``set_epoch``, which the Trainer and accelerate call at each epoch's start), so
+    a resumed run sees the rows an uninterrupted one does and every process draws the same order."""
+    import torch
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+        def __init__(self) -> None:
+            super().__init__(batch_rows, lengths=list(lengths), generator=torch.Generator().manual_seed(seed))
+
+        def set_epoch(self, epoch: int) -> None:
+            self.generator = torch.Generator().manual_seed(seed + epoch)
+
+    return EpochSeededLengthGroupedSampler()
+
+
+def _length_grouping(trainer_class):
+    """`trainer_class` whose training sampler is length_grouped_sampler when the trainer's
+    ``lorapipe_group_seed`` is set (train.group_by_length), else the class's own (random order)."""
+
+    class LengthGrouping(trainer_class):
+        lorapipe_group_seed: int | None = None
+
+        def _get_train_sampler(self, train_dataset=None):
+            dataset = self.train_dataset if train_dataset is None else train_dataset
+            if self.lorapipe_group_seed is None or dataset is None:
+                return super()._get_train_sampler(train_dataset)
+            rows = self.args.train_batch_size * self.args.gradient_accumulation_steps  # as transformers groups
+            return length_grouped_sampler([len(ids) for ids in dataset["input_ids"]], rows, self.lorapipe_group_seed)
+
+    return LengthGrouping
+
+
 def _sft_trainer_class():
-    """SFTTrainer, except that on the CPU the loss comes from the model's own forward pass.
+    """SFTTrainer, except that on the CPU the loss comes from the model's own forward pass, and that
+    with train.group_by_length it batches by length in lorapipe's order (_length_grouping).
 
     TRL's fused LM head (tiled log-probabilities, with entropy and token accuracy for its metrics)
     saves the logits' memory on GPUs, but on the CPU it took 8.4 s of every 4 × 512-token step of the
@@ -1059,7 +1112,7 @@ def _sft_trainer_class():
     from transformers import Trainer
     from trl import SFTTrainer
 
-    class LorapipeSFTTrainer(SFTTrainer):
+    class LorapipeSFTTrainer(_length_grouping(SFTTrainer)):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if self.args.device.type != "cpu":
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
