@@ -310,13 +310,14 @@ def test_a_missing_input_is_named_with_the_command_that_makes_it(project, capsys
 
 def test_a_dataset_of_labeled_rows_alone_needs_no_extracted_text(project, monkeypatch, capsys):
     """Labeled rows and no documents: `lorapipe dataset` builds them (as the pipeline would) instead of
-    demanding the extract stage's output; with documents asked for (mode text, or --text-dir named) it
-    still names the missing extraction."""
+    demanding the extract stage's output; with documents asked for (mode text, or --text-dir named) or
+    waiting in data/raw/docs it still names the missing extraction."""
     import lorapipe.stages.dataset
 
     calls = []
     monkeypatch.setattr(lorapipe.stages.dataset, "run", lambda p, *a, **k: calls.append(a))
     shutil.rmtree(project / "data" / "extracted_text")
+    shutil.rmtree(project / "data" / "raw" / "docs")
     (project / "data" / "raw" / "labeled").mkdir(parents=True, exist_ok=True)
     (project / "data" / "raw" / "labeled" / "rows.jsonl").write_text('{"query": "hi", "data": {"a": 1}}\n')
     assert main(["dataset"]) == 0
@@ -325,10 +326,24 @@ def test_a_dataset_of_labeled_rows_alone_needs_no_extracted_text(project, monkey
         capsys.readouterr().out
     )
     assert main(["dataset", "--dataset.mode", "chat"]) == 0 and len(calls) == 2
+    assert main(["dataset", "--text-dir", "./data/extracted_text"]) == 0 and len(calls) == 3  # the default, spelt so
     for argv in (["dataset", "--dataset.mode", "text"], ["dataset", "--text-dir", "texts"]):
         assert main(argv) == 2
         assert "not found" in capsys.readouterr().err
-    assert len(calls) == 2
+    docs = project / "data" / "raw" / "docs"
+    docs.mkdir(parents=True, exist_ok=True)
+    (docs / ".notes.md").write_text("hidden: extract skips it\n")
+    (docs / "empty.md").write_text("")
+    (docs / "photo.jpg").write_bytes(b"\xff\xd8")
+    assert main(["dataset"]) == 0 and len(calls) == 4  # nothing there that extract would convert
+    (docs / "manual.md").write_text("# A manual\n")  # a document not yet extracted
+    assert main(["dataset"]) == 2
+    assert capsys.readouterr().err == (
+        "lorapipe dataset: error: data/extracted_text not found: run `dvc repro extract` (or `lorapipe extract`) "
+        "first: data/raw/docs holds 1 document(s) to extract; or --dataset.mode chat to build the labeled rows of "
+        "data/raw/labeled alone\n"
+    )
+    assert len(calls) == 4
 
 
 def test_a_folder_of_the_users_own_is_named_with_what_it_must_hold(project, capsys):

@@ -62,7 +62,18 @@ def test_files_under_data_raw_pass(project):
 
 @pytest.mark.parametrize(
     "content, why",
-    [("Answer briefly.", "is not JSON"), ("[1, 2]", "not a JSON Schema"), ('{"type": 5}', "not a valid JSON Schema")],
+    [
+        ("Answer briefly.", "is not JSON"),
+        ("[1, 2]", "not a JSON Schema"),
+        ('{"type": 5}', "not a valid JSON Schema"),
+        ('{"$schema": 5, "type": "object"}', "its $schema is 5, not a URI"),
+        ('{"$schema": "https://json-schema.org/draft/2020-12/schema#x"}', "a draft jsonschema does not know"),
+        (
+            '{"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}',
+            "$ref '#/$defs/missing' at properties/a points to nothing in the file",
+        ),
+        ('{"$ref": "other.schema.json"}', "$ref 'other.schema.json' at (top level) points to nothing"),
+    ],
 )
 @pytest.mark.parametrize("stage", ["dataset", "evaluate", None])
 def test_a_schema_file_that_is_not_a_json_schema_is_refused_naming_it(project, content, why, stage):
@@ -84,6 +95,7 @@ def test_every_stage_at_once_names_each_key_once(project):
         check_param_files(params, None)
     message = str(error.value)
     assert "the pipeline cannot use" in message
+    assert "so DVC would not rerun the stages that read it" in message and "None" not in message
     for key in ("dataset.system_prompt", "eval.json_schema", "train.accelerate_config"):
         assert message.count(f"  - {key}:") == 1, message
 
@@ -164,3 +176,17 @@ def test_every_stage_that_reads_file_keys_depends_on_the_config_folder():
     for stage in STAGE_FILE_KEYS:
         assert "data/raw/config" in dvc[stage]["deps"], stage
     assert not any("data/raw" in stage.get("deps", []) for stage in dvc.values()), "data/raw whole reruns too much"
+
+
+def test_a_file_beside_a_params_file_elsewhere_says_to_run_from_there(project, tmp_path_factory, monkeypatch):
+    """`lorapipe check --params other/params.yaml` run from elsewhere: the file exists beside that params
+    file, so the message says where paths are read from."""
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(ParamsError) as error:
+        check_param_files(
+            _params(dataset={"system_prompt": "data/raw/config/system.txt"}), None, source=project / "params.yaml"
+        )
+    assert f"there is one beside {project / 'params.yaml'}: paths are read from the folder you run in" in str(
+        error.value
+    )

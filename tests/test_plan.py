@@ -297,6 +297,14 @@ def test_plan_task_times_one_tasks_rows_as_train_task_trains(tmp_path):
     assert "for 225 steps" in docs and "(~400 k tokens" in docs  # 900 rows of 400 tokens at 1 epoch
     with pytest.raises(ValueError, match=r"--task 'nope': .*stats.json holds the tasks docs, queries"):
         plan("nope")
+    stats.write_text(json.dumps({"rows": {"train": 1000}, "tokens": {"train": 404_000}}))  # before per-task counts
+    with pytest.raises(ValueError, match=r"--task 'queries': .*stats.json predates per-task counts; rebuild it"):
+        plan("queries")
+    assert "\ntime        about" in plan(None)  # without a task, an older stats.json still gives the time
+    stats.unlink()
+    with pytest.raises(ValueError, match=r"--task 'queries' needs a built dataset: no stats.json at .*stats.json"):
+        plan("queries")
+    assert "\ntime" not in plan(None)  # without a task the plan just leaves the time out
 
 
 def test_gpu_efficiency_follows_the_measured_sizes_and_stays_between_them():

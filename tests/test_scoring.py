@@ -124,3 +124,23 @@ def test_exact_rate_of_a_shape_without_intent_and_slots_needs_every_field_equal(
     expected = ['{"name": "Ada", "city": "Paris"}', '{"name": "Bo", "city": "Oslo"}']
     scores = score_json(['{"name": "WRONG", "city": "WRONG"}', '{"name": "Bo", "city": "Oslo"}'], expected)
     assert scores["exact_rate"] == 0.5
+
+
+def test_the_schema_is_read_under_the_draft_it_declares():
+    """A draft-04 schema (exclusiveMaximum a boolean there): the dataset stage's check and the
+    evaluation's schema-valid rate agree, both under draft 4; a $ref within the file resolves."""
+    from lorapipe.labeled import schema_errors
+
+    schema = {
+        "$schema": "http://json-schema.org/draft-04/schema#",
+        "type": "object",
+        "properties": {
+            "n": {"type": "integer", "maximum": 10, "exclusiveMaximum": True},
+            "m": {"$ref": "#/definitions/m"},
+        },
+        "definitions": {"m": {"type": "string"}},
+    }
+    assert schema_errors('{"n": 5, "m": "x"}', schema) is None
+    assert schema_errors('{"n": 10}', schema) is not None
+    scores = score_json(['{"n": 5, "m": "x"}', '{"n": 10}', '{"m": 3}'], ['{"n": 5}'] * 3, schema)
+    assert scores["schema_valid_rate"] == pytest.approx(1 / 3, abs=1e-4)  # the first: n < 10, m a string

@@ -233,6 +233,39 @@ def test_a_run_batched_by_length_resumed_in_its_second_epoch_matches_one_never_s
     )
 
 
+def test_a_distributed_run_resumed_in_a_later_epoch_sees_that_epochs_order():
+    """accelerate's wrappers of a distributed run (BatchSamplerShard) and of a resumed one (SkipBatchSampler)
+    do not pass set_epoch down to the sampler; the trainer sets the epoch's order itself before each epoch,
+    so a process of a 2-process run resumed 3 batches into epoch 1 gets the rest of epoch 1's batches."""
+    from types import SimpleNamespace
+
+    from accelerate.data_loader import prepare_data_loader, skip_first_batches
+    from torch.utils.data import DataLoader
+
+    from lorapipe.train import _length_grouping
+
+    class Epochs:  # what transformers' Trainer does around an epoch, without a model
+        def _run_epoch(self, model, epoch, train_dataloader, **kwargs):
+            if hasattr(train_dataloader, "set_epoch"):
+                train_dataloader.set_epoch(epoch)
+            return [batch.tolist() for batch in train_dataloader]
+
+    lengths = [(i * 37) % 101 + 1 for i in range(64)]
+    trainer = _length_grouping(Epochs)()
+    trainer.lorapipe_group_seed = 7
+    trainer.train_dataset = {"input_ids": [[0] * n for n in lengths]}
+    trainer.args = SimpleNamespace(train_batch_size=2, gradient_accumulation_steps=1)
+
+    def epoch(processes: int, number: int, skip: int = 0) -> list:
+        loader = DataLoader(range(64), batch_size=2, sampler=trainer._get_train_sampler())
+        loader = prepare_data_loader(loader, num_processes=processes, process_index=0, put_on_device=False)
+        return trainer._run_epoch(None, epoch=number, train_dataloader=skip_first_batches(loader, skip))
+
+    for processes in (1, 2):
+        assert epoch(processes, 1, skip=3) == epoch(processes, 1)[3:], processes
+        assert epoch(processes, 1) != epoch(processes, 0)
+
+
 def test_the_length_grouped_order_is_fixed_by_seed_and_epoch():
     """lorapipe.train.length_grouped_sampler: the same (seed, epoch) gives the same order whatever the
     global random state, another epoch another order; within a group the rows run longest first."""

@@ -594,8 +594,15 @@ def _dataset_reads_text(args: argparse.Namespace, p: Params) -> bool:
     text_dir = Path(args.text_dir)
     if text_dir.resolve() != paths.EXTRACTED.resolve() or (text_dir / paths.MANIFEST_NAME).is_file():
         return True
-    if not labeled_files(Path(args.labeled_dir)) or _documents_waiting(paths.RAW_DOCS):
-        return True  # documents not yet extracted: the missing-input error says to run extract
+    if not labeled_files(Path(args.labeled_dir)):
+        return True
+    waiting = _documents_waiting(paths.RAW_DOCS)
+    if waiting:
+        raise FileNotFoundError(
+            f"{text_dir} not found: run `dvc repro extract` (or `lorapipe extract`) first: {paths.RAW_DOCS} holds "
+            f"{waiting} document(s) to extract; or --dataset.mode chat to build the labeled rows of "
+            f"{args.labeled_dir} alone"
+        )
     print(
         f"[dataset] no extracted text in {text_dir}: the labeled rows of {args.labeled_dir} alone "
         "(run `lorapipe extract` first to add the documents)",
@@ -604,11 +611,11 @@ def _dataset_reads_text(args: argparse.Namespace, p: Params) -> bool:
     return False
 
 
-def _documents_waiting(folder: Path) -> bool:
-    """Does `folder` (read recursively) hold a file of a format the extract stage reads?"""
-    from lorapipe.extract.formats import FORMATS
+def _documents_waiting(folder: Path) -> int:
+    """How many files under `folder` the extract stage would convert (lorapipe.extract.convertible_documents)."""
+    from lorapipe.extract import convertible_documents
 
-    return folder.is_dir() and any(f.suffix.lower() in FORMATS for f in folder.rglob("*") if f.is_file())
+    return len(convertible_documents(folder))
 
 
 def _base(args: argparse.Namespace, p: Params, folders: dict[str, Path]) -> None:

@@ -74,13 +74,69 @@ def load_json_schema(path: str | Path, key: str = "eval.json_schema") -> dict:
     declared = schema.get("$schema")
     if declared is not None and not isinstance(declared, str):
         raise ValueError(f"{key}: {path} is not a valid JSON Schema: its $schema is {declared!r}, not a URI")
+    if declared is not None and validators.validator_for(schema, default=None) is None:
+        raise ValueError(
+            f"{key}: {path} declares $schema {declared!r}, a draft jsonschema does not know; name one it does "
+            "(e.g. https://json-schema.org/draft/2020-12/schema) or leave $schema out for Draft 2020-12"
+        )
     validator = validators.validator_for(schema, default=validators.Draft202012Validator)
     try:
         validator.check_schema(schema)
     except exceptions.SchemaError as exc:
         where = "/".join(map(str, exc.absolute_path)) or "(top level)"
         raise ValueError(f"{key}: {path} is not a valid JSON Schema: {exc.message} at {where}") from None
+    for where, ref in _unresolvable_refs(schema):
+        raise ValueError(
+            f"{key}: {path} is not a valid JSON Schema: $ref {ref!r} at {where} points to nothing in the file "
+            "(lorapipe reads no other file or URL)"
+        )
     return schema
+
+
+def schema_validator(schema: dict):
+    """A jsonschema validator of `schema` under the draft its ``$schema`` declares (Draft 2020-12 when it
+    declares none): what the dataset stage checks answers with and the evaluation scores them with."""
+    from jsonschema import validators
+
+    return validators.validator_for(schema, default=validators.Draft202012Validator)(schema)
+
+
+def _unresolvable_refs(schema: dict) -> list[tuple[str, str]]:
+    """``(path, $ref)`` of each reference in `schema` that does not resolve within the file, in order.
+    Not checked (none returned) when a subschema declares its own base URI (``$id``/``id``), whose
+    references resolve against that URI."""
+    from referencing import Registry, Resource
+    from referencing.exceptions import Unresolvable
+    from referencing.jsonschema import DRAFT202012
+
+    refs: list[tuple[str, str]] = []
+    nested_ids = False
+
+    def walk(node, where: list[str], top: bool) -> None:
+        nonlocal nested_ids
+        if isinstance(node, dict):
+            if not top and isinstance(node.get("$id", node.get("id")), str):
+                nested_ids = True
+            if isinstance(node.get("$ref"), str):
+                refs.append(("/".join(where) or "(top level)", node["$ref"]))
+            for name, value in node.items():
+                if name not in _DATA_KEYS:
+                    walk(value, [*where, str(name)], False)
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, [*where, str(i)], False)
+
+    walk(schema, [], True)
+    if nested_ids or not refs:
+        return []
+    resolver = Registry().resolver_with_root(Resource.from_contents(schema, default_specification=DRAFT202012))
+    broken = []
+    for where, ref in refs:
+        try:
+            resolver.lookup(ref)
+        except Unresolvable:
+            broken.append((where, ref))
+    return broken
 
 
 _SPAN_TOKEN = re.compile(r"\w+|[^\w\s]")
@@ -170,13 +226,11 @@ def span_schema(schema: dict, text: str, max_tokens: int = SPAN_MAX_TOKENS, plac
 
 def schema_errors(answer: str, schema: dict) -> str | None:
     """Why an answer (JSON text) does not satisfy `schema`, in one line, or None when it does."""
-    from jsonschema import validators
-
     try:
         data = json.loads(answer)
     except json.JSONDecodeError as exc:
         return f"not JSON ({exc})"
-    validator = validators.validator_for(schema, default=validators.Draft202012Validator)(schema)
+    validator = schema_validator(schema)
     error = next(iter(sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))), None)
     if error is None:
         return None

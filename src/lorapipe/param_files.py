@@ -95,7 +95,14 @@ def check_param_files(params: Params, stage: str | None, root: Path = ROOT, sour
     for key, value in named_files(params, stage):
         path = prompt_file(value)
         if path is None:
-            problems.append(f"  - {key}: {value} is not a file; put the file under {root}/ and name that path")
+            beside = Path(source).parent / value
+            where = (
+                f" (there is one beside {source}: paths are read from the folder you run in, so run from "
+                f"{Path(source).parent}/)"
+                if beside.is_file() and Path(source).parent.resolve() != Path.cwd().resolve()
+                else ""
+            )
+            problems.append(f"  - {key}: {value} is not a file{where}; put the file under {root}/ and name that path")
         elif not path.resolve().is_relative_to(base):
             rerun = f"the {stage} stage" if stage else "the stages that read it"
             problems.append(

@@ -514,10 +514,11 @@ class TrainParams(_Section):
     group_by_length: Literal["auto"] | Bool = Field(
         "auto",
         description=(
-            "batch rows of similar length together (transformers' LengthGroupedSampler: random groups of up to 50 "
-            "batches, each sorted by length), so steps compute fewer padding tokens (the Snips rows at batch 4: "
-            "17% more tokens computed without it); auto: when the rows have several lengths (chat rows, text not "
-            "packed) and a batch holds more than one row"
+            "batch rows of similar length together (transformers' LengthGroupedSampler: the rows in random groups "
+            "of up to 50 × batch_size × grad_accum, each sorted by length, the longest row first; the order drawn "
+            "from train.seed and the epoch, so a resumed run sees the same rows), so steps compute fewer padding "
+            "tokens (the Snips rows at batch 4: 17% more tokens computed without it); auto: when the rows have "
+            "several lengths (chat rows, text not packed) and a batch holds more than one row"
         ),
     )
     torch_compile: Literal["auto"] | Bool = Field(

@@ -599,11 +599,17 @@ def _speed_lines(
     """The speed line, and the time line when the dataset's stats are there (over `task`'s rows alone
     when given)."""
     # A given peak is a datasheet figure; the efficiencies are shares of what a large product reaches
-    if task is not None and not (dataset_stats and Path(dataset_stats).is_file()):
+    stats = json.loads(Path(dataset_stats).read_text()) if dataset_stats and Path(dataset_stats).is_file() else None
+    tasks = (stats or {}).get("tasks")
+    if task is not None and stats is None:
         raise ValueError(
             f"--task {task!r} needs a built dataset: no stats.json at {dataset_stats or paths.DATASET_STATS} "
             "(run `dvc repro dataset`, or give --dataset-dir)"
         )
+    if task is not None and tasks is None:
+        raise ValueError(f"--task {task!r}: {dataset_stats} predates per-task counts; rebuild it (`dvc repro dataset`)")
+    if task is not None and task not in tasks:
+        raise ValueError(f"--task {task!r}: {dataset_stats} holds the tasks {', '.join(sorted(tasks)) or '(none)'}")
     peak = peak_tflops * 1e12 * (DATASHEET_REACHED if target.device == "cuda" else 1.0) if peak_tflops else None
     if not peak and target.device == "cuda" and not cuda_available():
         return ["time        not estimated: no CUDA device on this machine to measure (give --peak-tflops)"]
@@ -623,21 +629,13 @@ def _speed_lines(
             else "(matrix-multiply peak measured here)"
         )
     ]
-    if dataset_stats and Path(dataset_stats).is_file():
-        stats = json.loads(Path(dataset_stats).read_text())
-        tasks = stats.get("tasks")
-        if task is not None and tasks is None:
-            raise ValueError(
-                f"--task {task!r}: {dataset_stats} predates per-task counts; rebuild it (`dvc repro dataset`)"
-            )
-        if task is not None and task not in tasks:
-            raise ValueError(f"--task {task!r}: {dataset_stats} holds the tasks {', '.join(sorted(tasks)) or '(none)'}")
+    if stats is not None:
         rows = tasks[task]["train"]["rows"] if task else stats["rows"]["train"]
         mean = (tasks[task]["train"]["tokens"] if task else stats["tokens"]["train"]) / max(rows, 1)
         whose = f"the rows of task {task}" if task else "the rows of all tasks"
         sized = f", {whose}"
         if run["epochs"] == "auto":  # train.epochs auto, as the train stage sizes it
-            labeled_only = all(t.get("kind") == "chat" for n, t in tasks.items() if task in (None, n))
+            labeled_only = all(t.get("kind") == "chat" for n, t in (tasks or {}).items() if task in (None, n))
             run = {**run, "epochs": sized_epochs(rows, labeled_only)}
             sized = f", epochs auto: {run['epochs']:g} for {whose}"
         total_steps = training_steps(rows, **run)

@@ -96,9 +96,9 @@ def score_json(
     a cut answer says the token limit was too low, a malformed one that the model wrote bad JSON."""
     validator = None
     if schema is not None:
-        from jsonschema import Draft202012Validator
+        from lorapipe.labeled import schema_validator
 
-        validator = Draft202012Validator(schema)
+        validator = schema_validator(schema)
     parsed = [parse_json(a) for a in answers]
     truth = [parse_json(e) for e in expected]
     right, predicted, wanted = Counter(), Counter(), Counter()

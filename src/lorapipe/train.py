@@ -1090,13 +1090,23 @@ def _length_grouping(trainer_class):
 
     class LengthGrouping(trainer_class):
         lorapipe_group_seed: int | None = None
+        _lorapipe_sampler = None
 
         def _get_train_sampler(self, train_dataset=None):
             dataset = self.train_dataset if train_dataset is None else train_dataset
             if self.lorapipe_group_seed is None or dataset is None:
                 return super()._get_train_sampler(train_dataset)
             rows = self.args.train_batch_size * self.args.gradient_accumulation_steps  # as transformers groups
-            return length_grouped_sampler([len(ids) for ids in dataset["input_ids"]], rows, self.lorapipe_group_seed)
+            lengths = [len(ids) for ids in dataset["input_ids"]]
+            self._lorapipe_sampler = length_grouped_sampler(lengths, rows, self.lorapipe_group_seed)
+            return self._lorapipe_sampler
+
+        def _run_epoch(self, *args, **kwargs):
+            # The epoch's order, set here: accelerate's wrappers (a distributed run's BatchSamplerShard, a
+            # resumed run's SkipBatchSampler over it) do not pass set_epoch down to the sampler.
+            if self._lorapipe_sampler is not None:
+                self._lorapipe_sampler.set_epoch(kwargs["epoch"] if "epoch" in kwargs else args[1])
+            return super()._run_epoch(*args, **kwargs)
 
     return LengthGrouping
 

@@ -37,7 +37,7 @@ from lorapipe.extract.workers import Job, run_jobs
 from lorapipe.io import atomic_dir, hash_file, write_json, write_jsonl
 from lorapipe.params import DEFAULTS
 
-__all__ = ["extract_documents", "clean_text", "FORMATS"]
+__all__ = ["extract_documents", "convertible_documents", "clean_text", "FORMATS"]
 
 EXTRACTOR_VERSION = 3  # a manual bump on top of `reader_fingerprint`, for a change it cannot see
 # Modules of this package (paths relative to it) that do not shape the raw text a cache entry holds:
@@ -254,6 +254,14 @@ def _precheck(path: Path, root: Path) -> str | None:
     if path.stat().st_size == 0:
         return "empty file (0 bytes)"
     return None
+
+
+def convertible_documents(input_dir: str | Path) -> list[Path]:
+    """The files under `input_dir` (read recursively; none when it is not a folder) that
+    `extract_documents` would try to convert: of a supported format, not empty, not hidden, not a
+    symbolic link leading out of the folder. Whether each yields usable text shows only on conversion."""
+    root = Path(input_dir)
+    return [path for path in _walk(root) if _precheck(path, root) is None] if root.is_dir() else []
 
 
 class _Cache:
