@@ -58,7 +58,8 @@ def is_json_schema(path: Path) -> bool:
 def load_json_schema(path: str | Path, key: str = "eval.json_schema") -> dict:
     """The JSON Schema in the file `path` names (`key`: the param that named it, for the message).
     Raises ValueError naming the file when it is not JSON or not a valid JSON Schema (checked by
-    jsonschema against the metaschema it declares, Draft 2020-12 when it declares none), and
+    jsonschema against the metaschema it declares, Draft 2020-12 when it declares none; a ``$schema``
+    jsonschema does not know, or a ``$ref`` that resolves to nothing within the file, is refused), and
     FileNotFoundError when it is not there."""
     from jsonschema import exceptions, validators
 
@@ -85,7 +86,9 @@ def load_json_schema(path: str | Path, key: str = "eval.json_schema") -> dict:
     except exceptions.SchemaError as exc:
         where = "/".join(map(str, exc.absolute_path)) or "(top level)"
         raise ValueError(f"{key}: {path} is not a valid JSON Schema: {exc.message} at {where}") from None
-    for where, ref in _unresolvable_refs(schema):
+    broken = _unresolvable_refs(schema)
+    if broken:
+        where, ref = broken[0]
         raise ValueError(
             f"{key}: {path} is not a valid JSON Schema: $ref {ref!r} at {where} points to nothing in the file "
             "(lorapipe reads no other file or URL)"

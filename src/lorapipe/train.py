@@ -1069,8 +1069,9 @@ def length_grouped_sampler(lengths: list[int], batch_rows: int, seed: int):
     sorted by length, the longest row first. transformers draws its order from the process's global
     random state, which a resumed run (it skips the first batches of the epoch it resumes in) and the
     processes of a distributed run do not share; here each epoch's order comes from a generator seeded
-    with `seed` + epoch (``set_epoch``, which the Trainer and accelerate call at each epoch's start), so
-    a resumed run sees the rows an uninterrupted one does and every process draws the same order."""
+    with `seed` + epoch (``set_epoch``, which lorapipe's trainer calls before each epoch: accelerate's
+    wrappers of a resumed or distributed run's loader do not pass it down), so a resumed run sees the
+    rows an uninterrupted one does and every process draws the same order."""
     import torch
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
