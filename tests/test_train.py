@@ -956,8 +956,14 @@ def test_a_resumed_run_still_keeps_the_best_adapter_of_before_the_kill(
     out = capsys.readouterr().out
     assert "resuming from" in out
     assert "keeping the adapter of step 2 (highest rouge_l 0.9000); stopped early at step 8" in out
-    step2_loss = next(m["eval_loss"] for step, m in logged if step == 2 and "eval_loss" in m)
-    assert result.metrics.val_loss == pytest.approx(step2_loss, rel=1e-3)
+    evals = {}
+    for step, m in logged:
+        if "eval_loss" in m:
+            evals.setdefault(step, m["eval_loss"])
+    # The final validation loss is token-weighted, the Trainer's evaluation a mean over batches: close,
+    # not equal; the kept adapter is the one whose evaluation it is nearest.
+    assert min(evals, key=lambda step: abs(evals[step] - result.metrics.val_loss)) == 2, evals
+    assert result.metrics.val_loss == pytest.approx(evals[2], rel=5e-3)
 
 
 def test_select_metric_decodes_under_bf16_autocast(tmp_path, json_task_dir, tiny_model_dir):
