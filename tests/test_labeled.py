@@ -180,3 +180,17 @@ def test_span_schema_rewrites_properties_of_any_name_and_keeps_not_and_property_
     assert spanned["propertyNames"] == schema["propertyNames"] and spanned["not"] == schema["not"]
     with pytest.raises(ValueError, match="must be integers"):
         span_schema({"type": "string", "maxLength": "5"}, "play jazz")
+
+
+def test_a_row_without_a_field_its_format_needs_is_refused_not_trained_as_none(tmp_path):
+    """The format is detected from the first row; a later row with ``question`` for ``query`` is named
+    (file, line, field, the fix), or skipped and counted with dataset.on_bad_row: skip."""
+    from lorapipe.labeled import load_labeled
+
+    path = tmp_path / "rows.jsonl"
+    rows = [{"query": "play jazz", "data": {"intent": "PlayMusic"}}, {"question": "play rock", "data": {"a": 1}}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match=r"rows.jsonl:2: no 'query' field \(format query_data\); .*dataset.fields"):
+        load_labeled(path)
+    conversations, bad = load_labeled(path, on_bad_row="skip")
+    assert bad == 1 and [c[0]["content"] for c in conversations] == ["play jazz"]

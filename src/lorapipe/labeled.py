@@ -288,8 +288,20 @@ def detect_format(record: dict, fields: dict[str, str], path: Path) -> str:
 
 
 def to_messages(record: dict, fmt: str, fields: dict[str, str], where: str) -> list[dict]:
-    """One record as a list of chat messages (without the task's system prompt)."""
-    get = lambda name: _get(record, name, fields)  # noqa: E731
+    """One record as a list of chat messages (without the task's system prompt). Raises ValueError
+    naming `where` and the field when a field the format needs is missing or null (a row of a file whose
+    format was detected from its first row may lack one: ``question`` written for ``query``)."""
+
+    def get(name: str, needed: bool = True):
+        value = _get(record, name, fields)
+        if value is None and needed:
+            key = fields.get(name, name)
+            raise ValueError(
+                f"{where}: no {key!r} field (format {fmt}); add it, or name the field it is in with "
+                f"dataset.fields {{{name}: <its name>}}"
+            )
+        return value
+
     if fmt == "query_data":
         try:
             answer = canonical_json(get("data"))
@@ -297,7 +309,7 @@ def to_messages(record: dict, fmt: str, fields: dict[str, str], where: str) -> l
             raise ValueError(f"{where}: its data field is not JSON-serialisable ({exc})") from None
         return [{"role": "user", "content": str(get("query"))}, {"role": "assistant", "content": answer}]
     if fmt == "instruction":
-        extra = get("input")
+        extra = get("input", needed=False)
         prompt = f"{get('instruction')}\n\n{extra}" if extra else str(get("instruction"))
         return [{"role": "user", "content": prompt}, {"role": "assistant", "content": str(get("output"))}]
     if fmt == "prompt_completion":
