@@ -5,6 +5,7 @@ for the run by lorapipe or by the test (`ray start --head`, stopped by the test)
 Run: .venv/bin/pytest tests/integration/test_ray.py (about 3 minutes)
 """
 
+import json
 import os
 import shutil
 import signal
@@ -242,4 +243,7 @@ def test_the_synth_teacher_on_ray_writes_the_local_teachers_pairs(tmp_path, prim
             cache_dir=tmp_path / f"cache-{name}", **SYNTH,
         )  # fmt: skip
     assert _outputs(tmp_path / "ray") == _outputs(tmp_path / "local")
-    assert (tmp_path / "ray" / "pairs.jsonl").stat().st_size > 0
+    # The teacher wrote pairs (whether the 135M's few pass the filters depends on the CPU's kernels: on an
+    # avx512_bf16 host both backends keep none of 2, byte-equal still); the comparison above is not empty.
+    assert json.loads((tmp_path / "ray" / "stats.json").read_text())["pairs_generated"] > 0
+    assert (tmp_path / "ray" / "passages.jsonl").stat().st_size > 0
