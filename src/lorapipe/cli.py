@@ -596,7 +596,9 @@ def _dataset_reads_text(args: argparse.Namespace, p: Params) -> bool:
         return True
     if not labeled_files(Path(args.labeled_dir)):
         return True
-    waiting = _documents_waiting(paths.RAW_DOCS)
+    from lorapipe.extract import convertible_documents
+
+    waiting = len(convertible_documents(paths.RAW_DOCS))
     if waiting:
         raise FileNotFoundError(
             f"{text_dir} not found: run `dvc repro extract` (or `lorapipe extract`) first: {paths.RAW_DOCS} holds "
@@ -609,13 +611,6 @@ def _dataset_reads_text(args: argparse.Namespace, p: Params) -> bool:
         flush=True,
     )
     return False
-
-
-def _documents_waiting(folder: Path) -> int:
-    """How many files under `folder` the extract stage would convert (lorapipe.extract.convertible_documents)."""
-    from lorapipe.extract import convertible_documents
-
-    return len(convertible_documents(folder))
 
 
 def _base(args: argparse.Namespace, p: Params, folders: dict[str, Path]) -> None:

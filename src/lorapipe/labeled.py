@@ -75,12 +75,12 @@ def load_json_schema(path: str | Path, key: str = "eval.json_schema") -> dict:
     declared = schema.get("$schema")
     if declared is not None and not isinstance(declared, str):
         raise ValueError(f"{key}: {path} is not a valid JSON Schema: its $schema is {declared!r}, not a URI")
-    if declared is not None and validators.validator_for(schema, default=None) is None:
+    validator = validators.Draft202012Validator if declared is None else validators.validator_for(schema, default=None)
+    if validator is None:
         raise ValueError(
             f"{key}: {path} declares $schema {declared!r}, a draft jsonschema does not know; name one it does "
             "(e.g. https://json-schema.org/draft/2020-12/schema) or leave $schema out for Draft 2020-12"
         )
-    validator = validators.validator_for(schema, default=validators.Draft202012Validator)
     try:
         validator.check_schema(schema)
     except exceptions.SchemaError as exc:
