@@ -303,6 +303,19 @@ def test_nothing_to_build_from(tmp_path, tiny_model_dir):
         _build(tmp_path, tmp_path / "none", tiny_model_dir, tmp_path / "none")
 
 
+def test_an_empty_manifest_and_labeled_rows_build_the_chat_task_alone(tmp_path, tiny_model_dir, labeled_dir):
+    # what extract writes when data/raw/docs holds no documents (the structured-task recipe)
+    empty = tmp_path / "extracted"
+    empty.mkdir()
+    (empty / "manifest.jsonl").write_text("")
+    stats, train, val = _build(tmp_path, empty, tiny_model_dir, labeled_dir)
+    assert set(stats["tasks"]) == {"chat"} and len(train + val) == 42
+    with pytest.raises(ValueError, match=r"text task but .*manifest.jsonl lists no extracted document.*mode: chat"):
+        _build(tmp_path, empty, tiny_model_dir, labeled_dir, "t", mode="text")
+    with pytest.raises(ValueError, match="no text was extracted and no labeled examples"):
+        _build(tmp_path, empty, tiny_model_dir, tmp_path / "none", "n")
+
+
 def test_dataset_cli(tmp_path, text_dir, tiny_model_dir, monkeypatch):
     from helpers import ROOT
     from lorapipe.cli import main

@@ -33,7 +33,7 @@ def _flat(text: str) -> str:
 
 
 def _documents() -> list[Path]:
-    return sorted(p for p in SAMPLE_DOCS.iterdir() if p.is_file())
+    return sorted(p for p in SAMPLE_DOCS.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
 def _source_text(document: Path) -> str:

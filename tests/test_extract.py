@@ -14,6 +14,7 @@ import pytest
 from helpers import FIXTURES, SAMPLE_DOCS
 from lorapipe import extract_documents
 from lorapipe.extract import RUN_FIELDS, clean_text
+from lorapipe.io import read_jsonl
 
 MANIFEST_KEYS = {
     "source",
@@ -92,6 +93,17 @@ def test_no_usable_text_raises(tmp_path):
     with pytest.raises(ValueError, match="no text was extracted"):
         extract_documents(docs, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_without_documents_gives_an_empty_manifest(tmp_path, capsys):
+    # a task from labeled rows alone: data/raw/docs holds only the .gitkeep that keeps it in git
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / ".gitkeep").write_text("")
+    assert extract_documents(docs, tmp_path / "out") == []
+    assert read_jsonl(tmp_path / "out" / "manifest.jsonl") == []
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["extract.log", "manifest.jsonl"]
+    assert "no documents in" in capsys.readouterr().out
 
 
 def test_json_report_and_nested_folders(tmp_path):

@@ -177,12 +177,24 @@ def resolve_tasks(
     return resolved
 
 
+def has_extracted_text(text_dir: str | Path) -> bool:
+    """Whether `text_dir`'s ``manifest.jsonl`` (the extract stage's) lists a document whose text was
+    extracted; False when there is no manifest, or it is empty (no documents: labeled rows alone)."""
+    manifest_path = Path(text_dir) / paths.MANIFEST_NAME
+    return manifest_path.is_file() and any(entry["status"] == "ok" for entry in read_jsonl(manifest_path))
+
+
 def _text_rows(
     task: Task, text_dir: Path, tokenizer, max_seq_len: int, overlap_tokens: int, min_tokens: int, counts: dict
 ) -> list[dict]:
     manifest_path = text_dir / paths.MANIFEST_NAME
     if not manifest_path.is_file():
         raise FileNotFoundError(f"{manifest_path} not found: run the extract stage first")
+    if not has_extracted_text(text_dir):
+        raise ValueError(
+            f"task {task.name!r} is a text task but {manifest_path} lists no extracted document: put documents "
+            f"into {paths.RAW_DOCS} and run `dvc repro extract`, or train on labeled rows alone (dataset.mode: chat)"
+        )
     rows = []
     for entry in read_jsonl(manifest_path):
         if entry["status"] != "ok" or not _matches(entry["source"], task.sources):
@@ -638,7 +650,7 @@ def build_dataset(
         mode,
         [t.model_dump() if isinstance(t, TaskParams) else t for t in tasks],
         system_prompt,
-        (text_dir / paths.MANIFEST_NAME).is_file(),
+        has_extracted_text(text_dir),
         bool(labeled_files(labeled_dir)),
         labeled_format,
         fields,

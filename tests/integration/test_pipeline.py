@@ -46,7 +46,7 @@ def test_repro_runs_every_stage_and_writes_every_out(project):
     repo, _, output = project
     assert _ran(output) == ALL_STAGES
     manifest = (repo / "data/extracted_text/manifest.jsonl").read_text().splitlines()
-    assert len(manifest) == len(list((repo / "data/raw/docs").iterdir()))
+    assert len(manifest) == len([p for p in (repo / "data/raw/docs").iterdir() if not p.name.startswith(".")])
     assert file_set(repo / "models/base") == BASE_FILES
     for name in ("train.jsonl", "val.jsonl", "prompts.json", "stats.json"):
         assert (repo / "data/dataset" / name).stat().st_size > 0

@@ -470,8 +470,8 @@ def extract_documents(
     with `workers` CPUs; the outputs are byte-equal to the local executor's.
 
     Returns the manifest rows, with this run's `cached` and `seconds` of each (not written). Raises
-    FileNotFoundError for a missing input folder, ValueError for an unknown `executor` or when no
-    document yields usable text, and
+    FileNotFoundError for a missing input folder, ValueError for an unknown `executor` or when files
+    are there but none yields usable text (folders with no files at all give an empty manifest), and
     with Ray lorapipe.cluster.ClusterError (Ray missing, no cluster at the address) before any work.
     """
     if executor not in ("local", "ray"):
@@ -482,6 +482,17 @@ def extract_documents(
     options = {"pdf_backend": backend, "device": device, "ocr": ocr, "artifacts_path": docling_artifacts_path}
     cache = _Cache(Path(cache_dir or paths.cache_dir() / "extract"), options, read=resume)
     rows, jobs = _scan(sources, cache, options)
+    if not rows:
+        # An empty input folder is a task from labeled rows alone: an empty manifest, not an error
+        # (the dataset stage refuses when there are neither texts nor labeled rows).
+        manifest = _write_outputs(out_dir, rows, [])
+        print(
+            f"[extract] no documents in {', '.join(map(str, dirs))}: wrote an empty manifest into {out_dir} "
+            f"(labeled rows alone need none; put documents there to train on their text). "
+            f"Supported: {', '.join(sorted(FORMATS))}",
+            flush=True,
+        )
+        return manifest
 
     progress = _Progress(len(sources), min_length)
     for row in rows:
