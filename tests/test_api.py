@@ -5,6 +5,7 @@ Run: .venv/bin/pytest tests/test_api.py
 """
 
 import json
+import logging
 
 import pytest
 
@@ -125,3 +126,12 @@ def test_entry_point_takes_knobs_keyword_only_with_schema_defaults(target):
                     f"{where} defaults to {parameter.default!r}, the schema to {knobs[parameter.name]!r}: "
                     "read it from lorapipe.params.DEFAULTS"
                 )
+
+
+def test_the_hub_kernel_hint_of_bitsandbytes_is_dropped_and_its_other_warnings_kept(caplog):
+    # bitsandbytes logs this on import on a CPU with avx512_bf16: lorapipe fetches nothing from a hub
+    ops = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    with caplog.at_level(logging.WARNING):
+        ops.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please ...", "no kernels")
+        ops.warning("another warning")
+    assert [r.getMessage() for r in caplog.records] == ["another warning"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lorapipe.labeled import canonical_json, load_labeled
+from lorapipe.labeled import canonical_json, load_labeled, unknown_keywords
 
 FIXTURES = Path(__file__).parent / "fixtures" / "labeled"
 
@@ -194,3 +194,33 @@ def test_a_row_without_a_field_its_format_needs_is_refused_not_trained_as_none(t
         load_labeled(path)
     conversations, bad = load_labeled(path, on_bad_row="skip")
     assert bad == 1 and [c[0]["content"] for c in conversations] == ["play jazz"]
+
+
+def test_unknown_schema_keywords_are_found_in_subschemas_under_the_declared_draft():
+    schema = {
+        "type": "object",
+        "properties": {
+            "intent": {"enum": ["a"], "tilte": "the intent"},
+            "slots": {"type": "object", "additionalProperties": {"type": "string", "maxLenght": 40}},
+        },
+        "anyOf": [{"required": ["intent"]}, {"minProprties": 1}],
+        "$defs": {"unused": {"typ": "string"}},
+        "x-ui-order": ["intent"],  # an extension keyword, spelt as such: left alone
+        "$comment": "annotations are keywords too",
+    }
+    assert sorted(unknown_keywords(schema)) == sorted(
+        [
+            "unknown keyword 'tilte' in the schema at properties/intent, which JSON Schema ignores: did you mean 'title'?",
+            "unknown keyword 'maxLenght' in the schema at properties/slots/additionalProperties, which JSON Schema "
+            "ignores: did you mean 'maxLength'?",
+            "unknown keyword 'minProprties' in the schema at anyOf/1, which JSON Schema ignores: did you mean "
+            "'minProperties'?",
+            "unknown keyword 'typ' in the schema at $defs/unused, which JSON Schema ignores: did you mean 'type'?",
+        ]
+    )
+    # a keyword of a later draft is unknown to an earlier one that the schema declares
+    draft4 = {"$schema": "http://json-schema.org/draft-04/schema#", "properties": {"a": {"const": 1}}}
+    assert unknown_keywords(draft4) == [
+        "unknown keyword 'const' in the schema at properties/a, which JSON Schema ignores (not a keyword of its draft)"
+    ]
+    assert unknown_keywords(json.loads((FIXTURES / "snips_schema.json").read_text())) == []

@@ -190,3 +190,15 @@ def test_a_file_beside_a_params_file_elsewhere_says_to_run_from_there(project, t
     assert f"there is one beside {project / 'params.yaml'}: paths are read from the folder you run in" in str(
         error.value
     )
+
+
+def test_a_misspelt_schema_keyword_is_named_as_a_warning_not_refused(project, capsys):
+    # JSON Schema ignores a keyword it does not define: "requried" would check nothing, silently
+    (project / "data" / "raw" / "config" / "task.schema.json").write_text(
+        '{"type": "object", "properties": {"intent": {"type": "string"}}, "requried": ["intent"]}'
+    )
+    check_param_files(_params(eval={"json_schema": "data/raw/config/task.schema.json"}), "dataset")
+    assert capsys.readouterr().err == (
+        "[dataset] warning: eval.json_schema: data/raw/config/task.schema.json: unknown keyword 'requried' in "
+        "the schema at (top level), which JSON Schema ignores: did you mean 'required'?\n"
+    )

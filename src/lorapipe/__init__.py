@@ -15,7 +15,21 @@ when a function that needs them runs.
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import Any
+
+
+class _NoHubKernelHint(logging.Filter):
+    """Drops bitsandbytes' warning, on a CPU with avx512_bf16, that it could not fetch a 4-bit kernel
+    from the Hugging Face Hub through the ``kernels`` package (bitsandbytes 0.49+, backends/cpu/ops.py):
+    lorapipe downloads nothing from a hub at run time, bitsandbytes falls back to its own kernel, and
+    the hint to ``pip install kernels`` printed on every run that imports peft, 4-bit or not."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Failed to load CPU gemm_4bit_forward from kernels-community")
+
+
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_NoHubKernelHint())
 
 # Public name -> the module that defines it (the one place the package face names them).
 _API = {

@@ -104,6 +104,64 @@ def schema_validator(schema: dict):
     return validators.validator_for(schema, default=validators.Draft202012Validator)(schema)
 
 
+# Annotations some drafts define in their text but not in the metaschema jsonschema ships (draft 7's writeOnly).
+_ANNOTATIONS = {"title", "description", "default", "examples", "readOnly", "writeOnly", "deprecated", "$comment"}
+
+
+def unknown_keywords(schema: dict) -> list[str]:
+    """One line per keyword of `schema` (or of a subschema) that its draft does not define, such as a
+    misspelt ``requried``: JSON Schema ignores such a keyword, so the rule it meant is silently not
+    checked. Each line names where it is and, when one is close (difflib), the keyword it may mean.
+    Extension keywords spelt ``x-…`` are left alone. The draft's keywords are its metaschema's (and
+    vocabularies') properties as jsonschema ships them; subschemas are found by `referencing`'s walk of
+    that draft (the keywords an unknown one holds are not walked). Empty when all are known."""
+    import difflib
+    from urllib.parse import urljoin
+
+    from jsonschema_specifications import REGISTRY
+    from referencing.jsonschema import specification_with
+
+    validator = schema_validator(schema)
+    meta = validator.META_SCHEMA
+    known = set(meta.get("properties", {})) | set(validator.VALIDATORS) | _ANNOTATIONS
+    base = meta.get("$id", meta.get("id", ""))
+    for part in meta.get("allOf", []):  # Draft 2019-09 on: one metaschema per vocabulary
+        if isinstance(part.get("$ref"), str):
+            known |= set(REGISTRY.contents(urljoin(base, part["$ref"])).get("properties", {}))
+    spec = specification_with(base, default=None) or specification_with("https://json-schema.org/draft/2020-12/schema")
+    found: list[str] = []
+
+    def walk(node: dict, where: str) -> None:
+        for keyword in node:
+            if keyword not in known and not keyword.startswith("x-"):
+                near = difflib.get_close_matches(keyword, sorted(known), n=1, cutoff=0.75)
+                hint = f": did you mean {near[0]!r}?" if near else " (not a keyword of its draft)"
+                found.append(f"unknown keyword {keyword!r} in the schema at {where}, which JSON Schema ignores{hint}")
+        for sub in spec.subresources_of(node):
+            if isinstance(sub, dict):
+                name = _subschema_name(node, sub)
+                walk(sub, name if where == "(top level)" else f"{where}/{name}")
+
+    walk(schema, "(top level)")
+    return found
+
+
+def _subschema_name(parent: dict, sub: dict) -> str:
+    """Where `sub` sits in `parent`: ``properties/slots``, ``items``, ``anyOf/1`` (for messages)."""
+    for keyword, value in parent.items():
+        if value is sub:
+            return keyword
+        if isinstance(value, dict):
+            for name, item in value.items():
+                if item is sub:
+                    return f"{keyword}/{name}"
+        if isinstance(value, list):
+            for n, item in enumerate(value):
+                if item is sub:
+                    return f"{keyword}/{n}"
+    return "(a subschema)"
+
+
 def _unresolvable_refs(schema: dict) -> list[tuple[str, str]]:
     """``(path, $ref)`` of each reference in `schema` that does not resolve within the file, in order.
     Not checked (none returned) when a subschema declares its own base URI (``$id``/``id``), whose

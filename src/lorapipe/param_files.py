@@ -11,6 +11,7 @@ are not checked: change their value (a new folder name, ``model.revision``) to r
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from lorapipe import paths
@@ -87,8 +88,9 @@ def check_param_files(params: Params, stage: str | None, root: Path = ROOT, sour
     relative to the project root), is not text that `lorapipe.textfiles.read_text` reads (UTF-8, or
     UTF-16/32 with a byte-order mark), or, for ``eval.json_schema``, is not a valid JSON Schema
     (`lorapipe.labeled.load_json_schema`); `source` is the params file the message names. Returns None
-    when all are in place."""
-    from lorapipe.labeled import load_json_schema
+    when all are in place. A valid schema with a keyword its draft does not define (a misspelling JSON
+    Schema would ignore: `lorapipe.labeled.unknown_keywords`) is named on stderr as a warning."""
+    from lorapipe.labeled import load_json_schema, unknown_keywords
 
     problems = []
     base = root.resolve()
@@ -117,9 +119,12 @@ def check_param_files(params: Params, stage: str | None, root: Path = ROOT, sour
                 continue
             if key == "eval.json_schema":
                 try:
-                    load_json_schema(path, key)
+                    schema = load_json_schema(path, key)
                 except ValueError as exc:  # its message names the key and the file
                     problems.append(f"  - {exc}")
+                    continue
+                for line in unknown_keywords(schema):  # legal JSON Schema, so a warning, not a refusal
+                    print(f"[{stage or 'check'}] warning: {key}: {value}: {line}", file=sys.stderr, flush=True)
     if problems:
         who = f"the {stage} stage" if stage else "the pipeline"
         raise ParamsError(f"{source} names file(s) {who} cannot use:\n" + "\n".join(problems))
