@@ -224,3 +224,21 @@ def test_unknown_schema_keywords_are_found_in_subschemas_under_the_declared_draf
         "unknown keyword 'const' in the schema at properties/a, which JSON Schema ignores (not a keyword of its draft)"
     ]
     assert unknown_keywords(json.loads((FIXTURES / "snips_schema.json").read_text())) == []
+
+
+def test_schema_errors_names_each_error_of_an_answer_up_to_a_few():
+    from lorapipe.labeled import schema_errors
+
+    schema = {
+        "type": "object",
+        "properties": {"intent": {"enum": ["A", "B"]}, "slots": {"type": "object"}},
+        "required": ["intent", "slots"],
+        "additionalProperties": False,
+    }
+    assert schema_errors('{"intent": "A", "slots": {}}', schema) is None
+    assert schema_errors('{"intent": "C", "slots": []}', schema) == (
+        "'C' is not one of ['A', 'B'] at intent; [] is not of type 'object' at slots"
+    )
+    many = schema_errors('{"intent": "C", "slots": [], "x": 1, "y": 2}', schema, most=2)
+    assert many.count(" at ") == 2 and many.endswith("; and 1 more")
+    assert schema_errors("{", schema).startswith("not JSON")

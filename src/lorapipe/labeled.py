@@ -285,18 +285,20 @@ def span_schema(schema: dict, text: str, max_tokens: int = SPAN_MAX_TOKENS, plac
     return rewrite(schema)
 
 
-def schema_errors(answer: str, schema: dict) -> str | None:
-    """Why an answer (JSON text) does not satisfy `schema`, in one line, or None when it does."""
+def schema_errors(answer: str, schema: dict, most: int = 3) -> str | None:
+    """Why an answer (JSON text) does not satisfy `schema`, in one line, or None when it does: each of
+    its errors (by place in the answer, at most `most`, then how many more), ``; ``-separated, so that
+    one pass over the data names all that a row needs fixed."""
     try:
         data = json.loads(answer)
     except json.JSONDecodeError as exc:
         return f"not JSON ({exc})"
-    validator = schema_validator(schema)
-    error = next(iter(sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))), None)
-    if error is None:
+    errors = sorted(schema_validator(schema).iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path])
+    if not errors:
         return None
-    where = "/".join(map(str, error.absolute_path)) or "(top level)"
-    return f"{error.message} at {where}"
+    said = [f"{e.message} at {'/'.join(map(str, e.absolute_path)) or '(top level)'}" for e in errors[:most]]
+    more = f"; and {len(errors) - most} more" if len(errors) > most else ""
+    return "; ".join(said) + more
 
 
 def read_records(path: Path, on_bad_row: str = "error") -> tuple[list[tuple[int, dict]], int]:
