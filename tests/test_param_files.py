@@ -202,3 +202,17 @@ def test_a_misspelt_schema_keyword_is_named_as_a_warning_not_refused(project, ca
         "[dataset] warning: eval.json_schema: data/raw/config/task.schema.json: unknown keyword 'requried' in "
         "the schema at (top level), which JSON Schema ignores: did you mean 'required'?\n"
     )
+
+
+@pytest.mark.parametrize(
+    "named, hint",
+    [
+        ("data/raw/config/task.schema.jsn", " (did you mean data/raw/config/task.schema.json?)"),
+        ("data/raw/confg/task.schema.json", " (did you mean data/raw/config/task.schema.json?)"),  # no such folder
+        ("data/raw/config/nothing_like_it.yaml", ""),
+    ],
+)
+def test_a_missing_file_names_the_one_it_may_mean(project, named, hint):
+    with pytest.raises(ParamsError) as error:
+        check_param_files(_params(eval={"json_schema": named}), "evaluate")
+    assert f"eval.json_schema: {named} is not a file{hint}; put the file under" in str(error.value)

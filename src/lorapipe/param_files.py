@@ -11,6 +11,7 @@ are not checked: change their value (a new folder name, ``model.revision``) to r
 
 from __future__ import annotations
 
+import difflib
 import sys
 from pathlib import Path
 
@@ -82,6 +83,17 @@ def named_files(params: Params, stage: str | None) -> list[tuple[str, str]]:
     return found
 
 
+def _near_file(value: str, root: Path) -> str:
+    """`` (did you mean …?)`` naming a file close to the missing `value` (difflib) in the folder it names,
+    or under `root` when that folder is not there; empty when none is close."""
+    folder = Path(value).parent if Path(value).parent.is_dir() and str(Path(value).parent) != "." else root
+    if not folder.is_dir():
+        return ""
+    names = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    near = difflib.get_close_matches(Path(value).name, names, n=1, cutoff=0.6)
+    return f" (did you mean {(folder / near[0]).as_posix()}?)" if near else ""
+
+
 def check_param_files(params: Params, stage: str | None, root: Path = ROOT, source: Path = paths.PARAMS) -> None:
     """Raise ParamsError, naming each key and path, when a file the stage's params name (`stage` None:
     any stage's, as `lorapipe check` asks) does not exist, lies outside `root` (``data/raw/config/``,
@@ -102,7 +114,7 @@ def check_param_files(params: Params, stage: str | None, root: Path = ROOT, sour
                 f" (there is one beside {source}: paths are read from the folder you run in, so run from "
                 f"{Path(source).parent}/)"
                 if beside.is_file() and Path(source).parent.resolve() != Path.cwd().resolve()
-                else ""
+                else _near_file(value, root)
             )
             problems.append(f"  - {key}: {value} is not a file{where}; put the file under {root}/ and name that path")
         elif not path.resolve().is_relative_to(base):
