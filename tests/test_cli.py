@@ -344,6 +344,15 @@ def test_a_dataset_of_labeled_rows_alone_needs_no_extracted_text(project, monkey
         "data/raw/labeled alone\n"
     )
     assert len(calls) == 4
+    # an extraction from before the document came (an empty manifest) is as stale as none
+    (project / "data" / "extracted_text").mkdir(parents=True)
+    (project / "data" / "extracted_text" / "manifest.jsonl").write_text("")
+    assert main(["dataset"]) == 2 and len(calls) == 4
+    assert "error: data/extracted_text/manifest.jsonl lists no document: run `dvc repro extract`" in (
+        capsys.readouterr().err
+    )
+    (docs / "manual.md").unlink()
+    assert main(["dataset"]) == 0 and len(calls) == 5
 
 
 def test_a_folder_of_the_users_own_is_named_with_what_it_must_hold(project, capsys):

@@ -85,6 +85,11 @@ def test_missing_folder_is_named(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_no_input_folder_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="no input folder given"):
+        extract_documents([], tmp_path / "out")
+
+
 def test_no_usable_text_raises(tmp_path):
     docs = tmp_path / "docs"
     docs.mkdir()
@@ -103,6 +108,7 @@ def test_a_folder_without_documents_gives_an_empty_manifest(tmp_path, capsys):
     assert extract_documents(docs, tmp_path / "out") == []
     assert read_jsonl(tmp_path / "out" / "manifest.jsonl") == []
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["extract.log", "manifest.jsonl"]
+    assert (tmp_path / "out" / "extract.log").read_text() == ""
     assert "no documents in" in capsys.readouterr().out
 
 

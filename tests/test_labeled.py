@@ -210,7 +210,8 @@ def test_unknown_schema_keywords_are_found_in_subschemas_under_the_declared_draf
     }
     assert sorted(unknown_keywords(schema)) == sorted(
         [
-            "unknown keyword 'tilte' in the schema at properties/intent, which JSON Schema ignores: did you mean 'title'?",
+            "unknown keyword 'tilte' in the schema at properties/intent, which JSON Schema ignores: "
+            "did you mean 'title'?",
             "unknown keyword 'maxLenght' in the schema at properties/slots/additionalProperties, which JSON Schema "
             "ignores: did you mean 'maxLength'?",
             "unknown keyword 'minProprties' in the schema at anyOf/1, which JSON Schema ignores: did you mean "
@@ -242,3 +243,38 @@ def test_schema_errors_names_each_error_of_an_answer_up_to_a_few():
     many = schema_errors('{"intent": "C", "slots": [], "x": 1, "y": 2}', schema, most=2)
     assert many.count(" at ") == 2 and many.endswith("; and 1 more")
     assert schema_errors("{", schema).startswith("not JSON")
+
+
+def test_unknown_keywords_follow_the_draft_of_each_subschema_and_the_refs_of_the_file():
+    draft7, draft2020 = "http://json-schema.org/draft-07/schema#", "https://json-schema.org/draft/2020-12/schema"
+    # listed by the 2020-12 metaschema for old schemas, applied by no 2020-12 validator
+    assert unknown_keywords({"dependencies": {"a": ["b"]}}) == [
+        "unknown keyword 'dependencies' in the schema at (top level), which JSON Schema ignores: draft 2020-12 "
+        "uses dependentRequired or dependentSchemas instead"
+    ]
+    # a container no draft-7 keyword names, but a $ref points into: its subschemas are checked, it is not named
+    used = {"$schema": draft7, "properties": {"slot": {"$ref": "#/$defs/slot"}}, "$defs": {"slot": {"maxLenght": 3}}}
+    assert unknown_keywords(used) == [
+        "unknown keyword 'maxLenght' in the schema at $defs/slot, which JSON Schema ignores: did you mean 'maxLength'?"
+    ]
+    # a subschema that declares another draft is read under it
+    nested = {"$schema": draft7, "$ref": "#/definitions/new", "definitions": {"new": {"$schema": draft2020}}}
+    nested["definitions"]["new"]["prefixItems"] = [{"type": "string"}]
+    assert unknown_keywords(nested) == []
+    # extension keywords in any case are left alone; suggestions ignore case
+    assert unknown_keywords({"X-Order": 1, "TYPE": "object"}) == [
+        "unknown keyword 'TYPE' in the schema at (top level), which JSON Schema ignores: did you mean 'type'?"
+    ]
+    # property names, enum and const values, defaults and examples are no keywords
+    values = {"properties": {"requried": {"const": {"typ": 1}, "default": {"maxLenght": 2}, "examples": [{"x": 1}]}}}
+    assert unknown_keywords(values) == []
+
+
+def test_schema_errors_come_in_the_order_of_the_answer():
+    from lorapipe.labeled import schema_errors
+
+    items = {"type": "array", "items": {"type": "object", "properties": {"k": {"type": "string"}}}}
+    said = schema_errors(json.dumps([{"k": 1}] * 12), items)
+    assert said.startswith("1 is not of type 'string' at 0/k; 1 is not of type 'string' at 1/k; 1 is not of type")
+    assert "at 2/k; and 9 more" in said
+    assert schema_errors(json.dumps([{"k": 1}] * 2), items, most=0) == "1 is not of type 'string' at 0/k; and 1 more"

@@ -210,6 +210,10 @@ def test_a_misspelt_schema_keyword_is_named_as_a_warning_not_refused(project, ca
         ("data/raw/config/task.schema.jsn", " (did you mean data/raw/config/task.schema.json?)"),
         ("data/raw/confg/task.schema.json", " (did you mean data/raw/config/task.schema.json?)"),  # no such folder
         ("data/raw/config/nothing_like_it.yaml", ""),
+        ("data/raw/task.schem.json", " (did you mean data/raw/config/task.schema.json?)"),  # only files it accepts
+        ("data/raw/config/TASK.SCHEMA.JSN", " (did you mean data/raw/config/task.schema.json?)"),
+        ("data/raw/labeled", " (it is a folder: name a file in it)"),
+        ("/etc/passwdd", ""),
     ],
 )
 def test_a_missing_file_names_the_one_it_may_mean(project, named, hint):

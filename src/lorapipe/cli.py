@@ -581,10 +581,11 @@ def _run_stage(args: argparse.Namespace) -> None:
 def _dataset_reads_text(args: argparse.Namespace, p: Params) -> bool:
     """Does `lorapipe dataset` read the extract stage's output? Not with ``dataset.mode: chat``, nor with
     ``auto`` (and no text task in ``dataset.tasks``) when --labeled-dir holds labeled rows, --text-dir is
-    the default, no extraction is there and data/raw/docs holds no document to extract: build_dataset
+    the default, no extracted document is there (no manifest, or an empty one) and data/raw/docs holds none
+    to extract: build_dataset
     then builds the labeled rows alone, as it would in the pipeline without documents (said on
     stdout)."""
-    from lorapipe.dataset import labeled_files
+    from lorapipe.dataset import has_extracted_text, labeled_files
 
     d = p.dataset
     if d.mode == "text" or any(t.kind == "text" for t in d.tasks):
@@ -592,7 +593,7 @@ def _dataset_reads_text(args: argparse.Namespace, p: Params) -> bool:
     if d.mode == "chat":
         return False
     text_dir = Path(args.text_dir)
-    if text_dir.resolve() != paths.EXTRACTED.resolve() or (text_dir / paths.MANIFEST_NAME).is_file():
+    if text_dir.resolve() != paths.EXTRACTED.resolve() or has_extracted_text(text_dir):
         return True
     if not labeled_files(Path(args.labeled_dir)):
         return True
@@ -600,8 +601,10 @@ def _dataset_reads_text(args: argparse.Namespace, p: Params) -> bool:
 
     waiting = len(convertible_documents(paths.RAW_DOCS))
     if waiting:
+        manifest = text_dir / paths.MANIFEST_NAME
+        what = f"{manifest} lists no document" if manifest.is_file() else f"{text_dir} not found"
         raise FileNotFoundError(
-            f"{text_dir} not found: run `dvc repro extract` (or `lorapipe extract`) first: {paths.RAW_DOCS} holds "
+            f"{what}: run `dvc repro extract` (or `lorapipe extract`) first: {paths.RAW_DOCS} holds "
             f"{waiting} document(s) to extract; or --dataset.mode chat to build the labeled rows of "
             f"{args.labeled_dir} alone"
         )

@@ -193,7 +193,8 @@ def _text_rows(
     if not has_extracted_text(text_dir):
         raise ValueError(
             f"task {task.name!r} is a text task but {manifest_path} lists no extracted document: put documents "
-            f"into {paths.RAW_DOCS} and run `dvc repro extract`, or train on labeled rows alone (dataset.mode: chat)"
+            f"into {paths.RAW_DOCS} (or the folder you extract) and run `dvc repro extract`, or train on labeled "
+            "rows alone (dataset.mode: chat, and no text task in dataset.tasks)"
         )
     rows = []
     for entry in read_jsonl(manifest_path):

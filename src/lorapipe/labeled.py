@@ -12,6 +12,7 @@ Formats (detected from the first row's fields, or named):
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
@@ -106,60 +107,142 @@ def schema_validator(schema: dict):
 
 # Annotations some drafts define in their text but not in the metaschema jsonschema ships (draft 7's writeOnly).
 _ANNOTATIONS = {"title", "description", "default", "examples", "readOnly", "writeOnly", "deprecated", "$comment"}
+# Keywords a draft's metaschema still lists, for older schemas, but that its validator no longer applies.
+_SUPERSEDED = {
+    "https://json-schema.org/draft/2020-12/schema": {
+        "dependencies": "dependentRequired or dependentSchemas",
+        "$recursiveRef": "$dynamicRef",
+        "$recursiveAnchor": "$dynamicAnchor",
+    },
+    "https://json-schema.org/draft/2019-09/schema": {"dependencies": "dependentRequired or dependentSchemas"},
+}
+_DEFAULT_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 
-def unknown_keywords(schema: dict) -> list[str]:
-    """One line per keyword of `schema` (or of a subschema) that its draft does not define, such as a
-    misspelt ``requried``: JSON Schema ignores such a keyword, so the rule it meant is silently not
-    checked. Each line names where it is and, when one is close (difflib), the keyword it may mean.
-    Extension keywords spelt ``x-…`` are left alone. The draft's keywords are its metaschema's (and
-    vocabularies') properties as jsonschema ships them; subschemas are found by `referencing`'s walk of
-    that draft (the keywords an unknown one holds are not walked). Empty when all are known."""
-    import difflib
+def _dialect(node: dict, default: str) -> str:
+    """The draft URI `node` declares with ``$schema`` (normalized: no trailing ``#``), else `default`."""
+    from jsonschema import validators
+
+    declared = node.get("$schema")
+    if isinstance(declared, str) and validators.validator_for({"$schema": declared}, default=None) is not None:
+        return declared.rstrip("#")
+    return default
+
+
+@functools.cache
+def _vocabulary(dialect: str) -> tuple[set[str], dict[str, str], object]:
+    """(the keywords draft `dialect` applies or annotates with, its superseded keywords → their
+    successor, its `referencing` specification)."""
     from urllib.parse import urljoin
 
+    from jsonschema import validators
     from jsonschema_specifications import REGISTRY
     from referencing.jsonschema import specification_with
 
-    validator = schema_validator(schema)
+    validator = validators.validator_for({"$schema": dialect})
     meta = validator.META_SCHEMA
     known = set(meta.get("properties", {})) | set(validator.VALIDATORS) | _ANNOTATIONS
     base = meta.get("$id", meta.get("id", ""))
     for part in meta.get("allOf", []):  # Draft 2019-09 on: one metaschema per vocabulary
         if isinstance(part.get("$ref"), str):
             known |= set(REGISTRY.contents(urljoin(base, part["$ref"])).get("properties", {}))
-    spec = specification_with(base, default=None) or specification_with("https://json-schema.org/draft/2020-12/schema")
-    found: list[str] = []
+    superseded = _SUPERSEDED.get(dialect, {})
+    spec = specification_with(base, default=None) or specification_with(_DEFAULT_DIALECT)
+    return known - set(superseded), superseded, spec
 
-    def walk(node: dict, where: str) -> None:
-        for keyword in node:
-            if keyword not in known and not keyword.startswith("x-"):
-                near = difflib.get_close_matches(keyword, sorted(known), n=1, cutoff=0.75)
-                hint = f": did you mean {near[0]!r}?" if near else " (not a keyword of its draft)"
-                found.append(f"unknown keyword {keyword!r} in the schema at {where}, which JSON Schema ignores{hint}")
-        for sub in spec.subresources_of(node):
-            if isinstance(sub, dict):
-                name = _subschema_name(node, sub)
-                walk(sub, name if where == "(top level)" else f"{where}/{name}")
 
-    walk(schema, "(top level)")
+def _local_refs(node, found: set[tuple[str, ...]]) -> set[tuple[str, ...]]:
+    """The JSON-pointer tokens of every in-file ``$ref`` (``#/…``) anywhere in `node`."""
+    from urllib.parse import unquote
+
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/"):
+            found.add(tuple(unquote(t).replace("~1", "/").replace("~0", "~") for t in ref[2:].split("/")))
+        for value in node.values():
+            _local_refs(value, found)
+    elif isinstance(node, list):
+        for value in node:
+            _local_refs(value, found)
     return found
 
 
-def _subschema_name(parent: dict, sub: dict) -> str:
-    """Where `sub` sits in `parent`: ``properties/slots``, ``items``, ``anyOf/1`` (for messages)."""
-    for keyword, value in parent.items():
-        if value is sub:
-            return keyword
+def unknown_keywords(schema: dict) -> list[str]:
+    """One line per keyword of `schema` (or of a subschema) that its draft does not apply, such as a
+    misspelt ``requried`` or draft 7's ``dependencies`` in a Draft 2020-12 schema: JSON Schema ignores
+    such a keyword, so the rule it meant is silently not checked. Each line names where it is (a JSON
+    pointer without the ``#/``) and the keyword it may mean (difflib, case-insensitive), or its successor.
+    Not named: extension keywords spelt ``x-…``, and a container of subschemas that a ``$ref`` in the
+    file points into (``$defs`` in a draft-7 schema), whose subschemas are checked instead. The
+    draft's keywords are its metaschema's (and vocabularies') as jsonschema ships them, the draft the
+    schema or a subschema declares with ``$schema`` (Draft 2020-12 when none); subschemas are the
+    ones `referencing` finds for that draft, in the file's order (an unknown keyword's contents are
+    not walked). Empty when all are known."""
+    import difflib
+
+    refs = _local_refs(schema, set())
+    found: list[str] = []
+
+    def walk(node: dict, at: tuple, dialect: str) -> None:
+        dialect = _dialect(node, dialect)
+        known, superseded, spec = _vocabulary(dialect)
+        where = "/".join(map(str, at)) or "(top level)"
+        followed: list[tuple[tuple, dict]] = []
+        for keyword in node:
+            if keyword in known or keyword.lower().startswith("x-"):
+                continue
+            inside = [r for r in refs if r[: len(at) + 1] == (*at, keyword) and len(r) > len(at) + 1]
+            if inside:  # a container a $ref points into: what it points at is a subschema
+                for ref in sorted(inside):
+                    target = _pointer(schema, ref)
+                    if isinstance(target, dict):
+                        followed.append((ref, target))
+                continue
+            if keyword in superseded:
+                hint = f": draft {dialect.split('/')[-2]} uses {superseded[keyword]} instead"
+            else:
+                lower = {k.lower(): k for k in known}
+                near = difflib.get_close_matches(keyword.lower(), sorted(lower), n=1, cutoff=0.75)
+                hint = f": did you mean {lower[near[0]]!r}?" if near else " (not a keyword of its draft)"
+            found.append(f"unknown keyword {keyword!r} in the schema at {where}, which JSON Schema ignores{hint}")
+        place = _places(node)
+        subs = [s for s in spec.subresources_of(node) if isinstance(s, dict) and id(s) in place]
+        for sub in sorted(subs, key=lambda s: place[id(s)][0]):
+            walk(sub, (*at, *place[id(sub)][1]), dialect)
+        for ref, target in followed:
+            walk(target, ref, dialect)
+
+    walk(schema, (), _DEFAULT_DIALECT)
+    return list(dict.fromkeys(found))  # a subschema reached twice (a $ref into it) is named once
+
+
+def _places(node: dict) -> dict[int, tuple[int, tuple]]:
+    """id() of each dict one or two levels inside `node` → (the position of its keyword in `node`, its
+    pointer tokens from `node`): where a subschema sits, in the file's order."""
+    place: dict[int, tuple[int, tuple]] = {}
+    for n, (keyword, value) in enumerate(node.items()):
         if isinstance(value, dict):
+            place.setdefault(id(value), (n, (keyword,)))
             for name, item in value.items():
-                if item is sub:
-                    return f"{keyword}/{name}"
-        if isinstance(value, list):
-            for n, item in enumerate(value):
-                if item is sub:
-                    return f"{keyword}/{n}"
-    return "(a subschema)"
+                if isinstance(item, dict):
+                    place.setdefault(id(item), (n, (keyword, name)))
+        elif isinstance(value, list):
+            for k, item in enumerate(value):
+                if isinstance(item, dict):
+                    place.setdefault(id(item), (n, (keyword, k)))
+    return place
+
+
+def _pointer(document, tokens: tuple):
+    """The value at JSON-pointer `tokens` in `document`, or None."""
+    for token in tokens:
+        if isinstance(document, dict) and token in document:
+            document = document[token]
+        elif isinstance(document, list) and str(token).isdigit() and int(token) < len(document):
+            document = document[int(token)]
+        else:
+            return None
+    return document
 
 
 def _unresolvable_refs(schema: dict) -> list[tuple[str, str]]:
@@ -293,12 +376,16 @@ def schema_errors(answer: str, schema: dict, most: int = 3) -> str | None:
         data = json.loads(answer)
     except json.JSONDecodeError as exc:
         return f"not JSON ({exc})"
-    errors = sorted(schema_validator(schema).iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path])
+    # by place: array positions as numbers (2 before 10), before the object keys beside them
+    errors = sorted(
+        schema_validator(schema).iter_errors(data),
+        key=lambda e: [(isinstance(p, str), p if isinstance(p, int) else str(p)) for p in e.absolute_path],
+    )
     if not errors:
         return None
+    most = max(most, 1)
     said = [f"{e.message} at {'/'.join(map(str, e.absolute_path)) or '(top level)'}" for e in errors[:most]]
-    more = f"; and {len(errors) - most} more" if len(errors) > most else ""
-    return "; ".join(said) + more
+    return "; ".join(said + ([f"and {len(errors) - most} more"] if len(errors) > most else []))
 
 
 def read_records(path: Path, on_bad_row: str = "error") -> tuple[list[tuple[int, dict]], int]:

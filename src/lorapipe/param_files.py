@@ -84,14 +84,23 @@ def named_files(params: Params, stage: str | None) -> list[tuple[str, str]]:
 
 
 def _near_file(value: str, root: Path) -> str:
-    """`` (did you mean …?)`` naming a file close to the missing `value` (difflib) in the folder it names,
-    or under `root` when that folder is not there; empty when none is close."""
-    folder = Path(value).parent if Path(value).parent.is_dir() and str(Path(value).parent) != "." else root
-    if not folder.is_dir():
+    """`` (did you mean …?)`` naming the file under `root` (``data/raw/config/``, searched through)
+    whose path is closest to the missing `value` (difflib, case-insensitive), or `` (it is a folder…)``
+    when `value` names a folder; empty when neither. Only files under `root` are named: one elsewhere
+    would be refused next."""
+    try:
+        if Path(value).is_dir():
+            return " (it is a folder: name a file in it)"
+        files = [p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")] if root.is_dir() else []
+    except OSError:  # a name too long for the file system: no hint
         return ""
-    names = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    near = difflib.get_close_matches(Path(value).name, names, n=1, cutoff=0.6)
-    return f" (did you mean {(folder / near[0]).as_posix()}?)" if near else ""
+    by_path = {p.as_posix().lower(): p.as_posix() for p in files}
+    near = difflib.get_close_matches(Path(value).as_posix().lower(), sorted(by_path), n=1, cutoff=0.8)
+    if near:
+        return f" (did you mean {by_path[near[0]]}?)"
+    by_name = {p.name.lower(): p.as_posix() for p in sorted(files)}  # a close name in another folder
+    near = difflib.get_close_matches(Path(value).name.lower(), sorted(by_name), n=1, cutoff=0.75)
+    return f" (did you mean {by_name[near[0]]}?)" if near else ""
 
 
 def check_param_files(params: Params, stage: str | None, root: Path = ROOT, source: Path = paths.PARAMS) -> None:

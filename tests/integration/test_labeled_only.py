@@ -16,7 +16,9 @@ def test_labeled_rows_alone_run_every_stage(tmp_path, tiny_model_dir):
     repo, env = git_project(tmp_path / "project", tiny_model_dir)
     env["LORAPIPE_CACHE_DIR"] = str(tmp_path / "lorapipe-cache")
     # the recipe's first step: the sample corpus out (its folder stays), its knowledge questions emptied
-    run_ok(["sh", "-c", "git rm -q data/raw/docs/* && : > data/raw/eval_qa.jsonl"], repo, env)
+    recipe = "git rm -rq --ignore-unmatch -- data/raw/docs ':!data/raw/docs/.gitkeep' && : > data/raw/eval_qa.jsonl"
+    run_ok(["sh", "-c", recipe], repo, env)
+    run_ok(["sh", "-c", recipe], repo, env)  # twice (or after the documents were deleted by hand): still there
     assert [p.name for p in (repo / "data/raw/docs").iterdir()] == [".gitkeep"]
     shutil.copy(FIXTURES / "labeled" / "snips_schema.json", repo / "data/raw/config/task.schema.json")
     params = yaml.safe_load((repo / "params.yaml").read_text())

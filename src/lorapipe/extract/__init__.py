@@ -440,7 +440,7 @@ def _write_outputs(out_dir: str | Path, rows: list[dict], ok: list[dict]) -> lis
             tmp / paths.MANIFEST_NAME, [{k: v for k, v in row.items() if k not in RUN_FIELDS} for row in manifest]
         )
         # one line per source, in the sources' order (not the order conversions finished in)
-        (tmp / LOG_NAME).write_text("\n".join(row["_log"] for row in rows) + "\n", encoding="utf-8")
+        (tmp / LOG_NAME).write_text("".join(row["_log"] + "\n" for row in rows), encoding="utf-8")
     return manifest
 
 
@@ -470,13 +470,15 @@ def extract_documents(
     with `workers` CPUs; the outputs are byte-equal to the local executor's.
 
     Returns the manifest rows, with this run's `cached` and `seconds` of each (not written). Raises
-    FileNotFoundError for a missing input folder, ValueError for an unknown `executor` or when files
+    FileNotFoundError for a missing input folder, ValueError for an unknown `executor`, no folder, or when files
     are there but none yields usable text (folders with no files at all give an empty manifest), and
     with Ray lorapipe.cluster.ClusterError (Ray missing, no cluster at the address) before any work.
     """
     if executor not in ("local", "ray"):
         raise ValueError(f"executor must be 'local' or 'ray' (extract.executor), not {executor!r}")
     dirs = [Path(d) for d in ([input_dirs] if isinstance(input_dirs, (str, Path)) else input_dirs)]
+    if not dirs:
+        raise ValueError("no input folder given: name at least one folder of documents")
     sources = _sources(dirs)
     backend = resolve_pdf_backend(pdf_backend, docling_artifacts_path)
     options = {"pdf_backend": backend, "device": device, "ocr": ocr, "artifacts_path": docling_artifacts_path}
