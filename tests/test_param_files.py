@@ -6,6 +6,7 @@ Run: .venv/bin/pytest tests/test_param_files.py
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -220,3 +221,16 @@ def test_a_missing_file_names_the_one_it_may_mean(project, named, hint):
     with pytest.raises(ParamsError) as error:
         check_param_files(_params(eval={"json_schema": named}), "evaluate")
     assert f"eval.json_schema: {named} is not a file{hint}; put the file under" in str(error.value)
+
+
+def test_a_name_too_long_and_a_schema_too_deep_are_named_not_raised(project):
+    with pytest.raises(ParamsError, match=r"eval.json_schema: a{300}\.json is not a file"):
+        check_param_files(_params(eval={"json_schema": "a" * 300 + ".json"}), "evaluate")
+    deep: dict = {}
+    node = deep
+    for _ in range(400):
+        node["properties"] = {"a": {}}
+        node = node["properties"]["a"]
+    (project / "data" / "raw" / "config" / "deep.json").write_text(json.dumps(deep))
+    with pytest.raises(ParamsError, match="nests its subschemas too deeply to check"):
+        check_param_files(_params(eval={"json_schema": "data/raw/config/deep.json"}), "evaluate")

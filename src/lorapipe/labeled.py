@@ -87,6 +87,11 @@ def load_json_schema(path: str | Path, key: str = "eval.json_schema") -> dict:
     except exceptions.SchemaError as exc:
         where = "/".join(map(str, exc.absolute_path)) or "(top level)"
         raise ValueError(f"{key}: {path} is not a valid JSON Schema: {exc.message} at {where}") from None
+    except RecursionError:
+        raise ValueError(
+            f"{key}: {path} nests its subschemas too deeply to check (past Python's recursion limit); "
+            "flatten it with $defs and $ref"
+        ) from None
     broken = _unresolvable_refs(schema)
     if broken:
         where, ref = broken[0]

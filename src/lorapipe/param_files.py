@@ -83,6 +83,14 @@ def named_files(params: Params, stage: str | None) -> list[tuple[str, str]]:
     return found
 
 
+def _is_file(path: Path) -> bool:
+    """Path.is_file, False for a name the file system cannot take (too long: OSError)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def _near_file(value: str, root: Path) -> str:
     """`` (did you mean …?)`` naming the file under `root` (``data/raw/config/``, searched through)
     whose path is closest to the missing `value` (difflib, case-insensitive), or `` (it is a folder…)``
@@ -122,7 +130,7 @@ def check_param_files(params: Params, stage: str | None, root: Path = ROOT, sour
             where = (
                 f" (there is one beside {source}: paths are read from the folder you run in, so run from "
                 f"{Path(source).parent}/)"
-                if beside.is_file() and Path(source).parent.resolve() != Path.cwd().resolve()
+                if _is_file(beside) and Path(source).parent.resolve() != Path.cwd().resolve()
                 else _near_file(value, root)
             )
             problems.append(f"  - {key}: {value} is not a file{where}; put the file under {root}/ and name that path")
