@@ -85,6 +85,12 @@ def test_missing_folder_is_named(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_file_named_as_the_input_folder_is_named_so(tmp_path):
+    (tmp_path / "doc.md").write_text("# A document\n")
+    with pytest.raises(FileNotFoundError, match="input folder .*doc.md is a file: name the folder"):
+        extract_documents(tmp_path / "doc.md", tmp_path / "out")
+
+
 def test_no_input_folder_is_refused(tmp_path):
     with pytest.raises(ValueError, match="no input folder given"):
         extract_documents([], tmp_path / "out")

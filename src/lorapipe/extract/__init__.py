@@ -231,6 +231,8 @@ def _walk(root: Path) -> list[Path]:
 def _sources(input_dirs: list[Path]) -> list[tuple[Path, Path, Path]]:
     """``(path, name relative to the inputs, input folder)`` of every file, in a stable order."""
     for root in input_dirs:
+        if root.is_file():
+            raise FileNotFoundError(f"input folder {root} is a file: name the folder that holds the documents")
         if not root.is_dir():
             raise FileNotFoundError(f"input folder not found: {root}")
     found = []
