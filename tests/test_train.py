@@ -1028,3 +1028,24 @@ def test_epochs_and_lr_auto_follow_the_data(tmp_path, dataset_dir, tiny_model_di
     assert "sized from the data (6 training rows, labeled rows only): epochs 10, lr 0.002" in capsys.readouterr().out
     text = train_lora(dataset_dir, tiny_model_dir, tmp_path / "b", lora=LoraParams(rank=4), train=auto)
     assert (text.resolved.epochs, text.resolved.lr) == (1.0, 3e-4)
+
+
+def test_training_sends_no_usage_ping_to_the_hub(tmp_path, dataset_dir, tiny_model_dir, monkeypatch):
+    """TRL's trainers call huggingface_hub's send_telemetry when built; lorapipe switches it off unless
+    the user set HF_HUB_DISABLE_TELEMETRY (online, outside CI, as a user's laptop is)."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import _telemetry
+
+    pings = []
+    for name in ("HF_HUB_DISABLE_TELEMETRY", "HF_HUB_OFFLINE", "CI"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", False)
+    monkeypatch.setattr(constants, "is_offline_mode", lambda: False)
+    monkeypatch.setattr(_telemetry, "_start_telemetry_thread", lambda: None)
+    monkeypatch.setattr(_telemetry._TELEMETRY_QUEUE, "put", pings.append)
+    train_lora(dataset_dir, tiny_model_dir, tmp_path / "a", **sections(max_steps=1, batch_size=2, precision="fp32"))
+    assert pings == [] and os.environ["HF_HUB_DISABLE_TELEMETRY"] == "1"
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "0")  # the user's own choice holds
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", False)
+    train_lora(dataset_dir, tiny_model_dir, tmp_path / "b", **sections(max_steps=1, batch_size=2, precision="fp32"))
+    assert [p["library_name"] for p in pings] == ["trl"]

@@ -1112,6 +1112,19 @@ def _length_grouping(trainer_class):
     return LengthGrouping
 
 
+def hub_telemetry_off() -> bool:
+    """Switch off huggingface_hub's usage telemetry (``send_telemetry``, which TRL's trainers call) in this
+    process and its children, unless the user set ``HF_HUB_DISABLE_TELEMETRY`` (then theirs holds:
+    ``0`` allows it). Returns whether it is off. huggingface_hub reads the variable once, at import,
+    so its constant is set too."""
+    from huggingface_hub import constants
+
+    if "HF_HUB_DISABLE_TELEMETRY" not in os.environ:
+        os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+        constants.HF_HUB_DISABLE_TELEMETRY = True
+    return bool(constants.HF_HUB_DISABLE_TELEMETRY)
+
+
 def _sft_trainer_class():
     """SFTTrainer, except that on the CPU the loss comes from the model's own forward pass, and that
     with train.group_by_length it batches by length in lorapipe's order (_length_grouping).
@@ -1119,9 +1132,15 @@ def _sft_trainer_class():
     TRL's fused LM head (tiled log-probabilities, with entropy and token accuracy for its metrics)
     saves the logits' memory on GPUs, but on the CPU it took 8.4 s of every 4 × 512-token step of the
     bundled model (torch profiler, 3 steps); the model's own cross-entropy takes 0.6 s. The loss is
-    the same: the mean negative log-likelihood of the labels."""
+    the same: the mean negative log-likelihood of the labels.
+
+    TRL's trainers send a usage ping to the Hugging Face Hub when built (trl BaseTrainer._send_telemetry:
+    a HEAD request naming the model's architecture and the dataset's source); lorapipe sends nothing
+    anywhere unless asked, so it is off (`hub_telemetry_off`) unless HF_HUB_DISABLE_TELEMETRY is set."""
     from transformers import Trainer
     from trl import SFTTrainer
+
+    hub_telemetry_off()
 
     class LorapipeSFTTrainer(_length_grouping(SFTTrainer)):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
