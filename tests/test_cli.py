@@ -32,7 +32,12 @@ def test_check_refuses_a_named_file_that_is_missing_or_not_a_schema(tmp_path, ca
     assert "is not a valid JSON Schema" in capsys.readouterr().err
     (tmp_path / "data" / "raw" / "config" / "task.schema.json").write_text('{"type": "object"}')
     assert main(["check"]) == 0
-    assert "json_schema: data/raw/config/task.schema.json" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "json_schema: data/raw/config/task.schema.json" in out  # stdout: the params, for a pipe
+    assert err == (
+        "[check] params.yaml is valid (every param resolved above, defaults filled in); the files it names are in "
+        "place and readable: eval.json_schema (data/raw/config/task.schema.json)\n"
+    )
 
 
 def test_bad_params_fail_before_any_work(tmp_path, capsys, monkeypatch):
@@ -433,6 +438,10 @@ def test_ask_with_retrieval_puts_the_passage_of_the_question_in_the_prompt(proje
     out = capsys.readouterr().out
     assert "A (tiny.Q8_0.gguf, llama.cpp, with the top 2 of 3 passages of data/synth/index): 1889" in out
     assert "[1] docs/tower.md#3 (BM25 " in out
+    # an index of no passage (labeled rows alone): refused, not "no passage shares a word"
+    build_index([], project / "data" / "synth" / "index")
+    assert main(["ask", question, "--gguf", "models/gguf/tiny.Q8_0.gguf", "--retrieval"]) == 2
+    assert "data/synth/index holds no passage" in capsys.readouterr().err and len(asked) == 1
 
 
 def test_serve_decodes_under_the_schema_the_evaluation_scored(tmp_path, monkeypatch, capsys):

@@ -299,6 +299,10 @@ def test_the_task_ladder_ships_the_smallest_gguf_within_the_tolerance_of_the_bes
     assert ladder["reference"]["json"] == {"score": 1.0, "system": "m.Q8_0.gguf constrained"}
     assert ladder["reference"]["cities"] == {"score": 1.0, "system": "fine-tuned"}
     assert ladder["quants"]["Q4_K_M"]["drop"] == pytest.approx(0.5, abs=1e-3)  # the worst task (cities) decides
-    assert ladder["chosen"] == "Q8_0" and "below the best task score" in ladder["why"]
+    assert ladder["chosen"] == "Q8_0" and ladder["why"] == (
+        "of the 2 GGUFs scored, 1 within 5.0% of the best task score (json slot_f1, cities exact_rate, text "
+        "rouge_l); the smallest of those, 0.0% below it"
+    )
+    assert ladder["quants"]["Q8_0"]["drop"] == 0.0 and str(ladder["quants"]["Q8_0"]["drop"]) == "0.0"  # not -0.0
     assert task_ladder(answers, ggufs, " constrained", 0.5)["chosen"] == "Q4_K_M"  # half below is allowed now
     assert task_ladder(answers, ggufs, "", 0.05) is None  # only one GGUF answered free

@@ -440,6 +440,20 @@ def test_span_grammar_writes_quotes_backslashes_line_breaks_and_emoji_as_json(pr
     assert not answer.truncated and json.loads(answer.text) == {"song": query}
 
 
+def test_gguf_answers_say_how_far_they_are(project, monkeypatch, capsys):
+    """A run of grammar-bound answers takes minutes: a line every PROGRESS_EVERY_S and one at the end."""
+    import lorapipe.generation
+
+    monkeypatch.setattr(lorapipe.generation, "PROGRESS_EVERY_S", 0)
+    schema = {"type": "object", "properties": {"song": {"type": "string"}}, "required": ["song"]}
+    requests = [[{"role": "user", "content": q}] for q in ("play yesterday", "play help")]
+    lorapipe.generation.gguf_generate(project / "models/gguf/tiny.F32.gguf", requests, 8, schema)
+    assert capsys.readouterr().out.splitlines() == [
+        "[evaluate] 1/2 answers from tiny.F32.gguf under the schema",
+        "[evaluate] 2/2 answers from tiny.F32.gguf under the schema",
+    ]
+
+
 def test_span_constraint_needs_the_llama_cpp_engine(tmp_path):
     from lorapipe.serve import create_app
 

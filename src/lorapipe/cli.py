@@ -447,7 +447,8 @@ def _gguf(given: str | None) -> Path:
 def _retrieval(args: argparse.Namespace):
     """The serve.Retrieval ``--retrieval`` asks for (the index ``--index`` names, ``--top-k`` else params'
     eval.retrieval_top_k, the task synth.task), or None. Raises FileNotFoundError naming a missing index
-    and `dvc repro synth`; ValueError for --index or --top-k without --retrieval."""
+    and `dvc repro synth`; ValueError for --index or --top-k without --retrieval, and for an index of no
+    passage."""
     if not args.retrieval:
         if args.top_k is not None or args.index != str(paths.RETRIEVAL_INDEX):
             raise ValueError("--index and --top-k choose what --retrieval puts in the prompt: add --retrieval")
@@ -456,6 +457,11 @@ def _retrieval(args: argparse.Namespace):
     from lorapipe.serve import Retrieval
 
     index = load_index(args.index)
+    if not index.passages:
+        raise ValueError(
+            f"{args.index} holds no passage (the synth stage found no extracted text: a task from labeled rows "
+            "alone): --retrieval has nothing to put in the prompt; leave it out, or add documents and `dvc repro`"
+        )
     p = load_params(paths.PARAMS) if paths.PARAMS.is_file() else DEFAULTS
     return Retrieval(index, args.top_k or p.eval.retrieval_top_k, p.synth.task, Path(args.index))
 
@@ -731,11 +737,17 @@ def main(argv: list[str] | None = None) -> int:
 
             chat_loop(_gguf(args.gguf), args.max_tokens)
         elif args.command == "check":
-            from lorapipe.param_files import check_param_files
+            from lorapipe.param_files import check_param_files, named_files
 
             params = load_params(args.params)
             check_param_files(params, None, source=Path(args.params))
             print(yaml.safe_dump(params.model_dump(), sort_keys=False), end="")
+            named = [f"{key} ({value})" for key, value in named_files(params, None)]
+            print(
+                f"[check] {args.params} is valid (every param resolved above, defaults filled in)"
+                + (f"; the files it names are in place and readable: {', '.join(named)}" if named else ""),
+                file=sys.stderr,
+            )
         elif args.command == "install-converter":
             from lorapipe.export import install_converter
 

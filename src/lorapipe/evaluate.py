@@ -169,15 +169,18 @@ def task_ladder(answers: dict[str, dict], ggufs: dict[str, Path], suffix: str, t
     quants = {}
     for quant, path in scored.items():
         mine = values[path.name + suffix]
-        drops = [-relative(mine[task], reference[task]["score"]) for task in metric]
+        drops = [-relative(mine[task], reference[task]["score"]) + 0.0 for task in metric]  # + 0.0: no -0.0
         quants[quant] = {"scores": mine, "drop": max(drops), "bytes": path.stat().st_size}
     chosen, _ = choose_quant({q: {**m, "vs_merged": m["drop"]} for q, m in quants.items()}, tolerance)
     within = sum(m["drop"] <= tolerance for m in quants.values())
     shortfall = quants[chosen]["drop"]
+    names = ", ".join(f"{task} {metric[task]}" for task in metric)
     why = (
-        f"the smallest of {within} at most {tolerance:.1%} below the best task score ({shortfall:.1%} below)"
+        f"of the {len(quants)} GGUFs scored, {within} within {tolerance:.1%} of the best task score ({names}); "
+        f"the smallest of those, {shortfall:.1%} below it"
         if within
-        else f"none is within {tolerance:.1%} of the best task score; the closest ({shortfall:.1%} below)"
+        else f"none of the {len(quants)} GGUFs scored is within {tolerance:.1%} of the best task score ({names}); "
+        f"the closest, {shortfall:.1%} below it"
     )
     return {
         "metric": metric,
@@ -427,11 +430,14 @@ def evaluate_models(
             ladder = task_ladder(metrics["answers"], ggufs, suffix, quant_tolerance)
             if ladder:
                 metrics["quant_by_task"] = ladder
-                print(
-                    f"[evaluate] by the task, ship {ggufs[ladder['chosen']].name}: {ladder['why']} "
-                    f"(the export's model: {model.name})",
-                    flush=True,
+                chosen = ggufs[ladder["chosen"]]
+                step = (
+                    f"; the export serves {model.name}: to serve it instead, put {ladder['chosen']} first in "
+                    "export.quants"
+                    if chosen != model
+                    else " (the export's model)"
                 )
+                print(f"[evaluate] by the task, ship {chosen.name}: {ladder['why']}{step}", flush=True)
         _print_scores(metrics["answers"])
         texts = {name: [g.text for g in got] for name, got in answers.items()}
         samples = samples_markdown(rows, requests, texts, num_generations)

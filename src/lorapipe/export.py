@@ -359,7 +359,9 @@ def _verify(
     check = compare_logits(merged_dir, converted, VERIFY_TEXT)
     print(
         f"[export] llama.cpp vs transformers on {check['tokens']} tokens: max |Δlogit| "
-        f"{check['max_abs_diff']:.2e}, top-1 agreement {check['top1_agreement']:.0%}",
+        f"{check['max_abs_diff']:.2e}, top-1 agreement {check['top1_agreement']:.0%} "
+        f"({check['top1_agreement_beyond_ties']:.0%} counting near ties, within {TIE_LOGITS} logits, as agreeing; "
+        f"at least {min_top1_agreement:.0%} needed)",
         flush=True,
     )
     unquantized = outtype in ("f32", "f16", "bf16")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -221,6 +222,9 @@ def last_user_text(messages: list[dict]) -> str:
     return next((m["content"] for m in reversed(messages) if m["role"] == "user" and m["content"].strip()), "")
 
 
+PROGRESS_EVERY_S = 30  # seconds between gguf_generate's progress lines
+
+
 def gguf_generate(
     gguf_path: str | Path,
     requests: list[list[dict]],
@@ -264,6 +268,7 @@ def gguf_generate(
             llm = Llama(str(gguf_path), n_ctx=min(trained, -(-needed // 256) * 256), n_threads=threads(), verbose=False)
         eos = llm._model.token_get_text(llm.token_eos())
         answers = []
+        said = time.monotonic()
         for number, prompt in enumerate(prompts):
             # A fresh context per prompt: reusing the previous prompt's cached start changes the logits in
             # the last bits, enough to flip a greedy token (an answer would depend on the one before).
@@ -274,6 +279,11 @@ def gguf_generate(
             )
             choice = completion["choices"][0]
             answers.append(Generation(choice["text"].strip(), choice.get("finish_reason") == "length"))
+            done = len(answers)
+            if len(prompts) > 1 and (time.monotonic() - said >= PROGRESS_EVERY_S or done == len(prompts)):
+                said = time.monotonic()  # a line every PROGRESS_EVERY_S: a grammar-bound run takes minutes
+                how = " under the span grammar" if spans else " under the schema" if grammar else ""
+                print(f"[evaluate] {done}/{len(prompts)} answers from {Path(gguf_path).name}{how}", flush=True)
     finally:
         llm.close()
     return answers
