@@ -181,7 +181,7 @@ def has_extracted_text(text_dir: str | Path) -> bool:
     """Whether `text_dir`'s ``manifest.jsonl`` (the extract stage's) lists a document whose text was
     extracted; False when there is no manifest, or it is empty (no documents: labeled rows alone)."""
     manifest_path = Path(text_dir) / paths.MANIFEST_NAME
-    return manifest_path.is_file() and any(entry["status"] == "ok" for entry in read_jsonl(manifest_path))
+    return manifest_path.is_file() and any(entry.get("status") == "ok" for entry in read_jsonl(manifest_path))
 
 
 def _text_rows(
