@@ -85,11 +85,25 @@ def runs_page_url(ui_url: str, experiment: str | None = None) -> str:
     return f"{ui_url.rstrip('/')}/#/experiments/{found.experiment_id}/runs?{view}&compareRunsMode=CHART"
 
 
-def git_commit() -> str:
+def git_commit(cwd: str | Path | None = None) -> str:
+    """The commit checked out in `cwd` (default: here), with ``-dirty`` appended when tracked files differ
+    from it (as ``git describe --dirty`` marks it: params.yaml edited, or a ``dvc exp run`` applied; not
+    dvc.lock, nor files git does not track), so a record never claims a commit the run did not use;
+    "unknown" outside a git repository."""
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=cwd
+        ).stdout.strip()
+        changed = subprocess.run(  # dvc.lock is the pipeline's own record, rewritten as stages finish
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!dvc.lock"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=cwd,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+    return f"{head}-dirty" if changed else head
 
 
 def files_hash(*files: str | Path) -> str:
