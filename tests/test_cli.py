@@ -422,7 +422,9 @@ def test_ask_with_retrieval_puts_the_passage_of_the_question_in_the_prompt(proje
     (project / "data" / "dataset" / "prompts.json").write_text('{"text": "Text.", "qa": "Answer briefly."}')
     asked = []
     monkeypatch.setattr(
-        lorapipe.generation, "answer_all", lambda gguf, requests, max_tokens: asked.append((gguf, requests)) or ["1889"]
+        lorapipe.generation,
+        "answer_all",
+        lambda gguf, requests, max_tokens, schema=None: asked.append((gguf, requests)) or ["1889"],
     )
     question = "When was the tower finished?"
     assert main(["ask", question, "--gguf", "models/gguf/tiny.Q8_0.gguf", "--retrieval", "--top-k", "2"]) == 0
@@ -442,6 +444,29 @@ def test_ask_with_retrieval_puts_the_passage_of_the_question_in_the_prompt(proje
     build_index([], project / "data" / "synth" / "index")
     assert main(["ask", question, "--gguf", "models/gguf/tiny.Q8_0.gguf", "--retrieval"]) == 2
     assert "data/synth/index holds no passage" in capsys.readouterr().err and len(asked) == 1
+
+
+def test_ask_answers_with_a_tasks_prompt_under_a_schema(project, capsys, monkeypatch):
+    import lorapipe.generation
+
+    (project / "data" / "dataset" / "prompts.json").write_text('{"text": "Text.", "chat": "Analyse as JSON."}')
+    (project / "task.schema.json").write_text('{"type": "object", "properties": {"intent": {"type": "string"}}}')
+    asked = []
+    monkeypatch.setattr(
+        lorapipe.generation,
+        "answer_all",
+        lambda gguf, requests, max_tokens, schema=None: asked.append((requests, schema)) or ['{"intent": "Play"}'],
+    )
+    argv = ["ask", "play jazz", "--gguf", "models/gguf/tiny.Q8_0.gguf", "--task", "chat"]
+    assert main([*argv, "--json-schema", "task.schema.json"]) == 0
+    ([messages], schema) = asked[-1]
+    assert messages[0] == {"role": "system", "content": "Analyse as JSON."} and schema["type"] == "object"
+    assert 'A (tiny.Q8_0.gguf, llama.cpp, under the schema): {"intent": "Play"}' in capsys.readouterr().out
+    assert main(argv[:4]) == 0 and asked[-1][0][0][0]["content"] == "Text." and asked[-1][1] is None  # the first
+    assert main([*argv[:4], "--task", "qa"]) == 2
+    assert "--task 'qa' is not a task of data/dataset/prompts.json; its tasks: text, chat" in capsys.readouterr().err
+    assert main([*argv, "--json-schema", "nope.json"]) == 2
+    assert "nope.json not found (--json-schema)" in capsys.readouterr().err and len(asked) == 2
 
 
 def test_serve_decodes_under_the_schema_the_evaluation_scored(tmp_path, monkeypatch, capsys):

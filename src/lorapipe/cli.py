@@ -292,6 +292,12 @@ def _add_model_commands(commands) -> None:
         "--prompts", default=str(paths.PROMPTS), help="the system prompts (default: data/dataset/prompts.json)"
     )
     ask.add_argument("--max-tokens", type=int, default=96)
+    ask.add_argument("--task", help="the task whose system prompt the question gets (prompts.json; default: the first)")
+    ask.add_argument(
+        "--json-schema",
+        help="decode the answer under this JSON Schema (llama.cpp grammar), as `lorapipe serve` does with "
+        "eval.json_schema; default: free text",
+    )
     _add_retrieval_flags(ask)
     serve = commands.add_parser("serve", help="serve the exported model over HTTP (FastAPI, 127.0.0.1)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, local only)")
@@ -512,22 +518,30 @@ def _serve_schema(args: argparse.Namespace) -> str | None:
 def _ask(args: argparse.Namespace) -> None:
     from lorapipe.io import read_json
 
+    from lorapipe.generation import answer_all
+    from lorapipe.labeled import load_json_schema
+
     gguf = _gguf(args.gguf)
     prompts = read_json(paths.require(args.prompts, "--prompts"))
+    if args.task is not None and args.task not in prompts:
+        raise ValueError(f"--task {args.task!r} is not a task of {args.prompts}; its tasks: {', '.join(prompts)}")
+    schema = (
+        load_json_schema(paths.require(args.json_schema, "--json-schema"), "--json-schema")
+        if args.json_schema
+        else None
+    )
     retrieval = _retrieval(args)
     if retrieval is None:
-        from lorapipe.evaluate import chat
-
-        answer = chat(gguf, next(iter(prompts.values())), args.question, args.max_tokens)
-        print(f"Q: {args.question}\nA ({gguf.name}, llama.cpp): {answer}")
+        system_prompt = prompts[args.task] if args.task else next(iter(prompts.values()))
+        conversation = [{"role": "system", "content": system_prompt}, {"role": "user", "content": args.question}]
+        answer = answer_all(gguf, [conversation], args.max_tokens, schema)[0]
+        print(f"Q: {args.question}\nA ({gguf.name}, llama.cpp{', under the schema' if schema else ''}): {answer}")
         return
-    from lorapipe.generation import answer_all
-
-    system_prompt = prompts.get(retrieval.task) or next(iter(prompts.values()))
+    system_prompt = prompts.get(args.task or retrieval.task) or next(iter(prompts.values()))
     messages, passages = retrieval.apply(
         [{"role": "system", "content": system_prompt}, {"role": "user", "content": args.question}]
     )
-    answer = answer_all(gguf, [messages], args.max_tokens)[0]
+    answer = answer_all(gguf, [messages], args.max_tokens, schema)[0]
     print(f"Q: {args.question}\nA ({gguf.name}, llama.cpp, with {retrieval.describe()}): {answer}")
     for number, passage in enumerate(passages, 1):
         print(f"[{number}] {passage.get('id') or passage.get('source')} (BM25 {passage['score']:.2f})")
