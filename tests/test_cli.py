@@ -38,6 +38,12 @@ def test_check_refuses_a_named_file_that_is_missing_or_not_a_schema(tmp_path, ca
         "[check] params.yaml is valid (every param resolved above, defaults filled in); the files it names are in "
         "place and readable: eval.json_schema (data/raw/config/task.schema.json)\n"
     )
+    (tmp_path / "params.yaml").write_text("train:\n  max_steps: 20\n  epochs: 0.6\n")
+    assert main(["check"]) == 0
+    assert capsys.readouterr().err.endswith(
+        "[check] note: train.max_steps is 20, so train.epochs (0.6) is not used (max_steps: -1 trains for the "
+        "epochs)\n"
+    )
 
 
 def test_bad_params_fail_before_any_work(tmp_path, capsys, monkeypatch):

@@ -762,6 +762,12 @@ def main(argv: list[str] | None = None) -> int:
                 + (f"; the files it names are in place and readable: {', '.join(named)}" if named else ""),
                 file=sys.stderr,
             )
+            if params.train.max_steps > 0 and params.train.epochs != DEFAULTS.train.epochs:
+                print(
+                    f"[check] note: train.max_steps is {params.train.max_steps}, so train.epochs "
+                    f"({params.train.epochs}) is not used (max_steps: -1 trains for the epochs)",
+                    file=sys.stderr,
+                )
         elif args.command == "install-converter":
             from lorapipe.export import install_converter
 
