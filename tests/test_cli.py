@@ -41,8 +41,7 @@ def test_check_refuses_a_named_file_that_is_missing_or_not_a_schema(tmp_path, ca
     (tmp_path / "params.yaml").write_text("train:\n  max_steps: 20\n  epochs: 0.6\n")
     assert main(["check"]) == 0
     assert capsys.readouterr().err.endswith(
-        "[check] note: train.max_steps is 20, so train.epochs (0.6) is not used (max_steps: -1 trains for the "
-        "epochs)\n"
+        "[check] note: train.max_steps is 20, so train.epochs (0.6) is not used (max_steps: -1 trains for the epochs)\n"
     )
 
 
@@ -473,6 +472,12 @@ def test_ask_answers_with_a_tasks_prompt_under_a_schema(project, capsys, monkeyp
     assert "--task 'qa' is not a task of data/dataset/prompts.json; its tasks: text, chat" in capsys.readouterr().err
     assert main([*argv, "--json-schema", "nope.json"]) == 2
     assert "nope.json not found (--json-schema)" in capsys.readouterr().err and len(asked) == 2
+    (project / "task.schema.json").write_text('{"type": "object", "propertes": {}}')  # named, as serve names it
+    assert main([*argv, "--json-schema", "task.schema.json"]) == 0
+    assert "[ask] warning: task.schema.json: unknown keyword 'propertes'" in capsys.readouterr().err
+    (project / "data" / "dataset" / "prompts.json").write_text("{}")
+    assert main(argv[:4]) == 2
+    assert "data/dataset/prompts.json names no task's system prompt" in capsys.readouterr().err
 
 
 def test_serve_decodes_under_the_schema_the_evaluation_scored(tmp_path, monkeypatch, capsys):

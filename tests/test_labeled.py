@@ -278,3 +278,10 @@ def test_schema_errors_come_in_the_order_of_the_answer():
     assert said.startswith("1 is not of type 'string' at 0/k; 1 is not of type 'string' at 1/k; 1 is not of type")
     assert "at 2/k; and 9 more" in said
     assert schema_errors(json.dumps([{"k": 1}] * 2), items, most=0) == "1 is not of type 'string' at 0/k; and 1 more"
+
+
+def test_a_schema_llama_cpp_builds_no_grammar_from_is_named_before_the_model_loads(tmp_path):
+    from lorapipe.generation import gguf_generate
+
+    with pytest.raises(ValueError, match="no grammar can be built from this JSON Schema: .*; simplify the schema"):
+        gguf_generate(tmp_path / "any.gguf", [[{"role": "user", "content": "hi"}]], 4, {"not": {"type": "string"}})

@@ -243,13 +243,18 @@ def test_the_git_commit_of_a_record_says_when_tracked_files_differ_from_it(tmp_p
     assert tracking.git_commit(tmp_path) == "unknown"  # no repository
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t.invalid"]
     subprocess.run([*git, "init", "-q"], cwd=tmp_path, check=True)
-    for name in ("params.yaml", "dvc.lock"):
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  t:\n    cmd: x\n    metrics:\n      - reports/train.json:\n          cache: false\n"
+    )
+    for name in ("params.yaml", "dvc.lock", "reports/train.json"):
         (tmp_path / name).write_text("a: 1\n")
     subprocess.run([*git, "add", "-A"], cwd=tmp_path, check=True)
     subprocess.run([*git, "commit", "-qm", "c"], cwd=tmp_path, check=True)
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
     assert tracking.git_commit(tmp_path) == head
     (tmp_path / "dvc.lock").write_text("a: 2\n")  # the pipeline's own record, rewritten as stages run
+    (tmp_path / "reports" / "train.json").write_text("a: 2\n")  # a metric kept in git, rewritten by a rerun
     (tmp_path / "notes.txt").write_text("untracked\n")
     assert tracking.git_commit(tmp_path) == head
     (tmp_path / "params.yaml").write_text("a: 2\n")  # what `dvc exp run -S a=2` leaves in the workspace

@@ -1049,3 +1049,8 @@ def test_training_sends_no_usage_ping_to_the_hub(tmp_path, dataset_dir, tiny_mod
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", False)
     train_lora(dataset_dir, tiny_model_dir, tmp_path / "b", **sections(max_steps=1, batch_size=2, precision="fp32"))
     assert [p["library_name"] for p in pings] == ["trl"]
+    # a user's opt-out set after huggingface_hub was imported (its constant already read) holds too
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    from lorapipe.train import hub_telemetry_off
+
+    assert hub_telemetry_off() and constants.HF_HUB_DISABLE_TELEMETRY is True

@@ -292,11 +292,15 @@ def _add_model_commands(commands) -> None:
         "--prompts", default=str(paths.PROMPTS), help="the system prompts (default: data/dataset/prompts.json)"
     )
     ask.add_argument("--max-tokens", type=int, default=96)
-    ask.add_argument("--task", help="the task whose system prompt the question gets (prompts.json; default: the first)")
+    ask.add_argument(
+        "--task",
+        help="the task whose system prompt the question gets (prompts.json; default: the first, or with "
+        "--retrieval synth.task's)",
+    )
     ask.add_argument(
         "--json-schema",
         help="decode the answer under this JSON Schema (llama.cpp grammar), as `lorapipe serve` does with "
-        "eval.json_schema; default: free text",
+        "eval.json_schema, but without the span constraint; default: free text",
     )
     _add_retrieval_flags(ask)
     serve = commands.add_parser("serve", help="serve the exported model over HTTP (FastAPI, 127.0.0.1)")
@@ -519,18 +523,20 @@ def _ask(args: argparse.Namespace) -> None:
     from lorapipe.io import read_json
 
     from lorapipe.generation import answer_all
-    from lorapipe.labeled import load_json_schema
+    from lorapipe.labeled import load_json_schema, unknown_keywords
 
     gguf = _gguf(args.gguf)
     prompts = read_json(paths.require(args.prompts, "--prompts"))
     if args.task is not None and args.task not in prompts:
         raise ValueError(f"--task {args.task!r} is not a task of {args.prompts}; its tasks: {', '.join(prompts)}")
-    schema = (
-        load_json_schema(paths.require(args.json_schema, "--json-schema"), "--json-schema")
-        if args.json_schema
-        else None
-    )
+    schema = None
+    if args.json_schema:
+        schema = load_json_schema(paths.require(args.json_schema, "--json-schema"), "--json-schema")
+        for line in unknown_keywords(schema):
+            print(f"[ask] warning: {args.json_schema}: {line}", file=sys.stderr, flush=True)
     retrieval = _retrieval(args)
+    if not isinstance(prompts, dict) or not prompts:
+        raise ValueError(f"{args.prompts} names no task's system prompt: rebuild it with `dvc repro dataset`")
     if retrieval is None:
         system_prompt = prompts[args.task] if args.task else next(iter(prompts.values()))
         conversation = [{"role": "system", "content": system_prompt}, {"role": "user", "content": args.question}]

@@ -432,8 +432,8 @@ def evaluate_models(
                 metrics["quant_by_task"] = ladder
                 chosen = ggufs[ladder["chosen"]]
                 step = (
-                    f"; the export serves {model.name}: to serve it instead, put {ladder['chosen']} first in "
-                    "export.quants"
+                    f"; the export serves {model.name}: to serve it instead, `lorapipe serve --gguf {chosen}`, or "
+                    f"name {ladder['chosen']} first in export.quants (a list, where it is auto) and rerun export"
                     if chosen != model
                     else " (the export's model)"
                 )

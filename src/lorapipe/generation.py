@@ -242,16 +242,19 @@ def gguf_generate(
     string value is a span of that message. The context is 2048 tokens,
     larger when the longest prompt plus `max_tokens` needs it (up to the model's trained context).
     Raises ChatTemplateError when the template refuses a conversation, ValueError when a prompt
-    does not fit the model's trained context."""
+    does not fit the model's trained context or llama.cpp builds no grammar from `json_schema`."""
     from llama_cpp import Llama, LlamaGrammar
 
     if span_constraint and json_schema is None:
         raise ValueError("the span constraint rewrites a JSON Schema's strings: give json_schema too")
     # each conversation's span grammar, built before the model loads: a message it refuses stops nothing half-way
     spans = [span_gbnf(json_schema, last_user_text(m)) for m in requests] if span_constraint else None
-    grammar = (
-        LlamaGrammar.from_json_schema(json.dumps(json_schema), verbose=False) if json_schema and not spans else None
-    )
+    try:
+        grammar = (
+            LlamaGrammar.from_json_schema(json.dumps(json_schema), verbose=False) if json_schema and not spans else None
+        )
+    except Exception as exc:  # noqa: BLE001 - llama.cpp's converter asserts on what it cannot express
+        raise ValueError(f"no grammar can be built from this JSON Schema: {exc}; simplify the schema") from None
     llm = Llama(str(gguf_path), n_ctx=2048, n_threads=threads(), verbose=False)
     try:
         prompts = [encode_chat(messages, llama_codec(llm)) for messages in requests]

@@ -85,17 +85,39 @@ def runs_page_url(ui_url: str, experiment: str | None = None) -> str:
     return f"{ui_url.rstrip('/')}/#/experiments/{found.experiment_id}/runs?{view}&compareRunsMode=CHART"
 
 
+def _written(cwd: str | Path | None) -> list[str]:
+    """What the pipeline itself writes in the project at `cwd`, so no sign of an edit: dvc.lock and each
+    out, metric and plot its dvc.yaml declares (metrics kept in git, ``cache: false``, are rewritten by
+    every rerun: reports/train.json holds the run's seconds)."""
+    import yaml
+
+    written = ["dvc.lock"]
+    try:
+        stages = (yaml.safe_load((Path(cwd or ".") / "dvc.yaml").read_text()) or {}).get("stages") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return written
+    for stage in stages.values():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in (stage or {}).get(kind) or []:
+                if isinstance(entry, str):
+                    written.append(entry)
+                elif isinstance(entry, dict):  # {path: {cache: false, ...}}
+                    written += [str(key) for key in entry]
+    return written
+
+
 def git_commit(cwd: str | Path | None = None) -> str:
     """The commit checked out in `cwd` (default: here), with ``-dirty`` appended when tracked files differ
     from it (as ``git describe --dirty`` marks it: params.yaml edited, or a ``dvc exp run`` applied; not
-    dvc.lock, nor files git does not track), so a record never claims a commit the run did not use;
-    "unknown" outside a git repository."""
+    what the pipeline writes itself, `_written`, nor files git does not track), so a record never claims
+    a commit the run did not use; "unknown" outside a git repository. Files are those under `cwd`, the
+    project root where the stages run."""
     try:
         head = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=cwd
         ).stdout.strip()
-        changed = subprocess.run(  # dvc.lock is the pipeline's own record, rewritten as stages finish
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!dvc.lock"],
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *map(":!{}".format, _written(cwd))],
             capture_output=True,
             text=True,
             check=True,

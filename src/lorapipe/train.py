@@ -1114,14 +1114,16 @@ def _length_grouping(trainer_class):
 
 def hub_telemetry_off() -> bool:
     """Switch off huggingface_hub's usage telemetry (``send_telemetry``, which TRL's trainers call) in this
-    process and its children, unless the user set ``HF_HUB_DISABLE_TELEMETRY`` (then theirs holds:
-    ``0`` allows it). Returns whether it is off. huggingface_hub reads the variable once, at import,
-    so its constant is set too."""
+    process and its children, unless the user set ``HF_HUB_DISABLE_TELEMETRY`` (then theirs holds, read
+    as huggingface_hub reads it: ``0`` allows it). Returns whether it is off. huggingface_hub reads the
+    variable once, at import, so its constant is set from it again here."""
     from huggingface_hub import constants
 
-    if "HF_HUB_DISABLE_TELEMETRY" not in os.environ:
-        os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
-        constants.HF_HUB_DISABLE_TELEMETRY = True
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    # huggingface_hub's own reading of the variable, now (it read it at import, maybe before it was set)
+    constants.HF_HUB_DISABLE_TELEMETRY = (
+        os.environ["HF_HUB_DISABLE_TELEMETRY"].upper() in constants.ENV_VARS_TRUE_VALUES
+    )
     return bool(constants.HF_HUB_DISABLE_TELEMETRY)
 
 
