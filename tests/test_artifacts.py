@@ -72,14 +72,16 @@ def test_provenance_and_lineage(tmp_path, monkeypatch):
 
 def test_ask_and_chat_take_the_model_export_json_names(tmp_path, monkeypatch):
     """`lorapipe ask` and `lorapipe chat` without --gguf: the model, not the first file by name."""
-    from lorapipe import cli, evaluate, serve
+    from lorapipe import cli, generation, serve
 
     fake_export(tmp_path / "models" / "gguf", ["Q8_0", "F16"])
     (tmp_path / "data" / "dataset").mkdir(parents=True)
     (tmp_path / "data" / "dataset" / "prompts.json").write_text(json.dumps({"text": "Be brief."}))
     monkeypatch.chdir(tmp_path)
     asked, opened = [], []
-    monkeypatch.setattr(evaluate, "chat", lambda gguf, system, question, max_tokens: asked.append(gguf) or "hi")
+    monkeypatch.setattr(
+        generation, "answer_all", lambda gguf, requests, max_tokens, schema: asked.append(gguf) or ["hi"]
+    )
 
     class Opened:
         def __init__(self, path):
