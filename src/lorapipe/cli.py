@@ -527,8 +527,6 @@ def _ask(args: argparse.Namespace) -> None:
 
     gguf = _gguf(args.gguf)
     prompts = read_json(paths.require(args.prompts, "--prompts"))
-    if args.task is not None and args.task not in prompts:
-        raise ValueError(f"--task {args.task!r} is not a task of {args.prompts}; its tasks: {', '.join(prompts)}")
     schema = None
     if args.json_schema:
         schema = load_json_schema(paths.require(args.json_schema, "--json-schema"), "--json-schema")
@@ -537,6 +535,8 @@ def _ask(args: argparse.Namespace) -> None:
     retrieval = _retrieval(args)
     if not isinstance(prompts, dict) or not prompts:
         raise ValueError(f"{args.prompts} names no task's system prompt: rebuild it with `dvc repro dataset`")
+    if args.task is not None and args.task not in prompts:
+        raise ValueError(f"--task {args.task!r} is not a task of {args.prompts}; its tasks: {', '.join(prompts)}")
     if retrieval is None:
         system_prompt = prompts[args.task] if args.task else next(iter(prompts.values()))
         conversation = [{"role": "system", "content": system_prompt}, {"role": "user", "content": args.question}]
