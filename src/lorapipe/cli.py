@@ -520,18 +520,16 @@ def _serve_schema(args: argparse.Namespace) -> str | None:
 
 
 def _ask(args: argparse.Namespace) -> None:
-    from lorapipe.io import read_json
-
     from lorapipe.generation import answer_all
-    from lorapipe.labeled import load_json_schema, unknown_keywords
+    from lorapipe.io import read_json
+    from lorapipe.labeled import load_json_schema, warn_unknown_keywords
 
     gguf = _gguf(args.gguf)
     prompts = read_json(paths.require(args.prompts, "--prompts"))
     schema = None
     if args.json_schema:
         schema = load_json_schema(paths.require(args.json_schema, "--json-schema"), "--json-schema")
-        for line in unknown_keywords(schema):
-            print(f"[ask] warning: {args.json_schema}: {line}", file=sys.stderr, flush=True)
+        warn_unknown_keywords(schema, f"[ask] warning: {args.json_schema}")
     retrieval = _retrieval(args)
     if not isinstance(prompts, dict) or not prompts:
         raise ValueError(f"{args.prompts} names no task's system prompt: rebuild it with `dvc repro dataset`")
@@ -608,9 +606,8 @@ def _dataset_reads_text(args: argparse.Namespace, p: Params) -> bool:
     """Does `lorapipe dataset` read the extract stage's output? Not with ``dataset.mode: chat``, nor with
     ``auto`` (and no text task in ``dataset.tasks``) when --labeled-dir holds labeled rows, --text-dir is
     the default, no extracted document is there (no manifest, or an empty one) and data/raw/docs holds none
-    to extract: build_dataset
-    then builds the labeled rows alone, as it would in the pipeline without documents (said on
-    stdout)."""
+    to extract: build_dataset then builds the labeled rows alone, as it would in the pipeline without
+    documents (said on stdout)."""
     from lorapipe.dataset import has_extracted_text, labeled_files
 
     d = p.dataset

@@ -190,14 +190,15 @@ def _text_rows(
     manifest_path = text_dir / paths.MANIFEST_NAME
     if not manifest_path.is_file():
         raise FileNotFoundError(f"{manifest_path} not found: run the extract stage first")
-    if not has_extracted_text(text_dir):
+    entries = read_jsonl(manifest_path)
+    if not any(entry.get("status") == "ok" for entry in entries):  # has_extracted_text, on the rows read once
         raise ValueError(
             f"task {task.name!r} is a text task but {manifest_path} lists no extracted document: put documents "
             f"into {paths.RAW_DOCS} (or the folder you extract) and run `dvc repro extract`, or train on labeled "
             "rows alone (dataset.mode: chat, and no text task in dataset.tasks)"
         )
     rows = []
-    for entry in read_jsonl(manifest_path):
+    for entry in entries:
         if entry["status"] != "ok" or not _matches(entry["source"], task.sources):
             continue
         text = read_text(text_dir / entry["output"])

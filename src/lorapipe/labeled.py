@@ -156,6 +156,15 @@ def _vocabulary(dialect: str) -> tuple[set[str], dict[str, str], object]:
     return known - set(superseded), superseded, spec
 
 
+def warn_unknown_keywords(schema: dict, prefix: str) -> None:
+    """Print each of `unknown_keywords(schema)` to stderr as ``{prefix}: {line}`` (a warning, not a
+    refusal: the schema is legal JSON Schema). What `lorapipe check`, the stages, `serve` and `ask` say."""
+    import sys
+
+    for line in unknown_keywords(schema):
+        print(f"{prefix}: {line}", file=sys.stderr, flush=True)
+
+
 def _local_refs(node, found: set[tuple[str, ...]]) -> set[tuple[str, ...]]:
     """The JSON-pointer tokens of every in-file ``$ref`` (``#/…``) anywhere in `node`."""
     from urllib.parse import unquote

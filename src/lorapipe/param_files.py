@@ -12,7 +12,6 @@ are not checked: change their value (a new folder name, ``model.revision``) to r
 from __future__ import annotations
 
 import difflib
-import sys
 from pathlib import Path
 
 from lorapipe import paths
@@ -119,7 +118,7 @@ def check_param_files(params: Params, stage: str | None, root: Path = ROOT, sour
     (`lorapipe.labeled.load_json_schema`); `source` is the params file the message names. Returns None
     when all are in place. A valid schema with a keyword its draft does not define (a misspelling JSON
     Schema would ignore: `lorapipe.labeled.unknown_keywords`) is named on stderr as a warning."""
-    from lorapipe.labeled import load_json_schema, unknown_keywords
+    from lorapipe.labeled import load_json_schema, warn_unknown_keywords
 
     problems = []
     base = root.resolve()
@@ -152,8 +151,7 @@ def check_param_files(params: Params, stage: str | None, root: Path = ROOT, sour
                 except ValueError as exc:  # its message names the key and the file
                     problems.append(f"  - {exc}")
                     continue
-                for line in unknown_keywords(schema):  # legal JSON Schema, so a warning, not a refusal
-                    print(f"[{stage or 'check'}] warning: {key}: {value}: {line}", file=sys.stderr, flush=True)
+                warn_unknown_keywords(schema, f"[{stage or 'check'}] warning: {key}: {value}")
     if problems:
         who = f"the {stage} stage" if stage else "the pipeline"
         raise ParamsError(f"{source} names file(s) {who} cannot use:\n" + "\n".join(problems))
