@@ -270,6 +270,27 @@ def test_unknown_keywords_follow_the_draft_of_each_subschema_and_the_refs_of_the
     assert unknown_keywords(values) == []
 
 
+def test_keywords_beside_a_ref_are_named_where_the_draft_ignores_them():
+    from lorapipe.labeled import schema_validator
+
+    draft7 = "http://json-schema.org/draft-07/schema#"
+    schema = {
+        "$schema": draft7,
+        "definitions": {"name": {"type": "string"}},
+        "properties": {"name": {"$ref": "#/definitions/name", "maxLength": 3, "description": "kept: an annotation"}},
+    }
+    assert schema_validator(schema).is_valid({"name": "far too long"})  # what the warning is about
+    assert unknown_keywords(schema) == [
+        "keyword 'maxLength' beside $ref in the schema at properties/name, which draft 7 ignores (only the $ref "
+        'applies there): put both under allOf, e.g. "allOf": [{"$ref": ...}, {"maxLength": ...}]'
+    ]
+    # from 2019-09 on a $ref's siblings apply: nothing to say
+    assert unknown_keywords({**schema, "$schema": "https://json-schema.org/draft/2020-12/schema"}) == []
+    # the top-level pattern {"$ref": ..., "definitions": ...} names nothing (definitions is no assertion)
+    top = {"$schema": draft7, "$ref": "#/definitions/name", "definitions": schema["definitions"]}
+    assert unknown_keywords(top) == []
+
+
 def test_schema_errors_come_in_the_order_of_the_answer():
     from lorapipe.labeled import schema_errors
 

@@ -16,7 +16,7 @@ import functools
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from lorapipe.textfiles import TextEncodingError, jsonl_lines, read_text
 
@@ -134,10 +134,18 @@ def _dialect(node: dict, default: str) -> str:
     return default
 
 
+class _Draft(NamedTuple):
+    known: set[str]  # the keywords the draft applies or annotates with
+    lowercase: dict[str, str]  # those keywords lowercased → as spelt
+    superseded: dict[str, str]  # keywords its metaschema lists but its validator no longer applies → successor
+    assertions: set[str]  # the keywords its validator applies (not annotations, not containers)
+    ref_siblings_ignored: bool  # draft 7 and before: beside a $ref, every other keyword is ignored
+    spec: object  # its `referencing` specification
+
+
 @functools.cache
-def _vocabulary(dialect: str) -> tuple[set[str], dict[str, str], object]:
-    """(the keywords draft `dialect` applies or annotates with, its superseded keywords → their
-    successor, its `referencing` specification)."""
+def _vocabulary(dialect: str) -> _Draft:
+    """What draft `dialect` knows (_Draft), from the metaschemas and validators jsonschema ships."""
     from urllib.parse import urljoin
 
     from jsonschema import validators
@@ -153,7 +161,17 @@ def _vocabulary(dialect: str) -> tuple[set[str], dict[str, str], object]:
             known |= set(REGISTRY.contents(urljoin(base, part["$ref"])).get("properties", {}))
     superseded = _SUPERSEDED.get(dialect, {})
     spec = specification_with(base, default=None) or specification_with(_DEFAULT_DIALECT)
-    return known - set(superseded), superseded, spec
+    known -= set(superseded)
+    probe = {"$ref": "#/definitions/any", "definitions": {"any": {}}, "type": "string"}
+    ignored = validator(probe).is_valid(0)  # the validator's own answer: is `type` beside $ref applied?
+    assertions = set(validator.VALIDATORS) - set(superseded)
+    return _Draft(known, {k.lower(): k for k in known}, superseded, assertions, ignored, spec)
+
+
+def _draft_name(dialect: str) -> str:
+    """``2020-12`` for ``https://json-schema.org/draft/2020-12/schema``, ``7`` for ``http://json-schema.org/draft-07/schema``."""
+    part = dialect.rstrip("/").split("/")[-2]
+    return part.removeprefix("draft-").lstrip("0") or part
 
 
 def warn_unknown_keywords(schema: dict, prefix: str) -> None:
@@ -165,20 +183,48 @@ def warn_unknown_keywords(schema: dict, prefix: str) -> None:
         print(f"{prefix}: {line}", file=sys.stderr, flush=True)
 
 
-def _local_refs(node, found: set[tuple[str, ...]]) -> set[tuple[str, ...]]:
-    """The JSON-pointer tokens of every in-file ``$ref`` (``#/…``) anywhere in `node`."""
+def _ref_sites(schema: dict) -> tuple[list[tuple[tuple[str, ...], str]], bool]:
+    """(``(where, $ref)`` of every reference in `schema` in the file's order, `where` the JSON-pointer
+    tokens of the object holding it; whether a subschema below the top declares its own base URI
+    (``$id``/``id``)). The values of data keywords (``enum``, ``const``, ``default``, …) are not walked."""
+    sites: list[tuple[tuple[str, ...], str]] = []
+    nested_ids = False
+
+    def walk(node, where: tuple[str, ...]) -> None:
+        nonlocal nested_ids
+        if isinstance(node, dict):
+            if where and isinstance(node.get("$id", node.get("id")), str):
+                nested_ids = True
+            if isinstance(node.get("$ref"), str):
+                sites.append((where, node["$ref"]))
+            for name, value in node.items():
+                if name not in _DATA_KEYS:
+                    walk(value, (*where, str(name)))
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, (*where, str(i)))
+
+    walk(schema, ())
+    return sites, nested_ids
+
+
+def _local_refs(schema: dict) -> dict[tuple[str, ...], str]:
+    """The JSON-pointer tokens of every in-file ``$ref`` (``#/…``) in `schema` → the ``$ref`` itself."""
     from urllib.parse import unquote
 
-    if isinstance(node, dict):
-        ref = node.get("$ref")
-        if isinstance(ref, str) and ref.startswith("#/"):
-            found.add(tuple(unquote(t).replace("~1", "/").replace("~0", "~") for t in ref[2:].split("/")))
-        for value in node.values():
-            _local_refs(value, found)
-    elif isinstance(node, list):
-        for value in node:
-            _local_refs(value, found)
-    return found
+    return {
+        tuple(unquote(t).replace("~1", "/").replace("~0", "~") for t in ref[2:].split("/")): ref
+        for _, ref in _ref_sites(schema)[0]
+        if ref.startswith("#/")
+    }
+
+
+def _resolver(schema: dict):
+    """A `referencing` resolver rooted at `schema` (Draft 2020-12 unless it declares its own draft)."""
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT202012
+
+    return Registry().resolver_with_root(Resource.from_contents(schema, default_specification=DRAFT202012))
 
 
 def unknown_keywords(schema: dict) -> list[str]:
@@ -186,6 +232,8 @@ def unknown_keywords(schema: dict) -> list[str]:
     misspelt ``requried`` or draft 7's ``dependencies`` in a Draft 2020-12 schema: JSON Schema ignores
     such a keyword, so the rule it meant is silently not checked. Each line names where it is (a JSON
     pointer without the ``#/``) and the keyword it may mean (difflib, case-insensitive), or its successor.
+    Also named: in a draft 4, 6 or 7 schema, a validation keyword beside a ``$ref`` (``{"$ref": …,
+    "type": …}``), which those drafts ignore (jsonschema's validator is asked, not assumed).
     Not named: extension keywords spelt ``x-…``, and a container of subschemas that a ``$ref`` in the
     file points into (``$defs`` in a draft-7 schema), whose subschemas are checked instead. The
     draft's keywords are its metaschema's (and vocabularies') as jsonschema ships them, the draft the
@@ -194,33 +242,47 @@ def unknown_keywords(schema: dict) -> list[str]:
     not walked). Empty when all are known."""
     import difflib
 
-    refs = _local_refs(schema, set())
+    from referencing.exceptions import Unresolvable
+
+    refs = _local_refs(schema)
+    resolver = _resolver(schema)
     found: list[str] = []
 
     def walk(node: dict, at: tuple, dialect: str) -> None:
         dialect = _dialect(node, dialect)
-        known, superseded, spec = _vocabulary(dialect)
+        draft = _vocabulary(dialect)
         where = "/".join(map(str, at)) or "(top level)"
         followed: list[tuple[tuple, dict]] = []
         for keyword in node:
-            if keyword in known or keyword.lower().startswith("x-"):
+            if keyword in draft.known:
+                if draft.ref_siblings_ignored and keyword != "$ref" and keyword in draft.assertions and "$ref" in node:
+                    found.append(
+                        f"keyword {keyword!r} beside $ref in the schema at {where}, which draft "
+                        f"{_draft_name(dialect)} ignores (only the $ref applies there): put both under "
+                        f'allOf, e.g. "allOf": [{{"$ref": ...}}, {{"{keyword}": ...}}]'
+                    )
                 continue
-            inside = [r for r in refs if r[: len(at) + 1] == (*at, keyword) and len(r) > len(at) + 1]
+            if keyword.lower().startswith("x-"):
+                continue
+            here = (*map(str, at), keyword)
+            inside = [r for r in refs if r[: len(here)] == here and len(r) > len(here)]
             if inside:  # a container a $ref points into: what it points at is a subschema
-                for ref in sorted(inside):
-                    target = _pointer(schema, ref)
+                for tokens in sorted(inside):
+                    try:
+                        target = resolver.lookup(refs[tokens]).contents
+                    except Unresolvable:
+                        continue
                     if isinstance(target, dict):
-                        followed.append((ref, target))
+                        followed.append((tokens, target))
                 continue
-            if keyword in superseded:
-                hint = f": draft {dialect.split('/')[-2]} uses {superseded[keyword]} instead"
+            if keyword in draft.superseded:
+                hint = f": draft {_draft_name(dialect)} uses {draft.superseded[keyword]} instead"
             else:
-                lower = {k.lower(): k for k in known}
-                near = difflib.get_close_matches(keyword.lower(), sorted(lower), n=1, cutoff=0.75)
-                hint = f": did you mean {lower[near[0]]!r}?" if near else " (not a keyword of its draft)"
+                near = difflib.get_close_matches(keyword.lower(), sorted(draft.lowercase), n=1, cutoff=0.75)
+                hint = f": did you mean {draft.lowercase[near[0]]!r}?" if near else " (not a keyword of its draft)"
             found.append(f"unknown keyword {keyword!r} in the schema at {where}, which JSON Schema ignores{hint}")
         place = _places(node)
-        subs = [s for s in spec.subresources_of(node) if isinstance(s, dict) and id(s) in place]
+        subs = [s for s in draft.spec.subresources_of(node) if isinstance(s, dict) and id(s) in place]
         for sub in sorted(subs, key=lambda s: place[id(s)][0]):
             walk(sub, (*at, *place[id(sub)][1]), dialect)
         for ref, target in followed:
@@ -247,53 +309,22 @@ def _places(node: dict) -> dict[int, tuple[int, tuple]]:
     return place
 
 
-def _pointer(document, tokens: tuple):
-    """The value at JSON-pointer `tokens` in `document`, or None."""
-    for token in tokens:
-        if isinstance(document, dict) and token in document:
-            document = document[token]
-        elif isinstance(document, list) and str(token).isdigit() and int(token) < len(document):
-            document = document[int(token)]
-        else:
-            return None
-    return document
-
-
 def _unresolvable_refs(schema: dict) -> list[tuple[str, str]]:
     """``(path, $ref)`` of each reference in `schema` that does not resolve within the file, in order.
     Not checked (none returned) when a subschema declares its own base URI (``$id``/``id``), whose
     references resolve against that URI."""
-    from referencing import Registry, Resource
     from referencing.exceptions import Unresolvable
-    from referencing.jsonschema import DRAFT202012
 
-    refs: list[tuple[str, str]] = []
-    nested_ids = False
-
-    def walk(node, where: list[str], top: bool) -> None:
-        nonlocal nested_ids
-        if isinstance(node, dict):
-            if not top and isinstance(node.get("$id", node.get("id")), str):
-                nested_ids = True
-            if isinstance(node.get("$ref"), str):
-                refs.append(("/".join(where) or "(top level)", node["$ref"]))
-            for name, value in node.items():
-                if name not in _DATA_KEYS:
-                    walk(value, [*where, str(name)], False)
-        elif isinstance(node, list):
-            for i, value in enumerate(node):
-                walk(value, [*where, str(i)], False)
-
-    walk(schema, [], True)
-    if nested_ids or not refs:
+    sites, nested_ids = _ref_sites(schema)
+    if nested_ids or not sites:
         return []
-    resolver = Registry().resolver_with_root(Resource.from_contents(schema, default_specification=DRAFT202012))
+    resolver = _resolver(schema)
     broken = []
-    for where, ref in refs:
+    for where, ref in sites:
         try:
             resolver.lookup(ref)
         except Unresolvable:
-            broken.append((where, ref))
+            broken.append(("/".join(where) or "(top level)", ref))
     return broken
 
 
