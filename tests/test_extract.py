@@ -96,6 +96,18 @@ def test_no_input_folder_is_refused(tmp_path):
         extract_documents([], tmp_path / "out")
 
 
+@pytest.mark.parametrize("out", ["raw/docs", "raw", "raw/docs/texts"])
+def test_an_output_folder_overlapping_the_input_folder_is_refused_before_anything_is_deleted(tmp_path, out):
+    docs = tmp_path / "raw" / "docs"
+    docs.mkdir(parents=True)
+    (docs / "one.md").write_text("# One\n\nA document the user keeps.\n")
+    (tmp_path / "raw" / "labeled.jsonl").write_text("{}\n")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with pytest.raises(ValueError, match="output folder .* input folder .*: extracting there would delete"):
+        extract_documents(docs, tmp_path / out)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
 def test_no_usable_text_raises(tmp_path):
     docs = tmp_path / "docs"
     docs.mkdir()

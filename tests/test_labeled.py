@@ -46,6 +46,15 @@ def test_json_array_and_field_remapping(tmp_path):
     assert conversation[1]["content"] == '{"intent": "RateBook"}'
 
 
+def test_an_item_of_a_json_array_that_is_no_object_is_named_by_its_position(tmp_path):
+    path = tmp_path / "x.json"
+    path.write_text(json.dumps([{"prompt": "a", "completion": "b"}, "a bare string", ["a", "list"]]))
+    with pytest.raises(ValueError, match=r'x.json: item 2 of the JSON array is "a bare string", not a JSON object'):
+        load_labeled(path)
+    conversations, bad = load_labeled(path, on_bad_row="skip")
+    assert len(conversations) == 1 and bad == 2
+
+
 def test_canonical_json_keeps_key_order_and_unicode():
     assert canonical_json({"b": 1, "a": "é"}) == '{"b": 1, "a": "é"}'
 

@@ -316,6 +316,20 @@ def test_dvc_and_lorapipe_agree_on_a_params_yaml_a_windows_editor_saved(tmp_path
         read_yaml(utf16)
 
 
+def test_a_key_written_twice_is_refused_as_dvc_refuses_it(tmp_path):
+    from dvc.utils.serialize import load_yaml
+
+    path = tmp_path / "params.yaml"
+    path.write_text("lora:\n  rank: 8\n  alpha: 16\n  rank: 16\n")
+    with pytest.raises(Exception, match="YAML file structure is corrupted"):  # "found duplicate key" below
+        load_yaml(path)
+    with pytest.raises(ParamsError, match=r"line 4, column 3\): the key 'rank' is written twice .*first on line 2"):
+        read_yaml(path)
+    # the same key in two sections is no duplicate
+    path.write_text("lora:\n  rank: 8\ntrain:\n  rank: 1\n")
+    assert read_yaml(path) == {"lora": {"rank": 8}, "train": {"rank": 1}}
+
+
 def test_a_value_that_fits_no_arm_of_a_union_is_one_line_naming_the_key():
     for value, says in (("lots", "a valid integer"), (0, "greater than or equal to 1")):
         with pytest.raises(ParamsError) as error:

@@ -330,3 +330,15 @@ def test_compile_pays_from_the_planned_tokens_on_each_device():
     # float32 on the CPU (no native bfloat16): compiled steps measured no faster, so never; CUDA unaffected
     assert not compile_pays("cpu", 1e12, precision="fp32") and compile_pays("cuda", 1e12, precision="fp32")
     assert compile_pays("cpu", 1e12, precision="bf16")
+
+
+def test_a_warm_up_as_long_as_the_run_is_warned_of(capsys):
+    from lorapipe.plan import warn_warmup
+
+    assert warn_warmup(1000, 4) is True
+    said = capsys.readouterr().err
+    assert "train.warmup_steps (1000) is not below the run's 4 optimizer step(s)" in said
+    assert "(at most 0% of it); lower train.warmup_steps" in said  # 4 / 1000 of train.lr
+    assert warn_warmup(4, 4) is True and "at most 100% of it" in capsys.readouterr().err
+    assert warn_warmup(2, 16) is False and warn_warmup(0, 0) is False
+    assert capsys.readouterr().err == ""

@@ -765,6 +765,10 @@ def main(argv: list[str] | None = None) -> int:
                 + (f"; the files it names are in place and readable: {', '.join(named)}" if named else ""),
                 file=sys.stderr,
             )
+            if params.train.max_steps > 0:
+                from lorapipe.plan import warn_warmup
+
+                warn_warmup(params.train.warmup_steps, params.train.max_steps, "[check]")
             if params.train.max_steps > 0 and params.train.epochs != DEFAULTS.train.epochs:
                 print(
                     f"[check] note: train.max_steps is {params.train.max_steps}, so train.epochs "

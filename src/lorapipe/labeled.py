@@ -439,7 +439,9 @@ def read_records(path: Path, on_bad_row: str = "error") -> tuple[list[tuple[int,
     The file may start with a byte-order mark and be UTF-16 (`lorapipe.textfiles.read_text`); lines
     as `lorapipe.textfiles.jsonl_lines` (a U+2028 inside a string does not split a row). Raises
     TextEncodingError (a ValueError) naming a file that is not UTF-8, ValueError naming ``path:line``
-    for invalid JSON."""
+    for invalid JSON, and an item of a JSON array that is no object by its position (``item 3``);
+    with `on_bad_row` ``skip`` such rows are counted instead. In a JSON array the number is the item's
+    position, not a line."""
     text = read_text(path)
     if path.suffix.lower() == ".json":
         try:
@@ -447,7 +449,18 @@ def read_records(path: Path, on_bad_row: str = "error") -> tuple[list[tuple[int,
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
         items = data if isinstance(data, list) else [data]
-        return [(i + 1, item) for i, item in enumerate(items)], 0
+        records, bad = [], 0
+        for number, item in enumerate(items, 1):
+            if isinstance(item, dict):
+                records.append((number, item))
+            elif on_bad_row == "skip":
+                bad += 1
+            else:
+                raise ValueError(
+                    f"{path}: item {number} of the JSON array is {_clip(item)}, not a JSON object (one labeled "
+                    "row); fix it or set dataset.on_bad_row: skip"
+                )
+        return records, bad
     records, bad = [], 0
     for number, line in jsonl_lines(text):
         try:
@@ -463,6 +476,12 @@ def read_records(path: Path, on_bad_row: str = "error") -> tuple[list[tuple[int,
             ) from None
         records.append((number, item))
     return records, bad
+
+
+def _clip(value: Any, limit: int = 60) -> str:
+    """`value` as JSON, cut to `limit` characters: how a bad row is shown in a message."""
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _get(record: dict, name: str, fields: dict[str, str]) -> Any:

@@ -906,11 +906,31 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key written twice in one mapping (PyYAML keeps the last one
+    silently; DVC, which reads params files itself, stops with "found duplicate key")."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"the key {key!r} is written twice in one section (first on line {seen[key] + 1}); DVC "
+                    "refuses such a file, and only the last value would be used: keep one",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: str | Path) -> Any:
     """The YAML document in `path` ({} when empty; UTF-8 with or without a byte-order mark). Raises
     FileNotFoundError naming a missing file and ParamsError naming the file and the fix for another
     encoding (UTF-16/32 too: DVC, which reads params files itself, takes UTF-8 only), or the file,
-    line and column of a YAML syntax error."""
+    line and column of a YAML syntax error or of a key written twice in one section."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"params file not found: {path}")
@@ -922,7 +942,7 @@ def read_yaml(path: str | Path) -> Any:
             f"(dvc repro stops with 'is not valid utf-8'); {SAVE_AS_UTF8}"
         )
     try:
-        return yaml.safe_load(decode_text(data, path)) or {}
+        return yaml.load(decode_text(data, path), Loader=_UniqueKeyLoader) or {}
     except TextEncodingError as exc:
         raise ParamsError(str(exc)) from None
     except yaml.YAMLError as exc:

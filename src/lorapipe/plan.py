@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -648,3 +649,19 @@ def _speed_lines(
             f"(~{tokens / 1e3:.0f} k tokens, from {dataset_stats}{sized})"
         )
     return lines
+
+
+def warn_warmup(warmup_steps: int, steps: int, prefix: str = "[train]") -> bool:
+    """Print a warning (stderr) when `warmup_steps` is not below the run's `steps` optimizer steps: the
+    linear warm-up then never reaches train.lr, so the run trains at a fraction of the rate asked for
+    (transformers' linear schedule: lr × step / warmup_steps while warming up). True when it warned."""
+    if steps <= 0 or warmup_steps < steps:
+        return False
+    print(
+        f"{prefix} warning: train.warmup_steps ({warmup_steps}) is not below the run's {steps} optimizer "
+        f"step(s): the learning rate never reaches train.lr (at most {steps / warmup_steps:.0%} of it); lower "
+        f"train.warmup_steps (a tenth of the steps is usual: {max(steps // 10, 0)})",
+        file=sys.stderr,
+        flush=True,
+    )
+    return True

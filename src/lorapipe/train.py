@@ -50,6 +50,7 @@ from lorapipe.plan import (
     sized_epochs,
     sized_lr,
     training_steps,
+    warn_warmup,
 )
 from lorapipe.rows import loss_tokens, pack_text, text_ids, tokenize_row, tokenize_seq2seq, truncate
 from lorapipe.likelihood import perplexity, sequence_nll
@@ -213,6 +214,7 @@ def train_lora(
         lr=train.lr,
     )
     steps = _steps(len(data.train), train, resolved)
+    warn_warmup(train.warmup_steps, steps)
     resolved = replace(
         resolved,
         torch_compile=_compile(train.torch_compile, data.train, resolved, steps),

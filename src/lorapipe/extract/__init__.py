@@ -446,6 +446,22 @@ def _write_outputs(out_dir: str | Path, rows: list[dict], ok: list[dict]) -> lis
     return manifest
 
 
+def _refuse_overlap(dirs: list[Path], out_dir: Path) -> None:
+    """ValueError when `out_dir` is an input folder, holds one, or lies inside one: the stage empties
+    its output folder before writing (every file in it would be lost), and outputs inside an input
+    folder would be read back as documents on the next run."""
+    out = out_dir.resolve()
+    for folder in dirs:
+        source = folder.resolve()
+        if out == source or source.is_relative_to(out) or out.is_relative_to(source):
+            where = "is" if out == source else "holds" if source.is_relative_to(out) else "lies inside"
+            raise ValueError(
+                f"the output folder {out_dir} {where} the input folder {folder}: extracting there would "
+                "delete or re-read the documents. Write the texts to a folder of their own (the pipeline's "
+                "is data/text)"
+            )
+
+
 def extract_documents(
     input_dirs: list[str | Path] | str | Path,
     out_dir: str | Path,
@@ -472,7 +488,8 @@ def extract_documents(
     with `workers` CPUs; the outputs are byte-equal to the local executor's.
 
     Returns the manifest rows, with this run's `cached` and `seconds` of each (not written). Raises
-    FileNotFoundError for a missing input folder, ValueError for an unknown `executor`, no folder, or when files
+    FileNotFoundError for a missing input folder, ValueError for an unknown `executor`, no folder, an output
+    folder that is, holds or lies inside an input folder (the stage empties it), or when files
     are there but none yields usable text (folders with no files at all give an empty manifest), and
     with Ray lorapipe.cluster.ClusterError (Ray missing, no cluster at the address) before any work.
     """
@@ -481,6 +498,7 @@ def extract_documents(
     dirs = [Path(d) for d in ([input_dirs] if isinstance(input_dirs, (str, Path)) else input_dirs)]
     if not dirs:
         raise ValueError("no input folder given: name at least one folder of documents")
+    _refuse_overlap(dirs, Path(out_dir))
     sources = _sources(dirs)
     backend = resolve_pdf_backend(pdf_backend, docling_artifacts_path)
     options = {"pdf_backend": backend, "device": device, "ocr": ocr, "artifacts_path": docling_artifacts_path}
