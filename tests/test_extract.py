@@ -440,6 +440,17 @@ def test_running_headers_footers_and_page_numbers_are_removed():
     assert not any(line.strip().isdigit() for line in text.splitlines())
 
 
+def test_a_number_or_a_numeral_like_word_ending_a_page_is_text_unless_it_follows_the_pages():
+    from lorapipe.extract.clean import strip_running_lines
+
+    pages = ["Front matter\nfirst\niii", "More front\nmatter\niv", "Body\nin the year\n1450", "Last\nCivil"]
+    cleaned = strip_running_lines(pages)  # iii, iv: a sequence (value - position = 3 twice): page numbers
+    assert cleaned[0].splitlines() == ["Front matter", "first"] and cleaned[1].splitlines() == ["More front", "matter"]
+    assert cleaned[2].endswith("1450") and cleaned[3].endswith("Civil")  # kept: no sequence, no numeral
+    # "Page 7" and "7 of 9" say they are page numbers: dropped on any page
+    assert strip_running_lines(["Page 7\nText", "Other\n8 of 9"]) == ["Text", "Other"]
+
+
 def test_single_page_text_keeps_its_lines():
     from lorapipe.extract.clean import clean_pages
 

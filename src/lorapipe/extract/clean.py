@@ -21,7 +21,12 @@ import re
 import unicodedata
 from collections import Counter
 
-_PAGE_NUMBER = re.compile(r"^\s*(?:page\s+)?[\divxlc]+(?:\s*(?:/|of)\s*\d+)?\s*$", re.IGNORECASE)
+_ROMAN = r"M{0,3}(?:CM|CD|D?C{0,3})(?:XC|XL|L?X{0,3})(?:IX|IV|V?I{0,3})"  # a well-formed numeral, I to MMMCMXCIX
+# "12", "xii", "XII", "Page 12", "12 / 40", "12 of 40": a page number's forms (a numeral in one case)
+_PAGE_NUMBER = re.compile(
+    rf"^\s*(?P<page>(?i:page)\s+)?(?P<n>\d+|{_ROMAN}|{_ROMAN.lower()})(?P<total>\s*(?:/|(?i:of))\s*\d+)?\s*$"
+)
+_ROMAN_VALUES = {"i": 1, "v": 5, "x": 10, "l": 50, "c": 100, "d": 500, "m": 1000}
 _HYPHENS = "-\u2010\u2011"  # HYPHEN-MINUS, HYPHEN (U+2010), NON-BREAKING HYPHEN (U+2011: always kept)
 # A word (itself maybe hyphenated: "state-of-the") and a hyphen at a line end, the break (one line
 # break, or a blank line: PDF converters put a paragraph continued in the next column or block after a
@@ -51,27 +56,61 @@ def _signature(line: str) -> str:
 
 
 def strip_running_lines(pages: list[str], min_share: float = 0.5) -> list[str]:
-    """Drop page numbers, and lines at the top or bottom of pages that recur on at least
-    `min_share` of the pages (3 pages at least)."""
+    """Drop page numbers (_page_number_lines), and lines at the top or bottom of pages that recur on at
+    least `min_share` of the pages (3 pages at least)."""
     split = [page.split("\n") for page in pages]
     counts: Counter[str] = Counter()
     for lines in split:
         content = [line for line in lines if line.strip()]
         edges = content[:EDGE_LINES] + content[-EDGE_LINES:]
-        counts.update({_signature(line) for line in edges})
+        # a lone numeral's signature ("#") would match every number: _page_number_lines decides those
+        counts.update({_signature(line) for line in edges if not _PAGE_NUMBER.match(line)})
     threshold = max(3, min_share * len(pages))
     running = {sig for sig, n in counts.items() if n >= threshold and sig}
-    cleaned = []
+    edges = []
     for lines in split:
         content_idx = [i for i, line in enumerate(lines) if line.strip()]
-        edge_idx = set(content_idx[:EDGE_LINES] + content_idx[-EDGE_LINES:])
+        edges.append(set(content_idx[:EDGE_LINES] + content_idx[-EDGE_LINES:]))
+    numbered = _page_number_lines(split, edges)
+    cleaned = []
+    for page, lines in enumerate(split):
         kept = [
             line
             for i, line in enumerate(lines)
-            if not (i in edge_idx and (_signature(line) in running or _PAGE_NUMBER.match(line)))
+            if not (i in edges[page] and (_signature(line) in running or (page, i) in numbered))
         ]
         cleaned.append("\n".join(kept))
     return cleaned
+
+
+def _numeral(text: str) -> int:
+    """The value of a decimal or a well-formed Roman numeral (either case)."""
+    if text.isdigit():
+        return int(text)
+    values = [_ROMAN_VALUES[c] for c in text.lower()]
+    return sum(-v if v < after else v for v, after in zip(values, [*values[1:], 0]))
+
+
+def _page_number_lines(split: list[list[str]], edges: list[set[int]]) -> set[tuple[int, int]]:
+    """(page, line) of each page number among the edge lines: a line written as one ("Page 3", "3 of
+    12") always; a bare numeral ("3", "xii") only when its value minus the page's position recurs on
+    another page (a sequence: 1, 2, 3 … or iv, v, vi …), so that a number or a word such as "1450" or
+    "Civil" ending one page is kept as text."""
+    found: set[tuple[int, int]] = set()
+    bare: dict[int, list[tuple[int, int]]] = {}  # offset (value - page position) -> its lines
+    for page, lines in enumerate(split):
+        for i in edges[page]:
+            match = _PAGE_NUMBER.match(lines[i])
+            if not match or not match["n"]:
+                continue
+            if match["page"] or match["total"]:
+                found.add((page, i))
+            else:
+                bare.setdefault(_numeral(match["n"]) - page, []).append((page, i))
+    for places in bare.values():
+        if len({page for page, _ in places}) >= 2:
+            found.update(places)
+    return found
 
 
 def vocabulary(text: str) -> Counter[str]:
