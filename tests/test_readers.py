@@ -284,6 +284,56 @@ def test_epub_chapters_use_the_same_layout(tmp_path):
     ]
 
 
+@pytest.mark.parametrize(
+    "name, data",
+    [
+        # Latin-1 bytes under a false UTF-8 declaration; and with none (a short page)
+        ("declared-utf8.html", '<meta charset="utf-8"><p>Crème brûlée, naïve café.</p>'.encode("latin-1")),
+        ("undeclared.html", "<p>Crème brûlée, naïve café.</p>".encode("latin-1")),
+        # UTF-16 without a byte-order mark (NUL bytes in every other place)
+        ("utf16.html", '<meta charset="utf-16"><p>Crème brûlée, naïve café.</p>'.encode("utf-16-le")),
+        # UTF-8, with "charset=" in its text: not a declaration
+        ("text.html", "<p>Set charset=latin1 below.</p><p>Crème brûlée, naïve café.</p>".encode()),
+        # a real declaration, in the http-equiv form
+        (
+            "equiv.html",
+            '<meta http-equiv="Content-Type" content="text/html; charset=windows-1252"><p>Crème brûlée, naïve café.</p>'.encode(
+                "cp1252"
+            ),
+        ),
+    ],
+)
+def test_html_in_the_encoding_its_bytes_are_in(tmp_path, name, data):
+    (tmp_path / name).write_bytes(data)
+    assert read_html(tmp_path / name).pages[0].endswith("Crème brûlée, naïve café.")
+
+
+def test_an_epub_chapter_in_the_encoding_it_declares(tmp_path):
+    import zipfile
+
+    from ebooklib import epub
+
+    book = epub.EpubBook()
+    book.set_identifier("id")
+    book.set_title("T")
+    book.set_language("fr")
+    chapter = epub.EpubHtml(title="Un", file_name="one.xhtml", lang="fr")
+    chapter.content = "<html><body><p>placeholder</p></body></html>"
+    book.add_item(chapter)
+    book.spine = [chapter]
+    book.add_item(epub.EpubNav())
+    epub.write_epub(str(tmp_path / "utf8.epub"), book)
+    latin1 = (
+        '<?xml version="1.0" encoding="iso-8859-1"?><html xmlns="http://www.w3.org/1999/xhtml"><head><title>Un'
+        "</title></head><body><p>Crème brûlée, naïve café.</p></body></html>"
+    ).encode("latin-1")
+    with zipfile.ZipFile(tmp_path / "utf8.epub") as source, zipfile.ZipFile(tmp_path / "book.epub", "w") as out:
+        for info in source.infolist():
+            data = latin1 if info.filename.endswith("one.xhtml") else source.read(info)
+            out.writestr(info, data)
+    assert read_epub(tmp_path / "book.epub").pages == ["Crème brûlée, naïve café."]
+
+
 # --- PDF: fake bold -------------------------------------------------------------------------------
 
 

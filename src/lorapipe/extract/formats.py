@@ -19,7 +19,7 @@ from typing import get_args
 from lorapipe.extract.markup import docx_to_text, html_to_text
 from lorapipe.extract.pdftext import repair_doubled_words, unique_chars, without_overprinted_text
 from lorapipe.params import PdfBackend
-from lorapipe.textfiles import decode_document, repair_utf8
+from lorapipe.textfiles import bom_encoding, decode_document
 
 FORMATS = {
     ".pdf": "pdf",
@@ -54,18 +54,48 @@ def read_plain(path: Path) -> Extracted:
     return Extracted([text], "plain", note=note)
 
 
-_DECLARED_CHARSET = re.compile(rb"""(?:charset|encoding)\s*=\s*["']?\s*([\w.:-]+)""", re.IGNORECASE)
+# a charset declared in markup: <meta charset=…>, <meta http-equiv … content="…; charset=…">, <?xml … encoding="…"?>
+_DECLARED_CHARSET = re.compile(
+    rb"""<(?:meta\b[^>]*?\bcharset|\?xml\b[^>]*?\bencoding)\s*=\s*["']?\s*([\w.:-]+)""", re.IGNORECASE
+)
 
 
 def _markup(data: bytes) -> tuple[str | bytes, str | None]:
-    """HTML or XHTML `data` for `html_to_text`, and a note: UTF-8 with a few bad bytes (declared
-    UTF-8 or nothing) is decoded with those replaced (`repair_utf8`) rather than guessed to be
-    Windows-1252 as a whole; any other markup is left to BeautifulSoup's detection."""
-    declared = _DECLARED_CHARSET.search(data[:4096])
-    if declared and declared.group(1).lower().replace(b"_", b"-") not in (b"utf-8", b"utf8"):
+    """HTML or XHTML `data` for `html_to_text`, and a note on what was replaced (else None).
+
+    A byte-order mark decides, as BeautifulSoup reads it. Else a charset the markup declares
+    (``<meta charset>``, ``<?xml encoding?>``) other than UTF-8 decodes it when every byte fits that
+    charset. UTF-16 without a byte-order mark (NUL bytes at every other place) is read as such. Anything
+    else (declared UTF-8, no declaration, a declaration the bytes do not fit) is decoded as a text file is
+    (`lorapipe.textfiles.decode_document`: UTF-8, UTF-8 with a few bad bytes replaced and noted, or the
+    encoding charset-normalizer finds, Windows-1252 on a tie), so a Latin-1 page declared UTF-8 or not
+    declared at all keeps its accented letters. Bytes that fit nothing are left to BeautifulSoup."""
+    import codecs
+
+    if bom_encoding(data):
         return data, None
-    repaired = repair_utf8(data)
-    return (data, None) if repaired is None else repaired
+    declared = _DECLARED_CHARSET.search(data[:4096])
+    if declared:
+        try:
+            codec = codecs.lookup(declared.group(1).decode("ascii")).name
+        except (LookupError, UnicodeDecodeError):
+            codec = None
+        if codec not in (None, "utf-8"):
+            try:
+                return data.decode(codec), None
+            except UnicodeDecodeError:
+                pass  # the declaration is wrong: find the encoding as for an undeclared page
+    head = data[:512]
+    if len(head) >= 4 and head.count(0) * 3 >= len(head):  # UTF-16 without a byte-order mark
+        codec = "utf-16-le" if head[1::2].count(0) > head[0::2].count(0) else "utf-16-be"
+        try:
+            return data.decode(codec), None
+        except UnicodeDecodeError:
+            return data, None
+    try:
+        return decode_document(data)
+    except ValueError:  # no text encoding fits: BeautifulSoup's own detection
+        return data, None
 
 
 def read_html(path: Path) -> Extracted:
@@ -82,7 +112,7 @@ def read_epub(path: Path) -> Extracted:
     for item_id, _linear in book.spine:  # reading order
         item = book.get_item_with_id(item_id)
         if item is not None and item.get_type() == ebooklib.ITEM_DOCUMENT:
-            markup, note = _markup(item.get_content())
+            markup, note = _markup(item.content)  # as in the archive (get_content() re-encodes it)
             chapters.append(html_to_text(markup))
             notes += [f"{item.get_name()}: {note}"] if note else []
     return Extracted(chapters, "ebooklib", note="; ".join(notes) or None)
