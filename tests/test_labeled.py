@@ -55,6 +55,25 @@ def test_an_item_of_a_json_array_that_is_no_object_is_named_by_its_position(tmp_
     assert len(conversations) == 1 and bad == 2
 
 
+def test_data_written_as_json_text_in_a_string_is_read_as_the_json_it_holds(tmp_path, capsys):
+    data = {"intent": "PlayMusic", "slots": {"genre": "jazz"}}
+    path = _write(
+        tmp_path / "x.jsonl", [{"query": "play jazz", "data": json.dumps(data)}, {"query": "q", "data": "{x"}]
+    )
+    (first, second), bad = load_labeled(path)
+    assert first[1]["content"] == canonical_json(data) and bad == 0
+    assert second[1]["content"] == '"{x"'  # a string that holds no JSON stays a string
+    assert "1 row(s) hold their data as JSON text in a string" in capsys.readouterr().out
+
+
+def test_a_query_data_row_without_data_is_skipped_like_any_bad_row(tmp_path):
+    path = _write(tmp_path / "x.jsonl", [{"query": "a", "data": {"k": 1}}, {"query": "b"}])
+    with pytest.raises(ValueError, match=r"x.jsonl:2: no 'data' field \(format query_data\); add it"):
+        load_labeled(path)
+    conversations, bad = load_labeled(path, on_bad_row="skip")
+    assert len(conversations) == 1 and bad == 1
+
+
 def test_canonical_json_keeps_key_order_and_unicode():
     assert canonical_json({"b": 1, "a": "é"}) == '{"b": 1, "a": "é"}'
 

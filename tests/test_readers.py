@@ -297,9 +297,10 @@ def test_epub_chapters_use_the_same_layout(tmp_path):
         # a real declaration, in the http-equiv form
         (
             "equiv.html",
-            '<meta http-equiv="Content-Type" content="text/html; charset=windows-1252"><p>Crème brûlée, naïve café.</p>'.encode(
-                "cp1252"
-            ),
+            (
+                '<meta http-equiv="Content-Type" content="text/html; charset=windows-1252">'
+                "<p>Crème brûlée, naïve café.</p>"
+            ).encode("cp1252"),
         ),
     ],
 )

@@ -514,8 +514,10 @@ def to_messages(record: dict, fmt: str, fields: dict[str, str], where: str) -> l
         return value
 
     if fmt == "query_data":
+        data = get("data")
+        data = _held_json(data) or data  # JSON text in a string (written twice over): the JSON it holds
         try:
-            answer = canonical_json(get("data"))
+            answer = canonical_json(data)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{where}: its data field is not JSON-serialisable ({exc})") from None
         return [{"role": "user", "content": str(get("query"))}, {"role": "assistant", "content": answer}]
@@ -543,10 +545,24 @@ def to_messages(record: dict, fmt: str, fields: dict[str, str], where: str) -> l
     return messages
 
 
+def _held_json(value: Any) -> dict | list | None:
+    """The JSON object or array a string holds (``"{\\"intent\\": …}"``: a value encoded as JSON twice,
+    as a CSV or dataframe export writes it), else None."""
+    if not isinstance(value, str) or not value.strip().startswith(("{", "[")):
+        return None
+    try:
+        held = json.loads(value)
+    except json.JSONDecodeError:
+        return None
+    return held if isinstance(held, (dict, list)) else None
+
+
 def load_labeled(
     path: Path, fmt: str = "auto", fields: dict[str, str] | None = None, on_bad_row: str = "error"
 ) -> tuple[list[list[dict]], int]:
-    """Conversations from one labeled file, and how many bad rows were skipped."""
+    """Conversations from one labeled file, and how many bad rows were skipped. In the query_data
+    format a ``data`` field that is a string holding a JSON object or array (JSON written twice over)
+    is read as the JSON it holds, and the count of such rows is printed."""
     fields = fields or {}
     records, bad = read_records(path, on_bad_row)
     if not records:
@@ -565,4 +581,12 @@ def load_labeled(
                 bad += 1
                 continue
             raise ValueError(str(exc) if str(exc).startswith(where) else f"{where}: {exc}") from None
+    if fmt == "query_data":
+        held = sum(_held_json(_get(record, "data", fields)) is not None for _, record in records)
+        if held:
+            print(
+                f"[dataset] {path}: {held} row(s) hold their data as JSON text in a string (JSON written twice "
+                "over); read as the JSON it holds",
+                flush=True,
+            )
     return conversations, bad
