@@ -195,7 +195,7 @@ def test_overflow_policies(tmp_path, tiny_model_dir, policy, capsys):
     rows.append({"prompt": "very long question " * 60, "completion": "unreachable"})  # no answer token fits
     (folder / "pc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     if policy == "error":
-        with pytest.raises(ValueError, match="pc.jsonl: row 5 has .* tokens, more than dataset.max_seq_len"):
+        with pytest.raises(ValueError, match="pc.jsonl:5: the row has .* tokens, more than dataset.max_seq_len"):
             _build(tmp_path, tmp_path / "none", tiny_model_dir, folder, max_seq_len=96, on_overflow=policy)
         return
     stats, train, val = _build(tmp_path, tmp_path / "none", tiny_model_dir, folder, max_seq_len=96, on_overflow=policy)
@@ -231,14 +231,14 @@ def test_answers_that_break_the_schema_are_named_before_training(tmp_path, tiny_
         _build(tmp_path, tmp_path / "none", tiny_model_dir, folder, json_schema=schema)
     message = str(refused.value)
     assert "2 of 5 answers do not satisfy eval.json_schema" in message
-    assert "q.jsonl: row 3: 'OrderPizza' is not one of" in message and "at intent" in message
-    assert "q.jsonl: row 4:" in message and "at slots/rating_value" in message
+    assert "q.jsonl:3: 'OrderPizza' is not one of" in message and "at intent" in message
+    assert "q.jsonl:4:" in message and "at slots/rating_value" in message
     assert "dataset.on_bad_row: skip" in message
     stats, train, val = _build(
         tmp_path, tmp_path / "none", tiny_model_dir, folder, json_schema=schema, on_bad_row="skip"
     )
     assert stats["schema_invalid"] == 2 and len(train) + len(val) == 3
-    assert "q.jsonl: row 3" in capsys.readouterr().out
+    assert "q.jsonl:3:" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -384,7 +384,7 @@ def test_rows_a_template_refuses_name_file_and_row_or_are_skipped(tmp_path, tiny
     turns.insert(2, [{"role": "user", "content": "Q"}, *turns[0]])  # row 3: two user turns in a row
     (folder / "chat.jsonl").write_text("".join(json.dumps({"messages": m}) + "\n" for m in turns))
     gemma2 = model_with_template(tiny_model_dir, tmp_path / "gemma2", "gemma2")
-    with pytest.raises(ValueError, match=r"chat.jsonl: row 3: .*roles must alternate.*on_bad_row: skip") as error:
+    with pytest.raises(ValueError, match=r"chat.jsonl:3: .*roles must alternate.*on_bad_row: skip") as error:
         _build(tmp_path, tmp_path / "none", gemma2, folder, mode="chat")
     assert "TemplateError" in str(error.value) and not (tmp_path / "d").exists()
     stats, train, val = _build(tmp_path, tmp_path / "none", gemma2, folder, mode="chat", on_bad_row="skip")

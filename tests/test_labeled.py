@@ -74,6 +74,16 @@ def test_a_query_data_row_without_data_is_skipped_like_any_bad_row(tmp_path):
     assert len(conversations) == 1 and bad == 1
 
 
+def test_rows_carry_their_line_so_later_errors_name_the_line(tmp_path):
+    from lorapipe.labeled import labeled_rows, row_place
+
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"prompt": "a", "completion": "b"}\n\n{"prompt": "c", \n{"prompt": "d", "completion": "e"}\n')
+    rows, bad = labeled_rows(path, on_bad_row="skip")  # a blank line, then a bad one skipped
+    assert [number for number, _ in rows] == [1, 4] and bad == 1
+    assert row_place(path, 4) == f"{path}:4" and row_place(tmp_path / "x.json", 2) == f"{tmp_path / 'x.json'}: item 2"
+
+
 def test_canonical_json_keeps_key_order_and_unicode():
     assert canonical_json({"b": 1, "a": "é"}) == '{"b": 1, "a": "é"}'
 

@@ -36,7 +36,7 @@ from lorapipe import augment, faults, paths
 from lorapipe.chat_encoder import ChatTemplateError, folds_system, hf_codec, literal_offsets
 from lorapipe.chat_templates import ModelfileError, modelfile_line
 from lorapipe.io import atomic_outputs, read_jsonl, write_json, write_jsonl
-from lorapipe.labeled import is_json_schema, load_json_schema, load_labeled, schema_errors
+from lorapipe.labeled import is_json_schema, labeled_rows, load_json_schema, row_place, schema_errors
 from lorapipe.models import load_tokenizer
 from lorapipe.param_files import prompt_text
 from lorapipe.params import DEFAULTS, DatasetParams, TaskParams
@@ -237,13 +237,13 @@ def _chat_row(
         if on_bad_row == "skip":
             counts["bad_rows_skipped"] += 1
             return None
-        raise ChatTemplateError(f"{path}: row {number}: {exc} (or set dataset.on_bad_row: skip)") from None
+        raise ChatTemplateError(f"{row_place(path, number)}: {exc} (or set dataset.on_bad_row: skip)") from None
     if len(ids) > max_seq_len:
         counts["overflowed"] += 1
         counts["overflow_longest_tokens"] = max(counts["overflow_longest_tokens"], len(ids))
         if on_overflow == "error":
             raise ValueError(
-                f"{path}: row {number} has {len(ids)} tokens, more than dataset.max_seq_len "
+                f"{row_place(path, number)}: the row has {len(ids)} tokens, more than dataset.max_seq_len "
                 f"({max_seq_len}); raise it or set dataset.on_overflow to drop or truncate"
             )
         if on_overflow == "drop" or not loss_tokens(labels[:max_seq_len]):
@@ -271,12 +271,12 @@ def _chat_rows(
     hf_codec(tokenizer)  # a tokenizer without a chat template fails here, once, with what to do
     rows = []
     for path in files:
-        conversations, bad = load_labeled(path, task.format, task.fields, on_bad_row)
+        conversations, bad = labeled_rows(path, task.format, task.fields, on_bad_row)
         counts["bad_rows_skipped"] += bad
-        for number, messages in enumerate(conversations, 1):
+        for number, messages in conversations:
             row = _chat_row(task, path, number, messages, tokenizer, knobs, counts)
             if row is not None:
-                rows.append((f"{path}: row {number}", row))
+                rows.append((row_place(path, number), row))
     return _schema_valid(task, rows, schema, on_bad_row, counts)
 
 

@@ -560,9 +560,26 @@ def _held_json(value: Any) -> dict | list | None:
 def load_labeled(
     path: Path, fmt: str = "auto", fields: dict[str, str] | None = None, on_bad_row: str = "error"
 ) -> tuple[list[list[dict]], int]:
-    """Conversations from one labeled file, and how many bad rows were skipped. In the query_data
-    format a ``data`` field that is a string holding a JSON object or array (JSON written twice over)
-    is read as the JSON it holds, and the count of such rows is printed."""
+    """Conversations from one labeled file, and how many bad rows were skipped (`labeled_rows`
+    without the rows' places)."""
+    rows, bad = labeled_rows(path, fmt, fields, on_bad_row)
+    return [messages for _, messages in rows], bad
+
+
+def row_place(path: Path, number: int) -> str:
+    """Where row `number` of labeled file `path` is, as messages name it: ``file:line`` in a JSONL file,
+    ``file: item N`` in a JSON array."""
+    return f"{path}: item {number}" if path.suffix.lower() == ".json" else f"{path}:{number}"
+
+
+def labeled_rows(
+    path: Path, fmt: str = "auto", fields: dict[str, str] | None = None, on_bad_row: str = "error"
+) -> tuple[list[tuple[int, list[dict]]], int]:
+    """``[(line, conversation), …]`` from one labeled file (the line in a JSONL file, the item's
+    position in a JSON array), and how many bad rows were skipped. In the query_data format a ``data``
+    field that is a string holding a JSON object or array (JSON written twice over) is read as the JSON
+    it holds, and the count of such rows is printed. Raises ValueError naming ``file:line`` and the fix
+    for a bad row unless `on_bad_row` is ``skip``."""
     fields = fields or {}
     records, bad = read_records(path, on_bad_row)
     if not records:
@@ -573,9 +590,9 @@ def load_labeled(
         raise ValueError(f"{path}: unknown labeled format {fmt!r}; known formats: {', '.join(FORMATS)}")
     conversations = []
     for number, record in records:
-        where = f"{path}:{number}"
+        where = row_place(path, number)
         try:
-            conversations.append(to_messages(record, fmt, fields, where))
+            conversations.append((number, to_messages(record, fmt, fields, where)))
         except (ValueError, TypeError, AttributeError) as exc:
             if on_bad_row == "skip" and "JSON-serialisable" not in str(exc):
                 bad += 1
