@@ -335,6 +335,39 @@ def test_an_epub_chapter_in_the_encoding_it_declares(tmp_path):
     assert read_epub(tmp_path / "book.epub").pages == ["Crème brûlée, naïve café."]
 
 
+def test_a_damaged_or_misnamed_package_is_named_with_the_fix(tmp_path):
+    import zipfile
+
+    from docx import Document
+
+    (tmp_path / "old.docx").write_bytes(b"\xd0\xcf\x11\xe0 a Word 97 file")
+    Document().save(tmp_path / "report.docx")
+    (tmp_path / "report.epub").write_bytes((tmp_path / "report.docx").read_bytes())
+    with zipfile.ZipFile(tmp_path / "book.epub", "w") as book:  # an EPUB whose manifest lists a missing chapter
+        book.writestr("mimetype", "application/epub+zip")
+        book.writestr(
+            "META-INF/container.xml",
+            '<container xmlns="urn:oasis:names:tc:opendocument:xmlns:container" version="1.0"><rootfiles>'
+            '<rootfile full-path="content.opf" media-type="application/oebps-package+xml"/></rootfiles></container>',
+        )
+        book.writestr(
+            "content.opf",
+            '<package xmlns="http://www.idpf.org/2007/opf" version="3.0" unique-identifier="id"><metadata '
+            'xmlns:dc="http://purl.org/dc/elements/1.1/"><dc:identifier id="id">x</dc:identifier><dc:title>T'
+            '</dc:title></metadata><manifest><item id="c1" href="c1.xhtml" '
+            'media-type="application/xhtml+xml"/></manifest><spine><itemref idref="c1"/></spine></package>',
+        )
+    with pytest.raises(ValueError, match="not a DOCX file: it is not a ZIP archive .*save it as .docx"):
+        read_docx(tmp_path / "old.docx")
+    with pytest.raises(ValueError, match=r"a DOCX file named as an EPUB \(.epub\): rename it to .docx"):
+        read_epub(tmp_path / "report.epub")
+    with pytest.raises(ValueError, match="the EPUB is damaged: it lists 'c1.xhtml', which its archive lacks"):
+        read_epub(tmp_path / "book.epub")
+    (tmp_path / "deep.json").write_text('{"sections": {"A": {"improved": ' + "[" * 5000 + "]" * 5000 + "}}}")
+    with pytest.raises(ValueError, match="nested too deeply"):
+        read_json_report(tmp_path / "deep.json")
+
+
 # --- PDF: fake bold -------------------------------------------------------------------------------
 
 

@@ -103,11 +103,40 @@ def read_html(path: Path) -> Extracted:
     return Extracted([html_to_text(markup)], "beautifulsoup", note=note)
 
 
+def _a(kind: str) -> str:
+    return f"an {kind}" if kind[0] in "AEIOU" else f"a {kind}"
+
+
+def _package_problem(path: Path, kind: str, exc: Exception) -> str:
+    """Why a ZIP-packaged document (`kind` EPUB or DOCX) could not be opened, from what its archive
+    holds: not a ZIP archive at all, another format under this name, or a part it lists but lacks."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        legacy = " (a Word 97-2003 .doc? save it as .docx)" if kind == "DOCX" else ""
+        return f"not {_a(kind)} file: it is not a ZIP archive{legacy}; convert or re-save it"
+    with zipfile.ZipFile(path) as archive:
+        names = set(archive.namelist())
+    actual = "DOCX" if "[Content_Types].xml" in names else "EPUB" if "META-INF/container.xml" in names else None
+    if actual and actual != kind:
+        return f"{_a(actual)} file named as {_a(kind)} ({path.suffix}): rename it to .{actual.lower()}"
+    missing = re.search(r"no item named '([^']+)'", str(exc))
+    if missing:
+        return (
+            f"the {kind} is damaged: it lists {missing.group(1)!r}, which its archive lacks; repair it (e.g. "
+            "convert it again with Calibre or re-save it) or leave it out"
+        )
+    return f"the {kind} could not be read ({type(exc).__name__}: {exc}); repair or re-save it"
+
+
 def read_epub(path: Path) -> Extracted:
     import ebooklib
     from ebooklib import epub
 
-    book = epub.read_epub(str(path), options={"ignore_ncx": True})
+    try:
+        book = epub.read_epub(str(path), options={"ignore_ncx": True})
+    except (KeyError, epub.EpubException) as exc:
+        raise ValueError(_package_problem(path, "EPUB", exc)) from None
     chapters, notes = [], []
     for item_id, _linear in book.spine:  # reading order
         item = book.get_item_with_id(item_id)
@@ -119,7 +148,12 @@ def read_epub(path: Path) -> Extracted:
 
 
 def read_docx(path: Path) -> Extracted:
-    text, notes = docx_to_text(path)
+    from docx.opc.exceptions import PackageNotFoundError
+
+    try:
+        text, notes = docx_to_text(path)
+    except (KeyError, PackageNotFoundError) as exc:
+        raise ValueError(_package_problem(path, "DOCX", exc)) from None
     return Extracted([text], "python-docx", note="; ".join(notes) or None)
 
 
@@ -147,6 +181,8 @@ def read_json_report(path: Path) -> Extracted:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+    except RecursionError:
+        raise ValueError("the JSON is nested too deeply to read (lists or objects about 1,000 levels deep)") from None
     sections = data.get("sections") if isinstance(data, dict) else None
     if not isinstance(sections, dict):
         raise ValueError('expected a JSON object with "sections": {"NAME": {"improved": "…"}}')
