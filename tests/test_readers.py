@@ -368,6 +368,12 @@ def test_a_damaged_or_misnamed_package_is_named_with_the_fix(tmp_path):
         read_json_report(tmp_path / "deep.json")
 
 
+def test_a_pdf_of_no_pages_is_named_so_not_taken_for_a_scan(tmp_path):
+    # a valid PDF whose page tree is empty (/Count 0), as pypdf writes one: pdfium refuses to open it
+    with pytest.raises(ValueError, match="^the PDF has no pages$"):
+        read_pdf(Path(__file__).parent / "fixtures" / "zero_pages.pdf")
+
+
 # --- PDF: fake bold -------------------------------------------------------------------------------
 
 

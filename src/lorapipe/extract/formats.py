@@ -286,6 +286,18 @@ def read_pdf_pdfplumber(path: Path) -> Extracted:
     return Extracted(pages, "pdfplumber", paged=True)
 
 
+def _pdfminer_pages(path: Path) -> int | None:
+    """How many pages pdfminer (pdfplumber's parser) finds in `path`, None when it cannot open it:
+    a second opinion where pdfium refuses a file (pdfium refuses a valid PDF of zero pages)."""
+    import pdfplumber
+
+    try:
+        with pdfplumber.open(path) as pdf:
+            return len(pdf.pages)
+    except Exception:  # noqa: BLE001 - any parser error: no opinion
+        return None
+
+
 def _pdf_problem(path: Path) -> str | None:
     """A clear reason for PDFs that no text extractor can read: encrypted or without pages."""
     import pypdfium2
@@ -295,7 +307,8 @@ def _pdf_problem(path: Path) -> str | None:
     except pypdfium2.PdfiumError as exc:
         if "password" in str(exc).lower():
             return "the PDF is encrypted (password-protected): decrypt it first, e.g. qpdf --decrypt in.pdf out.pdf"
-        return None  # damaged: the readers below may still recover it, and say why if not
+        return "the PDF has no pages" if _pdfminer_pages(path) == 0 else None  # else the readers below may
+        # still recover a damaged file, and say why if not
     try:
         if len(pdf) == 0:
             return "the PDF has no pages"
