@@ -339,3 +339,14 @@ def test_a_value_that_fits_no_arm_of_a_union_is_one_line_naming_the_key():
             "1 invalid value" in message and "eval.max_new_tokens: Input should be 'auto' or Input should be" in message
         )
         assert says in message and "function-after" not in message and "literal[" not in message
+
+
+def test_messages_for_a_misspelt_key_an_empty_section_and_digits_where_text_is_wanted():
+    raw = yaml.safe_load("model:\n  revision: 0123\nlora:\ntrain:\n  warmup_step: 1\n")
+    with pytest.raises(ParamsError) as error:
+        validate_params(raw)
+    message = str(error.value)
+    assert "model.revision: Input should be a valid string; YAML read it as the int 83" in message
+    assert "put the value in quotes (got 83)" in message
+    assert "lora: the section is empty (a line `lora:` with no keys under it)" in message
+    assert "train.warmup_step: unknown key; did you mean 'warmup_steps'? known keys here:" in message

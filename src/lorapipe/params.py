@@ -14,6 +14,7 @@ after editing a description run ``python -m lorapipe.params --write``.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
 from pathlib import Path
@@ -858,11 +859,21 @@ def _describe(error: dict) -> str:
             if section in Params.model_fields
             else ", ".join(Params.model_fields)
         )
-        return f"{key}: unknown key; known keys here: {known}"
+        near = difflib.get_close_matches(str(error["loc"][-1]), known.split(", "), n=1, cutoff=0.7)
+        hint = f"did you mean {near[0]!r}? " if near else ""
+        return f"{key}: unknown key; {hint}known keys here: {known}"
     message = error["msg"].removeprefix("Value error, ")
-    if isinstance(error.get("input"), dict):  # a rule between keys of a section: its message names them
+    value = error.get("input")
+    if len(error["loc"]) == 1 and value is None and error["loc"][0] in Params.model_fields:
+        return f"{key}: the section is empty (a line `{key}:` with no keys under it): give it keys or remove the line"
+    if isinstance(value, dict):  # a rule between keys of a section: its message names them
         return f"{key}: {message}"
-    return f"{key}: {message} (got {error.get('input')!r})"
+    if error["type"] == "string_type" and isinstance(value, (int, float, bool)):
+        message += (
+            f"; YAML read it as the {type(value).__name__} {value!r} (unquoted digits are a number, and with a "
+            "leading 0 an octal one): put the value in quotes"
+        )
+    return f"{key}: {message} (got {value!r})"
 
 
 def validate_params(raw: dict[str, Any], source: str = str(paths.PARAMS)) -> Params:
