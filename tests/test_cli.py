@@ -523,3 +523,19 @@ def test_serve_span_constraint_follows_params_unless_a_flag_says(tmp_path, monke
     assert _serve_span_constraint(flag(False), "data/raw/config/s.json") is False
     with pytest.raises(ValueError, match="--span-constraint limits"):
         _serve_span_constraint(flag(True), None)
+
+
+def test_a_stage_run_from_the_cli_names_schema_keywords_json_schema_ignores(tmp_path, monkeypatch, capsys):
+    from lorapipe.cli import _warn_schema_keywords
+    from lorapipe.params import validate_params
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "task.schema.json").write_text('{"type": "object", "requried": ["intent"]}')
+    params = validate_params({"eval": {"json_schema": "task.schema.json"}})
+    _warn_schema_keywords(params, "dataset")
+    err = capsys.readouterr().err
+    assert "[dataset] warning: eval.json_schema: task.schema.json: unknown keyword 'requried'" in err
+    assert "did you mean 'required'?" in err
+    (tmp_path / "task.schema.json").write_text("not JSON")  # left to the stage, whose error names it
+    _warn_schema_keywords(params, "dataset")
+    assert capsys.readouterr().err == ""

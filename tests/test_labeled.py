@@ -344,3 +344,19 @@ def test_a_schema_llama_cpp_builds_no_grammar_from_is_named_before_the_model_loa
 
     with pytest.raises(ValueError, match="no grammar can be built from this JSON Schema: .*; simplify the schema"):
         gguf_generate(tmp_path / "any.gguf", [[{"role": "user", "content": "hi"}]], 4, {"not": {"type": "string"}})
+
+
+@pytest.mark.parametrize(
+    "row, says",
+    [
+        ({"query": "", "data": {"intent": "A"}}, "its 'query' field is empty"),
+        ({"query": {"text": "hi"}, "data": {"intent": "A"}}, "its 'query' field is a JSON object, not text"),
+        ({"prompt": "2+2=", "completion": "  "}, "its 'completion' field is empty"),
+        ({"instruction": ["a", "b"], "output": "x"}, "its 'instruction' field is a JSON array, not text"),
+    ],
+)
+def test_an_empty_turn_or_one_that_is_no_text_is_a_bad_row(tmp_path, row, says):
+    path = _write(tmp_path / "x.jsonl", [row])
+    with pytest.raises(ValueError, match=rf"x.jsonl:1: {says}"):
+        load_labeled(path)
+    assert load_labeled(path, on_bad_row="skip") == ([], 1)

@@ -598,8 +598,25 @@ def _run_stage(args: argparse.Namespace) -> None:
         frozenset({"text_dir"}) if args.command == "dataset" and not _dataset_reads_text(args, params) else frozenset()
     )
     folders = _check_inputs(args, args.command, unread)
+    _warn_schema_keywords(params, args.command)
     faults.enter_stage(args.command)
     _STAGE_RUNNERS[args.command](args, params, folders)
+
+
+def _warn_schema_keywords(params: Params, stage: str) -> None:
+    """The keywords JSON Schema would ignore in the eval.json_schema `stage` reads, as warnings
+    (`lorapipe.labeled.warn_unknown_keywords`), as the pipeline's stages print them; a schema that
+    cannot be read is left to the stage, whose error names it."""
+    from lorapipe.labeled import load_json_schema, warn_unknown_keywords
+    from lorapipe.param_files import named_files
+
+    for key, value in named_files(params, stage):
+        if key == "eval.json_schema":
+            try:
+                schema = load_json_schema(Path(value), key)
+            except (OSError, ValueError):
+                continue
+            warn_unknown_keywords(schema, f"[{stage}] warning: {key}: {value}")
 
 
 def _dataset_reads_text(args: argparse.Namespace, p: Params) -> bool:

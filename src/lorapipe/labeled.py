@@ -513,6 +513,17 @@ def to_messages(record: dict, fmt: str, fields: dict[str, str], where: str) -> l
             )
         return value
 
+    def text(name: str) -> str:  # a field holding the text of a turn: text (a number is written out)
+        value = get(name)
+        key = fields.get(name, name)
+        if isinstance(value, (dict, list)):
+            raise ValueError(
+                f"{where}: its {key!r} field is a JSON {'object' if isinstance(value, dict) else 'array'}, not text"
+            )
+        if not str(value).strip():
+            raise ValueError(f"{where}: its {key!r} field is empty")
+        return str(value)
+
     if fmt == "query_data":
         data = get("data")
         data = _held_json(data) or data  # JSON text in a string (written twice over): the JSON it holds
@@ -520,15 +531,15 @@ def to_messages(record: dict, fmt: str, fields: dict[str, str], where: str) -> l
             answer = canonical_json(data)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{where}: its data field is not JSON-serialisable ({exc})") from None
-        return [{"role": "user", "content": str(get("query"))}, {"role": "assistant", "content": answer}]
+        return [{"role": "user", "content": text("query")}, {"role": "assistant", "content": answer}]
     if fmt == "instruction":
         extra = get("input", needed=False)
-        prompt = f"{get('instruction')}\n\n{extra}" if extra else str(get("instruction"))
-        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": str(get("output"))}]
+        prompt = f"{text('instruction')}\n\n{extra}" if extra else text("instruction")
+        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": text("output")}]
     if fmt == "prompt_completion":
         return [
-            {"role": "user", "content": str(get("prompt"))},
-            {"role": "assistant", "content": str(get("completion"))},
+            {"role": "user", "content": text("prompt")},
+            {"role": "assistant", "content": text("completion")},
         ]
     turns = get(fmt)
     if not isinstance(turns, list) or not turns:
