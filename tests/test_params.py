@@ -350,3 +350,10 @@ def test_messages_for_a_misspelt_key_an_empty_section_and_digits_where_text_is_w
     assert "put the value in quotes (got 83)" in message
     assert "lora: the section is empty (a line `lora:` with no keys under it)" in message
     assert "train.warmup_step: unknown key; did you mean 'warmup_steps'? known keys here:" in message
+
+
+def test_one_quantization_needs_no_list_and_none_is_listed_twice():
+    assert validate_params({"export": {"quants": "q8_0"}}).export.quants == ["Q8_0"]
+    assert validate_params({"export": {"quants": "AUTO"}}).export.quants == "auto"
+    with pytest.raises(ParamsError, match="export.quants: Q4_K_M listed more than once"):
+        validate_params({"export": {"quants": ["Q4_K_M", "q4_k_m"]}})

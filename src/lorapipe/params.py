@@ -680,6 +680,14 @@ class ExportParams(_Section):
         description=("the name `ollama create` gets (run when ollama is on PATH); null: export.name"),
     )
 
+    @field_validator("quants", mode="before")
+    @classmethod
+    def _one_quant(cls, value: Any) -> Any:
+        """One quantization written without a list (``quants: Q4_K_M``) is that one-item list."""
+        if isinstance(value, str) and value.lower() != "auto" and value.upper() in QUANT_BITS:
+            return [value]
+        return value
+
     @field_validator("quants")
     @classmethod
     def _known_quants(cls, value: list[str] | str) -> list[str] | str:
@@ -692,7 +700,11 @@ class ExportParams(_Section):
         bad = [q for q in value if q.upper() not in QUANT_BITS]
         if bad:
             raise ValueError(f"unknown quantization {bad}; choose from {sorted(QUANT_BITS)}")
-        return [q.upper() for q in value]
+        upper = [q.upper() for q in value]
+        twice = sorted({q for q in upper if upper.count(q) > 1})
+        if twice:
+            raise ValueError(f"{', '.join(twice)} listed more than once (names are read in any case); list each once")
+        return upper
 
 
 class EvalParams(_Section):
