@@ -48,7 +48,7 @@ CASES: dict[str, tuple[str, tuple[str, ...] | None]] = {
     "corrupted.pdf": ("failed", ("pdfplumber",)),
     "truncated.pdf": ("failed", ("pdfplumber",)),
     "encrypted.pdf": ("failed", ("encrypted",)),
-    "zero-pages.pdf": ("skipped", ("0 characters",)),
+    "zero-pages.pdf": ("failed", ("the PDF has no pages",)),
     "zero-bytes.pdf": ("skipped", ("empty file (0 bytes)",)),
     "zero-bytes.md": ("skipped", ("empty file (0 bytes)",)),
     "binary.txt": ("failed", ("binary data, not text",)),
@@ -213,7 +213,7 @@ def test_malformed_jsonl_rows_are_skipped_on_request_and_counted(tmp_path, tiny_
 
 @pytest.mark.parametrize(
     "key,value",
-    [("lora.rank", "eight"), ("train.packing", "sometimes"), ("dataset.max_seq_len", [512]), ("export.quants", "Q8_0")],
+    [("lora.rank", "eight"), ("train.packing", "sometimes"), ("dataset.max_seq_len", [512]), ("export.quants", "Q9_X")],
 )
 def test_a_stage_with_a_wrong_typed_param_stops_before_any_work_and_names_the_key(tmp_path, key, value):
     import yaml

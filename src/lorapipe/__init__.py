@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import warnings
 from typing import Any
 
 
@@ -30,6 +31,9 @@ class _NoHubKernelHint(logging.Filter):
 
 
 logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_NoHubKernelHint())
+# TRL (trl/models/utils.py) reads transformers' deprecated `is_gradient_checkpointing` on every training run:
+# a warning between the two libraries that no lorapipe user can act on.
+warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 # Public name -> the module that defines it (the one place the package face names them).
 _API = {

@@ -27,6 +27,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 
 CELL_SEP = " | "
 ROW_SEP = "; "  # between the rows of a table nested in a cell
@@ -230,12 +231,14 @@ def _cdata_as_text(markup: str | bytes) -> str | bytes:
 def html_to_text(markup: str | bytes) -> str:
     """The text of an HTML or XHTML document (`markup`, bytes: its encoding detected), laid out
     as described in this module's docstring. Never raises on malformed markup."""
-    from bs4 import BeautifulSoup, NavigableString
+    from bs4 import BeautifulSoup, NavigableString, XMLParsedAsHTMLWarning
     from bs4.element import Comment, Declaration, Doctype, ProcessingInstruction
 
     # lxml's HTML parser (libxml2) applies HTML's implied end tags (``<td>a<td>b<tr>``, ``<p>one<p>``,
     # ``<li>``, ``<dt>``/``<dd>``, ``<option>``), where html.parser nests them in each other.
-    soup = BeautifulSoup(_cdata_as_text(markup), "lxml")
+    with warnings.catch_warnings():  # XHTML (EPUB chapters) is read with the HTML parser on purpose
+        warnings.simplefilter("ignore", XMLParsedAsHTMLWarning)
+        soup = BeautifulSoup(_cdata_as_text(markup), "lxml")
     out = _Lines()
     pre_depth = 0
     # An explicit stack, not recursion: generated HTML nests thousands of levels deep.
