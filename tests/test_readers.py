@@ -262,7 +262,8 @@ def test_html_and_xhtml_files(tmp_path):
     assert read_html(tmp_path / "page.xhtml").pages == ["An XHTML page."]
 
 
-def test_epub_chapters_use_the_same_layout(tmp_path):
+def _one_chapter_epub(path: Path, markup: str) -> Path:
+    """An EPUB of one chapter, ``one.xhtml``, holding `markup` (ebooklib writes it)."""
     from ebooklib import epub
 
     book = epub.EpubBook()
@@ -270,15 +271,21 @@ def test_epub_chapters_use_the_same_layout(tmp_path):
     book.set_title("T")
     book.set_language("en")
     chapter = epub.EpubHtml(title="One", file_name="one.xhtml", lang="en")
-    chapter.content = (
-        "<html><body><h2>Chapter</h2><p>The <b>rank</b> sets <em>capacity</em>.</p>"
-        "<table><tr><td>Rank</td><td>16</td></tr></table><ul><li>first</li><li>second</li></ul></body></html>"
-    )
+    chapter.content = markup
     book.add_item(chapter)
     book.spine = [chapter]
     book.add_item(epub.EpubNcx())
     book.add_item(epub.EpubNav())
-    epub.write_epub(str(tmp_path / "book.epub"), book)
+    epub.write_epub(str(path), book)
+    return path
+
+
+def test_epub_chapters_use_the_same_layout(tmp_path):
+    _one_chapter_epub(
+        tmp_path / "book.epub",
+        "<html><body><h2>Chapter</h2><p>The <b>rank</b> sets <em>capacity</em>.</p>"
+        "<table><tr><td>Rank</td><td>16</td></tr></table><ul><li>first</li><li>second</li></ul></body></html>",
+    )
     assert read_epub(tmp_path / "book.epub").pages == [
         "Chapter\n\nThe rank sets capacity.\n\nRank | 16\n\n- first\n- second"
     ]
@@ -312,18 +319,7 @@ def test_html_in_the_encoding_its_bytes_are_in(tmp_path, name, data):
 def test_an_epub_chapter_in_the_encoding_it_declares(tmp_path):
     import zipfile
 
-    from ebooklib import epub
-
-    book = epub.EpubBook()
-    book.set_identifier("id")
-    book.set_title("T")
-    book.set_language("fr")
-    chapter = epub.EpubHtml(title="Un", file_name="one.xhtml", lang="fr")
-    chapter.content = "<html><body><p>placeholder</p></body></html>"
-    book.add_item(chapter)
-    book.spine = [chapter]
-    book.add_item(epub.EpubNav())
-    epub.write_epub(str(tmp_path / "utf8.epub"), book)
+    _one_chapter_epub(tmp_path / "utf8.epub", "<html><body><p>placeholder</p></body></html>")
     latin1 = (
         '<?xml version="1.0" encoding="iso-8859-1"?><html xmlns="http://www.w3.org/1999/xhtml"><head><title>Un'
         "</title></head><body><p>Crème brûlée, naïve café.</p></body></html>"
