@@ -251,6 +251,24 @@ def test_html_lists_implied_end_tags_and_hidden_text(markup, text):
     assert html_to_text(markup) == text
 
 
+@pytest.mark.parametrize(
+    "text, kept, note",
+    [
+        ("---\ntitle: LoRA notes\ntags: [ml]\n---\n# LoRA\n\nRank matters.\n", "# LoRA\n\nRank matters.\n", "4 lines"),
+        ('+++\ntitle = "notes"\n+++\nBody.\n', "Body.\n", "3 lines"),
+        ("---\nA line under a rule is a heading\n---\nBody.\n", None, None),  # no metadata: kept whole
+        ("# Title\n\n---\ntitle: not at the top\n---\n", None, None),
+    ],
+)
+def test_markdown_front_matter_is_left_out_and_said(tmp_path, text, kept, note):
+    from lorapipe.extract.formats import read_markdown
+
+    (tmp_path / "page.md").write_text(text)
+    extracted = read_markdown(tmp_path / "page.md")
+    assert extracted.pages == [kept if kept is not None else text]
+    assert (note is None and extracted.note is None) or note in extracted.note
+
+
 def test_html_and_xhtml_files(tmp_path):
     (tmp_path / "page.html").write_text('<p>The <b>rank</b> of a <a href="#">LoRA</a> adapter.</p>')
     xhtml = (

@@ -54,6 +54,28 @@ def read_plain(path: Path) -> Extracted:
     return Extracted([text], "plain", note=note)
 
 
+# Front matter: a YAML (---) or TOML (+++) block that opens a Markdown file (Jekyll, Hugo, MkDocs, Obsidian).
+_FRONT_MATTER = re.compile(r"\A(?:---[ \t]*\n(?:.*?\n)?---|\+\+\+[ \t]*\n(?:.*?\n)?\+\+\+)[ \t]*(?:\n|\Z)", re.DOTALL)
+
+
+_METADATA_LINE = re.compile(r"^[\w\"'.-]+[ \t]*(?::|=)")  # "title: …" (YAML), "title = …" (TOML)
+
+
+def read_markdown(path: Path) -> Extracted:
+    """A Markdown file as text (`read_plain`), without the front matter that may open it (a ``---``
+    YAML or ``+++`` TOML block of site metadata: layout, tags, dates), which the note counts."""
+    extracted = read_plain(path)
+    text = extracted.pages[0]
+    match = _FRONT_MATTER.match(text.removeprefix("\ufeff"))
+    first = next((line for line in match.group(0).splitlines()[1:-1] if line.strip()), "") if match else ""
+    if match and (not first or _METADATA_LINE.match(first)):  # "---\nSome text\n---" is a rule and a heading
+        lines = match.group(0).count("\n") + (not match.group(0).endswith("\n"))
+        extracted.pages = [text.removeprefix("\ufeff")[match.end() :]]
+        note = f"front matter ({lines} lines of site metadata) left out"
+        extracted.note = "; ".join(part for part in (extracted.note, note) if part)
+    return extracted
+
+
 # a charset declared in markup: <meta charset=…>, <meta http-equiv … content="…; charset=…">, <?xml … encoding="…"?>
 _DECLARED_CHARSET = re.compile(
     rb"""<(?:meta\b[^>]*?\bcharset|\?xml\b[^>]*?\bencoding)\s*=\s*["']?\s*([\w.:-]+)""", re.IGNORECASE
@@ -344,7 +366,7 @@ def read_pdf(
 
 READERS = {
     "epub": read_epub,
-    "markdown": read_plain,
+    "markdown": read_markdown,
     "text": read_plain,
     "html": read_html,
     "docx": read_docx,
