@@ -81,6 +81,20 @@ def test_too_little_text(tmp_path, tiny_model_dir):
         build_dataset(tmp_path / "t", tiny_model_dir, tmp_path / "d", max_seq_len=64, overlap_tokens=8)
 
 
+def test_too_few_labeled_rows_are_named_with_what_was_left_out(tmp_path, tiny_model_dir):
+    labeled = tmp_path / "labeled"
+    labeled.mkdir()
+    row = {"prompt": "a question", "completion": "an answer"}
+    (labeled / "rows.jsonl").write_text("\n".join(json.dumps(r) for r in [row, row, {"prompt": ""}]) + "\n")
+    with pytest.raises(ValueError) as error:
+        build_dataset(
+            tmp_path / "no-text", tiny_model_dir, tmp_path / "d", labeled_dir=labeled, mode="chat", on_bad_row="skip"
+        )
+    message = str(error.value)
+    assert "has 1 row(s) from the labeled files matching ['*'] (left out so far: 1 duplicates, 1 bad rows" in message
+    assert message.endswith("at least 2 are needed for a train and a validation split; add rows")
+
+
 # --- chat mode, tasks, one system prompt ----------------------------------------------------------
 
 from helpers import FIXTURES  # noqa: E402

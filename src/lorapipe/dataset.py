@@ -554,9 +554,22 @@ def _deduplicated_sample(
         counts["sampled_out"] += len(rows) - max_samples
         rows = [rows[i] for i in sorted(rng.sample(range(len(rows)), max_samples))]
     if len(rows) < at_least:
+        lost = {
+            "duplicates": exact + near,
+            "longer than dataset.max_seq_len": counts.get("dropped_overflow", 0),
+            "bad rows skipped": counts.get("bad_rows_skipped", 0),
+            "against the schema": counts.get("schema_invalid", 0),
+        }
+        said = ", ".join(f"{n} {why}" for why, n in lost.items() if n)
+        where = (
+            f"the labeled files matching {task.sources}"
+            if task.kind == "chat"
+            else "the extracted text (dataset.min_tokens and dataset.max_seq_len decide its chunks)"
+        )
         raise ValueError(
-            f"task {task.name!r} has {len(rows)} row(s): at least 2 are needed for a train and a "
-            "validation split; add data or lower dataset.max_seq_len / dataset.min_tokens"
+            f"task {task.name!r} has {len(rows)} row(s) from {where}"
+            + (f" (left out so far: {said})" if said else "")
+            + ": at least 2 are needed for a train and a validation split; add rows"
         )
     return rows
 
