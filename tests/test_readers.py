@@ -258,6 +258,7 @@ def test_html_lists_implied_end_tags_and_hidden_text(markup, text):
         ('+++\ntitle = "notes"\n+++\nBody.\n', "Body.\n", "3 lines"),
         ("---\nA line under a rule is a heading\n---\nBody.\n", None, None),  # no metadata: kept whole
         ("# Title\n\n---\ntitle: not at the top\n---\n", None, None),
+        ("---\ntitle: unclosed\n\nBody text.\n\n---\n\nMore.\n", None, None),  # not up to a later rule
     ],
 )
 def test_markdown_front_matter_is_left_out_and_said(tmp_path, text, kept, note):

@@ -67,8 +67,10 @@ def read_markdown(path: Path) -> Extracted:
     extracted = read_plain(path)
     text = extracted.pages[0]
     match = _FRONT_MATTER.match(text.removeprefix("\ufeff"))
-    first = next((line for line in match.group(0).splitlines()[1:-1] if line.strip()), "") if match else ""
-    if match and (not first or _METADATA_LINE.match(first)):  # "---\nSome text\n---" is a rule and a heading
+    inside = match.group(0).splitlines()[1:-1] if match else []
+    # every line metadata ("key: value", "- item", indented, a comment): "---\nSome text\n---" is a rule and
+    # a heading, and an unclosed block must not run to a rule further down
+    if match and all(not line.strip() or line[0] in " \t#-" or _METADATA_LINE.match(line) for line in inside):
         lines = match.group(0).count("\n") + (not match.group(0).endswith("\n"))
         extracted.pages = [text.removeprefix("\ufeff")[match.end() :]]
         note = f"front matter ({lines} lines of site metadata) left out"
