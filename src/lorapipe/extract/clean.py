@@ -24,7 +24,8 @@ from collections import Counter
 _ROMAN = r"M{0,3}(?:CM|CD|D?C{0,3})(?:XC|XL|L?X{0,3})(?:IX|IV|V?I{0,3})"  # a well-formed numeral, I to MMMCMXCIX
 # "12", "xii", "XII", "Page 12", "12 / 40", "12 of 40": a page number's forms (a numeral in one case)
 _PAGE_NUMBER = re.compile(
-    rf"^\s*(?P<page>(?i:page)\s+)?(?P<n>\d+|{_ROMAN}|{_ROMAN.lower()})(?P<total>\s*(?:/|(?i:of))\s*\d+)?\s*$"
+    rf"^\s*(?P<page>(?i:page)\s+)?(?=[\dMDCLXVImdclxvi])(?P<n>\d+|{_ROMAN}|{_ROMAN.lower()})"
+    rf"(?P<total>\s*(?:/|(?i:of))\s*\d+)?\s*$"
 )
 _ROMAN_VALUES = {"i": 1, "v": 5, "x": 10, "l": 50, "c": 100, "d": 500, "m": 1000}
 _HYPHENS = "-\u2010\u2011"  # HYPHEN-MINUS, HYPHEN (U+2010), NON-BREAKING HYPHEN (U+2011: always kept)
