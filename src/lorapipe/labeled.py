@@ -525,8 +525,7 @@ def to_messages(record: dict, fmt: str, fields: dict[str, str], where: str) -> l
         return str(value)
 
     if fmt == "query_data":
-        data = get("data")
-        data = _held_json(data) or data  # JSON text in a string (written twice over): the JSON it holds
+        data = get("data")  # outside the try: a missing field is an ordinary bad row
         try:
             answer = canonical_json(data)
         except (TypeError, ValueError) as exc:
@@ -600,8 +599,11 @@ def labeled_rows(
     elif fmt not in FORMATS:
         raise ValueError(f"{path}: unknown labeled format {fmt!r}; known formats: {', '.join(FORMATS)}")
     conversations = []
+    held, data_key = 0, fields.get("data", "data")
     for number, record in records:
         where = row_place(path, number)
+        if fmt == "query_data" and (decoded := _held_json(record.get(data_key))) is not None:
+            record, held = {**record, data_key: decoded}, held + 1  # JSON text in a string: the JSON it holds
         try:
             conversations.append((number, to_messages(record, fmt, fields, where)))
         except (ValueError, TypeError, AttributeError) as exc:
@@ -609,12 +611,10 @@ def labeled_rows(
                 bad += 1
                 continue
             raise ValueError(str(exc) if str(exc).startswith(where) else f"{where}: {exc}") from None
-    if fmt == "query_data":
-        held = sum(_held_json(_get(record, "data", fields)) is not None for _, record in records)
-        if held:
-            print(
-                f"[dataset] {path}: {held} row(s) hold their data as JSON text in a string (JSON written twice "
-                "over); read as the JSON it holds",
-                flush=True,
-            )
+    if held:
+        print(
+            f"[dataset] {path}: {held} row(s) hold their data as JSON text in a string (JSON written twice "
+            "over); read as the JSON it holds",
+            flush=True,
+        )
     return conversations, bad

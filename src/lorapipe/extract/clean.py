@@ -60,18 +60,16 @@ def strip_running_lines(pages: list[str], min_share: float = 0.5) -> list[str]:
     """Drop page numbers (_page_number_lines), and lines at the top or bottom of pages that recur on at
     least `min_share` of the pages (3 pages at least)."""
     split = [page.split("\n") for page in pages]
-    counts: Counter[str] = Counter()
-    for lines in split:
-        content = [line for line in lines if line.strip()]
-        edges = content[:EDGE_LINES] + content[-EDGE_LINES:]
-        # a lone numeral's signature ("#") would match every number: _page_number_lines decides those
-        counts.update({_signature(line) for line in edges if not _PAGE_NUMBER.match(line)})
-    threshold = max(3, min_share * len(pages))
-    running = {sig for sig, n in counts.items() if n >= threshold and sig}
-    edges = []
+    edges = []  # per page, the indices of its first and last EDGE_LINES non-blank lines
     for lines in split:
         content_idx = [i for i, line in enumerate(lines) if line.strip()]
         edges.append(set(content_idx[:EDGE_LINES] + content_idx[-EDGE_LINES:]))
+    counts: Counter[str] = Counter()
+    for lines, edge in zip(split, edges):
+        # a lone numeral's signature ("#") would match every number: _page_number_lines decides those
+        counts.update({_signature(lines[i]) for i in edge if not _PAGE_NUMBER.match(lines[i])})
+    threshold = max(3, min_share * len(pages))
+    running = {sig for sig, n in counts.items() if n >= threshold and sig}
     numbered = _page_number_lines(split, edges)
     cleaned = []
     for page, lines in enumerate(split):
