@@ -3,6 +3,7 @@
 Run: .venv/bin/pytest tests/test_cli.py
 """
 
+import os
 import shutil
 import subprocess
 import sys
@@ -412,6 +413,20 @@ def test_outside_a_project_a_command_runs_with_the_defaults_and_says_so(tmp_path
     assert f"{tmp_path / 'nowhere'} not found (--text-dir" in err  # the input is named, not params.yaml
     assert main(["dataset", "--params", "mine.yaml"]) == 2  # a --params file that is missing is still an error
     assert "params file not found: mine.yaml" in capsys.readouterr().err
+    assert main(["check", "--params", str(tmp_path)]) == 2  # a folder for the file: named, with the fix
+    assert f"{tmp_path} is a folder: name the params file in it" in capsys.readouterr().err
+
+
+def test_check_reads_params_from_a_pipe(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    read, write = os.pipe()
+    os.write(write, b"lora:\n  rank: 8\n")
+    os.close(write)
+    try:
+        assert main(["check", "--params", f"/dev/fd/{read}"]) == 0  # as `--params /dev/stdin` from a shell
+    finally:
+        os.close(read)
+    assert "rank: 8" in capsys.readouterr().out
 
 
 def test_ask_with_retrieval_puts_the_passage_of_the_question_in_the_prompt(project, capsys, monkeypatch):

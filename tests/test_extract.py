@@ -13,7 +13,7 @@ import pytest
 
 from helpers import FIXTURES, SAMPLE_DOCS
 from lorapipe import extract_documents
-from lorapipe.extract import RUN_FIELDS, clean_text
+from lorapipe.extract import RUN_FIELDS, clean_text, convertible_documents
 from lorapipe.io import read_jsonl
 
 MANIFEST_KEYS = {
@@ -128,6 +128,23 @@ def test_a_folder_without_documents_gives_an_empty_manifest(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["extract.log", "manifest.jsonl"]
     assert (tmp_path / "out" / "extract.log").read_text() == ""
     assert "no documents in" in capsys.readouterr().out
+
+
+def test_hidden_files_and_folders_are_listed_as_skipped_not_read(tmp_path, capsys):
+    docs = tmp_path / "docs"
+    (docs / ".git" / "objects").mkdir(parents=True)
+    (docs / ".git" / "objects" / "readme.md").write_text("# not a document\n\nGit's own files are never read.\n")
+    (docs / ".notes.md").write_text("# Private notes\n\nA hidden file: left out, but listed.\n")
+    (docs / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (docs / "guide.md").write_text("# Guide\n\nThe real document, long enough to keep.\n")
+    rows = {Path(row["source"]).name: row for row in extract_documents(docs, tmp_path / "out")}
+    assert sorted(rows) == [".git", ".notes.md", "guide.md"]  # nothing inside .git; .DS_Store is no document
+    assert rows["guide.md"]["status"] == "ok"
+    assert rows[".git"]["error"].startswith("hidden folder (its name starts with a dot): not read")
+    assert rows[".notes.md"]["status"] == "skipped" and "rename it to extract it" in rows[".notes.md"]["error"]
+    err = capsys.readouterr().err
+    assert "left out 2 hidden file(s) or folder(s)" in err and ".notes.md" not in err  # one line, not one each
+    assert convertible_documents(docs) == [docs / "guide.md"]
 
 
 def test_json_report_and_nested_folders(tmp_path):

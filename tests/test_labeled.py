@@ -84,6 +84,14 @@ def test_rows_carry_their_line_so_later_errors_name_the_line(tmp_path):
     assert row_place(path, 4) == f"{path}:4" and row_place(tmp_path / "x.json", 2) == f"{tmp_path / 'x.json'}: item 2"
 
 
+def test_turns_are_unicode_nfc_as_extracted_documents_are(tmp_path):
+    decomposed = "Cafe\u0301 cre\u0300me"  # "Café crème" as macOS file names and some editors write it
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({"query": decomposed, "data": {"dish": decomposed}}, ensure_ascii=False) + "\n")
+    ((user, answer),), _ = load_labeled(path)
+    assert user["content"] == "Café crème" and answer["content"] == '{"dish": "Café crème"}'
+
+
 def test_canonical_json_keeps_key_order_and_unicode():
     assert canonical_json({"b": 1, "a": "é"}) == '{"b": 1, "a": "é"}'
 

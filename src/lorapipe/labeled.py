@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import unicodedata
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -586,7 +587,8 @@ def labeled_rows(
     path: Path, fmt: str = "auto", fields: dict[str, str] | None = None, on_bad_row: str = "error"
 ) -> tuple[list[tuple[int, list[dict]]], int]:
     """``[(line, conversation), …]`` from one labeled file (the line in a JSONL file, the item's
-    position in a JSON array), and how many bad rows were skipped. In the query_data format a ``data``
+    position in a JSON array), and how many bad rows were skipped. Each turn's text is Unicode NFC (as
+    extracted documents are). In the query_data format a ``data``
     field that is a string holding a JSON object or array (JSON written twice over) is read as the JSON
     it holds, and the count of such rows is printed. Raises ValueError naming ``file:line`` and the fix
     for a bad row unless `on_bad_row` is ``skip``."""
@@ -605,7 +607,11 @@ def labeled_rows(
         if fmt == "query_data" and (decoded := _held_json(record.get(data_key))) is not None:
             record, held = {**record, data_key: decoded}, held + 1  # JSON text in a string: the JSON it holds
         try:
-            conversations.append((number, to_messages(record, fmt, fields, where)))
+            messages = to_messages(record, fmt, fields, where)
+            # NFC, as extracted documents are: "é" written as e + U+0301 and as one character are one text
+            conversations.append(
+                (number, [{**m, "content": unicodedata.normalize("NFC", m["content"])} for m in messages])
+            )
         except (ValueError, TypeError, AttributeError) as exc:
             if on_bad_row == "skip" and "JSON-serialisable" not in str(exc):
                 bad += 1

@@ -951,11 +951,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def read_yaml(path: str | Path) -> Any:
     """The YAML document in `path` ({} when empty; UTF-8 with or without a byte-order mark). Raises
-    FileNotFoundError naming a missing file and ParamsError naming the file and the fix for another
+    FileNotFoundError naming a missing file (a pipe such as /dev/stdin is read), ParamsError naming a
+    folder given for the file, and ParamsError naming the file and the fix for another
     encoding (UTF-16/32 too: DVC, which reads params files itself, takes UTF-8 only), or the file,
     line and column of a YAML syntax error or of a key written twice in one section."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise ParamsError(f"{path} is a folder: name the params file in it ({path / 'params.yaml'})")
+    if not path.exists():  # not is_file(): /dev/stdin, a pipe or a process substitution is read too
         raise FileNotFoundError(f"params file not found: {path}")
     data = path.read_bytes()
     encoding = bom_encoding(data)

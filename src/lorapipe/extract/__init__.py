@@ -48,15 +48,15 @@ NOT_READERS = frozenset({"__init__.py", "clean.py", "workers.py", "ray_jobs.py"}
 READERS_MODULE = "formats.py"
 # The distributions that turn each format into text (formats.py); docling under either of its names.
 _DOCLING = ("docling", "docling-slim", "docling-core", "docling-ibm-models", "docling-parse")
-_HTML = ("beautifulsoup4", "lxml")
+_HTML = ("beautifulsoup4", "lxml", "chardet")  # chardet: a page in no declared charset (decode_document)
 CONVERTER_DISTRIBUTIONS = {
     "pdf": (*_DOCLING, "pdfminer.six", "pdfplumber", "pypdfium2"),
     "html": _HTML,
     "epub": (*_HTML, "ebooklib"),
     "docx": (*_HTML, "python-docx"),
-    "markdown": ("charset-normalizer",),
-    "text": ("charset-normalizer",),
-    "json": ("charset-normalizer",),
+    "markdown": ("chardet",),
+    "text": ("chardet",),
+    "json": ("chardet",),
 }
 # The options (of `convert_document`) that change each format's text; PDF: only for these backends.
 PDF_OPTIONS = {"docling": ("device", "ocr", "artifacts_path")}
@@ -217,14 +217,20 @@ def _out_name(relative: Path, taken: set[str]) -> str:
     return name
 
 
+def _suffix(name: str) -> str:
+    return Path(name).suffix.lower()
+
+
 def _walk(root: Path) -> list[Path]:
-    """Files under `root`, sorted, and symbolic links to folders (reported, never followed: a link
-    may lead out of the inputs or round in a loop)."""
+    """Files under `root`, sorted, symbolic links to folders (reported, never followed: a link may
+    lead out of the inputs or round in a loop) and hidden folders (reported, not read: ``.git``).
+    Hidden files are reported when named as a document is (``.notes.md``), else left out unseen
+    (``.gitkeep``, ``.DS_Store``: bookkeeping, in every folder, never a document)."""
     found = []
     for folder, dirs, files in os.walk(root, followlinks=False):
+        found += [Path(folder) / name for name in files if not name.startswith(".") or _suffix(name) in FORMATS]
+        found += [Path(folder) / name for name in dirs if name.startswith(".") or (Path(folder) / name).is_symlink()]
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [Path(folder) / name for name in files if not name.startswith(".")]
-        found += [Path(folder) / name for name in dirs if (Path(folder) / name).is_symlink()]
     return sorted(found)
 
 
@@ -245,6 +251,10 @@ def _sources(input_dirs: list[Path]) -> list[tuple[Path, Path, Path]]:
 
 def _precheck(path: Path, root: Path) -> str | None:
     """Why a file is skipped before any conversion, or None."""
+    if path.name.startswith("."):
+        if path.is_dir() and not path.is_symlink():
+            return "hidden folder (its name starts with a dot): not read; rename it to extract what it holds"
+        return "hidden file (its name starts with a dot): left out; rename it to extract it"
     if path.is_symlink() and path.is_dir():
         return "symbolic link to a folder: not followed (add the folder it points to as an input instead)"
     if path.is_symlink() and not path.resolve().is_relative_to(root.resolve()):
@@ -320,7 +330,7 @@ def _scan(sources: list[tuple[Path, Path, Path]], cache: _Cache, options: dict) 
         rows.append(row)
         reason = _precheck(path, root)
         if reason:
-            row.update(status="skipped", error=reason)
+            row.update(status="skipped", error=reason, _log=f"skipped {row['source']} ({reason})")
             continue
         row.update(sha256=hash_file(path).hexdigest(), bytes=path.stat().st_size)
         entry = cache.get(row["sha256"], row["format"])
@@ -330,6 +340,10 @@ def _scan(sources: list[tuple[Path, Path, Path]], cache: _Cache, options: dict) 
         else:
             jobs.append(Job(index, path, {"kind": row["format"], **options}))
     return rows, jobs
+
+
+def _is_hidden(row: dict) -> bool:
+    return row["status"] == "skipped" and row["error"].startswith("hidden ")
 
 
 class _Progress:
@@ -342,15 +356,27 @@ class _Progress:
         self.write = tqdm.write
         self.bar = tqdm(total=total, desc="[extract]", unit="file", mininterval=1.0, dynamic_ncols=True)
         self.min_length = min_length
-        self.started, self.pages_done, self.finished = time.monotonic(), 0, 0
+        self.started, self.pages_done, self.finished, self.hidden = time.monotonic(), 0, 0, 0
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
     def skipped(self, row: dict) -> None:
-        row["_log"] = f"skipped {row['source']} ({row['error']})"
-        self.write(f"[extract] skipped {row['source']} ({row['error']})", file=sys.stderr)
+        """Log a skipped row; hidden files and folders are counted for one line (`hidden_note`), not
+        named one by one (a checkout or a synced folder may hold many)."""
+        if _is_hidden(row):
+            self.hidden += 1
+        else:
+            self.write(f"[extract] skipped {row['source']} ({row['error']})", file=sys.stderr)
         self.bar.update(1)
+
+    def hidden_note(self) -> None:
+        if self.hidden:
+            self.write(
+                f"[extract] left out {self.hidden} hidden file(s) or folder(s) (names starting with a dot; "
+                f"listed in {paths.MANIFEST_NAME} with the reason)",
+                file=sys.stderr,
+            )
 
     def finish(self, row: dict, entry: dict) -> None:
         row.pop("_entry", None)
@@ -479,7 +505,9 @@ def extract_documents(
     cache_dir: str | Path | None = None,
 ) -> list[dict]:
     """Extract every supported file under `input_dirs` (one folder or several, read recursively)
-    into `out_dir`: one ``.txt`` per source, ``manifest.jsonl`` and ``extract.log``.
+    into `out_dir`: one ``.txt`` per source, ``manifest.jsonl`` and ``extract.log``. Hidden files and
+    folders (names starting with a dot) are not read; the manifest lists hidden folders and hidden
+    files named as documents are (``.notes.md``) as skipped, with why.
 
     The knobs are the ``extract`` section of params.yaml (see `lorapipe.params.ExtractParams` for
     their meaning and units). `cache_dir`: where converted texts are cached across runs; None: the
@@ -490,7 +518,8 @@ def extract_documents(
     Returns the manifest rows, with this run's `cached` and `seconds` of each (not written). Raises
     FileNotFoundError for a missing input folder, ValueError for an unknown `executor`, no folder, an output
     folder that is, holds or lies inside an input folder (the stage empties it), or when files
-    are there but none yields usable text (folders with no files at all give an empty manifest), and
+    are there but none yields usable text (folders with no files, or hidden ones alone, give a manifest
+    with no text), and
     with Ray lorapipe.cluster.ClusterError (Ray missing, no cluster at the address) before any work.
     """
     if executor not in ("local", "ray"):
@@ -504,7 +533,7 @@ def extract_documents(
     options = {"pdf_backend": backend, "device": device, "ocr": ocr, "artifacts_path": docling_artifacts_path}
     cache = _Cache(Path(cache_dir or paths.cache_dir() / "extract"), options, read=resume)
     rows, jobs = _scan(sources, cache, options)
-    if not rows:
+    if all(_is_hidden(row) for row in rows):
         # An empty input folder is a task from labeled rows alone: an empty manifest, not an error
         # (the dataset stage refuses when there are neither texts nor labeled rows).
         manifest = _write_outputs(out_dir, rows, [])
@@ -522,6 +551,7 @@ def extract_documents(
             progress.skipped(row)
         elif row["cached"]:
             progress.finish(row, row["_entry"])
+    progress.hidden_note()
     if executor == "ray":
         from lorapipe.extract.ray_jobs import run_jobs_ray
 

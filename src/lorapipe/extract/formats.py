@@ -92,7 +92,7 @@ def _markup(data: bytes) -> tuple[str | bytes, str | None]:
     charset. UTF-16 without a byte-order mark (NUL bytes at every other place) is read as such. Anything
     else (declared UTF-8, no declaration, a declaration the bytes do not fit) is decoded as a text file is
     (`lorapipe.textfiles.decode_document`: UTF-8, UTF-8 with a few bad bytes replaced and noted, or the
-    encoding charset-normalizer finds, Windows-1252 on a tie), so a Latin-1 page declared UTF-8 or not
+    code page chardet finds, Windows-1252 on a near-tie), so a Latin-1 page declared UTF-8 or not
     declared at all keeps its accented letters. Bytes that fit nothing are left to BeautifulSoup."""
     import codecs
 
