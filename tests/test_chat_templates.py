@@ -24,6 +24,7 @@ import pytest
 from helpers import FIXTURES
 from lorapipe.chat_encoder import (
     ChatTemplateError,
+    Segment,
     chat_messages,
     chat_segments,
     encode_chat,
@@ -414,3 +415,85 @@ def test_a_template_that_rewrites_contents_is_a_clear_error(bundled_tokenizer_di
     tokenizer.chat_template = "{% for m in messages %}{{ m['content'] | upper }}\n{% endfor %}"
     with pytest.raises(ChatTemplateError, match="writes a message's content other than as given"):
         encode_chat([{"role": "user", "content": "hello"}], hf_codec(tokenizer))
+
+
+# Templates that write a turn otherwise once later turns follow, or close it with no marker: each written
+# for lorapipe after the behaviour of a family's published template (not copied), reduced to what matters.
+PHI3_LIKE = (  # Phi-3: the EOS closes the whole conversation, never a turn
+    "{% for m in messages %}{{ '<|' + m['role'] + '|>\n' + m['content'] + '<|end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"
+)
+QWEN3_LIKE = (  # Qwen3: the answer after the last question carries a thinking block, earlier ones do not
+    "{% set ns = namespace(last=0) %}{% for m in messages %}{% if m.role == 'user' %}{% set ns.last = loop.index0 %}"
+    "{% endif %}{% endfor %}{% for m in messages %}{% if m.role == 'assistant' %}<|im_start|>assistant\n"
+    "{% if loop.index0 > ns.last %}<think>\n\n</think>\n\n{% endif %}{{ m.content }}<|im_end|>\n{% else %}"
+    "<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}"
+    "<|im_start|>assistant\n{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n"
+    "{% endif %}{% endif %}"
+)
+R1_LIKE = (  # DeepSeek-R1: every prompt for an answer opens a thinking block that stored answers lack
+    "{{ bos_token }}{% for m in messages %}{% if m.role == 'user' %}<｜User｜>{{ m.content }}"
+    "{% elif m.role == 'assistant' %}<｜Assistant｜>{{ m.content }}<｜end▁of▁sentence｜>{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<｜Assistant｜><think>\n{% endif %}"
+)
+GLM4_LIKE = (  # GLM-4: a turn ends only where the next one's header starts
+    "[gMASK]<sop>{% for m in messages %}<|{{ m.role }}|>\n{{ m.content }}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+TWO_TURNS = [
+    {"role": "user", "content": "Hi there"},
+    {"role": "assistant", "content": "Hello!"},
+    {"role": "user", "content": "More?"},
+    {"role": "assistant", "content": "No."},
+]
+
+
+def _family(bundled_tokenizer_dir, template: str, markers: list[str], eos: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(bundled_tokenizer_dir)
+    tokenizer.add_special_tokens({"additional_special_tokens": markers})
+    tokenizer.chat_template, tokenizer.eos_token = template, eos
+    return hf_codec(tokenizer)
+
+
+def _loss_texts(codec, messages) -> list[str]:
+    segments = chat_segments(messages, codec, add_generation_prompt=False, loss=True)
+    texts, run = [], ""
+    for s in segments + [None]:
+        if s is not None and s.loss:
+            run += s.text
+        elif run:
+            texts, run = [*texts, run], ""
+    return texts
+
+
+def test_a_conversation_closed_by_the_eos_trains_each_turn_to_its_end_marker(bundled_tokenizer_dir):
+    codec = _family(
+        bundled_tokenizer_dir, PHI3_LIKE, ["<|user|>", "<|assistant|>", "<|end|>", "<|endoftext|>"], "<|endoftext|>"
+    )
+    assert _loss_texts(codec, TWO_TURNS) == ["Hello!<|end|>", "No.<|end|>\n<|endoftext|>"]
+
+
+def test_a_thinking_switch_is_off_and_earlier_answers_train_as_written(bundled_tokenizer_dir):
+    codec = _family(
+        bundled_tokenizer_dir, QWEN3_LIKE, ["<|im_start|>", "<|im_end|>", "<think>", "</think>"], "<|im_end|>"
+    )
+    assert _loss_texts(codec, TWO_TURNS) == ["Hello!<|im_end|>", "No.<|im_end|>"]
+    prompt = "".join(s.text for s in chat_segments(TWO_TURNS[:3], codec, add_generation_prompt=True))
+    assert prompt.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")  # as the last answer is written
+
+
+def test_a_forced_thinking_block_in_the_prompt_is_a_clear_error(bundled_tokenizer_dir):
+    markers = ["<｜User｜>", "<｜Assistant｜>", "<｜end▁of▁sentence｜>"]
+    codec = _family(bundled_tokenizer_dir, R1_LIKE, markers, "<｜end▁of▁sentence｜>")
+    with pytest.raises(ChatTemplateError, match=r"ends the prompt for an answer with '<think>\\n'.*forces a thinking"):
+        chat_segments(TWO_TURNS, codec, add_generation_prompt=False, loss=True)
+
+
+def test_a_turn_with_no_end_marker_learns_the_next_header_or_the_eos(bundled_tokenizer_dir):
+    markers = ["[gMASK]", "<sop>", "<|user|>", "<|assistant|>", "<|endoftext|>"]
+    codec = _family(bundled_tokenizer_dir, GLM4_LIKE, markers, "<|endoftext|>")
+    assert _loss_texts(codec, TWO_TURNS) == ["\nHello!<|user|>", "\nNo.<|endoftext|>"]
+    segments = chat_segments(TWO_TURNS, codec, add_generation_prompt=False, loss=True)
+    assert segments[-1] == Segment("<|endoftext|>", True, True)  # the one piece the template does not write

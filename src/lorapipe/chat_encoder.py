@@ -16,6 +16,7 @@ of its own, so that an edit to how Modelfiles are written reruns no training).
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,11 @@ Render = Callable[[Messages, bool], str]  # (messages, add_generation_prompt) â†
 Encode = Callable[[str, bool], list[int]]  # (text, control) â†’ token ids; control False: literal text
 
 FOLD = "\n\n"  # between a folded system prompt and the first user message
+# Variables every rendering passes to a template (templates that do not read them ignore them):
+# lorapipe trains, prompts and exports answers without a thinking phase, so a template with a switch
+# for one (Qwen3's enable_thinking) renders with it off everywhere: its generation prompt then holds
+# the empty thinking block that its rendering of a stored answer holds too.
+TEMPLATE_SWITCHES = {"enable_thinking": False}
 
 
 class ChatTemplateError(ValueError):
@@ -48,6 +54,7 @@ class ChatCodec:
     control_tokens: tuple[str, ...]
     key: str
     name: str = "the chat template"
+    eos: str = ""  # the EOS token's text: trained after a last answer that the template closes with nothing
 
 
 @dataclass(frozen=True)
@@ -125,7 +132,9 @@ def hf_codec(tokenizer, name: str = "the tokenizer's chat template") -> ChatCode
         )
 
     def render(messages: Messages, generation_prompt: bool) -> str:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=generation_prompt, **TEMPLATE_SWITCHES
+        )
 
     def encode(text: str, control: bool) -> list[int]:
         if not text:
@@ -140,7 +149,7 @@ def hf_codec(tokenizer, name: str = "the tokenizer's chat template") -> ChatCode
         if token and found is not None and (found != tokenizer.unk_token_id or token == tokenizer.unk_token):
             special.add(token)
     key = tokenizer.chat_template + "\0" + repr(sorted(tokenizer.special_tokens_map.items(), key=str))
-    return ChatCodec(render, encode, tuple(sorted(special)), key, name)
+    return ChatCodec(render, encode, tuple(sorted(special)), key, name, tokenizer.eos_token or "")
 
 
 _LLAMA_CONTROL, _LLAMA_USER_DEFINED = 1 << 3, 1 << 4  # llama.cpp's LLAMA_TOKEN_ATTR_CONTROL, _USER_DEFINED
@@ -191,7 +200,11 @@ def llama_codec(llm, name: str = "the GGUF's chat template") -> ChatCodec:
 
     def render(messages: Messages, generation_prompt: bool) -> str:
         rendered, _ = render_jinja_template(
-            conversations=[messages], chat_template=template, add_generation_prompt=generation_prompt, **special
+            conversations=[messages],
+            chat_template=template,
+            add_generation_prompt=generation_prompt,
+            **special,
+            **TEMPLATE_SWITCHES,
         )
         return rendered[0]
 
@@ -203,7 +216,8 @@ def llama_codec(llm, name: str = "the GGUF's chat template") -> ChatCodec:
             return []
         return tokenize(text, True) if control else _llama_literal(tokenize, text, matched)
 
-    return ChatCodec(render, encode, controls, template + "\0" + repr(sorted(special.items())), name)
+    key = template + "\0" + repr(sorted(special.items()))
+    return ChatCodec(render, encode, controls, key, name, special["eos_token"])
 
 
 def _placeholder(index: int) -> str:
@@ -353,31 +367,91 @@ def _to_text(anchors, k: int) -> int:
     raise ChatTemplateError(f"an assistant turn starts or ends inside a message's content (at {k})")
 
 
+def _control_pattern(codec: ChatCodec) -> re.Pattern | None:
+    """A pattern matching `codec`'s control token texts, longest first; None when it has none."""
+    if not codec.control_tokens:
+        return None
+    return re.compile("|".join(re.escape(t) for t in sorted(codec.control_tokens, key=len, reverse=True)))
+
+
+def _control_spans(codec: ChatCodec, text: str) -> list[tuple[int, int]]:
+    """(start, end) of every control token text in `text` (a skeleton: its contents are placeholders,
+    so every match is the template's own)."""
+    pattern = _control_pattern(codec)
+    return [(m.start(), m.end()) for m in pattern.finditer(text)] if pattern else []
+
+
+def _snap(controls: list[tuple[int, int]], pos: int) -> int:
+    """`pos`, moved back to the start of a control token it would cut."""
+    return next((a for a, b in controls if a < pos < b), pos)
+
+
+def _common(a: str, b: str) -> int:
+    """The length of the longest common prefix of `a` and `b`."""
+    return len(os.path.commonprefix([a, b]))
+
+
 def _loss_spans(codec: ChatCodec, skeleton_messages: Messages, skeleton: str) -> list[tuple[int, int]]:
-    """Skeleton spans of the assistant turns: what each adds after the generation prompt, up to and
-    including its end-of-turn marker (trailing whitespace excluded), found by rendering the
-    conversation turn by turn."""
-    spans = []
-    for i, message in enumerate(skeleton_messages):
-        if message.get("role") != "assistant":
-            continue
+    """Skeleton spans of the assistant turns, in the conversation as rendered whole: from where the
+    template's generation prompt for that turn ends, through the content, up to and including the
+    turn's end-of-turn marker (trailing whitespace excluded).
+
+    A template may write an earlier turn otherwise than a fresh answer (Qwen3 leaves the thinking
+    block out of earlier turns) or close a conversation with a token it writes nowhere else (Phi-3's
+    EOS): the generation prompt counts up to where it and the whole rendering part, and the end-of-turn
+    marker is what the turn rendered last has after its content and the whole rendering also has
+    (never part of a control token). Raises ChatTemplateError when the loss would take in another
+    message's content, or when the last turn's generation prompt is not how the whole rendering reads
+    there (the model would be prompted with text that training shows before no answer: DeepSeek-R1's
+    forced ``<think>``)."""
+    controls = _control_spans(codec, skeleton)
+    spans: list[tuple[int, int]] = []
+    assistant = [i for i, m in enumerate(skeleton_messages) if m.get("role") == "assistant"]
+    for i in assistant:
+        at = skeleton.find(_placeholder(i))
+        before = max((skeleton.find(_placeholder(j)) + len(_placeholder(j)) for j in range(i)), default=0)
         prompt = _render(codec, skeleton_messages[:i], True)
         full = _render(codec, skeleton_messages[: i + 1], False)
-        if not (full.startswith(prompt) and skeleton.startswith(full)):
+        start = _snap(controls, _common(prompt, skeleton))
+        if at < 0 or _placeholder(i) not in full or not before <= start <= at or (spans and start < spans[-1][1]):
             raise ChatTemplateError(
                 f"{codec.name} does not render conversations incrementally (an earlier turn changes when a "
                 "later one is added), so the loss cannot be limited to the assistant turns"
             )
-        spans.append((len(prompt), len(full.rstrip())))
+        if i == assistant[-1] and start < len(prompt):
+            raise ChatTemplateError(
+                f"{codec.name} ends the prompt for an answer with {prompt[start:]!r}, but writes a stored answer "
+                "without it: the model would be trained on answers "
+                "it is never prompted for (a template that forces a thinking block, as DeepSeek-R1's does). Use "
+                "a model or chat template that writes answers as it prompts for them"
+            )
+        content_end = at + len(_placeholder(i))
+        tail = full[full.find(_placeholder(i)) + len(_placeholder(i)) :]
+        end = _snap(controls, content_end + _common(tail, skeleton[content_end:]))
+        end = content_end + len(skeleton[content_end:end].rstrip())
+        if end == content_end:  # no end-of-turn marker (GLM-4): the control token that follows ends the answer
+            gap = len(skeleton[content_end:]) - len(skeleton[content_end:].lstrip())
+            end = next((b for a, b in controls if a == content_end + gap), end)
+        spans.append((start, end))
     return spans
+
+
+def _unclosed(skeleton_messages: Messages, skeleton: str, spans: list[tuple[int, int]]) -> bool:
+    """Whether the last answer ends the rendering with no end-of-turn marker (its loss span ends where
+    its content does, and only whitespace follows)."""
+    last = max((i for i, m in enumerate(skeleton_messages) if m.get("role") == "assistant"), default=None)
+    if last is None or not spans:
+        return False
+    content_end = skeleton.find(_placeholder(last)) + len(_placeholder(last))
+    return spans[-1][1] == content_end and not skeleton[content_end:].strip()
 
 
 def _cuts(codec: ChatCodec, text: str, anchors) -> list[tuple[int, int]]:
     """(start, end) of each control token the template itself writes: searched in the template's own
     text only, never in contents, longest first."""
-    if not codec.control_tokens:
+    pattern = _control_pattern(codec)
+    if pattern is None:
         return []
-    pattern = re.compile("|".join(re.escape(t) for t in sorted(codec.control_tokens, key=len, reverse=True)))
     return [
         (m.start(), m.end()) for _, _, t0, t1, index in anchors if index is None for m in pattern.finditer(text, t0, t1)
     ]
@@ -386,33 +460,38 @@ def _cuts(codec: ChatCodec, text: str, anchors) -> list[tuple[int, int]]:
 def chat_segments(
     messages: Messages, codec: ChatCodec, *, add_generation_prompt: bool, loss: bool = False
 ) -> list[Segment]:
-    """The rendered conversation cut into Segments whose texts join to exactly the template's rendering
-    of chat_messages(`messages`) (the system rule applied).
+    """The rendered conversation cut into Segments whose texts join to the template's rendering of
+    chat_messages(`messages`) (the system rule applied).
 
     The template is rendered twice, with the real contents and with placeholder contents; comparing
     the two tells the template's own text from the contents (a template may trim them). Control
     tokens are taken from the template's text only, so a content that quotes ``<|im_end|>`` stays
     literal text. Runs between control tokens are not cut where a content starts or ends, so they
     tokenize as the whole rendering would. With `loss`, runs are also cut where an assistant turn's
-    loss starts and ends, and those Segments carry ``loss=True``. Raises ChatTemplateError when the
+    loss starts and ends (`_loss_spans`), and those Segments carry ``loss=True``; when the last answer
+    ends the rendering with no end-of-turn marker, the EOS token follows it as a last loss Segment (the
+    one piece that is not the template's text: what the model learns to stop with). Raises ChatTemplateError when the
     template refuses the conversation, changes contents beyond trimming them, or (with `loss`) does
     not render turn by turn."""
     messages = chat_messages(messages, codec)
     skeleton_messages = [{**m, "content": _placeholder(i)} for i, m in enumerate(messages)]
     skeleton = _render(codec, skeleton_messages, add_generation_prompt)
     text, anchors = _locate(codec, messages, skeleton, add_generation_prompt)
-    spans = [
-        (_to_text(anchors, a), _to_text(anchors, b))
-        for a, b in (_loss_spans(codec, skeleton_messages, skeleton) if loss else [])
-    ]
+    skeleton_spans = _loss_spans(codec, skeleton_messages, skeleton) if loss else []
+    spans = [(_to_text(anchors, a), _to_text(anchors, b)) for a, b in skeleton_spans]
     controls = _cuts(codec, text, anchors)
     bounds = sorted({0, len(text), *(p for span in spans + controls for p in span)})
     whole = set(controls)  # a control token cut by a loss boundary (no template does that) would be text
-    return [
+    segments = [
         Segment(text[a:b], (a, b) in whole, any(s <= a and b <= e for s, e in spans))
         for a, b in zip(bounds, bounds[1:])
         if b > a
     ]
+    if codec.eos and _unclosed(skeleton_messages, skeleton, skeleton_spans):
+        # The last answer ends the rendering with no marker after it (GLM-4 closes a turn only with the
+        # next turn's header): the EOS, which the Modelfile and serve stop at, is what it learns to end with.
+        segments.append(Segment(codec.eos, True, True))
+    return segments
 
 
 def encode_chat(messages: Messages, codec: ChatCodec, *, add_generation_prompt: bool = True) -> list[int]:

@@ -35,6 +35,7 @@ from typing import Any
 
 from lorapipe import faults, paths
 from lorapipe.checkpoints import Checkpoints, fingerprint
+from lorapipe.distributed import accelerate_settings
 from lorapipe.hardware import resolve_device, resolve_load_in_4bit, resolve_precision
 from lorapipe.io import atomic_outputs, read_json, read_jsonl, write_json, write_provenance, write_text_atomic
 from lorapipe.models import copy_tokenizer, load_tokenizer
@@ -530,14 +531,18 @@ def _run_settings(
         run_inputs["group_by_length"] = True
     if trainer_args:
         run_inputs["trainer_args"] = trainer_args
+    if train.accelerate_config:  # DDP, FSDP or DeepSpeed save other checkpoints; the machines' addresses do not count
+        run_inputs["accelerate"] = accelerate_settings(train.accelerate_config)
     return run_inputs
 
 
 def _input_files(dataset_dir: Path, base_dir: str | Path) -> dict[str, list[Path]]:
-    """The files whose content decides the run: the dataset's rows, the base model's configs and weights."""
+    """The files whose content decides the run: the dataset's rows, and every file of the base model
+    folder (weights, configs, the tokenizer and its chat template, and ``lorapipe_params.yaml``, which
+    names the model and revision it came from)."""
     return {
         "dataset": [dataset_dir / paths.TRAIN_ROWS.name, dataset_dir / paths.VAL_ROWS.name],
-        "base model": [*Path(base_dir).glob("*.json"), *Path(base_dir).glob("*.safetensors")],
+        "base model": sorted(p for p in Path(base_dir).iterdir() if p.is_file()),
     }
 
 
