@@ -8,7 +8,15 @@ import json
 import pytest
 
 from helpers import FIXTURES
-from lorapipe.scoring import exact_match, is_json_task, parse_json, rouge_l, score_answers, score_json
+from lorapipe.scoring import (
+    exact_match,
+    flat_scores,
+    is_json_task,
+    parse_json,
+    rouge_l,
+    score_answers,
+    score_json,
+)
 
 SCHEMA = json.loads((FIXTURES / "labeled" / "snips_schema.json").read_text())
 GOLD = [
@@ -41,6 +49,13 @@ def test_json_parsing_allows_a_code_fence_only():
     assert parse_json('{"a": 1}') == {"a": 1}
     assert parse_json('Answer: {"a": 1}') is None and parse_json("") is None
     assert is_json_task(GOLD) and not is_json_task(["plain text", *GOLD]) and not is_json_task([])
+
+
+def test_a_shape_without_intent_or_slots_reports_neither():
+    gold = ['{"name": "Ada", "year": 1843}', '{"name": "Alan", "year": 1936}']
+    scores = score_answers(["{}", '{"foo": 1}'], gold)  # nothing right
+    assert "intent_accuracy" not in scores["json"]  # it would be 1.0: None == None for every answer
+    assert flat_scores(scores) == {"exact_match": 0.0, "rouge_l": 0.0, "json_parse_rate": 1.0, "exact_rate": 0.0}
 
 
 def test_json_scores_on_canned_answers():

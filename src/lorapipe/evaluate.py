@@ -277,8 +277,10 @@ def _print_scores(scores: dict[str, dict]) -> None:
         for task, score in tasks.items():
             json_scores = score.get("json")
             extra = (
-                f", JSON parse {json_scores['json_parse_rate']:.0%}, intent {json_scores['intent_accuracy']:.0%}"
-                f", slot F1 {json_scores['slots']['f1']:.2f}"
+                f", JSON parse {json_scores['json_parse_rate']:.0%}"
+                + (f", intent {json_scores['intent_accuracy']:.0%}" if "intent_accuracy" in json_scores else "")
+                + (f", slot F1 {json_scores['slots']['f1']:.2f}" if json_scores["slots"]["support"] else "")
+                + f", exact {json_scores['exact_rate']:.0%}"
                 + (
                     f" (not parsed: {json_scores['truncated_rate']:.0%} cut at the token limit, "
                     f"{json_scores['malformed_rate']:.0%} malformed)"

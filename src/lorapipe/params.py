@@ -814,7 +814,11 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
         "eval.knowledge_max_new_tokens",
         "eval.retrieval_top_k",
     ),
-    "evaluate": ("eval", "export.quant_tolerance"),
+    # The knowledge questions and retrieval prompts are evaluate_base's (its reports are evaluate's deps).
+    "evaluate": (
+        *(f"eval.{k}" for k in EvalParams.model_fields if k not in ("knowledge_questions", "retrieval_top_k")),
+        "export.quant_tolerance",
+    ),
 }
 
 

@@ -90,7 +90,8 @@ def _other_fields(data: dict) -> dict:
 def score_json(
     answers: list[str], expected: list[str], schema: dict | None = None, truncated: list[bool] | None = None
 ) -> dict[str, Any]:
-    """JSON-parse rate, schema-valid rate, intent accuracy and slot precision/recall/F1. With `truncated`
+    """JSON-parse rate, schema-valid rate, intent accuracy and slot precision/recall/F1 (intent accuracy
+    only when every expected answer has an ``intent``: without one, any answer would match). With `truncated`
     (per answer: cut at the token limit, generation.Generation.truncated), an answer that does not parse
     is counted as ``truncated`` when it was cut and as ``malformed`` otherwise (shares of all answers):
     a cut answer says the token limit was too low, a malformed one that the model wrote bad JSON."""
@@ -127,17 +128,13 @@ def score_json(
             / n,
             4,
         ),
-        "intent_accuracy": round(
-            sum(
-                isinstance(p, dict) and isinstance(g, dict) and p.get("intent") == g.get("intent")
-                for p, g in zip(parsed, truth)
-            )
-            / n,
-            4,
-        ),
         "slots": _prf(sum(right.values()), sum(predicted.values()), sum(wanted.values())),
         "per_slot": {name: _prf(right[name], predicted[name], wanted[name]) for name in sorted(wanted | predicted)},
     }
+    if truth and all(isinstance(g, dict) and "intent" in g for g in truth):  # else every answer "matches" None
+        out["intent_accuracy"] = round(
+            sum(isinstance(p, dict) and p.get("intent") == g["intent"] for p, g in zip(parsed, truth)) / n, 4
+        )
     if truncated is not None:
         cut = [t and p is None for p, t in zip(parsed, truncated)]
         out["truncated_rate"] = round(sum(cut) / n, 4)
@@ -171,13 +168,14 @@ _FLAT_JSON = ("json_parse_rate", "schema_valid_rate", "intent_accuracy", "exact_
 
 def flat_scores(scores: dict[str, Any]) -> dict[str, float]:
     """score_answers' output for one task under flat, stable names (shares, 0-1): exact_match and
-    rouge_l, and for JSON tasks slot_f1 (micro F1 over slot name and value pairs), json_parse_rate,
-    intent_accuracy, exact_rate (intent and every slot right), and schema_valid_rate and truncated_rate
-    where scored."""
+    rouge_l, and for JSON tasks slot_f1 (micro F1 over slot name and value pairs, when the expected
+    answers have slots), json_parse_rate, intent_accuracy (when they have an intent), exact_rate (every
+    field right), and schema_valid_rate and truncated_rate where scored."""
     row = {"exact_match": scores["exact_match"], "rouge_l": scores["rouge_l"]}
     json_scores = scores.get("json")
     if json_scores:
-        row["slot_f1"] = json_scores["slots"]["f1"]
+        if json_scores["slots"]["support"]:  # a shape without slots has no slot F1 to sort by
+            row["slot_f1"] = json_scores["slots"]["f1"]
         row.update({k: json_scores[k] for k in _FLAT_JSON if k in json_scores})
     return row
 
