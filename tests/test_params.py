@@ -79,6 +79,7 @@ def test_dvc_paths_come_from_the_paths_module():
             declared.add(next(iter(entry)) if isinstance(entry, dict) else entry)
     for name in (
         "RAW_DOCS",
+        "RAW_MODELS",
         "EXTRACTED",
         "TRAIN_ROWS",
         "VAL_ROWS",

@@ -167,3 +167,16 @@ def test_evaluate_base_leaves_no_out_empty_without_chat_rows(tmp_path, dataset_d
     knowledge = json.loads((tmp_path / "reports" / paths.KNOWLEDGE_BASE.name).read_text())
     assert knowledge["questions"] == [] and knowledge["answers"] == {}
     assert sorted(Path(o).name for o in declared) == sorted(written)
+
+
+def test_a_local_model_outside_the_tracked_folder_is_warned_of(tmp_path, monkeypatch):
+    from lorapipe.stages.base import untracked_local_model
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data/raw/models/mine").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    assert untracked_local_model("data/raw/models/mine") is None  # the base stage's dep: DVC sees its files
+    assert untracked_local_model("smollm2-135m-instruct") is None  # bundled
+    warning = untracked_local_model(str(tmp_path / "elsewhere"))
+    assert "DVC does not see changes to its files" in warning and "dvc repro -f base" in warning
+    assert "data/raw/models" in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["base"]["deps"]

@@ -18,6 +18,7 @@ RAW = Path("data/raw")
 RAW_DOCS = RAW / "docs"
 RAW_LABELED = RAW / "labeled"
 RAW_CONFIG = RAW / "config"  # files that params name: system prompt files, JSON schemas, accelerate configs
+RAW_MODELS = RAW / "models"  # local base models (model.name a folder here): the base stage depends on it
 EXTRACTED = Path("data/extracted_text")
 MANIFEST_NAME = "manifest.jsonl"
 
