@@ -366,6 +366,16 @@ def test_early_stopping_keeps_the_adapter_with_the_lowest_eval_loss(tmp_path, da
     assert [s for s, _ in evals[-2:]] == [best_step + 1, best_step + 2]  # stopped two evaluations after the best
     assert f"keeping the adapter of step {best_step}" in capsys.readouterr().out
     assert result.metrics.val_loss == pytest.approx(best, rel=1e-3)  # the saved adapter is the best one
+    # chosen on the validation rows: recorded for the merge and evaluate stages, which say so
+    from lorapipe.evaluate import _selected_step
+    from lorapipe.merge import MERGE_INFO, adapter_selected_step
+
+    assert result.metrics.selected_step == best_step == adapter_selected_step(tmp_path / "a")
+    (tmp_path / "merged").mkdir()
+    (tmp_path / "merged" / MERGE_INFO).write_text(f'{{"selected_step": {best_step}}}')
+    assert _selected_step(tmp_path / "merged") == best_step
+    assert _train(dataset_dir, tiny_model_dir, tmp_path / "c", max_steps=2).metrics.selected_step is None
+    assert adapter_selected_step(tmp_path / "c") is None and _selected_step(tmp_path / "nowhere") is None
     with pytest.raises(ValueError, match="eval_steps"):
         _train(dataset_dir, tiny_model_dir, tmp_path / "b", early_stopping_patience=2)
 

@@ -337,6 +337,15 @@ def _knowledge(base_path: str | Path | None, merged_dir, gguf: Path, max_new_tok
     return evaluate_knowledge(base, merged_dir, gguf, knowledge_max_new_tokens=max_new_tokens)
 
 
+def _selected_step(merged_dir: Path) -> int | None:
+    """The step whose adapter training kept for scoring best on the validation rows, as the merge stage
+    recorded it (``merge.json``'s ``selected_step``); None when none was chosen or nothing is recorded."""
+    from lorapipe.merge import MERGE_INFO
+
+    info = merged_dir / MERGE_INFO
+    return read_json(info).get("selected_step") if info.is_file() else None
+
+
 def evaluate_models(
     val_path: str | Path,
     prompts_path: str | Path,
@@ -396,6 +405,15 @@ def evaluate_models(
     tokenizer = load_tokenizer(merged_dir)
     sequences = val_sequences(Path(val_path), tokenizer, max_samples)
     metrics = {**_perplexities(sequences, Path(merged_dir), ggufs, base), "rows": len(sequences)}
+    selected = _selected_step(Path(merged_dir))
+    if selected is not None:
+        metrics["adapter_selected_step"] = selected
+        print(
+            f"[evaluate] note: training kept the adapter of step {selected} because it scored best on these "
+            "validation rows (train.early_stopping_patience or train.select_metric), so the scores below are "
+            "somewhat optimistic for unseen rows; the knowledge questions are not among them",
+            flush=True,
+        )
     prompts = read_json(prompts_path)
     rows = chat_rows(val_path, max_samples)
     train_path = train_path or Path(val_path).with_name(paths.TRAIN_ROWS.name)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from lorapipe import faults
-from lorapipe.io import atomic_dir, hash_file, read_json, write_json
+from lorapipe import faults, paths
+from lorapipe.io import atomic_dir, hash_file, read_json, read_provenance, write_json
 from lorapipe.models import copy_tokenizer
 from lorapipe.params import DEFAULTS
 
@@ -41,6 +41,14 @@ _SAFETENSORS_DTYPES = {
     "U8": "uint8",
     "BOOL": "bool",
 }
+
+
+def adapter_selected_step(adapter_dir: str | Path) -> int | None:
+    """The training step whose adapter was kept because it scored best on the validation rows
+    (`lorapipe.train.TrainMetrics.selected_step`, from the adapter's ``lorapipe_params.yaml``); None when
+    the adapter is the last step's, or the folder records no such choice."""
+    path = Path(adapter_dir) / paths.PROVENANCE_NAME
+    return read_provenance(adapter_dir).get("selected_step") if path.is_file() else None
 
 
 def _read_tensors(path: Path):
@@ -125,7 +133,13 @@ def merge_adapter(
         copy_tokenizer(adapter_dir, tmp)
         write_json(
             tmp / MERGE_INFO,
-            {"fingerprint": fingerprint, "dtype": dtype, "base": str(base_dir), "adapter": str(adapter_dir)},
+            {
+                "fingerprint": fingerprint,
+                "dtype": dtype,
+                "base": str(base_dir),
+                "adapter": str(adapter_dir),
+                "selected_step": adapter_selected_step(adapter_dir),
+            },
         )
     print(f"[merge] wrote {out_dir} ({dtype})", flush=True)
     return out_dir

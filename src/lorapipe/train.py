@@ -72,6 +72,10 @@ class TrainMetrics:
     seconds: float  # wall time of the training loop (model loading and saving not included)
     tokens_per_second: float  # tokens / seconds
     trainable_parameters: int  # the adapter's parameters
+    # The step whose adapter was kept because it scored best on the validation rows (early stopping or a
+    # task metric): those rows then chose the model, and scores on them are optimistic. None: the last
+    # step's adapter, no choice made on them.
+    selected_step: int | None = None
 
 
 @dataclass(frozen=True)
@@ -749,6 +753,7 @@ class _Session:
             seconds=round(seconds, 2),
             tokens_per_second=round(tokens / max(seconds, 1e-9), 1),
             trainable_parameters=sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+            selected_step=self.best.best.step if self.best.keep and self.best.best is not None else None,
         )
         print(
             f"[train] done in {seconds:.0f}s: train loss {metrics.train_loss:.4f}, "
@@ -865,7 +870,10 @@ def _save(
         model.save_pretrained(tmp, safe_serialization=True)
         copy_tokenizer(base_dir, tmp)
         write_json(tmp / paths.RUN_INFO_NAME, run_info or {})
-        write_provenance(tmp, {**(provenance or {}), "resolved": asdict(result.resolved)})
+        write_provenance(
+            tmp,
+            {**(provenance or {}), "resolved": asdict(result.resolved), "selected_step": result.metrics.selected_step},
+        )
         if metrics_path:
             # load_in_4bit and seq2seq sit beside the numbers in train.json, as they always have
             write_json(
