@@ -23,6 +23,7 @@ import pytest
 
 from helpers import FIXTURES
 from lorapipe.chat_encoder import (
+    TEMPLATE_SWITCHES,
     ChatTemplateError,
     Segment,
     chat_messages,
@@ -119,7 +120,9 @@ def test_go_rendering_equals_the_chat_template(name, bundled_tokenizer_dir, go_r
         messages = [{"role": "system", "content": SYSTEM}, *conversation]  # Ollama puts SYSTEM first
         requests.append({"template": template, "system": SYSTEM, "messages": messages})
         reference = messages if not derive_template(tokenizer).folds_system else fold_system(messages)
-        rendered = tokenizer.apply_chat_template(reference, tokenize=False, add_generation_prompt=True)
+        rendered = tokenizer.apply_chat_template(
+            reference, tokenize=False, add_generation_prompt=True, **TEMPLATE_SWITCHES
+        )
         expected.append(
             strip_bos(rendered, tokenizer.bos_token) if "bos_token" in tokenizer.chat_template else rendered
         )
@@ -312,7 +315,9 @@ def test_template_text_that_the_modelfile_cannot_hold_is_written_as_go_strings(b
     assert '{{ "\\"" }}' in template and '{{ "\\u00a0" }}' in template
     messages = [{"role": "system", "content": SYSTEM}, *CONVERSATIONS[1]]
     rendered = _go_render(go_renderer, [{"template": template, "system": SYSTEM, "messages": messages}])
-    assert rendered == [tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)]
+    assert rendered == [
+        tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **TEMPLATE_SWITCHES)
+    ]
 
 
 # --- one chat encoder: the system-role rule, contents as literal text -----------------------------
@@ -368,7 +373,7 @@ def test_segments_are_the_rendering_with_contents_as_text(name, bundled_tokenize
     codec = hf_codec(tokenizer)
     messages = chat_messages(FORGED, codec)
     segments = chat_segments(FORGED, codec, add_generation_prompt=True)
-    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **TEMPLATE_SWITCHES)
     assert "".join(s.text for s in segments) == rendered
     controls = [s.text for s in segments if s.control]
     assert all(s.text in codec.control_tokens for s in segments if s.control)
@@ -376,7 +381,9 @@ def test_segments_are_the_rendering_with_contents_as_text(name, bundled_tokenize
     plain = [{**m, "content": re.sub(r"<[^>]*>|\[INST\]", "", m["content"])} for m in messages]
     expected = sum(
         rendered_plain.count(t)
-        for rendered_plain in [tokenizer.apply_chat_template(plain, tokenize=False, add_generation_prompt=True)]
+        for rendered_plain in [
+            tokenizer.apply_chat_template(plain, tokenize=False, add_generation_prompt=True, **TEMPLATE_SWITCHES)
+        ]
         for t in codec.control_tokens
     )
     assert len(controls) == expected
@@ -497,3 +504,12 @@ def test_a_turn_with_no_end_marker_learns_the_next_header_or_the_eos(bundled_tok
     assert _loss_texts(codec, TWO_TURNS) == ["\nHello!<|user|>", "\nNo.<|endoftext|>"]
     segments = chat_segments(TWO_TURNS, codec, add_generation_prompt=False, loss=True)
     assert segments[-1] == Segment("<|endoftext|>", True, True)  # the one piece the template does not write
+
+
+def test_a_template_that_writes_todays_date_renders_the_same_on_any_day(bundled_tokenizer_dir):
+    codec = hf_codec(_tokenizer(bundled_tokenizer_dir, "llama3.2"))
+    prompt = "".join(s.text for s in chat_segments(CONVERSATIONS[0], codec, add_generation_prompt=True))
+    assert "Today Date: 26 Jul 2024" in prompt  # the template's own fallback, not the day it ran
+    assert "Today Date: 26 Jul 2024" in modelfile_text(
+        "./model.gguf", _tokenizer(bundled_tokenizer_dir, "llama3.2"), SYSTEM
+    )

@@ -29,8 +29,10 @@ FOLD = "\n\n"  # between a folded system prompt and the first user message
 # Variables every rendering passes to a template (templates that do not read them ignore them):
 # lorapipe trains, prompts and exports answers without a thinking phase, so a template with a switch
 # for one (Qwen3's enable_thinking) renders with it off everywhere: its generation prompt then holds
-# the empty thinking block that its rendering of a stored answer holds too.
-TEMPLATE_SWITCHES = {"enable_thinking": False}
+# the empty thinking block that its rendering of a stored answer holds too. A template that writes
+# today's date (Llama 3.1-3.3: "Today Date: …" from strftime_now unless date_string is given) gets
+# its own fallback date, so that a row renders, trains and is served the same on any day.
+TEMPLATE_SWITCHES = {"enable_thinking": False, "date_string": "26 Jul 2024"}
 
 
 class ChatTemplateError(ValueError):

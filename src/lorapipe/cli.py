@@ -29,6 +29,7 @@ import yaml
 
 from lorapipe import paths
 from lorapipe.params import (
+    ANSWER_MAX_TOKENS,
     DEFAULTS,
     STAGE_SECTIONS,
     Device,
@@ -291,7 +292,12 @@ def _add_model_commands(commands) -> None:
     ask.add_argument(
         "--prompts", default=str(paths.PROMPTS), help="the system prompts (default: data/dataset/prompts.json)"
     )
-    ask.add_argument("--max-tokens", type=int, default=96)
+    ask.add_argument(
+        "--max-tokens",
+        type=_positive(int),
+        default=ANSWER_MAX_TOKENS,
+        help="tokens per answer at most (default: %(default)s)",
+    )
     ask.add_argument(
         "--task",
         help="the task whose system prompt the question gets (prompts.json; default: the first, or with "
@@ -331,7 +337,12 @@ def _add_model_commands(commands) -> None:
     _add_retrieval_flags(serve)
     chat = commands.add_parser("chat", help="talk to the exported model in the terminal")
     chat.add_argument("--gguf", help=f"GGUF file {default_gguf}")
-    chat.add_argument("--max-tokens", type=int, default=256)
+    chat.add_argument(
+        "--max-tokens",
+        type=_positive(int),
+        default=ANSWER_MAX_TOKENS,
+        help="tokens per answer at most (default: %(default)s)",
+    )
 
 
 def _add_plan_command(commands) -> None:

@@ -22,6 +22,7 @@ from lorapipe.io import read_jsonl
 from lorapipe.labeled import span_schema
 from lorapipe.llama import threads
 from lorapipe.models import load_causal_lm, load_tokenizer
+from lorapipe.params import ANSWER_MAX_TOKENS
 
 
 # eval.max_new_tokens: auto. A reference answer's tokens plus this share of them (at least
@@ -173,8 +174,9 @@ def generate_batches(
     return answers
 
 
-def chat(gguf_path: str | Path, system_prompt: str, question: str, max_tokens: int = 64) -> str:
-    """One greedy answer from a GGUF under llama.cpp, using the chat template stored in the file."""
+def chat(gguf_path: str | Path, system_prompt: str, question: str, max_tokens: int = ANSWER_MAX_TOKENS) -> str:
+    """One greedy answer (at most `max_tokens` tokens) from a GGUF under llama.cpp, using the chat
+    template stored in the file: what ``lorapipe ask`` prints, without a task's schema or retrieval."""
     return answer_all(
         gguf_path, [[{"role": "system", "content": system_prompt}, {"role": "user", "content": question}]], max_tokens
     )[0]

@@ -76,6 +76,9 @@ AnyCaseAuto = Annotated[Literal["auto"], BeforeValidator(_lower)]
 
 
 MAX_SEQ_LEN = 131_072  # tokens: the longest sequence any setting may ask for (128 Ki, the longest contexts)
+# The answer length, in tokens, that every user-facing way of asking a model defaults to: lorapipe.chat,
+# `lorapipe ask`, `lorapipe chat`, serve's /query and /v1/chat/completions (one number, one behaviour).
+ANSWER_MAX_TOKENS = 256
 
 
 class _Section(BaseModel):

@@ -85,7 +85,7 @@ from lorapipe.artifacts import model_gguf
 from lorapipe.chat_encoder import ChatTemplateError, encode_chat, hf_codec, llama_codec
 from lorapipe.generation import last_user_text, span_gbnf
 from lorapipe.io import read_provenance
-from lorapipe.params import MAX_SEQ_LEN, ParamsError, apply_overrides, read_yaml, validate_params
+from lorapipe.params import ANSWER_MAX_TOKENS, MAX_SEQ_LEN, ParamsError, apply_overrides, read_yaml, validate_params
 from lorapipe.retrieval import Index, retrieval_messages
 from lorapipe.labeled import load_json_schema, warn_unknown_keywords
 from lorapipe.llama import threads
@@ -351,7 +351,7 @@ class QueryRequest(_Body):
     task: str | None = Field(
         None, description="the task of prompts.json whose system prompt is used; default: the first"
     )
-    max_tokens: int = Field(128, ge=1, le=MAX_TOKENS, description="tokens to generate at most")
+    max_tokens: int = Field(ANSWER_MAX_TOKENS, ge=1, le=MAX_TOKENS, description="tokens to generate at most")
     constrained: bool | None = Field(
         None,
         description=(
@@ -968,7 +968,7 @@ def require_token(request: Request, state: State) -> None:
 
 router = APIRouter()
 AUTHORIZED = [Depends(require_token)]
-CHAT_MAX_TOKENS = 256  # /v1/chat/completions' default max_tokens
+CHAT_MAX_TOKENS = ANSWER_MAX_TOKENS  # /v1/chat/completions' default max_tokens
 
 
 @router.get("/status")
