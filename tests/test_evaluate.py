@@ -306,3 +306,16 @@ def test_the_task_ladder_ships_the_smallest_gguf_within_the_tolerance_of_the_bes
     assert ladder["quants"]["Q8_0"]["drop"] == 0.0 and str(ladder["quants"]["Q8_0"]["drop"]) == "0.0"  # not -0.0
     assert task_ladder(answers, ggufs, " constrained", 0.5)["chosen"] == "Q4_K_M"  # half below is allowed now
     assert task_ladder(answers, ggufs, "", 0.05) is None  # only one GGUF answered free
+
+
+def test_base_answers_cut_at_another_limit_are_warned_of(tmp_path, capsys):
+    from lorapipe.evaluate import base_answers
+
+    path = tmp_path / "answers_base.json"
+    path.write_text(json.dumps({"answers": [{"task": "chat", "answer": "a", "truncated": True}], "max_new_tokens": 6}))
+    assert [(g.text, g.truncated) for g in base_answers(path, 6)] == [("a", True)]
+    assert "not comparable" not in capsys.readouterr().out
+    base_answers(path, 32)
+    assert "cut at 6 tokens and these are cut at 32: the base and fine-tuned scores are not comparable" in (
+        capsys.readouterr().out
+    )

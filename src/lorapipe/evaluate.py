@@ -297,6 +297,21 @@ def _print_scores(scores: dict[str, dict]) -> None:
             )
 
 
+def base_answers(path: Path, max_new_tokens: int) -> list[Generation]:
+    """The base model's answers that evaluate_base wrote to `path` (``answers_base.json``), warning when
+    they were cut at another token limit than `max_new_tokens` (the fine-tuned answers' limit): scores
+    of answers cut at different lengths are not comparable."""
+    base = read_json(path)
+    if base.get("max_new_tokens") not in (None, max_new_tokens):
+        print(
+            f"[evaluate] warning: the base's answers in {path} were cut at {base['max_new_tokens']} tokens and "
+            f"these are cut at {max_new_tokens}: the base and fine-tuned scores are not comparable; rerun "
+            "evaluate_base with the same eval.max_new_tokens (`dvc repro` does)",
+            flush=True,
+        )
+    return [Generation(a["answer"], bool(a.get("truncated", False))) for a in base["answers"]]
+
+
 def _chat_answers(
     rows: list[dict],
     requests,
@@ -315,8 +330,7 @@ def _chat_answers(
     conversations = [messages for messages, _ in requests]
     answers: dict[str, list[Generation]] = {}
     if base_answers_path and Path(base_answers_path).is_file():
-        listed = read_json(base_answers_path)["answers"][: len(rows)]
-        answers["base"] = [Generation(a["answer"], bool(a.get("truncated", False))) for a in listed]
+        answers["base"] = base_answers(Path(base_answers_path), max_new_tokens)[: len(rows)]
     answers["fine-tuned"] = hf_generate(merged_dir, conversations, max_new_tokens)
     faults.fault_point("mid")
     expected = [e for _, e in requests]
