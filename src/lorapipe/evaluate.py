@@ -354,9 +354,7 @@ def _knowledge(base_path: str | Path | None, merged_dir, gguf: Path, max_new_tok
 def _selected_step(merged_dir: Path) -> int | None:
     """The step whose adapter training kept for scoring best on the validation rows, as the merge stage
     recorded it (``merge.json``'s ``selected_step``); None when none was chosen or nothing is recorded."""
-    from lorapipe.merge import MERGE_INFO
-
-    info = merged_dir / MERGE_INFO
+    info = merged_dir / paths.MERGE_INFO_NAME
     return read_json(info).get("selected_step") if info.is_file() else None
 
 

@@ -16,7 +16,7 @@ from lorapipe.io import atomic_dir, hash_file, read_json, read_provenance, write
 from lorapipe.models import copy_tokenizer
 from lorapipe.params import DEFAULTS
 
-MERGE_INFO = "merge.json"
+MERGE_INFO = paths.MERGE_INFO_NAME
 
 
 def _fingerprint(base_dir: Path, adapter_dir: Path, dtype: str) -> str:

@@ -831,9 +831,34 @@ def section_keys(section: str) -> list[str]:
     return [f"{section}.{name}" for name in model.model_fields]
 
 
+# Keys that change how a stage runs, never what it writes (the outputs are byte-equal whatever their
+# value: parallelism, where the work runs, reuse of cached results, crash-recovery checkpoints). A stage
+# reads them (its CLI flags, its provenance), but dvc.yaml does not list them: changing one reruns nothing.
+RUN_ONLY = frozenset(
+    {
+        "extract.workers",
+        "extract.executor",
+        "extract.ray_address",
+        "extract.resume",
+        "synth.concurrency",
+        "synth.resume",
+        "train.save_steps",
+        "train.save_total_limit",
+        "train.resume",
+    }
+)
+RUN_ONLY_NOTE = "Not a DVC dependency: it changes how the stage runs, not its outputs, so changing it reruns nothing"
+
+
 def stage_keys(stage: str) -> list[str]:
-    """Dotted keys a stage reads, in dvc.yaml order."""
+    """Dotted keys a stage reads (its CLI flags and provenance), in dvc.yaml order."""
     return [key for entry in STAGE_SECTIONS[stage] for key in ([entry] if "." in entry else section_keys(entry))]
+
+
+def dvc_keys(stage: str) -> list[str]:
+    """The params dvc.yaml lists for a stage: `stage_keys` but the `RUN_ONLY` ones, so that a change to
+    any of them reruns the stage and a change to anything else does not."""
+    return [key for key in stage_keys(stage) if key not in RUN_ONLY]
 
 
 def _model_of(annotation: Any) -> Any:
@@ -1035,9 +1060,12 @@ def choices(key: str) -> tuple[str, ...] | None:
 
 
 def describe(key: str, code: str = "{}") -> str:
-    """A key's one-line meaning: its allowed values (each formatted by `code`), then its description."""
+    """A key's one-line meaning: its allowed values (each formatted by `code`), then its description
+    (and, for a `RUN_ONLY` key, that changing it reruns nothing)."""
     allowed = choices(key)
     text = field_info(key).description or ""
+    if key in RUN_ONLY:
+        text += f". {RUN_ONLY_NOTE}"
     return f"{' | '.join(code.format(c) for c in allowed)}; {text}" if allowed else text
 
 

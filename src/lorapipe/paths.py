@@ -54,6 +54,7 @@ KNOWLEDGE = REPORTS / "knowledge.json"
 KNOWLEDGE_MD = REPORTS / "knowledge.md"
 
 PROVENANCE_NAME = "lorapipe_params.yaml"  # the resolved params written beside each model folder
+MERGE_INFO_NAME = "merge.json"  # beside the merged model: what it was merged from (fingerprint, selected_step)
 
 
 # The stage that writes each path a later stage or command reads: "not found" names it.
