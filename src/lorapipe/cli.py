@@ -19,6 +19,7 @@ as typed (``--dataset.system_prompt "Answer: JSON."``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import types
 import typing
@@ -533,14 +534,15 @@ def _serve_schema(args: argparse.Namespace) -> str | None:
 def _ask(args: argparse.Namespace) -> None:
     from lorapipe.generation import answer_all
     from lorapipe.io import read_json
-    from lorapipe.labeled import load_json_schema, warn_unknown_keywords
+    from lorapipe.labeled import load_json_schema
 
     gguf = _gguf(args.gguf)
     prompts = read_json(paths.require(args.prompts, "--prompts"))
     schema = None
     if args.json_schema:
-        schema = load_json_schema(paths.require(args.json_schema, "--json-schema"), "--json-schema")
-        warn_unknown_keywords(schema, f"[ask] warning: {args.json_schema}")
+        schema = load_json_schema(
+            paths.require(args.json_schema, "--json-schema"), "--json-schema", warn=f"[ask] warning: {args.json_schema}"
+        )
     retrieval = _retrieval(args)
     if not isinstance(prompts, dict) or not prompts:
         raise ValueError(f"{args.prompts} names no task's system prompt: rebuild it with `dvc repro dataset`")
@@ -618,16 +620,13 @@ def _warn_schema_keywords(params: Params, stage: str) -> None:
     """The keywords JSON Schema would ignore in the eval.json_schema `stage` reads, as warnings
     (`lorapipe.labeled.warn_unknown_keywords`), as the pipeline's stages print them; a schema that
     cannot be read is left to the stage, whose error names it."""
-    from lorapipe.labeled import load_json_schema, warn_unknown_keywords
+    from lorapipe.labeled import load_json_schema
     from lorapipe.param_files import named_files
 
     for key, value in named_files(params, stage):
         if key == "eval.json_schema":
-            try:
-                schema = load_json_schema(Path(value), key)
-            except (OSError, ValueError):
-                continue
-            warn_unknown_keywords(schema, f"[{stage}] warning: {key}: {value}")
+            with contextlib.suppress(OSError, ValueError):
+                load_json_schema(Path(value), key, warn=f"[{stage}] warning: {key}: {value}")
 
 
 def _dataset_reads_text(args: argparse.Namespace, p: Params) -> bool:

@@ -57,8 +57,10 @@ def is_json_schema(path: Path) -> bool:
     return isinstance(data, dict) and "$schema" in data
 
 
-def load_json_schema(path: str | Path, key: str = "eval.json_schema") -> dict:
+def load_json_schema(path: str | Path, key: str = "eval.json_schema", warn: str | None = None) -> dict:
     """The JSON Schema in the file `path` names (`key`: the param that named it, for the message).
+    With `warn`, each keyword its draft does not define is printed to stderr as ``{warn}: …``
+    (`warn_unknown_keywords`: what `lorapipe check`, the stages, `serve` and `ask` say).
     Raises ValueError naming the file when it is not JSON or not a valid JSON Schema (checked by
     jsonschema against the metaschema it declares, Draft 2020-12 when it declares none; a ``$schema``
     jsonschema does not know, or a ``$ref`` that resolves to nothing within the file, is refused), and
@@ -100,6 +102,8 @@ def load_json_schema(path: str | Path, key: str = "eval.json_schema") -> dict:
             f"{key}: {path} is not a valid JSON Schema: $ref {ref!r} at {where} points to nothing in the file "
             "(lorapipe reads no other file or URL)"
         )
+    if warn is not None:
+        warn_unknown_keywords(schema, warn)
     return schema
 
 

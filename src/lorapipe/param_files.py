@@ -118,7 +118,7 @@ def check_param_files(params: Params, stage: str | None, root: Path = ROOT, sour
     (`lorapipe.labeled.load_json_schema`); `source` is the params file the message names. Returns None
     when all are in place. A valid schema with a keyword its draft does not define (a misspelling JSON
     Schema would ignore: `lorapipe.labeled.unknown_keywords`) is named on stderr as a warning."""
-    from lorapipe.labeled import load_json_schema, warn_unknown_keywords
+    from lorapipe.labeled import load_json_schema
 
     problems = []
     base = root.resolve()
@@ -147,11 +147,9 @@ def check_param_files(params: Params, stage: str | None, root: Path = ROOT, sour
                 continue
             if key == "eval.json_schema":
                 try:
-                    schema = load_json_schema(path, key)
+                    load_json_schema(path, key, warn=f"[{stage or 'check'}] warning: {key}: {value}")
                 except ValueError as exc:  # its message names the key and the file
                     problems.append(f"  - {exc}")
-                    continue
-                warn_unknown_keywords(schema, f"[{stage or 'check'}] warning: {key}: {value}")
     if problems:
         who = f"the {stage} stage" if stage else "the pipeline"
         raise ParamsError(f"{source} names file(s) {who} cannot use:\n" + "\n".join(problems))

@@ -87,7 +87,7 @@ from lorapipe.generation import last_user_text, span_gbnf
 from lorapipe.io import read_provenance
 from lorapipe.params import ANSWER_MAX_TOKENS, MAX_SEQ_LEN, ParamsError, apply_overrides, read_yaml, validate_params
 from lorapipe.retrieval import Index, retrieval_messages
-from lorapipe.labeled import load_json_schema, warn_unknown_keywords
+from lorapipe.labeled import load_json_schema
 from lorapipe.llama import threads
 from lorapipe.textfiles import read_text
 
@@ -1166,9 +1166,9 @@ def create_app(
     passages it finds in the prompt (``lorapipe serve --retrieval``); None: closed book."""
     project = Path(project).resolve()
     token = token if token is not None else os.environ.get(TOKEN_ENV) or None
-    schema = load_json_schema(json_schema, "--json-schema") if json_schema else None
-    if schema:
-        warn_unknown_keywords(schema, f"[serve] warning: {json_schema}")
+    schema = (
+        load_json_schema(json_schema, "--json-schema", warn=f"[serve] warning: {json_schema}") if json_schema else None
+    )
     if span_constraint and (schema is None or engine != "llama.cpp"):
         raise ValueError(
             "the span constraint limits the strings of the schema's grammar, which only the llama.cpp engine "
