@@ -314,6 +314,18 @@ LEGACY_TEXTS = {
 }
 
 
+# Short Western snippets (a price, a table cell, a quote): chardet alone read these as DOS Hebrew or
+# Cyrillic ("Preis: 5 א"); the Windows-1252 rule for Latin text strewn with foreign letters reads them.
+LEGACY_TEXTS["cp1252"] += [
+    "Preis: 5 €",
+    "Budget 2024\nTravel: 1,200 €\nHotel: 800 €",
+    "L’hôtel coûte 80 € par nuit.",
+    "Déjà vu",
+    "He said: «Oui»",
+    "Tel.: +49 (0)30 123456 – Fax …",
+]
+
+
 @pytest.mark.parametrize(
     ("encoding", "text"), [(encoding, text) for encoding, texts in LEGACY_TEXTS.items() for text in texts]
 )
@@ -328,6 +340,15 @@ def test_a_page_declared_utf8_but_saved_as_latin1_keeps_its_accents(tmp_path):
     page = '<html><head><meta charset="utf-8"></head><body><p>Café crème brûlée naïve résumé déjà vu.</p></body></html>'
     (tmp_path / "p.html").write_bytes(page.encode("cp1252"))
     assert read_html(tmp_path / "p.html").pages[0].strip() == "Café crème brûlée naïve résumé déjà vu."
+
+
+@pytest.mark.parametrize(("declared", "saved"), [("iso-8859-1", "cp1252"), ("us-ascii", "cp1252"), ("utf-16", "utf-8")])
+def test_html_charset_labels_are_read_as_browsers_read_them(tmp_path, declared, saved):
+    from lorapipe.extract.formats import read_html
+
+    page = f'<html><head><meta charset="{declared}"></head><body><p>25 € – „Größe“ …</p></body></html>'
+    (tmp_path / "p.html").write_bytes(page.encode(saved))
+    assert read_html(tmp_path / "p.html").pages[0].strip() == "25 € – „Größe“ …"
 
 
 def test_binary_data_stays_refused():

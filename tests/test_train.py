@@ -1016,6 +1016,20 @@ def test_select_metric_refuses_what_it_cannot_score_before_training(tmp_path, js
     with pytest.raises(ValueError, match="use exact_rate"):
         _task_metric(tmp_path / "cities", tokenizer, None, "slot_f1", False, None, None)
     assert _task_metric(tmp_path / "cities", tokenizer, None, "exact_rate", False, None, None).metric == "exact_rate"
+    # the slots shape with no slot in any answer: slot F1 is not scored, so it cannot be compared either
+    empty = [{"query": f"hello {i}", "data": {"intent": "Greet", "slots": {}}} for i in range(12)]
+    (labeled / "cities.jsonl").write_text("".join(json.dumps(r) + "\n" for r in empty))
+    build_dataset(
+        tmp_path / "none",
+        tiny_model_dir,
+        tmp_path / "greet",
+        labeled_dir=labeled,
+        mode="chat",
+        val_fraction=0.25,
+        seed=1,
+    )
+    with pytest.raises(ValueError, match="no validation answer .* has a slot"):
+        _task_metric(tmp_path / "greet", tokenizer, None, "slot_f1", False, None, None)
 
 
 def test_epochs_and_lr_auto_follow_the_data(tmp_path, dataset_dir, tiny_model_dir, capsys):

@@ -147,11 +147,44 @@ _CHARDET_ERA = ("MODERN_WEB", "LEGACY_ISO", "LEGACY_REGIONAL", "DOS")
 CP1252_TIE = 0.75
 
 
+# Three letters in a row, none of them ASCII: what Cyrillic, Greek or Hebrew bytes read as Windows-1252
+# look like ("Ïðèâåò"), and what Western words do not have ("Grüße", "päivää", "ação": two at most).
+_FOREIGN_RUN = re.compile(r"[^\W\d_A-Za-z]{3,}")
+
+
+def _letters_by_script(text: str) -> tuple[int, int]:
+    """(Latin letters, letters of other scripts) in `text`, by their Unicode names."""
+    import unicodedata
+
+    latin = other = 0
+    for c in text:
+        if c.isalpha():
+            if c.isascii() or unicodedata.name(c, "").startswith("LATIN"):
+                latin += 1
+            else:
+                other += 1
+    return latin, other
+
+
+def _western_instead(data: bytes, detected: str) -> bool:
+    """Whether `data` is Western text in Windows-1252 that chardet read as another code page: that page
+    puts a minority of letters of another script among mostly Latin ones ("Preis: 5 א" for "5 €" as
+    DOS Hebrew, "Dйjа vu"), while Windows-1252 reads every byte and makes no run of three non-ASCII
+    letters (which Cyrillic, Greek or Hebrew text read as Windows-1252 makes)."""
+    try:
+        western = data.decode("cp1252")
+        latin, other = _letters_by_script(data.decode(detected))
+    except (UnicodeDecodeError, LookupError):
+        return False
+    return 0 < other <= latin and not _FOREIGN_RUN.search(western)
+
+
 def decode_document(data: bytes, source: str | Path = "<bytes>") -> tuple[str, str | None]:
     """A document's bytes as text, and a note on what was replaced (else None): by its byte-order
     mark, else UTF-8, else UTF-8 with a few bad bytes replaced (`repair_utf8`, the note says where),
     else the code page that chardet (7.x) detects among the Windows, ISO-8859, regional and DOS ones
-    (Windows-1252 on a near-tie: `CP1252_TIE`). Raises ValueError for binary data (NUL bytes without
+    (Windows-1252 on a near-tie, `CP1252_TIE`, and where the detected page would strew letters of another
+    script through Latin text, `_western_instead`). Raises ValueError for binary data (NUL bytes without
     a UTF-16/32 byte-order mark, or chardet finds no text encoding)."""
     if bom_encoding(data):
         return decode_text(data, source), None
@@ -174,6 +207,8 @@ def decode_document(data: bytes, source: str | Path = "<bytes>") -> tuple[str, s
         western = next((r for r in found if r["encoding"] == "cp1252"), None)
         if western is not None and western["confidence"] >= CP1252_TIE * best["confidence"]:
             best = western
+        if best["encoding"] != "cp1252" and _western_instead(data, best["encoding"]):
+            best = {"encoding": "cp1252"}
         try:
             return data.decode(best["encoding"]), None
         except UnicodeDecodeError as exc:  # chardet reads the first 200 kB; a byte further on may not fit

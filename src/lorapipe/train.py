@@ -817,10 +817,16 @@ def _task_metric(
             f"{dataset_dir / paths.VAL_ROWS.name} are not all JSON: use exact_match or rouge_l"
         )
     shape = {"slot_f1": "slots", "intent_accuracy": "intent"}.get(metric)
-    if shape and not all(isinstance(d, dict) and shape in d for d in map(parse_json, expected)):
+    answers = list(map(parse_json, expected))
+    if shape and not all(isinstance(d, dict) and shape in d for d in answers):
         raise ValueError(
             f"train.select_metric {metric} reads the intent-and-slots shape, and not every validation answer in "
             f"{dataset_dir / paths.VAL_ROWS.name} has {shape!r}: use exact_rate (every field equal) or json_parse_rate"
+        )
+    if metric == "slot_f1" and not any(d["slots"] for d in answers):
+        raise ValueError(
+            f"train.select_metric slot_f1: no validation answer in {dataset_dir / paths.VAL_ROWS.name} has a slot, "
+            "so there is no slot F1 to compare (it is left out of the scores): use exact_rate or intent_accuracy"
         )
     rows_files = [dataset_dir / paths.TRAIN_ROWS.name, dataset_dir / paths.VAL_ROWS.name]
     budget, reason = answer_token_budget("auto", rows_files, tokenizer)

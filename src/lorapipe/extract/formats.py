@@ -84,12 +84,23 @@ _DECLARED_CHARSET = re.compile(
 )
 
 
+_WHATWG_LABELS = {
+    "latin-1": "cp1252",
+    "iso8859-1": "cp1252",
+    "ascii": "cp1252",
+    "utf-16-le": "utf-8",
+    "utf-16-be": "utf-8",
+    "utf-16": "utf-8",
+}
+
+
 def _markup(data: bytes) -> tuple[str | bytes, str | None]:
     """HTML or XHTML `data` for `html_to_text`, and a note on what was replaced (else None).
 
     A byte-order mark decides, as BeautifulSoup reads it. Else a charset the markup declares
     (``<meta charset>``, ``<?xml encoding?>``) other than UTF-8 decodes it when every byte fits that
-    charset. UTF-16 without a byte-order mark (NUL bytes at every other place) is read as such. Anything
+    charset, labels read as browsers read them (ISO-8859-1 and US-ASCII as Windows-1252, UTF-16 as
+    UTF-8). UTF-16 without a byte-order mark (NUL bytes at every other place) is read as such. Anything
     else (declared UTF-8, no declaration, a declaration the bytes do not fit) is decoded as a text file is
     (`lorapipe.textfiles.decode_document`: UTF-8, UTF-8 with a few bad bytes replaced and noted, or the
     code page chardet finds, Windows-1252 on a near-tie), so a Latin-1 page declared UTF-8 or not
@@ -104,6 +115,9 @@ def _markup(data: bytes) -> tuple[str | bytes, str | None]:
             codec = codecs.lookup(declared.group(1).decode("ascii")).name
         except (LookupError, UnicodeDecodeError):
             codec = None
+        # As browsers read labels (WHATWG Encoding): Latin-1 and ASCII mean Windows-1252, and a UTF-16
+        # label in markup that is readable as ASCII cannot be true (it means UTF-8)
+        codec = _WHATWG_LABELS.get(codec, codec)
         if codec not in (None, "utf-8"):
             try:
                 return data.decode(codec), None
