@@ -479,7 +479,7 @@ def test_a_conversation_closed_by_the_eos_trains_each_turn_to_its_end_marker(bun
     codec = _family(
         bundled_tokenizer_dir, PHI3_LIKE, ["<|user|>", "<|assistant|>", "<|end|>", "<|endoftext|>"], "<|endoftext|>"
     )
-    assert _loss_texts(codec, TWO_TURNS) == ["Hello!<|end|>", "No.<|end|>\n<|endoftext|>"]
+    assert _loss_texts(codec, TWO_TURNS) == ["Hello!<|end|>", "No.<|end|>"]  # every turn learns the same marker
 
 
 def test_a_thinking_switch_is_off_and_earlier_answers_train_as_written(bundled_tokenizer_dir):
@@ -513,3 +513,41 @@ def test_a_template_that_writes_todays_date_renders_the_same_on_any_day(bundled_
     assert "Today Date: 26 Jul 2024" in modelfile_text(
         "./model.gguf", _tokenizer(bundled_tokenizer_dir, "llama3.2"), SYSTEM
     )
+
+
+@pytest.mark.parametrize(
+    ("template", "markers", "loss"),
+    [
+        (  # the assistant's header written whether asked or not: it never ends a turn
+            "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+            "{{ '<|im_start|>assistant\\n' }}",
+            ["<|im_start|>", "<|im_end|>"],
+            ["Hello!<|im_end|>", "No.<|im_end|>"],
+        ),
+        (  # plain-text markers, the last turn closed by one sharing their first characters
+            "{% for m in messages %}[{{ m.role }}]{{ m.content }}[end]\n{% endfor %}"
+            "{% if add_generation_prompt %}[assistant]{% else %}[endoftext]{% endif %}",
+            [],
+            ["Hello![end]", "No.[end]"],
+        ),
+        (  # turns ended by whitespace only: the next header, or the EOS after the whitespace
+            "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n\n{% endfor %}"
+            "{% if add_generation_prompt %}<|assistant|>{% endif %}",
+            ["<|user|>", "<|assistant|>", "<|endoftext|>"],
+            ["Hello!\n\n<|user|>", "No.\n\n<|endoftext|>"],
+        ),
+    ],
+)
+def test_the_end_of_turn_marker_is_what_closing_and_continuing_share(bundled_tokenizer_dir, template, markers, loss):
+    codec = _family(bundled_tokenizer_dir, template, markers, "<|endoftext|>")
+    assert _loss_texts(codec, TWO_TURNS) == loss
+
+
+def test_a_template_without_a_generation_prompt_is_a_clear_error(bundled_tokenizer_dir):
+    template = (
+        "{% for m in messages %}{% if m.role == 'user' %}<|im_start|>user\n{{ m.content }}<|im_end|>\n"
+        "{% else %}<|im_start|>assistant\n{{ m.content }}<|im_end|>\n{% endif %}{% endfor %}"
+    )
+    codec = _family(bundled_tokenizer_dir, template, ["<|im_start|>", "<|im_end|>"], "<|im_end|>")
+    with pytest.raises(ChatTemplateError, match="stops before the assistant's header"):
+        chat_segments(TWO_TURNS, codec, add_generation_prompt=False, loss=True)

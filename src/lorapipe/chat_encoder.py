@@ -393,59 +393,99 @@ def _common(a: str, b: str) -> int:
     return len(os.path.commonprefix([a, b]))
 
 
-def _loss_spans(codec: ChatCodec, skeleton_messages: Messages, skeleton: str) -> list[tuple[int, int]]:
-    """Skeleton spans of the assistant turns, in the conversation as rendered whole: from where the
-    template's generation prompt for that turn ends, through the content, up to and including the
-    turn's end-of-turn marker (trailing whitespace excluded).
+def _end_marker(codec: ChatCodec, closing: str, continuing: str) -> str:
+    """The end-of-turn marker an answer's content is followed by: what the rendering has after it both
+    where the answer closes the conversation (`closing`) and where a user message follows it
+    (`continuing`), without trailing whitespace. Where the two part inside a control token, or right
+    after one (the next header's ``<|im_start|>``), or inside a run of text (``[end]\\n[`` of
+    ``[endoftext]`` and ``[user]``), that token or run begins what follows and is not part of the marker."""
+    n = _common(closing, continuing)
+    controls = [*_control_spans(codec, closing), *_control_spans(codec, continuing)]
+    inside = next((a for a, b in controls if a < n < b), None)
+    if inside is not None:
+        n = inside
+    elif n < len(closing) and n < len(continuing):  # the two part here, at the edge of a token or run
+        ending = next((a for a, b in controls if b == n), None)
+        if ending is not None:
+            n = ending
+        elif n and not closing[n - 1].isspace():
+            space = max((k + 1 for k in range(n) if closing[k].isspace()), default=0)
+            n = max([space, *(b for a, b in controls if b <= n)])
+    return closing[:n].rstrip()
+
+
+def _loss_spans(codec: ChatCodec, skeleton_messages: Messages, skeleton: str) -> tuple[list[tuple[int, int]], bool]:
+    """Skeleton spans of the assistant turns in the conversation as rendered whole, and whether an EOS
+    must follow the last (its answer ends the rendering with no marker at all). Each span runs from
+    where the template's prompt for that answer ends, through the content, to the end of the turn's
+    end-of-turn marker (`_end_marker`, found by rendering the conversation up to that turn alone and
+    with a user message after it). A turn with no marker learns the control token that follows it (GLM-4
+    closes a turn only with the next turn's header), or, when it is the last, the control token that
+    closes the conversation, else the EOS (then the span takes in the trailing whitespace too).
 
     A template may write an earlier turn otherwise than a fresh answer (Qwen3 leaves the thinking
-    block out of earlier turns) or close a conversation with a token it writes nowhere else (Phi-3's
-    EOS): the generation prompt counts up to where it and the whole rendering part, and the end-of-turn
-    marker is what the turn rendered last has after its content and the whole rendering also has
-    (never part of a control token). Raises ChatTemplateError when the loss would take in another
-    message's content, or when the last turn's generation prompt is not how the whole rendering reads
-    there (the model would be prompted with text that training shows before no answer: DeepSeek-R1's
-    forced ``<think>``)."""
+    block out of earlier turns): the prompt counts up to where it and the whole rendering part. Raises
+    ChatTemplateError when the loss would take in another message's content or a control token before
+    the content (a template whose prompt for an answer leaves out the assistant's header), or when the
+    last turn's prompt is not how the whole rendering reads there (the model would be prompted with
+    text that training shows before no answer: DeepSeek-R1's forced ``<think>``)."""
     controls = _control_spans(codec, skeleton)
     spans: list[tuple[int, int]] = []
+    eos = False
     assistant = [i for i, m in enumerate(skeleton_messages) if m.get("role") == "assistant"]
     for i in assistant:
-        at = skeleton.find(_placeholder(i))
+        mark = _placeholder(i)
+        at = skeleton.find(mark)
         before = max((skeleton.find(_placeholder(j)) + len(_placeholder(j)) for j in range(i)), default=0)
         prompt = _render(codec, skeleton_messages[:i], True)
         full = _render(codec, skeleton_messages[: i + 1], False)
         start = _snap(controls, _common(prompt, skeleton))
-        if at < 0 or _placeholder(i) not in full or not before <= start <= at or (spans and start < spans[-1][1]):
+        if at < 0 or mark not in full or not before <= start <= at or (spans and start < spans[-1][1]):
             raise ChatTemplateError(
                 f"{codec.name} does not render conversations incrementally (an earlier turn changes when a "
                 "later one is added), so the loss cannot be limited to the assistant turns"
             )
         if i == assistant[-1] and start < len(prompt):
             raise ChatTemplateError(
-                f"{codec.name} ends the prompt for an answer with {prompt[start:]!r}, but writes a stored answer "
-                "without it: the model would be trained on answers "
-                "it is never prompted for (a template that forces a thinking block, as DeepSeek-R1's does). Use "
-                "a model or chat template that writes answers as it prompts for them"
+                f"{codec.name} ends the prompt for an answer with {prompt[start:]!r}, but the whole conversation "
+                f"reads {skeleton[start:at]!r} there: the model would be trained on answers it is never prompted "
+                "for (a template that forces a thinking block, as DeepSeek-R1's does, or closes the last message "
+                "otherwise than the others). Use a model or chat template that writes answers as it prompts for them"
             )
-        content_end = at + len(_placeholder(i))
-        tail = full[full.find(_placeholder(i)) + len(_placeholder(i)) :]
-        end = _snap(controls, content_end + _common(tail, skeleton[content_end:]))
-        end = content_end + len(skeleton[content_end:end].rstrip())
-        if end == content_end:  # no end-of-turn marker (GLM-4): the control token that follows ends the answer
-            gap = len(skeleton[content_end:]) - len(skeleton[content_end:].lstrip())
-            end = next((b for a, b in controls if a == content_end + gap), end)
+        if any(start <= a < at for a, _ in controls):
+            raise ChatTemplateError(
+                f"{codec.name}'s prompt for an answer stops before the assistant's header "
+                f"({skeleton[start:at]!r}; add_generation_prompt seems to write nothing), so the model would have "
+                "to write the header itself: give the template a generation prompt"
+            )
+        content_end = at + len(mark)
+        closing = full[full.find(mark) + len(mark) :]
+        try:
+            followed = _render(
+                codec, [*skeleton_messages[: i + 1], {"role": "user", "content": _placeholder(999)}], False
+            )
+            continuing = followed[followed.find(mark) + len(mark) :]
+        except ChatTemplateError:  # a template that takes no user message here: the rendering as it goes on
+            continuing = skeleton[content_end:]
+        marker = _end_marker(codec, closing, continuing)
+        if marker and not skeleton.startswith(marker, content_end):
+            raise ChatTemplateError(
+                f"{codec.name} does not render conversations incrementally (an earlier turn changes when a "
+                "later one is added), so the loss cannot be limited to the assistant turns"
+            )
+        end = content_end + len(marker)
+        if not marker:  # no end-of-turn marker: the control token that follows, after any whitespace
+            rest = skeleton[content_end:]
+            following = next((b for a, b in controls if a == content_end + len(rest) - len(rest.lstrip())), None)
+            if following is None and i == assistant[-1]:
+                following = next((b for a, b in controls if a >= content_end), None)  # the conversation's closer
+                if following is None and codec.eos and codec.eos in rest:  # an EOS the tokenizer reads as text
+                    following = content_end + rest.index(codec.eos) + len(codec.eos)
+                if following is None:
+                    following, eos = len(skeleton), True  # nothing closes it: the EOS will
+            end = following or end
         spans.append((start, end))
-    return spans
-
-
-def _unclosed(skeleton_messages: Messages, skeleton: str, spans: list[tuple[int, int]]) -> bool:
-    """Whether the last answer ends the rendering with no end-of-turn marker (its loss span ends where
-    its content does, and only whitespace follows)."""
-    last = max((i for i, m in enumerate(skeleton_messages) if m.get("role") == "assistant"), default=None)
-    if last is None or not spans:
-        return False
-    content_end = skeleton.find(_placeholder(last)) + len(_placeholder(last))
-    return spans[-1][1] == content_end and not skeleton[content_end:].strip()
+    return spans, eos
 
 
 def _cuts(codec: ChatCodec, text: str, anchors) -> list[tuple[int, int]]:
@@ -479,7 +519,7 @@ def chat_segments(
     skeleton_messages = [{**m, "content": _placeholder(i)} for i, m in enumerate(messages)]
     skeleton = _render(codec, skeleton_messages, add_generation_prompt)
     text, anchors = _locate(codec, messages, skeleton, add_generation_prompt)
-    skeleton_spans = _loss_spans(codec, skeleton_messages, skeleton) if loss else []
+    skeleton_spans, eos = _loss_spans(codec, skeleton_messages, skeleton) if loss else ([], False)
     spans = [(_to_text(anchors, a), _to_text(anchors, b)) for a, b in skeleton_spans]
     controls = _cuts(codec, text, anchors)
     bounds = sorted({0, len(text), *(p for span in spans + controls for p in span)})
@@ -489,7 +529,7 @@ def chat_segments(
         for a, b in zip(bounds, bounds[1:])
         if b > a
     ]
-    if codec.eos and _unclosed(skeleton_messages, skeleton, skeleton_spans):
+    if eos and codec.eos:
         # The last answer ends the rendering with no marker after it (GLM-4 closes a turn only with the
         # next turn's header): the EOS, which the Modelfile and serve stop at, is what it learns to end with.
         segments.append(Segment(codec.eos, True, True))
