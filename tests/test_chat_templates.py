@@ -551,3 +551,10 @@ def test_a_template_without_a_generation_prompt_is_a_clear_error(bundled_tokeniz
     codec = _family(bundled_tokenizer_dir, template, ["<|im_start|>", "<|im_end|>"], "<|im_end|>")
     with pytest.raises(ChatTemplateError, match="stops before the assistant's header"):
         chat_segments(TWO_TURNS, codec, add_generation_prompt=False, loss=True)
+
+
+def test_a_template_that_calls_strftime_now_gets_the_fixed_day(bundled_tokenizer_dir):
+    template = "{{ 'Today: ' + strftime_now('%Y-%m-%d') + '\\n' }}{% for m in messages %}{{ m.content }}{% endfor %}"
+    codec = _family(bundled_tokenizer_dir, template, [], "<|endoftext|>")
+    prompt = "".join(s.text for s in chat_segments(CONVERSATIONS[0], codec, add_generation_prompt=True))
+    assert prompt.startswith("Today: 2024-07-26\n")

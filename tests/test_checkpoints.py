@@ -25,7 +25,7 @@ def test_the_fingerprint_follows_params_and_file_content(tmp_path):
     assert first != fingerprint({"rank": 8}, [rows, weights])
 
 
-def test_weights_are_fingerprinted_by_header_and_samples_not_read_whole(tmp_path):
+def test_weights_are_fingerprinted_by_header_and_tensor_samples_not_read_whole(tmp_path):
     import numpy as np
     from safetensors.numpy import save_file
 
@@ -38,9 +38,12 @@ def test_weights_are_fingerprinted_by_header_and_samples_not_read_whole(tmp_path
     assert fingerprint({}, [rows, weights]) != before
     after = fingerprint({}, [rows, weights])
     data = bytearray(weights.read_bytes())
-    data[len(data) // 4] ^= 0xFF  # one byte between the samples: not read (a 14 GB file is read 3 MiB of)
+    data[8 + int.from_bytes(data[:8], "little") + (1 << 20)] ^= 0xFF  # 1 MiB into tensor "a": between its samples
     weights.write_bytes(bytes(data))
-    assert fingerprint({}, [rows, weights]) == after
+    assert fingerprint({}, [rows, weights]) == after  # not read: a 14 GB file is read a few MiB of
+    half = {"a": np.full(shapes["a"], 0.5, np.float32), "b": np.full(shapes["b"], 0.25, np.float32)}
+    save_file(half, weights)  # one tensor of two replaced (a fine-tune of some layers)
+    assert fingerprint({}, [rows, weights]) != after
 
 
 def test_a_run_resumes_only_on_the_same_base_model_and_chat_template(tmp_path):

@@ -145,6 +145,18 @@ def test_hidden_files_and_folders_are_listed_as_skipped_not_read(tmp_path, capsy
     err = capsys.readouterr().err
     assert "left out 2 hidden file(s) or folder(s)" in err and ".notes.md" not in err  # one line, not one each
     assert convertible_documents(docs) == [docs / "guide.md"]
+    (docs / ".#guide.md").symlink_to("user@host.1234")  # an editor's lock file: a dangling link, never listed
+    (docs / ".md").write_text("# all extension\n")
+    (tmp_path / "elsewhere").mkdir()
+    (docs / ".linked").symlink_to(tmp_path / "elsewhere")
+    rows = {Path(row["source"]).name: row for row in extract_documents(docs, tmp_path / "out")}
+    assert sorted(rows) == [".git", ".linked", ".md", ".notes.md", "guide.md"]
+    assert rows[".linked"]["error"].startswith("hidden folder") and rows[".md"]["error"].startswith("hidden file")
+    only = tmp_path / "only"
+    only.mkdir()
+    (only / ".draft.md").write_text("# draft\n")
+    assert extract_documents(only, tmp_path / "out2")[0]["status"] == "skipped"
+    assert "a manifest of 1 hidden file(s) or folder(s), left out," in capsys.readouterr().out
 
 
 def test_json_report_and_nested_folders(tmp_path):

@@ -16,6 +16,8 @@ of its own, so that an edit to how Modelfiles are written reruns no training).
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
 import re
 from collections.abc import Callable
@@ -30,9 +32,29 @@ FOLD = "\n\n"  # between a folded system prompt and the first user message
 # lorapipe trains, prompts and exports answers without a thinking phase, so a template with a switch
 # for one (Qwen3's enable_thinking) renders with it off everywhere: its generation prompt then holds
 # the empty thinking block that its rendering of a stored answer holds too. A template that writes
-# today's date (Llama 3.1-3.3: "Today Date: …" from strftime_now unless date_string is given) gets
-# its own fallback date, so that a row renders, trains and is served the same on any day.
-TEMPLATE_SWITCHES = {"enable_thinking": False, "date_string": "26 Jul 2024"}
+# today's date (Llama 3.1-3.3: "Today Date: …" from strftime_now unless date_string is given; Mistral
+# Small 3.1 and SmolLM3 call strftime_now) gets one fixed day, Llama 3's own fallback (26 Jul 2024), so
+# that a row renders, trains and is served the same on any day.
+FIXED_DAY = datetime.date(2024, 7, 26)
+TEMPLATE_SWITCHES = {"enable_thinking": False, "date_string": FIXED_DAY.strftime("%d %b %Y")}
+_STRFTIME_CALL = re.compile(r"""strftime_now\(\s*(['"])(.*?)\1\s*\)""")
+
+
+def fixed_day_template(template: str) -> str:
+    """`template` with a ``strftime_now`` macro in front that writes `FIXED_DAY` in each format the
+    template asks for (transformers' global of that name writes today, and a callable cannot be passed
+    as a template variable); unchanged when the template does not call it."""
+    if "strftime_now" not in template:
+        return template
+    table = {m.group(2): FIXED_DAY.strftime(m.group(2)) for m in _STRFTIME_CALL.finditer(template)}
+    return (
+        "{%- macro strftime_now(format) -%}{{ "
+        + json.dumps(table)
+        + ".get(format, '"
+        + FIXED_DAY.isoformat()
+        + "') }}{%- endmacro -%}"
+        + template
+    )
 
 
 class ChatTemplateError(ValueError):
@@ -133,9 +155,15 @@ def hf_codec(tokenizer, name: str = "the tokenizer's chat template") -> ChatCode
             "model, set tokenizer.chat_template, or build a text dataset (dataset.mode: text)"
         )
 
+    template = fixed_day_template(tokenizer.chat_template)
+
     def render(messages: Messages, generation_prompt: bool) -> str:
         return tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=generation_prompt, **TEMPLATE_SWITCHES
+            messages,
+            chat_template=template,
+            tokenize=False,
+            add_generation_prompt=generation_prompt,
+            **TEMPLATE_SWITCHES,
         )
 
     def encode(text: str, control: bool) -> list[int]:
@@ -203,7 +231,7 @@ def llama_codec(llm, name: str = "the GGUF's chat template") -> ChatCodec:
     def render(messages: Messages, generation_prompt: bool) -> str:
         rendered, _ = render_jinja_template(
             conversations=[messages],
-            chat_template=template,
+            chat_template=fixed_day_template(template),
             add_generation_prompt=generation_prompt,
             **special,
             **TEMPLATE_SWITCHES,

@@ -20,8 +20,9 @@ MERGE_INFO = paths.MERGE_INFO_NAME
 
 
 def _fingerprint(base_dir: Path, adapter_dir: Path, dtype: str) -> str:
-    """Hash of the inputs that determine the merged weights (weights, adapter config, dtype)."""
-    digest = hashlib.sha256(dtype.encode())
+    """Hash of the inputs that determine the merged folder (weights, adapter config, dtype, and the
+    adapter's `adapter_selected_step`, which merge.json carries)."""
+    digest = hashlib.sha256(f"{dtype}\0{adapter_selected_step(adapter_dir)}".encode())
     for folder in (base_dir, adapter_dir):
         for path in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*config.json")):
             digest.update(path.name.encode())

@@ -844,7 +844,6 @@ RUN_ONLY = frozenset(
         "synth.resume",
         "train.save_steps",
         "train.save_total_limit",
-        "train.resume",
     }
 )
 RUN_ONLY_NOTE = "Not a DVC dependency: it changes how the stage runs, not its outputs, so changing it reruns nothing"

@@ -218,7 +218,8 @@ def _out_name(relative: Path, taken: set[str]) -> str:
 
 
 def _suffix(name: str) -> str:
-    return Path(name).suffix.lower()
+    """A file name's extension, lowercase; a hidden file's name that is all extension (``.md``) counts."""
+    return (Path(name).suffix or (name if name.count(".") == 1 else "")).lower()
 
 
 def _walk(root: Path) -> list[Path]:
@@ -228,7 +229,12 @@ def _walk(root: Path) -> list[Path]:
     (``.gitkeep``, ``.DS_Store``: bookkeeping, in every folder, never a document)."""
     found = []
     for folder, dirs, files in os.walk(root, followlinks=False):
-        found += [Path(folder) / name for name in files if not name.startswith(".") or _suffix(name) in FORMATS]
+        found += [
+            Path(folder) / name
+            for name in files
+            # hidden: listed when named as a document is, unless a dangling link (an editor's lock file)
+            if not name.startswith(".") or (_suffix(name) in FORMATS and os.path.exists(Path(folder) / name))
+        ]
         found += [Path(folder) / name for name in dirs if name.startswith(".") or (Path(folder) / name).is_symlink()]
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
     return sorted(found)
@@ -252,7 +258,7 @@ def _sources(input_dirs: list[Path]) -> list[tuple[Path, Path, Path]]:
 def _precheck(path: Path, root: Path) -> str | None:
     """Why a file is skipped before any conversion, or None."""
     if path.name.startswith("."):
-        if path.is_dir() and not path.is_symlink():
+        if path.is_dir():
             return "hidden folder (its name starts with a dot): not read; rename it to extract what it holds"
         return "hidden file (its name starts with a dot): left out; rename it to extract it"
     if path.is_symlink() and path.is_dir():
@@ -537,8 +543,9 @@ def extract_documents(
         # An empty input folder is a task from labeled rows alone: an empty manifest, not an error
         # (the dataset stage refuses when there are neither texts nor labeled rows).
         manifest = _write_outputs(out_dir, rows, [])
+        what = f"a manifest of {len(rows)} hidden file(s) or folder(s), left out," if rows else "an empty manifest"
         print(
-            f"[extract] no documents in {', '.join(map(str, dirs))}: wrote an empty manifest into {out_dir} "
+            f"[extract] no documents in {', '.join(map(str, dirs))}: wrote {what} into {out_dir} "
             f"(labeled rows alone need none; put documents there to train on their text). "
             f"Supported: {', '.join(sorted(FORMATS))}",
             flush=True,
