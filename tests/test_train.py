@@ -999,37 +999,31 @@ def test_select_metric_refuses_what_it_cannot_score_before_training(tmp_path, js
     tokenizer = load_tokenizer(tiny_model_dir)
     with pytest.raises(ValueError, match="context of 100 tokens"):
         _task_metric(json_task_dir, tokenizer, None, "rouge_l", False, 100, None)
-    labeled = tmp_path / "labeled"
-    labeled.mkdir()
-    rows = [{"query": f"weather in town {i}", "data": {"city": f"town {i}"}} for i in range(12)]
-    (labeled / "cities.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "none").mkdir()
-    build_dataset(
-        tmp_path / "none",
-        tiny_model_dir,
-        tmp_path / "cities",
-        labeled_dir=labeled,
-        mode="chat",
-        val_fraction=0.25,
-        seed=1,
-    )
+
+    def task(name: str, rows: list[dict]):
+        labeled = tmp_path / f"labeled-{name}"
+        labeled.mkdir()
+        (labeled / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        build_dataset(
+            tmp_path / "none",
+            tiny_model_dir,
+            tmp_path / name,
+            labeled_dir=labeled,
+            mode="chat",
+            val_fraction=0.25,
+            seed=1,
+        )
+        return tmp_path / name
+
+    cities = task("cities", [{"query": f"weather in town {i}", "data": {"city": f"town {i}"}} for i in range(12)])
     with pytest.raises(ValueError, match="use exact_rate"):
-        _task_metric(tmp_path / "cities", tokenizer, None, "slot_f1", False, None, None)
-    assert _task_metric(tmp_path / "cities", tokenizer, None, "exact_rate", False, None, None).metric == "exact_rate"
+        _task_metric(cities, tokenizer, None, "slot_f1", False, None, None)
+    assert _task_metric(cities, tokenizer, None, "exact_rate", False, None, None).metric == "exact_rate"
     # the slots shape with no slot in any answer: slot F1 is not scored, so it cannot be compared either
-    empty = [{"query": f"hello {i}", "data": {"intent": "Greet", "slots": {}}} for i in range(12)]
-    (labeled / "cities.jsonl").write_text("".join(json.dumps(r) + "\n" for r in empty))
-    build_dataset(
-        tmp_path / "none",
-        tiny_model_dir,
-        tmp_path / "greet",
-        labeled_dir=labeled,
-        mode="chat",
-        val_fraction=0.25,
-        seed=1,
-    )
+    greet = task("greet", [{"query": f"hello {i}", "data": {"intent": "Greet", "slots": {}}} for i in range(12)])
     with pytest.raises(ValueError, match="no validation answer .* has a slot"):
-        _task_metric(tmp_path / "greet", tokenizer, None, "slot_f1", False, None, None)
+        _task_metric(greet, tokenizer, None, "slot_f1", False, None, None)
 
 
 def test_epochs_and_lr_auto_follow_the_data(tmp_path, dataset_dir, tiny_model_dir, capsys):
