@@ -67,7 +67,7 @@ def test_a_run_resumes_only_on_the_same_base_model_and_chat_template(tmp_path):
 
 
 def test_the_accelerate_config_counts_but_not_the_machines_addresses(tmp_path):
-    from lorapipe.distributed import accelerate_settings
+    from lorapipe.train import accelerate_settings
 
     config = tmp_path / "fsdp.yaml"
     config.write_text("distributed_type: FSDP\nnum_machines: 2\nmain_process_ip: 10.0.0.1\nmachine_rank: 1\n")

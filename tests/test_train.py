@@ -83,9 +83,11 @@ def test_adapter_outputs(tmp_path, dataset_dir, tiny_model_dir):
         "seconds",
         "tokens_per_second",
         "trainable_parameters",
+        "selected_step",
         "load_in_4bit",
         "seq2seq",
     }
+    assert metrics["selected_step"] is None  # no early stopping, no task metric: the last step's adapter
     resolved = yaml.safe_load((tmp_path / "adapter" / "lorapipe_params.yaml").read_text())["resolved"]
     assert resolved == {
         "device": "cpu",

@@ -60,23 +60,6 @@ class Machines:
     config: str | None  # the file these came from
 
 
-# Keys of an accelerate config that place a run on machines and do not change what it computes.
-PLACEMENT_KEYS = ("machine_rank", "main_process_ip", "main_process_port", "rdzv_backend", "same_network")
-
-
-def accelerate_settings(accelerate_config: str | Path) -> dict[str, Any]:
-    """The settings of accelerate config file `accelerate_config` (YAML or JSON) that decide what a run
-    computes and how it saves checkpoints (``distributed_type``, ``fsdp_config``, ``deepspeed_config``,
-    ``mixed_precision``, …): every key but the machines' addresses and ranks (`PLACEMENT_KEYS`).
-    {} when the file does not exist (`machines` names it before any training)."""
-    import yaml
-
-    if not Path(accelerate_config).is_file():
-        return {}
-    settings = yaml.safe_load(read_text(accelerate_config)) or {}
-    return {k: v for k, v in settings.items() if k not in PLACEMENT_KEYS} if isinstance(settings, dict) else {}
-
-
 def machines(num_processes: int, accelerate_config: str | None, machine_rank: int = 0) -> Machines:
     """Read the machine settings of `accelerate_config` (YAML or JSON, accelerate's own keys) for a run
     of `num_processes` processes in all, as seen from machine `machine_rank`.

@@ -35,7 +35,6 @@ from typing import Any
 
 from lorapipe import faults, paths
 from lorapipe.checkpoints import Checkpoints, fingerprint
-from lorapipe.distributed import accelerate_settings
 from lorapipe.hardware import resolve_device, resolve_load_in_4bit, resolve_precision
 from lorapipe.io import atomic_outputs, read_json, read_jsonl, write_json, write_provenance, write_text_atomic
 from lorapipe.models import copy_tokenizer, load_tokenizer
@@ -54,6 +53,7 @@ from lorapipe.plan import (
     warn_warmup,
 )
 from lorapipe.rows import loss_tokens, pack_text, text_ids, tokenize_row, tokenize_seq2seq, truncate
+from lorapipe.textfiles import read_text
 from lorapipe.likelihood import perplexity, sequence_nll
 
 Pairs = list[tuple[list[int], list[int]]]  # (input ids, labels) per row; label -100: no loss
@@ -538,6 +538,23 @@ def _run_settings(
     if train.accelerate_config:  # DDP, FSDP or DeepSpeed save other checkpoints; the machines' addresses do not count
         run_inputs["accelerate"] = accelerate_settings(train.accelerate_config)
     return run_inputs
+
+
+# Keys of an accelerate config that place a run on machines and do not change what it computes.
+PLACEMENT_KEYS = ("machine_rank", "main_process_ip", "main_process_port", "rdzv_backend", "same_network")
+
+
+def accelerate_settings(accelerate_config: str | Path) -> dict[str, Any]:
+    """The settings of accelerate config file `accelerate_config` (YAML or JSON) that decide what a run
+    computes and how it saves checkpoints (``distributed_type``, ``fsdp_config``, ``deepspeed_config``,
+    ``mixed_precision``, …): every key but the machines' addresses and ranks (`PLACEMENT_KEYS`).
+    {} when the file does not exist (`machines` names it before any training)."""
+    import yaml
+
+    if not Path(accelerate_config).is_file():
+        return {}
+    settings = yaml.safe_load(read_text(accelerate_config)) or {}
+    return {k: v for k, v in settings.items() if k not in PLACEMENT_KEYS} if isinstance(settings, dict) else {}
 
 
 def _input_files(dataset_dir: Path, base_dir: str | Path) -> dict[str, list[Path]]:
