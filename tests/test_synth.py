@@ -157,6 +157,17 @@ def test_grounding_counts_content_words_only():
     assert grounding("It is the", "It is the") == 0.0  # no content word at all
 
 
+def test_an_answer_that_repeats_its_question_is_left_out():
+    from lorapipe.synth import _reject
+
+    limits = {"max_question_chars": 200, "max_answer_chars": 200, "min_grounding": 0.5}
+    passage = "The code of the stage and the values of its parameters decide whether it reruns."
+    heading = "The code of the stage and the values of its parameters"
+    assert _reject(heading, heading, passage, limits) == "echo"  # a heading copied into both
+    assert _reject("What decides whether a stage reruns?", heading, passage, limits) is None
+    assert _reject("Which is faster, the code or the parameters?", "the code", passage, limits) is None
+
+
 # --- outputs, determinism ----------------------------------------------------------------------------
 
 
@@ -388,7 +399,7 @@ def test_each_filter_is_counted_per_document(docs, bundled_tokenizer_dir, tmp_pa
     stats = run(
         docs, bundled_tokenizer_dir, tmp_path / "out", FakeTeacher(replies=mixed_replies), questions_per_passage=6
     )
-    zero = dict.fromkeys(("not_json", "truncated", "too_short", "too_long", "ungrounded", "duplicate"), 0)
+    zero = dict.fromkeys(("not_json", "truncated", "too_short", "too_long", "echo", "ungrounded", "duplicate"), 0)
     documents = stats["documents"]
     assert documents["docs/d0.md"]["removed"] == {**zero, "not_json": 3}
     assert documents["docs/d1.md"]["removed"] == {**zero, "truncated": 3}
