@@ -52,7 +52,7 @@ def fixed_day_template(template: str) -> str:
         + json.dumps(table)
         + ".get(format, '"
         + FIXED_DAY.isoformat()
-        + "') }}{%- endmacro -%}"
+        + "') }}{%- endmacro %}"
         + template
     )
 
