@@ -429,9 +429,8 @@ def _end_marker(codec: ChatCodec, closing: str, continuing: str) -> str:
     ``[endoftext]`` and ``[user]``), that token or run begins what follows and is not part of the marker."""
     n = _common(closing, continuing)
     controls = [*_control_spans(codec, closing), *_control_spans(codec, continuing)]
-    inside = next((a for a, b in controls if a < n < b), None)
-    if inside is not None:
-        n = inside
+    if _snap(controls, n) != n:  # the two part inside a control token
+        n = _snap(controls, n)
     elif n < len(closing) and n < len(continuing):  # the two part here, at the edge of a token or run
         ending = next((a for a, b in controls if b == n), None)
         if ending is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -32,25 +33,23 @@ def _weight_sample(path: Path, digest) -> None:
     """Add a safetensors file's size, its header (tensor names, dtypes, shapes, offsets) and two
     `TENSOR_SAMPLE_BYTES` blocks of every tensor (at its start and middle) to `digest`; a file whose
     header cannot be read is hashed whole."""
-    size = path.stat().st_size
-    digest.update(str(size).encode())
+    from lorapipe.models import safetensors_header
+
+    digest.update(str(path.stat().st_size).encode())
     with open(path, "rb") as handle:
-        head = handle.read(8)
-        header_bytes = int.from_bytes(head, "little") if len(head) == 8 else size
         try:
-            header = json.loads(handle.read(header_bytes)) if 8 + header_bytes <= size else None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            header = None
+            header, data_start = safetensors_header(handle)
+        except (struct.error, ValueError):  # too short, or a header that is no JSON
+            header, data_start = None, 0
+        handle.seek(0)
         if not isinstance(header, dict):
-            handle.seek(0)
             hashlib.file_digest(handle, lambda: digest)  # not safetensors as expected: every byte
             return
-        handle.seek(0)
-        digest.update(handle.read(8 + header_bytes))
+        digest.update(handle.read(data_start))
         offsets = sorted(v["data_offsets"] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict))
         for begin, end in offsets:
             for at in dict.fromkeys((begin, begin + (end - begin) // 2)):
-                handle.seek(8 + header_bytes + at)
+                handle.seek(data_start + at)
                 digest.update(handle.read(min(TENSOR_SAMPLE_BYTES, end - at)))
 
 

@@ -19,10 +19,10 @@ from lorapipe.params import DEFAULTS
 MERGE_INFO = paths.MERGE_INFO_NAME
 
 
-def _fingerprint(base_dir: Path, adapter_dir: Path, dtype: str) -> str:
+def _fingerprint(base_dir: Path, adapter_dir: Path, dtype: str, selected_step: int | None) -> str:
     """Hash of the inputs that determine the merged folder (weights, adapter config, dtype, and the
     adapter's `adapter_selected_step`, which merge.json carries)."""
-    digest = hashlib.sha256(f"{dtype}\0{adapter_selected_step(adapter_dir)}".encode())
+    digest = hashlib.sha256(f"{dtype}\0{selected_step}".encode())
     for folder in (base_dir, adapter_dir):
         for path in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*config.json")):
             digest.update(path.name.encode())
@@ -119,7 +119,8 @@ def merge_adapter(
     for folder, stage in ((base_dir, "base"), (adapter_dir, "train")):
         if not (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file():
             raise FileNotFoundError(f"{folder} holds no model: run the {stage} stage first")
-    fingerprint = _fingerprint(base_dir, adapter_dir, dtype)
+    selected_step = adapter_selected_step(adapter_dir)
+    fingerprint = _fingerprint(base_dir, adapter_dir, dtype, selected_step)
     info_path = out_dir / MERGE_INFO
     if info_path.is_file() and read_json(info_path).get("fingerprint") == fingerprint:
         print(f"[merge] {out_dir} is already merged from these inputs; nothing to do", flush=True)
@@ -139,7 +140,7 @@ def merge_adapter(
                 "dtype": dtype,
                 "base": str(base_dir),
                 "adapter": str(adapter_dir),
-                "selected_step": adapter_selected_step(adapter_dir),
+                "selected_step": selected_step,
             },
         )
     print(f"[merge] wrote {out_dir} ({dtype})", flush=True)

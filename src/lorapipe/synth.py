@@ -26,7 +26,6 @@ import random
 import re
 import sys
 import time
-from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -39,6 +38,7 @@ from lorapipe.models import load_tokenizer
 from lorapipe.param_files import prompt_text
 from lorapipe.params import DEFAULTS, SynthParams
 from lorapipe.retrieval import build_index
+from lorapipe.scoring import token_f1
 from lorapipe.teacher import (
     Reply,
     Teacher,
@@ -61,8 +61,8 @@ TEACHER_PROMPT = (
 
 # What each filter counts: replies without pairs (not_json, truncated), or pairs (the others).
 FILTERS = ("not_json", "truncated", "too_short", "too_long", "echo", "ungrounded", "duplicate")
-# An answer whose words are (nearly) the question's says nothing: a pair with this word overlap (F1 of
-# their lowercased words) or more is left out ("echo"), e.g. a teacher that copied a heading into both.
+# An answer whose words are (nearly) the question's says nothing: a pair with this word overlap (SQuAD's
+# token F1, lorapipe.scoring.token_f1) or more is left out ("echo"), e.g. a heading copied into both.
 ECHO_F1 = 0.8
 # Stats keys that describe this run, not its outputs: they differ between a run that asked the
 # teacher and one served from the cache, so they are returned and printed but kept out of stats.json.
@@ -104,12 +104,6 @@ STOPWORDS = frozenset(
 
 def _words(text: str) -> list[str]:
     return _WORD.findall(text.casefold())
-
-
-def _overlap_f1(a: list[str], b: list[str]) -> float:
-    """F1 of the words two texts share (with multiplicity): 1.0 for the same words, 0.0 for none shared."""
-    shared = sum((Counter(a) & Counter(b)).values())
-    return 2 * shared / (len(a) + len(b)) if shared else 0.0
 
 
 def grounding(answer: str, passage: str) -> float:
@@ -346,7 +340,7 @@ def _reject(question: Any, answer: Any, passage: str, limits: dict) -> str | Non
     # character short: the cut may end in a space, stripped by parse_pairs).
     if len(question) >= limits["max_question_chars"] - 1 or len(answer) >= limits["max_answer_chars"] - 1:
         return "too_long"
-    if _overlap_f1(_words(question), _words(answer)) >= ECHO_F1:
+    if token_f1(answer, question) >= ECHO_F1:
         return "echo"
     if grounding(answer, passage) < limits["min_grounding"]:
         return "ungrounded"

@@ -349,7 +349,8 @@ def _scan(sources: list[tuple[Path, Path, Path]], cache: _Cache, options: dict) 
 
 
 def _is_hidden(row: dict) -> bool:
-    return row["status"] == "skipped" and row["error"].startswith("hidden ")
+    """A row `_precheck` skipped for its name: a hidden file or folder."""
+    return row["status"] == "skipped" and Path(row["source"]).name.startswith(".")
 
 
 class _Progress:
